@@ -1,0 +1,50 @@
+# Tiaki's set-up contract: `make demo` and `make test` do all the set-up on a fresh machine.
+# Needs Python 3.11+, Java 17+ and Maven on PATH (see README).
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: install lint typecheck unit test demo bench kafka-up kafka-down clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "tiaki needs Python 3.11 or newer")'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check broker adapters tests bench
+	$(BIN)/ruff format --check broker adapters tests bench
+	$(BIN)/mypy
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+unit: $(STAMP)
+	$(BIN)/pytest tests -m 'not integration' -q
+
+# The whole suite: lint, type check, unit and property tests, then the integration tests
+# against the real Apache Kafka that the session fixture assembles, starts and stops.
+test: lint
+	$(BIN)/pytest tests -q
+
+demo: $(STAMP)
+	$(BIN)/tiaki demo
+
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+kafka-up: $(STAMP)
+	$(BIN)/tiaki kafka up
+
+kafka-down: $(STAMP)
+	$(BIN)/tiaki kafka down
+
+clean:
+	-$(BIN)/tiaki kafka down
+	rm -rf .tiaki .mypy_cache .ruff_cache .pytest_cache

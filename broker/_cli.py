@@ -1,0 +1,58 @@
+"""The ``tiaki`` command line.
+
+Each package contributes a Typer sub-application; this module only assembles them and turns
+errors into one-line messages. A deliberate :class:`~broker._errors.TiakiError` or a bad
+argument never shows a traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from broker._errors import TiakiError
+from broker.codec._cli import app as schema_app
+from broker.envelope._cli import app as keys_app
+from broker.platform._cli import kafka_app, provision_command
+from broker.registry._cli import app as registry_app
+
+app = typer.Typer(
+    name="tiaki",
+    help="Tiaki: policy-enforcing information sharing for the multi-agency family-violence response.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(kafka_app, name="kafka")
+app.command("provision")(provision_command)
+app.add_typer(registry_app, name="registry")
+app.add_typer(keys_app, name="keys")
+app.add_typer(schema_app, name="schema")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; return the process exit code."""
+    command = typer.main.get_command(app)
+    try:
+        command.main(args=argv, prog_name="tiaki", standalone_mode=False)
+    except typer.Exit as exc:
+        return int(exc.exit_code)
+    except typer.Abort:
+        print("tiaki: aborted", file=sys.stderr)
+        return 130
+    except typer.TyperException as exc:
+        # Bad arguments and options: one line, with a pointer to the help.
+        message = " ".join(exc.format_message().split())
+        if message:  # empty when Typer has already printed the help (no arguments given)
+            print(f"tiaki: {message} (see 'tiaki --help')", file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
+    except TiakiError as exc:
+        print(f"tiaki: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

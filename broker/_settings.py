@@ -1,0 +1,68 @@
+"""Settings, read once at the edge.
+
+Nothing else in Tiaki reads the environment: the command line builds one :class:`Settings`
+and passes it (or the parts of it a component needs) down.
+
+Environment variables:
+
+``TIAKI_HOME``
+    Folder for local state (Kafka data and logs, certificates, profiles, development keys).
+    Default: ``.tiaki`` under the current directory. Git ignores it.
+``TIAKI_REGISTRY``
+    The agency registry. Default: ``policies/agencies.yaml``.
+``TIAKI_KAFKA_PORT`` / ``TIAKI_CONTROLLER_PORT``
+    Ports of the local Kafka's client (SASL_SSL) and controller (mutual TLS) listeners.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from broker._errors import ConfigError
+
+
+class Settings(BaseModel):
+    """Frozen settings for one invocation."""
+
+    model_config = ConfigDict(frozen=True)
+
+    home: Path = Path(".tiaki")
+    registry: Path = Path("policies/agencies.yaml")
+    kafka_port: int = Field(default=19093, ge=1024, le=65535)
+    controller_port: int = Field(default=19094, ge=1024, le=65535)
+
+    @property
+    def profiles_dir(self) -> Path:
+        return self.home / "profiles"
+
+    @property
+    def kafka_dir(self) -> Path:
+        return self.home / "kafka"
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.home / "keys"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from ``TIAKI_*`` variables; raise :class:`ConfigError` on bad values."""
+        env = os.environ if environ is None else environ
+        raw: dict[str, str] = {}
+        for key, var in (
+            ("home", "TIAKI_HOME"),
+            ("registry", "TIAKI_REGISTRY"),
+            ("kafka_port", "TIAKI_KAFKA_PORT"),
+            ("controller_port", "TIAKI_CONTROLLER_PORT"),
+        ):
+            if var in env:
+                raw[key] = env[var]
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            name = str(first["loc"][0]) if first["loc"] else "settings"
+            raise ConfigError(f"invalid setting {name}: {first['msg']}") from None
