@@ -1,7 +1,123 @@
-"""``tiaki keys``: development keys and the key registry."""
+"""``tiaki keys``: development keys and the key registry.
+
+The commands read the folder ``Settings.keys_dir`` (``$TIAKI_HOME/keys``) and the agency
+registry; the layout is described in :mod:`broker.envelope._store`.
+"""
 
 from __future__ import annotations
 
+import os
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
+
 import typer
+from rich.console import Console
+from rich.table import Table
+
+from broker._settings import Settings
+from broker.envelope._errors import KeyStoreError
+from broker.envelope._keys import BROKER
+from broker.envelope._store import KeyStore, init_dev_keys, purposes_of
+from broker.registry import load_registry
 
 app = typer.Typer(help="Keys: create development keys, rotate, revoke.", no_args_is_help=True)
+
+
+def _principals(settings: Settings) -> dict[str, str]:
+    registry = load_registry(settings.registry)
+    principals = {agency.id: agency.key_ref for agency in registry.agencies}
+    principals[BROKER] = BROKER
+    return principals
+
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+@app.command("init")
+def init(
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace existing key sets (old keys are deleted).")
+    ] = False,
+    days: Annotated[int, typer.Option("--days", min=1, help="Validity of each key.")] = 365,
+) -> None:
+    """Generate development keys for every agency in the registry and for the broker."""
+    settings = Settings.from_env()
+    store = KeyStore(settings.keys_dir)
+    refs = set(_principals(settings).values())
+    outcome = init_dev_keys(
+        store, refs, now=_now(), random=os.urandom, force=force, validity=timedelta(days=days)
+    )
+    counts = {
+        word: sum(1 for v in outcome.values() if v == word)
+        for word in ("created", "kept", "replaced")
+    }
+    print(
+        f"keys in {store.root}: {counts['created']} key sets created, "
+        f"{counts['replaced']} replaced, {counts['kept']} kept"
+    )
+
+
+@app.command("list")
+def list_keys(
+    name: Annotated[str | None, typer.Argument(help="Only this agency or key set.")] = None,
+) -> None:
+    """Show every key: key set, id, purpose, algorithm, state now, validity."""
+    settings = Settings.from_env()
+    store = KeyStore(settings.keys_dir)
+    if not store.key_refs():
+        raise KeyStoreError(f"no keys in {store.root} (run 'tiaki keys init')")
+    ring = store.load()
+    now = _now()
+    owner = _principals(settings).get(name, name) if name else None
+    table = Table("key set", "key id", "purpose", "algorithm", "state", "created", "not after")
+    for info in ring.keys(owner):
+        table.add_row(
+            info.owner,
+            info.key_id,
+            info.purpose.value,
+            info.algorithm.value,
+            info.state_at(now).value,
+            f"{info.created_at:%Y-%m-%d %H:%M}",
+            f"{info.not_after:%Y-%m-%d %H:%M}",
+        )
+    Console(width=200).print(table)
+
+
+@app.command("rotate")
+def rotate(
+    name: Annotated[str, typer.Argument(help="Agency id, key set name, or 'broker'.")],
+    purpose: Annotated[
+        list[str] | None,
+        typer.Option("--purpose", help="encryption or signing (repeatable; default both)."),
+    ] = None,
+    days: Annotated[int, typer.Option("--days", min=1, help="Validity of the new keys.")] = 365,
+) -> None:
+    """Create new current keys for NAME; the old ones become retiring."""
+    settings = Settings.from_env()
+    store = KeyStore(settings.keys_dir)
+    owner = _principals(settings).get(name, name)
+    if owner not in store.key_refs():
+        raise KeyStoreError(f"no key set {owner!r} in {store.root}")
+    ring = store.load(private_for=[owner])
+    purposes = purposes_of(purpose) if purpose else purposes_of(["encryption", "signing"])
+    new = ring.rotate(owner, _now(), os.urandom, timedelta(days=days), purposes)
+    store.save(ring, [owner])
+    for info in new:
+        print(f"{info.key_id} ({info.purpose.value}, {info.algorithm.value}) is now active")
+
+
+@app.command("revoke")
+def revoke(
+    key_id: Annotated[str, typer.Argument(help="The key to revoke.")],
+    reason: Annotated[
+        str, typer.Option("--reason", help="Why (recorded in the public document).")
+    ] = "unspecified",
+) -> None:
+    """Revoke KEY_ID: it will be refused for sealing, opening, signing and verifying."""
+    settings = Settings.from_env()
+    store = KeyStore(settings.keys_dir)
+    ring = store.load()
+    info = ring.revoke(key_id, _now(), reason)
+    store.save(ring, [info.owner])
+    print(f"{info.key_id} revoked")

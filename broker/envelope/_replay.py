@@ -1,0 +1,131 @@
+"""A bounded, pure replay cache keyed by (source, event id).
+
+Freshness is judged on the record's own ``sealed_at``, which the AEAD authenticates, so the cache
+must only be consulted *after* a record has been opened: checking earlier would let anyone who
+can write to a topic poison the cache with forged event ids and block the real events.
+
+Rules:
+
+* a record sealed more than ``skew`` ahead of ``now`` is :class:`Stale`;
+* a record sealed before ``now - window``, or at or before the *watermark*, is :class:`Stale`:
+  the cache can no longer prove it unseen;
+* a (source, event id) already in the cache is :class:`Replayed`;
+* otherwise it is remembered. Entries older than the window are dropped; when more than
+  ``max_entries`` remain, the oldest are dropped and the watermark rises to the newest dropped
+  ``sealed_at``, so memory stays bounded without ever accepting a replay.
+
+The cache is per process: with several workers in one consumer group, a replay that lands on
+another partition is caught only if that worker has seen the original. The runtime should call
+:meth:`ReplayCache.forget` when a Kafka transaction that remembered an event aborts, so the
+retried record is not mistaken for a replay.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from broker.envelope._errors import Replayed, Stale
+
+DEFAULT_WINDOW = timedelta(hours=24)
+DEFAULT_SKEW = timedelta(minutes=5)
+DEFAULT_MAX_ENTRIES = 1_000_000
+
+
+def to_ms(moment: datetime) -> int:
+    """Milliseconds since the Unix epoch; ``moment`` must carry a time zone."""
+    if moment.tzinfo is None:
+        raise ValueError("times must carry a time zone")
+    return int(moment.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class ReplayStatistics:
+    entries: int
+    remembered: int
+    replays: int
+    stale: int
+    evicted: int
+    watermark_ms: int
+
+
+class ReplayCache:
+    """Remembers (source, event id) pairs for a window; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        window: timedelta = DEFAULT_WINDOW,
+        skew: timedelta = DEFAULT_SKEW,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+    ) -> None:
+        if max_entries < 1 or window <= timedelta(0):
+            raise ValueError("the replay window and size must be positive")
+        self._window_ms = int(window.total_seconds() * 1000)
+        self._skew_ms = int(skew.total_seconds() * 1000)
+        self._max = max_entries
+        self._seen: dict[tuple[str, str], int] = {}
+        self._heap: list[tuple[int, str, str]] = []
+        self._watermark = -1
+        self._remembered = self._replays = self._stale = self._evicted = 0
+
+    def check(self, source: str, event_id: str, sealed_at_ms: int, now: datetime) -> None:
+        """Raise :class:`Replayed` or :class:`Stale` if the record cannot be accepted."""
+        now_ms = to_ms(now)
+        if sealed_at_ms > now_ms + self._skew_ms or sealed_at_ms < now_ms - self._window_ms:
+            self._stale += 1
+            raise Stale()
+        if sealed_at_ms <= self._watermark:
+            self._stale += 1
+            raise Stale()
+        if (source, event_id) in self._seen:
+            self._replays += 1
+            raise Replayed()
+
+    def remember(self, source: str, event_id: str, sealed_at_ms: int, now: datetime) -> None:
+        """Record the pair as seen (after :meth:`check` passed), then enforce the bounds."""
+        key = (source, event_id)
+        if key not in self._seen:
+            self._seen[key] = sealed_at_ms
+            heapq.heappush(self._heap, (sealed_at_ms, source, event_id))
+            self._remembered += 1
+        self._evict(to_ms(now))
+
+    def check_and_remember(
+        self, source: str, event_id: str, sealed_at_ms: int, now: datetime
+    ) -> None:
+        self.check(source, event_id, sealed_at_ms, now)
+        self.remember(source, event_id, sealed_at_ms, now)
+
+    def forget(self, source: str, event_id: str) -> None:
+        """Undo :meth:`remember` (the transaction that saw the event aborted)."""
+        self._seen.pop((source, event_id), None)  # its heap entry is skipped lazily
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def _evict(self, now_ms: int) -> None:
+        horizon = now_ms - self._window_ms
+        heap = self._heap
+        while heap:
+            sealed, source, event_id = heap[0]
+            live = self._seen.get((source, event_id)) == sealed
+            if live and sealed >= horizon and len(self._seen) <= self._max:
+                break
+            heapq.heappop(heap)
+            if live:
+                del self._seen[(source, event_id)]
+                self._evicted += 1
+                if sealed >= horizon:  # dropped for space, not age: raise the watermark
+                    self._watermark = max(self._watermark, sealed)
+
+    def statistics(self) -> ReplayStatistics:
+        return ReplayStatistics(
+            entries=len(self._seen),
+            remembered=self._remembered,
+            replays=self._replays,
+            stale=self._stale,
+            evicted=self._evicted,
+            watermark_ms=self._watermark,
+        )
