@@ -1,0 +1,378 @@
+"""Reading the schema folder: pinned references, lint, parsing and fingerprints.
+
+Layout (see ``schemas/README.md``)::
+
+    schemas/vocabulary.json            classifications and practice steps
+    schemas/types/<Name>/v<N>.avsc     shared named types (records and enums)
+    schemas/events/<Name>/v<N>.avsc    event schemas; the first field is ``header``
+
+A file refers to a shared type by name and pins the version it was written against in a
+top-level ``"tiaki.uses": {"nz.tiaki.Address": 1}``. The loader writes each pinned type out in
+full, so every version of every schema becomes one standalone Avro schema that never changes
+once released: publishing ``Address`` v2 does not silently alter events written against v1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fastavro import parse_schema
+from fastavro.schema import to_parsing_canonical_form
+
+from broker.codec._errors import SchemaError, UnknownSchema
+from broker.codec._model import NAMESPACE, Schema, SchemaKind, Vocabulary
+from broker.codec._types import NAMED, PRIMITIVES, collect_names
+
+USES = "tiaki.uses"
+PRACTICE_STEP = "tiaki.practice_step"
+HEADER_TYPE = f"{NAMESPACE}.EventHeader"
+_KINDS: tuple[tuple[str, SchemaKind], ...] = (("types", "type"), ("events", "event"))
+_VERSION_FILE = re.compile(r"v([1-9][0-9]*)\.avsc")
+
+
+@dataclass(frozen=True)
+class _Source:
+    name: str
+    version: int
+    kind: SchemaKind
+    raw: Mapping[str, Any]
+    path: Path
+
+    @property
+    def pins(self) -> dict[str, int]:
+        return dict(self.raw.get(USES, {}))
+
+
+class SchemaSet:
+    """Every version of every schema in one folder, looked up by name or by fingerprint."""
+
+    def __init__(self, schemas: list[Schema], vocabulary: Vocabulary, folder: Path) -> None:
+        self.folder = folder
+        self.vocabulary = vocabulary
+        self._by_fingerprint = {schema.fingerprint: schema for schema in schemas}
+        self._versions: dict[str, tuple[Schema, ...]] = {}
+        for schema in sorted(schemas, key=lambda s: (s.name, s.version)):
+            self._versions[schema.name] = (*self._versions.get(schema.name, ()), schema)
+
+    def __iter__(self) -> Iterator[Schema]:
+        """Every schema version, by name then version."""
+        for versions in self._versions.values():
+            yield from versions
+
+    def __len__(self) -> int:
+        return len(self._by_fingerprint)
+
+    def names(self) -> tuple[str, ...]:
+        """Full names of every schema, sorted."""
+        return tuple(self._versions)
+
+    def events(self) -> tuple[Schema, ...]:
+        """The latest version of every event schema."""
+        return tuple(v[-1] for v in self._versions.values() if v[-1].kind == "event")
+
+    def versions(self, name: str) -> tuple[Schema, ...]:
+        """Every version of ``name`` (full or short), oldest first."""
+        full = name if "." in name else f"{NAMESPACE}.{name}"
+        try:
+            return self._versions[full]
+        except KeyError:
+            raise UnknownSchema(f"no schema named {full}") from None
+
+    def latest(self, name: str) -> Schema:
+        """The newest version of ``name``."""
+        return self.versions(name)[-1]
+
+    def get(self, name: str, version: int) -> Schema:
+        """Version ``version`` of ``name``."""
+        for schema in self.versions(name):
+            if schema.version == version:
+                return schema
+        raise UnknownSchema(f"no version {version} of schema {self.latest(name).name}")
+
+    def by_fingerprint(self, fingerprint: bytes) -> Schema:
+        """The schema whose fingerprint is ``fingerprint``; :class:`UnknownSchema` if none."""
+        schema = self._by_fingerprint.get(fingerprint)
+        if schema is None:
+            raise UnknownSchema(f"no schema has fingerprint {bytes(fingerprint[:8]).hex()}…")
+        return schema
+
+
+def load_schemas(folder: Path) -> SchemaSet:
+    """Load, lint, expand, parse and fingerprint every schema under ``folder``.
+
+    Raises :class:`SchemaError` naming the file (and field) at the first fault.
+    """
+    vocabulary = _load_vocabulary(folder / "vocabulary.json")
+    sources = _read_sources(folder)
+    for source in sources.values():
+        _lint(source, vocabulary)
+    owners: dict[str, str] = {}
+    schemas = [_build(source, sources, owners) for source in sources.values()]
+    seen: dict[tuple[str, bytes], Schema] = {}
+    for schema in schemas:
+        twin = seen.setdefault((schema.name, schema.fingerprint), schema)
+        if twin is not schema:
+            raise SchemaError(
+                f"{schema.path}: {schema.label} has the same wire form as v{twin.version}; "
+                "a new version must change the schema (correct docs or classifications in place)"
+            )
+    return SchemaSet(schemas, vocabulary, folder)
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SchemaError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SchemaError(f"{path}:{exc.lineno}:{exc.colno}: bad JSON: {exc.msg}") from None
+
+
+def _load_vocabulary(path: Path) -> Vocabulary:
+    data = _load_json(path)
+    parts: dict[str, dict[str, str]] = {}
+    for key in ("classifications", "practice_steps"):
+        table = data.get(key) if isinstance(data, dict) else None
+        if not isinstance(table, dict) or not table:
+            raise SchemaError(f"{path}: '{key}' must be a non-empty object of code: meaning")
+        for code, meaning in table.items():
+            if not re.fullmatch(r"[a-z][a-z0-9_]*", code) or not isinstance(meaning, str):
+                raise SchemaError(f"{path}: {key}: {code!r} must be snake_case with a meaning")
+        parts[key] = dict(table)
+    return Vocabulary(parts["classifications"], parts["practice_steps"])
+
+
+def _read_sources(folder: Path) -> dict[tuple[str, int], _Source]:
+    if not folder.is_dir():
+        raise SchemaError(f"{folder}: schema folder not found")
+    sources: dict[tuple[str, int], _Source] = {}
+    kinds: dict[str, SchemaKind] = {}
+    for subdir, kind in _KINDS:
+        base = folder / subdir
+        if not base.is_dir():
+            continue
+        for type_dir in sorted(p for p in base.iterdir() if not p.name.startswith(".")):
+            if not type_dir.is_dir():
+                raise SchemaError(f"{type_dir}: expected a folder per schema, <Name>/v<N>.avsc")
+            full = f"{NAMESPACE}.{type_dir.name}"
+            versions: list[int] = []
+            for file in sorted(type_dir.iterdir()):
+                match = _VERSION_FILE.fullmatch(file.name)
+                if match is None:
+                    raise SchemaError(f"{file}: schema files are named v<N>.avsc")
+                version = int(match.group(1))
+                raw = _load_json(file)
+                _check_identity(file, raw, type_dir.name)
+                if kinds.setdefault(full, kind) != kind:
+                    raise SchemaError(f"{file}: {full} is both a type and an event")
+                sources[(full, version)] = _Source(full, version, kind, raw, file)
+                versions.append(version)
+            if sorted(versions) != list(range(1, len(versions) + 1)):
+                raise SchemaError(
+                    f"{type_dir}: versions must run v1..vN without gaps (keep old versions)"
+                )
+    if not sources:
+        raise SchemaError(f"{folder}: no schemas under types/ or events/")
+    return sources
+
+
+def _check_identity(path: Path, raw: Any, dir_name: str) -> None:
+    if not isinstance(raw, dict) or raw.get("type") not in NAMED:
+        raise SchemaError(f"{path}: a schema file holds one named type (record or enum)")
+    name = str(raw.get("name", ""))
+    namespace = raw.get("namespace")
+    full = name if "." in name else f"{namespace}.{name}"
+    if full != f"{NAMESPACE}.{dir_name}":
+        raise SchemaError(
+            f"{path}: defines {full!r} but its folder says {NAMESPACE}.{dir_name}; "
+            f"use namespace {NAMESPACE!r} and name {dir_name!r}"
+        )
+    uses = raw.get(USES, {})
+    if not isinstance(uses, dict) or not all(
+        isinstance(k, str) and k.startswith(f"{NAMESPACE}.") and isinstance(v, int) and v >= 1
+        for k, v in uses.items()
+    ):
+        raise SchemaError(f"{path}: '{USES}' maps full type names to versions (integers from 1)")
+
+
+# -- lint -------------------------------------------------------------------------------------
+
+
+def _lint(source: _Source, vocabulary: Vocabulary) -> None:
+    """Check the rules the policy engine relies on, in this file's own definitions."""
+    raw, path = source.raw, source.path
+    if source.kind == "event":
+        step = raw.get(PRACTICE_STEP)
+        if step not in vocabulary.practice_steps:
+            known = ", ".join(vocabulary.practice_steps)
+            raise SchemaError(f"{path}: '{PRACTICE_STEP}' must be one of: {known}")
+        fields = raw.get("fields") if raw.get("type") == "record" else None
+        first = fields[0] if isinstance(fields, list) and fields else {}
+        if first.get("name") != "header" or _full(first.get("type")) != HEADER_TYPE:
+            raise SchemaError(
+                f"{path}: the first field of an event must be 'header' of type EventHeader"
+            )
+    elif PRACTICE_STEP in raw:
+        raise SchemaError(f"{path}: only events carry '{PRACTICE_STEP}'")
+    _lint_named(raw, path, "", vocabulary)
+
+
+def _full(name: Any) -> Any:
+    if isinstance(name, str) and name not in PRIMITIVES and "." not in name:
+        return f"{NAMESPACE}.{name}"
+    return name
+
+
+def _lint_named(node: Mapping[str, Any], path: Path, where: str, vocabulary: Vocabulary) -> None:
+    label = f"{where} ({node.get('name')})" if where else str(node.get("name"))
+    if not isinstance(node.get("doc"), str) or not node["doc"].strip():
+        raise SchemaError(f"{path}: type {label}: missing 'doc'")
+    for fld in node.get("fields", ()):
+        field_path = f"{where}.{fld.get('name')}" if where else str(fld.get("name"))
+        if not isinstance(fld.get("doc"), str) or not fld["doc"].strip():
+            raise SchemaError(f"{path}: field '{field_path}': missing 'doc'")
+        classification = fld.get("classification")
+        if classification not in vocabulary.classifications:
+            known = ", ".join(vocabulary.classifications)
+            raise SchemaError(
+                f"{path}: field '{field_path}': classification {classification!r} "
+                f"is not in the vocabulary ({known})"
+            )
+        _lint_type(fld["type"], path, field_path, vocabulary)
+
+
+def _lint_type(node: Any, path: Path, where: str, vocabulary: Vocabulary) -> None:
+    if isinstance(node, list):
+        if len(node) != 2 or node[0] != "null" or node[1] == "null":
+            raise SchemaError(
+                f"{path}: field '{where}': unions must be [\"null\", T] (optional values only)"
+            )
+        _lint_type(node[1], path, where, vocabulary)
+    elif isinstance(node, Mapping):
+        kind = node.get("type")
+        if kind in NAMED:
+            _lint_named(node, path, where, vocabulary)
+        elif kind == "array":
+            _lint_type(node.get("items"), path, f"{where}[]", vocabulary)
+        elif kind == "map":
+            _lint_type(node.get("values"), path, f"{where}{{}}", vocabulary)
+
+
+# -- expansion --------------------------------------------------------------------------------
+
+
+def _build(
+    source: _Source, sources: Mapping[tuple[str, int], _Source], owners: dict[str, str]
+) -> Schema:
+    expander = _Expander(sources, owners)
+    definition = expander.named(source, NAMESPACE)
+    if source.kind == "event":
+        definition[PRACTICE_STEP] = source.raw[PRACTICE_STEP]
+    unused = set(source.pins) - expander.referenced
+    if unused:
+        raise SchemaError(f"{source.path}: '{USES}' pins types it never uses: {sorted(unused)}")
+    try:
+        parsed = parse_schema(definition)
+        canonical = to_parsing_canonical_form(parsed)
+    except Exception as exc:  # fastavro raises several types for a bad schema; translate them all
+        raise SchemaError(f"{source.path}: not a valid Avro schema: {exc}") from None
+    return Schema(
+        name=source.name,
+        version=source.version,
+        kind=source.kind,
+        definition=definition,
+        parsed=parsed,
+        canonical_form=canonical,
+        fingerprint=hashlib.sha256(canonical.encode("utf-8")).digest(),
+        path=source.path,
+        practice_step=source.raw.get(PRACTICE_STEP),
+        names=collect_names(definition),
+    )
+
+
+class _Expander:
+    """Writes one schema out standalone: pinned types in full at first use, names afterwards."""
+
+    def __init__(self, sources: Mapping[tuple[str, int], _Source], owners: dict[str, str]) -> None:
+        self.sources = sources
+        self.owners = owners  # named type -> the file folder that defines it, across all files
+        self.defined: dict[str, int | None] = {}  # name -> pinned version (None: defined inline)
+        self.referenced: set[str] = set()
+        self.source: _Source | None = None
+        self.top: _Source | None = None
+
+    def named(self, source: _Source, namespace: str) -> dict[str, Any]:
+        outer, self.source = self.source, source
+        self.top = self.top or source
+        try:
+            return self._definition(source.raw, namespace, source.version)
+        finally:
+            self.source = outer
+
+    def _definition(
+        self, raw: Mapping[str, Any], namespace: str, version: int | None
+    ) -> dict[str, Any]:
+        assert self.source is not None  # set by named()
+        name = str(raw["name"])
+        full = name if "." in name else f"{raw.get('namespace', namespace)}.{name}"
+        owner = self.source.name
+        if self.owners.setdefault(full, owner) != owner:
+            raise SchemaError(
+                f"{self.source.path}: type {full} is already defined by {self.owners[full]}; "
+                "move it to schemas/types/ and pin it"
+            )
+        self.defined[full] = version if full == owner else None
+        inner_ns = full.rpartition(".")[0]
+        out: dict[str, Any] = {
+            k: v for k, v in raw.items() if k not in ("namespace", USES, PRACTICE_STEP)
+        }
+        out["name"] = full
+        if "fields" in raw:
+            out["fields"] = [
+                {**fld, "type": self._type(fld["type"], inner_ns)} for fld in raw["fields"]
+            ]
+        return out
+
+    def _type(self, node: Any, namespace: str) -> Any:
+        assert self.source is not None
+        if isinstance(node, list):
+            return [self._type(branch, namespace) for branch in node]
+        if isinstance(node, Mapping):
+            kind = node.get("type")
+            if kind in NAMED:
+                return self._definition(node, namespace, None)
+            if kind == "array":
+                return {**node, "items": self._type(node["items"], namespace)}
+            if kind == "map":
+                return {**node, "values": self._type(node["values"], namespace)}
+            return dict(node)
+        if not isinstance(node, str) or node in PRIMITIVES:
+            return node
+        full = node if "." in node else f"{namespace}.{node}"
+        pins = self.source.pins
+        if full in pins and self.source is self.top:
+            self.referenced.add(full)
+        if full in self.defined:
+            pinned = pins.get(full)
+            if pinned is not None and self.defined[full] not in (None, pinned):
+                raise SchemaError(
+                    f"{self.source.path}: pins {full} v{pinned}, but v{self.defined[full]} "
+                    "is already in use in the same schema"
+                )
+            return full
+        if full not in pins:
+            raise SchemaError(
+                f"{self.source.path}: refers to {full} without pinning its version in '{USES}'"
+            )
+        target = self.sources.get((full, pins[full]))
+        if target is None:
+            raise SchemaError(
+                f"{self.source.path}: pins {full} v{pins[full]}, which does not exist"
+            )
+        return self.named(target, NAMESPACE)

@@ -1,0 +1,170 @@
+"""Loaded schemas as values: :class:`Schema`, :class:`FieldInfo` and :class:`Vocabulary`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal
+
+from broker.codec._types import Names, describe, resolve
+
+NAMESPACE = "nz.tiaki"
+
+SchemaKind = Literal["event", "type"]
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """The controlled vocabularies in ``schemas/vocabulary.json``.
+
+    ``classifications`` names every kind of information a field may hold (policies refer to
+    these); ``practice_steps`` names the six steps of the multi-agency operating model that
+    event schemas map onto. Each maps a code to its meaning.
+    """
+
+    classifications: Mapping[str, str]
+    practice_steps: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class FieldInfo:
+    """One field of a schema, flattened for the policy engine's field plans.
+
+    ``path`` joins field names with ``.``; ``[]`` marks the items of an array and ``{}`` the
+    values of a map, and a nullable union is transparent: ``people[].person.date_of_birth``.
+    ``classification`` is the field's own class; ``inherited`` holds the classes of the fields
+    that contain it, outermost first, so a rule about ``location`` can reach every leaf of an
+    ``Address`` field whatever the leaves are called.
+    """
+
+    path: str
+    classification: str
+    inherited: tuple[str, ...]
+    doc: str
+    avro_type: str
+    nullable: bool
+    leaf: bool
+
+    @property
+    def classes(self) -> frozenset[str]:
+        """The field's own class together with every inherited class."""
+        return frozenset((self.classification, *self.inherited))
+
+
+@dataclass(frozen=True, eq=False)
+class Schema:
+    """One version of one named schema, parsed once and identified by its fingerprint.
+
+    ``definition`` is the standalone JSON (shared types written out at their pinned versions,
+    full names throughout); ``parsed`` is fastavro's parsed form used on the hot path;
+    ``fingerprint`` is the SHA-256 of the Parsing Canonical Form (32 bytes), which is what a
+    record carries to name its writer schema.
+    """
+
+    name: str
+    version: int
+    kind: SchemaKind
+    definition: Mapping[str, Any]
+    parsed: Any = field(repr=False)
+    canonical_form: str = field(repr=False)
+    fingerprint: bytes
+    path: Path
+    practice_step: str | None
+    names: Names = field(repr=False)
+
+    @property
+    def short_name(self) -> str:
+        """The name without the ``nz.tiaki.`` namespace."""
+        return self.name.rpartition(".")[2]
+
+    @property
+    def label(self) -> str:
+        """``nz.tiaki.TaskEvent v1``: how messages name a schema version."""
+        return f"{self.name} v{self.version}"
+
+    @property
+    def fingerprint_hex(self) -> str:
+        """The fingerprint as 64 lowercase hex digits."""
+        return self.fingerprint.hex()
+
+    @cached_property
+    def fields(self) -> tuple[FieldInfo, ...]:
+        """Every field at every depth, in declaration order (see :func:`flatten_fields`)."""
+        return flatten_fields(self)
+
+
+def flatten_fields(schema: Schema) -> tuple[FieldInfo, ...]:
+    """Return every field of ``schema`` at every depth, in declaration order.
+
+    A field whose type is a record appears itself (``leaf=False``) and is followed by its
+    children. Recursive types are expanded once per path.
+    """
+    out: list[FieldInfo] = []
+    if schema.definition.get("type") not in ("record", "error"):
+        return ()  # an enum or fixed has no fields
+    _flatten(schema.definition, schema.names, "", (), out, frozenset())
+    return tuple(out)
+
+
+def field_classifications(schema: Schema) -> tuple[tuple[str, str], ...]:
+    """``(path, classification)`` for every field of ``schema``, in declaration order."""
+    return tuple((info.path, info.classification) for info in flatten_fields(schema))
+
+
+def _flatten(
+    record: Mapping[str, Any],
+    names: Names,
+    prefix: str,
+    inherited: tuple[str, ...],
+    out: list[FieldInfo],
+    active: frozenset[str],
+) -> None:
+    active = active | {str(record["name"])}
+    for fld in record["fields"]:
+        path = f"{prefix}{fld['name']}"
+        node, suffix, nullable = _unwrap(fld["type"], names)
+        classification = str(fld.get("classification", ""))
+        nested = (
+            node
+            if isinstance(node, Mapping)
+            and node.get("type") in ("record", "error")
+            and node["name"] not in active
+            else None
+        )
+        out.append(
+            FieldInfo(
+                path=path,
+                classification=classification,
+                inherited=inherited,
+                doc=str(fld.get("doc", "")),
+                avro_type=describe(fld["type"], names),
+                nullable=nullable,
+                leaf=nested is None,
+            )
+        )
+        if nested is not None:
+            _flatten(nested, names, f"{path}{suffix}.", (*inherited, classification), out, active)
+
+
+def _unwrap(node: Any, names: Names) -> tuple[Any, str, bool]:
+    """Strip nullable unions, arrays and maps; return the inner type, the path suffix, nullability."""
+    suffix = ""
+    nullable = False
+    while True:
+        node = resolve(node, names)
+        if isinstance(node, list):
+            branches = [b for b in node if resolve(b, names) != "null"]
+            nullable = nullable or len(branches) < len(node)
+            if len(branches) != 1:
+                return node, suffix, nullable
+            node = branches[0]
+        elif isinstance(node, Mapping) and node.get("type") == "array":
+            suffix += "[]"
+            node = node["items"]
+        elif isinstance(node, Mapping) and node.get("type") == "map":
+            suffix += "{}"
+            node = node["values"]
+        else:
+            return node, suffix, nullable
