@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from broker.codec._compat import check_evolution
+from broker.codec._errors import IncompatibleSchema
 from broker.codec._load import load_schemas
 
 app = typer.Typer(help="Avro event schemas: list, check compatibility.", no_args_is_help=True)
@@ -46,7 +47,8 @@ def check(folder: Annotated[Path, _FOLDER] = Path("schemas")) -> None:
     for problem in problems:
         print(f"tiaki: incompatible: {problem}", file=sys.stderr)
     if problems:
-        raise typer.Exit(1)
+        # An error rather than typer.Exit: the root CLI turns TiakiError into exit status 1.
+        raise IncompatibleSchema(f"{len(problems)} incompatible schema change(s), listed above")
     print(
         f"ok: {len(schemas)} schema versions ({len(schemas.names())} names), "
         "every version compatible with all earlier ones, both ways"

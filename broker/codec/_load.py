@@ -25,6 +25,7 @@ from typing import Any
 from fastavro import parse_schema
 from fastavro.schema import to_parsing_canonical_form
 
+from broker.codec._codec import decode
 from broker.codec._errors import SchemaError, UnknownSchema
 from broker.codec._model import NAMESPACE, Schema, SchemaKind, Vocabulary
 from broker.codec._types import NAMED, PRIMITIVES, collect_names
@@ -102,6 +103,18 @@ class SchemaSet:
             raise UnknownSchema(f"no schema has fingerprint {bytes(fingerprint[:8]).hex()}…")
         return schema
 
+    def decode(
+        self, data: bytes, fingerprint: bytes, reader: Schema | None = None
+    ) -> dict[str, Any]:
+        """Decode a record whose writer has ``fingerprint``, read as ``reader``.
+
+        ``reader`` defaults to the newest version of the writer's name, so the broker sees
+        every record in the shape its current policies were written for. Raises
+        :class:`UnknownSchema`, :class:`MalformedRecord` or :class:`IncompatibleSchema`.
+        """
+        writer = self.by_fingerprint(fingerprint)
+        return decode(data, writer, self.latest(writer.name) if reader is None else reader)
+
 
 def load_schemas(folder: Path) -> SchemaSet:
     """Load, lint, expand, parse and fingerprint every schema under ``folder``.
@@ -119,8 +132,9 @@ def load_schemas(folder: Path) -> SchemaSet:
         twin = seen.setdefault((schema.name, schema.fingerprint), schema)
         if twin is not schema:
             raise SchemaError(
-                f"{schema.path}: {schema.label} has the same wire form as v{twin.version}; "
-                "a new version must change the schema (correct docs or classifications in place)"
+                f"{schema.path}: {schema.label} has the same wire form as v{twin.version} "
+                "(the canonical form ignores docs, classifications, defaults and logical types): "
+                "correct docs or classifications in place; to change a logical type, add a field"
             )
     return SchemaSet(schemas, vocabulary, folder)
 
