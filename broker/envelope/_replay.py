@@ -12,7 +12,11 @@ Rules:
 * a (source, event id) already in the cache is :class:`Replayed`;
 * otherwise it is remembered. Entries older than the window are dropped; when more than
   ``max_entries`` remain, the oldest are dropped and the watermark rises to the newest dropped
-  ``sealed_at``, so memory stays bounded without ever accepting a replay.
+  ``sealed_at``, so memory stays bounded without ever accepting a replayed record (a replay
+  carries its original, authenticated ``sealed_at``).
+
+What it does not promise: a sender that *re-seals* an event id it already sent (a new record,
+with a new ``sealed_at``) is caught while the first copy is still in the cache, not after.
 
 The cache is per process: with several workers in one consumer group, a replay that lands on
 another partition is caught only if that worker has seen the original. The runtime should call

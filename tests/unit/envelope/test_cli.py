@@ -1,0 +1,115 @@
+"""``tiaki keys``: development keys land in TIAKI_HOME with owner-only permissions."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+
+from broker._cli import main
+from broker._settings import Settings
+from broker.envelope import BROKER, KeyState, KeyStore, Kind, Opener, Sealer
+from broker.registry import load_registry
+
+from .conftest import T0
+
+REGISTRY = Path(__file__).resolve().parents[3] / "policies" / "agencies.yaml"
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("TIAKI_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("TIAKI_REGISTRY", str(REGISTRY))
+    return tmp_path / "home"
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def _principals() -> dict[str, str]:
+    registry = load_registry(REGISTRY)
+    return {a.id: a.key_ref for a in registry.agencies} | {BROKER: BROKER}
+
+
+def test_init_creates_keys_for_every_agency_and_the_broker(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "init"]) == 0
+    keys = Settings.from_env().keys_dir
+    refs = set(_principals().values())
+    assert {p.stem for p in (keys / "public").glob("*.json")} == refs
+    for folder in (keys, keys / "public", keys / "private", *(keys / "private").iterdir()):
+        assert _mode(folder) == 0o700, folder
+    private_files = list((keys / "private").rglob("*.json"))
+    assert len(private_files) == 3 * len(refs)
+    assert all(_mode(f) == 0o600 for f in private_files)
+    doc = json.loads((keys / "public" / "police.json").read_text())
+    assert doc["format"] == "tiaki.public-keys/v1"
+    assert len(doc["keys"]) == 3
+    assert "private" not in json.dumps(doc)
+    assert "created" in capsys.readouterr().out
+
+
+def test_init_is_idempotent_unless_forced(home: Path) -> None:
+    assert main(["keys", "init"]) == 0
+    before = (Settings.from_env().keys_dir / "public" / "police.json").read_bytes()
+    assert main(["keys", "init"]) == 0
+    assert (Settings.from_env().keys_dir / "public" / "police.json").read_bytes() == before
+    assert main(["keys", "init", "--force"]) == 0
+    assert (Settings.from_env().keys_dir / "public" / "police.json").read_bytes() != before
+
+
+def test_generated_keys_seal_and_open_through_the_registry(home: Path) -> None:
+    assert main(["keys", "init"]) == 0
+    store = KeyStore(Settings.from_env().keys_dir)
+    agency_ring = store.load(_principals(), private_for=["police"])
+    broker_ring = store.load(_principals(), private_for=[BROKER])
+    now = max(k.created_at for k in agency_ring.keys(owner=None))
+    record = Sealer("police", agency_ring).seal(
+        b"p",
+        kind=Kind.INGRESS,
+        topic="tiaki.ingress.police",
+        recipient=BROKER,
+        event_id="e",
+        schema_fingerprint=b"f",
+        now=now,
+    )
+    opened = Opener(BROKER, broker_ring).open(record, topic="tiaki.ingress.police", now=now)
+    assert opened.payload == b"p"
+    assert not agency_ring.has_private(broker_ring.keys(BROKER)[0].key_id)
+    assert now > T0
+
+
+def test_rotate_list_and_revoke(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "init"]) == 0
+    assert main(["keys", "rotate", "corrections", "--purpose", "signing"]) == 0
+    store = KeyStore(Settings.from_env().keys_dir)
+    ring = store.load()
+    states = sorted(k.state.value for k in ring.keys("corrections"))
+    assert states == ["active", "active", "active", "retiring"]
+    new_id = capsys.readouterr().out.splitlines()[-1].split()[0]
+    assert main(["keys", "revoke", new_id, "--reason", "test"]) == 0
+    assert KeyStore(store.root).load().get(new_id).state is KeyState.REVOKED
+    assert main(["keys", "list", "corrections"]) == 0
+    assert "revoked" in capsys.readouterr().out
+
+
+def test_errors_are_one_line(home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys", "list"]) == 1
+    assert main(["keys", "init"]) == 0
+    capsys.readouterr()
+    assert main(["keys", "revoke", "no-such-key"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("tiaki: error:")
+
+
+def test_private_keys_readable_by_others_are_refused(home: Path) -> None:
+    assert main(["keys", "init"]) == 0
+    keys = Settings.from_env().keys_dir
+    victim = next((keys / "private" / "police").glob("*.json"))
+    victim.chmod(0o644)
+    assert main(["keys", "rotate", "police"]) == 1
