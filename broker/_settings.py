@@ -32,6 +32,7 @@ class Settings(BaseModel):
 
     home: Path = Path(".tiaki")
     registry: Path = Path("policies/agencies.yaml")
+    deploy_dir: Path = Path("deploy")
     kafka_port: int = Field(default=19093, ge=1024, le=65535)
     controller_port: int = Field(default=19094, ge=1024, le=65535)
 

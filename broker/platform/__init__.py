@@ -1,0 +1,70 @@
+"""The platform Tiaki runs on: a local Apache Kafka, TLS material, provisioning, profiles."""
+
+from broker.platform._local import KAFKA_VERSION, KafkaStatus, LocalKafka
+from broker.platform._plan import (
+    Acl,
+    ActualState,
+    Change,
+    DesiredState,
+    TopicSpec,
+    desired_state,
+    diff,
+)
+from broker.platform._profiles import (
+    PROFILE_KEYS,
+    Profile,
+    load_profile,
+    profile_path,
+    save_profile,
+)
+from broker.platform._provision import ClusterAdmin, ProvisionReport, bootstrap_admin, provision
+from broker.platform._topics import (
+    ADMIN,
+    AUDIT,
+    BROKER,
+    BROKER_GROUP_PREFIX,
+    COMPLIANCE,
+    DLQ,
+    POLICY,
+    REVIEW,
+    STATE_CASES,
+    egress,
+    group_prefix,
+    hub,
+    ingress,
+)
+
+__all__ = [
+    "ADMIN",
+    "AUDIT",
+    "BROKER",
+    "BROKER_GROUP_PREFIX",
+    "COMPLIANCE",
+    "DLQ",
+    "KAFKA_VERSION",
+    "POLICY",
+    "PROFILE_KEYS",
+    "REVIEW",
+    "STATE_CASES",
+    "Acl",
+    "ActualState",
+    "Change",
+    "ClusterAdmin",
+    "DesiredState",
+    "KafkaStatus",
+    "LocalKafka",
+    "Profile",
+    "ProvisionReport",
+    "TopicSpec",
+    "bootstrap_admin",
+    "desired_state",
+    "diff",
+    "egress",
+    "group_prefix",
+    "hub",
+    "ingress",
+    "load_profile",
+    "profile_path",
+    "provision",
+    "save_profile",
+]

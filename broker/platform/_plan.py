@@ -1,0 +1,234 @@
+"""What the cluster should look like, worked out from the registry alone (pure).
+
+The trust model in ACLs:
+
+- an agency writes only ``tiaki.ingress.<id>``, reads only ``tiaki.egress.<id>`` (and, for a
+  regional hub, ``tiaki.hub.<region>``), and uses only consumer groups named ``<id>.*``;
+- the broker reads every ingress topic and writes every egress topic, audit, quarantine,
+  review and state, in transactions under ``tiaki-broker*`` ids;
+- compliance reads ``tiaki.audit`` and nothing else;
+- admin administers topics, ACLs and credentials and may publish signed policy bundles, but
+  reads and writes no agency's data.
+
+:func:`diff` compares this with what a cluster reports and lists the changes, so
+``tiaki provision --dry-run`` and the real run print the same plan.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from broker.platform import _topics as t
+from broker.registry import Registry
+
+DAY_MS = 86_400_000
+
+#: Consumer groups of agency adapters, compliance readers, and the broker's workers.
+_CLUSTER = "kafka-cluster"
+
+
+@dataclass(frozen=True, order=True)
+class Acl:
+    """One ALLOW ACL for any host. Tiaki never uses DENY: absence is denial."""
+
+    principal: str
+    resource_type: str  # TOPIC, GROUP, CLUSTER, TRANSACTIONAL_ID
+    resource_name: str
+    pattern: str  # LITERAL or PREFIXED
+    operation: str  # READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, ALTER_CONFIGS, ...
+
+    def __str__(self) -> str:
+        star = "*" if self.pattern == "PREFIXED" else ""
+        return f"{self.principal} {self.operation} {self.resource_type.lower()} {self.resource_name}{star}"
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    replication: int
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DesiredState:
+    topics: Mapping[str, TopicSpec]
+    principals: frozenset[str]
+    acls: frozenset[Acl]
+
+
+@dataclass(frozen=True)
+class ActualState:
+    """What a cluster reports: topic partitions and tracked configs, SCRAM users, ACLs."""
+
+    topics: Mapping[str, tuple[int, Mapping[str, str]]]
+    principals: frozenset[str]
+    acls: frozenset[Acl]
+
+
+@dataclass(frozen=True)
+class Change:
+    action: str  # create, alter, add, remove, warn
+    kind: str  # topic, principal, acl
+    subject: str
+    detail: str = ""
+    #: The ACL an ``add``/``remove acl`` change is about, for the code that applies it.
+    acl: Acl | None = field(default=None, compare=False)
+
+    def __str__(self) -> str:
+        sign = {"create": "+", "add": "+", "remove": "-", "alter": "~", "warn": "!"}[self.action]
+        text = f"{sign} {self.kind} {self.subject}"
+        return f"{text}: {self.detail}" if self.detail else text
+
+
+def _topic_classes(retention_days: Mapping[str, int]) -> dict[str, dict[str, str]]:
+    def delete(days: int) -> dict[str, str]:
+        return {"cleanup.policy": "delete", "retention.ms": str(days * DAY_MS)}
+
+    return {
+        "ingress": delete(retention_days["ingress"]) | {"max.message.bytes": "1048576"},
+        "egress": delete(retention_days["egress"]) | {"max.message.bytes": "1048576"},
+        "audit": delete(retention_days["audit"]),
+        "review": delete(retention_days["review"]),
+        "dlq": delete(retention_days["dlq"]) | {"max.message.bytes": "2097152"},
+        "hub": delete(retention_days["hub"]),
+        "compacted": {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+    }
+
+
+#: Retention per topic class, in days (documented in docs/operations.md). Ingress, review
+#: and quarantine hold sealed data only briefly (IPP 9); the audit log is kept seven years so
+#: that good-faith disclosures (FVA s25) can be shown long after.
+RETENTION_DAYS: Mapping[str, int] = {
+    "ingress": 7,
+    "egress": 14,
+    "review": 30,
+    "dlq": 30,
+    "hub": 400,
+    "audit": 2557,
+}
+
+
+def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> DesiredState:
+    """The topics, principals and ACLs the registry calls for on a cluster of ``brokers``."""
+    replication = min(3, max(1, brokers))
+    min_isr = str(min(2, replication))
+    classes = _topic_classes(RETENTION_DAYS)
+
+    topics: dict[str, TopicSpec] = {}
+
+    def topic(name: str, cls: str, count: int = partitions) -> None:
+        config = dict(classes[cls]) | {"min.insync.replicas": min_isr}
+        topics[name] = TopicSpec(name, count, replication, config)
+
+    for agency in registry.agencies:
+        topic(t.ingress(agency.id), "ingress")
+        topic(t.egress(agency.id), "egress")
+    for region in registry.hub_regions:
+        topic(t.hub(region), "hub", 1)
+    topic(t.AUDIT, "audit")
+    topic(t.REVIEW, "review")
+    topic(t.DLQ, "dlq")
+    topic(t.STATE_CASES, "compacted")
+    topic(t.POLICY, "compacted", 1)
+
+    acls: set[Acl] = set()
+
+    def allow(
+        principal: str, rtype: str, name: str, ops: Iterable[str], pattern: str = "LITERAL"
+    ) -> None:
+        acls.update(Acl(t.user(principal), rtype, name, pattern, op) for op in ops)
+
+    for agency in registry.agencies:
+        allow(agency.id, "TOPIC", t.ingress(agency.id), ["WRITE"])
+        allow(agency.id, "TOPIC", t.egress(agency.id), ["READ"])
+        allow(agency.id, "GROUP", t.group_prefix(agency.id), ["READ"], "PREFIXED")
+        if agency.kind.value == "regional_hub":
+            allow(agency.id, "TOPIC", t.hub(agency.region), ["READ"])
+
+    allow(t.BROKER, "TOPIC", t.INGRESS_PREFIX, ["READ"], "PREFIXED")
+    allow(t.BROKER, "TOPIC", t.EGRESS_PREFIX, ["WRITE"], "PREFIXED")
+    allow(t.BROKER, "TOPIC", t.HUB_PREFIX, ["WRITE"], "PREFIXED")
+    allow(t.BROKER, "TOPIC", t.AUDIT, ["WRITE"])
+    for name in (t.REVIEW, t.DLQ, t.STATE_CASES):
+        allow(t.BROKER, "TOPIC", name, ["READ", "WRITE"])
+    allow(t.BROKER, "TOPIC", t.POLICY, ["READ"])
+    allow(t.BROKER, "GROUP", t.BROKER_GROUP_PREFIX, ["READ"], "PREFIXED")
+    allow(t.BROKER, "TRANSACTIONAL_ID", t.BROKER_GROUP_PREFIX, ["WRITE"], "PREFIXED")
+
+    allow(t.COMPLIANCE, "TOPIC", t.AUDIT, ["READ"])
+    allow(t.COMPLIANCE, "GROUP", t.group_prefix(t.COMPLIANCE), ["READ"], "PREFIXED")
+
+    acls.update(admin_acls())
+
+    principals = frozenset(registry.ids) | frozenset(t.SERVICE_PRINCIPALS)
+    return DesiredState(topics, principals, frozenset(acls))
+
+
+def admin_acls() -> frozenset[Acl]:
+    """The admin principal's rights: administration, and publishing signed policy bundles."""
+    admin = t.user(t.ADMIN)
+    cluster_ops = ("ALTER", "DESCRIBE", "CREATE", "ALTER_CONFIGS", "DESCRIBE_CONFIGS")
+    topic_ops = ("CREATE", "DELETE", "ALTER", "DESCRIBE", "ALTER_CONFIGS", "DESCRIBE_CONFIGS")
+    return frozenset(
+        [Acl(admin, "CLUSTER", _CLUSTER, "LITERAL", op) for op in cluster_ops]
+        + [Acl(admin, "TOPIC", "tiaki.", "PREFIXED", op) for op in topic_ops]
+        + [Acl(admin, "TOPIC", t.POLICY, "LITERAL", "WRITE")]
+    )
+
+
+def diff(desired: DesiredState, actual: ActualState, protected: Iterable[str] = ()) -> list[Change]:
+    """Changes that take ``actual`` to ``desired``. ``protected`` users are never removed.
+
+    Topics are created, grown and reconfigured but never deleted or shrunk: they hold data,
+    so an unexpected one is reported for a person to decide.
+    """
+    changes: list[Change] = []
+    for name, spec in sorted(desired.topics.items()):
+        if name not in actual.topics:
+            changes.append(
+                Change(
+                    "create",
+                    "topic",
+                    name,
+                    f"{spec.partitions} partitions, replication {spec.replication}",
+                )
+            )
+            continue
+        count, config = actual.topics[name]
+        if count < spec.partitions:
+            changes.append(
+                Change("alter", "topic", name, f"partitions {count} -> {spec.partitions}")
+            )
+        elif count > spec.partitions:
+            changes.append(
+                Change(
+                    "warn",
+                    "topic",
+                    name,
+                    f"has {count} partitions, more than {spec.partitions}; left as is",
+                )
+            )
+        for key, value in sorted(spec.config.items()):
+            if config.get(key) != value:
+                changes.append(
+                    Change("alter", "topic", name, f"{key} {config.get(key)} -> {value}")
+                )
+    for name in sorted(set(actual.topics) - set(desired.topics)):
+        if name.startswith("tiaki."):
+            changes.append(
+                Change("warn", "topic", name, "not in the registry; holds data, so not deleted")
+            )
+
+    keep = set(protected)
+    for name in sorted(desired.principals - actual.principals):
+        changes.append(Change("add", "principal", name))
+    for name in sorted(actual.principals - desired.principals - keep):
+        changes.append(Change("remove", "principal", name, "no longer in the registry"))
+
+    for acl in sorted(desired.acls - actual.acls):
+        changes.append(Change("add", "acl", str(acl), acl=acl))
+    for acl in sorted(actual.acls - desired.acls):
+        changes.append(Change("remove", "acl", str(acl), "not granted by the registry", acl=acl))
+    return changes

@@ -1,0 +1,46 @@
+"""Files that hold secrets: connection profiles and the local cluster's bootstrap credentials.
+
+Their folders are created ``0700`` and the files ``0600`` before any secret is written, so
+there is no moment at which another user could read them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+
+def new_password() -> str:
+    """A random SCRAM password (256 bits, URL-safe)."""
+    return secrets.token_urlsafe(32)
+
+
+def private_dir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.chmod(0o700)
+    return path
+
+
+def write_secret_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as JSON to ``path`` (mode 0600), atomically."""
+    private_dir(path.parent)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=2, sort_keys=True)
+        handle.write("\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object at ``path``, or None if the file does not exist."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    return data

@@ -1,0 +1,49 @@
+"""Topic, principal and consumer-group names: the conventions every component shares."""
+
+from __future__ import annotations
+
+INGRESS_PREFIX = "tiaki.ingress."
+EGRESS_PREFIX = "tiaki.egress."
+HUB_PREFIX = "tiaki.hub."
+AUDIT = "tiaki.audit"
+REVIEW = "tiaki.review"
+DLQ = "tiaki.dlq"
+STATE_CASES = "tiaki.state.cases"
+POLICY = "tiaki.policy"
+
+#: Topics only the broker (and, for audit, compliance) may touch.
+PLATFORM_TOPICS = (AUDIT, REVIEW, DLQ, STATE_CASES, POLICY)
+
+#: Principals that belong to Tiaki itself, beside one per agency.
+BROKER = "broker"
+COMPLIANCE = "compliance"
+ADMIN = "admin"
+SERVICE_PRINCIPALS = (BROKER, COMPLIANCE, ADMIN)
+
+#: Consumer groups and transactional ids of the broker's workers start with this.
+BROKER_GROUP_PREFIX = "tiaki-broker"
+
+
+def ingress(agency_id: str) -> str:
+    """The topic agency ``agency_id`` writes to (and only it)."""
+    return f"{INGRESS_PREFIX}{agency_id}"
+
+
+def egress(agency_id: str) -> str:
+    """The topic agency ``agency_id`` reads from (and only it)."""
+    return f"{EGRESS_PREFIX}{agency_id}"
+
+
+def hub(region: str) -> str:
+    """The aggregates topic of a region's hub."""
+    return f"{HUB_PREFIX}{region}"
+
+
+def group_prefix(principal: str) -> str:
+    """Consumer groups a principal may use start with this (``police.`` for ``police``)."""
+    return f"{principal}."
+
+
+def user(principal: str) -> str:
+    """The Kafka principal string of a SCRAM user."""
+    return f"User:{principal}"
