@@ -235,12 +235,15 @@ class KeyRing:
         self._private_raw: dict[str, bytes] = {}
         self._public: dict[str, p.PublicKey] = {}
         self._refs: dict[str, str] = {}
+        #: Bumped on every change, so sealers and openers can cache look-ups between changes.
+        self.generation = 0
 
     # -- principals and key sets -----------------------------------------------------------
 
     def bind(self, principal: str, key_ref: str) -> None:
         """Say that ``principal`` uses key set ``key_ref`` (the agency registry's ``keys``)."""
         self._refs[principal] = key_ref
+        self.generation += 1
 
     def key_set_of(self, principal: str) -> str:
         return self._refs.get(principal, principal)
@@ -263,6 +266,7 @@ class KeyRing:
             self._private_raw[info.key_id] = private
         self._keys[info.key_id] = info
         self._public.pop(info.key_id, None)
+        self.generation += 1
 
     def get(self, key_id: str) -> KeyInfo:
         info = self._keys.get(key_id)
@@ -368,6 +372,7 @@ class KeyRing:
         for info in self.keys(owner):
             if info.purpose in wanted and info.state_at(now) is KeyState.ACTIVE:
                 self._keys[info.key_id] = info.transition(KeyEvent.ROTATE, now)
+                self.generation += 1
                 if info.algorithm not in algorithms:
                     algorithms.append(info.algorithm)
         if not algorithms:
@@ -378,6 +383,7 @@ class KeyRing:
         """Revoke ``key_id`` at ``now``; final."""
         info = self.get(key_id).transition(KeyEvent.REVOKE, now, reason)
         self._keys[key_id] = info
+        self.generation += 1
         return info
 
     def expire(self, now: datetime) -> list[KeyInfo]:
@@ -386,5 +392,6 @@ class KeyRing:
         for info in list(self._keys.values()):
             if info.state is not KeyState.EXPIRED and info.state_at(now) is KeyState.EXPIRED:
                 self._keys[info.key_id] = replace(info, state=KeyState.EXPIRED)
+                self.generation += 1
                 changed.append(self._keys[info.key_id])
         return changed

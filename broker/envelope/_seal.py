@@ -126,6 +126,9 @@ class _SendKey:
     recipient_key_id: str
     announcement: bytes
     records: int = 0
+    #: Ring generation at the last full check, and the time the fast path may be used until.
+    generation: int = -1
+    keys_valid_until_ms: int = 0
 
 
 @dataclass(frozen=True)
@@ -164,6 +167,7 @@ class Sealer:
         self._ring = keyring
         self._random = random
         self._keys: dict[tuple[str, Kind], _SendKey] = {}
+        self._prefixes: dict[tuple[str, str, Kind], bytes] = {}
         self._records = 0
         self._data_keys = 0
         self._rotations = {"count": 0, "age": 0, "key": 0}
@@ -191,24 +195,18 @@ class Sealer:
             raise WrongKind()
         now_ms = to_ms(now)
         key = self._data_key(recipient, kind, now, now_ms)
+        prefix = self._prefixes.get((topic, recipient, kind))
+        if prefix is None:
+            flags = w.FLAG_INLINE_ANNOUNCEMENT if self.config.inline_announcement else 0
+            prefix = w.header_prefix(kind, flags, topic, self.principal, recipient)
+            self._prefixes[(topic, recipient, kind)] = prefix
+        nonce = self._random(w.NONCE_BYTES)
+        aad = w.header_bytes(prefix, event_id, schema_fingerprint, key.data_key_id, now_ms, nonce)
+        ciphertext = key.cipher.seal(nonce, payload, aad)
         key.records += 1
         self._records += 1
-        header = w.Header(
-            kind=kind,
-            flags=w.FLAG_INLINE_ANNOUNCEMENT if self.config.inline_announcement else 0,
-            topic=topic,
-            source=self.principal,
-            recipient=recipient,
-            event_id=event_id,
-            schema_fingerprint=schema_fingerprint,
-            data_key_id=key.data_key_id,
-            sealed_at_ms=now_ms,
-            nonce=self._random(w.NONCE_BYTES),
-        )
-        aad = header.encode()
-        ciphertext = key.cipher.seal(header.nonce, payload, aad)
         announcement = key.announcement if self.config.inline_announcement else None
-        return w.encode_record(header, announcement, ciphertext)
+        return w.encode_record(aad, announcement, ciphertext)
 
     def announcement(self, recipient: str, kind: Kind, now: datetime) -> bytes:
         """The announcement of the data key the next record to ``recipient`` will use."""
@@ -226,10 +224,17 @@ class Sealer:
 
     def _data_key(self, recipient: str, kind: Kind, now: datetime, now_ms: int) -> _SendKey:
         ring = self._ring
+        key = self._keys.get((recipient, kind))
+        if (
+            key is not None
+            and key.generation == ring.generation
+            and key.records < self.config.rotation.max_records
+            and key.created_ms <= now_ms < key.keys_valid_until_ms
+        ):
+            return key  # nothing in the ring changed and no limit was reached: the fast path
         algorithm = self.config.suite.algorithm
         signing = ring.current(self.principal, Purpose.SIGNING, Algorithm.ED25519, now)
         encryption = ring.current(recipient, Purpose.ENCRYPTION, algorithm, now)
-        key = self._keys.get((recipient, kind))
         if key is not None:
             rotation = self.config.rotation
             if key.records >= rotation.max_records:
@@ -239,9 +244,14 @@ class Sealer:
             elif key.signing_key_id != signing.key_id or key.recipient_key_id != encryption.key_id:
                 reason = "key"
             else:
+                key.generation = ring.generation
                 return key
             self._rotations[reason] += 1
         key = self._new_data_key(recipient, kind, now_ms, signing.key_id, encryption.key_id)
+        key.generation = ring.generation
+        key.keys_valid_until_ms = min(
+            key.not_after_ms, to_ms(signing.not_after), to_ms(encryption.not_after)
+        )
         self._keys[(recipient, kind)] = key
         return key
 
@@ -310,6 +320,8 @@ class _ReceiveKey:
     not_after_ms: int
     signing_key_id: str
     recipient_key_id: str
+    generation: int = -1
+    keys_valid_until: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -432,9 +444,18 @@ class Opener:
                 raise Tampered()
             self._hits += 1
             self._cache.move_to_end(slot)
-            # Revocation and expiry of the keys behind a cached data key take effect at once.
-            self._ring.accepted(key.signing_key_id, key.sender, Purpose.SIGNING, now)
-            self._ring.accepted(key.recipient_key_id, self.principal, Purpose.ENCRYPTION, now)
+            # Revocation and expiry of the keys behind a cached data key take effect at once:
+            # re-check them whenever the ring changed or the earlier not_after has passed.
+            ring = self._ring
+            if (
+                key.generation != ring.generation
+                or key.keys_valid_until is None
+                or now >= key.keys_valid_until
+            ):
+                signer = ring.accepted(key.signing_key_id, key.sender, Purpose.SIGNING, now)
+                mine = ring.accepted(key.recipient_key_id, self.principal, Purpose.ENCRYPTION, now)
+                key.generation = ring.generation
+                key.keys_valid_until = min(signer.not_after, mine.not_after)
         if key.kind is not h.kind or key.sender != h.source:
             raise Tampered()
         return key
@@ -486,6 +507,8 @@ class Opener:
             not_after_ms=ann.not_after_ms,
             signing_key_id=ann.signing_key_id,
             recipient_key_id=ann.recipient_key_id,
+            generation=ring.generation,
+            keys_valid_until=min(signer.not_after, mine.not_after),
         )
         while len(self._cache) > self._max_keys:
             self._cache.popitem(last=False)

@@ -59,6 +59,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 from broker.envelope._errors import BadVersion, Malformed
 
@@ -75,7 +76,6 @@ ANNOUNCEMENT_CONTEXT = b"tiaki/v1/announcement\x00"
 DATA_KEY_CONTEXT = b"tiaki/v1/data-key\x00"
 COMMITMENT_CONTEXT = b"tiaki/v1/key-commitment\x00"
 
-_U64 = struct.Struct(">Q")
 _U16 = struct.Struct(">H")
 _ANN_FIXED = struct.Struct(">BBB16sQQ")
 
@@ -134,8 +134,7 @@ class Reader:
         return self.take(_U16.unpack(self.take(2))[0])
 
 
-@dataclass(frozen=True, slots=True)
-class Header:
+class Header(NamedTuple):
     """The cleartext, authenticated part of a sealed record."""
 
     kind: Kind
@@ -150,23 +149,18 @@ class Header:
     nonce: bytes
 
     def encode(self) -> bytes:
-        return b"".join(
-            (
-                bytes((VERSION, self.kind, self.flags)),
-                str8(self.topic),
-                str8(self.source),
-                str8(self.recipient),
-                str8(self.event_id),
-                bytes8_field(self.schema_fingerprint),
-                self.data_key_id,
-                _U64.pack(self.sealed_at_ms),
-                self.nonce,
-            )
+        prefix = header_prefix(self.kind, self.flags, self.topic, self.source, self.recipient)
+        return header_bytes(
+            prefix,
+            self.event_id,
+            self.schema_fingerprint,
+            self.data_key_id,
+            self.sealed_at_ms,
+            self.nonce,
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Parsed:
+class Parsed(NamedTuple):
     """A record split into its parts; ``aad`` is the exact header bytes."""
 
     header: Header
@@ -175,44 +169,90 @@ class Parsed:
     ciphertext: bytes
 
 
-def encode_record(header: Header, announcement: bytes | None, ciphertext: bytes) -> bytes:
-    """Assemble a record from an encoded header (``aad``), announcement and ciphertext."""
-    parts = [header.encode()]
-    if announcement is not None:
-        parts.append(_U16.pack(len(announcement)) + announcement)
-    parts.append(ciphertext)
-    return b"".join(parts)
+_TAIL = struct.Struct(">16sQ12s")
+_KINDS = {int(k): k for k in Kind}
+
+
+def header_prefix(kind: Kind, flags: int, topic: str, source: str, recipient: str) -> bytes:
+    """The header bytes that stay the same for every record on one (topic, recipient)."""
+    return bytes((VERSION, kind, flags)) + str8(topic) + str8(source) + str8(recipient)
+
+
+def header_bytes(
+    prefix: bytes,
+    event_id: str,
+    schema_fingerprint: bytes,
+    data_key_id: bytes,
+    sealed_at_ms: int,
+    nonce: bytes,
+) -> bytes:
+    """A whole header (the AAD) from :func:`header_prefix` and the per-record fields."""
+    return (
+        prefix
+        + str8(event_id)
+        + bytes8_field(schema_fingerprint)
+        + _TAIL.pack(data_key_id, sealed_at_ms, nonce)
+    )
+
+
+def encode_record(aad: bytes, announcement: bytes | None, ciphertext: bytes) -> bytes:
+    """Assemble a record from its header bytes, announcement and ciphertext."""
+    if announcement is None:
+        return aad + ciphertext
+    return b"".join((aad, _U16.pack(len(announcement)), announcement, ciphertext))
 
 
 def parse_record(data: bytes) -> Parsed:
-    """Split a record; raise :class:`BadVersion` or :class:`Malformed`."""
+    """Split a record; raise :class:`BadVersion` or :class:`Malformed`.
+
+    Written flat, without helpers: it runs once per record on the hot path.
+    """
     if not data or data[0] != VERSION:
         raise BadVersion()
-    r = Reader(data, 1)
+    size = len(data)
     try:
-        kind = Kind(r.u8())
-    except ValueError:
+        kind = _KINDS[data[1]]
+        flags = data[2]
+        if flags & ~_KNOWN_FLAGS:
+            raise Malformed()
+        pos = 3
+        fields: list[bytes] = []
+        for _ in range(5):  # topic, source, recipient, event id, schema fingerprint
+            n = data[pos]
+            end = pos + 1 + n
+            if n == 0 or end > size:
+                raise Malformed()
+            fields.append(data[pos + 1 : end])
+            pos = end
+        data_key_id, sealed_at_ms, nonce = _TAIL.unpack_from(data, pos)
+        pos += _TAIL.size
+        aad = data[:pos]
+        announcement = None
+        if flags & FLAG_INLINE_ANNOUNCEMENT:
+            n = _U16.unpack_from(data, pos)[0]
+            end = pos + 2 + n
+            if end > size:
+                raise Malformed()
+            announcement = data[pos + 2 : end]
+            pos = end
+        topic, source, recipient, event_id = (f.decode("utf-8") for f in fields[:4])
+    except (IndexError, KeyError, struct.error, UnicodeDecodeError):
         raise Malformed() from None
-    flags = r.u8()
-    if flags & ~_KNOWN_FLAGS:
+    ciphertext = data[pos:]
+    if len(ciphertext) < 16:
         raise Malformed()
     header = Header(
         kind=kind,
         flags=flags,
-        topic=r.str8(),
-        source=r.str8(),
-        recipient=r.str8(),
-        event_id=r.str8(),
-        schema_fingerprint=r.bytes8(),
-        data_key_id=r.take(DATA_KEY_ID_BYTES),
-        sealed_at_ms=_U64.unpack(r.take(8))[0],
-        nonce=r.take(NONCE_BYTES),
+        topic=topic,
+        source=source,
+        recipient=recipient,
+        event_id=event_id,
+        schema_fingerprint=fields[4],
+        data_key_id=data_key_id,
+        sealed_at_ms=sealed_at_ms,
+        nonce=nonce,
     )
-    aad = data[: r.pos]
-    announcement = r.bytes16() if flags & FLAG_INLINE_ANNOUNCEMENT else None
-    ciphertext = data[r.pos :]
-    if len(ciphertext) < 16:
-        raise Malformed()
     return Parsed(header, aad, announcement, ciphertext)
 
 

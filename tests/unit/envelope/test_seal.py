@@ -304,9 +304,11 @@ def test_a_revoked_signing_key_is_refused(ring: KeyRing, clock: FakeClock) -> No
 def test_an_expired_key_is_refused(clock: FakeClock) -> None:
     ring = make_ring()
     record = egress(Sealer("broker", ring), b"p", "police", now=clock.now)
+    sealer = Sealer("broker", ring)
+    egress(sealer, b"p", "police", now=clock.now)  # a data key is cached by this sealer
     later = clock.advance(days=366)  # keys are valid for 365 days
     with pytest.raises(KeyExpired):
-        egress(Sealer("broker", ring), b"p", "police", now=later)
+        egress(sealer, b"p", "police", now=later)
     with pytest.raises(KeyExpired):
         Opener("police", ring).open(record, topic="tiaki.egress.police", now=later)
 
