@@ -33,11 +33,20 @@ unit: $(STAMP)
 test: lint
 	$(BIN)/pytest tests -q
 
+# Until the broker and adapters land (issues 5 and 6) the demo brings up the secured platform:
+# a local Apache Kafka, provisioned agencies with their ACLs and profiles, development keys.
 demo: $(STAMP)
-	$(BIN)/tiaki demo
+	$(BIN)/tiaki kafka up
+	$(BIN)/tiaki provision
+	$(BIN)/tiaki keys init
+	$(BIN)/tiaki registry show
+	$(BIN)/tiaki schema list
+	@echo
+	@echo "Kafka is running on 127.0.0.1:19093 (SASL_SSL + SCRAM-SHA-512); profiles in .tiaki/profiles/."
+	@echo "Stop it with: .venv/bin/tiaki kafka down"
 
 bench: $(STAMP)
-	$(BIN)/python -m bench
+	$(BIN)/python -m bench.envelope_bench
 
 kafka-up: $(STAMP)
 	$(BIN)/tiaki kafka up

@@ -10,7 +10,14 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 #: Principal names that belong to Tiaki itself; an agency may not take one.
 RESERVED_PRINCIPALS = frozenset({"broker", "compliance", "admin", "tiaki", "internal"})
@@ -88,13 +95,20 @@ class Agency(BaseModel):
     #: Reference into the key registry; defaults to the agency id.
     keys: str | None = None
 
+    @field_validator("statutory")
+    @classmethod
+    def _every_status_recorded(
+        cls, value: dict[StatusKind, StatutoryStatus]
+    ) -> dict[StatusKind, StatutoryStatus]:
+        missing = [kind.value for kind in StatusKind if kind not in value]
+        if missing:
+            raise ValueError(f"statutory status missing for: {', '.join(missing)}")
+        return value
+
     @model_validator(mode="after")
     def _check(self) -> Agency:
         if self.id in RESERVED_PRINCIPALS:
             raise ValueError(f"id {self.id!r} is reserved for Tiaki's own principals")
-        missing = [kind.value for kind in StatusKind if kind not in self.statutory]
-        if missing:
-            raise ValueError(f"statutory status missing for: {', '.join(missing)}")
         if self.kind is AgencyKind.REGIONAL_HUB and self.region == NATIONAL:
             raise ValueError("a regional hub needs a region, not 'national'")
         return self

@@ -1,0 +1,78 @@
+"""The local Kafka's configuration and tool checks (no Java started here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from broker._cli import main
+from broker._errors import MissingToolError
+from broker.platform import LocalKafka
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def kafka(tmp_path: Path) -> LocalKafka:
+    return LocalKafka(tmp_path / "kafka", ROOT / "deploy" / "kafka" / "pom.xml", 39093, 39094)
+
+
+def props(tmp_path: Path) -> dict[str, str]:
+    text = kafka(tmp_path).server_properties("synthetic-internal-password")
+    pairs = (line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    return dict(pairs)
+
+
+def test_no_listener_lets_a_principal_bypass_acls(tmp_path: Path) -> None:
+    config = props(tmp_path)
+    assert config["allow.everyone.if.no.acl.found"] == "false"
+    assert config["authorizer.class.name"].endswith("StandardAuthorizer")
+    protocols = dict(item.split(":") for item in config["listener.security.protocol.map"].split(","))
+    assert protocols == {"CLIENT": "SASL_SSL", "CONTROLLER": "SSL"}
+    assert config["listener.name.controller.ssl.client.auth"] == "required"
+    assert "ANONYMOUS" not in config["super.users"]
+    for listener in config["listeners"].split(","):
+        assert "://127.0.0.1:" in listener
+
+
+def test_missing_java_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(MissingToolError, match="Java 17 or newer is needed"):
+        LocalKafka.check_tools(need_maven=False)
+
+
+def test_missing_maven_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    java = tmp_path / "java"
+    java.write_text('#!/bin/sh\necho \'openjdk version "17.0.15" 2025-04-15\' >&2\n')
+    java.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    LocalKafka.check_tools(need_maven=False)
+    with pytest.raises(MissingToolError, match="Maven is needed"):
+        LocalKafka.check_tools(need_maven=True)
+
+
+def test_old_java_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    java = tmp_path / "java"
+    java.write_text('#!/bin/sh\necho \'java version "1.8.0_402"\' >&2\n')
+    java.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(MissingToolError, match="found Java 8"):
+        LocalKafka.check_tools(need_maven=False)
+
+
+def test_cli_kafka_up_without_java_prints_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("TIAKI_HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(ROOT)
+    assert main(["kafka", "up"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert err.startswith("tiaki: error: Java 17 or newer is needed")
+
+
+def test_status_of_a_stopped_node(tmp_path: Path) -> None:
+    status = kafka(tmp_path).status()
+    assert not status.running and status.pid is None
+    assert kafka(tmp_path).down() == "not running"

@@ -1,0 +1,127 @@
+"""The trust model as ACLs, checked without Kafka (the integration tests check it with)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.platform import (
+    AUDIT,
+    ActualState,
+    DesiredState,
+    desired_state,
+    diff,
+    egress,
+    ingress,
+)
+from broker.platform._plan import Acl
+from broker.registry import Registry, load_registry
+
+ROOT = Path(__file__).resolve().parents[3]
+REGISTRY = load_registry(ROOT / "policies" / "agencies.yaml")
+
+
+def as_actual(state: DesiredState) -> ActualState:
+    return ActualState(
+        {n: (s.partitions, dict(s.config)) for n, s in state.topics.items()},
+        state.principals,
+        state.acls,
+    )
+
+
+def acls_of(state: DesiredState, name: str) -> set[Acl]:
+    return {a for a in state.acls if a.principal == f"User:{name}"}
+
+
+def test_agency_acls_are_exactly_its_ingress_egress_and_groups() -> None:
+    state = desired_state(REGISTRY, brokers=1)
+    for agency in REGISTRY.agencies:
+        expected = {
+            Acl(f"User:{agency.id}", "TOPIC", ingress(agency.id), "LITERAL", "WRITE"),
+            Acl(f"User:{agency.id}", "TOPIC", egress(agency.id), "LITERAL", "READ"),
+            Acl(f"User:{agency.id}", "GROUP", f"{agency.id}.", "PREFIXED", "READ"),
+        }
+        if agency.kind.value == "regional_hub":
+            expected.add(Acl(f"User:{agency.id}", "TOPIC", f"tiaki.hub.{agency.region}", "LITERAL", "READ"))
+        assert acls_of(state, agency.id) == expected
+
+
+def test_compliance_reads_audit_and_its_groups_only() -> None:
+    state = desired_state(REGISTRY, brokers=1)
+    assert acls_of(state, "compliance") == {
+        Acl("User:compliance", "TOPIC", AUDIT, "LITERAL", "READ"),
+        Acl("User:compliance", "GROUP", "compliance.", "PREFIXED", "READ"),
+    }
+
+
+def test_admin_never_reads_or_writes_agency_topics() -> None:
+    state = desired_state(REGISTRY, brokers=1)
+    data_ops = {a for a in acls_of(state, "admin") if a.operation in {"READ", "WRITE"}}
+    assert data_ops == {Acl("User:admin", "TOPIC", "tiaki.policy", "LITERAL", "WRITE")}
+
+
+def test_only_the_broker_reads_more_than_one_agency() -> None:
+    state = desired_state(REGISTRY, brokers=1)
+    wide = {a.principal for a in state.acls if a.pattern == "PREFIXED" and a.resource_type == "TOPIC" and a.operation == "READ"}
+    assert wide == {"User:broker"}
+
+
+def test_replication_and_min_isr_follow_cluster_size() -> None:
+    one = desired_state(REGISTRY, brokers=1).topics[AUDIT]
+    five = desired_state(REGISTRY, brokers=5).topics[AUDIT]
+    assert (one.replication, one.config["min.insync.replicas"]) == (1, "1")
+    assert (five.replication, five.config["min.insync.replicas"]) == (3, "2")
+
+
+def test_state_and_policy_topics_are_compacted() -> None:
+    topics = desired_state(REGISTRY, brokers=1).topics
+    assert topics["tiaki.state.cases"].config["cleanup.policy"] == "compact"
+    assert topics["tiaki.policy"].config["cleanup.policy"] == "compact"
+    assert int(topics[AUDIT].config["retention.ms"]) >= 7 * 365 * 86_400_000
+
+
+def test_diff_of_a_matching_cluster_is_empty() -> None:
+    state = desired_state(REGISTRY, brokers=1)
+    assert diff(state, as_actual(state)) == []
+
+
+def test_diff_removes_extras_but_keeps_protected_users_and_never_deletes_topics() -> None:
+    state = desired_state(REGISTRY, brokers=1)
+    extra = Acl("User:police", "TOPIC", egress("msd"), "LITERAL", "READ")
+    actual = as_actual(state)
+    actual = ActualState(
+        dict(actual.topics) | {"tiaki.ingress.gone": (3, {})},
+        actual.principals | {"internal", "gone"},
+        actual.acls | {extra},
+    )
+    changes = [str(c) for c in diff(state, actual, protected=["internal"])]
+    assert changes == [
+        "! topic tiaki.ingress.gone: not in the registry; holds data, so not deleted",
+        "- principal gone: no longer in the registry",
+        f"- acl {extra}: not granted by the registry",
+    ]
+
+
+def test_diff_reports_config_drift_and_missing_partitions() -> None:
+    state = desired_state(REGISTRY, brokers=1)
+    actual = as_actual(state)
+    topics = dict(actual.topics)
+    topics[AUDIT] = (1, {**topics[AUDIT][1], "retention.ms": "1000"})
+    changes = [str(c) for c in diff(state, ActualState(topics, actual.principals, actual.acls))]
+    assert "~ topic tiaki.audit: partitions 1 -> 3" in changes
+    assert any(c.startswith("~ topic tiaki.audit: retention.ms 1000 -> ") for c in changes)
+
+
+@given(st.sets(st.sampled_from(REGISTRY.ids), min_size=1))
+def test_no_agency_is_granted_another_agencys_topic(ids: set[str]) -> None:
+    registry = Registry(
+        version=1, regions=REGISTRY.regions, agencies=[a for a in REGISTRY.agencies if a.id in ids]
+    )
+    state = desired_state(registry, brokers=3)
+    for agency in registry.agencies:
+        for acl in acls_of(state, agency.id):
+            if acl.resource_type == "TOPIC" and acl.resource_name.startswith(("tiaki.ingress.", "tiaki.egress.")):
+                assert acl.resource_name.rsplit(".", 1)[1] == agency.id
+            assert acl.pattern == "LITERAL" or acl.resource_type == "GROUP"
