@@ -15,6 +15,7 @@ from broker._errors import TiakiError
 from broker.codec._cli import app as schema_app
 from broker.envelope._cli import app as keys_app
 from broker.platform._cli import kafka_app, provision_command
+from broker.policy._cli import app as policy_app
 from broker.registry._cli import app as registry_app
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.command("provision")(provision_command)
 app.add_typer(registry_app, name="registry")
 app.add_typer(keys_app, name="keys")
 app.add_typer(schema_app, name="schema")
+app.add_typer(policy_app, name="policy")
 
 
 def main(argv: list[str] | None = None) -> int:
