@@ -2,7 +2,8 @@
 
 Avro's own JSON encoding wraps every union value in a type tag; these forms do not, because every
 union in a Tiaki schema is ``["null", T]``. Timestamps are ISO 8601 in UTC with a ``Z``, dates
-are ``YYYY-MM-DD`` and UUIDs are strings; everything else is as JSON has it.
+are ``YYYY-MM-DD`` and UUIDs are strings; everything else is as JSON has it. :func:`from_json`
+gives the same Python types :func:`decode` returns (``datetime``, ``date``, ``uuid.UUID``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from broker.codec._types import Names, resolve
 def from_json(schema: Schema, document: Any) -> dict[str, Any]:
     """Turn a plain JSON document into the Python record :func:`encode` takes.
 
-    Raises :class:`InvalidRecord` naming the field when a timestamp or date does not parse;
+    Raises :class:`InvalidRecord` naming the field when a timestamp, date or UUID does not parse;
     other mismatches are left for :func:`encode` or :func:`validate` to report.
     """
     record = _convert(schema.definition, document, schema.names, "", _parse)
@@ -47,8 +48,10 @@ def _parse(logical: str, value: Any, path: str) -> Any:
             return parsed
         if logical == "date":
             return dt.date.fromisoformat(value)
+        if logical == "uuid":
+            return uuid.UUID(value)
     except ValueError:
-        raise InvalidRecord(f"field '{path}': not an ISO 8601 {logical} with a zone") from None
+        raise InvalidRecord(f"field '{path}': not a valid {logical}") from None
     return value
 
 

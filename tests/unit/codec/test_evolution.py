@@ -73,12 +73,15 @@ def test_changing_a_type_fails_naming_schema_and_field(tmp_path: Path, schema_di
     problems = _check(tmp_path, schema_dir, _v2(lambda f: f[2].__setitem__("type", "string")))
     assert problems
     assert all("nz.tiaki.Thing" in p and "field 'count'" in p for p in problems)
-    assert any("backward" in p for p in problems) and any("forward" in p for p in problems)
+    assert any("backward" in p for p in problems)
+    assert any("forward" in p for p in problems)
 
 
 def test_int_to_long_is_backward_only(tmp_path: Path, schema_dir: Path) -> None:
     problems = _check(tmp_path, schema_dir, _v2(lambda f: f[2].__setitem__("type", "long")))
-    assert len(problems) == 1 and "(forward)" in problems[0] and "field 'count'" in problems[0]
+    assert len(problems) == 1
+    assert "(forward)" in problems[0]
+    assert "field 'count'" in problems[0]
 
 
 def test_adding_a_required_field_fails(tmp_path: Path, schema_dir: Path) -> None:
@@ -91,7 +94,9 @@ def test_adding_a_required_field_fails(tmp_path: Path, schema_dir: Path) -> None
 
 def test_removing_a_required_field_fails_forward(tmp_path: Path, schema_dir: Path) -> None:
     problems = _check(tmp_path, schema_dir, _v2(lambda f: f.pop(2)))
-    assert len(problems) == 1 and "(forward)" in problems[0] and "field 'count'" in problems[0]
+    assert len(problems) == 1
+    assert "(forward)" in problems[0]
+    assert "field 'count'" in problems[0]
 
 
 def test_changing_a_logical_type_fails(tmp_path: Path, schema_dir: Path) -> None:
@@ -109,7 +114,8 @@ def test_changing_a_logical_type_fails(tmp_path: Path, schema_dir: Path) -> None
         fields.append(extra)  # the canonical form drops logical types; make v2 differ otherwise
 
     problems = _check(tmp_path, schema_dir, _v2(change))
-    assert len(problems) == 2 and all("field 'count'" in p for p in problems)
+    assert len(problems) == 2
+    assert all("field 'count'" in p for p in problems)
 
 
 def test_a_logical_type_change_alone_is_not_a_new_version(tmp_path: Path, schema_dir: Path) -> None:
@@ -141,7 +147,9 @@ def test_enum_symbols_need_a_default_to_grow(tmp_path: Path, schema_dir: Path) -
         tmp_path, schema_dir, with_enum(enum(["low"], None)), with_enum(enum(["low", "high"], None))
     )
     problems = [str(p) for p in check_evolution(load_schemas(folder).versions("Thing"))]
-    assert len(problems) == 1 and "field 'level'" in problems[0] and "high" in problems[0]
+    assert len(problems) == 1
+    assert "field 'level'" in problems[0]
+    assert "high" in problems[0]
 
 
 def test_cli_check_fails_with_messages(
@@ -150,7 +158,8 @@ def test_cli_check_fails_with_messages(
     folder = _folder(tmp_path, schema_dir, BASE, _v2(lambda f: f[2].__setitem__("type", "string")))
     assert main(["schema", "check", "--schemas", str(folder)]) == 1
     err = capsys.readouterr().err
-    assert "nz.tiaki.Thing" in err and "field 'count'" in err
+    assert "nz.tiaki.Thing" in err
+    assert "field 'count'" in err
 
 
 def test_cli_check_and_list_pass_on_the_real_folder(
@@ -196,4 +205,5 @@ def test_cli_reports_schema_errors_on_one_line(
     folder = _folder(tmp_path, schema_dir, _v2(lambda f: f[0].pop("doc")))
     assert main(["schema", "check", "--schemas", str(folder)]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "missing 'doc'" in err
+    assert err.count("\n") == 0
+    assert "missing 'doc'" in err
