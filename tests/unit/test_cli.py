@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from broker._cli import main
@@ -13,23 +15,36 @@ from broker._cli import main
         (["bogus"], 2, "tiaki: No such command 'bogus'."),
         (["registry", "check", "--colour"], 2, "tiaki: No such option: --colour"),
         (["provision", "--partitions", "zero"], 2, "tiaki: Invalid value for '--partitions'"),
-        (["registry", "check", "/nonexistent/agencies.yaml"], 1, "tiaki: error: /nonexistent/agencies.yaml:1:1: cannot read file"),
+        (
+            ["registry", "check", "/nonexistent/agencies.yaml"],
+            1,
+            "tiaki: error: /nonexistent/agencies.yaml:1:1: cannot read file",
+        ),
     ],
 )
-def test_bad_input_is_one_line(argv: list[str], code: int, starts: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_one_line(
+    argv: list[str], code: int, starts: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(argv) == code
     err = capsys.readouterr().err
     assert err.startswith(starts), err
     assert err.count("\n") == 1
 
 
-def test_bad_setting_is_one_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_setting_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TIAKI_KAFKA_PORT", "not-a-port")
     assert main(["kafka", "status"]) == 1
-    assert capsys.readouterr().err == "tiaki: error: invalid setting kafka_port: Input should be a valid integer, unable to parse string as an integer\n"
+    assert (
+        capsys.readouterr().err
+        == "tiaki: error: invalid setting kafka_port: Input should be a valid integer, unable to parse string as an integer\n"
+    )
 
 
-def test_missing_profile_is_one_line(monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]) -> None:  # type: ignore[no-untyped-def]
+def test_missing_profile_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     monkeypatch.setenv("TIAKI_HOME", str(tmp_path))
     assert main(["provision", "--dry-run"]) == 1
     assert "no such profile (run `tiaki kafka up` and `tiaki provision`)" in capsys.readouterr().err

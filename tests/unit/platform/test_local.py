@@ -27,7 +27,9 @@ def test_no_listener_lets_a_principal_bypass_acls(tmp_path: Path) -> None:
     config = props(tmp_path)
     assert config["allow.everyone.if.no.acl.found"] == "false"
     assert config["authorizer.class.name"].endswith("StandardAuthorizer")
-    protocols = dict(item.split(":") for item in config["listener.security.protocol.map"].split(","))
+    protocols = dict(
+        item.split(":") for item in config["listener.security.protocol.map"].split(",")
+    )
     assert protocols == {"CLIENT": "SASL_SSL", "CONTROLLER": "SSL"}
     assert config["listener.name.controller.ssl.client.auth"] == "required"
     assert "ANONYMOUS" not in config["super.users"]
@@ -43,7 +45,7 @@ def test_missing_java_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 def test_missing_maven_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     java = tmp_path / "java"
-    java.write_text('#!/bin/sh\necho \'openjdk version "17.0.15" 2025-04-15\' >&2\n')
+    java.write_text("#!/bin/sh\necho 'openjdk version \"17.0.15\" 2025-04-15' >&2\n")
     java.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     LocalKafka.check_tools(need_maven=False)
@@ -53,7 +55,7 @@ def test_missing_maven_is_one_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 def test_old_java_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     java = tmp_path / "java"
-    java.write_text('#!/bin/sh\necho \'java version "1.8.0_402"\' >&2\n')
+    java.write_text("#!/bin/sh\necho 'java version \"1.8.0_402\"' >&2\n")
     java.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(MissingToolError, match="found Java 8"):
@@ -74,5 +76,6 @@ def test_cli_kafka_up_without_java_prints_one_line(
 
 def test_status_of_a_stopped_node(tmp_path: Path) -> None:
     status = kafka(tmp_path).status()
-    assert not status.running and status.pid is None
+    assert not status.running
+    assert status.pid is None
     assert kafka(tmp_path).down() == "not running"

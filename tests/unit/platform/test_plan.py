@@ -44,7 +44,9 @@ def test_agency_acls_are_exactly_its_ingress_egress_and_groups() -> None:
             Acl(f"User:{agency.id}", "GROUP", f"{agency.id}.", "PREFIXED", "READ"),
         }
         if agency.kind.value == "regional_hub":
-            expected.add(Acl(f"User:{agency.id}", "TOPIC", f"tiaki.hub.{agency.region}", "LITERAL", "READ"))
+            expected.add(
+                Acl(f"User:{agency.id}", "TOPIC", f"tiaki.hub.{agency.region}", "LITERAL", "READ")
+            )
         assert acls_of(state, agency.id) == expected
 
 
@@ -64,7 +66,11 @@ def test_admin_never_reads_or_writes_agency_topics() -> None:
 
 def test_only_the_broker_reads_more_than_one_agency() -> None:
     state = desired_state(REGISTRY, brokers=1)
-    wide = {a.principal for a in state.acls if a.pattern == "PREFIXED" and a.resource_type == "TOPIC" and a.operation == "READ"}
+    wide = {
+        a.principal
+        for a in state.acls
+        if a.pattern == "PREFIXED" and a.resource_type == "TOPIC" and a.operation == "READ"
+    }
     assert wide == {"User:broker"}
 
 
@@ -122,6 +128,8 @@ def test_no_agency_is_granted_another_agencys_topic(ids: set[str]) -> None:
     state = desired_state(registry, brokers=3)
     for agency in registry.agencies:
         for acl in acls_of(state, agency.id):
-            if acl.resource_type == "TOPIC" and acl.resource_name.startswith(("tiaki.ingress.", "tiaki.egress.")):
+            if acl.resource_type == "TOPIC" and acl.resource_name.startswith(
+                ("tiaki.ingress.", "tiaki.egress.")
+            ):
                 assert acl.resource_name.rsplit(".", 1)[1] == agency.id
             assert acl.pattern == "LITERAL" or acl.resource_type == "GROUP"

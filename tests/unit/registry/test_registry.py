@@ -23,7 +23,9 @@ GOOD_AGENCY = """\
 """
 
 
-def write(tmp_path: Path, agencies: str, header: str = "version: 1\nregions: [canterbury]\nagencies:\n") -> Path:
+def write(
+    tmp_path: Path, agencies: str, header: str = "version: 1\nregions: [canterbury]\nagencies:\n"
+) -> Path:
     path = tmp_path / "agencies.yaml"
     path.write_text(header + agencies, encoding="utf-8")
     return path
@@ -45,7 +47,8 @@ def test_shipped_registry_has_every_required_participant() -> None:
     } <= kinds
     assert registry.hub_regions == ["canterbury"]
     police = registry.get("police")
-    assert police is not None and police.has_status(StatusKind.FAMILY_VIOLENCE_AGENCY)
+    assert police is not None
+    assert police.has_status(StatusKind.FAMILY_VIOLENCE_AGENCY)
 
 
 def test_unconfirmed_status_counts_as_unknown() -> None:
@@ -75,8 +78,20 @@ def test_unconfirmed_status_counts_as_unknown() -> None:
             5,
             "statutory status missing for: social_services_practitioner_employer",
         ),
-        ("{status: no}", "{status: maybe}", 11, 47, "status: Input should be 'confirmed', 'unconfirmed' or 'no'"),
-        ("region: national", "region: national\n    colour: blue", 8, 5, "colour: Extra inputs are not permitted"),
+        (
+            "{status: no}",
+            "{status: maybe}",
+            11,
+            47,
+            "status: Input should be 'confirmed', 'unconfirmed' or 'no'",
+        ),
+        (
+            "region: national",
+            "region: national\n    colour: blue",
+            8,
+            5,
+            "colour: Extra inputs are not permitted",
+        ),
         ("name: New Zealand Police", "name: [unclosed", 6, 9, "bad YAML"),
     ],
 )
@@ -95,7 +110,10 @@ def test_faults_are_located(
 
 def test_duplicate_id_names_the_first(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD_AGENCY + GOOD_AGENCY)
-    with pytest.raises(RegistryError, match=r"agencies.yaml:12:5: duplicate agency id 'police' \(first at agencies\[0\]\)"):
+    with pytest.raises(
+        RegistryError,
+        match=r"agencies.yaml:12:5: duplicate agency id 'police' \(first at agencies\[0\]\)",
+    ):
         load_registry(path)
 
 
