@@ -46,7 +46,7 @@ demo: $(STAMP)
 	@echo "Stop it with: .venv/bin/tiaki kafka down"
 
 bench: $(STAMP)
-	$(BIN)/python -m bench.envelope_bench
+	$(BIN)/python -m bench
 
 kafka-up: $(STAMP)
 	$(BIN)/tiaki kafka up

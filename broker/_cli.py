@@ -37,7 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="tiaki", standalone_mode=False)
+        # Without standalone mode, a command's ``raise typer.Exit(n)`` comes back as the value.
+        result = command.main(args=argv, prog_name="tiaki", standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.Abort:
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     except TiakiError as exc:
         print(f"tiaki: error: {exc}", file=sys.stderr)
         return 1
-    return 0
+    return result if isinstance(result, int) else 0
 
 
 def run() -> None:

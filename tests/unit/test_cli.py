@@ -53,3 +53,12 @@ def test_missing_profile_is_one_line(
 def test_registry_check_passes_on_the_shipped_file(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["registry", "check"]) == 0
     assert capsys.readouterr().out.startswith("ok: 9 agencies")
+
+
+def test_exit_code_of_a_command_is_kept(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TIAKI_HOME", str(tmp_path))
+    monkeypatch.setenv("TIAKI_KAFKA_PORT", "39193")
+    assert main(["kafka", "status"]) == 1
+    assert capsys.readouterr().out == "stopped\n"
