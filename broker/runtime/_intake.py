@@ -1,0 +1,148 @@
+"""Intake: the first stage of the broker's pipeline, pure.
+
+A record read from ``tiaki.ingress.<A>`` is admitted only if every check holds, in this order:
+
+1. the topic names an agency in the registry (else ``unknown_agency``);
+2. it is not larger than the platform allows (``oversized``);
+3. the envelope opens: version, binding to this topic, ingress from A to the broker, an
+   authentic key announcement, an unrevoked, unexpired key, no replay (the envelope's reason
+   codes: ``tampered``, ``wrong_topic``, ``replayed``, ``key_revoked`` ...);
+4. the writer schema is known and is an event (``unknown_schema``, ``not_an_event``);
+5. the payload is exactly one valid Avro record (``malformed_avro``);
+6. the event's own header agrees with the envelope: same event id, same source agency, same
+   event type (``header_mismatch``).
+
+Anything else is :class:`Rejected` with its reason code, never an exception: the runtime writes
+it to quarantine and an audit record, and the stream goes on. Nothing is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, Protocol
+
+from broker._errors import TiakiError
+from broker.codec import CodecError, Schema, SchemaSet
+from broker.envelope import EnvelopeError, Kind, Opened, Opener
+from broker.platform._topics import INGRESS_PREFIX
+from broker.registry import Agency, Registry
+
+#: Default largest ingress record accepted (matches the topic's ``max.message.bytes``).
+MAX_RECORD_BYTES = 1_048_576
+
+
+class IncomingRecord(Protocol):
+    """What intake needs of a consumed record (the transport's ``Record`` has it)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def value(self) -> bytes: ...
+
+
+class IntakeError(TiakiError):
+    """A record failed one of intake's own checks; ``quarantine_reason`` says which."""
+
+    quarantine_reason: ClassVar[str] = "intake_error"
+
+
+class UnknownAgency(IntakeError):
+    quarantine_reason = "unknown_agency"
+
+
+class OversizedRecord(IntakeError):
+    quarantine_reason = "oversized"
+
+
+class NotAnEvent(IntakeError):
+    quarantine_reason = "not_an_event"
+
+
+class HeaderMismatch(IntakeError):
+    quarantine_reason = "header_mismatch"
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """An authenticated, decoded event, ready for policy."""
+
+    source: Agency
+    schema: Schema
+    event: dict[str, Any]
+    opened: Opened
+
+    @property
+    def event_id(self) -> str:
+        return self.opened.event_id
+
+    @property
+    def event_type(self) -> str:
+        return self.schema.short_name
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A record for quarantine: the reason code and what is known without trusting it."""
+
+    reason: str
+    detail: str
+    source: str | None = None
+    event_id: str | None = None
+    event_type: str | None = None
+
+
+class Intake:
+    """Admit or reject ingress records. One per worker (the opener's replay cache is stateful)."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        schemas: SchemaSet,
+        opener: Opener,
+        max_record_bytes: int = MAX_RECORD_BYTES,
+    ) -> None:
+        self._agencies = {a.id: a for a in registry.agencies}
+        self._schemas = schemas
+        self._opener = opener
+        self._max = max_record_bytes
+
+    def admit(self, record: IncomingRecord, now: datetime) -> Accepted | Rejected:
+        """Run every check on ``record``; never raises for a bad record."""
+        source_id = (
+            record.topic.removeprefix(INGRESS_PREFIX)
+            if record.topic.startswith(INGRESS_PREFIX)
+            else None
+        )
+        event_id: str | None = None
+        event_type: str | None = None
+        try:
+            source = self._agencies.get(source_id or "")
+            if source is None:
+                raise UnknownAgency(f"topic {record.topic} names no agency in the registry")
+            if len(record.value) > self._max:
+                raise OversizedRecord(f"{len(record.value)} bytes, more than {self._max}")
+            opened = self._opener.open(
+                record.value, topic=record.topic, now=now, kind=Kind.INGRESS, source=source.id
+            )
+            event_id = opened.event_id
+            schema = self._schemas.by_fingerprint(opened.schema_fingerprint)
+            event_type = schema.short_name
+            if schema.kind != "event":
+                raise NotAnEvent(f"schema {schema.label} is a shared type, not an event")
+            event = self._schemas.decode(opened.payload, opened.schema_fingerprint)
+            _check_header(event, opened, source, schema)
+            return Accepted(source, schema, event, opened)
+        except (IntakeError, EnvelopeError, CodecError) as exc:
+            return Rejected(exc.quarantine_reason, str(exc), source_id, event_id, event_type)
+
+
+def _check_header(event: dict[str, Any], opened: Opened, source: Agency, schema: Schema) -> None:
+    header = event.get("header") or {}
+    if str(header.get("event_id")) != opened.event_id:
+        raise HeaderMismatch("the event's header names another event id than its envelope")
+    if header.get("source_agency") != source.id:
+        raise HeaderMismatch("the event's header names another source agency than its topic")
+    if header.get("event_type") not in (schema.short_name, schema.name):
+        raise HeaderMismatch("the event's header names another event type than its schema")

@@ -1,0 +1,184 @@
+"""Intake admits authentic, well-formed events and rejects every other kind of record with its
+own quarantine reason code."""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from broker.codec import encode, from_json, load_schemas
+from broker.envelope import Algorithm, KeyRing, Kind, Opener, ReplayCache, Sealer
+from broker.registry import load_registry
+from broker.runtime import Accepted, Intake, Rejected
+
+ROOT = Path(__file__).resolve().parents[3]
+SCHEMAS = load_schemas(ROOT / "schemas")
+REGISTRY = load_registry(ROOT / "policies" / "agencies.yaml")
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+EPISODE = SCHEMAS.latest("FamilyHarmEpisodeReport")
+TOPIC = "tiaki.ingress.police"
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    value: bytes
+
+
+def make_ring() -> KeyRing:
+    ring = KeyRing()
+    for principal in ("broker", "police", "msd"):
+        for algorithm in Algorithm:
+            ring.generate(principal, algorithm, NOW - timedelta(days=1), os.urandom)
+    return ring
+
+
+def episode(event_id: str, source: str = "police") -> dict[str, Any]:
+    doc = json.loads((ROOT / "schemas" / "examples" / "FamilyHarmEpisodeReport.json").read_text())
+    doc["header"] |= {"event_id": event_id, "source_agency": source}
+    return from_json(EPISODE, doc)
+
+
+class World:
+    def __init__(self) -> None:
+        self.ring = make_ring()
+        self.police = Sealer("police", self.ring)
+        self.intake = Intake(
+            registry=REGISTRY,
+            schemas=SCHEMAS,
+            opener=Opener("broker", self.ring, replay=ReplayCache()),
+            max_record_bytes=64 * 1024,
+        )
+
+    def seal(
+        self,
+        payload: bytes | None = None,
+        *,
+        event_id: str | None = None,
+        fingerprint: bytes = EPISODE.fingerprint,
+        topic: str = TOPIC,
+        sealer: Sealer | None = None,
+    ) -> bytes:
+        event_id = event_id or str(uuid.uuid4())
+        payload = payload if payload is not None else encode(EPISODE, episode(event_id))
+        return (sealer or self.police).seal(
+            payload,
+            kind=Kind.INGRESS,
+            topic=topic,
+            recipient="broker",
+            event_id=event_id,
+            schema_fingerprint=fingerprint,
+            now=NOW,
+        )
+
+    def admit(self, value: bytes, topic: str = TOPIC) -> Accepted | Rejected:
+        return self.intake.admit(Record(topic, value), NOW)
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+def reason(outcome: Accepted | Rejected) -> str:
+    assert isinstance(outcome, Rejected), outcome
+    return outcome.reason
+
+
+def test_authentic_event_is_admitted(world: World) -> None:
+    event_id = str(uuid.uuid4())
+    outcome = world.admit(world.seal(event_id=event_id))
+    assert isinstance(outcome, Accepted)
+    assert (outcome.event_id, outcome.event_type, outcome.source.id) == (
+        event_id,
+        "FamilyHarmEpisodeReport",
+        "police",
+    )
+    assert str(outcome.event["header"]["event_id"]) == event_id
+
+
+def test_garbage(world: World) -> None:
+    assert reason(world.admit(b"\x01not an envelope at all")) == "malformed_envelope"
+
+
+def test_unknown_version(world: World) -> None:
+    assert reason(world.admit(b"\x7f" + world.seal()[1:])) == "bad_version"
+
+
+def test_unknown_agency(world: World) -> None:
+    assert reason(world.admit(world.seal(), topic="tiaki.ingress.nobody")) == "unknown_agency"
+
+
+def test_oversized(world: World) -> None:
+    assert reason(world.admit(world.seal() + bytes(70 * 1024))) == "oversized"
+
+
+def test_bit_flip_is_tampering(world: World) -> None:
+    sealed = bytearray(world.seal())
+    sealed[-5] ^= 0x01
+    assert reason(world.admit(bytes(sealed))) == "tampered"
+
+
+def test_moved_to_another_agencys_topic(world: World) -> None:
+    assert reason(world.admit(world.seal(), topic="tiaki.ingress.msd")) in {
+        "wrong_topic",
+        "wrong_source",
+    }
+
+
+def test_replay(world: World) -> None:
+    sealed = world.seal()
+    assert isinstance(world.admit(sealed), Accepted)
+    assert reason(world.admit(sealed)) == "replayed"
+
+
+def test_unknown_schema(world: World) -> None:
+    assert reason(world.admit(world.seal(fingerprint=bytes(32)))) == "unknown_schema"
+
+
+def test_malformed_avro(world: World) -> None:
+    assert reason(world.admit(world.seal(b"\xff\xfe not avro"))) == "malformed_avro"
+
+
+def test_shared_type_is_not_an_event(world: World) -> None:
+    address = SCHEMAS.latest("Address")
+    assert reason(world.admit(world.seal(fingerprint=address.fingerprint))) == "not_an_event"
+
+
+def test_header_naming_another_source(world: World) -> None:
+    event_id = str(uuid.uuid4())
+    payload = encode(EPISODE, episode(event_id, source="msd"))
+    assert reason(world.admit(world.seal(payload, event_id=event_id))) == "header_mismatch"
+
+
+def test_header_naming_another_event(world: World) -> None:
+    payload = encode(EPISODE, episode(str(uuid.uuid4())))
+    assert reason(world.admit(world.seal(payload))) == "header_mismatch"
+
+
+def test_revoked_source_key(world: World) -> None:
+    sealed = world.seal()
+    for key in world.ring.keys("police"):
+        world.ring.revoke(key.key_id, NOW)
+    assert reason(world.admit(sealed)) == "key_revoked"
+
+
+def test_each_bad_input_has_its_own_reason(world: World) -> None:
+    codes = {
+        reason(world.admit(b"\x01garbage")),
+        reason(world.admit(world.seal(), topic="tiaki.ingress.nobody")),
+        reason(world.admit(world.seal() + bytes(70 * 1024))),
+        reason(world.admit(world.seal(fingerprint=bytes(32)))),
+        reason(world.admit(world.seal(b"\xff\xfe"))),
+        reason(world.admit(world.seal(fingerprint=SCHEMAS.latest("Address").fingerprint))),
+        reason(world.admit(world.seal(encode(EPISODE, episode(str(uuid.uuid4())))))),
+        reason(world.admit(b"\x7f" + world.seal()[1:])),
+    }
+    assert len(codes) == 8
