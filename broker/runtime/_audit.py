@@ -1,0 +1,170 @@
+"""Audit and quarantine records, built as values (pure).
+
+An audit record says who did what, to whom, when and why, and never carries a field value.
+People are findable only through *subject references*: a keyed hash (HMAC-SHA256 under the
+deployment's audit subject key) of each identifier's scheme and value, so compliance can ask
+"who received information about this person?" by hashing the identifier it is given, while
+the audit log itself reveals nobody.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from broker.runtime._intake import Rejected
+
+
+def subject_ref(key: bytes, scheme: str, value: str) -> str:
+    """The keyed hash that stands for one identifier in the audit log."""
+    message = f"{scheme}\x1f{value.strip().upper()}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def case_ref(key: bytes, case_id: str) -> str:
+    """The keyed hash that stands for a case id in the audit log."""
+    return hmac.new(key, b"case\x1f" + case_id.encode(), hashlib.sha256).hexdigest()
+
+
+def _identifiers(node: Any) -> Iterator[tuple[str, str]]:
+    """Every (scheme, value) pair of a PersonIdentifier anywhere in a decoded event."""
+    if isinstance(node, Mapping):
+        scheme, value = node.get("scheme"), node.get("value")
+        if isinstance(scheme, str) and isinstance(value, str) and "issuer" in node:
+            yield scheme, value
+        for child in node.values():
+            yield from _identifiers(child)
+    elif isinstance(node, list | tuple):
+        for child in node:
+            yield from _identifiers(child)
+
+
+def subject_refs(key: bytes, event: Mapping[str, Any]) -> list[str]:
+    """Sorted, distinct subject references of everyone an event identifies."""
+    return sorted({subject_ref(key, scheme, value) for scheme, value in _identifiers(event)})
+
+
+@dataclass(frozen=True)
+class AuditContext:
+    """What every audit record of one broker shares."""
+
+    subject_key: bytes
+    policy_hash: str | None
+    actor: str = "broker"
+
+
+def _base(ctx: AuditContext, action: str, now: datetime, new_id: uuid.UUID) -> dict[str, Any]:
+    return {
+        "audit_id": new_id,
+        "recorded_at": now,
+        "action": action,
+        "event_id": None,
+        "event_type": None,
+        "schema_fingerprint": None,
+        "case_ref": None,
+        "actor": ctx.actor,
+        "source_agency": None,
+        "recipient": None,
+        "outcome": None,
+        "route": None,
+        "legal_basis": None,
+        "purpose": None,
+        "consent": None,
+        "person_told": None,
+        "rule_ids": [],
+        "reason_codes": [],
+        "obligations": [],
+        "field_actions": {},
+        "subject_refs": [],
+        "policy_hash": ctx.policy_hash,
+        "detail": None,
+    }
+
+
+def quarantine_audit(
+    ctx: AuditContext, rejected: Rejected, now: datetime, new_id: uuid.UUID | None = None
+) -> dict[str, Any]:
+    """The audit record of a quarantined ingress record (nothing of it was trusted)."""
+    record = _base(ctx, "quarantine", now, new_id or uuid.uuid4())
+    record |= {
+        "event_id": rejected.event_id,
+        "event_type": rejected.event_type,
+        "source_agency": rejected.source,
+        "outcome": "quarantined",
+        "reason_codes": [rejected.reason],
+        "detail": rejected.detail[:500],
+    }
+    return record
+
+
+def quarantined_record(
+    rejected: Rejected,
+    *,
+    topic: str,
+    partition: int,
+    offset: int,
+    key: bytes | None,
+    value: bytes,
+    now: datetime,
+) -> dict[str, Any]:
+    """The ``QuarantinedRecord`` that keeps a rejected record whole, with its reason."""
+    return {
+        "reason": rejected.reason,
+        "detail": rejected.detail[:500],
+        "topic": topic,
+        "partition": partition,
+        "offset": offset,
+        "received_at": now,
+        "key": key,
+        "value": value,
+    }
+
+
+def decision_audit(
+    ctx: AuditContext,
+    *,
+    event: Mapping[str, Any],
+    event_type: str,
+    schema_fingerprint: bytes,
+    source: str,
+    recipient: str,
+    outcome: str,
+    route: str | None,
+    legal_basis: str | None,
+    purpose: str | None,
+    rule_ids: Sequence[str],
+    reason_codes: Sequence[str],
+    obligations: Sequence[str],
+    field_actions: Mapping[str, str],
+    now: datetime,
+    new_id: uuid.UUID | None = None,
+) -> dict[str, Any]:
+    """The audit record of one sharing decision about one (event, recipient) pair."""
+    header = event.get("header") or {}
+    sharing = header.get("sharing") or {}
+    record = _base(ctx, "decision", now, new_id or uuid.uuid4())
+    record |= {
+        "event_id": str(header.get("event_id")),
+        "event_type": event_type,
+        "schema_fingerprint": schema_fingerprint.hex(),
+        "case_ref": case_ref(ctx.subject_key, str(header.get("case_id", ""))),
+        "source_agency": source,
+        "recipient": recipient,
+        "outcome": outcome,
+        "route": route,
+        "legal_basis": legal_basis,
+        "purpose": purpose,
+        "consent": sharing.get("consent"),
+        "person_told": "when_safe" if "tell_victim_when_safe" in obligations else None,
+        "rule_ids": list(rule_ids),
+        "reason_codes": list(reason_codes),
+        "obligations": list(obligations),
+        "field_actions": dict(field_actions),
+        "subject_refs": subject_refs(ctx.subject_key, event),
+    }
+    return record

@@ -1,0 +1,112 @@
+"""Audit records carry who, what, to whom and why, and never a field value."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker.codec import decode, encode, from_json, load_schemas
+from broker.runtime import Rejected
+from broker.runtime._audit import (
+    AuditContext,
+    decision_audit,
+    quarantine_audit,
+    quarantined_record,
+    subject_ref,
+    subject_refs,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+SCHEMAS = load_schemas(ROOT / "schemas")
+AUDIT = SCHEMAS.latest("AuditRecord")
+QUARANTINED = SCHEMAS.latest("QuarantinedRecord")
+EPISODE = SCHEMAS.latest("FamilyHarmEpisodeReport")
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+CTX = AuditContext(subject_key=b"synthetic-test-audit-key-000000", policy_hash="ab" * 32)
+
+
+def example() -> dict:  # type: ignore[type-arg]
+    doc = json.loads((ROOT / "schemas" / "examples" / "FamilyHarmEpisodeReport.json").read_text())
+    return from_json(EPISODE, doc)
+
+
+CANARIES = ("CANARY-FAMILY-Q7", "CANARY-GIVEN-Z3", "CANARY-ID-93X")
+
+
+def with_canaries(node: object) -> None:
+    """Put canary values in every person's names and identifiers."""
+    if isinstance(node, dict):
+        if "identifiers" in node and "family_name" in node:
+            node["family_name"], node["given_names"] = CANARIES[0], CANARIES[1]
+            for identifier in node["identifiers"]:
+                identifier["value"] = CANARIES[2]
+        for child in node.values():
+            with_canaries(child)
+    elif isinstance(node, list):
+        for child in node:
+            with_canaries(child)
+
+
+def test_decision_audit_encodes_and_holds_no_personal_value() -> None:
+    event = example()
+    with_canaries(event)
+    record = decision_audit(
+        CTX,
+        event=event,
+        event_type="FamilyHarmEpisodeReport",
+        schema_fingerprint=EPISODE.fingerprint,
+        source="police",
+        recipient="oranga-tamariki",
+        outcome="share",
+        route="fva_s20",
+        legal_basis="FVA s20",
+        purpose="fv_risk_needs_assessment",
+        rule_ids=["R-1"],
+        reason_codes=["fva_route"],
+        obligations=["tell_victim_when_safe"],
+        field_actions={"people[].person.family_name": "keep"},
+        now=NOW,
+    )
+    written = encode(AUDIT, record)
+    assert decode(written, AUDIT)["recipient"] == "oranga-tamariki"
+    assert CANARIES[2] in str(event)  # the canaries are in the event
+    for canary in CANARIES:
+        assert canary.encode() not in written
+    assert record["subject_refs"]
+    assert record["person_told"] == "when_safe"
+
+
+def test_quarantine_records_encode() -> None:
+    rejected = Rejected("tampered", "record failed authentication", "police", None, None)
+    audit = quarantine_audit(CTX, rejected, NOW, uuid.UUID(int=1))
+    assert decode(encode(AUDIT, audit), AUDIT)["reason_codes"] == ["tampered"]
+    kept = quarantined_record(
+        rejected,
+        topic="tiaki.ingress.police",
+        partition=2,
+        offset=7,
+        key=b"k",
+        value=b"sealed",
+        now=NOW,
+    )
+    assert decode(encode(QUARANTINED, kept), QUARANTINED)["value"] == b"sealed"
+
+
+@given(st.text(min_size=1), st.text(min_size=1))
+def test_subject_refs_are_keyed_and_stable(scheme: str, value: str) -> None:
+    one = subject_ref(b"key-one-synthetic", scheme, value)
+    assert one == subject_ref(b"key-one-synthetic", scheme, value)
+    assert one != subject_ref(b"key-two-synthetic", scheme, value)
+    assert value not in one or len(value) < 2
+
+
+def test_every_identifier_is_referenced_once() -> None:
+    event = example()
+    refs = subject_refs(CTX.subject_key, event)
+    assert len(refs) == len(set(refs))
+    assert all(len(r) == 64 for r in refs)
