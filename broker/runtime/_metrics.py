@@ -1,0 +1,97 @@
+"""The broker's Prometheus metrics, on an injected registry.
+
+Every label value comes from a controlled vocabulary (agency ids, event types, outcomes, rule
+ids, reason codes), never from a record, so no metric can carry personal information.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_EVAL_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2)
+
+
+class BrokerMetrics:
+    """The metrics DESIGN.md lists; one instance per registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.events_in = Counter(
+            "tiaki_events_in",
+            "Ingress records admitted, by source agency and event type.",
+            ["source", "event_type"],
+            registry=registry,
+        )
+        self.events_out = Counter(
+            "tiaki_events_out",
+            "Records delivered to a recipient's egress topic.",
+            ["recipient", "event_type"],
+            registry=registry,
+        )
+        self.decisions = Counter(
+            "tiaki_decisions",
+            "Sharing decisions by outcome and deciding rule.",
+            ["outcome", "rule"],
+            registry=registry,
+        )
+        self.quarantined = Counter(
+            "tiaki_quarantined",
+            "Records sent to quarantine (tiaki.dlq), by reason code.",
+            ["reason"],
+            registry=registry,
+        )
+        self.held_for_review = Counter(
+            "tiaki_held_for_review",
+            "Decisions held for review by a person.",
+            ["recipient"],
+            registry=registry,
+        )
+        self.policy_version = Gauge(
+            "tiaki_policy_version",
+            "1 for the policy set version in force, by its hash.",
+            ["policy_hash"],
+            registry=registry,
+        )
+        self.policy_rejected = Counter(
+            "tiaki_policy_rejected",
+            "Policy sets refused (invalid or unsigned); the old one kept running.",
+            ["reason"],
+            registry=registry,
+        )
+        self.evaluation_seconds = Histogram(
+            "tiaki_policy_evaluation_seconds",
+            "Time to decide one event for all candidate recipients.",
+            buckets=_EVAL_BUCKETS,
+            registry=registry,
+        )
+        self.end_to_end_seconds = Histogram(
+            "tiaki_end_to_end_seconds",
+            "Ingress record timestamp to the commit of its outputs.",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self.transactions = Counter(
+            "tiaki_transactions",
+            "Kafka transactions by result (committed, aborted).",
+            ["result"],
+            registry=registry,
+        )
+        self.batch_records = Histogram(
+            "tiaki_batch_records",
+            "Ingress records per transaction.",
+            buckets=(1, 10, 50, 100, 250, 500, 1000),
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "tiaki_consumer_lag",
+            "Records not yet processed, per ingress partition.",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.key_age_seconds = Gauge(
+            "tiaki_key_age_seconds",
+            "Age of the signing and encryption keys in use.",
+            ["principal", "purpose"],
+            registry=registry,
+        )

@@ -1,0 +1,63 @@
+"""No personal information reaches a log line, whatever a developer passes (canary values)."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import structlog
+from hypothesis import given
+from hypothesis import strategies as st
+
+from broker._logging import SAFE_KEYS, SCRUBBED, configure_logging, scrub_personal_information
+
+CANARIES = {
+    "name": "Canary Tūhoe-Smith",
+    "nhi": "ZZZ0016",
+    "email": "canary.person@example.invalid",
+    "phone": "+64 21 555 0199",
+    "address": "17 Canary Lane, Ōtautahi",
+}
+
+
+def test_unknown_keys_are_scrubbed_and_safe_keys_kept() -> None:
+    out = scrub_personal_information(
+        None, "info", {"event": "admitted", "agency": "police", "offset": 7, **CANARIES}
+    )
+    assert out["agency"] == "police"
+    assert out["offset"] == 7
+    assert all(out[key] == SCRUBBED for key in CANARIES)
+
+
+def test_personal_values_under_safe_keys_are_scrubbed() -> None:
+    for value in (CANARIES["nhi"], CANARIES["email"], CANARIES["phone"]):
+        assert scrub_personal_information(None, "info", {"reason": value})["reason"] == SCRUBBED
+    assert scrub_personal_information(None, "info", {"reason": "tampered"})["reason"] == "tampered"
+
+
+def test_structures_are_scrubbed_even_under_safe_keys() -> None:
+    out = scrub_personal_information(None, "info", {"event_type": {"name": CANARIES["name"]}})
+    assert out["event_type"] == SCRUBBED
+
+
+def test_rendered_lines_hold_no_canary() -> None:
+    stream = io.StringIO()
+    configure_logging(stream)
+    log = structlog.get_logger()
+    log.info("quarantined", reason="header_mismatch", record=CANARIES, **CANARIES)
+    log.warning("policy rejected", policy_hash="ab" * 32, detail=CANARIES["address"])
+    text = stream.getvalue()
+    assert len(text.splitlines()) == 2
+    assert json.loads(text.splitlines()[0])["reason"] == "header_mismatch"
+    for canary in CANARIES.values():
+        assert canary not in text
+
+
+@given(st.dictionaries(st.text(min_size=1, max_size=12), st.text(max_size=40), max_size=6))
+def test_output_keys_are_input_keys_and_every_kept_value_is_from_a_safe_key(
+    entries: dict[str, str],
+) -> None:
+    out = scrub_personal_information(None, "info", dict(entries))
+    assert set(out) == set(entries)
+    for key, value in out.items():
+        assert value == SCRUBBED or key in SAFE_KEYS
