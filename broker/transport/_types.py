@@ -1,0 +1,108 @@
+"""Values that cross the transport boundary, and the protocols each transport implements."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self
+
+#: ``(topic, partition)``: the unit of ordering and of assignment.
+TopicPartition = tuple[str, int]
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """A record as read from a topic; ``offset`` is its position in the partition."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Headers
+    timestamp_ms: int
+
+    def __repr__(self) -> str:  # values are sealed personal data: never print them
+        return f"Record({self.topic}[{self.partition}]@{self.offset}, {len(self.value)} bytes)"
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A record to produce; the partition follows from the key (Kafka's murmur2 partitioner)."""
+
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers = ()
+
+    def __repr__(self) -> str:
+        return f"Outgoing({self.topic}, {len(self.value)} bytes)"
+
+
+class AsyncResource(Protocol):
+    """Started once, closed once; ``close`` is idempotent and completes even if closing fails."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+class TransactionalTransport(AsyncResource, Protocol):
+    """One broker worker's consume-transform-produce loop, exactly once.
+
+    Use it one batch at a time::
+
+        async with transport:
+            while running:
+                batch = await transport.poll(max_records=500, timeout_ms=100)
+                outputs = transform(batch)
+                try:
+                    await transport.commit(outputs, batch)
+                except TransportError as exc:
+                    ...  # discard the batch: its records will be polled again
+    """
+
+    async def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+        """Up to ``max_records`` committed records from this worker's partitions, in offset
+        order per partition; an empty list if none arrive within ``timeout_ms``."""
+        ...
+
+    async def commit(self, outputs: Sequence[Outgoing], consumed: Sequence[Record]) -> None:
+        """Produce ``outputs`` and commit ``consumed`` (the highest offset + 1 per partition) in
+        one transaction. On failure nothing is visible, every record polled since the last
+        successful commit will be polled again, and a :class:`TransportError` is raised."""
+        ...
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this worker owns now."""
+        ...
+
+
+class Publisher(AsyncResource, Protocol):
+    """Writes single records through an idempotent producer (adapters, tests)."""
+
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()
+    ) -> Record:
+        """Write one record and wait until it is acknowledged; return it with its position."""
+        ...
+
+
+class Reader(AsyncResource, Protocol):
+    """Reads whole topics, read-committed (tests, rebuilding compacted state)."""
+
+    async def read_all(self, topic: str) -> list[Record]:
+        """Every committed record from the beginning to the end as of the call, by partition
+        then offset."""
+        ...

@@ -1,0 +1,248 @@
+"""One contract for every transport: the same tests run on the in-memory fake and real Kafka.
+
+A test module subclasses :class:`TransportContract` (with a name starting ``Test``) and defines
+a ``harness`` fixture returning a :class:`Harness`. Every test tags what it writes with the
+harness's unique ``token`` header and ignores anything else, so tests sharing a real Kafka (and
+its provisioned topics) cannot see each other's records, and it starts from a fresh consumer
+group positioned at the current end of the input topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import pytest
+
+from broker.transport import (
+    Outgoing,
+    PartitionsRevoked,
+    Publisher,
+    Reader,
+    Record,
+    TransactionalTransport,
+    TransportClosed,
+    TransportError,
+    partition_for,
+)
+
+TOKEN_HEADER = "tiaki-test-token"
+#: Generous for real Kafka (group joins, transaction markers), instant for the fake.
+DEADLINE_S = 20.0
+
+
+class Harness(Protocol):
+    """What the contract needs from an implementation under test."""
+
+    input_topic: str  # the workers subscribe to it; the publisher writes it
+    output_topic: str  # workers' transactions write it; the reader reads it
+    partitions: int  # of the input topic
+    token: bytes  # unique per test
+
+    async def new_group(self) -> str:
+        """A consumer group no one has used, positioned at the end of the input topic."""
+        ...
+
+    def worker(self, group_id: str, name: str) -> TransactionalTransport: ...
+
+    def publisher(self) -> Publisher: ...
+
+    def reader(self) -> Reader: ...
+
+    def poison(self) -> Outgoing:
+        """An output the worker may not write: a transaction containing it cannot commit."""
+        ...
+
+
+def mine(harness: Harness, records: Sequence[Record]) -> list[Record]:
+    return [r for r in records if (TOKEN_HEADER, harness.token) in r.headers]
+
+
+async def publish(harness: Harness, items: Sequence[tuple[bytes, bytes]]) -> list[Record]:
+    async with harness.publisher() as publisher:
+        return [
+            await publisher.publish(
+                harness.input_topic, key, value, ((TOKEN_HEADER, harness.token),)
+            )
+            for key, value in items
+        ]
+
+
+def outputs_for(harness: Harness, records: Sequence[Record]) -> list[Outgoing]:
+    return [
+        Outgoing(harness.output_topic, r.key, b"out:" + r.value, ((TOKEN_HEADER, harness.token),))
+        for r in records
+    ]
+
+
+async def drain(
+    harness: Harness, worker: TransactionalTransport, want: int, *, commit: bool = False
+) -> list[Record]:
+    """Poll until ``want`` of this test's records arrived (committing each batch if asked)."""
+    got: list[Record] = []
+    deadline = asyncio.get_running_loop().time() + DEADLINE_S
+    while len(got) < want:
+        assert asyncio.get_running_loop().time() < deadline, f"only {len(got)} of {want}"
+        batch = await worker.poll(max_records=100, timeout_ms=200)
+        if commit and batch:
+            await worker.commit(outputs_for(harness, mine(harness, batch)), batch)
+        got.extend(mine(harness, batch))
+    return got
+
+
+async def read_outputs(harness: Harness) -> list[Record]:
+    async with harness.reader() as reader:
+        return mine(harness, await reader.read_all(harness.output_topic))
+
+
+async def wait_for(condition: Callable[[], object], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + DEADLINE_S
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+class TransportContract:
+    """The behaviour the broker's pipeline relies on, whichever transport runs it."""
+
+    async def test_records_arrive_in_order_per_partition(self, harness: Harness) -> None:
+        group = await harness.new_group()
+        items = [(f"case-{i % 7}".encode(), f"{i}".encode()) for i in range(40)]
+        sent = await publish(harness, items)
+        async with harness.worker(group, "a") as worker:
+            got = await drain(harness, worker, len(items))
+        assert sorted(r.value for r in got) == sorted(v for _, v in items)
+        for partition in range(harness.partitions):
+            offsets = [r.offset for r in got if r.partition == partition]
+            assert offsets == sorted(offsets)
+        for key in {k for k, _ in items}:
+            assert [r.value for r in got if r.key == key] == [v for k, v in items if k == key]
+        assert {(r.partition, r.offset) for r in sent} == {(r.partition, r.offset) for r in got}
+
+    async def test_same_key_same_partition_as_kafka_places_it(self, harness: Harness) -> None:
+        keys = [f"case-{i}".encode() for i in range(12)]
+        sent = await publish(harness, [(k, b"x") for k in keys for _ in range(3)])
+        by_key: dict[bytes | None, set[int]] = {}
+        for record in sent:
+            by_key.setdefault(record.key, set()).add(record.partition)
+        for key, partitions in by_key.items():
+            assert key is not None
+            assert partitions == {partition_for(key, harness.partitions)}
+
+    async def test_committed_transaction_is_visible_and_moves_offsets(
+        self, harness: Harness
+    ) -> None:
+        group = await harness.new_group()
+        await publish(harness, [(f"k{i}".encode(), f"first-{i}".encode()) for i in range(10)])
+        async with harness.worker(group, "a") as worker:
+            first = await drain(harness, worker, 10)
+            await worker.commit(outputs_for(harness, first), first)
+        outputs = await read_outputs(harness)
+        assert sorted(r.value for r in outputs) == sorted(b"out:" + r.value for r in first)
+
+        await publish(harness, [(f"k{i}".encode(), f"second-{i}".encode()) for i in range(5)])
+        async with harness.worker(group, "b") as successor:
+            second = await drain(harness, successor, 5)
+            assert all(r.value.startswith(b"second-") for r in second)
+            assert not mine(harness, await successor.poll(max_records=100, timeout_ms=300))
+
+    async def test_failed_commit_is_invisible_and_records_come_again(
+        self, harness: Harness
+    ) -> None:
+        group = await harness.new_group()
+        await publish(harness, [(f"k{i}".encode(), f"v{i}".encode()) for i in range(6)])
+        async with harness.worker(group, "a") as worker:
+            batch = await drain(harness, worker, 6)
+            with pytest.raises(TransportError) as raised:
+                await worker.commit([*outputs_for(harness, batch), harness.poison()], batch)
+            assert not isinstance(raised.value, PartitionsRevoked)
+            assert await read_outputs(harness) == []
+
+            again = await drain(harness, worker, 6)
+            key = lambda r: (r.partition, r.offset)  # noqa: E731 - a sort key, named once
+            assert sorted(map(key, again)) == sorted(map(key, batch))
+            await worker.commit(outputs_for(harness, again), again)
+        outputs = await read_outputs(harness)
+        assert sorted(r.value for r in outputs) == sorted(b"out:" + r.value for r in batch)
+
+    async def test_two_workers_split_partitions_and_see_each_record_once(
+        self, harness: Harness
+    ) -> None:
+        group = await harness.new_group()
+        async with harness.worker(group, "a") as a, harness.worker(group, "b") as b:
+            await wait_for(
+                lambda: (
+                    a.assignment()
+                    and b.assignment()
+                    and not a.assignment() & b.assignment()
+                    and len(a.assignment() | b.assignment()) == harness.partitions
+                ),
+                "both workers to own partitions",
+            )
+            items = [(f"case-{i}".encode(), f"{i}".encode()) for i in range(60)]
+            await publish(harness, items)
+            seen: dict[str, list[Record]] = {"a": [], "b": []}
+
+            async def run(name: str, worker: TransactionalTransport) -> None:
+                deadline = asyncio.get_running_loop().time() + DEADLINE_S
+                while sum(map(len, seen.values())) < len(items):
+                    assert asyncio.get_running_loop().time() < deadline
+                    batch = await worker.poll(max_records=10, timeout_ms=100)
+                    if batch:
+                        await worker.commit(outputs_for(harness, mine(harness, batch)), batch)
+                        seen[name].extend(mine(harness, batch))
+
+            await asyncio.gather(run("a", a), run("b", b))
+        everything = seen["a"] + seen["b"]
+        assert sorted(r.value for r in everything) == sorted(v for _, v in items)
+        assert seen["a"]
+        assert seen["b"]
+        outputs = await read_outputs(harness)
+        assert len(outputs) == len(items)
+
+    async def test_batch_polled_before_a_rebalance_is_refused_then_redelivered(
+        self, harness: Harness
+    ) -> None:
+        group = await harness.new_group()
+        await publish(harness, [(f"case-{i}".encode(), f"{i}".encode()) for i in range(20)])
+        async with harness.worker(group, "a") as a:
+            batch = await drain(harness, a, 20)
+            before = a.assignment()
+            async with harness.worker(group, "b") as b:
+                await wait_for(lambda: a.assignment() != before and b.assignment(), "the rebalance")
+                with pytest.raises(PartitionsRevoked) as raised:
+                    await a.commit(outputs_for(harness, batch), batch)
+                assert raised.value.retriable
+                assert await read_outputs(harness) == []
+                owned = {
+                    name: sum((r.topic, r.partition) in w.assignment() for r in batch)
+                    for name, w in (("a", a), ("b", b))
+                }
+                got = await asyncio.gather(
+                    drain(harness, a, owned["a"], commit=True),
+                    drain(harness, b, owned["b"], commit=True),
+                )
+        assert sorted(r.value for part in got for r in part) == sorted(r.value for r in batch)
+        assert len(await read_outputs(harness)) == len(batch)
+
+    async def test_close_is_idempotent_and_closed_means_closed(self, harness: Harness) -> None:
+        group = await harness.new_group()
+        worker = harness.worker(group, "a")
+        await worker.start()
+        await worker.close()
+        await worker.close()
+        with pytest.raises(TransportClosed):
+            await worker.poll(max_records=1, timeout_ms=10)
+        with pytest.raises(TransportClosed):
+            await worker.commit([], [])
+        for resource in (harness.publisher(), harness.reader()):
+            async with resource:
+                pass
+            await resource.close()
+
+    async def test_empty_commit_is_a_no_op(self, harness: Harness) -> None:
+        group = await harness.new_group()
+        async with harness.worker(group, "a") as worker:
+            await worker.commit([], [])
+            assert not mine(harness, await worker.poll(max_records=10, timeout_ms=100))
