@@ -142,6 +142,8 @@ class SealerStatistics:
 def _expected_parties(kind: Kind, source: str, recipient: str) -> bool:
     if kind is Kind.INGRESS:
         return recipient == BROKER and source != BROKER
+    if kind is Kind.HOLD:
+        return source == BROKER and recipient == BROKER
     return source == BROKER and recipient != BROKER
 
 

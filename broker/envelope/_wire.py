@@ -11,6 +11,8 @@ size   field                notes
 =====  ===================  ===========================================================
 1      version              ``0x01``; any other value is refused before anything else
 1      kind                 ``0x01`` ingress (adapter to broker), ``0x02`` egress
+                            (broker to recipient), ``0x03`` hold (broker to itself, for
+                            the topics it keeps: review and quarantine)
 1      flags                bit 0: key announcement inline; other bits must be zero
 str8   topic                the Kafka topic the record was sealed for
 str8   source               principal that sealed it (an agency id, or ``broker``)
@@ -85,6 +87,8 @@ class Kind(IntEnum):
 
     INGRESS = 1
     EGRESS = 2
+    #: The broker sealing to itself what it must keep at rest: held reviews, quarantine.
+    HOLD = 3
 
 
 def str8(value: str) -> bytes:

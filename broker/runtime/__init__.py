@@ -4,6 +4,7 @@ So far: :class:`Intake`, which authenticates, opens, decodes and checks each ing
 or rejects it with a quarantine reason code.
 """
 
+from broker.runtime._decide import Decider, Outcome, Verdict
 from broker.runtime._intake import (
     MAX_RECORD_BYTES,
     Accepted,
@@ -15,15 +16,20 @@ from broker.runtime._intake import (
     Rejected,
     UnknownAgency,
 )
+from broker.runtime._pipeline import Pipeline
 
 __all__ = [
     "MAX_RECORD_BYTES",
     "Accepted",
+    "Decider",
     "HeaderMismatch",
     "Intake",
     "IntakeError",
     "NotAnEvent",
+    "Outcome",
     "OversizedRecord",
+    "Pipeline",
     "Rejected",
     "UnknownAgency",
+    "Verdict",
 ]

@@ -34,7 +34,7 @@ class Record:
 
 def make_ring() -> KeyRing:
     ring = KeyRing()
-    for principal in ("broker", "police", "msd"):
+    for principal in ("broker", "police", "msd", "oranga-tamariki", "corrections"):
         for algorithm in Algorithm:
             ring.generate(principal, algorithm, NOW - timedelta(days=1), os.urandom)
     return ring

@@ -1,0 +1,216 @@
+"""The broker's pipeline for one ingress record, pure: record in, records out.
+
+``Pipeline.process`` turns one consumed record into every record it causes, which the runtime
+then produces in the same Kafka transaction as the consumed offset (exactly once):
+
+=====================  ===================================================================
+what happened          records produced
+=====================  ===================================================================
+rejected at intake     ``tiaki.dlq`` (the record kept whole, sealed to the broker, reason)
+                       + ``tiaki.audit`` (action ``quarantine``, reason code)
+policy failed          ``tiaki.dlq`` (reason ``policy_error``) + audit: fail closed
+share                  ``tiaki.egress.<recipient>`` (SharedEvent sealed to the recipient)
+                       + audit (action ``decision``, outcome ``share``)
+review                 ``tiaki.review`` (SharedEvent sealed to the broker, recipient in the
+                       header) + audit (outcome ``review``)
+deny                   audit only (outcome ``deny``, reasons)
+=====================  ===================================================================
+
+Egress and review records are keyed by case id, so one case stays ordered on one partition.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+from broker.codec import SchemaSet, encode
+from broker.envelope import Kind, Sealer
+from broker.platform._topics import AUDIT, BROKER, DLQ, REVIEW, egress
+from broker.runtime._audit import (
+    AuditContext,
+    decision_audit,
+    quarantine_audit,
+    quarantined_record,
+)
+from broker.runtime._decide import Decider, Outcome, Verdict
+from broker.runtime._intake import Accepted, Intake, Rejected
+from broker.transport import Headers, Outgoing, Record
+
+#: Header naming the Avro schema (hex fingerprint) of an unsealed record (audit).
+SCHEMA_HEADER = "tiaki-schema"
+#: Header naming the recipient a held (review) record is for.
+RECIPIENT_HEADER = "tiaki-recipient"
+#: Header carrying the quarantine reason code on tiaki.dlq, so operators can filter unsealed.
+REASON_HEADER = "tiaki-reason"
+
+POLICY_ERROR = "policy_error"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime | date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"cannot represent {type(value).__name__} in a shared event")
+
+
+def body_json(body: Mapping[str, Any]) -> str:
+    """The minimised event as canonical JSON (sorted keys, no insignificant whitespace)."""
+    return json.dumps(
+        body, default=_json_default, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+
+
+@dataclass
+class Counts:
+    """What the pipeline did, for metrics: by (kind, label)."""
+
+    quarantined: dict[str, int] = field(default_factory=dict)
+    decisions: dict[str, int] = field(default_factory=dict)
+
+    def add(self, table: dict[str, int], label: str) -> None:
+        table[label] = table.get(label, 0) + 1
+
+
+class Pipeline:
+    """Intake, policy, minimisation and sealing for one worker (not thread-safe)."""
+
+    def __init__(
+        self,
+        *,
+        intake: Intake,
+        decider: Decider,
+        sealer: Sealer,
+        schemas: SchemaSet,
+        subject_key: bytes,
+    ) -> None:
+        self._intake = intake
+        self._decider = decider
+        self._sealer = sealer
+        self._audit_schema = schemas.latest("AuditRecord")
+        self._shared_schema = schemas.latest("SharedEvent")
+        self._quarantine_schema = schemas.latest("QuarantinedRecord")
+        self._subject_key = subject_key
+        self.counts = Counts()
+
+    def _context(self) -> AuditContext:
+        return AuditContext(subject_key=self._subject_key, policy_hash=self._decider.policy_hash)
+
+    def _audit(self, record: Mapping[str, Any], key: bytes | None) -> Outgoing:
+        value = encode(self._audit_schema, record)
+        return Outgoing(
+            AUDIT, key, value, ((SCHEMA_HEADER, self._audit_schema.fingerprint_hex.encode()),)
+        )
+
+    def process(self, record: Record, now: datetime) -> list[Outgoing]:
+        """Every record that ``record`` causes; never raises for a bad record."""
+        admitted = self._intake.admit(record, now)
+        if isinstance(admitted, Rejected):
+            return self._quarantine(record, admitted, now)
+        try:
+            verdicts = self._decider.decide(admitted, now)
+        except Exception as exc:  # fail closed: a policy fault withholds everything, loses nothing
+            rejected = Rejected(
+                POLICY_ERROR,
+                f"policy evaluation failed: {type(exc).__name__}",
+                admitted.source.id,
+                admitted.event_id,
+                admitted.event_type,
+            )
+            return self._quarantine(record, rejected, now)
+        outputs: list[Outgoing] = []
+        for verdict in verdicts:
+            outputs.extend(self._deliver(admitted, verdict, now))
+        return outputs
+
+    def _quarantine(self, record: Record, rejected: Rejected, now: datetime) -> list[Outgoing]:
+        self.counts.add(self.counts.quarantined, rejected.reason)
+        kept = quarantined_record(
+            rejected,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            now=now,
+        )
+        sealed = self._sealer.seal(
+            encode(self._quarantine_schema, kept),
+            kind=Kind.HOLD,
+            topic=DLQ,
+            recipient=BROKER,
+            event_id=str(uuid.uuid4()),
+            schema_fingerprint=self._quarantine_schema.fingerprint,
+            now=now,
+        )
+        dlq = Outgoing(DLQ, record.key, sealed, ((REASON_HEADER, rejected.reason.encode()),))
+        return [dlq, self._audit(quarantine_audit(self._context(), rejected, now), record.key)]
+
+    def _deliver(self, admitted: Accepted, verdict: Verdict, now: datetime) -> list[Outgoing]:
+        self.counts.add(self.counts.decisions, verdict.outcome.value)
+        case_key = str(admitted.event["header"]["case_id"]).encode()
+        audit = decision_audit(
+            self._context(),
+            event=admitted.event,
+            event_type=admitted.event_type,
+            schema_fingerprint=admitted.schema.fingerprint,
+            source=admitted.source.id,
+            recipient=verdict.recipient,
+            outcome=verdict.outcome.value,
+            route=verdict.route,
+            legal_basis=verdict.legal_basis,
+            purpose=verdict.purpose,
+            rule_ids=verdict.rule_ids,
+            reason_codes=verdict.reason_codes,
+            obligations=verdict.obligations,
+            field_actions=verdict.field_actions,
+            now=now,
+        )
+        outputs = [self._audit(audit, case_key)]
+        if verdict.outcome is Outcome.DENY or verdict.body is None:
+            return outputs
+        shared = encode(self._shared_schema, self._shared(admitted, verdict, verdict.body, now))
+        headers: Headers = ()
+        if verdict.outcome is Outcome.SHARE:
+            topic, recipient, kind = egress(verdict.recipient), verdict.recipient, Kind.EGRESS
+        else:
+            topic, recipient, kind = REVIEW, BROKER, Kind.HOLD
+            headers = ((RECIPIENT_HEADER, verdict.recipient.encode()),)
+        sealed = self._sealer.seal(
+            shared,
+            kind=kind,
+            topic=topic,
+            recipient=recipient,
+            event_id=admitted.event_id,
+            schema_fingerprint=self._shared_schema.fingerprint,
+            now=now,
+        )
+        outputs.append(Outgoing(topic, case_key, sealed, headers))
+        return outputs
+
+    def _shared(
+        self, admitted: Accepted, verdict: Verdict, body: Mapping[str, Any], now: datetime
+    ) -> dict[str, Any]:
+        return {
+            "event_id": admitted.event_id,
+            "event_type": admitted.event_type,
+            "source_agency": admitted.source.id,
+            "source_schema": admitted.schema.fingerprint_hex,
+            "shared_at": now,
+            "route": verdict.route,
+            "legal_basis": verdict.legal_basis,
+            "purpose": verdict.purpose,
+            "obligations": list(verdict.obligations),
+            "rule_ids": list(verdict.rule_ids),
+            "field_actions": dict(verdict.field_actions),
+            "policy_hash": verdict.policy_hash,
+            "body_json": body_json(body),
+        }

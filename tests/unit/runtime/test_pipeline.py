@@ -1,0 +1,180 @@
+"""The pipeline turns each ingress record into exactly the records its verdicts call for."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from broker.codec import decode, encode
+from broker.envelope import Kind, Opener, ReplayCache, Sealer
+from broker.runtime import Accepted, Decider, Intake, Outcome, Pipeline, Verdict
+from broker.runtime._pipeline import REASON_HEADER, RECIPIENT_HEADER
+from broker.transport import Record
+from tests.unit.runtime.test_intake import (
+    EPISODE,
+    NOW,
+    REGISTRY,
+    SCHEMAS,
+    TOPIC,
+    episode,
+    make_ring,
+)
+
+SHARED = SCHEMAS.latest("SharedEvent")
+AUDIT = SCHEMAS.latest("AuditRecord")
+QUARANTINED = SCHEMAS.latest("QuarantinedRecord")
+
+
+class ScriptedDecider:
+    """A decider for tests: fixed verdicts per recipient, or an error."""
+
+    policy_hash = "cd" * 32
+
+    def __init__(self, verdicts: Sequence[Verdict] = (), error: Exception | None = None) -> None:
+        self.verdicts = verdicts
+        self.error = error
+
+    def decide(self, accepted: Accepted, now: datetime) -> Sequence[Verdict]:
+        if self.error is not None:
+            raise self.error
+        return self.verdicts
+
+
+def minimised(accepted_event: dict[str, Any]) -> dict[str, Any]:
+    return {"header": {"case_id": accepted_event["header"]["case_id"]}}
+
+
+class Harness:
+    def __init__(self, decider: Decider) -> None:
+        self.ring = make_ring()
+        self.police = Sealer("police", self.ring)
+        intake = Intake(
+            registry=REGISTRY,
+            schemas=SCHEMAS,
+            opener=Opener("broker", self.ring, replay=ReplayCache()),
+        )
+        self.pipeline = Pipeline(
+            intake=intake,
+            decider=decider,
+            sealer=Sealer("broker", self.ring),
+            schemas=SCHEMAS,
+            subject_key=b"synthetic-test-audit-key-000000",
+        )
+        self.offset = 0
+
+    def record(self, value: bytes | None = None) -> Record:
+        event_id = str(uuid.uuid4())
+        if value is None:
+            value = self.police.seal(
+                encode(EPISODE, episode(event_id)),
+                kind=Kind.INGRESS,
+                topic=TOPIC,
+                recipient="broker",
+                event_id=event_id,
+                schema_fingerprint=EPISODE.fingerprint,
+                now=NOW,
+            )
+        self.offset += 1
+        return Record(TOPIC, 0, self.offset, b"SYN-CASE-0001", value, (), 0)
+
+    def open_for(self, principal: str, topic: str, value: bytes) -> dict[str, Any]:
+        kind = Kind.HOLD if principal == "broker" else Kind.EGRESS
+        opened = Opener(principal, self.ring).open(
+            value, topic=topic, now=NOW, kind=kind, source="broker"
+        )
+        schema = SCHEMAS.by_fingerprint(opened.schema_fingerprint)
+        return decode(opened.payload, schema)
+
+
+BODY = {"header": {"case_id": "SYN-CASE-0001"}}
+
+
+def verdict(recipient: str, outcome: Outcome) -> Verdict:
+    return Verdict(
+        recipient=recipient,
+        outcome=outcome,
+        rule_ids=("R-test",),
+        reason_codes=("test",),
+        route="fva_s20",
+        legal_basis="FVA s20",
+        purpose="fv_risk_needs_assessment",
+        field_actions={"header.case_id": "keep", "narrative": "drop"},
+        body=None if outcome is Outcome.DENY else BODY,
+        policy_hash="cd" * 32,
+    )
+
+
+def test_share_review_and_deny() -> None:
+    harness = Harness(
+        ScriptedDecider(
+            [
+                verdict("oranga-tamariki", Outcome.SHARE),
+                verdict("msd", Outcome.REVIEW),
+                verdict("corrections", Outcome.DENY),
+            ]
+        )
+    )
+    outputs = harness.pipeline.process(harness.record(), NOW)
+    topics = [o.topic for o in outputs]
+    assert sorted(topics) == sorted(
+        [
+            "tiaki.audit",
+            "tiaki.egress.oranga-tamariki",
+            "tiaki.audit",
+            "tiaki.review",
+            "tiaki.audit",
+        ]
+    )
+    egress = next(o for o in outputs if o.topic == "tiaki.egress.oranga-tamariki")
+    shared = harness.open_for("oranga-tamariki", egress.topic, egress.value)
+    assert json.loads(shared["body_json"]) == BODY
+    assert shared["field_actions"] == {"header.case_id": "keep", "narrative": "drop"}
+    assert egress.key == b"SYN-CASE-0001"
+
+    held = next(o for o in outputs if o.topic == "tiaki.review")
+    assert dict(held.headers)[RECIPIENT_HEADER] == b"msd"
+    assert (
+        harness.open_for("broker", "tiaki.review", held.value)["event_type"]
+        == "FamilyHarmEpisodeReport"
+    )
+    with pytest.raises(Exception, match=r"."):
+        harness.open_for("msd", "tiaki.review", held.value)  # held items are sealed to the broker
+
+    audits = [decode(o.value, AUDIT) for o in outputs if o.topic == "tiaki.audit"]
+    assert {(a["recipient"], a["outcome"]) for a in audits} == {
+        ("oranga-tamariki", "share"),
+        ("msd", "review"),
+        ("corrections", "deny"),
+    }
+    assert harness.pipeline.counts.decisions == {"share": 1, "review": 1, "deny": 1}
+
+
+def test_rejected_record_goes_to_quarantine_whole() -> None:
+    harness = Harness(ScriptedDecider())
+    bad = harness.record(b"\x01garbage")
+    outputs = harness.pipeline.process(bad, NOW)
+    assert [o.topic for o in outputs] == ["tiaki.dlq", "tiaki.audit"]
+    dlq = outputs[0]
+    assert dict(dlq.headers)[REASON_HEADER] == b"malformed_envelope"
+    kept = harness.open_for("broker", "tiaki.dlq", dlq.value)
+    assert (kept["value"], kept["offset"], kept["reason"]) == (
+        b"\x01garbage",
+        bad.offset,
+        "malformed_envelope",
+    )
+    assert decode(outputs[1].value, AUDIT)["reason_codes"] == ["malformed_envelope"]
+    assert harness.pipeline.counts.quarantined == {"malformed_envelope": 1}
+
+
+def test_policy_error_fails_closed_and_loses_nothing() -> None:
+    harness = Harness(ScriptedDecider(error=RuntimeError("rule exploded")))
+    record = harness.record()
+    outputs = harness.pipeline.process(record, NOW)
+    assert [o.topic for o in outputs] == ["tiaki.dlq", "tiaki.audit"]
+    assert not any(o.topic.startswith("tiaki.egress.") for o in outputs)
+    assert harness.open_for("broker", "tiaki.dlq", outputs[0].value)["value"] == record.value
