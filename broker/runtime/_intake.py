@@ -107,6 +107,19 @@ class Intake:
         self._schemas = schemas
         self._opener = opener
         self._max = max_record_bytes
+        #: (source, event id) pairs the replay cache learnt since the last commit.
+        self._uncommitted: list[tuple[str, str]] = []
+
+    def committed(self) -> None:
+        """The transaction holding everything admitted so far committed."""
+        self._uncommitted.clear()
+
+    def aborted(self) -> None:
+        """The transaction aborted: its records will be read again, so they are not replays."""
+        if self._opener.replay is not None:
+            for source, event_id in self._uncommitted:
+                self._opener.replay.forget(source, event_id)
+        self._uncommitted.clear()
 
     def admit(self, record: IncomingRecord, now: datetime) -> Accepted | Rejected:
         """Run every check on ``record``; never raises for a bad record."""
@@ -127,6 +140,7 @@ class Intake:
                 record.value, topic=record.topic, now=now, kind=Kind.INGRESS, source=source.id
             )
             event_id = opened.event_id
+            self._uncommitted.append((source.id, event_id))
             schema = self._schemas.by_fingerprint(opened.schema_fingerprint)
             event_type = schema.short_name
             if schema.kind != "event":

@@ -69,15 +69,16 @@ def body_json(body: Mapping[str, Any]) -> str:
     )
 
 
-@dataclass
-class Counts:
-    """What the pipeline did, for metrics: by (kind, label)."""
+@dataclass(frozen=True)
+class Processed:
+    """What one ingress record caused: the records to produce, and facts for the metrics,
+    which the worker counts only once the transaction holding them has committed."""
 
-    quarantined: dict[str, int] = field(default_factory=dict)
-    decisions: dict[str, int] = field(default_factory=dict)
-
-    def add(self, table: dict[str, int], label: str) -> None:
-        table[label] = table.get(label, 0) + 1
+    outputs: list[Outgoing]
+    source: str | None
+    event_type: str | None
+    quarantine_reason: str | None = None
+    verdicts: tuple[Verdict, ...] = field(default=())
 
 
 class Pipeline:
@@ -99,7 +100,14 @@ class Pipeline:
         self._shared_schema = schemas.latest("SharedEvent")
         self._quarantine_schema = schemas.latest("QuarantinedRecord")
         self._subject_key = subject_key
-        self.counts = Counts()
+
+    def committed(self) -> None:
+        """Everything processed so far is committed."""
+        self._intake.committed()
+
+    def aborted(self) -> None:
+        """Everything processed since the last commit will be processed again."""
+        self._intake.aborted()
 
     def _context(self) -> AuditContext:
         return AuditContext(subject_key=self._subject_key, policy_hash=self._decider.policy_hash)
@@ -110,7 +118,7 @@ class Pipeline:
             AUDIT, key, value, ((SCHEMA_HEADER, self._audit_schema.fingerprint_hex.encode()),)
         )
 
-    def process(self, record: Record, now: datetime) -> list[Outgoing]:
+    def process(self, record: Record, now: datetime) -> Processed:
         """Every record that ``record`` causes; never raises for a bad record."""
         admitted = self._intake.admit(record, now)
         if isinstance(admitted, Rejected):
@@ -129,10 +137,9 @@ class Pipeline:
         outputs: list[Outgoing] = []
         for verdict in verdicts:
             outputs.extend(self._deliver(admitted, verdict, now))
-        return outputs
+        return Processed(outputs, admitted.source.id, admitted.event_type, None, tuple(verdicts))
 
-    def _quarantine(self, record: Record, rejected: Rejected, now: datetime) -> list[Outgoing]:
-        self.counts.add(self.counts.quarantined, rejected.reason)
+    def _quarantine(self, record: Record, rejected: Rejected, now: datetime) -> Processed:
         kept = quarantined_record(
             rejected,
             topic=record.topic,
@@ -152,10 +159,10 @@ class Pipeline:
             now=now,
         )
         dlq = Outgoing(DLQ, record.key, sealed, ((REASON_HEADER, rejected.reason.encode()),))
-        return [dlq, self._audit(quarantine_audit(self._context(), rejected, now), record.key)]
+        audit = self._audit(quarantine_audit(self._context(), rejected, now), record.key)
+        return Processed([dlq, audit], rejected.source, rejected.event_type, rejected.reason)
 
     def _deliver(self, admitted: Accepted, verdict: Verdict, now: datetime) -> list[Outgoing]:
-        self.counts.add(self.counts.decisions, verdict.outcome.value)
         case_key = str(admitted.event["header"]["case_id"]).encode()
         audit = decision_audit(
             self._context(),

@@ -182,3 +182,13 @@ def test_each_bad_input_has_its_own_reason(world: World) -> None:
         reason(world.admit(b"\x7f" + world.seal()[1:])),
     }
     assert len(codes) == 8
+
+
+def test_an_aborted_transaction_is_not_a_replay(world: World) -> None:
+    first, second = world.seal(), world.seal()
+    assert isinstance(world.admit(first), Accepted)
+    world.intake.committed()
+    assert isinstance(world.admit(second), Accepted)
+    world.intake.aborted()  # the transaction with `second` never happened: read it again
+    assert isinstance(world.admit(second), Accepted)
+    assert reason(world.admit(first)) == "replayed"  # committed before: still a replay

@@ -119,7 +119,8 @@ def test_share_review_and_deny() -> None:
             ]
         )
     )
-    outputs = harness.pipeline.process(harness.record(), NOW)
+    processed = harness.pipeline.process(harness.record(), NOW)
+    outputs = processed.outputs
     topics = [o.topic for o in outputs]
     assert sorted(topics) == sorted(
         [
@@ -151,13 +152,15 @@ def test_share_review_and_deny() -> None:
         ("msd", "review"),
         ("corrections", "deny"),
     }
-    assert harness.pipeline.counts.decisions == {"share": 1, "review": 1, "deny": 1}
+    assert [v.outcome for v in processed.verdicts] == [Outcome.SHARE, Outcome.REVIEW, Outcome.DENY]
+    assert processed.quarantine_reason is None
 
 
 def test_rejected_record_goes_to_quarantine_whole() -> None:
     harness = Harness(ScriptedDecider())
     bad = harness.record(b"\x01garbage")
-    outputs = harness.pipeline.process(bad, NOW)
+    processed = harness.pipeline.process(bad, NOW)
+    outputs = processed.outputs
     assert [o.topic for o in outputs] == ["tiaki.dlq", "tiaki.audit"]
     dlq = outputs[0]
     assert dict(dlq.headers)[REASON_HEADER] == b"malformed_envelope"
@@ -168,13 +171,15 @@ def test_rejected_record_goes_to_quarantine_whole() -> None:
         "malformed_envelope",
     )
     assert decode(outputs[1].value, AUDIT)["reason_codes"] == ["malformed_envelope"]
-    assert harness.pipeline.counts.quarantined == {"malformed_envelope": 1}
+    assert processed.quarantine_reason == "malformed_envelope"
 
 
 def test_policy_error_fails_closed_and_loses_nothing() -> None:
     harness = Harness(ScriptedDecider(error=RuntimeError("rule exploded")))
     record = harness.record()
-    outputs = harness.pipeline.process(record, NOW)
+    processed = harness.pipeline.process(record, NOW)
+    outputs = processed.outputs
+    assert processed.quarantine_reason == "policy_error"
     assert [o.topic for o in outputs] == ["tiaki.dlq", "tiaki.audit"]
     assert not any(o.topic.startswith("tiaki.egress.") for o in outputs)
     assert harness.open_for("broker", "tiaki.dlq", outputs[0].value)["value"] == record.value

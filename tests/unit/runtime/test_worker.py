@@ -1,0 +1,99 @@
+"""The worker over the in-memory transport: exactly once across failed commits, metrics that
+agree with the topics."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+
+from prometheus_client import CollectorRegistry
+
+from broker.runtime import Outcome
+from broker.runtime._metrics import BrokerMetrics
+from broker.runtime._worker import Worker
+from broker.transport import InMemoryCluster
+from tests.unit.runtime.test_intake import NOW, REGISTRY
+from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider, verdict
+
+
+def setup() -> tuple[InMemoryCluster, Harness, Worker, BrokerMetrics]:
+    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
+    harness = Harness(
+        ScriptedDecider([verdict("oranga-tamariki", Outcome.SHARE), verdict("msd", Outcome.DENY)])
+    )
+    metrics = BrokerMetrics(CollectorRegistry())
+    worker = Worker(
+        cluster.worker(), harness.pipeline, metrics, clock=lambda: NOW, poll_timeout_ms=10
+    )
+    return cluster, harness, worker, metrics
+
+
+async def publish(cluster: InMemoryCluster, harness: Harness, good: int, bad: int) -> None:
+    async with cluster.publisher() as publisher:
+        for _ in range(good):
+            record = harness.record()
+            await publisher.publish(record.topic, record.key, record.value)
+        for i in range(bad):
+            await publisher.publish("tiaki.ingress.police", b"k", b"\x01garbage-%d" % i)
+
+
+async def drain(worker: Worker, expected: int) -> None:
+    done = 0
+    for _ in range(200):
+        done += await worker.step()
+        if done >= expected:
+            return
+    raise AssertionError(f"only {done} of {expected} records committed")
+
+
+async def topic_counts(cluster: InMemoryCluster) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    async with cluster.reader() as reader:
+        for topic in (
+            "tiaki.egress.oranga-tamariki",
+            "tiaki.egress.msd",
+            "tiaki.audit",
+            "tiaki.dlq",
+        ):
+            counts[topic] = len(await reader.read_all(topic))
+    return counts
+
+
+async def test_failed_commits_neither_lose_nor_duplicate() -> None:
+    cluster, harness, worker, metrics = setup()
+    await publish(cluster, harness, good=30, bad=4)
+    async with worker:  # the test drives the steps itself
+        cluster.fail_next_commit()
+        cluster.fail_next_commit()
+        await drain(worker, 34)
+    counts = await topic_counts(cluster)
+    assert counts["tiaki.egress.oranga-tamariki"] == 30
+    assert counts["tiaki.egress.msd"] == 0
+    assert counts["tiaki.audit"] == 30 * 2 + 4
+    assert counts["tiaki.dlq"] == 4
+    assert worker.statistics().aborted == 2
+    value = metrics.registry.get_sample_value
+    assert value("tiaki_quarantined_total", {"reason": "malformed_envelope"}) == 4
+    assert (
+        value(
+            "tiaki_events_out_total",
+            {"recipient": "oranga-tamariki", "event_type": "FamilyHarmEpisodeReport"},
+        )
+        == 30
+    )
+    assert value("tiaki_decisions_total", {"outcome": "deny", "rule": "R-test"}) == 30
+    assert value("tiaki_transactions_total", {"result": "aborted"}) == 2
+
+
+async def test_run_stops_when_told() -> None:
+    cluster, harness, worker, _ = setup()
+    await publish(cluster, harness, good=5, bad=0)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if worker.statistics().records == 5:
+            break
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert worker.statistics().records == 5
