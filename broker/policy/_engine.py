@@ -1,0 +1,608 @@
+"""Compiling a policy set into lookup tables and closures, and deciding with them.
+
+Compile time does everything that does not depend on the event's facts:
+
+* each rule's static conditions (request kind, event type, source and recipient agency, kind,
+  status, region) are resolved against the registry and schemas, and the rule is filed in an
+  index keyed by ``(kind, event type, source, recipient)`` and then by purpose, so a decision
+  looks at only the handful of rules that could apply, however large the set grows;
+* a recipient whose required statutory status is ``unconfirmed`` is filed with a flag: a
+  permit that matches it goes to a person, never straight out (LAW.md FVA-01);
+* each rule's dynamic conditions (risk, consent, child consultation, provenance, flags…) become
+  one closure: an ``attrgetter`` and a set lookup over the allowed combinations;
+* each permit's field plan is resolved against every version of every event it covers.
+
+A decision then walks one bucket in this order, as DESIGN.md "Policies" says::
+
+    whole-decision forbid  ->  deny                      (forbid wins)
+    refer rule             ->  refer (workflow)          (not a sharing decision)
+    review rule or trigger ->  review (queue)            (LAW.md "hand over to a person")
+    first permit by route  ->  share / share_minimised   (routes in LAW.md's order)
+    nothing                ->  deny                      (default deny)
+
+Field-level forbids then drop their fields from whatever the permit released. A rule that
+raises while being evaluated makes the decision ``deny`` with ``evaluation_error`` and names the
+rule in ``Decision.errors`` (fail closed). Decisions are immutable and depend only on the
+bucket and the verdict, so each bucket caches the few distinct decisions it produces.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from operator import attrgetter
+from types import MappingProxyType
+from typing import Any
+
+from broker.codec import Schema
+from broker.policy._canonical import policy_hash
+from broker.policy._fields import FieldPlan, compile_plan, drop_all, forbidden_paths, with_forbidden
+from broker.policy._load import party_matches
+from broker.policy._model import (
+    CHILD_CONSULTED_OK,
+    DYNAMIC_CONDITIONS,
+    INPUT_ATTRIBUTE,
+    Conditions,
+    Decision,
+    DecisionInput,
+    Effect,
+    Outcome,
+    PartyCondition,
+    PolicySet,
+    Rule,
+    Trigger,
+)
+from broker.policy._pseudonym import Pseudonymiser
+from broker.registry import NATIONAL, AgencyKind
+
+Check = Callable[[DecisionInput], bool]
+_TABLE_LIMIT = 4096
+_CACHE_LIMIT = 512
+#: Review queue for each trigger (the Māori data one goes to data governance, MDS-04).
+TRIGGER_QUEUE = {t: "review" for t in Trigger} | {
+    Trigger.MAORI_DATA_BEYOND_CASE: "governance_review"
+}
+#: Added to every share that carries Māori data (MDS-01: provenance travels with it).
+MAORI_OBLIGATION = "keep_maori_data_provenance"
+
+
+@dataclass(eq=False)
+class _Compiled:
+    rule: Rule
+    index: int
+    rank: int
+    route: str | None
+    check: Check
+    dated: bool
+    plans: dict[tuple[str, int], FieldPlan] = field(default_factory=dict)
+    forbidden: dict[tuple[str, int], frozenset[str]] = field(default_factory=dict)
+
+    def active(self, inp: DecisionInput) -> bool:
+        return not self.dated or self.rule.active_on(inp.at)
+
+
+@dataclass(eq=False)
+class _Bucket:
+    """The rules that may apply to one (kind, event, source, recipient, purpose)."""
+
+    forbids: tuple[_Compiled, ...]
+    reviews: tuple[_Compiled, ...]
+    #: Permits in route order, each with "matches only through an unconfirmed status".
+    permits: tuple[tuple[_Compiled, bool], ...]
+    health_boundary: bool
+    cache: dict[tuple[Any, ...], Decision] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RuleTrace:
+    """How one rule fared for one input (``tiaki policy explain``)."""
+
+    rule_id: str
+    effect: Effect
+    #: ``matched``, ``no match``, ``inactive`` (outside its dates), ``unconfirmed status``.
+    result: str
+
+
+def _always(inp: DecisionInput) -> bool:
+    return True
+
+
+def compile_checks(conditions: Conditions) -> Check:
+    """One closure for a rule's dynamic conditions (those read from the input)."""
+    checks: list[tuple[str, frozenset[Any]]] = []
+    for name in DYNAMIC_CONDITIONS:
+        value = getattr(conditions, name)
+        if value is None:
+            continue
+        allowed = frozenset({value}) if isinstance(value, bool) else frozenset(value)
+        checks.append((INPUT_ATTRIBUTE[name], allowed))
+    if not checks:
+        return _always
+    if len(checks) == 1:
+        get_one = attrgetter(checks[0][0])
+        only = checks[0][1]
+        return lambda inp: get_one(inp) in only
+    get = attrgetter(*(attr for attr, _ in checks))
+    if math.prod(len(allowed) for _, allowed in checks) <= _TABLE_LIMIT:
+        table = frozenset(itertools.product(*(allowed for _, allowed in checks)))
+        return lambda inp: get(inp) in table
+    sets = tuple(allowed for _, allowed in checks)
+    return lambda inp: all(v in s for v, s in zip(get(inp), sets, strict=True))
+
+
+class Engine:
+    """A compiled policy set. :meth:`decide` is pure and does no I/O."""
+
+    def __init__(self, policy: PolicySet) -> None:
+        self.policy = policy
+        self.policy_hash = policy_hash(policy)
+        self.rules = policy.rules
+        registry = policy.registry
+        self._agencies = {a.id: a for a in registry.agencies}
+        self._schemas: dict[tuple[str, int], Schema] = {}
+        self._latest: dict[str, int] = {}
+        for schema in policy.schemas.events():
+            for version in policy.schemas.versions(schema.name):
+                self._schemas[(schema.name, version.version)] = version
+            self._latest[schema.name] = schema.version
+        self._drop_all = {key: drop_all(schema) for key, schema in self._schemas.items()}
+        self._compiled = [self._compile_rule(i, rule) for i, rule in enumerate(policy.rules)]
+        self._index: dict[tuple[str, str, str, str], dict[str | None, _Bucket]] = {}
+        self._candidates: dict[tuple[str, str, str], tuple[str, ...]] = {}
+        self._build_index()
+        self._plain: dict[tuple[Any, ...], Decision] = {}
+        self._forbid_cache: dict[tuple[int, tuple[Any, ...]], FieldPlan] = {}
+
+    # -- compile -------------------------------------------------------------------------------
+
+    def _compile_rule(self, index: int, rule: Rule) -> _Compiled:
+        vocab = self.policy.vocabulary
+        route = vocab.legal_bases[rule.legal_basis].route if rule.legal_basis else None
+        compiled = _Compiled(
+            rule=rule,
+            index=index,
+            rank=vocab.route_rank(route) if route else len(vocab.routes),
+            route=route,
+            check=compile_checks(rule.when),
+            dated=rule.valid_from is not None or rule.valid_until is not None,
+        )
+        events = rule.when.events if rule.when.events is not None else self._latest.keys()
+        for (name, version), schema in self._schemas.items():
+            if name not in events:
+                continue
+            if rule.effect is Effect.PERMIT:
+                compiled.plans[(name, version)] = compile_plan(
+                    schema, rule.fields, rule.classes, rule.id
+                )
+            elif rule.field_forbid:
+                compiled.forbidden[(name, version)] = forbidden_paths(
+                    schema, rule.fields, rule.classes
+                )
+        return compiled
+
+    def _build_index(self) -> None:
+        registry = self.policy.registry
+        events = (*self._latest, "")
+        raw: dict[tuple[str, str, str, str], list[tuple[_Compiled, bool]]] = {}
+        for compiled in self._compiled:
+            when = compiled.rule.when
+            src_sure, src_unsure = party_matches(when.source, registry)
+            rcp_sure, rcp_unsure = party_matches(when.recipient, registry)
+            recipients: list[tuple[str, bool]]
+            if compiled.rule.effect is Effect.PERMIT:
+                sources = src_sure  # an unconfirmed source cannot use a status-based route
+                recipients = [(r, False) for r in rcp_sure] + [(r, True) for r in rcp_unsure]
+            else:  # forbids and reviews read unconfirmed as "may apply": the safe side
+                sources = src_sure | src_unsure
+                recipients = [(r, False) for r in rcp_sure | rcp_unsure]
+            if when.recipient == PartyCondition() and set(when.kinds) - {"disclosure"}:
+                recipients.append(("", False))  # non-sharing requests about no agency
+            rule_events = when.events if when.events is not None else events
+            for kind, event, source in itertools.product(when.kinds, rule_events, sources):
+                for recipient, unsure in recipients:
+                    if recipient == source:
+                        continue
+                    if (
+                        when.same_region is not None
+                        and recipient
+                        and (self._same_region(source, recipient) != when.same_region)
+                    ):
+                        continue
+                    raw.setdefault((kind, event, source, recipient), []).append((compiled, unsure))
+        candidates: dict[tuple[str, str, str], set[str]] = {}
+        for key, entries in raw.items():
+            only_forbids = all(c.rule.effect is Effect.FORBID for c, _ in entries)
+            if only_forbids and all(c.rule.field_forbid for c, _ in entries):
+                continue  # field forbids alone change nothing in a default deny
+            self._index[key] = self._buckets(key, entries)
+            if not only_forbids:
+                candidates.setdefault(key[:3], set()).add(key[3])
+        self._candidates = {key: tuple(sorted(value)) for key, value in candidates.items()}
+
+    def _same_region(self, source: str, recipient: str) -> bool:
+        a, b = self._agencies[source].region, self._agencies[recipient].region
+        return a == b or NATIONAL in (a, b)
+
+    def _buckets(
+        self, key: tuple[str, str, str, str], entries: list[tuple[_Compiled, bool]]
+    ) -> dict[str | None, _Bucket]:
+        source, recipient = self._agencies[key[2]], self._agencies.get(key[3])
+        boundary = source.kind is AgencyKind.HEALTH and (
+            recipient is None or recipient.kind is not AgencyKind.HEALTH
+        )
+        purposes: set[str | None] = {None}
+        for compiled, _ in entries:
+            purposes |= set(compiled.rule.when.purposes or ())
+        out: dict[str | None, _Bucket] = {}
+        for purpose in purposes:
+            chosen = [
+                (c, unsure)
+                for c, unsure in entries
+                if c.rule.when.purposes is None
+                or (purpose is not None and purpose in c.rule.when.purposes)
+            ]
+            out[purpose] = _Bucket(
+                forbids=tuple(c for c, _ in chosen if c.rule.effect is Effect.FORBID),
+                reviews=tuple(
+                    c for c, _ in chosen if c.rule.effect in (Effect.REVIEW, Effect.REFER)
+                ),
+                permits=tuple(
+                    sorted(
+                        ((c, u) for c, u in chosen if c.rule.effect is Effect.PERMIT),
+                        key=lambda pair: (pair[0].rank, pair[0].index),
+                    )
+                ),
+                health_boundary=boundary,
+            )
+        return out
+
+    # -- decide --------------------------------------------------------------------------------
+
+    def candidates(self, event_type: str, source: str, kind: str = "disclosure") -> tuple[str, ...]:
+        """Recipients some rule could send this event to (the broker asks :meth:`decide` each)."""
+        return self._candidates.get((kind, event_type, source), ())
+
+    def decide(self, inp: DecisionInput) -> Decision:
+        """The decision for one (event, candidate recipient). Never raises (fail closed)."""
+        current: _Compiled | None = None
+        try:
+            table = self._index.get((inp.kind, inp.event_type, inp.source, inp.recipient))
+            if table is None:
+                return self._no_rules(inp)
+            bucket = table.get(inp.purpose) or table[None]
+            whole: list[_Compiled] = []
+            partial: list[_Compiled] = []
+            for current in bucket.forbids:
+                if current.check(inp) and current.active(inp):
+                    (partial if current.forbidden else whole).append(current)
+            if whole:
+                return self._cached(
+                    inp,
+                    bucket,
+                    ("forbid", tuple(c.index for c in whole)),
+                    whole,
+                    None,
+                    False,
+                    (),
+                    (),
+                    (),
+                )
+            reviews: list[_Compiled] = []
+            for current in bucket.reviews:
+                if current.check(inp) and current.active(inp):
+                    reviews.append(current)
+            chosen: _Compiled | None = None
+            unsure_hit: _Compiled | None = None
+            expired: list[_Compiled] = []
+            for current, unsure in bucket.permits:
+                if not current.check(inp):
+                    continue
+                if not current.active(inp):
+                    expired.append(current)
+                elif unsure:
+                    unsure_hit = unsure_hit or current
+                else:
+                    chosen = current
+                    break
+            current = None
+            permit = chosen or unsure_hit
+            triggers = self._triggers(inp, bucket, permit, partial, unsure=chosen is None)
+            key = (
+                inp.purpose,
+                inp.schema_version,
+                tuple(c.index for c in reviews),
+                permit.index if permit else -1,
+                tuple(c.index for c in partial),
+                triggers,
+                tuple(c.index for c in expired) if permit is None else (),
+                inp.maori_data,
+            )
+            return self._cached(
+                inp, bucket, key, reviews, permit, chosen is None, partial, triggers, expired
+            )
+        except Exception:  # fail closed: the broker alerts on Decision.errors
+            return self._error(inp, current)
+
+    def _triggers(
+        self,
+        inp: DecisionInput,
+        bucket: _Bucket,
+        permit: _Compiled | None,
+        partial: list[_Compiled],
+        *,
+        unsure: bool,
+    ) -> tuple[Trigger, ...]:
+        if permit is None:
+            return ()
+        plan = self._plan(inp, permit, partial)
+        released = plan.released_classes if plan is not None else frozenset()
+        found: list[Trigger] = []
+        if unsure:
+            found.append(Trigger.RECIPIENT_STATUS_UNCONFIRMED)
+        if bucket.health_boundary and "health" in released and not permit.rule.health_rule:
+            found.append(Trigger.HEALTH_LEAVES_HEALTH)
+        if ("child" in released or inp.child_involved) and (
+            inp.child_consulted not in CHILD_CONSULTED_OK
+        ):
+            found.append(Trigger.CHILD_NOT_CONSULTED)
+        if inp.consent == "refused" and inp.risk != "high":
+            found.append(Trigger.CONSENT_REFUSED_BELOW_HIGH)
+        if inp.privileged or inp.suppression_order or "privileged" in released:
+            found.append(Trigger.PRIVILEGED_MATERIAL)
+        if (inp.maori_data or "maori_data" in released) and not inp.participates:
+            found.append(Trigger.MAORI_DATA_BEYOND_CASE)
+        route = self._route(permit)
+        if route is not None and route.exempt_triggers:
+            found = [t for t in found if t not in route.exempt_triggers]
+        return tuple(found)
+
+    def _route(self, compiled: _Compiled) -> Any:
+        for route in self.policy.vocabulary.routes:
+            if route.id == compiled.route:
+                return route
+        return None
+
+    def _version(self, inp: DecisionInput) -> int | None:
+        if inp.schema_version is not None:
+            return inp.schema_version
+        return self._latest.get(inp.event_type)
+
+    def _plan(
+        self, inp: DecisionInput, permit: _Compiled, partial: Iterable[_Compiled]
+    ) -> FieldPlan | None:
+        version = self._version(inp)
+        if version is None:
+            return None
+        plan = permit.plans.get((inp.event_type, version))
+        if plan is None:
+            return None
+        forbidden: dict[str, str] = {}
+        for compiled in partial:
+            for path in compiled.forbidden.get((inp.event_type, version), ()):
+                forbidden.setdefault(path, compiled.rule.id)
+        if not forbidden:
+            return plan
+        cache_key = (inp.event_type, version, tuple(c.index for c in partial))
+        cached = self._forbid_cache.get((permit.index, cache_key))
+        if cached is None:
+            cached = with_forbidden(plan, self._schemas[(inp.event_type, version)], forbidden)
+            self._forbid_cache[(permit.index, cache_key)] = cached
+        return cached
+
+    def _cached(
+        self,
+        inp: DecisionInput,
+        bucket: _Bucket,
+        key: tuple[Any, ...],
+        hits: list[_Compiled],
+        permit: _Compiled | None,
+        unsure: bool,
+        partial: Iterable[_Compiled],
+        triggers: tuple[Trigger, ...],
+        expired: Iterable[_Compiled],
+    ) -> Decision:
+        key = (*key, inp.purpose, inp.schema_version)
+        decision = bucket.cache.get(key)
+        if decision is None:
+            decision = self._build(
+                inp, hits, permit, unsure, list(partial), triggers, list(expired)
+            )
+            if len(bucket.cache) >= _CACHE_LIMIT:
+                bucket.cache.clear()
+            bucket.cache[key] = decision
+        return decision
+
+    def _build(
+        self,
+        inp: DecisionInput,
+        hits: list[_Compiled],
+        permit: _Compiled | None,
+        unsure: bool,
+        partial: list[_Compiled],
+        triggers: tuple[Trigger, ...],
+        expired: list[_Compiled],
+    ) -> Decision:
+        version = self._version(inp)
+        deny_plan = self._drop_all.get((inp.event_type, version or 0))
+        forbids = [c for c in hits if c.rule.effect is Effect.FORBID]
+        refers = [c for c in hits if c.rule.effect is Effect.REFER]
+        reviews = [c for c in hits if c.rule.effect is Effect.REVIEW]
+        contributing: list[_Compiled] = []
+        reasons: list[str] = []
+        obligations: set[str] = set()
+        plan: FieldPlan | None = deny_plan
+        queue: str | None = None
+        route = basis = None
+        if forbids:
+            outcome = Outcome.DENY
+            contributing = forbids
+            reasons = ["forbidden"]
+        elif refers and not reviews:
+            outcome = Outcome.REFER
+            contributing = refers
+            queue = refers[0].rule.queue
+            reasons = ["referred"]
+        elif permit is not None or reviews:
+            if permit is not None:
+                contributing.append(permit)
+                plan = self._plan(inp, permit, partial) or deny_plan
+                route, basis = permit.route, permit.rule.legal_basis
+                obligations |= set(permit.rule.obligations)
+            contributing += reviews + refers + partial
+            if partial:
+                reasons.append("fields_forbidden")
+            if reviews or triggers:
+                outcome = Outcome.REVIEW
+                queue = reviews[0].rule.queue if reviews else TRIGGER_QUEUE[triggers[0]]
+                reasons += ["review_rule"] if reviews else []
+                reasons += [t.value for t in triggers]
+            else:
+                outcome = (
+                    Outcome.SHARE_MINIMISED if plan is None or plan.minimised else Outcome.SHARE
+                )
+                reasons.insert(0, "permitted")
+            if permit is not None and (
+                inp.maori_data or (plan is not None and "maori_data" in plan.released_classes)
+            ):
+                obligations.add(MAORI_OBLIGATION)
+        else:
+            outcome = Outcome.DENY
+            reasons = ["no_permit"]
+            if expired:
+                contributing = expired
+                reasons.append("rule_expired")
+        if outcome in (Outcome.DENY, Outcome.REFER):
+            plan = deny_plan
+        for compiled in contributing:
+            if compiled.rule.reason:
+                reasons.append(compiled.rule.reason)
+            if compiled.rule.effect in (Effect.REVIEW, Effect.REFER):
+                obligations |= set(compiled.rule.obligations)
+        return Decision(
+            outcome=outcome,
+            event_type=inp.event_type,
+            recipient=inp.recipient,
+            purpose=inp.purpose,
+            route=route,
+            legal_basis=basis,
+            rule_ids=tuple(dict.fromkeys(c.rule.id for c in contributing)),
+            reason_codes=tuple(dict.fromkeys(reasons)),
+            obligations=tuple(sorted(obligations)),
+            law=tuple(sorted({ref for c in contributing for ref in c.rule.law})),
+            queue=queue,
+            field_actions=plan.actions if plan is not None else MappingProxyType({}),
+            policy_hash=self.policy_hash,
+            schema_version=version,
+            plan=plan,
+        )
+
+    def _no_rules(self, inp: DecisionInput) -> Decision:
+        key = (inp.kind, inp.event_type, inp.source, inp.recipient, inp.purpose, inp.schema_version)
+        decision = self._plain.get(key)
+        if decision is None:
+            if inp.recipient not in self._agencies:
+                reason = "unknown_recipient"
+            elif inp.source not in self._agencies:
+                reason = "unknown_source"
+            elif inp.kind == "disclosure" and inp.event_type not in self._latest:
+                reason = "unknown_event_type"
+            else:
+                reason = "no_permit"
+            decision = self._deny(inp, (reason,), ())
+            if len(self._plain) >= _CACHE_LIMIT * 8:
+                self._plain.clear()
+            self._plain[key] = decision
+        return decision
+
+    def _error(self, inp: DecisionInput, current: _Compiled | None) -> Decision:
+        rule_ids = (current.rule.id,) if current is not None else ()
+        try:
+            return self._deny(inp, ("evaluation_error",), rule_ids, errors=rule_ids or ("engine",))
+        except Exception:  # the input itself is unusable: still answer, still deny
+            return Decision(
+                outcome=Outcome.DENY,
+                event_type=str(getattr(inp, "event_type", "")),
+                recipient=str(getattr(inp, "recipient", "")),
+                purpose=str(getattr(inp, "purpose", "")),
+                route=None,
+                legal_basis=None,
+                rule_ids=rule_ids,
+                reason_codes=("evaluation_error",),
+                obligations=(),
+                law=(),
+                queue=None,
+                field_actions=MappingProxyType({}),
+                policy_hash=self.policy_hash,
+                errors=rule_ids or ("engine",),
+            )
+
+    def _deny(
+        self,
+        inp: DecisionInput,
+        reasons: tuple[str, ...],
+        rule_ids: tuple[str, ...],
+        errors: tuple[str, ...] = (),
+    ) -> Decision:
+        version = self._version(inp)
+        plan = self._drop_all.get((inp.event_type, version or 0))
+        return Decision(
+            outcome=Outcome.DENY,
+            event_type=inp.event_type,
+            recipient=inp.recipient,
+            purpose=inp.purpose,
+            route=None,
+            legal_basis=None,
+            rule_ids=rule_ids,
+            reason_codes=reasons,
+            obligations=(),
+            law=(),
+            queue=None,
+            field_actions=plan.actions if plan is not None else MappingProxyType({}),
+            policy_hash=self.policy_hash,
+            schema_version=version,
+            plan=plan,
+            errors=errors,
+        )
+
+    # -- explain -------------------------------------------------------------------------------
+
+    def trace(self, inp: DecisionInput) -> list[RuleTrace]:
+        """How every rule that could apply to this (event, source, recipient) fared."""
+        table = self._index.get((inp.kind, inp.event_type, inp.source, inp.recipient))
+        if table is None:
+            return []
+        bucket = table.get(inp.purpose) or table[None]
+        out = []
+        entries = [(c, False) for c in (*bucket.forbids, *bucket.reviews)] + list(bucket.permits)
+        for compiled, unsure in sorted(entries, key=lambda pair: pair[0].index):
+            if not compiled.check(inp):
+                result = "no match"
+            elif not compiled.active(inp):
+                result = "inactive"
+            elif unsure:
+                result = "unconfirmed status"
+            else:
+                result = "matched"
+            out.append(RuleTrace(compiled.rule.id, compiled.rule.effect, result))
+        return out
+
+
+def compile_policy(policy: PolicySet) -> Engine:
+    """Compile ``policy`` once into an :class:`Engine`."""
+    return Engine(policy)
+
+
+def apply_field_plan(
+    record: Mapping[str, Any], decision: Decision, pseudonymiser: Pseudonymiser
+) -> dict[str, Any]:
+    """The minimised record ``decision.recipient`` may receive: released fields only.
+
+    Dropped fields are absent (not null), so a field no rule names cannot leak by default.
+    ``deny`` and ``refer`` give an empty record; ``review`` gives what a person would be asked
+    to approve. Pseudonyms are keyed to the recipient.
+    """
+    if decision.plan is None or decision.outcome in (Outcome.DENY, Outcome.REFER):
+        return {}
+    return decision.plan.project(record, pseudonymiser.transforms(decision.recipient))

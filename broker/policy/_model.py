@@ -1,0 +1,457 @@
+"""Policies as values: vocabularies, rules, the whole set, and what a decision takes and gives.
+
+Everything here is frozen. A :class:`PolicySet` is what :func:`load_policy_set` reads from YAML;
+:func:`compile_policy` turns it into an :class:`~broker.policy.Engine`. A :class:`DecisionInput`
+is one (event, candidate recipient) question; a :class:`Decision` is the answer, with its
+explanation (rule ids, reason codes, LAW.md references) and an action for every field.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from broker.codec import SchemaSet
+    from broker.policy._fields import FieldPlan
+    from broker.registry import Registry
+
+
+class Effect(StrEnum):
+    """What a rule does when it matches."""
+
+    #: Share under a named legal basis, for a named purpose, with a field plan.
+    PERMIT = "permit"
+    #: Deny the whole decision, or (with ``fields``/``classes``) withhold those fields. Wins.
+    FORBID = "forbid"
+    #: Hold for a person in a review queue.
+    REVIEW = "review"
+    #: Not a sharing decision: hand to a named workflow (breach, aggregation).
+    REFER = "refer"
+
+
+class Outcome(StrEnum):
+    """The answer for one (event, recipient)."""
+
+    SHARE = "share"
+    #: Shared with at least one field dropped, pseudonymised, generalised or masked.
+    SHARE_MINIMISED = "share_minimised"
+    #: Held for a person (``Decision.queue`` names the queue); nothing goes automatically.
+    REVIEW = "review"
+    DENY = "deny"
+    #: Handed to a workflow outside per-event sharing (``Decision.queue`` names it).
+    REFER = "refer"
+
+
+class RequestKind(StrEnum):
+    """What is being asked: a per-event disclosure, or one of the non-sharing requests."""
+
+    DISCLOSURE = "disclosure"
+    AGGREGATE = "aggregate"
+    OVERSEAS_TRANSFER = "overseas_transfer"
+    DELETION = "deletion"
+    BREACH = "breach"
+
+
+class Trigger(StrEnum):
+    """LAW.md "Where software must hand over to a person": the engine's review triggers."""
+
+    HEALTH_LEAVES_HEALTH = "health_leaves_health"
+    CHILD_NOT_CONSULTED = "child_not_consulted"
+    CONSENT_REFUSED_BELOW_HIGH = "consent_refused_below_high"
+    RECIPIENT_STATUS_UNCONFIRMED = "recipient_status_unconfirmed"
+    PRIVILEGED_MATERIAL = "privileged_material"
+    MAORI_DATA_BEYOND_CASE = "maori_data_beyond_case"
+
+
+#: Field actions a rule may give; ``generalise:*`` names the level kept.
+FIELD_ACTIONS = (
+    "keep",
+    "drop",
+    "pseudonymise",
+    "mask",
+    "generalise:year",
+    "generalise:month",
+    "generalise:suburb",
+    "generalise:territorial_authority",
+    "generalise:region",
+)
+DATE_GENERALISATIONS = frozenset({"generalise:year", "generalise:month"})
+ADDRESS_GENERALISATIONS: Mapping[str, frozenset[str]] = {
+    "generalise:suburb": frozenset({"suburb", "town_city", "territorial_authority", "region"}),
+    "generalise:territorial_authority": frozenset({"territorial_authority", "region"}),
+    "generalise:region": frozenset({"region"}),
+}
+
+#: Values the dynamic conditions take (the first four come from the event schemas' enums).
+RISK_LEVELS = ("low", "medium", "high", "unknown")
+CONSENT = ("given", "refused", "not_sought_unsafe", "not_sought_impracticable", "unknown")
+CHILD_CONSULTED = ("yes", "impracticable", "inappropriate", "not_applicable", "unknown")
+PROVENANCE = ("direct", "third_party", "professional_confidence", "unknown")
+REQUESTER_ROLES = (
+    "ot_chief_executive_delegate",
+    "care_and_protection_coordinator",
+    "constable",
+    "social_worker",
+    "health_practitioner",
+    "ngo_practitioner",
+    "corrections_officer",
+    "school_staff",
+    "other",
+    "unknown",
+)
+#: On whose behalf information is sought; a person using violence never gets contact or
+#: location fields (LAW.md PA-05).
+PARTIES = ("agency", "victim", "person_using_violence", "child", "other_whanau", "unknown")
+#: Child consultation values that satisfy OTA s66K.
+CHILD_CONSULTED_OK = frozenset({"yes", "impracticable", "inappropriate"})
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where something was written: ``file:line:column``."""
+
+    path: Path
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}"
+
+
+@dataclass(frozen=True)
+class Route:
+    """A legal route, in the order LAW.md tries them; some review triggers do not apply to it."""
+
+    id: str
+    description: str
+    exempt_triggers: frozenset[Trigger]
+
+
+@dataclass(frozen=True)
+class LegalBasis:
+    """A provision a permit relies on, under one route."""
+
+    id: str
+    route: str
+    description: str
+
+
+@dataclass(frozen=True)
+class PolicyVocabulary:
+    """The controlled vocabularies in ``policies/vocabulary.yaml``.
+
+    Field classes are not here: they come from ``schemas/vocabulary.json`` so there is one list.
+    ``routes`` is in the order LAW.md tries them.
+    """
+
+    purposes: Mapping[str, str]
+    routes: tuple[Route, ...]
+    legal_bases: Mapping[str, LegalBasis]
+    obligations: Mapping[str, str]
+    reasons: Mapping[str, str]
+    queues: Mapping[str, str]
+    law: Mapping[str, str]
+
+    def route_rank(self, route: str) -> int:
+        """Position of ``route`` in the order routes are tried (unknown routes go last)."""
+        for index, item in enumerate(self.routes):
+            if item.id == route:
+                return index
+        return len(self.routes)
+
+
+@dataclass(frozen=True)
+class PartyCondition:
+    """Conditions on the source or the recipient agency; ``None`` means any."""
+
+    agencies: frozenset[str] | None = None
+    kinds: frozenset[str] | None = None
+    #: Any one of these statutory statuses, confirmed in the registry.
+    statuses: frozenset[str] | None = None
+    regions: frozenset[str] | None = None
+    kaupapa_maori: bool | None = None
+    can_act: bool | None = None
+    #: ``True``: holds data outside New Zealand (IPP 12).
+    overseas: bool | None = None
+
+    def canonical(self) -> dict[str, Any]:
+        return _canonical_fields(self)
+
+
+@dataclass(frozen=True)
+class Conditions:
+    """When a rule applies. Every attribute is an allow-list; ``None`` means "any"."""
+
+    kinds: frozenset[str] = frozenset({RequestKind.DISCLOSURE.value})
+    events: frozenset[str] | None = None
+    source: PartyCondition = field(default_factory=PartyCondition)
+    recipient: PartyCondition = field(default_factory=PartyCondition)
+    #: Recipient in the source's region (or either national).
+    same_region: bool | None = None
+    purposes: frozenset[str] | None = None
+    legal_routes: frozenset[str] | None = None
+    risk: frozenset[str] | None = None
+    consent: frozenset[str] | None = None
+    child_consulted: frozenset[str] | None = None
+    provenance: frozenset[str] | None = None
+    requester_role: frozenset[str] | None = None
+    on_behalf_of: frozenset[str] | None = None
+    imminent_danger: bool | None = None
+    privileged: bool | None = None
+    suppression_order: bool | None = None
+    maori_data: bool | None = None
+    participates: bool | None = None
+    child_involved: bool | None = None
+    #: The record is addressed to the recipient (task assignee, referral target, request holder).
+    addressee: bool | None = None
+
+    def canonical(self) -> dict[str, Any]:
+        return _canonical_fields(self)
+
+
+#: Conditions read from the :class:`DecisionInput` at decision time (the rest are static).
+DYNAMIC_CONDITIONS = (
+    "legal_routes",
+    "risk",
+    "consent",
+    "child_consulted",
+    "provenance",
+    "requester_role",
+    "on_behalf_of",
+    "imminent_danger",
+    "privileged",
+    "suppression_order",
+    "maori_data",
+    "participates",
+    "child_involved",
+    "addressee",
+)
+#: Attribute of :class:`DecisionInput` each dynamic condition reads.
+INPUT_ATTRIBUTE = {name: name for name in DYNAMIC_CONDITIONS} | {"legal_routes": "legal_route"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One sharing rule as written, with where it was written."""
+
+    id: str
+    effect: Effect
+    description: str
+    when: Conditions
+    law: tuple[str, ...] = ()
+    legal_basis: str | None = None
+    valid_from: dt.date | None = None
+    valid_until: dt.date | None = None
+    #: Field plan by specific field path (beats ``classes``).
+    fields: tuple[tuple[str, str], ...] = ()
+    #: Field plan by field class from ``schemas/vocabulary.json``.
+    classes: tuple[tuple[str, str], ...] = ()
+    obligations: tuple[str, ...] = ()
+    reason: str | None = None
+    #: Review queue (review rules) or workflow (refer rules).
+    queue: str | None = None
+    #: An explicit health rule (HIPC-01): releasing health-class fields is intended.
+    health_rule: bool = False
+    where: Where | None = field(default=None, compare=False)
+
+    @property
+    def field_forbid(self) -> bool:
+        """A forbid that withholds named fields rather than the whole decision."""
+        return self.effect is Effect.FORBID and bool(self.fields or self.classes)
+
+    def canonical(self) -> dict[str, Any]:
+        """Plain, ordered data for the policy hash (everything but where it was written)."""
+        return {
+            "id": self.id,
+            "effect": self.effect.value,
+            "description": self.description,
+            "law": list(self.law),
+            "when": self.when.canonical(),
+            "legal_basis": self.legal_basis,
+            "valid_from": self.valid_from.isoformat() if self.valid_from else None,
+            "valid_until": self.valid_until.isoformat() if self.valid_until else None,
+            "fields": [list(pair) for pair in self.fields],
+            "classes": [list(pair) for pair in self.classes],
+            "obligations": list(self.obligations),
+            "reason": self.reason,
+            "queue": self.queue,
+            "health_rule": self.health_rule,
+        }
+
+    def active_on(self, day: dt.date) -> bool:
+        """Inside the rule's validity dates on ``day``."""
+        if self.valid_from is not None and day < self.valid_from:
+            return False
+        return self.valid_until is None or day <= self.valid_until
+
+
+@dataclass(frozen=True)
+class Officer:
+    """A privacy officer whose Ed25519 approval counts."""
+
+    name: str
+    public_key: bytes
+
+
+@dataclass(frozen=True)
+class PolicySet:
+    """A whole policy set: settings, vocabularies, rules, registry and schemas it was written for."""
+
+    folder: Path
+    name: str
+    version: str
+    required_approvals: int
+    vocabulary: PolicyVocabulary
+    rules: tuple[Rule, ...]
+    registry: Registry
+    schemas: SchemaSet
+    tests_folder: Path
+    approvals_folder: Path
+    roster_path: Path
+
+    def rule(self, rule_id: str) -> Rule:
+        """The rule with id ``rule_id``; :class:`KeyError` if none."""
+        for rule in self.rules:
+            if rule.id == rule_id:
+                return rule
+        raise KeyError(rule_id)
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionInput:
+    """One question for the engine: may ``recipient`` receive this event, and how minimised?
+
+    The broker fills it from the event's header (``header.sharing``), the case membership state
+    and the clock; :meth:`from_record` does that from a decoded record. Enum-valued attributes
+    take the symbols of the event schemas' enums (``unknown`` where nothing was stated).
+    """
+
+    event_type: str
+    source: str
+    recipient: str
+    purpose: str
+    at: dt.date
+    schema_version: int | None = None
+    kind: str = RequestKind.DISCLOSURE.value
+    legal_route: str = "unknown"
+    risk: str = "unknown"
+    consent: str = "unknown"
+    child_consulted: str = "unknown"
+    provenance: str = "unknown"
+    requester_role: str = "unknown"
+    on_behalf_of: str = "agency"
+    imminent_danger: bool = False
+    privileged: bool = False
+    suppression_order: bool = False
+    maori_data: bool = False
+    participates: bool = False
+    child_involved: bool = False
+    addressee: bool = False
+
+    @classmethod
+    def from_record(
+        cls,
+        record: Mapping[str, Any],
+        recipient: str,
+        *,
+        at: dt.date,
+        schema_version: int | None = None,
+        participates: bool = False,
+        **overrides: Any,
+    ) -> DecisionInput:
+        """Build the input for ``recipient`` from a decoded event's header.
+
+        ``overrides`` set any attribute directly (a request's purpose, the case's risk tier,
+        a requester role); they win over what the header states.
+        """
+        header = record.get("header") or {}
+        sharing = header.get("sharing") or {}
+        values: dict[str, Any] = {
+            "event_type": str(header.get("event_type", "")),
+            "source": str(header.get("source_agency", "")),
+            "recipient": recipient,
+            "purpose": str(sharing.get("purpose", "unknown")),
+            "at": at,
+            "schema_version": schema_version,
+            "legal_route": str(sharing.get("legal_route", "unknown")),
+            "consent": str(sharing.get("consent", "unknown")),
+            "child_consulted": str(sharing.get("child_consulted", "unknown")),
+            "provenance": str(sharing.get("provenance", "unknown")),
+            "imminent_danger": bool(sharing.get("imminent_danger", False)),
+            "privileged": bool(sharing.get("privileged", False)),
+            "suppression_order": bool(sharing.get("suppression_order", False)),
+            "maori_data": bool(sharing.get("contains_maori_data", False)),
+            "participates": participates,
+            "addressee": recipient in _addressees(record),
+        }
+        values.update(overrides)
+        return cls(**values)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The engine's answer for one (event, recipient), with its explanation.
+
+    ``field_actions`` gives an action for every leaf field of the event's schema (``drop`` for
+    every field no rule released); ``plan`` is the compiled form :func:`apply_field_plan` uses.
+    For ``review`` the plan is what would be shared if a person approves; for ``deny`` and
+    ``refer`` every field is dropped. ``errors`` names rules that failed to evaluate: the
+    decision is then ``deny`` (fail closed) and the broker raises an alert.
+    """
+
+    outcome: Outcome
+    event_type: str
+    recipient: str
+    purpose: str
+    route: str | None
+    legal_basis: str | None
+    rule_ids: tuple[str, ...]
+    reason_codes: tuple[str, ...]
+    obligations: tuple[str, ...]
+    law: tuple[str, ...]
+    queue: str | None
+    field_actions: Mapping[str, str]
+    policy_hash: str
+    schema_version: int | None = None
+    plan: FieldPlan | None = field(default=None, repr=False, compare=False)
+    errors: tuple[str, ...] = ()
+
+    @property
+    def shares(self) -> bool:
+        """True when the recipient receives the (minimised) record now."""
+        return self.outcome in (Outcome.SHARE, Outcome.SHARE_MINIMISED)
+
+    def released(self) -> dict[str, str]:
+        """The fields that leave, with their action (everything but ``drop``)."""
+        return {path: act for path, act in self.field_actions.items() if act != "drop"}
+
+
+def _addressees(record: Mapping[str, Any]) -> set[str]:
+    """Agencies an event is addressed to: task assignee, referral target, holders, lead."""
+    out = set()
+    for key in ("assigned_to", "referred_to", "agency", "lead_agency"):
+        ref = record.get(key)
+        if isinstance(ref, Mapping) and ref.get("agency_id"):
+            out.add(str(ref["agency_id"]))
+    for ref in record.get("holders") or ():
+        if isinstance(ref, Mapping) and ref.get("agency_id"):
+            out.add(str(ref["agency_id"]))
+    return out
+
+
+def _canonical_fields(obj: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in obj.__dataclass_fields__:
+        value = getattr(obj, name)
+        if isinstance(value, frozenset):
+            out[name] = sorted(value)
+        elif hasattr(value, "canonical"):
+            out[name] = value.canonical()
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,331 @@
+"""Scenario files: an event, a context and the decision a privacy officer expects.
+
+``policies/tests/*.yaml``::
+
+    defaults: {at: 2025-03-05}          # any context key, for every case in the file
+    cases:
+      - name: "LAW scenario 1: police report of concern to Oranga Tamariki"
+        event: ReportOfConcern          # schemas/examples/ReportOfConcern.json
+        version: 1                      # optional: that schema version (default: latest)
+        context:                        # DecisionInput attributes; they win over the header
+          source: police
+          recipient: oranga-tamariki
+          purpose: child_assess_risk_or_need
+          participates: true
+        expect:
+          outcome: share                # share, share_minimised, review, deny, refer
+          route: ota_s15                # optional checks from here on
+          legal_basis: ota_s15_report_of_concern
+          queue: review
+          rules: [report-of-concern-to-ot]     # each must be among the decision's rule ids
+          reasons: [permitted]                 # each must be among its reason codes
+          obligations: [tag_no_criminal_use]   # exactly these
+          law: [OT-08]                         # each must be among its LAW.md references
+          fields:                              # path: action, or class:<class>: action
+            location.street_address: keep      #   (every leaf whose own class it is)
+            class:health: drop
+
+A case without ``event`` (breach, deletion…) asks about no event (``event_type`` empty).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ruamel.yaml.comments import CommentedMap, CommentedSeq
+
+from broker.codec import CodecError, from_json
+from broker.policy._engine import Engine
+from broker.policy._errors import PolicySourceError, PolicyValidationError
+from broker.policy._model import FIELD_ACTIONS, Decision, DecisionInput, Outcome, Where
+from broker.policy._reader import Reader, suggest
+
+_CASE_KEYS = {"name", "event", "version", "context", "expect"}
+_EXPECT_KEYS = {
+    "outcome",
+    "route",
+    "legal_basis",
+    "queue",
+    "rules",
+    "reasons",
+    "obligations",
+    "law",
+    "fields",
+}
+_CONTEXT_KEYS = {f.name for f in dataclasses.fields(DecisionInput)} - {
+    "event_type",
+    "schema_version",
+}
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One case from a scenario file."""
+
+    name: str
+    where: Where
+    inp: DecisionInput
+    expect: Mapping[str, Any]
+
+
+@dataclass
+class ScenarioReport:
+    """What ``tiaki policy test`` found."""
+
+    passed: list[Scenario] = field(default_factory=list)
+    failed: list[tuple[Scenario, list[str]]] = field(default_factory=list)
+    exercised: set[str] = field(default_factory=set)
+
+    def summary(self) -> str:
+        """``N passed, N failed``."""
+        return f"{len(self.passed)} passed, {len(self.failed)} failed"
+
+
+def load_scenarios(folder: Path, engine: Engine) -> list[Scenario]:
+    """Read every ``*.yaml`` scenario file in ``folder``; :class:`PolicyValidationError` if bad."""
+    errors: list[PolicySourceError] = []
+    out: list[Scenario] = []
+    files = sorted(folder.glob("*.yaml")) if folder.is_dir() else []
+    if not files:
+        errors.append(PolicySourceError(folder, 1, 1, "no scenario files (*.yaml) found"))
+    for path in files:
+        out.extend(_ScenarioReader(path, engine, errors).read())
+    if errors:
+        raise PolicyValidationError(errors)
+    return out
+
+
+def run_scenarios(engine: Engine, scenarios: Iterable[Scenario]) -> ScenarioReport:
+    """Decide every scenario and compare with what it expects."""
+    report = ScenarioReport()
+    for scenario in scenarios:
+        decision = engine.decide(scenario.inp)
+        report.exercised.update(decision.rule_ids)
+        problems = check(decision, scenario.expect)
+        if problems:
+            report.failed.append((scenario, problems))
+        else:
+            report.passed.append(scenario)
+    return report
+
+
+def check(decision: Decision, expect: Mapping[str, Any]) -> list[str]:
+    """Differences between ``decision`` and ``expect`` (empty when it is as expected)."""
+    problems: list[str] = []
+    for key in ("outcome", "route", "legal_basis", "queue"):
+        if key in expect and str(getattr(decision, key)) != str(expect[key]):
+            problems.append(f"{key}: expected {expect[key]}, got {getattr(decision, key)}")
+    for key, attr in (("rules", "rule_ids"), ("reasons", "reason_codes"), ("law", "law")):
+        missing = [item for item in expect.get(key, ()) if item not in getattr(decision, attr)]
+        if missing:
+            problems.append(f"{key}: expected {missing} among {list(getattr(decision, attr))}")
+    if "obligations" in expect and sorted(expect["obligations"]) != list(decision.obligations):
+        problems.append(
+            f"obligations: expected {sorted(expect['obligations'])}, got {list(decision.obligations)}"
+        )
+    for selector, action in expect.get("fields", {}).items():
+        for path in _select(decision, selector):
+            got = decision.field_actions.get(path, "drop")
+            if got != action:
+                problems.append(f"field {path}: expected {action}, got {got}")
+    return problems
+
+
+def _select(decision: Decision, selector: str) -> list[str]:
+    if not selector.startswith("class:"):
+        return [selector]
+    wanted = selector.removeprefix("class:")
+    plan = decision.plan
+    if plan is None:
+        return []
+    return [path for path, source in plan.classes.items() if source == wanted]
+
+
+class _ScenarioReader:
+    def __init__(self, path: Path, engine: Engine, errors: list[PolicySourceError]) -> None:
+        self.reader = Reader(path, errors)
+        self.engine = engine
+        self.policy = engine.policy
+        self.examples = self.policy.schemas.folder / "examples"
+
+    def read(self) -> list[Scenario]:
+        reader = self.reader
+        data = reader.load()
+        if data is None:
+            return []
+        root = reader.mapping(data, "a scenario file")
+        if root is None:
+            return []
+        reader.keys(root, {"defaults", "cases"}, "a scenario file")
+        defaults = root.get("defaults") or CommentedMap()
+        if reader.mapping(defaults, "defaults", (root, "defaults")) is None:
+            defaults = CommentedMap()
+        self.context_keys(defaults)
+        cases = root.get("cases")
+        if not isinstance(cases, CommentedSeq):
+            reader.error_at(root, "a scenario file needs 'cases:', a list")
+            return []
+        out = []
+        for index, body in enumerate(cases):
+            case = reader.mapping(body, "a case", (cases, index))
+            if case is not None:
+                scenario = self.case(case, defaults)
+                if scenario is not None:
+                    out.append(scenario)
+        return out
+
+    def context_keys(self, node: CommentedMap) -> None:
+        self.reader.keys(node, _CONTEXT_KEYS, "a context")
+
+    def case(self, case: CommentedMap, defaults: CommentedMap) -> Scenario | None:
+        reader = self.reader
+        reader.keys(case, _CASE_KEYS, "a case")
+        line, column = reader.start(case)
+        name = reader.text(case, "name", "a case", required=True) or f"case at line {line}"
+        context = case.get("context") or CommentedMap()
+        if reader.mapping(context, "context", (case, "context")) is None:
+            return None
+        self.context_keys(context)
+        values: dict[str, Any] = {"at": dt.date(2025, 3, 5)}
+        for node in (defaults, context):
+            for key, value in node.items():
+                values[key] = self.context_value(node, key, value)
+        record: dict[str, Any] = {}
+        version = case.get("version")
+        event_type = ""
+        if case.get("event") is not None:
+            event = str(case["event"])
+            names = {s.short_name: s for s in self.policy.schemas.events()}
+            schema = names.get(event.rpartition(".")[2])
+            if schema is None:
+                reader.error(
+                    (case, "event"), f"unknown event type '{event}'{suggest(event, names)}"
+                )
+                return None
+            if version is not None:
+                schema = next(
+                    (s for s in self.policy.schemas.versions(schema.name) if s.version == version),
+                    None,
+                )
+                if schema is None:
+                    reader.error((case, "version"), f"no version {version} of {event}")
+                    return None
+            record = self.example(case, schema.short_name, schema)
+            event_type = schema.name
+            version = schema.version
+        for key in ("source", "recipient"):
+            if key in values and values[key] and values[key] not in self.policy.registry.ids:
+                spot = (context, key) if key in context else (defaults, key)
+                reader.error(
+                    spot,
+                    f"unknown agency '{values[key]}'{suggest(values[key], self.policy.registry.ids)}",
+                )
+        try:
+            recipient = str(values.pop("recipient"))
+        except KeyError:
+            reader.error_at(case, "a case needs context.recipient")
+            return None
+        at = values.pop("at")
+        participates = bool(values.pop("participates", False))
+        if record:
+            inp = DecisionInput.from_record(
+                record,
+                recipient,
+                at=at,
+                schema_version=version,
+                participates=participates,
+                **values,
+            )
+        else:
+            inp = DecisionInput(
+                event_type="",
+                recipient=recipient,
+                at=at,
+                participates=participates,
+                **{"source": "", "purpose": "unknown", **values},
+            )
+        expect = self.expect(case, event_type, version)
+        return Scenario(name, Where(reader.path, line, column), inp, expect)
+
+    def context_value(self, node: CommentedMap, key: str, value: Any) -> Any:
+        if key == "at":
+            return self.reader.date(node, key) or dt.date(2025, 3, 5)
+        if key == "purpose" and value not in self.policy.vocabulary.purposes and value != "unknown":
+            self.reader.error(
+                (node, key),
+                f"unknown purpose '{value}'{suggest(str(value), self.policy.vocabulary.purposes)}",
+            )
+        return value
+
+    def example(self, case: CommentedMap, name: str, schema: Any) -> dict[str, Any]:
+        path = self.examples / f"{name}.json"
+        try:
+            return from_json(schema, json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, CodecError) as exc:
+            self.reader.error((case, "event"), f"cannot read example {path}: {exc}")
+            return {}
+
+    def expect(self, case: CommentedMap, event_type: str, version: Any) -> dict[str, Any]:
+        reader = self.reader
+        node = case.get("expect")
+        if reader.mapping(node, "expect", (case, "expect")) is None:
+            return {"outcome": "?"}
+        assert isinstance(node, CommentedMap)
+        reader.keys(node, _EXPECT_KEYS, "expect")
+        outcomes = [o.value for o in Outcome]
+        if node.get("outcome") not in outcomes:
+            reader.error(
+                (node, "outcome") if "outcome" in node else None,
+                f"expect.outcome must be one of {', '.join(outcomes)}{suggest(str(node.get('outcome')), outcomes)}",
+            )
+        rule_ids = [rule.id for rule in self.policy.rules]
+        for key, choices in (
+            ("rules", rule_ids),
+            ("obligations", self.policy.vocabulary.obligations),
+            ("law", self.policy.vocabulary.law),
+        ):
+            if key in node:
+                reader.words(node, key, choices, key.rstrip("s").replace("law", "LAW.md reference"))
+        out: dict[str, Any] = {key: node[key] for key in node if key != "fields"}
+        for key in ("rules", "reasons", "obligations", "law"):
+            if key in out and isinstance(out[key], str):
+                out[key] = [out[key]]
+        fields = node.get("fields")
+        if (
+            fields is not None
+            and reader.mapping(fields, "expect.fields", (node, "fields")) is not None
+        ):
+            assert isinstance(fields, CommentedMap)
+            known: set[str] = set()
+            if event_type:
+                schema = self.policy.schemas.get(event_type, int(version))
+                known = {info.path for info in schema.fields if info.leaf}
+            classes = set(self.policy.schemas.vocabulary.classifications)
+            for selector, action in fields.items():
+                selector = str(selector)
+                if selector.startswith("class:"):
+                    if selector.removeprefix("class:") not in classes:
+                        reader.error(
+                            (fields, selector),
+                            f"unknown field class '{selector}'{suggest(selector.removeprefix('class:'), classes)}",
+                            value=False,
+                        )
+                elif selector not in known:
+                    reader.error(
+                        (fields, selector),
+                        f"unknown field '{selector}'{suggest(selector, known)}",
+                        value=False,
+                    )
+                if action not in FIELD_ACTIONS:
+                    reader.error(
+                        (fields, selector),
+                        f"unknown field action '{action}'{suggest(str(action), FIELD_ACTIONS)}",
+                    )
+            out["fields"] = {str(k): str(v) for k, v in fields.items()}
+        return out
