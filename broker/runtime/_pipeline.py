@@ -8,6 +8,7 @@ what happened          records produced
 =====================  ===================================================================
 rejected at intake     ``tiaki.dlq`` (the record kept whole, sealed to the broker, reason)
                        + ``tiaki.audit`` (action ``quarantine``, reason code)
+membership changed     ``tiaki.state.cases`` (the case's CaseMembership), before deciding
 policy failed          ``tiaki.dlq`` (reason ``policy_error``) + audit: fail closed
 share                  ``tiaki.egress.<recipient>`` (SharedEvent sealed to the recipient)
                        + audit (action ``decision``, outcome ``share``)
@@ -31,13 +32,14 @@ from typing import Any
 
 from broker.codec import SchemaSet, encode
 from broker.envelope import Kind, Sealer
-from broker.platform._topics import AUDIT, BROKER, DLQ, REVIEW, egress
+from broker.platform._topics import AUDIT, BROKER, DLQ, REVIEW, STATE_CASES, egress
 from broker.runtime._audit import (
     AuditContext,
     decision_audit,
     quarantine_audit,
     quarantined_record,
 )
+from broker.runtime._cases import CaseMembership
 from broker.runtime._decide import Decider, Outcome, Verdict
 from broker.runtime._intake import Accepted, Intake, Rejected
 from broker.transport import Headers, Outgoing, Record
@@ -92,6 +94,7 @@ class Pipeline:
         sealer: Sealer,
         schemas: SchemaSet,
         subject_key: bytes,
+        cases: CaseMembership | None = None,
     ) -> None:
         self._intake = intake
         self._decider = decider
@@ -100,6 +103,9 @@ class Pipeline:
         self._shared_schema = schemas.latest("SharedEvent")
         self._quarantine_schema = schemas.latest("QuarantinedRecord")
         self._subject_key = subject_key
+        self._cases_schema = schemas.latest("CaseMembership")
+        #: Shared with the decider, which asks it whether a recipient participates.
+        self.cases = cases if cases is not None else CaseMembership()
 
     def committed(self) -> None:
         """Everything processed so far is committed."""
@@ -123,6 +129,11 @@ class Pipeline:
         admitted = self._intake.admit(record, now)
         if isinstance(admitted, Rejected):
             return self._quarantine(record, admitted, now)
+        outputs: list[Outgoing] = []
+        state = self.cases.apply(admitted.event_type, admitted.event, now)
+        if state is not None:
+            value = encode(self._cases_schema, state)
+            outputs.append(Outgoing(STATE_CASES, state["case_id"].encode(), value))
         try:
             verdicts = self._decider.decide(admitted, now)
         except Exception as exc:  # fail closed: a policy fault withholds everything, loses nothing
@@ -134,7 +145,6 @@ class Pipeline:
                 admitted.event_type,
             )
             return self._quarantine(record, rejected, now)
-        outputs: list[Outgoing] = []
         for verdict in verdicts:
             outputs.extend(self._deliver(admitted, verdict, now))
         return Processed(outputs, admitted.source.id, admitted.event_type, None, tuple(verdicts))

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from broker.codec import decode, encode
+from broker.codec import decode, encode, from_json
 from broker.envelope import Kind, Opener, ReplayCache, Sealer
 from broker.runtime import Accepted, Decider, Intake, Outcome, Pipeline, Verdict
 from broker.runtime._pipeline import REASON_HEADER, RECIPIENT_HEADER
@@ -19,6 +19,7 @@ from tests.unit.runtime.test_intake import (
     EPISODE,
     NOW,
     REGISTRY,
+    ROOT,
     SCHEMAS,
     TOPIC,
     episode,
@@ -183,3 +184,33 @@ def test_policy_error_fails_closed_and_loses_nothing() -> None:
     assert [o.topic for o in outputs] == ["tiaki.dlq", "tiaki.audit"]
     assert not any(o.topic.startswith("tiaki.egress.") for o in outputs)
     assert harness.open_for("broker", "tiaki.dlq", outputs[0].value)["value"] == record.value
+
+
+def test_allocation_updates_case_state_before_deciding() -> None:
+    allocation = SCHEMAS.latest("CaseAllocation")
+    doc = json.loads((ROOT / "schemas" / "examples" / "CaseAllocation.json").read_text())
+    event_id = str(uuid.uuid4())
+    doc["header"] |= {"event_id": event_id, "source_agency": "police"}
+    seen: list[bool] = []
+
+    class Recording(ScriptedDecider):
+        def decide(self, accepted: Accepted, now: datetime) -> Sequence[Verdict]:
+            seen.append(harness.pipeline.cases.participates("SYN-CASE-0001", "oranga-tamariki"))
+            return []
+
+    harness = Harness(Recording())
+    value = harness.police.seal(
+        encode(allocation, from_json(allocation, doc)),
+        kind=Kind.INGRESS,
+        topic=TOPIC,
+        recipient="broker",
+        event_id=event_id,
+        schema_fingerprint=allocation.fingerprint,
+        now=NOW,
+    )
+    processed = harness.pipeline.process(harness.record(value), NOW)
+    assert seen == [True]
+    (state,) = [o for o in processed.outputs if o.topic == "tiaki.state.cases"]
+    assert state.key == b"SYN-CASE-0001"
+    decoded = decode(state.value, SCHEMAS.latest("CaseMembership"))
+    assert decoded["members"] == {"oranga-tamariki": ["allocation:participant"]}
