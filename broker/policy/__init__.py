@@ -35,6 +35,7 @@ from broker.policy._load import load_policy_set
 from broker.policy._model import (
     FIELD_ACTIONS,
     Decision,
+    Officer,
     DecisionInput,
     Effect,
     Outcome,
@@ -44,29 +45,57 @@ from broker.policy._model import (
     Trigger,
 )
 from broker.policy._pseudonym import Pseudonymiser
+from broker.policy._scenarios import Scenario, ScenarioReport, load_scenarios, run_scenarios
+from broker.policy._sign import (
+    Approval,
+    generate_officer_key,
+    load_approvals,
+    load_roster,
+    sign_policy,
+    verify_approvals,
+)
+from broker.policy._simulate import Change, SimEvent, diff, load_events, simulate
+from broker.policy._store import PolicyStore
 
 __all__ = [
     "FIELD_ACTIONS",
+    "Approval",
     "ApprovalError",
+    "Change",
     "Decision",
     "DecisionInput",
     "Effect",
     "Engine",
     "FieldPlan",
+    "Officer",
     "Outcome",
     "PolicyError",
     "PolicySet",
     "PolicySourceError",
+    "PolicyStore",
     "PolicyValidationError",
     "Pseudonymiser",
     "RequestKind",
     "Rule",
     "RuleTrace",
+    "Scenario",
     "ScenarioFailure",
+    "ScenarioReport",
+    "SimEvent",
     "Trigger",
     "apply_field_plan",
     "canonical_bytes",
     "compile_policy",
+    "diff",
+    "generate_officer_key",
+    "load_approvals",
+    "load_events",
     "load_policy_set",
+    "load_roster",
+    "load_scenarios",
     "policy_hash",
+    "run_scenarios",
+    "sign_policy",
+    "simulate",
+    "verify_approvals",
 ]

@@ -1,0 +1,67 @@
+"""Swapping policy versions: a broken or unapproved set never replaces a working one.
+
+The broker holds one :class:`PolicyStore`. :meth:`PolicyStore.load` validates, verifies and
+compiles a candidate set *before* it touches the current engine, then swaps a single reference,
+so every decision sees either the old engine or the new one, never a mixture.
+
+==============  ==============================  ======================================
+state           load() succeeds                 load() fails
+==============  ==============================  ======================================
+empty           current = new engine            raise (nothing to fall back on)
+serving v1      current = v2                    keep v1; ``last_error`` says why
+==============  ==============================  ======================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from broker.policy._engine import Engine, compile_policy
+from broker.policy._errors import PolicyError
+from broker.policy._load import load_policy_set
+from broker.policy._model import Officer
+from broker.policy._sign import load_approvals, verify_approvals
+
+
+class PolicyStore:
+    """The engine the broker decides with, replaced only by a valid, approved set."""
+
+    def __init__(self, roster: tuple[Officer, ...], *, require_approvals: bool = True) -> None:
+        self._roster = roster
+        self._require = require_approvals
+        self._engine: Engine | None = None
+        #: Why the last load was refused (``None`` after a successful one).
+        self.last_error: PolicyError | None = None
+        #: Officers whose approvals admitted the current set.
+        self.approved_by: tuple[str, ...] = ()
+
+    @property
+    def engine(self) -> Engine | None:
+        """The engine in use, or ``None`` before the first successful load."""
+        return self._engine
+
+    def load(self, folder: Path) -> Engine:
+        """Load ``folder``; return the new engine, or the old one if the new set fails.
+
+        Raises the :class:`PolicyError` only when there is no working engine to keep.
+        """
+        try:
+            policy = load_policy_set(folder)
+            engine = compile_policy(policy)
+            approved: tuple[str, ...] = ()
+            if self._require:
+                approved = verify_approvals(
+                    engine.policy_hash,
+                    policy.required_approvals,
+                    load_approvals(policy.approvals_folder),
+                    self._roster,
+                )
+        except PolicyError as exc:
+            self.last_error = exc
+            if self._engine is None:
+                raise
+            return self._engine
+        self._engine = engine
+        self.approved_by = approved
+        self.last_error = None
+        return engine
