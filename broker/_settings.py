@@ -10,6 +10,8 @@ Environment variables:
     Default: ``.tiaki`` under the current directory. Git ignores it.
 ``TIAKI_REGISTRY``
     The agency registry. Default: ``policies/agencies.yaml``.
+``TIAKI_SCHEMAS`` / ``TIAKI_POLICIES``
+    The Avro schema folder (default ``schemas``) and the policy folder (default ``policies``).
 ``TIAKI_KAFKA_PORT`` / ``TIAKI_CONTROLLER_PORT``
     Ports of the local Kafka's client (SASL_SSL) and controller (mutual TLS) listeners.
 """
@@ -33,6 +35,8 @@ class Settings(BaseModel):
     home: Path = Path(".tiaki")
     registry: Path = Path("policies/agencies.yaml")
     deploy_dir: Path = Path("deploy")
+    schemas_dir: Path = Path("schemas")
+    policies_dir: Path = Path("policies")
     kafka_port: int = Field(default=19093, ge=1024, le=65535)
     controller_port: int = Field(default=19094, ge=1024, le=65535)
 
@@ -58,6 +62,8 @@ class Settings(BaseModel):
             ("registry", "TIAKI_REGISTRY"),
             ("kafka_port", "TIAKI_KAFKA_PORT"),
             ("controller_port", "TIAKI_CONTROLLER_PORT"),
+            ("schemas_dir", "TIAKI_SCHEMAS"),
+            ("policies_dir", "TIAKI_POLICIES"),
         ):
             if var in env:
                 raw[key] = env[var]

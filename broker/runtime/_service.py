@@ -1,0 +1,104 @@
+"""``tiaki broker run``: one broker worker against real Kafka, assembled from settings.
+
+Start-up order: settings, registry, schemas, keys (the broker's private keys only), policy
+(refused unless valid and approved), case membership rebuilt from ``tiaki.state.cases``,
+metrics endpoint, then the worker loop. SIGTERM and SIGINT set the stop event; the batch in
+flight commits (or aborts) before the worker closes, so a graceful stop loses nothing and a
+crash (SIGKILL) loses nothing either: the next start resumes at the last committed offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+from prometheus_client import CollectorRegistry, start_http_server
+
+from broker._settings import Settings
+from broker.codec import decode, load_schemas
+from broker.envelope import KeyStore, Opener, ReplayCache, Sealer
+from broker.platform._profiles import load_profile, profile_path
+from broker.platform._topics import BROKER, STATE_CASES
+from broker.policy import Engine, Pseudonymiser
+from broker.registry import load_registry
+from broker.runtime._cases import CaseMembership
+from broker.runtime._intake import Intake
+from broker.runtime._metrics import BrokerMetrics
+from broker.runtime._pipeline import Pipeline
+from broker.runtime._policy import PolicyDecider
+from broker.runtime._secrets import shared_secret
+from broker.runtime._worker import Worker
+from broker.transport import KafkaReader, KafkaTransport
+
+log = structlog.get_logger("tiaki.broker")
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    worker_id: str = "0"
+    metrics_port: int | None = 9464
+    max_batch: int = 500
+    poll_timeout_ms: int = 100
+
+
+def secret_paths(settings: Settings) -> tuple[Path, Path]:
+    """Where the audit subject key and the pseudonym secret live (beside the broker's keys)."""
+    folder = settings.keys_dir / "broker-secrets"
+    return folder / "audit-subject.key", folder / "pseudonym.key"
+
+
+async def rebuild_cases(reader: KafkaReader, settings: Settings) -> CaseMembership:
+    schema = load_schemas(settings.schemas_dir).latest("CaseMembership")
+    cases = CaseMembership()
+    async with reader:
+        records = await reader.read_all(STATE_CASES)
+    cases.load(decode(r.value, schema) for r in records)
+    return cases
+
+
+async def serve(
+    settings: Settings, engine: Engine, options: ServiceOptions, stop: asyncio.Event
+) -> None:
+    """Run one worker until ``stop`` is set."""
+    registry = load_registry(settings.registry)
+    schemas = load_schemas(settings.schemas_dir)
+    principals = {a.id: a.key_ref for a in registry.agencies} | {BROKER: BROKER}
+    ring = KeyStore(settings.keys_dir).load(principals, private_for=[BROKER])
+    profile = load_profile(profile_path(settings.profiles_dir, BROKER))
+    audit_key, pseudonym_key = (shared_secret(p) for p in secret_paths(settings))
+
+    cases = await rebuild_cases(KafkaReader(profile), settings)
+    decider = PolicyDecider(lambda: engine, Pseudonymiser(pseudonym_key), cases)
+    pipeline = Pipeline(
+        intake=Intake(
+            registry=registry, schemas=schemas, opener=Opener(BROKER, ring, replay=ReplayCache())
+        ),
+        decider=decider,
+        sealer=Sealer(BROKER, ring),
+        schemas=schemas,
+        subject_key=audit_key,
+        cases=cases,
+    )
+    metrics = BrokerMetrics(CollectorRegistry())
+    metrics.policy_version.labels(engine.policy_hash).set(1)
+    if options.metrics_port is not None:
+        start_http_server(options.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    transport = KafkaTransport(profile, worker_id=options.worker_id)
+    worker = Worker(
+        transport,
+        pipeline,
+        metrics,
+        max_batch=options.max_batch,
+        poll_timeout_ms=options.poll_timeout_ms,
+    )
+    log.info("broker starting", worker=options.worker_id, policy_hash=engine.policy_hash)
+    await worker.run(stop)
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
