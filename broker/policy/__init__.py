@@ -35,9 +35,9 @@ from broker.policy._load import load_policy_set
 from broker.policy._model import (
     FIELD_ACTIONS,
     Decision,
-    Officer,
     DecisionInput,
     Effect,
+    Officer,
     Outcome,
     PolicySet,
     RequestKind,
