@@ -1,0 +1,235 @@
+"""The privacy officer's commands: explain, simulate, diff, keygen, sign, verify, and the store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from broker._cli import main
+from broker.policy import (
+    ApprovalError,
+    PolicyStore,
+    compile_policy,
+    generate_officer_key,
+    load_policy_set,
+    load_roster,
+)
+from tests.unit.policy.conftest import POLICIES, SCHEMAS
+
+EXAMPLES = SCHEMAS / "examples"
+
+
+def test_explain_shows_rules_decision_and_fields(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "policy",
+        "explain",
+        str(EXAMPLES / "HealthScreeningOutcome.json"),
+        "--recipient",
+        "police",
+        "--policies",
+        str(POLICIES),
+        "--at",
+        "2025-03-05",
+        "--participating",
+        "--set",
+        "risk=medium",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "ed-strangulation-to-police" in out
+    assert "decision  review -> review" in out
+    assert "consent_refused_below_high" in out
+    assert "clinical_notes" in out
+    assert "default (no rule names it)" in out
+
+
+def test_simulate_json_says_what_each_agency_receives(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = [
+        "policy",
+        "simulate",
+        str(EXAMPLES),
+        "--policies",
+        str(POLICIES),
+        "--at",
+        "2025-03-05",
+        "--participating",
+        "--json",
+    ]
+    assert main(argv) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    kaupapa = [
+        r
+        for r in rows
+        if r["event_type"] == "nz.tiaki.FamilyHarmEpisodeReport"
+        and r["recipient"] == "te-whare-tiaki"
+    ]
+    assert kaupapa[0]["outcome"] == "share_minimised"
+    assert "location.street_address" not in kaupapa[0]["released"]
+    assert all(not r["released"] for r in rows if r["outcome"] in ("deny", "review", "refer"))
+
+
+def test_simulate_reads_records_with_context(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    record = json.loads((EXAMPLES / "CorrectionsReleaseNotification.json").read_text())
+    events = tmp_path / "events.jsonl"
+    events.write_text(
+        json.dumps(
+            {"record": record, "context": {"purpose": "victim_protection", "participates": True}}
+        )
+        + "\n"
+    )
+    assert (
+        main(["policy", "simulate", str(events), "--policies", str(POLICIES), "--at", "2025-03-05"])
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "safe-whanau        share_minimised" in out
+    assert "residence_address.suburb: generalise:suburb" in out
+
+
+def test_diff_lists_changed_decisions(
+    policy_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = policy_copy / "rules" / "30-fva-s20.yaml"
+    rules.write_text(
+        rules.read_text().replace(
+            "      location: generalise:suburb\n      narrative: drop\n      contact: drop",
+            "      location: generalise:region\n      narrative: drop\n      contact: drop",
+        )
+    )
+    argv = [
+        "policy",
+        "diff",
+        str(POLICIES),
+        str(policy_copy),
+        "--events",
+        str(EXAMPLES),
+        "--at",
+        "2025-03-05",
+        "--participating",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert any("te-whare-tiaki: location.suburb: generalise:suburb -> drop" in line for line in out)
+    assert any(
+        "te-whare-tiaki: location.region: generalise:suburb -> generalise:region" in line
+        for line in out
+    )
+    assert out[-1].endswith("change(s)")
+    assert (
+        main(
+            [
+                "policy",
+                "diff",
+                str(POLICIES),
+                str(POLICIES),
+                "--events",
+                str(EXAMPLES),
+                "--at",
+                "2025-03-05",
+            ]
+        )
+        == 0
+    )
+    assert capsys.readouterr().out.splitlines()[-1] == "0 change(s)"
+
+
+def _officers(tmp_path: Path, policy_copy: Path, names: list[str]) -> dict[str, Path]:
+    keys = {}
+    entries = []
+    for name in names:
+        key = tmp_path / ".tiaki" / "officers" / f"{name}.key"
+        public = generate_officer_key(key)
+        keys[name] = key
+        entries.append(f"  - name: {name}\n    public_key: {public}\n")
+    (policy_copy / "officers.yaml").write_text("officers:\n" + "".join(entries))
+    return keys
+
+
+def test_sign_and_verify_need_the_required_approvals(
+    tmp_path: Path, policy_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = _officers(tmp_path, policy_copy, ["aroha", "ben", "mere"])
+    folder = str(policy_copy)
+    assert main(["policy", "verify", folder]) == 1
+    assert "has 0 of 2 required approvals" in capsys.readouterr().err
+    assert main(["policy", "sign", folder, "--officer", "aroha", "--key", str(keys["aroha"])]) == 0
+    assert main(["policy", "verify", folder]) == 1
+    assert "has 1 of 2 required approvals" in capsys.readouterr().err
+    assert main(["policy", "sign", folder, "--officer", "ben", "--key", str(keys["ben"])]) == 0
+    assert main(["policy", "verify", folder]) == 0
+    assert "approved by aroha, ben (2 of 2 required)" in capsys.readouterr().out
+    # Any change to the policy makes the approvals stale.
+    rules = policy_copy / "rules" / "50-ipp11.yaml"
+    rules.write_text(rules.read_text().replace("risk: keep", "narrative: keep"))
+    assert main(["policy", "verify", folder]) == 1
+    assert "has 0 of 2 required approvals" in capsys.readouterr().err
+
+
+def test_a_forged_approval_is_refused(
+    tmp_path: Path, policy_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = _officers(tmp_path, policy_copy, ["aroha", "ben"])
+    for name in ("aroha", "ben"):
+        assert (
+            main(["policy", "sign", str(policy_copy), "--officer", name, "--key", str(keys[name])])
+            == 0
+        )
+    # ben's key signs a file that claims to be aroha's.
+    forged = json.loads((policy_copy / "approvals" / "ben.json").read_text())
+    forged["officer"] = "aroha"
+    (policy_copy / "approvals" / "aroha.json").write_text(json.dumps(forged))
+    assert main(["policy", "verify", str(policy_copy)]) == 1
+    assert "the approval by aroha does not verify" in capsys.readouterr().err
+
+
+def test_a_trusted_roster_not_the_sets_own(
+    tmp_path: Path, policy_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    keys = _officers(tmp_path, policy_copy, ["mallory", "eve"])
+    for name in ("mallory", "eve"):
+        main(["policy", "sign", str(policy_copy), "--officer", name, "--key", str(keys[name])])
+    trusted = tmp_path / "trusted.yaml"
+    trusted.write_text("officers: []\n")
+    assert main(["policy", "verify", str(policy_copy), "--roster", str(trusted)]) == 1
+    assert "0 of 2" in capsys.readouterr().err
+
+
+def test_keygen_refuses_to_overwrite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "k.key"
+    assert main(["policy", "keygen", "--officer", "aroha", "--out", str(out)]) == 0
+    assert "public_key: " in capsys.readouterr().out
+    assert oct(out.stat().st_mode & 0o777) == "0o600"
+    assert main(["policy", "keygen", "--officer", "aroha", "--out", str(out)]) == 1
+
+
+def test_the_store_swaps_only_to_an_approved_set(tmp_path: Path, policy_copy: Path) -> None:
+    keys = _officers(tmp_path, policy_copy, ["aroha", "ben"])
+    for name in ("aroha", "ben"):
+        main(["policy", "sign", str(policy_copy), "--officer", name, "--key", str(keys[name])])
+    roster = load_roster(policy_copy / "officers.yaml")
+    store = PolicyStore(roster)
+    first = store.load(policy_copy)
+    assert store.approved_by == ("aroha", "ben")
+    # An edited, unsigned draft is refused and the approved engine stays.
+    rules = policy_copy / "rules" / "50-ipp11.yaml"
+    rules.write_text(rules.read_text().replace("risk: keep", "narrative: keep"))
+    assert store.load(policy_copy) is first
+    assert isinstance(store.last_error, ApprovalError)
+    # Once both officers approve the draft, it replaces the old engine.
+    for name in ("aroha", "ben"):
+        main(["policy", "sign", str(policy_copy), "--officer", name, "--key", str(keys[name])])
+    second = store.load(policy_copy)
+    assert second is not first
+    assert second.policy_hash == compile_policy(load_policy_set(policy_copy)).policy_hash
+    assert store.last_error is None
+
+
+def test_the_shipped_set_is_unsigned(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "verify", str(POLICIES)]) == 1
+    err = capsys.readouterr().err
+    assert "0 of 2 required approvals" in err
+    assert err.count("\n") == 1
