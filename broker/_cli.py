@@ -17,6 +17,7 @@ from broker.envelope._cli import app as keys_app
 from broker.platform._cli import kafka_app, provision_command
 from broker.policy._cli import app as policy_app
 from broker.registry._cli import app as registry_app
+from broker.runtime._cli import app as broker_app
 
 app = typer.Typer(
     name="tiaki",
@@ -31,6 +32,7 @@ app.add_typer(registry_app, name="registry")
 app.add_typer(keys_app, name="keys")
 app.add_typer(schema_app, name="schema")
 app.add_typer(policy_app, name="policy")
+app.add_typer(broker_app, name="broker")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,56 @@
+"""``tiaki broker``: run the policy enforcement point."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from broker._logging import configure_logging
+from broker._settings import Settings
+from broker.policy import PolicyStore, load_roster
+from broker.runtime._service import ServiceOptions, install_stop_signals, serve
+
+app = typer.Typer(
+    help="The broker: the policy enforcement point between agencies.", no_args_is_help=True
+)
+
+
+@app.command("run")
+def run(
+    worker_id: Annotated[
+        str, typer.Option(help="This worker's id (its transactional id suffix).")
+    ] = "0",
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            help="Port for Prometheus metrics on 127.0.0.1; 0 for none.", min=0, max=65535
+        ),
+    ] = 9464,
+    roster: Annotated[
+        Path | None,
+        typer.Option(
+            help="The privacy officers this broker trusts (default: .tiaki/officers/roster.yaml)."
+        ),
+    ] = None,
+    max_batch: Annotated[
+        int, typer.Option(help="Most ingress records per transaction.", min=1, max=10_000)
+    ] = 500,
+) -> None:
+    """Consume every ingress topic and deliver what policy permits, exactly once, until SIGTERM."""
+    settings = Settings.from_env()
+    configure_logging()
+    store = PolicyStore(load_roster(roster or settings.home / "officers" / "roster.yaml"))
+    engine = store.load(settings.policies_dir)
+    options = ServiceOptions(
+        worker_id=worker_id, metrics_port=metrics_port or None, max_batch=max_batch
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await serve(settings, engine, options, stop)
+
+    asyncio.run(main())
