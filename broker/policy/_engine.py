@@ -66,6 +66,17 @@ TRIGGER_QUEUE = {t: "review" for t in Trigger} | {
 }
 #: Added to every share that carries Māori data (MDS-01: provenance travels with it).
 MAORI_OBLIGATION = "keep_maori_data_provenance"
+_STATUS, _HEALTH, _CHILD, _CONSENT, _PRIVILEGED, _MAORI = 1, 2, 4, 8, 16, 32
+#: Trigger bits in the order reason codes list them.
+_TRIGGER_BITS = (
+    (_STATUS, Trigger.RECIPIENT_STATUS_UNCONFIRMED),
+    (_HEALTH, Trigger.HEALTH_LEAVES_HEALTH),
+    (_CHILD, Trigger.CHILD_NOT_CONSULTED),
+    (_CONSENT, Trigger.CONSENT_REFUSED_BELOW_HIGH),
+    (_PRIVILEGED, Trigger.PRIVILEGED_MATERIAL),
+    (_MAORI, Trigger.MAORI_DATA_BEYOND_CASE),
+)
+_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass(eq=False)
@@ -78,6 +89,9 @@ class _Compiled:
     dated: bool
     plans: dict[tuple[str, int], FieldPlan] = field(default_factory=dict)
     forbidden: dict[tuple[str, int], frozenset[str]] = field(default_factory=dict)
+    health_rule: bool = False
+    #: Review triggers this rule's route is exempt from, as bits (see ``_TRIGGER_BITS``).
+    exempt: int = 0
 
     def active(self, inp: DecisionInput) -> bool:
         return not self.dated or self.rule.active_on(inp.at)
@@ -167,7 +181,11 @@ class Engine:
             route=route,
             check=compile_checks(rule.when),
             dated=rule.valid_from is not None or rule.valid_until is not None,
+            health_rule=rule.health_rule,
         )
+        for item in vocab.routes:
+            if item.id == route:
+                compiled.exempt = sum(bit for bit, t in _TRIGGER_BITS if t in item.exempt_triggers)
         events = rule.when.events if rule.when.events is not None else self._latest.keys()
         for (name, version), schema in self._schemas.items():
             if name not in events:
@@ -265,33 +283,29 @@ class Engine:
         return self._candidates.get((kind, event_type, source), ())
 
     def decide(self, inp: DecisionInput) -> Decision:
-        """The decision for one (event, candidate recipient). Never raises (fail closed)."""
+        """The decision for one (event, candidate recipient). Never raises (fail closed).
+
+        This is the broker's hot path: one index lookup, the few closures of one bucket, the
+        review triggers as bit tests, then a cached :class:`Decision` for that verdict.
+        """
         current: _Compiled | None = None
         try:
             table = self._index.get((inp.kind, inp.event_type, inp.source, inp.recipient))
             if table is None:
                 return self._no_rules(inp)
             bucket = table.get(inp.purpose) or table[None]
+            at = inp.at
             whole: list[_Compiled] = []
             partial: list[_Compiled] = []
             for current in bucket.forbids:
-                if current.check(inp) and current.active(inp):
+                if current.check(inp) and (not current.dated or current.rule.active_on(at)):
                     (partial if current.forbidden else whole).append(current)
             if whole:
-                return self._cached(
-                    inp,
-                    bucket,
-                    ("forbid", tuple(c.index for c in whole)),
-                    whole,
-                    None,
-                    False,
-                    (),
-                    (),
-                    (),
-                )
+                key0 = (0, tuple(whole), inp.purpose, inp.schema_version)
+                return self._cached(inp, bucket, key0, whole, None, False, (), 0, ())
             reviews: list[_Compiled] = []
             for current in bucket.reviews:
-                if current.check(inp) and current.active(inp):
+                if current.check(inp) and (not current.dated or current.rule.active_on(at)):
                     reviews.append(current)
             chosen: _Compiled | None = None
             unsure_hit: _Compiled | None = None
@@ -299,7 +313,7 @@ class Engine:
             for current, unsure in bucket.permits:
                 if not current.check(inp):
                     continue
-                if not current.active(inp):
+                if current.dated and not current.rule.active_on(at):
                     expired.append(current)
                 elif unsure:
                     unsure_hit = unsure_hit or current
@@ -308,15 +322,33 @@ class Engine:
                     break
             current = None
             permit = chosen or unsure_hit
-            triggers = self._triggers(inp, bucket, permit, partial, unsure=chosen is None)
+            triggers = 0
+            if permit is not None:
+                plan = self._plan(inp, permit, partial)
+                released = plan.released_classes if plan is not None else _NOTHING
+                if chosen is None:
+                    triggers |= _STATUS
+                if bucket.health_boundary and "health" in released and not permit.health_rule:
+                    triggers |= _HEALTH
+                if ("child" in released or inp.child_involved) and (
+                    inp.child_consulted not in CHILD_CONSULTED_OK
+                ):
+                    triggers |= _CHILD
+                if inp.consent == "refused" and inp.risk != "high":
+                    triggers |= _CONSENT
+                if inp.privileged or inp.suppression_order or "privileged" in released:
+                    triggers |= _PRIVILEGED
+                if (inp.maori_data or "maori_data" in released) and not inp.participates:
+                    triggers |= _MAORI
+                triggers &= ~permit.exempt
             key = (
                 inp.purpose,
                 inp.schema_version,
-                tuple(c.index for c in reviews),
-                permit.index if permit else -1,
-                tuple(c.index for c in partial),
+                tuple(reviews),
+                permit,
+                tuple(partial),
                 triggers,
-                tuple(c.index for c in expired) if permit is None else (),
+                tuple(expired) if permit is None else (),
                 inp.maori_data,
             )
             return self._cached(
@@ -325,59 +357,18 @@ class Engine:
         except Exception:  # fail closed: the broker alerts on Decision.errors
             return self._error(inp, current)
 
-    def _triggers(
-        self,
-        inp: DecisionInput,
-        bucket: _Bucket,
-        permit: _Compiled | None,
-        partial: list[_Compiled],
-        *,
-        unsure: bool,
-    ) -> tuple[Trigger, ...]:
-        if permit is None:
-            return ()
-        plan = self._plan(inp, permit, partial)
-        released = plan.released_classes if plan is not None else frozenset()
-        found: list[Trigger] = []
-        if unsure:
-            found.append(Trigger.RECIPIENT_STATUS_UNCONFIRMED)
-        if bucket.health_boundary and "health" in released and not permit.rule.health_rule:
-            found.append(Trigger.HEALTH_LEAVES_HEALTH)
-        if ("child" in released or inp.child_involved) and (
-            inp.child_consulted not in CHILD_CONSULTED_OK
-        ):
-            found.append(Trigger.CHILD_NOT_CONSULTED)
-        if inp.consent == "refused" and inp.risk != "high":
-            found.append(Trigger.CONSENT_REFUSED_BELOW_HIGH)
-        if inp.privileged or inp.suppression_order or "privileged" in released:
-            found.append(Trigger.PRIVILEGED_MATERIAL)
-        if (inp.maori_data or "maori_data" in released) and not inp.participates:
-            found.append(Trigger.MAORI_DATA_BEYOND_CASE)
-        route = self._route(permit)
-        if route is not None and route.exempt_triggers:
-            found = [t for t in found if t not in route.exempt_triggers]
-        return tuple(found)
-
-    def _route(self, compiled: _Compiled) -> Any:
-        for route in self.policy.vocabulary.routes:
-            if route.id == compiled.route:
-                return route
-        return None
-
     def _version(self, inp: DecisionInput) -> int | None:
         if inp.schema_version is not None:
             return inp.schema_version
         return self._latest.get(inp.event_type)
 
     def _plan(
-        self, inp: DecisionInput, permit: _Compiled, partial: Iterable[_Compiled]
+        self, inp: DecisionInput, permit: _Compiled, partial: list[_Compiled]
     ) -> FieldPlan | None:
-        version = self._version(inp)
-        if version is None:
-            return None
+        version = inp.schema_version or self._latest.get(inp.event_type) or 0
         plan = permit.plans.get((inp.event_type, version))
-        if plan is None:
-            return None
+        if plan is None or not partial:
+            return plan
         forbidden: dict[str, str] = {}
         for compiled in partial:
             for path in compiled.forbidden.get((inp.event_type, version), ()):
@@ -400,15 +391,13 @@ class Engine:
         permit: _Compiled | None,
         unsure: bool,
         partial: Iterable[_Compiled],
-        triggers: tuple[Trigger, ...],
+        triggers: int,
         expired: Iterable[_Compiled],
     ) -> Decision:
-        key = (*key, inp.purpose, inp.schema_version)
         decision = bucket.cache.get(key)
         if decision is None:
-            decision = self._build(
-                inp, hits, permit, unsure, list(partial), triggers, list(expired)
-            )
+            found = tuple(t for bit, t in _TRIGGER_BITS if triggers & bit)
+            decision = self._build(inp, hits, permit, unsure, list(partial), found, list(expired))
             if len(bucket.cache) >= _CACHE_LIMIT:
                 bucket.cache.clear()
             bucket.cache[key] = decision

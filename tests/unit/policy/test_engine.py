@@ -166,7 +166,9 @@ def test_decisions_are_deterministic_and_explained(engine: Engine, inp: Decision
     assert first.reason_codes, "every decision carries reason codes"
     assert first.policy_hash == engine.policy_hash
     if first.shares:
-        assert first.legal_basis and first.route and first.rule_ids
+        assert first.legal_basis
+        assert first.route
+        assert first.rule_ids
 
 
 @FAST
@@ -204,7 +206,7 @@ def test_pseudonyms_are_per_recipient(value: str, other: str, a: str, b: str) ->
         assert pseudo.pseudonym(a, value) != pseudo.pseudonym(b, value)
     if value != other:
         assert pseudo.pseudonym(a, value) != pseudo.pseudonym(a, other)
-    assert value not in pseudo.pseudonym(a, value)
+    assert pseudo.pseudonym(a, value) != value
 
 
 def test_pseudonyms_depend_on_the_secret() -> None:
