@@ -14,7 +14,8 @@ CaseAllocation case_closed                  case closed: nobody participates
 TaskEvent assigned / accepted               ``assigned_to`` gains ``task:<task id>``
 TaskEvent declined                          ``assigned_to`` loses ``task:<task id>``
 TaskEvent completed / overdue               no change (the agency worked the case)
-SafetyAssessmentMeetingOutcome              ``lead_agency`` gains ``lead``
+SafetyAssessmentMeetingOutcome              ``lead_agency`` gains ``lead``; the case's risk
+                                            tier becomes the meeting's ``risk_tier``
 ==========================================  ==============================================
 
 Applying an event is idempotent, so re-processing a batch after an aborted transaction gives
@@ -40,6 +41,11 @@ class CaseMembership:
     def __init__(self) -> None:
         self._members: dict[str, dict[str, set[str]]] = {}
         self._closed: set[str] = set()
+        self._risk: dict[str, str] = {}
+
+    def risk(self, case_id: str) -> str:
+        """The case's risk tier from its latest safety assessment meeting, or ``unknown``."""
+        return self._risk.get(case_id, "unknown")
 
     def participates(self, case_id: str, agency: str) -> bool:
         if case_id in self._closed:
@@ -56,6 +62,7 @@ class CaseMembership:
         for state in states:
             case_id = str(state["case_id"])
             self._members[case_id] = {a: set(g) for a, g in state["members"].items()}
+            self._risk[case_id] = str(state.get("risk_tier", "unknown"))
             if state["closed"]:
                 self._closed.add(case_id)
             else:
@@ -86,12 +93,14 @@ class CaseMembership:
                 members.get(agency, set()).discard(ground)
         elif event_type == "SafetyAssessmentMeetingOutcome":
             members.setdefault(event["lead_agency"]["agency_id"], set()).add("lead")
+            self._risk[case_id] = str(event.get("risk_tier", "unknown"))
         if self._snapshot(case_id) == before:
             return None
         return {
             "case_id": case_id,
             "members": {a: sorted(g) for a, g in sorted(members.items()) if g},
             "closed": case_id in self._closed,
+            "risk_tier": self.risk(case_id),
             "updated_at": now,
         }
 

@@ -46,6 +46,11 @@ class PolicyDecider:
         self._pseudonymiser = pseudonymiser
         self._cases = cases
 
+    def _risk(self, case_id: str) -> dict[str, str]:
+        """The case's risk tier as an override, when a meeting has set one."""
+        tier = self._cases.risk(case_id)
+        return {} if tier == "unknown" else {"risk": tier}
+
     @property
     def policy_hash(self) -> str | None:
         return self._engine().policy_hash
@@ -55,7 +60,8 @@ class PolicyDecider:
         event = accepted.event
         case_id = str(event["header"]["case_id"])
         verdicts = []
-        for recipient in engine.candidates(accepted.event_type, accepted.source.id):
+        # The engine names event types in full (``nz.tiaki.TaskEvent``), as the header does.
+        for recipient in engine.candidates(accepted.schema.name, accepted.source.id):
             decision = engine.decide(
                 DecisionInput.from_record(
                     event,
@@ -63,6 +69,7 @@ class PolicyDecider:
                     at=now.date(),
                     schema_version=accepted.schema.version,
                     participates=self._cases.participates(case_id, recipient),
+                    **self._risk(case_id),
                 )
             )
             if decision.errors:

@@ -56,10 +56,16 @@ def test_closed_case_has_no_members_and_lead_from_meeting() -> None:
     cases = CaseMembership()
     cases.apply(
         "SafetyAssessmentMeetingOutcome",
-        {"header": {"case_id": "SYN-C1"}, "lead_agency": {"agency_id": "safe-whanau"}},
+        {
+            "header": {"case_id": "SYN-C1"},
+            "lead_agency": {"agency_id": "safe-whanau"},
+            "risk_tier": "high",
+        },
         NOW,
     )
     assert cases.members("SYN-C1") == {"safe-whanau"}
+    assert cases.risk("SYN-C1") == "high"
+    assert cases.risk("SYN-OTHER") == "unknown"
     state = cases.apply("CaseAllocation", allocation("police", "case_closed"), NOW)
     assert state is not None
     assert state["closed"]
