@@ -28,6 +28,7 @@ bucket and the verdict, so each bucket caches the few distinct decisions it prod
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
@@ -39,7 +40,7 @@ from typing import Any
 from broker.codec import Schema
 from broker.policy._canonical import policy_hash
 from broker.policy._fields import FieldPlan, compile_plan, drop_all, forbidden_paths, with_forbidden
-from broker.policy._load import party_matches
+from broker.policy._load import agency_facts, party_matches
 from broker.policy._model import (
     CHILD_CONSULTED_OK,
     DYNAMIC_CONDITIONS,
@@ -109,6 +110,49 @@ class _Bucket:
     cache: dict[tuple[Any, ...], Decision] = field(default_factory=dict)
 
 
+class _Table:
+    """The rules filed under one (kind, event, source, recipient).
+
+    Buckets per purpose are built on first use (a few microseconds, once), so compiling stays
+    linear in the number of rules; a purpose no rule names shares the purpose-free bucket.
+    """
+
+    __slots__ = ("boundary", "buckets", "entries", "purposes")
+
+    def __init__(self, entries: tuple[tuple[_Compiled, bool], ...], boundary: bool) -> None:
+        self.entries = entries
+        self.boundary = boundary
+        self.purposes = frozenset(p for c, _ in entries for p in (c.rule.when.purposes or ()))
+        self.buckets: dict[str | None, _Bucket] = {}
+
+    def bucket(self, purpose: str | None) -> _Bucket:
+        key = purpose if purpose in self.purposes else None
+        found = self.buckets.get(key)
+        if found is None:
+            found = self._make(key)
+            self.buckets[key] = found
+        return found
+
+    def _make(self, purpose: str | None) -> _Bucket:
+        chosen = [
+            (c, unsure)
+            for c, unsure in self.entries
+            if c.rule.when.purposes is None
+            or (purpose is not None and purpose in c.rule.when.purposes)
+        ]
+        return _Bucket(
+            forbids=tuple(c for c, _ in chosen if c.rule.effect is Effect.FORBID),
+            reviews=tuple(c for c, _ in chosen if c.rule.effect in (Effect.REVIEW, Effect.REFER)),
+            permits=tuple(
+                sorted(
+                    ((c, u) for c, u in chosen if c.rule.effect is Effect.PERMIT),
+                    key=lambda pair: (pair[0].rank, pair[0].index),
+                )
+            ),
+            health_boundary=self.boundary,
+        )
+
+
 @dataclass(frozen=True)
 class RuleTrace:
     """How one rule fared for one input (``tiaki policy explain``)."""
@@ -163,11 +207,11 @@ class Engine:
             self._latest[schema.name] = schema.version
         self._drop_all = {key: drop_all(schema) for key, schema in self._schemas.items()}
         self._compiled = [self._compile_rule(i, rule) for i, rule in enumerate(policy.rules)]
-        self._index: dict[tuple[str, str, str, str], dict[str | None, _Bucket]] = {}
+        self._index: dict[tuple[str, str, str, str], _Table] = {}
         self._candidates: dict[tuple[str, str, str], tuple[str, ...]] = {}
         self._build_index()
         self._plain: dict[tuple[Any, ...], Decision] = {}
-        self._forbid_cache: dict[tuple[int, tuple[Any, ...]], FieldPlan] = {}
+        self._forbid_cache: dict[tuple[Any, ...], FieldPlan] = {}
 
     # -- compile -------------------------------------------------------------------------------
 
@@ -201,13 +245,13 @@ class Engine:
         return compiled
 
     def _build_index(self) -> None:
-        registry = self.policy.registry
+        facts = agency_facts(self.policy.registry)
         events = (*self._latest, "")
         raw: dict[tuple[str, str, str, str], list[tuple[_Compiled, bool]]] = {}
         for compiled in self._compiled:
             when = compiled.rule.when
-            src_sure, src_unsure = party_matches(when.source, registry)
-            rcp_sure, rcp_unsure = party_matches(when.recipient, registry)
+            src_sure, src_unsure = party_matches(when.source, facts)
+            rcp_sure, rcp_unsure = party_matches(when.recipient, facts)
             recipients: list[tuple[str, bool]]
             if compiled.rule.effect is Effect.PERMIT:
                 sources = src_sure  # an unconfirmed source cannot use a status-based route
@@ -234,7 +278,7 @@ class Engine:
             only_forbids = all(c.rule.effect is Effect.FORBID for c, _ in entries)
             if only_forbids and all(c.rule.field_forbid for c, _ in entries):
                 continue  # field forbids alone change nothing in a default deny
-            self._index[key] = self._buckets(key, entries)
+            self._index[key] = self._table(key, entries)
             if not only_forbids:
                 candidates.setdefault(key[:3], set()).add(key[3])
         self._candidates = {key: tuple(sorted(value)) for key, value in candidates.items()}
@@ -243,38 +287,14 @@ class Engine:
         a, b = self._agencies[source].region, self._agencies[recipient].region
         return a == b or NATIONAL in (a, b)
 
-    def _buckets(
+    def _table(
         self, key: tuple[str, str, str, str], entries: list[tuple[_Compiled, bool]]
-    ) -> dict[str | None, _Bucket]:
+    ) -> _Table:
         source, recipient = self._agencies[key[2]], self._agencies.get(key[3])
         boundary = source.kind is AgencyKind.HEALTH and (
             recipient is None or recipient.kind is not AgencyKind.HEALTH
         )
-        purposes: set[str | None] = {None}
-        for compiled, _ in entries:
-            purposes |= set(compiled.rule.when.purposes or ())
-        out: dict[str | None, _Bucket] = {}
-        for purpose in purposes:
-            chosen = [
-                (c, unsure)
-                for c, unsure in entries
-                if c.rule.when.purposes is None
-                or (purpose is not None and purpose in c.rule.when.purposes)
-            ]
-            out[purpose] = _Bucket(
-                forbids=tuple(c for c, _ in chosen if c.rule.effect is Effect.FORBID),
-                reviews=tuple(
-                    c for c, _ in chosen if c.rule.effect in (Effect.REVIEW, Effect.REFER)
-                ),
-                permits=tuple(
-                    sorted(
-                        ((c, u) for c, u in chosen if c.rule.effect is Effect.PERMIT),
-                        key=lambda pair: (pair[0].rank, pair[0].index),
-                    )
-                ),
-                health_boundary=boundary,
-            )
-        return out
+        return _Table(tuple(entries), boundary)
 
     # -- decide --------------------------------------------------------------------------------
 
@@ -293,7 +313,7 @@ class Engine:
             table = self._index.get((inp.kind, inp.event_type, inp.source, inp.recipient))
             if table is None:
                 return self._no_rules(inp)
-            bucket = table.get(inp.purpose) or table[None]
+            bucket = table.buckets.get(inp.purpose) or table.bucket(inp.purpose)
             at = inp.at
             whole: list[_Compiled] = []
             partial: list[_Compiled] = []
@@ -369,17 +389,16 @@ class Engine:
         plan = permit.plans.get((inp.event_type, version))
         if plan is None or not partial:
             return plan
-        forbidden: dict[str, str] = {}
-        for compiled in partial:
-            for path in compiled.forbidden.get((inp.event_type, version), ()):
-                forbidden.setdefault(path, compiled.rule.id)
-        if not forbidden:
-            return plan
-        cache_key = (inp.event_type, version, tuple(c.index for c in partial))
-        cached = self._forbid_cache.get((permit.index, cache_key))
+        cache_key = (permit.index, inp.event_type, version, tuple(c.index for c in partial))
+        cached = self._forbid_cache.get(cache_key)
         if cached is None:
-            cached = with_forbidden(plan, self._schemas[(inp.event_type, version)], forbidden)
-            self._forbid_cache[(permit.index, cache_key)] = cached
+            forbidden: dict[str, str] = {}
+            for compiled in partial:
+                for path in compiled.forbidden.get((inp.event_type, version), ()):
+                    forbidden.setdefault(path, compiled.rule.id)
+            schema = self._schemas[(inp.event_type, version)]
+            cached = with_forbidden(plan, schema, forbidden) if forbidden else plan
+            self._forbid_cache[cache_key] = cached
         return cached
 
     def _cached(
@@ -562,7 +581,7 @@ class Engine:
         table = self._index.get((inp.kind, inp.event_type, inp.source, inp.recipient))
         if table is None:
             return []
-        bucket = table.get(inp.purpose) or table[None]
+        bucket = table.bucket(inp.purpose)
         out = []
         entries = [(c, False) for c in (*bucket.forbids, *bucket.reviews)] + list(bucket.permits)
         for compiled, unsure in sorted(entries, key=lambda pair: pair[0].index):
@@ -579,8 +598,19 @@ class Engine:
 
 
 def compile_policy(policy: PolicySet) -> Engine:
-    """Compile ``policy`` once into an :class:`Engine`."""
-    return Engine(policy)
+    """Compile ``policy`` once into an :class:`Engine`.
+
+    Compiling allocates many small, long-lived objects (index entries, closures, plans), which
+    would trigger repeated full collections; the cyclic collector is paused meanwhile (they
+    form no garbage cycles) and restored after.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return Engine(policy)
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def apply_field_plan(

@@ -23,6 +23,7 @@ pass over the released fields and nothing for the dropped ones.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -61,8 +62,9 @@ class FieldPlan:
         return _project(record, self._tree, transforms)
 
 
+@functools.cache
 def leaves(schema: Schema) -> tuple[FieldInfo, ...]:
-    """The leaf fields of ``schema`` (the ones that carry values)."""
+    """The leaf fields of ``schema`` (the ones that carry values); schemas never change."""
     return tuple(info for info in schema.fields if info.leaf)
 
 

@@ -622,8 +622,29 @@ def _paths(schemas: list[Schema]) -> dict[str, Any]:
     return out
 
 
+#: What matching needs to know about one agency, precomputed once per registry.
+AgencyFacts = tuple[str, str, str, bool, bool, bool, frozenset[str], frozenset[str]]
+
+
+def agency_facts(registry: Registry) -> tuple[AgencyFacts, ...]:
+    """(id, kind, region, kaupapa Māori, can act, overseas, confirmed, unconfirmed statuses)."""
+    return tuple(
+        (
+            a.id,
+            a.kind.value,
+            a.region,
+            a.kaupapa_maori,
+            a.can_act,
+            a.country != "NZ",
+            frozenset(k.value for k in StatusKind if a.has_status(k)),
+            frozenset(k.value for k, s in a.statutory.items() if s.status.value == "unconfirmed"),
+        )
+        for a in registry.agencies
+    )
+
+
 def party_matches(
-    condition: PartyCondition, registry: Registry
+    condition: PartyCondition, facts: tuple[AgencyFacts, ...]
 ) -> tuple[frozenset[str], frozenset[str]]:
     """(agencies that match for sure, agencies that match but for an unconfirmed status).
 
@@ -632,30 +653,21 @@ def party_matches(
     """
     sure: set[str] = set()
     unsure: set[str] = set()
-    for agency in registry.agencies:
-        if condition.agencies is not None and agency.id not in condition.agencies:
-            continue
-        if condition.kinds is not None and agency.kind.value not in condition.kinds:
-            continue
-        if condition.regions is not None and agency.region not in condition.regions:
-            continue
-        if condition.kaupapa_maori is not None and agency.kaupapa_maori != condition.kaupapa_maori:
-            continue
-        if condition.can_act is not None and agency.can_act != condition.can_act:
-            continue
-        if condition.overseas is not None and (agency.country != "NZ") != condition.overseas:
-            continue
-        if condition.statuses is None:
-            sure.add(agency.id)
-            continue
-        kinds = [StatusKind(s) for s in condition.statuses]
-        if any(agency.has_status(kind) for kind in kinds):
-            sure.add(agency.id)
-        elif any(
-            kind in agency.statutory and agency.statutory[kind].status.value == "unconfirmed"
-            for kind in kinds
+    c = condition
+    for agency_id, kind, region, maori, can_act, overseas, confirmed, unconfirmed in facts:
+        if (
+            (c.agencies is not None and agency_id not in c.agencies)
+            or (c.kinds is not None and kind not in c.kinds)
+            or (c.regions is not None and region not in c.regions)
+            or (c.kaupapa_maori is not None and maori != c.kaupapa_maori)
+            or (c.can_act is not None and can_act != c.can_act)
+            or (c.overseas is not None and overseas != c.overseas)
         ):
-            unsure.add(agency.id)
+            continue
+        if c.statuses is None or c.statuses & confirmed:
+            sure.add(agency_id)
+        elif c.statuses & unconfirmed:
+            unsure.add(agency_id)
     return frozenset(sure), frozenset(unsure)
 
 
@@ -665,11 +677,12 @@ def _covers(outer: Collection[str] | None, inner: Collection[str] | None) -> boo
 
 def _check_shadowed(rules: list[Rule], registry: Registry, errors: list[PolicySourceError]) -> None:
     """A permit that a whole-decision forbid matches in every case can never apply: an error."""
+    facts = agency_facts(registry)
     forbids = [r for r in rules if r.effect is Effect.FORBID and not r.field_forbid]
     permits = [r for r in rules if r.effect is Effect.PERMIT]
     for permit in permits:
         for forbid in forbids:
-            if _forbid_covers(forbid, permit, registry):
+            if _forbid_covers(forbid, permit, facts):
                 where = permit.where or Where(Path("?"), 1, 1)
                 errors.append(
                     PolicySourceError(
@@ -683,13 +696,13 @@ def _check_shadowed(rules: list[Rule], registry: Registry, errors: list[PolicySo
                 break
 
 
-def _forbid_covers(forbid: Rule, permit: Rule, registry: Registry) -> bool:
+def _forbid_covers(forbid: Rule, permit: Rule, facts: tuple[AgencyFacts, ...]) -> bool:
     f, p = forbid.when, permit.when
     if not set(p.kinds) <= set(f.kinds) or not _covers(f.events, p.events):
         return False
     for side in ("source", "recipient"):
-        f_sure, f_unsure = party_matches(getattr(f, side), registry)
-        p_sure, p_unsure = party_matches(getattr(p, side), registry)
+        f_sure, f_unsure = party_matches(getattr(f, side), facts)
+        p_sure, p_unsure = party_matches(getattr(p, side), facts)
         if not (p_sure | p_unsure) <= (f_sure | f_unsure):
             return False
     if f.same_region is not None and f.same_region != p.same_region:
