@@ -46,6 +46,8 @@ def load_yaml(path: Path) -> Any:
         raise SourceError(path, line, column, f"bad YAML: {problem}") from None
     except YAMLError as exc:  # errors without a mark
         raise SourceError(path, 1, 1, f"bad YAML: {exc}") from None
+    except ValueError as exc:  # ruamel builds dates eagerly: 2024-13-31 fails without a mark
+        raise SourceError(path, 1, 1, f"bad YAML: an invalid date or number ({exc})") from None
 
 
 def locate(root: Any, loc: Sequence[str | int]) -> tuple[int, int]:

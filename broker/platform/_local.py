@@ -21,6 +21,7 @@ State, certificates and logs live under ``<home>/kafka``; nothing here touches t
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import datetime as dt
 import hashlib
 import os
@@ -291,8 +292,18 @@ class LocalKafka:
             pid is not None, pid, pid is not None and self.port_open(), self.bootstrap
         )
 
-    def up(self, timeout: float = 120.0, now: dt.datetime | None = None) -> list[str]:
-        """Assemble, configure, format and start the node; wait until it accepts clients."""
+    def up(
+        self,
+        timeout: float = 120.0,
+        now: dt.datetime | None = None,
+        *,
+        die_with_parent: bool = False,
+    ) -> list[str]:
+        """Assemble, configure, format and start the node; wait until it accepts clients.
+
+        ``die_with_parent`` (Linux) ends the node when the process that started it dies, so a
+        test session killed outright leaves no Kafka behind.
+        """
         steps: list[str] = []
         if self.pid() is not None:
             self.wait_ready(timeout)
@@ -332,6 +343,8 @@ class LocalKafka:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             start_new_session=True,  # survives the CLI; stopped by `tiaki kafka down`
+            # The hook only calls prctl, which is safe between fork and exec.
+            preexec_fn=die_when_parent_dies if die_with_parent else None,
         )
         stdout.close()
         self._process = process
@@ -402,6 +415,15 @@ class LocalKafka:
         for path in (self.data, self.logs):
             shutil.rmtree(path, ignore_errors=True)
         self.credentials_file.unlink(missing_ok=True)
+
+
+def die_when_parent_dies() -> None:
+    """In a child before exec: ask Linux to SIGTERM it when its parent exits (no-op elsewhere)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _alive(pid: int) -> bool:

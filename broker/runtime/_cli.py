@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Annotated
 
@@ -50,7 +51,9 @@ def run(
 
     async def main() -> None:
         stop = asyncio.Event()
-        install_stop_signals(stop)
-        await serve(settings, engine, options, stop)
+        task = asyncio.create_task(serve(settings, engine, options, stop))
+        install_stop_signals(stop, task)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     asyncio.run(main())

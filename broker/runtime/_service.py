@@ -98,7 +98,23 @@ async def serve(
     await worker.run(stop)
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
+#: Seconds a worker has, after the first SIGTERM, to finish its batch before it is cancelled.
+GRACE_SECONDS = 30.0
+
+
+def install_stop_signals(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    """First SIGTERM/SIGINT: stop after the batch in flight (cancel after a grace period, in
+    case the worker is still starting and not yet checking ``stop``); a second: cancel now.
+    Commits and aborts are shielded from cancellation inside the transport."""
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():
+            task.cancel()
+            return
+        log.info("stop requested", status="stopping")
+        stop.set()
+        loop.call_later(GRACE_SECONDS, task.cancel)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)

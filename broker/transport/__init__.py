@@ -43,6 +43,7 @@ from broker.transport._errors import (
     TransportError,
     Unavailable,
 )
+from broker.transport._kafka import KafkaPublisher, KafkaReader, KafkaTransport
 from broker.transport._memory import (
     INGRESS_PATTERN,
     InMemoryCluster,
@@ -71,6 +72,9 @@ __all__ = [
     "InMemoryPublisher",
     "InMemoryReader",
     "InMemoryTransport",
+    "KafkaPublisher",
+    "KafkaReader",
+    "KafkaTransport",
     "NotAuthorized",
     "Outgoing",
     "PartitionsRevoked",

@@ -59,7 +59,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         lib=SHARED_LIB,
     )
     try:
-        kafka.up(timeout=180)
+        kafka.up(timeout=180, die_with_parent=True)
         admin_path = bootstrap_admin(
             kafka.bootstrap, kafka.tls.ca_cert, kafka.credentials(), profiles
         )

@@ -1,0 +1,528 @@
+"""The transport on Apache Kafka through aiokafka: exactly-once consume-transform-produce.
+
+A :class:`KafkaTransport` is one broker worker: an ``AIOKafkaConsumer`` in the group
+(read-committed, no auto-commit, subscribed to a topic list or to ``^tiaki\\.ingress\\..*``) and
+a transactional ``AIOKafkaProducer`` whose id is ``tiaki-broker-<worker_id>``. ``commit`` runs
+``begin_transaction``, ``send`` for each output, ``send_offsets_to_transaction`` and
+``commit_transaction``; on any failure it aborts, rewinds the consumer and raises a
+:class:`TransportError`.
+
+What it guarantees:
+
+- atomicity: a batch's outputs and its offsets commit together or not at all, and
+  read-committed consumers (the adapters, the audit indexer, the next worker) never see aborted
+  outputs;
+- no transaction is in flight when partitions are revoked: ``commit`` and the rebalance
+  listener share one lock, so a rebalance waits for the commit (or abort) to finish first;
+- a batch polled before a rebalance is never committed after it: the first commit after a
+  revocation with outstanding records raises :class:`PartitionsRevoked` and rewinds (see
+  :mod:`broker.transport._ledger` for why the whole batch goes); records a poll fetched across
+  a rebalance are dropped and re-fetched from the committed offsets;
+- zombie fencing by transactional id: starting a worker with the same ``worker_id`` bumps the
+  producer epoch, Kafka aborts the old instance's open transaction, and the old instance's next
+  transactional call fails with :class:`ProducerFenced` (it must close);
+- cancellation safety: the commit-or-abort sequence runs in a task shielded from the caller's
+  cancellation, and ``close`` waits for it, so SIGTERM mid-commit leaves a finished or aborted
+  transaction, never a half-written one;
+- ``close`` is idempotent and stops both clients even if one of them fails to stop.
+
+What it does not give, and why that is acceptable:
+
+- KIP-447 group-metadata fencing: aiokafka's ``send_offsets_to_transaction`` takes only a group
+  id, not the consumer's generation and member id, so the group coordinator cannot reject an
+  offset commit from a worker that was expelled from the group without noticing (for example
+  one stalled past ``session.timeout.ms`` and past its rebalance callback). Workers with
+  distinct ids do not fence each other. The mitigation is operational: keep worker ids stable
+  across restarts (a restarted worker fences its own zombie), keep ``transaction_timeout_ms``
+  below ``session_timeout_ms`` ``+`` rebalance time, so a stalled worker's transaction is
+  aborted by the coordinator before its partitions are processed elsewhere, and keep a batch's
+  processing time well under ``max_poll_interval_ms``;
+- outcome of a commit that timed out: if ``commit_transaction`` does not finish within
+  ``commit_timeout_s``, the outcome is unknown; the transport refuses further commits and the
+  worker must be restarted, whose new producer (same id) completes or aborts it. Exactly-once
+  still holds because outputs and offsets share the transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import TopicPartition as KafkaTopicPartition
+from aiokafka import errors as kafka_errors
+
+from broker.platform import BROKER_GROUP_PREFIX, Profile
+from broker.transport._errors import (
+    NotAuthorized,
+    PartitionsRevoked,
+    ProducerFenced,
+    TransportClosed,
+    TransportError,
+    Unavailable,
+)
+from broker.transport._ledger import Ledger
+from broker.transport._memory import INGRESS_PATTERN
+from broker.transport._resource import ResourceBase
+from broker.transport._types import Headers, Outgoing, Record, TopicPartition
+
+_FENCED = (kafka_errors.ProducerFenced, kafka_errors.InvalidProducerEpoch)
+_UNAUTHORIZED = (
+    kafka_errors.TopicAuthorizationFailedError,
+    kafka_errors.GroupAuthorizationFailedError,
+    kafka_errors.TransactionalIdAuthorizationFailed,
+    kafka_errors.ClusterAuthorizationFailedError,
+    kafka_errors.AuthenticationFailedError,
+    kafka_errors.SaslAuthenticationFailed,
+)
+_UNAVAILABLE = (
+    kafka_errors.KafkaConnectionError,
+    kafka_errors.KafkaTimeoutError,
+    kafka_errors.NodeNotReadyError,
+    kafka_errors.RequestTimedOutError,
+    kafka_errors.NoBrokersAvailable,
+)
+
+
+def translate(exc: BaseException) -> TransportError:
+    """The transport error for an aiokafka error (messages name classes, never data)."""
+    if isinstance(exc, TransportError):
+        return exc
+    name = type(exc).__name__
+    if isinstance(exc, _FENCED):
+        return ProducerFenced(f"{name}: a newer worker holds this transactional id")
+    if isinstance(exc, _UNAUTHORIZED):
+        return NotAuthorized(f"{name}: {exc}")
+    if isinstance(exc, _UNAVAILABLE):
+        return Unavailable(f"{name}: {exc}")
+    if isinstance(exc, TimeoutError):
+        return Unavailable("timed out waiting for Kafka")
+    if isinstance(exc, kafka_errors.ConsumerStoppedError):
+        return TransportClosed("the consumer is stopped")
+    retriable = bool(getattr(exc, "retriable", False))
+    return TransportError(f"{name}: {exc}", retriable=retriable)
+
+
+@contextlib.contextmanager
+def _translated() -> Iterator[None]:
+    """Raise aiokafka's errors as :class:`TransportError`; let programming errors through."""
+    try:
+        yield
+    except (kafka_errors.KafkaError, kafka_errors.IllegalOperation) as exc:
+        raise translate(exc) from exc
+    except kafka_errors.ConsumerStoppedError as exc:
+        raise translate(exc) from exc
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a delivery's outcome as seen: the transaction's outcome is what gets reported."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _headers(raw: Sequence[tuple[str, bytes]] | None) -> Headers:
+    return tuple((k, bytes(v)) for k, v in raw or ())
+
+
+def _record(message: Any) -> Record:
+    return Record(
+        message.topic,
+        message.partition,
+        message.offset,
+        message.key,
+        message.value if message.value is not None else b"",
+        _headers(message.headers),
+        message.timestamp,
+    )
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is untyped
+    def __init__(self, transport: KafkaTransport) -> None:
+        self._transport = transport
+
+    async def on_partitions_revoked(self, revoked: set[KafkaTopicPartition]) -> None:
+        await self._transport._revoked({(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: set[KafkaTopicPartition]) -> None:
+        self._transport._assignment = frozenset((tp.topic, tp.partition) for tp in assigned)
+
+
+class KafkaTransport(ResourceBase):
+    """One broker worker on Kafka; see :class:`TransactionalTransport` and the module docs.
+
+    ``profile`` is the broker principal's connection profile. Subscribe to ``topics`` or to
+    ``pattern`` (default: every ingress topic). ``consumer_options`` and ``producer_options``
+    pass further aiokafka settings (timeouts, batch sizes); they cannot override the settings
+    exactly-once depends on.
+    """
+
+    def __init__(
+        self,
+        profile: Profile,
+        *,
+        worker_id: str,
+        group_id: str = BROKER_GROUP_PREFIX,
+        topics: Sequence[str] | None = None,
+        pattern: str | None = None,
+        transaction_timeout_ms: int = 60_000,
+        commit_timeout_s: float = 60.0,
+        close_timeout_s: float = 30.0,
+        consumer_options: Mapping[str, Any] | None = None,
+        producer_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        if topics is not None and pattern is not None:
+            raise ValueError("subscribe to topics or to a pattern, not both")
+        self.group_id = group_id
+        self.worker_id = worker_id
+        self.transactional_id = f"{BROKER_GROUP_PREFIX}-{worker_id}"
+        self._profile = profile
+        self._topics = tuple(topics) if topics is not None else None
+        self._pattern = pattern or INGRESS_PATTERN
+        self._commit_timeout_s = commit_timeout_s
+        self._close_timeout_s = close_timeout_s
+        self._consumer_options = dict(consumer_options or {})
+        self._producer_options = dict(producer_options or {})
+        self._transaction_timeout_ms = transaction_timeout_ms
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._lock = asyncio.Lock()
+        self._ledger = Ledger()
+        self._assignment: frozenset[TopicPartition] = frozenset()
+        self._epoch = 0
+        self._broken: TransportError | None = None
+        self._state = "new"
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        return self._assignment
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise TransportClosed("a transport starts once")
+        self._state = "open"
+        # The producer first: its InitProducerId fences a zombie with the same transactional
+        # id (and aborts its open transaction) before this worker joins the group.
+        self._producer = self._new_producer()
+        self._consumer = AIOKafkaConsumer(
+            **self._consumer_options,
+            **self._profile.aiokafka_kwargs(),
+            group_id=self.group_id,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        with _translated():
+            await self._producer.start()
+            await self._consumer.start()
+            listener = _Listener(self)
+            if self._topics is not None:
+                self._consumer.subscribe(topics=list(self._topics), listener=listener)
+            else:
+                self._consumer.subscribe(pattern=self._pattern, listener=listener)
+
+    async def close(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        await asyncio.shield(self._close())
+
+    async def _close(self) -> None:
+        # Let an in-flight commit or abort finish first (bounded: its own timeouts apply).
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._close_timeout_s), self._lock:
+                pass
+        failures: list[BaseException] = []
+        for client in (self._consumer, self._producer):
+            if client is None:
+                continue
+            try:
+                await client.stop()
+            except Exception as exc:  # each client must still get its stop
+                failures.append(exc)
+        if failures:
+            raise translate(failures[0]) from failures[0]
+
+    def _check_open(self) -> tuple[AIOKafkaConsumer, AIOKafkaProducer]:
+        if self._state != "open" or self._consumer is None or self._producer is None:
+            raise TransportClosed(f"worker {self.worker_id} is {self._state}")
+        return self._consumer, self._producer
+
+    async def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
+        consumer, _ = self._check_open()
+        epoch = self._epoch
+        with _translated():
+            batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        if self._epoch != epoch:
+            # Partitions were revoked while we waited. Drop what came back and put the
+            # partitions we (again) own at their committed offsets, whichever assignment
+            # the records were fetched under.
+            async with self._lock:
+                with _translated():
+                    for tp in batches:
+                        if (tp.topic, tp.partition) in self._assignment:
+                            await self._seek_committed(consumer, tp)
+            return []
+        records = [_record(m) for messages in batches.values() for m in messages]
+        self._ledger.polled(records)
+        return records
+
+    async def commit(self, outputs: Sequence[Outgoing], consumed: Sequence[Record]) -> None:
+        self._check_open()
+        if self._broken is not None:
+            raise self._broken
+        if not outputs and not consumed:
+            return
+        task = asyncio.ensure_future(self._commit(list(outputs), list(consumed)))
+        # If the caller is cancelled, the commit or abort still runs to the end; close()
+        # waits for it through the lock. Retrieve its outcome so it is never "unhandled".
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        await asyncio.shield(task)
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            **self._producer_options,
+            **self._profile.aiokafka_kwargs(),
+            transactional_id=self.transactional_id,
+            enable_idempotence=True,
+            acks="all",
+            transaction_timeout_ms=self._transaction_timeout_ms,
+        )
+
+    async def _commit(self, outputs: Sequence[Outgoing], consumed: Sequence[Record]) -> None:
+        async with self._lock:
+            consumer, producer = self._check_open()
+            try:
+                offsets = self._ledger.to_commit(consumed, self._assignment)
+            except PartitionsRevoked:
+                self._rewind_to_first_polled(consumer)
+                raise
+            began = False
+            deliveries: list[asyncio.Future[Any]] = []
+            try:
+                async with asyncio.timeout(self._commit_timeout_s):
+                    await producer.begin_transaction()
+                    began = True
+                    for out in outputs:
+                        delivery = await producer.send(
+                            out.topic, out.value, key=out.key, headers=list(out.headers)
+                        )
+                        delivery.add_done_callback(_retrieve)
+                        deliveries.append(delivery)
+                    if offsets:
+                        await producer.send_offsets_to_transaction(
+                            {KafkaTopicPartition(*tp): o for tp, o in offsets.items()},
+                            self.group_id,
+                        )
+                    await producer.commit_transaction()
+            except Exception as exc:
+                error = await self._recover(consumer, producer, translate(exc), began, deliveries)
+                raise error from exc
+            self._ledger.committed(offsets)
+
+    async def _recover(
+        self,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        error: TransportError,
+        began: bool,
+        deliveries: Sequence[asyncio.Future[Any]],
+    ) -> TransportError:
+        """After a failed transaction: make sure nothing of it can still become visible,
+        rewind the consumer, and return the error to raise.
+
+        aiokafka neither fails nor drops the batches of an aborted transaction that were
+        still waiting in its accumulator (for example behind a partition Kafka refused to add
+        to the transaction); they would be sent later, outside any transaction we control.
+        So unless the abort was clean and every send had settled, the producer is replaced
+        by a new one with the same transactional id: its InitProducerId bumps the epoch,
+        which fences the stray batches and makes the coordinator finish the old transaction.
+        The consumer then goes back to the group's committed offsets, which are right
+        whatever the old transaction's outcome was.
+        """
+        if isinstance(error, ProducerFenced):
+            self._broken = error
+            self._rewind_to_first_polled(consumer)
+            return error
+        clean = False
+        if began:
+            try:
+                async with asyncio.timeout(self._commit_timeout_s):
+                    await producer.abort_transaction()
+                clean = True
+            except Exception as exc:  # fatal state, or the coordinator did not answer
+                if isinstance(translate(exc), ProducerFenced):
+                    self._broken = translate(exc)
+                    self._rewind_to_first_polled(consumer)
+                    return self._broken
+        if not clean or not all(d.done() for d in deliveries):
+            try:
+                await self._replace_producer(producer)
+            except Exception as exc:
+                self._broken = TransportError(
+                    f"could not replace the producer after a failed transaction "
+                    f"({type(exc).__name__}); restart the worker",
+                    retriable=False,
+                )
+                self._ledger.rewind()
+                return self._broken
+        try:
+            with _translated():
+                for tp in self._ledger.rewind():
+                    if tp in self._assignment:
+                        await self._seek_committed(consumer, KafkaTopicPartition(*tp))
+        except TransportError as exc:
+            self._broken = TransportError(
+                f"could not rewind after a failed transaction ({exc}); restart the worker",
+                retriable=False,
+            )
+            return self._broken
+        return error
+
+    async def _replace_producer(self, old: AIOKafkaProducer) -> None:
+        new = self._new_producer()
+        try:
+            async with asyncio.timeout(self._commit_timeout_s):
+                await new.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await new.stop()
+            raise
+        self._producer = new
+        # The old one's remaining batches now fail with an epoch error; stop it quietly.
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(5):
+                await old.stop()
+
+    def _rewind_to_first_polled(self, consumer: AIOKafkaConsumer) -> None:
+        for (topic, partition), offset in self._ledger.rewind().items():
+            if (topic, partition) in self._assignment:
+                consumer.seek(KafkaTopicPartition(topic, partition), offset)
+
+    @staticmethod
+    async def _seek_committed(consumer: AIOKafkaConsumer, tp: KafkaTopicPartition) -> None:
+        offset = await consumer.committed(tp)
+        if offset is None:
+            await consumer.seek_to_beginning(tp)
+        else:
+            consumer.seek(tp, offset)
+
+    async def _revoked(self, partitions: set[TopicPartition]) -> None:
+        async with self._lock:  # waits for any in-flight commit or abort
+            if partitions:  # the first join revokes nothing, and nothing was fetched before
+                self._epoch += 1
+            self._ledger.revoked(partitions)
+            self._assignment = frozenset()
+
+
+class KafkaPublisher(ResourceBase):
+    """An idempotent producer for single records (``acks=all``); see :class:`Publisher`."""
+
+    def __init__(self, profile: Profile, **producer_options: Any) -> None:
+        self._profile = profile
+        self._options = producer_options
+        self._producer: AIOKafkaProducer | None = None
+        self._state = "new"
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise TransportClosed("a publisher starts once")
+        self._state = "open"
+        self._producer = AIOKafkaProducer(
+            **self._options, **self._profile.aiokafka_kwargs(), enable_idempotence=True, acks="all"
+        )
+        with _translated():
+            await self._producer.start()
+
+    async def close(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        if self._producer is not None:
+            with _translated():
+                await asyncio.shield(self._producer.stop())
+
+    async def publish(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()
+    ) -> Record:
+        if self._state != "open" or self._producer is None:
+            raise TransportClosed("publisher is not open")
+        with _translated():
+            meta = await self._producer.send_and_wait(topic, value, key=key, headers=list(headers))
+        return Record(topic, meta.partition, meta.offset, key, value, headers, meta.timestamp)
+
+
+class KafkaReader(ResourceBase):
+    """Reads whole topics read-committed, with no consumer group; see :class:`Reader`.
+
+    ``idle_timeout_ms`` bounds a read: it ends when every partition reached the end offset
+    taken at the start, or when nothing arrived for that long.
+    """
+
+    def __init__(self, profile: Profile, *, idle_timeout_ms: int = 5_000) -> None:
+        self._profile = profile
+        self._idle_timeout_ms = idle_timeout_ms
+        self._consumer: AIOKafkaConsumer | None = None
+        self._state = "new"
+
+    async def start(self) -> None:
+        if self._state != "new":
+            raise TransportClosed("a reader starts once")
+        self._state = "open"
+        self._consumer = AIOKafkaConsumer(
+            **self._profile.aiokafka_kwargs(),
+            group_id=None,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+        )
+        with _translated():
+            await self._consumer.start()
+
+    async def close(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        if self._consumer is not None:
+            with _translated():
+                await asyncio.shield(self._consumer.stop())
+
+    async def read_all(self, topic: str) -> list[Record]:
+        if self._state != "open" or self._consumer is None:
+            raise TransportClosed("reader is not open")
+        consumer = self._consumer
+        with _translated():
+            partitions = await self._partitions(consumer, topic)
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            # With read_committed these are last stable offsets: nothing beyond them is
+            # committed yet, and control markers are counted, so positions reach them.
+            ends = await consumer.end_offsets(partitions)
+            records: list[Record] = []
+            loop = asyncio.get_running_loop()
+            idle_since = loop.time()
+            while True:
+                pending = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
+                if not pending:
+                    break
+                if loop.time() - idle_since > self._idle_timeout_ms / 1000:
+                    raise Unavailable(f"{topic}: reading stalled before the end offsets")
+                batches = await consumer.getmany(*pending, timeout_ms=200)
+                for tp, messages in batches.items():
+                    records.extend(_record(m) for m in messages if m.offset < ends[tp])
+                if batches:
+                    idle_since = loop.time()
+            consumer.unsubscribe()
+        records.sort(key=lambda r: (r.partition, r.offset))
+        return records
+
+    @staticmethod
+    async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[KafkaTopicPartition]:
+        numbers = consumer.partitions_for_topic(topic)
+        if not numbers:
+            await consumer._client.force_metadata_update()  # aiokafka has no public refresh
+            numbers = consumer.partitions_for_topic(topic)
+        if topic in consumer._client.cluster.unauthorized_topics:
+            raise NotAuthorized(f"{topic}: reads refused")
+        if not numbers:
+            raise TransportError(f"{topic}: no such topic")
+        return [KafkaTopicPartition(topic, p) for p in sorted(numbers)]

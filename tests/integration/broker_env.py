@@ -1,0 +1,178 @@
+"""The broker as operators run it (``tiaki broker run`` in its own process) against the
+session's real Kafka, with development keys, officers and an approved policy release.
+
+Agencies publish sealed events with their own principals and read their own egress topics
+with their own principals and keys, exactly as adapters would.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from broker.codec import decode, encode, from_json, load_schemas
+from broker.envelope import KeyRing, KeyStore, Kind, Opener, Sealer, init_dev_keys
+from broker.platform import egress, ingress
+from broker.platform._local import die_when_parent_dies
+from broker.runtime._release import approve_as_dev_officers, dev_officers, stage_release
+from broker.transport import KafkaPublisher, KafkaReader, Record
+from tests.integration.conftest import ROOT, Cluster, free_port
+
+SCHEMAS = load_schemas(ROOT / "schemas")
+TIAKI = Path(sys.executable).parent / "tiaki"
+
+
+def example(event_type: str, **header: Any) -> dict[str, Any]:
+    """The synthetic example of ``event_type``, with a fresh event id and header overrides."""
+    doc = json.loads((ROOT / "schemas" / "examples" / f"{event_type}.json").read_text())
+    doc["header"] |= {"event_id": str(uuid.uuid4())} | header
+    return doc
+
+
+@dataclass
+class BrokerEnv:
+    cluster: Cluster
+    home: Path
+    roster: Path
+    release: Path
+    ring: KeyRing
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @classmethod
+    def prepare(cls, cluster: Cluster) -> BrokerEnv:
+        home = cluster.profiles_dir.parent
+        now = dt.datetime.now(dt.UTC)
+        store = KeyStore(home / "keys")
+        principals = {a.id: a.key_ref for a in cluster.registry.agencies} | {"broker": "broker"}
+        init_dev_keys(store, set(principals.values()), now=now)
+        release = stage_release(ROOT / "policies", ROOT / "schemas", home / "release")
+        roster = dev_officers(home / "officers")
+        approve_as_dev_officers(release, home / "officers", now)
+        ring = store.load(principals, private_for=None)
+        return cls(cluster, home, roster, release, ring)
+
+    def environment(self) -> dict[str, str]:
+        return os.environ | {
+            "TIAKI_HOME": str(self.home),
+            "TIAKI_POLICIES": str(self.release),
+            "TIAKI_SCHEMAS": str(self.release.parent / "schemas"),
+            "TIAKI_REGISTRY": str(self.release / "agencies.yaml"),
+        }
+
+    def start(self, worker_id: str = "0", wait: bool = True) -> subprocess.Popen[bytes]:
+        log = (self.home / f"broker-{worker_id}.log").open("ab")
+        process = subprocess.Popen(
+            [
+                str(TIAKI),
+                "broker",
+                "run",
+                "--worker-id",
+                worker_id,
+                "--metrics-port",
+                str(free_port()),
+                "--roster",
+                str(self.roster),
+            ],
+            env=self.environment(),
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            cwd=ROOT,
+            preexec_fn=die_when_parent_dies,  # no broker outlives a killed test session
+        )
+        log.close()
+        self.processes.append(process)
+        if wait:
+            self.wait_for_log(worker_id, "worker started", process)
+        return process
+
+    def log_lines(self, worker_id: str = "0") -> list[str]:
+        path = self.home / f"broker-{worker_id}.log"
+        return path.read_text(errors="replace").splitlines() if path.exists() else []
+
+    def wait_for_log(
+        self, worker_id: str, text: str, process: subprocess.Popen[bytes], timeout: float = 60
+    ) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if any(text in line for line in self.log_lines(worker_id)):
+                return
+            if process.poll() is not None:
+                raise AssertionError(
+                    f"broker exited {process.returncode}: {self.log_lines(worker_id)[-5:]}"
+                )
+            time.sleep(0.1)
+        raise AssertionError(f"broker did not log {text!r} in {timeout}s")
+
+    def stop_all(self, sig: int = signal.SIGTERM) -> list[int]:
+        codes = []
+        for process in self.processes:
+            if process.poll() is None:
+                process.send_signal(sig)
+            try:
+                codes.append(process.wait(timeout=60))
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes.append(process.wait())
+        self.processes.clear()
+        return codes
+
+    def seal(self, agency: str, event_type: str, doc: dict[str, Any]) -> bytes:
+        schema = SCHEMAS.latest(event_type)
+        return Sealer(agency, self.ring).seal(
+            encode(schema, from_json(schema, doc)),
+            kind=Kind.INGRESS,
+            topic=ingress(agency),
+            recipient="broker",
+            event_id=doc["header"]["event_id"],
+            schema_fingerprint=schema.fingerprint,
+            now=dt.datetime.now(dt.UTC),
+        )
+
+    async def publish(self, agency: str, items: list[tuple[str, dict[str, Any]]]) -> None:
+        """Publish (event type, document) pairs as ``agency`` would, keyed by case id."""
+        sealer_values = [
+            (doc["header"]["case_id"].encode(), self.seal(agency, t, doc)) for t, doc in items
+        ]
+        async with KafkaPublisher(self.cluster.profile(agency)) as publisher:
+            for key, value in sealer_values:
+                await publisher.publish(ingress(agency), key, value)
+
+    async def publish_raw(self, agency: str, values: list[bytes]) -> None:
+        async with KafkaPublisher(self.cluster.profile(agency)) as publisher:
+            for value in values:
+                await publisher.publish(ingress(agency), b"SYN-RAW", value)
+
+    async def received(self, agency: str, idle_ms: int = 3000) -> list[dict[str, Any]]:
+        """Every SharedEvent on ``agency``'s egress topic, opened with its own key."""
+        async with KafkaReader(self.cluster.profile(agency), idle_timeout_ms=idle_ms) as reader:
+            records = await reader.read_all(egress(agency))
+        opener = Opener(agency, self.ring)
+        shared = SCHEMAS.latest("SharedEvent")
+        out = []
+        for record in records:
+            opened = opener.open(
+                record.value,
+                topic=record.topic,
+                now=dt.datetime.now(dt.UTC),
+                kind=Kind.EGRESS,
+                source="broker",
+            )
+            out.append(
+                decode(opened.payload, shared)
+                | {"body": json.loads(decode(opened.payload, shared)["body_json"])}
+            )
+        return out
+
+    async def read(self, principal: str, topic: str, idle_ms: int = 3000) -> list[Record]:
+        async with KafkaReader(self.cluster.profile(principal), idle_timeout_ms=idle_ms) as reader:
+            return await reader.read_all(topic)

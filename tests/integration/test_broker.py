@@ -1,0 +1,153 @@
+"""The broker on real Kafka: policy-exact delivery, quarantine, and a clean stop."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from broker._settings import Settings
+from broker.codec import decode, from_json
+from broker.platform import AUDIT, DLQ
+from broker.policy import PolicyStore, Pseudonymiser, load_roster
+from broker.runtime import Accepted, Outcome
+from broker.runtime._cases import CaseMembership
+from broker.runtime._policy import PolicyDecider
+from broker.runtime._secrets import shared_secret
+from broker.runtime._service import secret_paths
+from tests.integration.broker_env import SCHEMAS, BrokerEnv, example
+from tests.integration.conftest import Cluster
+
+
+@pytest.fixture(scope="module")
+def env(cluster: Cluster) -> Iterator[BrokerEnv]:
+    environment = BrokerEnv.prepare(cluster)
+    try:
+        environment.start()
+        yield environment
+    finally:
+        codes = environment.stop_all()
+    assert codes == [0]  # SIGTERM: a graceful stop
+
+
+def case_story(case: str) -> list[tuple[str, dict[str, Any]]]:
+    """Police allocate Corrections, the meeting sets risk high with the NGO leading, and a new
+    family-harm episode is reported for the case."""
+    allocation = example("CaseAllocation", case_id=case, source_agency="police")
+    allocation["agency"]["agency_id"] = "corrections"
+    meeting = example("SafetyAssessmentMeetingOutcome", case_id=case, source_agency="police")
+    meeting["lead_agency"]["agency_id"] = "safe-whanau"
+    meeting["risk_tier"] = "high"
+    episode = example("FamilyHarmEpisodeReport", case_id=case, source_agency="police")
+    episode["header"]["sharing"]["purpose"] = "fv_plan_or_response"
+    return [
+        ("CaseAllocation", allocation),
+        ("SafetyAssessmentMeetingOutcome", meeting),
+        ("FamilyHarmEpisodeReport", episode),
+    ]
+
+
+def expected_deliveries(
+    env: BrokerEnv, items: list[tuple[str, dict[str, Any]]]
+) -> dict[str, set[tuple[str, str]]]:
+    """What the policy permits, worked out independently of the broker process."""
+    engine = PolicyStore(load_roster(env.roster)).load(env.release)
+    settings = Settings(home=env.home)
+    pseudonyms = Pseudonymiser(shared_secret(secret_paths(settings)[1]))
+    cases = CaseMembership()
+    decider = PolicyDecider(lambda: engine, pseudonyms, cases)
+    now = dt.datetime.now(dt.UTC)
+    out: dict[str, set[tuple[str, str]]] = {a: set() for a in env.cluster.registry.ids}
+    for event_type, doc in items:
+        schema = SCHEMAS.latest(event_type)
+        event = from_json(schema, doc)
+        cases.apply(event_type, event, now)
+        source = env.cluster.registry.get(doc["header"]["source_agency"])
+        assert source is not None
+        for verdict in decider.decide(Accepted(source, schema, event, opened=None), now):  # type: ignore[arg-type]
+            if verdict.outcome is Outcome.SHARE and verdict.body is not None:
+                out[verdict.recipient].add(
+                    (
+                        doc["header"]["event_id"],
+                        json.dumps(verdict.body, sort_keys=True, default=str),
+                    )
+                )
+    return out
+
+
+async def delivered(
+    env: BrokerEnv, event_ids: set[str], expected: int, within: float = 60
+) -> dict[str, set[tuple[str, str]]]:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        out: dict[str, set[tuple[str, str]]] = {}
+        for agency in env.cluster.registry.ids:
+            records = await env.received(agency, idle_ms=500)
+            out[agency] = {
+                (r["event_id"], json.dumps(r["body"], sort_keys=True, default=str))
+                for r in records
+                if r["event_id"] in event_ids
+            }
+        if (
+            sum(len(v) for v in out.values()) >= expected
+            or asyncio.get_running_loop().time() > deadline
+        ):
+            return out
+        await asyncio.sleep(1)
+
+
+async def test_police_event_reaches_exactly_the_permitted_recipients(env: BrokerEnv) -> None:
+    items = case_story(f"SYN-CASE-{uuid.uuid4().hex[:8]}")
+    await env.publish("police", items)
+    expected = expected_deliveries(env, items)
+    assert sum(map(len, expected.values())) >= 2, "the story shares something with someone"
+    actual = await delivered(
+        env, {doc["header"]["event_id"] for _, doc in items}, sum(map(len, expected.values()))
+    )
+    # Each recipient holds exactly what the policy permits, body for body; everyone else nothing.
+    assert actual == expected
+    audit = [
+        decode(r.value, SCHEMAS.latest("AuditRecord")) for r in await env.read("compliance", AUDIT)
+    ]
+    ids = {doc["header"]["event_id"] for _, doc in items}
+    audited = {(a["event_id"], a["recipient"]) for a in audit if a["event_id"] in ids}
+    assert {(e, r) for r, pairs in expected.items() for e, _ in pairs} <= audited
+
+
+async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) -> None:
+    good = example("FamilyHarmEpisodeReport", source_agency="police")
+    sealed = env.seal("police", "FamilyHarmEpisodeReport", good)
+    flipped = bytearray(
+        env.seal(
+            "police",
+            "FamilyHarmEpisodeReport",
+            example("FamilyHarmEpisodeReport", source_agency="police"),
+        )
+    )
+    flipped[-3] ^= 0x10
+    wrong_source = example("FamilyHarmEpisodeReport", source_agency="msd")
+    bad = [
+        b"\x01not an envelope",
+        b"\x7f" + sealed[1:],
+        bytes(flipped),
+        env.seal("police", "FamilyHarmEpisodeReport", wrong_source),
+        sealed,
+        sealed,  # the same record again: a replay
+    ]
+    before = len(await env.read("broker", DLQ, idle_ms=500))
+    await env.publish_raw("police", bad)
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        records = await env.read("broker", DLQ, idle_ms=500)
+        if len(records) - before >= 5 or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(1)
+    reasons = [dict(r.headers)["tiaki-reason"].decode() for r in records[before:]]
+    assert sorted(reasons) == sorted(
+        ["malformed_envelope", "bad_version", "tampered", "header_mismatch", "replayed"]
+    )
