@@ -11,8 +11,12 @@ import typer
 
 from broker._logging import configure_logging
 from broker._settings import Settings
+from broker.platform._profiles import load_profile, profile_path
+from broker.platform._topics import ADMIN, POLICY
 from broker.policy import PolicyStore, load_roster
+from broker.runtime._release import bundle
 from broker.runtime._service import ServiceOptions, install_stop_signals, serve
+from broker.transport import KafkaPublisher
 
 app = typer.Typer(
     help="The broker: the policy enforcement point between agencies.", no_args_is_help=True
@@ -44,16 +48,35 @@ def run(
     settings = Settings.from_env()
     configure_logging()
     store = PolicyStore(load_roster(roster or settings.home / "officers" / "roster.yaml"))
-    engine = store.load(settings.policies_dir)
+    store.load(settings.policies_dir)
     options = ServiceOptions(
         worker_id=worker_id, metrics_port=metrics_port or None, max_batch=max_batch
     )
 
     async def main() -> None:
         stop = asyncio.Event()
-        task = asyncio.create_task(serve(settings, engine, options, stop))
+        task = asyncio.create_task(serve(settings, store, options, stop))
         install_stop_signals(stop, task)
         with contextlib.suppress(asyncio.CancelledError):
             await task
 
     asyncio.run(main())
+
+
+@app.command("publish-policy")
+def publish_policy(
+    release: Annotated[
+        Path, typer.Argument(help="An approved release folder (policies/ and schemas/).")
+    ],
+) -> None:
+    """Publish a policy release to tiaki.policy (as admin); every broker worker verifies it."""
+    settings = Settings.from_env()
+    profile = load_profile(profile_path(settings.profiles_dir, ADMIN))
+    data = bundle(release)
+
+    async def main() -> None:
+        async with KafkaPublisher(profile) as publisher:
+            await publisher.publish(POLICY, b"policy", data)
+
+    asyncio.run(main())
+    print(f"published {len(data)} bytes to {POLICY}")

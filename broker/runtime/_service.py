@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +23,14 @@ from broker.codec import decode, load_schemas
 from broker.envelope import KeyStore, Opener, ReplayCache, Sealer
 from broker.platform._profiles import load_profile, profile_path
 from broker.platform._topics import BROKER, STATE_CASES
-from broker.policy import Engine, Pseudonymiser
+from broker.policy import Engine, PolicyError, PolicyStore, Pseudonymiser
 from broker.registry import load_registry
 from broker.runtime._cases import CaseMembership
 from broker.runtime._intake import Intake
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._pipeline import Pipeline
 from broker.runtime._policy import PolicyDecider
+from broker.runtime._policy_watch import PolicyWatcher
 from broker.runtime._secrets import shared_secret
 from broker.runtime._worker import Worker
 from broker.transport import KafkaReader, KafkaTransport
@@ -59,10 +61,21 @@ async def rebuild_cases(reader: KafkaReader, settings: Settings) -> CaseMembersh
     return cases
 
 
+def _engine_of(store: PolicyStore) -> Callable[[], Engine]:
+    def current() -> Engine:
+        engine = store.engine
+        if engine is None:  # the CLI loads a policy before serving; this cannot happen after
+            raise PolicyError("no policy in force")
+        return engine
+
+    return current
+
+
 async def serve(
-    settings: Settings, engine: Engine, options: ServiceOptions, stop: asyncio.Event
+    settings: Settings, store: PolicyStore, options: ServiceOptions, stop: asyncio.Event
 ) -> None:
-    """Run one worker until ``stop`` is set."""
+    """Run one worker, following ``tiaki.policy``, until ``stop`` is set."""
+    engine = _engine_of(store)
     registry = load_registry(settings.registry)
     schemas = load_schemas(settings.schemas_dir)
     principals = {a.id: a.key_ref for a in registry.agencies} | {BROKER: BROKER}
@@ -71,7 +84,7 @@ async def serve(
     audit_key, pseudonym_key = (shared_secret(p) for p in secret_paths(settings))
 
     cases = await rebuild_cases(KafkaReader(profile), settings)
-    decider = PolicyDecider(lambda: engine, Pseudonymiser(pseudonym_key), cases)
+    decider = PolicyDecider(engine, Pseudonymiser(pseudonym_key), cases)
     pipeline = Pipeline(
         intake=Intake(
             registry=registry, schemas=schemas, opener=Opener(BROKER, ring, replay=ReplayCache())
@@ -83,7 +96,8 @@ async def serve(
         cases=cases,
     )
     metrics = BrokerMetrics(CollectorRegistry())
-    metrics.policy_version.labels(engine.policy_hash).set(1)
+    metrics.policy_version.labels(engine().policy_hash).set(1)
+    watcher = PolicyWatcher(store, metrics)
     if options.metrics_port is not None:
         start_http_server(options.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     transport = KafkaTransport(profile, worker_id=options.worker_id)
@@ -94,8 +108,13 @@ async def serve(
         max_batch=options.max_batch,
         poll_timeout_ms=options.poll_timeout_ms,
     )
-    log.info("broker starting", worker=options.worker_id, policy_hash=engine.policy_hash)
-    await worker.run(stop)
+    log.info("broker starting", worker=options.worker_id, policy_hash=engine().policy_hash)
+    following = asyncio.create_task(watcher.follow(profile, stop))
+    try:
+        await worker.run(stop)
+    finally:
+        stop.set()
+        await following
 
 
 #: Seconds a worker has, after the first SIGTERM, to finish its batch before it is cancelled.

@@ -6,9 +6,12 @@ import datetime as dt
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from broker._errors import ConfigError
 from broker.policy import PolicyStore, load_roster
+from broker.runtime._metrics import BrokerMetrics
+from broker.runtime._policy_watch import PolicyWatcher
 from broker.runtime._release import (
     approve_as_dev_officers,
     bundle,
@@ -53,3 +56,23 @@ def test_bundle_cannot_escape_its_folder(tmp_path: Path) -> None:
         unbundle(b'{"format": 1, "files": {"../evil.yaml": "x"}}', tmp_path / "out")
     with pytest.raises(ConfigError, match="not a policy bundle"):
         unbundle(b"garbage", tmp_path / "out2")
+
+
+def test_watcher_swaps_valid_bundles_and_refuses_others(
+    release: tuple[Path, Path], tmp_path: Path
+) -> None:
+    folder, roster = release
+    store = PolicyStore(load_roster(roster))
+    metrics = BrokerMetrics(CollectorRegistry())
+    watcher = PolicyWatcher(store, metrics, tmp_path)
+    data = bundle(folder.parent)
+    assert watcher.apply(data)
+    engine = store.engine
+    assert engine is not None
+    assert not watcher.apply(data.replace(b"required_approvals: 2", b"required_approvals: 1"))
+    assert not watcher.apply(b"not a bundle")
+    assert store.engine is engine
+    value = metrics.registry.get_sample_value
+    assert value("tiaki_policy_version", {"policy_hash": engine.policy_hash}) == 1
+    assert value("tiaki_policy_rejected_total", {"reason": "ApprovalError"}) == 1
+    assert value("tiaki_policy_rejected_total", {"reason": "ConfigError"}) == 1

@@ -1,0 +1,91 @@
+"""Following ``tiaki.policy``: signed policy bundles swapped in between two events.
+
+Every worker reads the compacted topic from the beginning and then follows it. Each bundle is
+unpacked into a fresh folder and offered to the worker's :class:`~broker.policy.PolicyStore`,
+which verifies and compiles it before swapping; a bundle that is invalid, unsigned or signed by
+officers the broker does not trust is refused, the old policy keeps running, and a metric and
+a log line say so. Because the decider reads the store's engine once per event, no event is
+ever decided half under one version and half under another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+import uuid
+from pathlib import Path
+
+import structlog
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from broker._errors import TiakiError
+from broker.platform._profiles import Profile
+from broker.platform._topics import POLICY
+from broker.policy import Engine, PolicyStore
+from broker.runtime._metrics import BrokerMetrics
+from broker.runtime._release import unbundle
+
+log = structlog.get_logger("tiaki.policy")
+
+
+class PolicyWatcher:
+    """Applies policy bundles to ``store`` as they arrive."""
+
+    def __init__(
+        self, store: PolicyStore, metrics: BrokerMetrics, workdir: Path | None = None
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._workdir = workdir or Path(tempfile.mkdtemp(prefix="tiaki-policy-"))
+
+    def apply(self, bundle: bytes) -> bool:
+        """Offer one bundle; True if it is now the policy in force."""
+        before = self._store.engine
+        engine: Engine | None = before
+        error: TiakiError | None
+        try:
+            folder = unbundle(bundle, self._workdir / uuid.uuid4().hex)
+            engine = self._store.load(folder)
+            error = self._store.last_error
+        except TiakiError as exc:  # not even a bundle, or no engine to fall back on
+            error = exc
+        if error is not None or engine is None:
+            reason = type(error).__name__ if error is not None else "no_engine"
+            self._metrics.policy_rejected.labels(reason).inc()
+            log.warning(
+                "policy rejected, previous policy kept",
+                reason=reason,
+                policy_hash=before.policy_hash if before is not None else None,
+            )
+            return False
+        if before is not None and before.policy_hash != engine.policy_hash:
+            self._metrics.policy_version.labels(before.policy_hash).set(0)
+        self._metrics.policy_version.labels(engine.policy_hash).set(1)
+        log.info("policy loaded", new_policy_hash=engine.policy_hash)
+        return True
+
+    async def follow(self, profile: Profile, stop: asyncio.Event) -> None:
+        """Read ``tiaki.policy`` from the beginning until ``stop``; apply each bundle."""
+        consumer = AIOKafkaConsumer(
+            **profile.aiokafka_kwargs(),
+            group_id=None,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+        )
+        partition = TopicPartition(POLICY, 0)
+        try:
+            await consumer.start()
+            consumer.assign([partition])
+            await consumer.seek_to_beginning(partition)
+            while not stop.is_set():
+                batches = await consumer.getmany(partition, timeout_ms=500)
+                for record in batches.get(partition, []):
+                    self.apply(record.value)
+        except KafkaError as exc:
+            log.error(
+                "policy topic unreadable; keeping the policy in force",
+                error_type=type(exc).__name__,
+            )
+        finally:
+            await asyncio.shield(consumer.stop())
