@@ -3,9 +3,11 @@
 Compile time does everything that does not depend on the event's facts:
 
 * each rule's static conditions (request kind, event type, source and recipient agency, kind,
-  status, region) are resolved against the registry and schemas, and the rule is filed in an
-  index keyed by ``(kind, event type, source, recipient)`` and then by purpose, so a decision
-  looks at only the handful of rules that could apply, however large the set grows;
+  status, region) are resolved against the registry and schemas, and the rule is filed under
+  ``(kind, event type, recipient)`` with the set of sources it accepts. The table for one
+  ``(kind, event type, source, recipient)``, and within it the bucket for one purpose, are cut
+  from that on first use, so compiling is linear in the rules (not in rules x sources) and a
+  decision looks at only the handful of rules that could apply, however large the set grows;
 * a recipient whose required statutory status is ``unconfirmed`` is filed with a flag: a
   permit that matches it goes to a person, never straight out (LAW.md FVA-01);
 * each rule's dynamic conditions (risk, consent, child consultation, provenance, flags…) become
@@ -24,6 +26,13 @@ Field-level forbids then drop their fields from whatever the permit released. A 
 raises while being evaluated makes the decision ``deny`` with ``evaluation_error`` and names the
 rule in ``Decision.errors`` (fail closed). Decisions are immutable and depend only on the
 bucket and the verdict, so each bucket caches the few distinct decisions it produces.
+
+Each bucket also memoises its decisions by the input attributes it can read: the dynamic
+conditions its rules name, the attributes the review triggers read, the schema version, and the
+date when a rule in it is dated. Evaluation is a pure function of exactly those, so a repeated
+combination -- the common case in a running broker -- costs one attribute tuple and one dict
+lookup whatever the size of the bucket or the rule set (a lazily built decision table keyed by
+the dynamic conditions). A first sight walks the bucket as above.
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from types import MappingProxyType
 from typing import Any
 
@@ -61,6 +70,21 @@ from broker.registry import NATIONAL, AgencyKind
 Check = Callable[[DecisionInput], bool]
 _TABLE_LIMIT = 4096
 _CACHE_LIMIT = 512
+#: Memoised inputs per bucket (cleared when full) and per-purpose buckets kept per table.
+_MEMO_LIMIT = 1024
+_BUCKETS_LIMIT = 64
+#: Input attributes every decision may read besides the rules' own: the review triggers.
+_TRIGGER_ATTRIBUTES = (
+    "schema_version",
+    "risk",
+    "consent",
+    "child_consulted",
+    "child_involved",
+    "privileged",
+    "suppression_order",
+    "maori_data",
+    "participates",
+)
 #: Review queue for each trigger (the Māori data one goes to data governance, MDS-04).
 TRIGGER_QUEUE = {t: "review" for t in Trigger} | {
     Trigger.MAORI_DATA_BEYOND_CASE: "governance_review"
@@ -78,6 +102,8 @@ _TRIGGER_BITS = (
     (_MAORI, Trigger.MAORI_DATA_BEYOND_CASE),
 )
 _NOTHING: frozenset[str] = frozenset()
+#: Enum members as module constants: ``Effect.FORBID`` is a slow class lookup on Python 3.11.
+_PERMIT, _FORBID, _REVIEW, _REFER = Effect.PERMIT, Effect.FORBID, Effect.REVIEW, Effect.REFER
 
 
 @dataclass(eq=False)
@@ -88,11 +114,20 @@ class _Compiled:
     route: str | None
     check: Check
     dated: bool
+    #: Input attributes ``check`` reads.
+    reads: tuple[str, ...] = ()
     plans: dict[tuple[str, int], FieldPlan] = field(default_factory=dict)
     forbidden: dict[tuple[str, int], frozenset[str]] = field(default_factory=dict)
     health_rule: bool = False
     #: Review triggers this rule's route is exempt from, as bits (see ``_TRIGGER_BITS``).
     exempt: int = 0
+    #: ``rule.effect`` and ``rule.when.purposes``, read often when buckets are cut.
+    effect: Effect = field(init=False)
+    purposes: frozenset[str] | None = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.effect = self.rule.effect
+        self.purposes = self.rule.when.purposes
 
     def active(self, inp: DecisionInput) -> bool:
         return not self.dated or self.rule.active_on(inp.at)
@@ -107,50 +142,66 @@ class _Bucket:
     #: Permits in route order, each with "matches only through an unconfirmed status".
     permits: tuple[tuple[_Compiled, bool], ...]
     health_boundary: bool
+    #: The input attributes this bucket's decision depends on, as one tuple (the memo key).
+    key: Callable[[DecisionInput], tuple[Any, ...]]
     cache: dict[tuple[Any, ...], Decision] = field(default_factory=dict)
+    memo: dict[tuple[Any, ...], Decision] = field(default_factory=dict)
 
 
 class _Table:
     """The rules filed under one (kind, event, source, recipient).
 
     Buckets per purpose are built on first use (a few microseconds, once), so compiling stays
-    linear in the number of rules; a purpose no rule names shares the purpose-free bucket.
+    linear in the number of rules. Each purpose gets its own bucket (its decisions name it).
     """
 
-    __slots__ = ("boundary", "buckets", "entries", "purposes")
+    __slots__ = ("boundary", "buckets", "entries")
 
     def __init__(self, entries: tuple[tuple[_Compiled, bool], ...], boundary: bool) -> None:
         self.entries = entries
         self.boundary = boundary
-        self.purposes = frozenset(p for c, _ in entries for p in (c.rule.when.purposes or ()))
-        self.buckets: dict[str | None, _Bucket] = {}
+        self.buckets: dict[str, _Bucket] = {}
 
-    def bucket(self, purpose: str | None) -> _Bucket:
-        key = purpose if purpose in self.purposes else None
-        found = self.buckets.get(key)
+    def bucket(self, purpose: str) -> _Bucket:
+        found = self.buckets.get(purpose)
         if found is None:
-            found = self._make(key)
-            self.buckets[key] = found
+            found = self._make(purpose)
+            if len(self.buckets) < _BUCKETS_LIMIT:  # purposes outside the vocabulary: bounded
+                self.buckets[purpose] = found
         return found
 
-    def _make(self, purpose: str | None) -> _Bucket:
-        chosen = [
-            (c, unsure)
-            for c, unsure in self.entries
-            if c.rule.when.purposes is None
-            or (purpose is not None and purpose in c.rule.when.purposes)
-        ]
+    def _make(self, purpose: str) -> _Bucket:
+        forbids: list[_Compiled] = []
+        reviews: list[_Compiled] = []
+        permits: list[tuple[int, int, _Compiled, bool]] = []
+        reads = dict.fromkeys(_TRIGGER_ATTRIBUTES)
+        for c, unsure in self.entries:
+            if c.purposes is not None and purpose not in c.purposes:
+                continue
+            if c.effect is _PERMIT:
+                permits.append((c.rank, c.index, c, unsure))
+            elif c.effect is _FORBID:
+                forbids.append(c)
+            else:  # review and refer
+                reviews.append(c)
+            for name in c.reads:
+                reads[name] = None
+            if c.dated:
+                reads["at"] = None
+        permits.sort(key=itemgetter(0, 1))
         return _Bucket(
-            forbids=tuple(c for c, _ in chosen if c.rule.effect is Effect.FORBID),
-            reviews=tuple(c for c, _ in chosen if c.rule.effect in (Effect.REVIEW, Effect.REFER)),
-            permits=tuple(
-                sorted(
-                    ((c, u) for c, u in chosen if c.rule.effect is Effect.PERMIT),
-                    key=lambda pair: (pair[0].rank, pair[0].index),
-                )
-            ),
+            forbids=tuple(forbids),
+            reviews=tuple(reviews),
+            permits=tuple((c, u) for _, _, c, u in permits),  # in route order
             health_boundary=self.boundary,
+            key=attrgetter(*reads),
         )
+
+
+#: Marks an index key whose table has not been cut yet.
+_UNBUILT = _Table((), False)
+#: One rule filed under (kind, event, recipient): the sources it accepts, "unsure" flag.
+_Filed = tuple[_Compiled, frozenset[str], bool]
 
 
 @dataclass(frozen=True)
@@ -165,6 +216,15 @@ class RuleTrace:
 
 def _always(inp: DecisionInput) -> bool:
     return True
+
+
+def check_reads(conditions: Conditions) -> tuple[str, ...]:
+    """The input attributes :func:`compile_checks` reads for these conditions."""
+    return tuple(
+        INPUT_ATTRIBUTE[name]
+        for name in DYNAMIC_CONDITIONS
+        if getattr(conditions, name) is not None
+    )
 
 
 def compile_checks(conditions: Conditions) -> Check:
@@ -207,11 +267,15 @@ class Engine:
             self._latest[schema.name] = schema.version
         self._drop_all = {key: drop_all(schema) for key, schema in self._schemas.items()}
         self._compiled = [self._compile_rule(i, rule) for i, rule in enumerate(policy.rules)]
-        self._index: dict[tuple[str, str, str, str], _Table] = {}
+        self._filed: dict[tuple[str, str, str], list[_Filed]] = {}
+        self._recipients: dict[tuple[str, str], dict[str, None]] = {}
+        self._index: dict[tuple[str, str, str, str], _Table | None] = {}
         self._candidates: dict[tuple[str, str, str], tuple[str, ...]] = {}
         self._build_index()
         self._plain: dict[tuple[Any, ...], Decision] = {}
         self._forbid_cache: dict[tuple[Any, ...], FieldPlan] = {}
+        #: Memoise decisions per bucket (see the module docstring); off only to measure.
+        self.memoise = True
 
     # -- compile -------------------------------------------------------------------------------
 
@@ -224,6 +288,7 @@ class Engine:
             rank=vocab.route_rank(route) if route else len(vocab.routes),
             route=route,
             check=compile_checks(rule.when),
+            reads=check_reads(rule.when),
             dated=rule.valid_from is not None or rule.valid_until is not None,
             health_rule=rule.health_rule,
         )
@@ -245,9 +310,10 @@ class Engine:
         return compiled
 
     def _build_index(self) -> None:
+        """File each rule under (kind, event, recipient) with the sources it accepts."""
         facts = agency_facts(self.policy.registry)
         events = (*self._latest, "")
-        raw: dict[tuple[str, str, str, str], list[tuple[_Compiled, bool]]] = {}
+        filed = self._filed
         for compiled in self._compiled:
             when = compiled.rule.when
             src_sure, src_unsure = party_matches(when.source, facts)
@@ -261,27 +327,45 @@ class Engine:
                 recipients = [(r, False) for r in rcp_sure | rcp_unsure]
             if when.recipient == PartyCondition() and set(when.kinds) - {"disclosure"}:
                 recipients.append(("", False))  # non-sharing requests about no agency
+            if not sources:
+                continue
             rule_events = when.events if when.events is not None else events
-            for kind, event, source in itertools.product(when.kinds, rule_events, sources):
+            for kind, event in itertools.product(when.kinds, rule_events):
                 for recipient, unsure in recipients:
-                    if recipient == source:
-                        continue
-                    if (
-                        when.same_region is not None
-                        and recipient
-                        and (self._same_region(source, recipient) != when.same_region)
-                    ):
-                        continue
-                    raw.setdefault((kind, event, source, recipient), []).append((compiled, unsure))
-        candidates: dict[tuple[str, str, str], set[str]] = {}
-        for key, entries in raw.items():
-            only_forbids = all(c.rule.effect is Effect.FORBID for c, _ in entries)
-            if only_forbids and all(c.rule.field_forbid for c, _ in entries):
-                continue  # field forbids alone change nothing in a default deny
-            self._index[key] = self._table(key, entries)
-            if not only_forbids:
-                candidates.setdefault(key[:3], set()).add(key[3])
-        self._candidates = {key: tuple(sorted(value)) for key, value in candidates.items()}
+                    filed.setdefault((kind, event, recipient), []).append(
+                        (compiled, sources, unsure)
+                    )
+                    self._recipients.setdefault((kind, event), {})[recipient] = None
+
+    def _entries(self, key: tuple[str, str, str, str]) -> list[tuple[_Compiled, bool]]:
+        """The rules that apply to ``key`` = (kind, event, source, recipient), in rule order."""
+        kind, event, source, recipient = key
+        if recipient == source:
+            return []
+        entries = []
+        for compiled, sources, unsure in self._filed.get((kind, event, recipient), ()):
+            if source not in sources:
+                continue
+            same_region = compiled.rule.when.same_region
+            if (
+                same_region is not None
+                and recipient
+                and self._same_region(source, recipient) != same_region
+            ):
+                continue
+            entries.append((compiled, unsure))
+        return entries
+
+    def _locate(self, key: tuple[str, str, str, str]) -> _Table | None:
+        """Cut the table for ``key`` on first use; ``None`` when no rule could apply."""
+        if (key[0], key[1], key[3]) not in self._filed or key[2] not in self._agencies:
+            return None  # nothing filed, or an unknown source: nothing to remember either
+        entries = self._entries(key)
+        table: _Table | None = None
+        if entries and not all(c.rule.field_forbid for c, _ in entries):
+            table = self._table(key, entries)  # field forbids alone change nothing (default deny)
+        self._index[key] = table
+        return table
 
     def _same_region(self, source: str, recipient: str) -> bool:
         a, b = self._agencies[source].region, self._agencies[recipient].region
@@ -300,20 +384,61 @@ class Engine:
 
     def candidates(self, event_type: str, source: str, kind: str = "disclosure") -> tuple[str, ...]:
         """Recipients some rule could send this event to (the broker asks :meth:`decide` each)."""
-        return self._candidates.get((kind, event_type, source), ())
+        key = (kind, event_type, source)
+        found = self._candidates.get(key)
+        if found is None:
+            recipients = self._recipients.get((kind, event_type), {})
+            found = tuple(
+                sorted(
+                    recipient
+                    for recipient in recipients
+                    if any(
+                        c.effect is not _FORBID
+                        for c, _ in self._entries((kind, event_type, source, recipient))
+                    )
+                )
+            )
+            if source in self._agencies:
+                self._candidates[key] = found
+        return found
 
     def decide(self, inp: DecisionInput) -> Decision:
         """The decision for one (event, candidate recipient). Never raises (fail closed).
 
-        This is the broker's hot path: one index lookup, the few closures of one bucket, the
-        review triggers as bit tests, then a cached :class:`Decision` for that verdict.
+        This is the broker's hot path: one index lookup, one bucket, and the bucket's memo of
+        decisions by the attributes it reads. A first sight walks the few closures of the
+        bucket, tests the review triggers as bits, and takes the cached :class:`Decision` for
+        that verdict.
         """
-        current: _Compiled | None = None
         try:
-            table = self._index.get((inp.kind, inp.event_type, inp.source, inp.recipient))
+            key = (inp.kind, inp.event_type, inp.source, inp.recipient)
+            table = self._index.get(key, _UNBUILT)
+            if table is _UNBUILT:
+                table = self._locate(key)
             if table is None:
                 return self._no_rules(inp)
             bucket = table.buckets.get(inp.purpose) or table.bucket(inp.purpose)
+        except Exception:  # fail closed: the broker alerts on Decision.errors
+            return self._error(inp, None)
+        try:
+            memo_key = bucket.key(inp)
+            decision = bucket.memo.get(memo_key)
+        except Exception:  # an unhashable value: the walk names the rule it breaks
+            return self._evaluate(inp, bucket)
+        if decision is not None:
+            return decision
+        decision = self._evaluate(inp, bucket)
+        if self.memoise and not decision.errors:
+            memo = bucket.memo
+            if len(memo) >= _MEMO_LIMIT:
+                memo.clear()
+            memo[memo_key] = decision
+        return decision
+
+    def _evaluate(self, inp: DecisionInput, bucket: _Bucket) -> Decision:
+        """Walk ``bucket`` for ``inp``: forbids, reviews, permits by route, triggers."""
+        current: _Compiled | None = None
+        try:
             at = inp.at
             whole: list[_Compiled] = []
             partial: list[_Compiled] = []
@@ -434,9 +559,9 @@ class Engine:
     ) -> Decision:
         version = self._version(inp)
         deny_plan = self._drop_all.get((inp.event_type, version or 0))
-        forbids = [c for c in hits if c.rule.effect is Effect.FORBID]
-        refers = [c for c in hits if c.rule.effect is Effect.REFER]
-        reviews = [c for c in hits if c.rule.effect is Effect.REVIEW]
+        forbids = [c for c in hits if c.effect is _FORBID]
+        refers = [c for c in hits if c.effect is _REFER]
+        reviews = [c for c in hits if c.effect is _REVIEW]
         contributing: list[_Compiled] = []
         reasons: list[str] = []
         obligations: set[str] = set()
@@ -486,7 +611,7 @@ class Engine:
         for compiled in contributing:
             if compiled.rule.reason:
                 reasons.append(compiled.rule.reason)
-            if compiled.rule.effect in (Effect.REVIEW, Effect.REFER):
+            if compiled.effect is _REVIEW or compiled.effect is _REFER:
                 obligations |= set(compiled.rule.obligations)
         return Decision(
             outcome=outcome,
@@ -578,7 +703,10 @@ class Engine:
 
     def trace(self, inp: DecisionInput) -> list[RuleTrace]:
         """How every rule that could apply to this (event, source, recipient) fared."""
-        table = self._index.get((inp.kind, inp.event_type, inp.source, inp.recipient))
+        key = (inp.kind, inp.event_type, inp.source, inp.recipient)
+        table = self._index.get(key, _UNBUILT)
+        if table is _UNBUILT:
+            table = self._locate(key)
         if table is None:
             return []
         bucket = table.bucket(inp.purpose)

@@ -158,9 +158,17 @@ def _fit(info: FieldInfo, action: str) -> str:
     return action
 
 
+@functools.cache
+def _leaf_index(schema: Schema) -> tuple[Mapping[str, FieldInfo], Mapping[str, str]]:
+    """Each leaf by path, and each leaf's own class (shared by every plan for ``schema``)."""
+    by_path = {info.path: info for info in leaves(schema)}
+    classes = MappingProxyType({path: info.classification for path, info in by_path.items()})
+    return by_path, classes
+
+
 def _build(schema: Schema, actions: dict[str, str], sources: dict[str, str]) -> FieldPlan:
     released: set[str] = set()
-    by_path = {info.path: info for info in leaves(schema)}
+    by_path, classes = _leaf_index(schema)
     tree: _Tree = {}
     minimised = False
     for path, action in actions.items():
@@ -179,28 +187,32 @@ def _build(schema: Schema, actions: dict[str, str], sources: dict[str, str]) -> 
         sources=MappingProxyType(sources),
         released_classes=frozenset(released),
         minimised=minimised,
-        classes=MappingProxyType({path: info.classification for path, info in by_path.items()}),
+        classes=classes,
         _tree=tree,
     )
 
 
+@functools.cache
+def _steps(path: str) -> tuple[tuple[str, int], ...]:
+    """``people[].person.iwi`` as (name, list/map depth) per step; leaf paths are few."""
+    return tuple(
+        (part.replace("[]", "").replace("{}", ""), part.count("[]") + part.count("{}"))
+        for part in path.split(".")
+    )
+
+
 def _insert(tree: _Tree, path: str, action: str) -> None:
-    parts = path.split(".")
+    *inner, (name, depth) = _steps(path)
     node = tree
-    for index, part in enumerate(parts):
-        depth = part.count("[]") + part.count("{}")
-        name = part.replace("[]", "").replace("{}", "")
-        last = index == len(parts) - 1
-        if last:
-            node[name] = (depth, None, action)
-            return
-        entry = node.get(name)
+    for step, step_depth in inner:
+        entry = node.get(step)
         if entry is None or entry[1] is None:
             sub: _Tree = {}
-            node[name] = (depth, sub, None)
+            node[step] = (step_depth, sub, None)
         else:
             sub = entry[1]
         node = sub
+    node[name] = (depth, None, action)
 
 
 def _project(

@@ -178,6 +178,50 @@ def test_unknown_status_is_never_allowed(engine: Engine, inp: DecisionInput) -> 
         assert not engine.decide(inp).shares
 
 
+@pytest.fixture(scope="module")
+def unmemoised(policy: PolicySet) -> Engine:
+    fresh = compile_policy(policy)
+    fresh.memoise = False
+    return fresh
+
+
+@FAST
+@given(inp=inputs)
+def test_memoised_decisions_match_a_fresh_walk(
+    engine: Engine, unmemoised: Engine, inp: DecisionInput
+) -> None:
+    for _ in range(2):  # the second call is answered from the bucket's memo
+        expected, got = unmemoised.decide(inp), engine.decide(inp)
+        assert got == expected
+        assert (got.plan is None) == (expected.plan is None)
+        assert dict(got.field_actions) == dict(expected.field_actions)
+
+
+def test_a_rule_lapses_in_a_bucket_that_has_memoised_it(policy: PolicySet) -> None:
+    permit = policy.rule("episode-to-kaupapa-maori-provider")  # give it an end date
+    lapsing = dataclasses.replace(permit, valid_until=dt.date(2025, 6, 30))
+    engine = compile_policy(
+        dataclasses.replace(
+            policy, rules=tuple(lapsing if r is permit else r for r in policy.rules)
+        )
+    )
+    inp = DecisionInput(
+        "nz.tiaki.FamilyHarmEpisodeReport",
+        "police",
+        "te-whare-tiaki",
+        "fv_risk_needs_assessment",
+        AT,
+        participates=True,
+    )
+    before = engine.decide(inp)
+    after = engine.decide(dataclasses.replace(inp, at=dt.date(2025, 7, 1)))
+    assert permit.id in before.rule_ids
+    assert before.outcome is not Outcome.DENY
+    assert after.outcome is Outcome.DENY
+    assert "rule_expired" in after.reason_codes
+    assert engine.decide(inp) == before
+
+
 def test_a_fresh_compile_decides_the_same(policy: PolicySet, engine: Engine) -> None:
     again = compile_policy(load_policy_set(policy.folder))
     inp = DecisionInput(
