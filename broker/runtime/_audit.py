@@ -58,9 +58,12 @@ class AuditContext:
     actor: str = "broker"
 
 
-def _base(ctx: AuditContext, action: str, now: datetime, new_id: uuid.UUID) -> dict[str, Any]:
+def audit_base(
+    ctx: AuditContext, action: str, now: datetime, new_id: uuid.UUID | None = None
+) -> dict[str, Any]:
+    """An audit record with every field empty but who, what kind of act, and when."""
     return {
-        "audit_id": new_id,
+        "audit_id": new_id or uuid.uuid4(),
         "recorded_at": now,
         "action": action,
         "event_id": None,
@@ -90,7 +93,7 @@ def quarantine_audit(
     ctx: AuditContext, rejected: Rejected, now: datetime, new_id: uuid.UUID | None = None
 ) -> dict[str, Any]:
     """The audit record of a quarantined ingress record (nothing of it was trusted)."""
-    record = _base(ctx, "quarantine", now, new_id or uuid.uuid4())
+    record = audit_base(ctx, "quarantine", now, new_id or uuid.uuid4())
     record |= {
         "event_id": rejected.event_id,
         "event_type": rejected.event_type,
@@ -147,7 +150,7 @@ def decision_audit(
     """The audit record of one sharing decision about one (event, recipient) pair."""
     header = event.get("header") or {}
     sharing = header.get("sharing") or {}
-    record = _base(ctx, "decision", now, new_id or uuid.uuid4())
+    record = audit_base(ctx, "decision", now, new_id or uuid.uuid4())
     record |= {
         "event_id": str(header.get("event_id")),
         "event_type": event_type,

@@ -27,7 +27,7 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from broker.codec import SchemaSet, encode
@@ -50,6 +50,11 @@ SCHEMA_HEADER = "tiaki-schema"
 RECIPIENT_HEADER = "tiaki-recipient"
 #: Header carrying the quarantine reason code on tiaki.dlq, so operators can filter unsealed.
 REASON_HEADER = "tiaki-reason"
+#: Headers of a held item on tiaki.review: its id and its deadline (epoch milliseconds).
+REVIEW_ID_HEADER = "tiaki-review-id"
+DEADLINE_HEADER = "tiaki-deadline"
+#: How long a held item may wait for a person before it escalates (LAW.md: review within 24 h).
+REVIEW_WINDOW = timedelta(hours=24)
 
 POLICY_ERROR = "policy_error"
 
@@ -200,7 +205,12 @@ class Pipeline:
             topic, recipient, kind = egress(verdict.recipient), verdict.recipient, Kind.EGRESS
         else:
             topic, recipient, kind = REVIEW, BROKER, Kind.HOLD
-            headers = ((RECIPIENT_HEADER, verdict.recipient.encode()),)
+            deadline = int((now + REVIEW_WINDOW).timestamp() * 1000)
+            headers = (
+                (RECIPIENT_HEADER, verdict.recipient.encode()),
+                (REVIEW_ID_HEADER, f"{admitted.event_id}/{verdict.recipient}".encode()),
+                (DEADLINE_HEADER, str(deadline).encode()),
+            )
         sealed = self._sealer.seal(
             shared,
             kind=kind,
