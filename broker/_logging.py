@@ -54,6 +54,9 @@ SAFE_KEYS = frozenset(
 
 SCRUBBED = "[scrubbed]"
 
+#: Safe keys whose values Tiaki itself makes in a fixed format, so no pattern applies.
+_NO_PATTERN = frozenset({"event_id", "timestamp"})
+
 #: Values that look personal even under a safe key: NHI numbers, e-mail, phone, long digit runs.
 _PERSONAL = re.compile(
     r"\b[A-HJ-NP-Z]{3}\d{2}[0-9A-Z]{2}\b"  # NHI (old and new formats)
@@ -75,8 +78,8 @@ def scrub_personal_information(
 def _safe(key: str, value: Any) -> bool:
     if key not in SAFE_KEYS or not isinstance(value, str | int | float | bool | type(None)):
         return False
-    # Event ids are UUIDs, whose digit runs would look like phone numbers.
-    return key == "event_id" or not (isinstance(value, str) and _PERSONAL.search(value))
+    # Event ids (UUIDs) and our own timestamps have digit runs that would look like phones.
+    return key in _NO_PATTERN or not (isinstance(value, str) and _PERSONAL.search(value))
 
 
 def configure_logging(stream: TextIO | None = None, level: int = logging.INFO) -> None:

@@ -45,7 +45,7 @@ class _Context:
 
     def queue(self, now: datetime) -> dict[str, HeldItem]:
         async def read() -> list:  # type: ignore[type-arg]
-            async with KafkaReader(self.profile, idle_timeout_ms=2000) as reader:
+            async with KafkaReader(self.profile) as reader:
                 return await reader.read_all(REVIEW)
 
         records = asyncio.run(read())

@@ -152,9 +152,9 @@ class BrokerEnv:
             for value in values:
                 await publisher.publish(ingress(agency), b"SYN-RAW", value)
 
-    async def received(self, agency: str, idle_ms: int = 3000) -> list[dict[str, Any]]:
+    async def received(self, agency: str) -> list[dict[str, Any]]:
         """Every SharedEvent on ``agency``'s egress topic, opened with its own key."""
-        async with KafkaReader(self.cluster.profile(agency), idle_timeout_ms=idle_ms) as reader:
+        async with KafkaReader(self.cluster.profile(agency)) as reader:
             records = await reader.read_all(egress(agency))
         opener = Opener(agency, self.ring)
         shared = SCHEMAS.latest("SharedEvent")
@@ -167,12 +167,12 @@ class BrokerEnv:
                 kind=Kind.EGRESS,
                 source="broker",
             )
-            out.append(
-                decode(opened.payload, shared)
-                | {"body": json.loads(decode(opened.payload, shared)["body_json"])}
-            )
+            item = decode(opened.payload, shared)
+            item["event_id"] = str(item["event_id"])
+            item["body"] = json.loads(item["body_json"])
+            out.append(item)
         return out
 
-    async def read(self, principal: str, topic: str, idle_ms: int = 3000) -> list[Record]:
-        async with KafkaReader(self.cluster.profile(principal), idle_timeout_ms=idle_ms) as reader:
+    async def read(self, principal: str, topic: str) -> list[Record]:
+        async with KafkaReader(self.cluster.profile(principal)) as reader:
             return await reader.read_all(topic)

@@ -17,6 +17,7 @@ from broker.platform import AUDIT, DLQ
 from broker.policy import PolicyStore, Pseudonymiser, load_roster
 from broker.runtime import Accepted, Outcome
 from broker.runtime._cases import CaseMembership
+from broker.runtime._pipeline import body_json
 from broker.runtime._policy import PolicyDecider
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import secret_paths
@@ -74,7 +75,7 @@ def expected_deliveries(
                 out[verdict.recipient].add(
                     (
                         doc["header"]["event_id"],
-                        json.dumps(verdict.body, sort_keys=True, default=str),
+                        json.dumps(json.loads(body_json(verdict.body)), sort_keys=True),
                     )
                 )
     return out
@@ -87,9 +88,9 @@ async def delivered(
     while True:
         out: dict[str, set[tuple[str, str]]] = {}
         for agency in env.cluster.registry.ids:
-            records = await env.received(agency, idle_ms=500)
+            records = await env.received(agency)
             out[agency] = {
-                (r["event_id"], json.dumps(r["body"], sort_keys=True, default=str))
+                (r["event_id"], json.dumps(r["body"], sort_keys=True))
                 for r in records
                 if r["event_id"] in event_ids
             }
@@ -105,7 +106,7 @@ async def test_police_event_reaches_exactly_the_permitted_recipients(env: Broker
     items = case_story(f"SYN-CASE-{uuid.uuid4().hex[:8]}")
     await env.publish("police", items)
     expected = expected_deliveries(env, items)
-    assert sum(map(len, expected.values())) >= 2, "the story shares something with someone"
+    assert expected["corrections"], "the story shares the episode with Corrections"
     actual = await delivered(
         env, {doc["header"]["event_id"] for _, doc in items}, sum(map(len, expected.values()))
     )
@@ -139,11 +140,11 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
         sealed,
         sealed,  # the same record again: a replay
     ]
-    before = len(await env.read("broker", DLQ, idle_ms=500))
+    before = len(await env.read("broker", DLQ))
     await env.publish_raw("police", bad)
     deadline = asyncio.get_running_loop().time() + 60
     while True:
-        records = await env.read("broker", DLQ, idle_ms=500)
+        records = await env.read("broker", DLQ)
         if len(records) - before >= 5 or asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(1)
