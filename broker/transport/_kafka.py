@@ -30,17 +30,22 @@ What it does not give, and why that is acceptable:
 
 - KIP-447 group-metadata fencing: aiokafka's ``send_offsets_to_transaction`` takes only a group
   id, not the consumer's generation and member id, so the group coordinator cannot reject an
-  offset commit from a worker that was expelled from the group without noticing (for example
-  one stalled past ``session.timeout.ms`` and past its rebalance callback). Workers with
-  distinct ids do not fence each other. The mitigation is operational: keep worker ids stable
-  across restarts (a restarted worker fences its own zombie), keep ``transaction_timeout_ms``
-  below ``session_timeout_ms`` ``+`` rebalance time, so a stalled worker's transaction is
-  aborted by the coordinator before its partitions are processed elsewhere, and keep a batch's
-  processing time well under ``max_poll_interval_ms``;
-- outcome of a commit that timed out: if ``commit_transaction`` does not finish within
-  ``commit_timeout_s``, the outcome is unknown; the transport refuses further commits and the
-  worker must be restarted, whose new producer (same id) completes or aborts it. Exactly-once
-  still holds because outputs and offsets share the transaction.
+  offset commit from a worker the group has already expelled (say, one stalled past
+  ``session_timeout_ms``). Such a worker learns of it from its next heartbeat, when aiokafka
+  calls the revocation callback and the stale-batch rule stops it; until then (at most about
+  ``heartbeat_interval_ms`` after it resumes) a commit it already started can still land, and
+  records its successor also processed would be delivered twice. Fencing by transactional id
+  covers the same worker restarted (keep ``worker_id`` stable per deployment slot), not two
+  different workers. Closing the gap fully needs KIP-447 in the client, or one transactional
+  id per input partition (the pre-KIP-447 pattern), which aiokafka's one-producer design makes
+  costly; we accept the residual window and keep batches short against
+  ``max_poll_interval_ms`` and the session timeout.
+- a clean recovery from every failure: after a failed transaction (including one whose
+  ``commit_transaction`` timed out with an unknown outcome) the producer is replaced by a new
+  one with the same transactional id, which makes the coordinator finish the old transaction,
+  and the consumer is sent back to the group's committed offsets, which are right whichever
+  way it ended. Only when that replacement itself fails is the transport left refusing
+  commits (non-retriable error), and the worker must be restarted.
 """
 
 from __future__ import annotations
@@ -257,8 +262,9 @@ class KafkaTransport(ResourceBase):
             # Partitions were revoked while we waited. Drop what came back and put the
             # partitions we (again) own at their committed offsets, whichever assignment
             # the records were fetched under.
-            async with self._lock:
-                with _translated():
+            # Not under the lock: a second rebalance may be waiting for it.
+            with _translated():
+                async with asyncio.timeout(self._commit_timeout_s):
                     for tp in batches:
                         if (tp.topic, tp.partition) in self._assignment:
                             await self._seek_committed(consumer, tp)
@@ -298,7 +304,6 @@ class KafkaTransport(ResourceBase):
                 self._rewind_to_first_polled(consumer)
                 raise
             began = False
-            deliveries: list[asyncio.Future[Any]] = []
             try:
                 async with asyncio.timeout(self._commit_timeout_s):
                     await producer.begin_transaction()
@@ -308,7 +313,6 @@ class KafkaTransport(ResourceBase):
                             out.topic, out.value, key=out.key, headers=list(out.headers)
                         )
                         delivery.add_done_callback(_retrieve)
-                        deliveries.append(delivery)
                     if offsets:
                         await producer.send_offsets_to_transaction(
                             {KafkaTopicPartition(*tp): o for tp, o in offsets.items()},
@@ -316,7 +320,7 @@ class KafkaTransport(ResourceBase):
                         )
                     await producer.commit_transaction()
             except Exception as exc:
-                error = await self._recover(consumer, producer, translate(exc), began, deliveries)
+                error = await self._recover(consumer, producer, translate(exc), began)
                 raise error from exc
             self._ledger.committed(offsets)
 
@@ -326,17 +330,18 @@ class KafkaTransport(ResourceBase):
         producer: AIOKafkaProducer,
         error: TransportError,
         began: bool,
-        deliveries: Sequence[asyncio.Future[Any]],
     ) -> TransportError:
         """After a failed transaction: make sure nothing of it can still become visible,
         rewind the consumer, and return the error to raise.
 
-        aiokafka neither fails nor drops the batches of an aborted transaction that were
-        still waiting in its accumulator (for example behind a partition Kafka refused to add
-        to the transaction); they would be sent later, outside any transaction we control.
-        So unless the abort was clean and every send had settled, the producer is replaced
-        by a new one with the same transactional id: its InitProducerId bumps the epoch,
-        which fences the stray batches and makes the coordinator finish the old transaction.
+        aiokafka's abort is not enough. When Kafka refuses to add a partition to the
+        transaction, aiokafka clears its list of the transaction's partitions, still sends
+        the batches waiting for them, and then "aborts" locally without an EndTxn because it
+        believes the transaction empty; the next transaction's commit then commits those
+        batches too (seen on Kafka 4.3 with aiokafka 0.14). So after any failed transaction
+        the producer is replaced by a new one with the same transactional id: its
+        InitProducerId bumps the epoch, which fences the old producer's stray batches and
+        makes the coordinator abort whatever it left open.
         The consumer then goes back to the group's committed offsets, which are right
         whatever the old transaction's outcome was.
         """
@@ -344,18 +349,16 @@ class KafkaTransport(ResourceBase):
             self._broken = error
             self._rewind_to_first_polled(consumer)
             return error
-        clean = False
         if began:
             try:
                 async with asyncio.timeout(self._commit_timeout_s):
                     await producer.abort_transaction()
-                clean = True
             except Exception as exc:  # fatal state, or the coordinator did not answer
                 if isinstance(translate(exc), ProducerFenced):
                     self._broken = translate(exc)
                     self._rewind_to_first_polled(consumer)
                     return self._broken
-        if not clean or not all(d.done() for d in deliveries):
+        if began:
             try:
                 await self._replace_producer(producer)
             except Exception as exc:
@@ -368,10 +371,11 @@ class KafkaTransport(ResourceBase):
                 return self._broken
         try:
             with _translated():
-                for tp in self._ledger.rewind():
-                    if tp in self._assignment:
-                        await self._seek_committed(consumer, KafkaTopicPartition(*tp))
-        except TransportError as exc:
+                async with asyncio.timeout(self._commit_timeout_s):
+                    for tp in self._ledger.rewind():
+                        if tp in self._assignment:
+                            await self._seek_committed(consumer, KafkaTopicPartition(*tp))
+        except (TransportError, TimeoutError) as exc:
             self._broken = TransportError(
                 f"could not rewind after a failed transaction ({exc}); restart the worker",
                 retriable=False,
@@ -455,13 +459,13 @@ class KafkaPublisher(ResourceBase):
 class KafkaReader(ResourceBase):
     """Reads whole topics read-committed, with no consumer group; see :class:`Reader`.
 
-    ``idle_timeout_ms`` bounds a read: it ends when every partition reached the end offset
-    taken at the start, or when nothing arrived for that long.
+    A read ends when every partition reached the end offset taken at its start; ``timeout_s``
+    bounds it (then :class:`Unavailable`).
     """
 
-    def __init__(self, profile: Profile, *, idle_timeout_ms: int = 5_000) -> None:
+    def __init__(self, profile: Profile, *, timeout_s: float = 30.0) -> None:
         self._profile = profile
-        self._idle_timeout_ms = idle_timeout_ms
+        self._timeout_s = timeout_s
         self._consumer: AIOKafkaConsumer | None = None
         self._state = "new"
 
@@ -489,40 +493,33 @@ class KafkaReader(ResourceBase):
     async def read_all(self, topic: str) -> list[Record]:
         if self._state != "open" or self._consumer is None:
             raise TransportClosed("reader is not open")
-        consumer = self._consumer
-        with _translated():
-            partitions = await self._partitions(consumer, topic)
-            consumer.assign(partitions)
-            await consumer.seek_to_beginning(*partitions)
-            # With read_committed these are last stable offsets: nothing beyond them is
-            # committed yet, and control markers are counted, so positions reach them.
-            ends = await consumer.end_offsets(partitions)
-            records: list[Record] = []
-            loop = asyncio.get_running_loop()
-            idle_since = loop.time()
-            while True:
-                pending = [tp for tp in partitions if await consumer.position(tp) < ends[tp]]
-                if not pending:
-                    break
-                if loop.time() - idle_since > self._idle_timeout_ms / 1000:
-                    raise Unavailable(f"{topic}: reading stalled before the end offsets")
-                batches = await consumer.getmany(*pending, timeout_ms=200)
-                for tp, messages in batches.items():
-                    records.extend(_record(m) for m in messages if m.offset < ends[tp])
-                if batches:
-                    idle_since = loop.time()
-            consumer.unsubscribe()
+        try:
+            with _translated():
+                async with asyncio.timeout(self._timeout_s):
+                    records = await self._read(self._consumer, topic)
+        except TimeoutError:
+            raise Unavailable(f"{topic}: not read to its end within {self._timeout_s} s") from None
         records.sort(key=lambda r: (r.partition, r.offset))
         return records
 
-    @staticmethod
-    async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[KafkaTopicPartition]:
-        numbers = consumer.partitions_for_topic(topic)
-        if not numbers:
-            await consumer._client.force_metadata_update()  # aiokafka has no public refresh
-            numbers = consumer.partitions_for_topic(topic)
-        if topic in consumer._client.cluster.unauthorized_topics:
+    async def _read(self, consumer: AIOKafkaConsumer, topic: str) -> list[Record]:
+        cluster = await consumer._client.fetch_all_metadata()  # what consumer.topics() uses
+        if topic in cluster.unauthorized_topics:
             raise NotAuthorized(f"{topic}: reads refused")
+        numbers = cluster.partitions_for_topic(topic)
         if not numbers:
             raise TransportError(f"{topic}: no such topic")
-        return [KafkaTopicPartition(topic, p) for p in sorted(numbers)]
+        partitions = [KafkaTopicPartition(topic, p) for p in sorted(numbers)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        # With read_committed these are last stable offsets: nothing beyond them is committed
+        # yet, and transaction markers below them are skipped, so positions reach them.
+        ends = await consumer.end_offsets(partitions)
+        records: list[Record] = []
+        while pending := [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            batches = await consumer.getmany(*pending, timeout_ms=200)
+            for tp, messages in batches.items():
+                records.extend(_record(m) for m in messages if m.offset < ends[tp])
+        # No unsubscribe(): after a manual assign() it leaves aiokafka's stop() hanging; the
+        # next read assigns afresh anyway.
+        return records

@@ -91,9 +91,19 @@ async def drain(
     return got
 
 
-async def read_outputs(harness: Harness) -> list[Record]:
+async def read_outputs(harness: Harness, expect: int = 0) -> list[Record]:
+    """This test's records on the output topic, once at least ``expect`` are there.
+
+    Kafka writes a transaction's commit markers just after ``commit_transaction`` returns, so
+    a read-committed reader may briefly not see a transaction that has committed.
+    """
+    deadline = asyncio.get_running_loop().time() + DEADLINE_S
     async with harness.reader() as reader:
-        return mine(harness, await reader.read_all(harness.output_topic))
+        while True:
+            found = mine(harness, await reader.read_all(harness.output_topic))
+            if len(found) >= expect or asyncio.get_running_loop().time() > deadline:
+                return found
+            await asyncio.sleep(0.1)
 
 
 async def wait_for(condition: Callable[[], object], what: str) -> None:
@@ -138,7 +148,7 @@ class TransportContract:
         async with harness.worker(group, "a") as worker:
             first = await drain(harness, worker, 10)
             await worker.commit(outputs_for(harness, first), first)
-        outputs = await read_outputs(harness)
+        outputs = await read_outputs(harness, len(first))
         assert sorted(r.value for r in outputs) == sorted(b"out:" + r.value for r in first)
 
         await publish(harness, [(f"k{i}".encode(), f"second-{i}".encode()) for i in range(5)])
@@ -163,8 +173,10 @@ class TransportContract:
             key = lambda r: (r.partition, r.offset)  # noqa: E731 - a sort key, named once
             assert sorted(map(key, again)) == sorted(map(key, batch))
             await worker.commit(outputs_for(harness, again), again)
-        outputs = await read_outputs(harness)
-        assert sorted(r.value for r in outputs) == sorted(b"out:" + r.value for r in batch)
+        outputs = await read_outputs(harness, len(batch))
+        assert sorted(r.value for r in outputs) == sorted(b"out:" + r.value for r in batch), [
+            (r.partition, r.offset, r.value) for r in outputs
+        ]
 
     async def test_two_workers_split_partitions_and_see_each_record_once(
         self, harness: Harness
@@ -198,7 +210,7 @@ class TransportContract:
         assert sorted(r.value for r in everything) == sorted(v for _, v in items)
         assert seen["a"]
         assert seen["b"]
-        outputs = await read_outputs(harness)
+        outputs = await read_outputs(harness, len(items))
         assert len(outputs) == len(items)
 
     async def test_batch_polled_before_a_rebalance_is_refused_then_redelivered(
@@ -224,7 +236,7 @@ class TransportContract:
                     drain(harness, b, owned["b"], commit=True),
                 )
         assert sorted(r.value for part in got for r in part) == sorted(r.value for r in batch)
-        assert len(await read_outputs(harness)) == len(batch)
+        assert len(await read_outputs(harness, len(batch))) == len(batch)
 
     async def test_close_is_idempotent_and_closed_means_closed(self, harness: Harness) -> None:
         group = await harness.new_group()

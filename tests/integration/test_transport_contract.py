@@ -1,0 +1,77 @@
+"""The transport contract on the real, secured Kafka (the same tests run on the fake).
+
+The broker principal runs the workers; an agency publishes to its own ingress topic and reads
+its own egress topic, as in production. Each test uses a fresh consumer group
+(``tiaki-broker-test-…``) whose offsets start at the current end of the input topic, and
+unique transactional ids, so tests neither interfere nor fence each other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from broker.platform import Profile, egress, ingress
+from broker.transport import KafkaPublisher, KafkaReader, KafkaTransport, Outgoing
+from tests.contract.transport_suite import TransportContract
+from tests.integration.conftest import Cluster
+
+AGENCY = "school-central"  # a quiet agency: other integration tests use police and health
+FORBIDDEN = ingress("corrections")  # the broker may read ingress topics, never write them
+#: Rejoin quickly when a second worker joins, so the tests do not wait on heartbeats.
+FAST_GROUP = {"heartbeat_interval_ms": 200, "session_timeout_ms": 6000}
+
+
+@dataclass
+class KafkaHarness:
+    broker: Profile
+    agency: Profile
+    input_topic: str = ingress(AGENCY)
+    output_topic: str = egress(AGENCY)
+    partitions: int = 3
+    token: bytes = field(default_factory=lambda: uuid.uuid4().hex.encode())
+
+    async def new_group(self) -> str:
+        group = f"tiaki-broker-test-{uuid.uuid4().hex[:10]}"
+        consumer = AIOKafkaConsumer(
+            **self.broker.aiokafka_kwargs(), group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            partitions = [TopicPartition(self.input_topic, p) for p in range(self.partitions)]
+            consumer.assign(partitions)
+            ends = await consumer.end_offsets(partitions)
+            await consumer.commit(dict(ends.items()))
+        finally:
+            await consumer.stop()
+        return group
+
+    def worker(self, group_id: str, name: str) -> KafkaTransport:
+        return KafkaTransport(
+            self.broker,
+            worker_id=f"{group_id.removeprefix('tiaki-broker-')}-{name}",
+            group_id=group_id,
+            topics=[self.input_topic],
+            consumer_options=FAST_GROUP,
+        )
+
+    def publisher(self) -> KafkaPublisher:
+        return KafkaPublisher(self.agency)
+
+    def reader(self) -> KafkaReader:
+        return KafkaReader(self.agency)
+
+    def poison(self) -> Outgoing:
+        return Outgoing(FORBIDDEN, b"k", b"the broker may not write here")
+
+
+@pytest.fixture
+def harness(cluster: Cluster) -> KafkaHarness:
+    return KafkaHarness(cluster.profile("broker"), cluster.profile(AGENCY))
+
+
+class TestKafkaTransport(TransportContract):
+    pass
