@@ -18,6 +18,7 @@ import pytest
 from broker.transport import (
     Outgoing,
     PartitionsRevoked,
+    ProducerFenced,
     Publisher,
     Reader,
     Record,
@@ -52,6 +53,10 @@ class Harness(Protocol):
 
     def poison(self) -> Outgoing:
         """An output the worker may not write: a transaction containing it cannot commit."""
+        ...
+
+    def output(self, value: str) -> Outgoing:
+        """An output to the output topic, tagged with this test's token."""
         ...
 
 
@@ -258,3 +263,13 @@ class TransportContract:
         async with harness.worker(group, "a") as worker:
             await worker.commit([], [])
             assert not mine(harness, await worker.poll(max_records=10, timeout_ms=100))
+
+    async def test_restarted_worker_fences_its_zombie(self, harness: Harness) -> None:
+        group = await harness.new_group()
+        # Same worker id: the second start fences the first.
+        async with harness.worker(group, "a") as zombie, harness.worker(group, "a") as successor:
+            with pytest.raises(ProducerFenced) as raised:
+                await zombie.commit([harness.output("zombie")], [])
+            assert not raised.value.retriable
+            await successor.commit([harness.output("successor")], [])
+        assert [r.value for r in await read_outputs(harness, 1)] == [b"successor"]

@@ -16,7 +16,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from broker.platform import Profile, egress, ingress
 from broker.transport import KafkaPublisher, KafkaReader, KafkaTransport, Outgoing
-from tests.contract.transport_suite import TransportContract
+from tests.contract.transport_suite import TOKEN_HEADER, TransportContract
 from tests.integration.conftest import Cluster
 
 AGENCY = "school-central"  # a quiet agency: other integration tests use police and health
@@ -63,6 +63,9 @@ class KafkaHarness:
 
     def reader(self) -> KafkaReader:
         return KafkaReader(self.agency)
+
+    def output(self, value: str) -> Outgoing:
+        return Outgoing(self.output_topic, None, value.encode(), ((TOKEN_HEADER, self.token),))
 
     def poison(self) -> Outgoing:
         return Outgoing(FORBIDDEN, b"k", b"the broker may not write here")

@@ -15,7 +15,7 @@ from broker.transport import (
     InMemoryTransport,
     Outgoing,
 )
-from tests.contract.transport_suite import TransportContract
+from tests.contract.transport_suite import TOKEN_HEADER, TransportContract
 
 AGENCIES = ("police", "corrections", "msd")
 
@@ -44,6 +44,9 @@ class MemoryHarness:
 
     def reader(self) -> InMemoryReader:
         return self.cluster.reader()
+
+    def output(self, value: str) -> Outgoing:
+        return Outgoing(self.output_topic, None, value.encode(), ((TOKEN_HEADER, self.token),))
 
     def poison(self) -> Outgoing:
         return Outgoing(ingress("corrections"), b"k", b"not allowed here")
