@@ -131,6 +131,7 @@ def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> Desi
     topic(t.REVIEW, "review")
     topic(t.DLQ, "dlq")
     topic(t.STATE_CASES, "compacted")
+    topic(t.STATE_REQUESTS, "compacted")
     topic(t.POLICY, "compacted", 1)
 
     acls: set[Acl] = set()
@@ -151,7 +152,7 @@ def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> Desi
     allow(t.BROKER, "TOPIC", t.EGRESS_PREFIX, ["WRITE"], "PREFIXED")
     allow(t.BROKER, "TOPIC", t.HUB_PREFIX, ["WRITE"], "PREFIXED")
     allow(t.BROKER, "TOPIC", t.AUDIT, ["WRITE"])
-    for name in (t.REVIEW, t.DLQ, t.STATE_CASES):
+    for name in (t.REVIEW, t.DLQ, t.STATE_CASES, t.STATE_REQUESTS):
         allow(t.BROKER, "TOPIC", name, ["READ", "WRITE"])
     allow(t.BROKER, "TOPIC", t.POLICY, ["READ"])
     allow(t.BROKER, "GROUP", t.BROKER_GROUP_PREFIX, ["READ"], "PREFIXED")

@@ -9,10 +9,11 @@ AUDIT = "tiaki.audit"
 REVIEW = "tiaki.review"
 DLQ = "tiaki.dlq"
 STATE_CASES = "tiaki.state.cases"
+STATE_REQUESTS = "tiaki.state.requests"
 POLICY = "tiaki.policy"
 
 #: Topics only the broker (and, for audit, compliance) may touch.
-PLATFORM_TOPICS = (AUDIT, REVIEW, DLQ, STATE_CASES, POLICY)
+PLATFORM_TOPICS = (AUDIT, REVIEW, DLQ, STATE_CASES, STATE_REQUESTS, POLICY)
 
 #: Principals that belong to Tiaki itself, beside one per agency.
 BROKER = "broker"

@@ -32,9 +32,10 @@ from typing import Any
 
 from broker.codec import SchemaSet, encode
 from broker.envelope import Kind, Sealer
-from broker.platform._topics import AUDIT, BROKER, DLQ, REVIEW, STATE_CASES, egress
+from broker.platform._topics import AUDIT, BROKER, DLQ, REVIEW, STATE_CASES, STATE_REQUESTS, egress
 from broker.runtime._audit import (
     AuditContext,
+    audit_base,
     decision_audit,
     quarantine_audit,
     quarantined_record,
@@ -42,6 +43,7 @@ from broker.runtime._audit import (
 from broker.runtime._cases import CaseMembership
 from broker.runtime._decide import Decider, Outcome, Verdict
 from broker.runtime._intake import Accepted, Intake, Rejected
+from broker.runtime._requests import RequestBook
 from broker.transport import Headers, Outgoing, Record
 
 #: Header naming the Avro schema (hex fingerprint) of an unsealed record (audit).
@@ -100,6 +102,7 @@ class Pipeline:
         schemas: SchemaSet,
         subject_key: bytes,
         cases: CaseMembership | None = None,
+        requests: RequestBook | None = None,
     ) -> None:
         self._intake = intake
         self._decider = decider
@@ -111,14 +114,21 @@ class Pipeline:
         self._cases_schema = schemas.latest("CaseMembership")
         #: Shared with the decider, which asks it whether a recipient participates.
         self.cases = cases if cases is not None else CaseMembership()
+        self._requests_schema = schemas.latest("RequestState")
+        self.requests = requests if requests is not None else RequestBook()
+        #: (request id, holder) pairs escalated since the last commit, undone on abort.
+        self._escalated: list[tuple[str, str]] = []
 
     def committed(self) -> None:
         """Everything processed so far is committed."""
         self._intake.committed()
+        self._escalated.clear()
 
     def aborted(self) -> None:
         """Everything processed since the last commit will be processed again."""
         self._intake.aborted()
+        self.requests.unescalate(self._escalated)
+        self._escalated.clear()
 
     def _context(self) -> AuditContext:
         return AuditContext(subject_key=self._subject_key, policy_hash=self._decider.policy_hash)
@@ -139,6 +149,9 @@ class Pipeline:
         if state is not None:
             value = encode(self._cases_schema, state)
             outputs.append(Outgoing(STATE_CASES, state["case_id"].encode(), value))
+        request = self.requests.apply(admitted.event_type, admitted.event)
+        if request is not None:
+            outputs.append(self._request_state(request))
         try:
             verdicts = self._decider.decide(admitted, now)
         except Exception as exc:  # fail closed: a policy fault withholds everything, loses nothing
@@ -176,6 +189,28 @@ class Pipeline:
         dlq = Outgoing(DLQ, record.key, sealed, ((REASON_HEADER, rejected.reason.encode()),))
         audit = self._audit(quarantine_audit(self._context(), rejected, now), record.key)
         return Processed([dlq, audit], rejected.source, rejected.event_type, rejected.reason)
+
+    def _request_state(self, state: Mapping[str, Any]) -> Outgoing:
+        value = encode(self._requests_schema, state)
+        return Outgoing(STATE_REQUESTS, str(state["request_id"]).encode(), value)
+
+    def escalations(self, now: datetime) -> list[Outgoing]:
+        """Requests a holder has not answered by their deadline: each escalates once (FVA s24:
+        no request ends silently). The caller commits these records or calls ``aborted``."""
+        outputs: list[Outgoing] = []
+        for state, holder in self.requests.overdue(now):
+            self._escalated.append((str(state["request_id"]), holder))
+            outputs.append(self._request_state(state))
+            audit = audit_base(self._context(), "escalation", now) | {
+                "event_id": state["event_id"],
+                "event_type": "InformationRequest",
+                "source_agency": state["requester"],
+                "recipient": holder,
+                "outcome": "escalated",
+                "reason_codes": ["request_unanswered"],
+            }
+            outputs.append(self._audit(audit, str(state["request_id"]).encode()))
+        return outputs
 
     def _deliver(self, admitted: Accepted, verdict: Verdict, now: datetime) -> list[Outgoing]:
         case_key = str(admitted.event["header"]["case_id"]).encode()

@@ -1,7 +1,8 @@
 """``tiaki broker run``: one broker worker against real Kafka, assembled from settings.
 
 Start-up order: settings, registry, schemas, keys (the broker's private keys only), policy
-(refused unless valid and approved), case membership rebuilt from ``tiaki.state.cases``,
+(refused unless valid and approved), case membership and open information requests rebuilt
+from ``tiaki.state.cases`` and ``tiaki.state.requests``,
 metrics endpoint, then the worker loop. SIGTERM and SIGINT set the stop event; the batch in
 flight commits (or aborts) before the worker closes, so a graceful stop loses nothing and a
 crash (SIGKILL) loses nothing either: the next start resumes at the last committed offsets.
@@ -19,10 +20,10 @@ import structlog
 from prometheus_client import CollectorRegistry, start_http_server
 
 from broker._settings import Settings
-from broker.codec import decode, load_schemas
+from broker.codec import SchemaSet, decode, load_schemas
 from broker.envelope import KeyStore, Opener, ReplayCache, Sealer
 from broker.platform._profiles import load_profile, profile_path
-from broker.platform._topics import BROKER, STATE_CASES
+from broker.platform._topics import BROKER, STATE_CASES, STATE_REQUESTS
 from broker.policy import Engine, PolicyError, PolicyStore, Pseudonymiser
 from broker.registry import load_registry
 from broker.runtime._cases import CaseMembership
@@ -31,6 +32,7 @@ from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._pipeline import Pipeline
 from broker.runtime._policy import PolicyDecider
 from broker.runtime._policy_watch import PolicyWatcher
+from broker.runtime._requests import RequestBook
 from broker.runtime._secrets import shared_secret
 from broker.runtime._worker import Worker
 from broker.transport import KafkaReader, KafkaTransport
@@ -52,13 +54,17 @@ def secret_paths(settings: Settings) -> tuple[Path, Path]:
     return folder / "audit-subject.key", folder / "pseudonym.key"
 
 
-async def rebuild_cases(reader: KafkaReader, settings: Settings) -> CaseMembership:
-    schema = load_schemas(settings.schemas_dir).latest("CaseMembership")
-    cases = CaseMembership()
+async def rebuild_state(
+    reader: KafkaReader, schemas: SchemaSet
+) -> tuple[CaseMembership, RequestBook]:
+    """Case membership and open information requests, from their compacted topics."""
+    cases, requests = CaseMembership(), RequestBook()
     async with reader:
-        records = await reader.read_all(STATE_CASES)
-    cases.load(decode(r.value, schema) for r in records)
-    return cases
+        case_records = await reader.read_all(STATE_CASES)
+        request_records = await reader.read_all(STATE_REQUESTS)
+    cases.load(decode(r.value, schemas.latest("CaseMembership")) for r in case_records)
+    requests.load(decode(r.value, schemas.latest("RequestState")) for r in request_records)
+    return cases, requests
 
 
 def _engine_of(store: PolicyStore) -> Callable[[], Engine]:
@@ -83,7 +89,7 @@ async def serve(
     profile = load_profile(profile_path(settings.profiles_dir, BROKER))
     audit_key, pseudonym_key = (shared_secret(p) for p in secret_paths(settings))
 
-    cases = await rebuild_cases(KafkaReader(profile), settings)
+    cases, requests = await rebuild_state(KafkaReader(profile), schemas)
     decider = PolicyDecider(engine, Pseudonymiser(pseudonym_key), cases)
     pipeline = Pipeline(
         intake=Intake(
@@ -94,6 +100,7 @@ async def serve(
         schemas=schemas,
         subject_key=audit_key,
         cases=cases,
+        requests=requests,
     )
     metrics = BrokerMetrics(CollectorRegistry())
     metrics.policy_version.labels(engine().policy_hash).set(1)

@@ -83,13 +83,15 @@ class Worker:
     async def step(self) -> int:
         """One poll-process-commit cycle; returns the number of records committed."""
         batch = await self._transport.poll(self._max_batch, self._poll_timeout_ms)
-        if not batch:
-            return 0
         now = self._clock()
+        escalations = self._pipeline.escalations(now)
+        if not batch and not escalations:
+            return 0
         started = time.perf_counter()
         results = [self._pipeline.process(record, now) for record in batch]
-        self._metrics.evaluation_seconds.observe((time.perf_counter() - started) / len(batch))
-        outputs = [out for result in results for out in result.outputs]
+        if batch:
+            self._metrics.evaluation_seconds.observe((time.perf_counter() - started) / len(batch))
+        outputs = [out for result in results for out in result.outputs] + escalations
         try:
             await self._transport.commit(outputs, batch)
         except TransportError as exc:

@@ -39,6 +39,7 @@ from broker.platform import (
     POLICY,
     REVIEW,
     STATE_CASES,
+    STATE_REQUESTS,
     egress,
     ingress,
 )
@@ -118,7 +119,7 @@ class InMemoryCluster:
         for agency in agency_ids:
             cluster.create_topic(ingress(agency))
             cluster.create_topic(egress(agency))
-        for name in (AUDIT, REVIEW, DLQ, STATE_CASES):
+        for name in (AUDIT, REVIEW, DLQ, STATE_CASES, STATE_REQUESTS):
             cluster.create_topic(name)
         cluster.create_topic(POLICY, 1)
         return cluster

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +47,7 @@ class BrokerEnv:
     release: Path
     ring: KeyRing
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    metrics_ports: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def prepare(cls, cluster: Cluster) -> BrokerEnv:
@@ -70,6 +72,7 @@ class BrokerEnv:
 
     def start(self, worker_id: str = "0", wait: bool = True) -> subprocess.Popen[bytes]:
         log = (self.home / f"broker-{worker_id}.log").open("ab")
+        self.metrics_ports[worker_id] = port = free_port()
         process = subprocess.Popen(
             [
                 str(TIAKI),
@@ -78,7 +81,7 @@ class BrokerEnv:
                 "--worker-id",
                 worker_id,
                 "--metrics-port",
-                str(free_port()),
+                str(port),
                 "--roster",
                 str(self.roster),
             ],
@@ -176,3 +179,10 @@ class BrokerEnv:
     async def read(self, principal: str, topic: str) -> list[Record]:
         async with KafkaReader(self.cluster.profile(principal)) as reader:
             return await reader.read_all(topic)
+
+    def metrics(self, worker_id: str = "0") -> str:
+        """The worker's Prometheus exposition, as an operator's scraper sees it."""
+        url = f"http://127.0.0.1:{self.metrics_ports[worker_id]}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as response:
+            text: str = response.read().decode()
+        return text

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import subprocess
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -13,16 +14,18 @@ import pytest
 
 from broker._settings import Settings
 from broker.codec import decode, from_json
-from broker.platform import AUDIT, DLQ
+from broker.platform import AUDIT, DLQ, POLICY
 from broker.policy import PolicyStore, Pseudonymiser, load_roster
 from broker.runtime import Accepted, Outcome
 from broker.runtime._cases import CaseMembership
 from broker.runtime._pipeline import body_json
 from broker.runtime._policy import PolicyDecider
+from broker.runtime._release import bundle
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import secret_paths
-from tests.integration.broker_env import SCHEMAS, BrokerEnv, example
-from tests.integration.conftest import Cluster
+from broker.transport import KafkaPublisher
+from tests.integration.broker_env import SCHEMAS, TIAKI, BrokerEnv, example
+from tests.integration.conftest import ROOT, Cluster
 
 
 @pytest.fixture(scope="module")
@@ -152,3 +155,133 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
     assert sorted(reasons) == sorted(
         ["malformed_envelope", "bad_version", "tampered", "header_mismatch", "replayed"]
     )
+
+
+CANARIES = ("CANARY-QZX-FAMILY", "CANARY-WVK-GIVEN", "CANARY-ID-8841")
+
+
+def with_canaries(node: Any) -> None:
+    if isinstance(node, dict):
+        if "identifiers" in node and "family_name" in node:
+            node["family_name"], node["given_names"] = CANARIES[0], CANARIES[1]
+            for identifier in node["identifiers"]:
+                identifier["value"] = CANARIES[2]
+        for child in node.values():
+            with_canaries(child)
+    elif isinstance(node, list):
+        for child in node:
+            with_canaries(child)
+
+
+async def test_invalid_policy_mid_stream_is_refused_and_no_canary_escapes(env: BrokerEnv) -> None:
+    # An invalid (tampered) policy release published mid-stream is refused.
+    tampered = bundle(env.release.parent).replace(
+        b"required_approvals: 2", b"required_approvals: 1"
+    )
+    async with KafkaPublisher(env.cluster.profile("admin")) as publisher:
+        await publisher.publish(POLICY, b"policy", tampered)
+    deadline = asyncio.get_running_loop().time() + 30
+    while not any("policy rejected" in line for line in env.log_lines()):
+        assert asyncio.get_running_loop().time() < deadline, (
+            "the broker never considered the bundle"
+        )
+        await asyncio.sleep(0.5)
+    assert 'tiaki_policy_rejected_total{reason="ApprovalError"} 1.0' in env.metrics()
+
+    # Events keep flowing under the old version, canary names and identifiers among them.
+    items = case_story(f"SYN-CASE-{uuid.uuid4().hex[:8]}")
+    for _, doc in items:
+        with_canaries(doc)
+    await env.publish("police", items)
+    expected = expected_deliveries(env, items)
+    actual = await delivered(
+        env, {doc["header"]["event_id"] for _, doc in items}, sum(map(len, expected.values()))
+    )
+    assert actual == expected
+    # Corrections' plan keeps family names: the canary went through the broker's hands.
+    assert any(CANARIES[0] in body for _, body in actual["corrections"])
+
+    logs = "\n".join(env.log_lines())
+    metrics = env.metrics()
+    for canary in CANARIES:
+        assert canary not in logs
+        assert canary not in metrics
+    old_hash = expected_hash(env)
+    assert f'tiaki_policy_version{{policy_hash="{old_hash}"}} 1.0' in metrics
+
+
+def expected_hash(env: BrokerEnv) -> str:
+    engine = PolicyStore(load_roster(env.roster)).load(env.release)
+    return engine.policy_hash
+
+
+async def test_held_decision_is_released_by_a_named_reviewer(env: BrokerEnv) -> None:
+    # Health information leaving health goes to a person first (HIPC-01): Health NZ to Police.
+    case = f"SYN-CASE-{uuid.uuid4().hex[:8]}"
+    screening = example("HealthScreeningOutcome", case_id=case, source_agency="health-nz")
+    await env.publish("health-nz", [("HealthScreeningOutcome", screening)])
+    review_id = f"{screening['header']['event_id']}/police"
+    cli = [str(TIAKI), "review"]
+    deadline = asyncio.get_running_loop().time() + 60
+    while True:
+        listing = await asyncio.to_thread(
+            subprocess.run,
+            [*cli, "list"],
+            env=env.environment(),
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        )
+        if review_id.split("/")[0][:8] in listing.stdout:
+            break
+        assert asyncio.get_running_loop().time() < deadline, listing.stdout + listing.stderr
+        await asyncio.sleep(1)
+    assert screening["header"]["event_id"] not in {
+        r["event_id"] for r in await env.received("police")
+    }
+
+    approve = [
+        *cli,
+        "approve",
+        review_id,
+        "--reviewer",
+        "Reviewer One (synthetic)",
+        "--justification",
+        "strangulation risk; police must act",
+    ]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        approve,
+        env=env.environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stderr
+    again = await asyncio.to_thread(
+        subprocess.run,
+        approve,
+        env=env.environment(),
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert again.returncode == 1
+    assert "is released; it cannot be approved" in again.stderr
+
+    released = [
+        r for r in await env.received("police") if r["event_id"] == screening["header"]["event_id"]
+    ]
+    assert len(released) == 1
+    audit = [
+        decode(r.value, SCHEMAS.latest("AuditRecord")) for r in await env.read("compliance", AUDIT)
+    ]
+    review = [
+        a
+        for a in audit
+        if a["event_id"] == screening["header"]["event_id"] and a["action"] == "review"
+    ]
+    assert [(a["outcome"], a["recipient"]) for a in review] == [("approve", "police")]

@@ -9,14 +9,24 @@ from __future__ import annotations
 
 import pytest
 
-from broker.platform import AUDIT, DLQ, POLICY, REVIEW, STATE_CASES, egress, hub, ingress
+from broker.platform import (
+    AUDIT,
+    DLQ,
+    POLICY,
+    REVIEW,
+    STATE_CASES,
+    STATE_REQUESTS,
+    egress,
+    hub,
+    ingress,
+)
 from broker.registry import AgencyKind, load_registry
 from tests.integration.conftest import ROOT, Cluster
 from tests.integration.kafka_probe import ALLOWED, DENIED, probe_group, probe_reads, probe_writes
 
 REGISTRY = load_registry(ROOT / "policies" / "agencies.yaml")
 AGENCIES = REGISTRY.ids
-PLATFORM = [AUDIT, REVIEW, DLQ, STATE_CASES, POLICY]
+PLATFORM = [AUDIT, REVIEW, DLQ, STATE_CASES, STATE_REQUESTS, POLICY]
 EVERY_TOPIC = (
     [ingress(a) for a in AGENCIES]
     + [egress(a) for a in AGENCIES]

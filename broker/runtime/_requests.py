@@ -1,0 +1,118 @@
+"""Information requests (FVA s20, s24): tracked until every holder has answered.
+
+The duty in s24 is to *consider* disclosure, so a request never ends silently: each holder
+either answers (disclose, partial, or decline with reasons) or is escalated when the request's
+``respond_by`` passes. The lifecycle per (request, holder):
+
+=========  =================================  ============================================
+state      event                              next state
+=========  =================================  ============================================
+asked      InformationResponse from holder    answered
+asked      ``respond_by`` passes              escalated (audit: action escalation,
+                                              reason ``request_unanswered``)
+escalated  InformationResponse from holder    answered (late; the escalation stays audited)
+=========  =================================  ============================================
+
+Routing itself is policy: the request and each response go wherever the rules permit. This
+module only keeps the book, written to the compacted ``tiaki.state.requests`` topic in the
+same transaction as the event that changed it, and rebuilt by a worker when it starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+
+@dataclass
+class _Request:
+    request_id: str
+    requester: str
+    event_id: str
+    holders: set[str]
+    respond_by: datetime
+    answered: set[str] = field(default_factory=set)
+    escalated: set[str] = field(default_factory=set)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "requester": self.requester,
+            "event_id": self.event_id,
+            "holders": sorted(self.holders),
+            "answered": sorted(self.answered),
+            "escalated": sorted(self.escalated),
+            "respond_by": self.respond_by,
+        }
+
+
+class RequestBook:
+    """Open information requests, pure: events and the clock in, state records out."""
+
+    def __init__(self) -> None:
+        self._requests: dict[str, _Request] = {}
+
+    def load(self, states: Iterable[Mapping[str, Any]]) -> None:
+        for s in states:
+            self._requests[s["request_id"]] = _Request(
+                s["request_id"],
+                s["requester"],
+                s["event_id"],
+                set(s["holders"]),
+                _utc(s["respond_by"]),
+                set(s["answered"]),
+                set(s["escalated"]),
+            )
+
+    def apply(self, event_type: str, event: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Update from one admitted event; the request's new state record, or None."""
+        if event_type == "InformationRequest":
+            header = event["header"]
+            request = _Request(
+                str(event["request_id"]),
+                str(header["source_agency"]),
+                str(header["event_id"]),
+                {h["agency_id"] for h in event["holders"]},
+                _utc(event["respond_by"]),
+            )
+            known = self._requests.get(request.request_id)
+            if known is not None and known.event_id == request.event_id:
+                return None  # the same request again (a retried batch)
+            self._requests[request.request_id] = request
+            return request.state()
+        if event_type == "InformationResponse":
+            asked = self._requests.get(str(event["request_id"]))
+            holder = str(event["header"]["source_agency"])
+            if asked is None or holder not in asked.holders or holder in asked.answered:
+                return None
+            asked.answered.add(holder)
+            return asked.state()
+        return None
+
+    def overdue(self, now: datetime) -> list[tuple[dict[str, Any], str]]:
+        """Mark every unanswered, not yet escalated holder past its deadline as escalated;
+        return (the request's new state, holder) for each."""
+        out = []
+        for request in self._requests.values():
+            if now < request.respond_by:
+                continue
+            for holder in sorted(request.holders - request.answered - request.escalated):
+                request.escalated.add(holder)
+                out.append((request.state(), holder))
+        return out
+
+    def unescalate(self, pairs: Iterable[tuple[str, str]]) -> None:
+        """Undo escalations whose records were never committed (they will be made again)."""
+        for request_id, holder in pairs:
+            request = self._requests.get(request_id)
+            if request is not None:
+                request.escalated.discard(holder)
+
+    def open_requests(self) -> list[dict[str, Any]]:
+        return [r.state() for r in self._requests.values() if r.holders - r.answered]
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
