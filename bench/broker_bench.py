@@ -1,0 +1,831 @@
+"""Broker benchmark on real Kafka: ``python -m bench.broker_bench [--events N] [--profile]``.
+
+Starts its own secured single-node Kafka (TLS + SCRAM, ACLs; free loopback ports, a temporary
+folder, jars from ``.tiaki/kafka-lib``), provisions it, prepares keys, development officers and
+an approved policy release as the integration tests do, and measures in one run, with the
+broker principal's client settings and the same topics:
+
+* **B0R**: an aiokafka consumer (read-committed, group ``tiaki-broker-bench-…``) copying the
+  raw bytes of N preloaded ingress records to R=3 egress topics with an idempotent producer
+  (``acks=all``), sends pipelined, flushed and offsets committed at the end;
+* **B0R-EOS**: the same copy through the broker's own :class:`Worker` and
+  :class:`KafkaTransport` with a pass-through pipeline (3 outputs per record): one Kafka
+  transaction per poll, at the broker's batch size and poll timeout;
+* **full pipeline**: the real Worker + Pipeline + PolicyDecider (the shipped policy, approved by
+  the development officers), in this process, draining the same N preloaded sealed ~1 KiB
+  ``SafetyPlanUpdate`` events from ``safe-whanau`` (purpose ``fv_plan_or_response``) on
+  cases where Police, Corrections and Oranga Tamariki participate, so each event is shared with
+  exactly those three (rule ``safety-plan-to-participants``); the other five candidates are
+  denied and audited. Case membership is loaded into the worker's table before it starts, as a
+  worker does when it rebuilds from ``tiaki.state.cases``;
+* **latency**: open loop. A separate process (so its CPU and event loop do not disturb the
+  worker's) pre-seals events, then publishes them at fixed rates (25 % and 50 % of the measured
+  full-pipeline throughput), the nanosecond send time in a ``tiaki-bench-sent-ns`` header, and
+  reads the three egress topics read-committed with each recipient's own principal. The broker
+  does not copy ingress headers to egress, so each latency event gets its own case id, which
+  is the egress record key; a record's latency is its receipt time minus its *scheduled* send
+  time (no coordinated omission), recorded per delivered (event, recipient) in an HdrHistogram
+  (µs). A sample of the egress records is opened afterwards to check the key-to-event match.
+
+Throughput clocks start when the first record is fetched (group join excluded) and stop when
+the last one is committed. Figures are absolute for this machine and run; compare ratios.
+Targets (issue 5): full ≥ 0.4 × B0R-EOS; p99 at half the maximum throughput ≤ the commit
+interval + 50 ms. The worker commits one transaction per poll; with no records waiting a poll
+returns after ``poll_timeout_ms``, so the commit interval is that timeout (100 ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_LIB = ROOT / ".tiaki" / "kafka-lib"
+SOURCE = "safe-whanau"
+RECIPIENTS = ("police", "corrections", "oranga-tamariki")
+EVENT_TYPE = "SafetyPlanUpdate"
+PURPOSE = "fv_plan_or_response"
+TARGET_BYTES = 1024
+DEFAULT_EVENTS = 20_000
+SENT_HEADER = "tiaki-bench-sent-ns"
+#: Fractions of the measured full-pipeline throughput for the open-loop runs.
+RATES = (0.25, 0.5)
+LATENCY_SECONDS = 15.0
+#: Wall-clock limits (seconds) so one run stays within a few minutes.
+DRAIN_LIMIT = 60.0
+FULL_LIMIT = 150.0
+#: The receivers' fetch wait: how long Kafka may hold an empty fetch (aiokafka's default is
+#: 500 ms); short, so the receiving side measures when records become visible.
+RECEIVER_FETCH_WAIT_MS = 50
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def extensions() -> dict[str, bool]:
+    """Whether aiokafka's record codecs and fastavro's reader/writer are the compiled ones."""
+    import aiokafka.util
+    import fastavro.read
+    import fastavro.write
+    from aiokafka.record import default_records
+
+    return {
+        "aiokafka": not aiokafka.util.NO_EXTENSIONS
+        and "_crecords" in default_records.DefaultRecordBatchBuilder.__module__,
+        "fastavro": fastavro.read.reader.__module__ == "fastavro._read"
+        and fastavro.write.Writer.__module__ == "fastavro._write",
+    }
+
+
+# -- the environment ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Env:
+    home: Path
+    profiles: Path
+    keys: Path
+    release: Path
+    roster: Path
+
+    def profile(self, name: str) -> Any:
+        from broker.platform import load_profile
+
+        return load_profile(self.profiles / f"{name}.json")
+
+
+def principals() -> dict[str, str]:
+    from broker.registry import load_registry
+
+    registry = load_registry(ROOT / "policies" / "agencies.yaml")
+    return {a.id: a.key_ref for a in registry.agencies} | {"broker": "broker"}
+
+
+def prepare(home: Path) -> Env:
+    """Keys, development officers and an approved release, as ``BrokerEnv.prepare`` does."""
+    from broker.envelope import KeyStore, init_dev_keys
+    from broker.runtime._release import approve_as_dev_officers, dev_officers, stage_release
+
+    now = dt.datetime.now(dt.UTC)
+    init_dev_keys(KeyStore(home / "keys"), set(principals().values()), now=now)
+    release = stage_release(ROOT / "policies", ROOT / "schemas", home / "release")
+    roster = dev_officers(home / "officers")
+    approve_as_dev_officers(release, home / "officers", now)
+    return Env(home, home / "profiles", home / "keys", release, roster)
+
+
+# -- events ------------------------------------------------------------------------------------
+
+
+class Events:
+    """Sealed ~1 KiB SafetyPlanUpdate records from SOURCE, each shared with RECIPIENTS."""
+
+    def __init__(self, keys: Path) -> None:
+        from broker.codec import load_schemas
+        from broker.envelope import KeyStore, Sealer
+
+        self.schemas = load_schemas(ROOT / "schemas")
+        self.schema = self.schemas.latest(EVENT_TYPE)
+        ring = KeyStore(keys).load(principals(), private_for=[SOURCE])
+        self.sealer = Sealer(SOURCE, ring)
+        base = json.loads((ROOT / "schemas" / "examples" / f"{EVENT_TYPE}.json").read_text())
+        sharing = json.loads(
+            (ROOT / "schemas" / "examples" / "FamilyHarmEpisodeReport.json").read_text()
+        )["header"]["sharing"]
+        base["header"] |= {"source_agency": SOURCE, "sharing": sharing | {"purpose": PURPOSE}}
+        self.base = base
+        self.padding = ""
+        self.padding = "x" * max(0, TARGET_BYTES - len(self.seal("SYN-CASE-PAD")[1]))
+
+    def document(self, case_id: str) -> dict[str, Any]:
+        doc = json.loads(json.dumps(self.base))
+        doc["header"] |= {"event_id": str(uuid.uuid4()), "case_id": case_id}
+        if self.padding:
+            doc["measures"] = [*doc["measures"], f"Synthetic: {self.padding}"]
+        return doc
+
+    def seal(self, case_id: str) -> tuple[str, bytes]:
+        """(event id, sealed record) for a fresh event on ``case_id``."""
+        from broker.codec import encode, from_json
+        from broker.envelope import Kind
+        from broker.platform import ingress
+
+        doc = self.document(case_id)
+        event_id = doc["header"]["event_id"]
+        return event_id, self.sealer.seal(
+            encode(self.schema, from_json(self.schema, doc)),
+            kind=Kind.INGRESS,
+            topic=ingress(SOURCE),
+            recipient="broker",
+            event_id=event_id,
+            schema_fingerprint=self.schema.fingerprint,
+            now=dt.datetime.now(dt.UTC),
+        )
+
+
+def join_cases(cases: Any, case_ids: Sequence[str]) -> None:
+    """Every recipient participates in every case (as allocation events would make them)."""
+    now = dt.datetime.now(dt.UTC)
+    for case_id in case_ids:
+        for agency in RECIPIENTS:
+            cases.apply(
+                "CaseAllocation",
+                {
+                    "header": {"case_id": case_id},
+                    "agency": {"agency_id": agency},
+                    "action": "joined",
+                    "participation_role": "participant",
+                },
+                now,
+            )
+
+
+async def preload(profile: Any, topic: str, records: Sequence[tuple[bytes, bytes]]) -> float:
+    """Publish ``records`` (key, value) with an idempotent producer; return seconds taken."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(
+        **profile.aiokafka_kwargs(), enable_idempotence=True, acks="all", linger_ms=5
+    )
+    await producer.start()
+    started = time.perf_counter()
+    try:
+        async with asyncio.timeout(DRAIN_LIMIT):
+            futures = [await producer.send(topic, value, key=key) for key, value in records]
+            await producer.flush()
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - started
+
+
+# -- throughput --------------------------------------------------------------------------------
+
+
+@dataclass
+class Drain:
+    records: int
+    seconds: float
+    complete: bool
+
+    @property
+    def rate(self) -> float:
+        return self.records / self.seconds if self.seconds > 0 else 0.0
+
+
+async def drain_b0r(profile: Any, source: str, outputs: Sequence[str], n: int) -> Drain:
+    """B0R: consume raw bytes read-committed and copy each record to every output topic."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+    group = f"tiaki-broker-bench-b0r-{uuid.uuid4().hex[:8]}"
+    consumer = AIOKafkaConsumer(
+        source,
+        **profile.aiokafka_kwargs(),
+        group_id=group,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+    )
+    producer = AIOKafkaProducer(**profile.aiokafka_kwargs(), enable_idempotence=True, acks="all")
+    await producer.start()
+    await consumer.start()
+    copied, first, complete = 0, 0.0, False
+    futures: list[asyncio.Future[Any]] = []
+    deadline = time.monotonic() + DRAIN_LIMIT
+    try:
+        while copied < n and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=100, max_records=500)
+            for messages in batches.values():
+                if messages and not first:
+                    first = time.perf_counter()
+                for m in messages:
+                    for topic in outputs:
+                        futures.append(await producer.send(topic, m.value, key=m.key))
+                    copied += 1
+        await producer.flush()
+        await asyncio.gather(*futures)
+        await consumer.commit()
+        complete = copied >= n
+        seconds = time.perf_counter() - first if first else 0.0
+    finally:
+        await consumer.stop()
+        await producer.stop()
+    return Drain(copied, seconds, complete)
+
+
+class PassThrough:
+    """A pipeline that copies each record's bytes to every output topic (for B0R-EOS)."""
+
+    def __init__(self, outputs: Sequence[str]) -> None:
+        self._outputs = tuple(outputs)
+
+    def process(self, record: Any, now: dt.datetime) -> Any:
+        from broker.runtime._pipeline import Processed
+        from broker.transport import Outgoing
+
+        return Processed([Outgoing(t, record.key, record.value) for t in self._outputs], None, None)
+
+    def escalations(self, now: dt.datetime) -> list[Any]:
+        return []
+
+    def committed(self) -> None:
+        pass
+
+    def aborted(self) -> None:
+        pass
+
+
+class Timed:
+    """A transport wrapper noting when the first record was fetched and how many committed."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.first = 0.0
+        self.last = 0.0
+        self.committed = 0
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    def assignment(self) -> Any:
+        return self.inner.assignment()
+
+    async def poll(self, max_records: int, timeout_ms: int) -> Any:
+        batch = await self.inner.poll(max_records, timeout_ms)
+        if batch and not self.first:
+            self.first = time.perf_counter()
+        return batch
+
+    async def commit(self, outputs: Any, consumed: Any) -> None:
+        await self.inner.commit(outputs, consumed)
+        self.committed += len(consumed)
+        self.last = time.perf_counter()
+
+
+def transport(env: Env, name: str, source: str) -> Any:
+    from broker.transport import KafkaTransport
+
+    tag = f"bench-{name}-{uuid.uuid4().hex[:8]}"
+    return KafkaTransport(
+        env.profile("broker"), worker_id=tag, group_id=f"tiaki-broker-{tag}", topics=[source]
+    )
+
+
+async def drain_worker(worker: Any, timed: Timed, n: int, limit: float) -> Drain:
+    deadline = time.monotonic() + limit
+    while timed.committed < n and time.monotonic() < deadline:
+        await worker.step()
+    seconds = timed.last - timed.first if timed.first else 0.0
+    return Drain(timed.committed, seconds, timed.committed >= n)
+
+
+def real_pipeline(env: Env) -> tuple[Any, Any, Any]:
+    """Pipeline, metrics and case table exactly as ``serve()`` assembles them."""
+    from prometheus_client import CollectorRegistry
+
+    from broker._settings import Settings
+    from broker.codec import load_schemas
+    from broker.envelope import KeyStore, Opener, ReplayCache, Sealer
+    from broker.policy import PolicyStore, Pseudonymiser, load_roster
+    from broker.registry import load_registry
+    from broker.runtime._cases import CaseMembership
+    from broker.runtime._intake import Intake
+    from broker.runtime._metrics import BrokerMetrics
+    from broker.runtime._pipeline import Pipeline
+    from broker.runtime._policy import PolicyDecider
+    from broker.runtime._secrets import shared_secret
+    from broker.runtime._service import _engine_of, secret_paths
+
+    store = PolicyStore(load_roster(env.roster))
+    store.load(env.release)
+    engine = _engine_of(store)
+    registry = load_registry(env.release / "agencies.yaml")
+    schemas = load_schemas(env.release.parent / "schemas")
+    ring = KeyStore(env.keys).load(principals(), private_for=["broker"])
+    audit_key, pseudonym_key = (shared_secret(p) for p in secret_paths(Settings(home=env.home)))
+    cases = CaseMembership()
+    pipeline = Pipeline(
+        intake=Intake(
+            registry=registry, schemas=schemas, opener=Opener("broker", ring, replay=ReplayCache())
+        ),
+        decider=PolicyDecider(engine, Pseudonymiser(pseudonym_key), cases),
+        sealer=Sealer("broker", ring),
+        schemas=schemas,
+        subject_key=audit_key,
+        cases=cases,
+    )
+    metrics = BrokerMetrics(CollectorRegistry())
+    metrics.policy_version.labels(engine().policy_hash).set(1)
+    return pipeline, metrics, cases
+
+
+def precheck(env: Env, events: Events, pipeline: Any, samples: int = 20) -> list[int]:
+    """Recipients the engine shares a sample of events with (before preloading)."""
+    from broker.codec import from_json
+    from broker.registry import load_registry
+    from broker.runtime import Accepted, Outcome
+
+    source = load_registry(env.release / "agencies.yaml").get(SOURCE)
+    decider = pipeline._decider
+    counts = []
+    for i in range(samples):
+        doc = events.document(f"SYN-CASE-CHECK-{i}")
+        join_cases(pipeline.cases, [doc["header"]["case_id"]])
+        event = from_json(events.schema, doc)
+        verdicts = decider.decide(
+            Accepted(source, events.schema, event, opened=None), dt.datetime.now(dt.UTC)
+        )
+        shared = sorted(v.recipient for v in verdicts if v.outcome is Outcome.SHARE)
+        if shared != sorted(RECIPIENTS):
+            raise SystemExit(f"the policy shares a bench event with {shared}, not {RECIPIENTS}")
+        counts.append(len(shared))
+    return counts
+
+
+def counter(metrics: Any, name: str) -> dict[tuple[str, ...], float]:
+    out: dict[tuple[str, ...], float] = {}
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name == name:
+                out[tuple(sample.labels.values())] = sample.value
+    return out
+
+
+# -- latency (client process) ------------------------------------------------------------------
+
+
+async def latency_client(config: dict[str, Any]) -> dict[str, Any]:
+    """Open-loop generator and egress receivers; runs in its own process."""
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+    from hdrh.histogram import HdrHistogram
+
+    from broker.codec import decode
+    from broker.envelope import KeyStore, Kind, Opener
+    from broker.platform import egress, ingress, load_profile
+
+    profiles = Path(config["profiles"])
+    rate, count, prefix = float(config["rate"]), int(config["count"]), config["prefix"]
+    events = Events(Path(config["keys"]))
+    case_ids = [f"{prefix}-{i:06d}" for i in range(count)]
+    sealed = [events.seal(c) for c in case_ids]
+    expected = {c.encode(): eid for c, (eid, _) in zip(case_ids, sealed, strict=True)}
+
+    scheduled: dict[bytes, int] = {}
+    histogram = HdrHistogram(1, 120_000_000, 3)  # µs
+    received: dict[str, int] = dict.fromkeys(RECIPIENTS, 0)
+    samples: dict[str, list[Any]] = {r: [] for r in RECIPIENTS}
+    done = asyncio.Event()
+    total = count * len(RECIPIENTS)
+
+    consumers = {}
+    for r in RECIPIENTS:
+        c = AIOKafkaConsumer(
+            **load_profile(profiles / f"{r}.json").aiokafka_kwargs(),
+            group_id=None,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=RECEIVER_FETCH_WAIT_MS,
+        )
+        await c.start()
+        cluster = await c._client.fetch_all_metadata()  # as KafkaReader does
+        numbers = sorted(cluster.partitions_for_topic(egress(r)) or ())
+        parts = [TopicPartition(egress(r), p) for p in numbers]
+        c.assign(parts)
+        await c.seek_to_end(*parts)
+        for tp in parts:
+            await c.position(tp)  # resolve the end now, before anything is sent
+        consumers[r] = c
+
+    async def receive(r: str, consumer: AIOKafkaConsumer) -> None:
+        while not done.is_set():
+            batches = await consumer.getmany(timeout_ms=100)
+            now = time.monotonic_ns()
+            for messages in batches.values():
+                for m in messages:
+                    sent = scheduled.get(m.key)
+                    if sent is None:
+                        continue
+                    histogram.record_value(max(1, (now - sent) // 1000))
+                    received[r] += 1
+                    if len(samples[r]) < 20:
+                        samples[r].append(m)
+            if sum(received.values()) >= total:
+                done.set()
+
+    producer = AIOKafkaProducer(
+        **load_profile(profiles / f"{SOURCE}.json").aiokafka_kwargs(),
+        enable_idempotence=True,
+        acks="all",
+    )
+    await producer.start()
+    receivers = [asyncio.create_task(receive(r, c)) for r, c in consumers.items()]
+    lag_max = 0
+    try:
+        start = time.monotonic_ns() + 50_000_000
+        interval = 1e9 / rate
+        futures = []
+        for i, (case_id, (_, value)) in enumerate(zip(case_ids, sealed, strict=True)):
+            target = start + int(i * interval)
+            wait = (target - time.monotonic_ns()) / 1e9
+            if wait > 0:
+                await asyncio.sleep(wait)
+            key = case_id.encode()
+            scheduled[key] = target
+            lag_max = max(lag_max, time.monotonic_ns() - target)
+            header = [(SENT_HEADER, str(time.time_ns()).encode())]
+            futures.append(await producer.send(ingress(SOURCE), value, key=key, headers=header))
+        sent_seconds = (time.monotonic_ns() - start) / 1e9
+        await producer.flush()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(float(config["drain_s"])):
+                await done.wait()
+    finally:
+        done.set()
+        await asyncio.gather(*receivers, return_exceptions=True)
+        await producer.stop()
+        for c in consumers.values():
+            await c.stop()
+
+    # Untimed: open a sample with each recipient's own key; the key must name the event.
+    ring = KeyStore(Path(config["keys"])).load(principals(), private_for=list(RECIPIENTS))
+    shared_schema = events.schemas.latest("SharedEvent")
+    mismatches = opened = 0
+    for r, records in samples.items():
+        opener = Opener(r, ring)
+        for m in records:
+            payload = opener.open(
+                m.value,
+                topic=m.topic,
+                now=dt.datetime.now(dt.UTC),
+                kind=Kind.EGRESS,
+                source="broker",
+            ).payload
+            opened += 1
+            if str(decode(payload, shared_schema)["event_id"]) != expected[m.key]:
+                mismatches += 1
+    ms = 1000.0
+    return {
+        "rate": rate,
+        "sent": count,
+        "send_seconds": sent_seconds,
+        "send_lag_max_ms": lag_max / 1e6,
+        "delivered": sum(received.values()),
+        "expected": total,
+        "p50": histogram.get_value_at_percentile(50) / ms,
+        "p99": histogram.get_value_at_percentile(99) / ms,
+        "p999": histogram.get_value_at_percentile(99.9) / ms,
+        "max": histogram.get_max_value() / ms,
+        "opened": opened,
+        "mismatches": mismatches,
+    }
+
+
+async def group_at_end(profile: Any, group: str, topic: str) -> None:
+    """Commit the end offsets of ``topic`` for ``group``, so a worker in it starts there
+    (whatever an incomplete drain left behind is not the latency run's business)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(
+        **profile.aiokafka_kwargs(),
+        group_id=group,
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    await consumer.start()
+    try:
+        cluster = await consumer._client.fetch_all_metadata()
+        parts = [TopicPartition(topic, p) for p in sorted(cluster.partitions_for_topic(topic))]
+        consumer.assign(parts)
+        ends = await consumer.end_offsets(parts)
+        await consumer.commit(dict(ends.items()))
+    finally:
+        await consumer.stop()
+
+
+async def latency_run(
+    env: Env, worker: Any, cases: Any, rate: float, tag: str, seconds: float
+) -> dict[str, Any]:
+    """Run the worker while a client process publishes at ``rate`` and measures delivery."""
+    from broker.platform._local import die_when_parent_dies
+
+    count = max(50, int(rate * seconds))
+    prefix = f"SYN-LAT-{tag}"
+    join_cases(cases, [f"{prefix}-{i:06d}" for i in range(count)])
+    config = {
+        "profiles": str(env.profiles),
+        "keys": str(env.keys),
+        "rate": rate,
+        "count": count,
+        "prefix": prefix,
+        "drain_s": 30.0,
+    }
+    stop = asyncio.Event()
+
+    async def work() -> None:
+        while not stop.is_set():
+            await worker.step()
+
+    running = asyncio.create_task(work())
+    try:
+        async with asyncio.timeout(30):  # joined the group before anything is sent
+            while not worker._transport.assignment():  # noqa: ASYNC110 (the task above polls)
+                await asyncio.sleep(0.05)
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "bench.broker_bench",
+            "--latency-client",
+            json.dumps(config),
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            preexec_fn=die_when_parent_dies,
+        )
+        try:
+            async with asyncio.timeout(seconds + 120):
+                out, _ = await process.communicate()
+        except TimeoutError:
+            process.kill()
+            await process.wait()
+            raise
+        if process.returncode != 0:
+            raise RuntimeError(f"latency client exited {process.returncode}")
+        result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+        return result
+    finally:
+        stop.set()
+        await running
+
+
+# -- the run -----------------------------------------------------------------------------------
+
+
+def report(label: str, drain: Drain, n: int) -> None:
+    status = "" if drain.complete else f"  (PARTIAL: {drain.records} of {n} within the limit)"
+    print(
+        f"  {label:<14} {drain.rate:>9,.0f} records/s  "
+        f"({drain.records:,} in {drain.seconds:.2f} s){status}"
+    )
+
+
+async def run(env: Env, n: int, profile_full: bool) -> None:
+    from broker.platform import egress, ingress
+    from broker.runtime._service import ServiceOptions
+    from broker.runtime._worker import Worker
+
+    options = ServiceOptions()
+    source, outputs = ingress(SOURCE), [egress(r) for r in RECIPIENTS]
+    events = Events(env.keys)
+    pipeline, metrics, cases = real_pipeline(env)
+    shares = precheck(env, events, pipeline)
+    print(
+        f"events: {EVENT_TYPE} from {SOURCE}, purpose {PURPOSE}; engine pre-check of "
+        f"{len(shares)} samples: {sorted(set(shares))} recipients each ({', '.join(RECIPIENTS)})"
+    )
+
+    started = time.perf_counter()
+    case_ids = [f"SYN-CASE-B{i:04d}" for i in range(max(1, n // 50))]
+    join_cases(cases, case_ids)
+    records = []
+    for i in range(n):
+        case_id = case_ids[i % len(case_ids)]
+        records.append((case_id.encode(), events.seal(case_id)[1]))
+    size = sum(len(v) for _, v in records) / n
+    sealing = time.perf_counter() - started
+    publishing = await preload(env.profile(SOURCE), source, records)
+    print(
+        f"preloaded {n:,} sealed events ({size:.0f} B mean, {len(case_ids)} cases) on {source} "
+        f"(sealed in {sealing:.1f} s, published in {publishing:.1f} s)"
+    )
+    del records
+
+    print(
+        f"throughput (drain {n:,} preloaded records; R={len(outputs)} outputs; worker "
+        f"max_batch={options.max_batch}, poll_timeout_ms={options.poll_timeout_ms}):"
+    )
+    b0r = await drain_b0r(env.profile("broker"), source, outputs, n)
+    report("B0R", b0r, n)
+
+    timed = Timed(transport(env, "eos", source))
+    eos_worker = Worker(
+        timed,
+        PassThrough(outputs),
+        type(metrics)(type(metrics.registry)()),
+        max_batch=options.max_batch,
+        poll_timeout_ms=options.poll_timeout_ms,
+    )
+    async with eos_worker:
+        eos = await drain_worker(eos_worker, timed, n, DRAIN_LIMIT)
+    report("B0R-EOS", eos, n)
+
+    timed = Timed(transport(env, "full", source))
+    worker = Worker(
+        timed,
+        pipeline,
+        metrics,
+        max_batch=options.max_batch,
+        poll_timeout_ms=options.poll_timeout_ms,
+    )
+    async with worker:
+        profiler = None
+        if profile_full:
+            from pyinstrument import Profiler
+
+            profiler = Profiler(async_mode="disabled")
+            profiler.start()
+        full = await drain_worker(worker, timed, n, FULL_LIMIT)
+        if profiler is not None:
+            profiler.stop()
+        report("full pipeline", full, n)
+        stats = worker.statistics()
+        out = counter(metrics, "tiaki_events_out_total")
+        decisions = counter(metrics, "tiaki_decisions_total")
+        quarantined = sum(counter(metrics, "tiaki_quarantined_total").values())
+        per_recipient: dict[str, int] = {}
+        for labels, value in out.items():
+            per_recipient[labels[0]] = per_recipient.get(labels[0], 0) + int(value)
+        outcomes: dict[str, int] = {}
+        for labels, value in decisions.items():
+            outcomes[labels[0]] = outcomes.get(labels[0], 0) + int(value)
+        print(
+            f"  full pipeline detail: {stats.batches} transactions, "
+            f"{stats.records / max(1, stats.batches):.0f} records each; "
+            f"{stats.outputs / max(1, stats.records):.1f} outputs per record; shared "
+            f"{sum(per_recipient.values()) / max(1, stats.records):.2f} recipients per event "
+            f"{per_recipient}; decisions {outcomes}; quarantined {int(quarantined)}"
+        )
+        ratio = full.rate / eos.rate if eos.rate else 0.0
+        print(
+            f"  ratios: full/B0R-EOS {ratio:.3f} (target >= 0.4: "
+            f"{'MET' if ratio >= 0.4 else 'MISSED'}); B0R-EOS/B0R {eos.rate / b0r.rate:.3f}; "
+            f"full/B0R {full.rate / b0r.rate:.3f}"
+        )
+        if profiler is not None:
+            print(profiler.output_text(unicode=True, color=False, show_all=False))
+
+    from broker.transport import KafkaTransport
+
+    tag = f"bench-latency-{uuid.uuid4().hex[:8]}"
+    await group_at_end(env.profile("broker"), f"tiaki-broker-{tag}", source)
+    lat_transport = KafkaTransport(
+        env.profile("broker"), worker_id=tag, group_id=f"tiaki-broker-{tag}", topics=[source]
+    )
+    worker = Worker(
+        lat_transport,
+        pipeline,
+        metrics,
+        max_batch=options.max_batch,
+        poll_timeout_ms=options.poll_timeout_ms,
+    )
+    async with worker:
+        commit_interval = options.poll_timeout_ms
+        print(
+            f"latency (open loop, separate client process, {LATENCY_SECONDS:.0f} s per rate; "
+            f"per delivered (event, recipient); commit interval {commit_interval} ms; "
+            f"receivers' fetch wait {RECEIVER_FETCH_WAIT_MS} ms):"
+        )
+        for fraction in RATES:
+            rate = full.rate * fraction
+            result = await latency_run(
+                env, worker, cases, rate, f"{int(fraction * 100)}", LATENCY_SECONDS
+            )
+            verdict = ""
+            if fraction == 0.5:
+                ok = result["p99"] <= commit_interval + 50
+                verdict = (
+                    f"  (target p99 <= {commit_interval + 50} ms: {'MET' if ok else 'MISSED'})"
+                )
+            print(
+                f"  {fraction:>4.0%} of max = {rate:,.0f} events/s: "
+                f"p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, "
+                f"p99.9 {result['p999']:.1f} ms, max {result['max']:.1f} ms; "
+                f"{result['delivered']:,}/{result['expected']:,} deliveries, "
+                f"send lag max {result['send_lag_max_ms']:.1f} ms, "
+                f"{result['opened']} opened, {result['mismatches']} mismatched{verdict}"
+            )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.broker_bench")
+    parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
+    parser.add_argument(
+        "--profile", action="store_true", help="profile the full drain (needs pyinstrument)"
+    )
+    parser.add_argument("--latency-client", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    # The worker logs a line per batch; keep the bench's output to its figures.
+    import logging
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+    # aiokafka logs each retried produce error (NotEnoughReplicas while the single node's ISR
+    # flaps under load) and each coordinator lookup before a new group exists; both retry.
+    logging.basicConfig(level=logging.ERROR)
+    if args.latency_client:
+        print(json.dumps(asyncio.run(latency_client(json.loads(args.latency_client)))))
+        return 0
+
+    from broker.platform import LocalKafka, bootstrap_admin, load_profile, provision
+    from broker.registry import load_registry
+
+    ext = extensions()
+    print(
+        f"C extensions: aiokafka {'loaded' if ext['aiokafka'] else 'NOT loaded'}, "
+        f"fastavro {'loaded' if ext['fastavro'] else 'NOT loaded'}; "
+        f"{os.cpu_count()} CPUs; Python {sys.version.split()[0]}"
+    )
+    began = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="tiaki-bench-") as tmp:
+        home = Path(tmp)
+        kafka = LocalKafka(
+            home / "kafka",
+            ROOT / "deploy" / "kafka" / "pom.xml",
+            free_port(),
+            free_port(),
+            lib=SHARED_LIB,
+        )
+        try:
+            kafka.up(timeout=180, die_with_parent=True)
+            admin = bootstrap_admin(
+                kafka.bootstrap, kafka.tls.ca_cert, kafka.credentials(), home / "profiles"
+            )
+            provision(
+                load_registry(ROOT / "policies" / "agencies.yaml"),
+                load_profile(admin),
+                home / "profiles",
+            )
+            env = prepare(home)
+            print(
+                f"Kafka up and provisioned on {kafka.bootstrap} "
+                f"in {time.perf_counter() - began:.1f} s"
+            )
+            asyncio.run(run(env, args.events, args.profile))
+        finally:
+            kafka.down()
+    print(f"total {time.perf_counter() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
