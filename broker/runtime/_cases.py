@@ -21,9 +21,10 @@ SafetyAssessmentMeetingOutcome              ``lead_agency`` gains ``lead``; the 
 Applying an event is idempotent, so re-processing a batch after an aborted transaction gives
 the same state. Every change is written (key: case id) to the compacted
 ``tiaki.state.cases`` topic in the same transaction as the event's other outputs, and a worker
-rebuilds the map from that topic when it starts. Events are keyed by case id and every ingress
-topic has the same partition count, so with Kafka's range assignor one worker owns all of a
-case's events across agencies.
+rebuilds the map from that topic when it starts and again whenever its partitions change (the
+previous owner committed its state before giving the partitions up). Events are keyed by case
+id and every ingress topic has the same partition count, so with Kafka's range assignor one
+worker owns all of a case's events across agencies.
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class CaseMembership:
         if case_id in self._closed:
             return frozenset()
         return frozenset(a for a, grounds in self._members.get(case_id, {}).items() if grounds)
+
+    def replace(self, other: CaseMembership) -> None:
+        """Take ``other``'s state as this one's (after re-reading the state topic)."""
+        self._members, self._closed, self._risk = other._members, other._closed, other._risk
 
     def load(self, states: Iterable[Mapping[str, Any]]) -> None:
         """Rebuild from ``CaseMembership`` records (the compacted topic, oldest first)."""

@@ -54,6 +54,10 @@ class RequestBook:
     def __init__(self) -> None:
         self._requests: dict[str, _Request] = {}
 
+    def replace(self, other: RequestBook) -> None:
+        """Take ``other``'s state as this one's (after re-reading the state topic)."""
+        self._requests = other._requests
+
     def load(self, states: Iterable[Mapping[str, Any]]) -> None:
         for s in states:
             self._requests[s["request_id"]] = _Request(

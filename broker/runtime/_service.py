@@ -108,12 +108,19 @@ async def serve(
     if options.metrics_port is not None:
         start_http_server(options.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     transport = KafkaTransport(profile, worker_id=options.worker_id)
+
+    async def refresh_state() -> None:
+        fresh_cases, fresh_requests = await rebuild_state(KafkaReader(profile), schemas)
+        cases.replace(fresh_cases)
+        requests.replace(fresh_requests)
+
     worker = Worker(
         transport,
         pipeline,
         metrics,
         max_batch=options.max_batch,
         poll_timeout_ms=options.poll_timeout_ms,
+        on_assignment=refresh_state,
     )
     log.info("broker starting", worker=options.worker_id, policy_hash=engine().policy_hash)
     following = asyncio.create_task(watcher.follow(profile, stop))

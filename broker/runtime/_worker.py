@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -53,6 +53,7 @@ class Worker:
         max_batch: int = 500,
         poll_timeout_ms: int = 100,
         clock: Callable[[], datetime] = _utc_now,
+        on_assignment: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._transport = transport
         self._pipeline = pipeline
@@ -61,6 +62,10 @@ class Worker:
         self._poll_timeout_ms = poll_timeout_ms
         self._clock = clock
         self._stats = WorkerStatistics()
+        #: Re-reads shared state when this worker's partitions change (a rebalance): another
+        #: worker may have committed state for the cases it now owns.
+        self._on_assignment = on_assignment
+        self._assignment: frozenset[tuple[str, int]] = frozenset()
 
     async def __aenter__(self) -> Worker:
         await self._transport.start()
@@ -83,6 +88,12 @@ class Worker:
     async def step(self) -> int:
         """One poll-process-commit cycle; returns the number of records committed."""
         batch = await self._transport.poll(self._max_batch, self._poll_timeout_ms)
+        assignment = self._transport.assignment()
+        if assignment != self._assignment:
+            self._assignment = assignment
+            if self._on_assignment is not None:
+                await self._on_assignment()
+            log.info("partitions assigned", count=len(assignment))
         now = self._clock()
         escalations = self._pipeline.escalations(now)
         if not batch and not escalations:

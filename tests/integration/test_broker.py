@@ -285,3 +285,26 @@ async def test_held_decision_is_released_by_a_named_reviewer(env: BrokerEnv) -> 
         if a["event_id"] == screening["header"]["event_id"] and a["action"] == "review"
     ]
     assert [(a["outcome"], a["recipient"]) for a in review] == [("approve", "police")]
+
+
+async def test_two_workers_share_the_stream_and_deliver_once(env: BrokerEnv) -> None:
+    second = env.start("1")  # joins worker 0's consumer group; partitions are shared between them
+    try:
+        env.wait_for_log("1", "partitions assigned", second)
+        stories = [case_story(f"SYN-SCALE-{uuid.uuid4().hex[:8]}") for _ in range(12)]
+        items = [item for story in stories for item in story]
+        await env.publish("police", items)
+        expected = expected_deliveries(env, items)
+        ids = {doc["header"]["event_id"] for _, doc in items}
+        actual = await delivered(env, ids, sum(map(len, expected.values())))
+        assert actual == expected
+        counts: dict[str, int] = {}
+        for shared in await env.received("corrections"):
+            if shared["event_id"] in ids:
+                counts[shared["event_id"]] = counts.get(shared["event_id"], 0) + 1
+        assert set(counts.values()) == {1}
+        assert any("batch committed" in line for line in env.log_lines("1")), "worker 1 took part"
+    finally:
+        second.terminate()
+        assert second.wait(timeout=60) == 0
+        env.processes.remove(second)

@@ -3,10 +3,14 @@ grant, and says so."""
 
 from __future__ import annotations
 
+import json
+import stat
+from pathlib import Path
+
 import pytest
 
 from broker._cli import main
-from broker.platform import Acl, ClusterAdmin, egress, provision
+from broker.platform import PROFILE_KEYS, Acl, ClusterAdmin, egress, provision
 from broker.registry import Registry
 from tests.integration.conftest import Cluster
 from tests.integration.kafka_probe import ALLOWED, DENIED, probe_reads
@@ -74,3 +78,17 @@ def test_agency_leaving_the_registry_loses_principal_and_acls(cluster: Cluster) 
         _provision(cluster)
     assert (cluster.profiles_dir / f"{leaving}.json").exists()
     assert not _provision(cluster).changed
+
+
+def test_profiles_hold_exactly_aiokafkas_arguments_and_only_their_owner_reads_them(
+    cluster: Cluster,
+) -> None:
+    assert stat.S_IMODE(cluster.profiles_dir.stat().st_mode) == 0o700
+    names = {p.stem for p in cluster.profiles_dir.glob("*.json")}
+    assert names == set(cluster.registry.ids) | {"broker", "compliance", "admin"}
+    for path in cluster.profiles_dir.glob("*.json"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        profile = json.loads(path.read_text())
+        assert set(profile) == set(PROFILE_KEYS)
+        assert profile["sasl_plain_username"] == path.stem
+        assert Path(profile["ssl_cafile"]).is_file()
