@@ -146,8 +146,13 @@ def decision_audit(
     field_actions: Mapping[str, str],
     now: datetime,
     new_id: uuid.UUID | None = None,
+    subjects: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The audit record of one sharing decision about one (event, recipient) pair."""
+    """The audit record of one sharing decision about one (event, recipient) pair.
+
+    ``subjects`` are the event's subject references when the caller has them already (one
+    event has several decisions; hashing its identifiers once is enough).
+    """
     header = event.get("header") or {}
     sharing = header.get("sharing") or {}
     record = audit_base(ctx, "decision", now, new_id or uuid.uuid4())
@@ -168,6 +173,8 @@ def decision_audit(
         "reason_codes": list(reason_codes),
         "obligations": list(obligations),
         "field_actions": dict(field_actions),
-        "subject_refs": subject_refs(ctx.subject_key, event),
+        "subject_refs": list(subjects)
+        if subjects is not None
+        else subject_refs(ctx.subject_key, event),
     }
     return record

@@ -39,6 +39,7 @@ from broker.runtime._audit import (
     decision_audit,
     quarantine_audit,
     quarantined_record,
+    subject_refs,
 )
 from broker.runtime._cases import CaseMembership
 from broker.runtime._decide import Decider, Outcome, Verdict
@@ -163,8 +164,9 @@ class Pipeline:
                 admitted.event_type,
             )
             return self._quarantine(record, rejected, now)
+        subjects = subject_refs(self._subject_key, admitted.event) if verdicts else []
         for verdict in verdicts:
-            outputs.extend(self._deliver(admitted, verdict, now))
+            outputs.extend(self._deliver(admitted, verdict, now, subjects))
         return Processed(outputs, admitted.source.id, admitted.event_type, None, tuple(verdicts))
 
     def _quarantine(self, record: Record, rejected: Rejected, now: datetime) -> Processed:
@@ -212,7 +214,9 @@ class Pipeline:
             outputs.append(self._audit(audit, str(state["request_id"]).encode()))
         return outputs
 
-    def _deliver(self, admitted: Accepted, verdict: Verdict, now: datetime) -> list[Outgoing]:
+    def _deliver(
+        self, admitted: Accepted, verdict: Verdict, now: datetime, subjects: list[str]
+    ) -> list[Outgoing]:
         case_key = str(admitted.event["header"]["case_id"]).encode()
         audit = decision_audit(
             self._context(),
@@ -230,6 +234,7 @@ class Pipeline:
             obligations=verdict.obligations,
             field_actions=verdict.field_actions,
             now=now,
+            subjects=subjects,
         )
         outputs = [self._audit(audit, case_key)]
         if verdict.outcome is Outcome.DENY or verdict.body is None:
