@@ -33,6 +33,14 @@ from broker.transport import KafkaReader, Outgoing
 
 app = typer.Typer(help="The review queue: decisions held for a person.", no_args_is_help=True)
 
+ReviewId = Annotated[str, typer.Argument(help="The held item, as `tiaki review list` shows it.")]
+Reviewer = Annotated[
+    str, typer.Option("--reviewer", help="Your name, as the audit log will show it.")
+]
+Justification = Annotated[
+    str, typer.Option("--justification", help="Why (recorded; no personal details).")
+]
+
 
 class _Context:
     def __init__(self) -> None:
@@ -118,33 +126,13 @@ def _decide(review_id: str, verdict: str, reviewer: str, justification: str) -> 
 
 
 @app.command("approve")
-def approve(
-    review_id: Annotated[
-        str, typer.Argument(help="The held item, as `tiaki review list` shows it.")
-    ],
-    reviewer: Annotated[
-        str, typer.Option("--reviewer", help="Your name, as the audit log will show it.")
-    ],
-    justification: Annotated[
-        str, typer.Option("--justification", help="Why (recorded; no personal details).")
-    ],
-) -> None:
+def approve(review_id: ReviewId, reviewer: Reviewer, justification: Justification) -> None:
     """Release a held item to its recipient, with your name and reasons on the audit record."""
     _decide(review_id, "approve", reviewer, justification)
 
 
 @app.command("decline")
-def decline(
-    review_id: Annotated[
-        str, typer.Argument(help="The held item, as `tiaki review list` shows it.")
-    ],
-    reviewer: Annotated[
-        str, typer.Option("--reviewer", help="Your name, as the audit log will show it.")
-    ],
-    justification: Annotated[
-        str, typer.Option("--justification", help="Why (recorded; no personal details).")
-    ],
-) -> None:
+def decline(review_id: ReviewId, reviewer: Reviewer, justification: Justification) -> None:
     """Refuse a held item: nothing is released; the refusal and its reasons are audited."""
     _decide(review_id, "decline", reviewer, justification)
 

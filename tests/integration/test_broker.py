@@ -26,6 +26,7 @@ from broker.runtime._service import secret_paths
 from broker.transport import KafkaPublisher
 from tests.integration.broker_env import SCHEMAS, TIAKI, BrokerEnv, example
 from tests.integration.conftest import ROOT, Cluster
+from tests.unit.runtime.test_audit import CANARIES, with_canaries
 
 
 @pytest.fixture(scope="module")
@@ -155,22 +156,6 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
     assert sorted(reasons) == sorted(
         ["malformed_envelope", "bad_version", "tampered", "header_mismatch", "replayed"]
     )
-
-
-CANARIES = ("CANARY-QZX-FAMILY", "CANARY-WVK-GIVEN", "CANARY-ID-8841")
-
-
-def with_canaries(node: Any) -> None:
-    if isinstance(node, dict):
-        if "identifiers" in node and "family_name" in node:
-            node["family_name"], node["given_names"] = CANARIES[0], CANARIES[1]
-            for identifier in node["identifiers"]:
-                identifier["value"] = CANARIES[2]
-        for child in node.values():
-            with_canaries(child)
-    elif isinstance(node, list):
-        for child in node:
-            with_canaries(child)
 
 
 async def test_invalid_policy_mid_stream_is_refused_and_no_canary_escapes(env: BrokerEnv) -> None:
