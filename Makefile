@@ -33,17 +33,17 @@ unit: $(STAMP)
 test: lint
 	$(BIN)/pytest tests -q
 
-# Until the broker and adapters land (issues 5 and 6) the demo brings up the secured platform:
-# a local Apache Kafka, provisioned agencies with their ACLs and profiles, development keys.
+# The main job on the embedded default: a local Apache Kafka, provisioned agencies with their
+# ACLs and profiles, development keys, then one case played through the real broker with what
+# each agency received. Kafka stays up afterwards; `make kafka-down` stops it.
 demo: $(STAMP)
 	$(BIN)/tiaki kafka up
 	$(BIN)/tiaki provision
 	$(BIN)/tiaki keys init
-	$(BIN)/tiaki registry show
-	$(BIN)/tiaki schema list
+	$(BIN)/tiaki demo
 	@echo
 	@echo "Kafka is running on 127.0.0.1:19093 (SASL_SSL + SCRAM-SHA-512); profiles in .tiaki/profiles/."
-	@echo "Stop it with: .venv/bin/tiaki kafka down"
+	@echo "Stop it with: make kafka-down"
 
 bench: $(STAMP)
 	$(BIN)/python -m bench

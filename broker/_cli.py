@@ -18,6 +18,7 @@ from broker.platform._cli import kafka_app, provision_command
 from broker.policy._cli import app as policy_app
 from broker.registry._cli import app as registry_app
 from broker.runtime._cli import app as broker_app
+from broker.runtime._cli import demo_command
 from broker.runtime._review_cli import app as review_app
 
 app = typer.Typer(
@@ -35,6 +36,7 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(policy_app, name="policy")
 app.add_typer(broker_app, name="broker")
 app.add_typer(review_app, name="review")
+app.command("demo")(demo_command)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from broker._logging import configure_logging
 from broker._settings import Settings
 from broker.platform._profiles import load_profile, profile_path
 from broker.platform._topics import ADMIN, POLICY
 from broker.policy import PolicyStore, load_roster
+from broker.runtime._demo import run_demo
 from broker.runtime._release import bundle
 from broker.runtime._service import ServiceOptions, install_stop_signals, serve
 from broker.transport import KafkaPublisher
@@ -80,3 +83,9 @@ def publish_policy(
 
     asyncio.run(main())
     print(f"published {len(data)} bytes to {POLICY}")
+
+
+def demo_command() -> None:
+    """Play one case through the broker on the local Kafka and show what each agency received."""
+    configure_logging(level=logging.WARNING)
+    asyncio.run(run_demo(Settings.from_env(), Console()))
