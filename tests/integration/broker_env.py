@@ -129,15 +129,25 @@ class BrokerEnv:
         self.processes.clear()
         return codes
 
-    def seal(self, agency: str, event_type: str, doc: dict[str, Any]) -> bytes:
+    def seal(
+        self,
+        agency: str,
+        event_type: str,
+        doc: dict[str, Any],
+        *,
+        payload: bytes | None = None,
+        fingerprint: bytes | None = None,
+        topic: str | None = None,
+    ) -> bytes:
+        """``doc`` sealed by ``agency`` for the broker; the keywords forge a bad record."""
         schema = SCHEMAS.latest(event_type)
         return Sealer(agency, self.ring).seal(
-            encode(schema, from_json(schema, doc)),
+            payload if payload is not None else encode(schema, from_json(schema, doc)),
             kind=Kind.INGRESS,
-            topic=ingress(agency),
+            topic=topic or ingress(agency),
             recipient="broker",
             event_id=doc["header"]["event_id"],
-            schema_fingerprint=schema.fingerprint,
+            schema_fingerprint=fingerprint or schema.fingerprint,
             now=dt.datetime.now(dt.UTC),
         )
 

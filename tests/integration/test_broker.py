@@ -7,6 +7,7 @@ import datetime as dt
 import json
 import subprocess
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -136,6 +137,10 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
     )
     flipped[-3] ^= 0x10
     wrong_source = example("FamilyHarmEpisodeReport", source_agency="msd")
+
+    def fresh() -> dict[str, Any]:
+        return example("FamilyHarmEpisodeReport", source_agency="police")
+
     bad = [
         b"\x01not an envelope",
         b"\x7f" + sealed[1:],
@@ -143,19 +148,50 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
         env.seal("police", "FamilyHarmEpisodeReport", wrong_source),
         sealed,
         sealed,  # the same record again: a replay
+        env.seal("police", "FamilyHarmEpisodeReport", fresh(), fingerprint=bytes(32)),
+        env.seal("police", "FamilyHarmEpisodeReport", fresh(), payload=b"\xff\xfe not avro"),
+        env.seal(
+            "police",
+            "FamilyHarmEpisodeReport",
+            fresh(),
+            fingerprint=SCHEMAS.latest("Address").fingerprint,
+        ),
+        env.seal("police", "FamilyHarmEpisodeReport", fresh(), topic="tiaki.ingress.msd"),
     ]
+    expected = [
+        "malformed_envelope",
+        "bad_version",
+        "tampered",
+        "header_mismatch",
+        "replayed",
+        "unknown_schema",
+        "malformed_avro",
+        "not_an_event",
+        "wrong_topic",
+    ]
+    metric_before = quarantined_total(env.metrics())
     before = len(await env.read("broker", DLQ))
     await env.publish_raw("police", bad)
     deadline = asyncio.get_running_loop().time() + 60
     while True:
         records = await env.read("broker", DLQ)
-        if len(records) - before >= 5 or asyncio.get_running_loop().time() > deadline:
+        if len(records) - before >= len(expected) or asyncio.get_running_loop().time() > deadline:
             break
         await asyncio.sleep(1)
     reasons = [dict(r.headers)["tiaki-reason"].decode() for r in records[before:]]
-    assert sorted(reasons) == sorted(
-        ["malformed_envelope", "bad_version", "tampered", "header_mismatch", "replayed"]
-    )
+    assert sorted(reasons) == sorted(expected)  # nine kinds, each with its own reason code
+    # The quarantine metric agrees with the topic: counted per reason, once per record.
+    assert quarantined_total(env.metrics()) - metric_before == Counter(reasons)
+
+
+def quarantined_total(exposition: str) -> Counter[str]:
+    """``tiaki_quarantined_total`` per reason, from a Prometheus exposition."""
+    counts: Counter[str] = Counter()
+    for line in exposition.splitlines():
+        if line.startswith("tiaki_quarantined_total{"):
+            reason = line.split('reason="', 1)[1].split('"', 1)[0]
+            counts[reason] = int(float(line.rsplit(" ", 1)[1]))
+    return counts
 
 
 async def test_invalid_policy_mid_stream_is_refused_and_no_canary_escapes(env: BrokerEnv) -> None:
