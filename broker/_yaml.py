@@ -13,6 +13,7 @@ from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
+from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from broker._errors import TiakiError
@@ -29,6 +30,19 @@ class SourceError(TiakiError):
         super().__init__(f"{self.path}:{line}:{column}: {reason}")
 
 
+class _TextTimestamps(RoundTripConstructor):
+    """Round-trip YAML that leaves timestamps as text, so a bad date gets a position.
+
+    ruamel would build ``datetime.date`` itself and raise a bare ``ValueError`` (no line, no
+    column) for ``2024-13-31``; readers parse the text and point at it instead.
+    """
+
+
+_TextTimestamps.add_constructor(
+    "tag:yaml.org,2002:timestamp", RoundTripConstructor.construct_yaml_str
+)
+
+
 def load_yaml(path: Path) -> Any:
     """Parse ``path`` keeping positions; raise :class:`SourceError` on unreadable or bad YAML."""
     try:
@@ -36,6 +50,7 @@ def load_yaml(path: Path) -> Any:
     except OSError as exc:
         raise SourceError(path, 1, 1, f"cannot read file: {exc.strerror or exc}") from None
     yaml = YAML(typ="rt")
+    yaml.Constructor = _TextTimestamps
     yaml.allow_duplicate_keys = False
     try:
         return yaml.load(text)
@@ -46,8 +61,6 @@ def load_yaml(path: Path) -> Any:
         raise SourceError(path, line, column, f"bad YAML: {problem}") from None
     except YAMLError as exc:  # errors without a mark
         raise SourceError(path, 1, 1, f"bad YAML: {exc}") from None
-    except ValueError as exc:  # ruamel builds dates eagerly: 2024-13-31 fails without a mark
-        raise SourceError(path, 1, 1, f"bad YAML: an invalid date or number ({exc})") from None
 
 
 def locate(root: Any, loc: Sequence[str | int]) -> tuple[int, int]:

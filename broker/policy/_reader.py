@@ -13,42 +13,17 @@ from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.constructor import RoundTripConstructor
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from broker._yaml import SourceError, load_yaml
 from broker.policy._errors import PolicySourceError
-
-
-class _Constructor(RoundTripConstructor):
-    """Round-trip YAML that leaves timestamps as text, so a bad date gets a position.
-
-    ruamel would build ``datetime.date`` itself and raise a bare ``ValueError`` (no line, no
-    column) for ``2024-13-31``; :meth:`Reader.date` parses the text and points at it instead.
-    """
-
-
-_Constructor.add_constructor("tag:yaml.org,2002:timestamp", RoundTripConstructor.construct_yaml_str)
 
 
 def _parse(path: Path) -> Any:
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicySourceError(path, 1, 1, f"cannot read file: {exc.strerror or exc}") from None
-    yaml = YAML(typ="rt")
-    yaml.Constructor = _Constructor
-    yaml.allow_duplicate_keys = False
-    try:
-        return yaml.load(text)
-    except MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
-        raise PolicySourceError(path, line, column, f"bad YAML: {problem}") from None
-    except YAMLError as exc:  # errors without a mark
-        raise PolicySourceError(path, 1, 1, f"bad YAML: {exc}") from None
+        return load_yaml(path)
+    except SourceError as exc:
+        raise PolicySourceError(exc.path, exc.line, exc.column, exc.reason) from None
 
 
 #: A (container, key-or-index) pair naming one node, so errors can point at it.
