@@ -786,7 +786,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(asyncio.run(latency_client(json.loads(args.latency_client)))))
         return 0
 
-    from broker.platform import LocalKafka, bootstrap_admin, load_profile, provision
+    from broker.platform import LocalKafka, start_provisioned
     from broker.registry import load_registry
 
     ext = extensions()
@@ -806,14 +806,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             lib=SHARED_LIB,
         )
         try:
-            kafka.up(timeout=180, die_with_parent=True)
-            admin = bootstrap_admin(
-                kafka.bootstrap, kafka.tls.ca_cert, kafka.credentials(), home / "profiles"
-            )
-            provision(
+            start_provisioned(
+                kafka,
                 load_registry(ROOT / "policies" / "agencies.yaml"),
-                load_profile(admin),
                 home / "profiles",
+                die_with_parent=True,
             )
             env = prepare(home)
             print(

@@ -17,7 +17,13 @@ from broker.platform._profiles import (
     profile_path,
     save_profile,
 )
-from broker.platform._provision import ClusterAdmin, ProvisionReport, bootstrap_admin, provision
+from broker.platform._provision import (
+    ClusterAdmin,
+    ProvisionReport,
+    bootstrap_admin,
+    provision,
+    start_provisioned,
+)
 from broker.platform._topics import (
     ADMIN,
     AUDIT,
@@ -69,4 +75,5 @@ __all__ = [
     "profile_path",
     "provision",
     "save_profile",
+    "start_provisioned",
 ]

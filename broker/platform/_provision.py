@@ -38,7 +38,7 @@ from confluent_kafka.admin import (
 
 from broker._errors import ProvisionError
 from broker.platform import _topics as t
-from broker.platform._local import INTERNAL_USER
+from broker.platform._local import INTERNAL_USER, LocalKafka
 from broker.platform._plan import (
     Acl,
     ActualState,
@@ -354,3 +354,21 @@ def bootstrap_admin(
     path = profile_path(profiles_dir, t.ADMIN)
     save_profile(path, _profile_for(internal, t.ADMIN, credentials[t.ADMIN]))
     return path
+
+
+def start_provisioned(
+    kafka: LocalKafka,
+    registry: Registry,
+    profiles_dir: Path,
+    *,
+    timeout: float = 180.0,
+    die_with_parent: bool = False,
+) -> Profile:
+    """Start ``kafka``, grant the admin principal its ACLs and provision ``registry`` onto it
+    (what ``tiaki kafka up`` then ``tiaki provision`` do); return the admin profile."""
+    kafka.up(timeout=timeout, die_with_parent=die_with_parent)
+    admin = load_profile(
+        bootstrap_admin(kafka.bootstrap, kafka.tls.ca_cert, kafka.credentials(), profiles_dir)
+    )
+    provision(registry, admin, profiles_dir)
+    return admin

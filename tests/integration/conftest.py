@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.platform import LocalKafka, Profile, bootstrap_admin, load_profile, provision
+from broker.platform import LocalKafka, Profile, load_profile, provision, start_provisioned
 from broker.registry import Registry, load_registry
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,11 +59,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         lib=SHARED_LIB,
     )
     try:
-        kafka.up(timeout=180, die_with_parent=True)
-        admin_path = bootstrap_admin(
-            kafka.bootstrap, kafka.tls.ca_cert, kafka.credentials(), profiles
-        )
-        provision(registry, load_profile(admin_path), profiles)
+        start_provisioned(kafka, registry, profiles, die_with_parent=True)
         yield Cluster(registry, profiles, kafka)
     finally:
         kafka.down()
