@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from broker.codec import SchemaSet, encode
+from broker.codec import Schema, SchemaSet, encode
 from broker.envelope import Kind, Sealer
 from broker.platform._topics import AUDIT, BROKER, DLQ, REVIEW, STATE_CASES, STATE_REQUESTS, egress
 from broker.runtime._audit import (
@@ -70,6 +70,13 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return base64.b64encode(value).decode()
     raise TypeError(f"cannot represent {type(value).__name__} in a shared event")
+
+
+def audit_output(schema: Schema, record: Mapping[str, Any], key: bytes | None) -> Outgoing:
+    """An audit record for ``tiaki.audit``: plain Avro, its schema named in a header."""
+    return Outgoing(
+        AUDIT, key, encode(schema, record), ((SCHEMA_HEADER, schema.fingerprint_hex.encode()),)
+    )
 
 
 def body_json(body: Mapping[str, Any]) -> str:
@@ -135,10 +142,7 @@ class Pipeline:
         return AuditContext(subject_key=self._subject_key, policy_hash=self._decider.policy_hash)
 
     def _audit(self, record: Mapping[str, Any], key: bytes | None) -> Outgoing:
-        value = encode(self._audit_schema, record)
-        return Outgoing(
-            AUDIT, key, value, ((SCHEMA_HEADER, self._audit_schema.fingerprint_hex.encode()),)
-        )
+        return audit_output(self._audit_schema, record, key)
 
     def process(self, record: Record, now: datetime) -> Processed:
         """Every record that ``record`` causes; never raises for a bad record."""

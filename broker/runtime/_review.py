@@ -28,13 +28,13 @@ from typing import Any
 from broker._errors import TiakiError
 from broker.codec import SchemaSet, decode, encode
 from broker.envelope import Kind, Opener, Sealer
-from broker.platform._topics import AUDIT, BROKER, REVIEW, egress
+from broker.platform._topics import BROKER, REVIEW, egress
 from broker.runtime._audit import AuditContext, audit_base
 from broker.runtime._pipeline import (
     DEADLINE_HEADER,
     RECIPIENT_HEADER,
     REVIEW_ID_HEADER,
-    SCHEMA_HEADER,
+    audit_output,
 )
 from broker.transport import Outgoing, Record
 
@@ -149,15 +149,7 @@ def decide(
         "reason_codes": ["review_overdue"] if verdict == "escalate" else [f"review_{verdict}"],
         "detail": justification[:500] or None,
     }
-    audit_schema = schemas.latest("AuditRecord")
-    outputs.append(
-        Outgoing(
-            AUDIT,
-            key,
-            encode(audit_schema, audit),
-            ((SCHEMA_HEADER, audit_schema.fingerprint_hex.encode()),),
-        )
-    )
+    outputs.append(audit_output(schemas.latest("AuditRecord"), audit, key))
     if verdict == "approve":
         shared_schema = schemas.latest("SharedEvent")
         released = sealer.seal(
