@@ -24,6 +24,7 @@ from broker.audit import (
 )
 from broker.codec import SchemaSet, encode, load_schemas
 from broker.envelope import Algorithm, KeyRing
+from broker.runtime._audit import subject_ref
 
 ROOT = Path(__file__).resolve().parents[3]
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -48,34 +49,56 @@ def ring() -> KeyRing:
     return make_ring()
 
 
-def audit_value(schemas: SchemaSet, n: int, now: datetime) -> tuple[bytes, bytes]:
-    """(Avro value, schema header) of a synthetic single-recipient audit record."""
-    schema = schemas.latest("AuditRecord")
-    record: dict[str, Any] = {
+#: The synthetic person the tests look for, and how they are given on the command line.
+PERSON = "NHI:ZZZ0016"
+
+
+def person_ref() -> str:
+    return subject_ref(SUBJECT_KEY, "NHI", "ZZZ0016")
+
+
+def audit_record(schemas: SchemaSet, n: int, now: datetime) -> dict[str, Any]:
+    """Synthetic audit record ``n``: every third a share to Corrections, every fifth about
+    :data:`PERSON`."""
+    episode = schemas.latest("CaseAllocation")
+    shared = n % 3 == 0
+    return {
         "audit_id": uuid.UUID(int=n),
         "recorded_at": now,
-        "action": "escalation",
+        "action": "decision" if shared else "escalation",
         "event_id": f"evt-{n}",
-        "event_type": "InformationRequest",
-        "schema_fingerprint": None,
+        "event_type": "CaseAllocation" if shared else "InformationRequest",
+        "schema_fingerprint": episode.fingerprint_hex if shared else None,
         "case_ref": None,
         "actor": "broker",
-        "source_agency": "msd",
-        "recipient": "police",
-        "outcome": "escalated",
-        "route": None,
-        "legal_basis": None,
-        "purpose": None,
+        "source_agency": "police" if shared else "msd",
+        "recipient": "corrections" if shared else "police",
+        "outcome": "share" if shared else "escalated",
+        "route": "fva_s20" if shared else None,
+        "legal_basis": "fva_s20" if shared else None,
+        "purpose": "fv_risk_needs_assessment" if shared else None,
         "consent": None,
         "person_told": None,
-        "rule_ids": [],
-        "reason_codes": ["request_unanswered"],
+        "rule_ids": ["SYN-1"] if shared else [],
+        "reason_codes": [] if shared else ["request_unanswered"],
         "obligations": [],
-        "field_actions": {},
-        "subject_refs": [f"{n % 97:064x}"],
+        "field_actions": {
+            "header.case_id": "keep",
+            "header.sharing.imminent_danger": "keep",
+            "reason": "drop",
+        }
+        if shared
+        else {},
+        "subject_refs": [person_ref()] if n % 5 == 0 else [f"{n % 97:064x}"],
         "policy_hash": None,
         "detail": None,
     }
+
+
+def audit_value(schemas: SchemaSet, n: int, now: datetime) -> tuple[bytes, bytes]:
+    """(Avro value, schema header) of synthetic audit record ``n``."""
+    schema = schemas.latest("AuditRecord")
+    record = audit_record(schemas, n, now)
     return encode(schema, record), schema.fingerprint_hex.encode()
 
 

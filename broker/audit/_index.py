@@ -1,0 +1,519 @@
+"""The audit index: the audit topic as tables a compliance officer can query.
+
+Why a separate index at all: the audit topic is the record of proof (chained, signed,
+append-only) but it can only be read front to back; questions like "who received what about
+this person" need an index by subject reference, recipient and time. The index is derived
+data: it can always be rebuilt from the topic, and ``tiaki audit verify`` checks the topic,
+not the index.
+
+Shape (one row per audit record, one per (record, decision), one per (record, subject)):
+
+- ``records``: where it sits (partition, offset, chain, seq) and who/what/when;
+- ``decisions``: one row per candidate recipient of a decision record (AuditRecord v2's
+  ``decisions``), or the single top-level recipient of any other record;
+- ``subjects``: the keyed hashes of the people a record is about;
+- ``positions``: the next offset to read per partition, so indexing resumes;
+- ``access_log``: every read of the index, hash-chained (see :class:`AccessLog`).
+
+SQLite (stdlib) by default, with WAL and batched ``executemany`` in one transaction per
+batch; PostgreSQL by URL through the same small :class:`Database` interface when the
+``psycopg`` driver is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+from broker.audit._chain import CHAIN_HEADER, SCHEMA_HEADER, SEQ_HEADER
+from broker.audit._errors import IndexFailure, LogTampered, QueryError
+from broker.audit._log import LogEntry
+from broker.codec import CodecError, SchemaSet
+
+#: A record id is its position packed into one integer: unique, and ordered like the topic.
+_PARTITION_SHIFT = 1 << 40
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS records (
+        id BIGINT PRIMARY KEY, partition INTEGER NOT NULL, log_offset BIGINT NOT NULL,
+        chain TEXT, seq BIGINT, audit_id TEXT NOT NULL, recorded_at BIGINT NOT NULL,
+        action TEXT NOT NULL, event_id TEXT, event_type TEXT, schema_fingerprint TEXT,
+        case_ref TEXT, actor TEXT, source_agency TEXT, consent TEXT, policy_hash TEXT,
+        detail TEXT)""",
+    """CREATE TABLE IF NOT EXISTS decisions (
+        record_id BIGINT NOT NULL, recorded_at BIGINT NOT NULL, action TEXT NOT NULL,
+        event_type TEXT, source_agency TEXT, recipient TEXT, outcome TEXT, route TEXT,
+        legal_basis TEXT, purpose TEXT, person_told TEXT, rule_ids TEXT, reason_codes TEXT,
+        obligations TEXT, field_actions TEXT)""",
+    "CREATE TABLE IF NOT EXISTS subjects (subject_ref TEXT NOT NULL, record_id BIGINT NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS positions (partition INTEGER PRIMARY KEY, next_offset BIGINT)",
+    """CREATE TABLE IF NOT EXISTS access_log (
+        seq BIGINT PRIMARY KEY, at_ms BIGINT NOT NULL, operator TEXT NOT NULL,
+        command TEXT NOT NULL, query TEXT NOT NULL, results BIGINT NOT NULL,
+        prev TEXT NOT NULL, link TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS subjects_ref ON subjects (subject_ref, record_id)",
+    "CREATE INDEX IF NOT EXISTS decisions_record ON decisions (record_id)",
+    "CREATE INDEX IF NOT EXISTS decisions_recipient ON decisions (recipient, recorded_at)",
+    "CREATE INDEX IF NOT EXISTS records_time ON records (recorded_at)",
+)
+
+#: Statements use ``?`` placeholders; the PostgreSQL driver's ``%s`` is substituted there.
+_INSERT_RECORD = "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_DECISION = "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+
+
+class Database(Protocol):
+    """The little an index needs from a SQL database; SQLite and PostgreSQL implement it."""
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    def transaction(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteDatabase:
+    """SQLite through the standard library: WAL, normal synchronisation (the index is
+    derived data, rebuilt from the topic if a power cut loses its last batch)."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(path), isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.execute("PRAGMA cache_size=-65536")
+        except (sqlite3.Error, OSError) as exc:
+            raise IndexFailure(f"cannot open the index at {path}: {exc}") from None
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise IndexFailure(f"index query failed: {exc}") from None
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            self._conn.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise IndexFailure(f"index write failed: {exc}") from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._conn.rollback()
+            raise
+        self.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class PostgresDatabase:
+    """PostgreSQL through psycopg 3 (installed separately: ``pip install psycopg[binary]``)."""
+
+    def __init__(self, url: str) -> None:
+        try:  # an optional driver, needed only where an agency runs PostgreSQL
+            psycopg: Any = importlib.import_module("psycopg")
+        except ImportError:
+            raise IndexFailure("a PostgreSQL index needs the psycopg package") from None
+        self._psycopg: Any = psycopg
+        try:
+            self._conn: Any = psycopg.connect(url, autocommit=True)
+        except psycopg.Error as exc:
+            raise IndexFailure(
+                f"cannot connect to the index database: {type(exc).__name__}"
+            ) from None
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(sql.replace("?", "%s"), tuple(params))
+                return list(cur.fetchall()) if cur.description else []
+        except self._psycopg.Error as exc:
+            raise IndexFailure(f"index query failed: {type(exc).__name__}") from None
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            with self._conn.cursor() as cur:
+                cur.executemany(sql.replace("?", "%s"), list(rows))
+        except self._psycopg.Error as exc:
+            raise IndexFailure(f"index write failed: {type(exc).__name__}") from None
+
+    def transaction(self) -> Any:
+        return self._conn.transaction()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def open_database(target: str | Path) -> Database:
+    """A database from a path (SQLite) or a ``postgresql://`` URL."""
+    text = str(target)
+    if text.startswith(("postgresql://", "postgres://")):
+        return PostgresDatabase(text)
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///") :]
+    return SqliteDatabase(Path(text))
+
+
+def _ms(value: Any) -> int:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def record_id(partition: int, offset: int) -> int:
+    return partition * _PARTITION_SHIFT + offset
+
+
+def index_rows(
+    entry: LogEntry, record: Mapping[str, Any]
+) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[str, int]]]:
+    """The rows one decoded audit record becomes (pure).
+
+    A decision record (AuditRecord v2) becomes one decision row per candidate recipient; any
+    other record one row from its top-level recipient fields.
+    """
+    rid = record_id(entry.partition, entry.offset)
+    at = _ms(record["recorded_at"])
+    chain = entry.header(CHAIN_HEADER)
+    seq = entry.header(SEQ_HEADER)
+    action = str(record["action"])
+    row = (
+        rid,
+        entry.partition,
+        entry.offset,
+        chain.decode() if chain is not None else None,
+        int(seq) if seq is not None else None,
+        str(record["audit_id"]),
+        at,
+        action,
+        record.get("event_id"),
+        record.get("event_type"),
+        record.get("schema_fingerprint"),
+        record.get("case_ref"),
+        record.get("actor"),
+        record.get("source_agency"),
+        record.get("consent"),
+        record.get("policy_hash"),
+        record.get("detail"),
+    )
+    common = (rid, at, action, record.get("event_type"), record.get("source_agency"))
+    decisions = record.get("decisions") or [record]
+    rows = [
+        (
+            *common,
+            d.get("recipient"),
+            d.get("outcome"),
+            d.get("route"),
+            d.get("legal_basis"),
+            d.get("purpose"),
+            d.get("person_told"),
+            _json(list(d.get("rule_ids") or [])),
+            _json(list(d.get("reason_codes") or [])),
+            _json(list(d.get("obligations") or [])),
+            _json(dict(d.get("field_actions") or {})),
+        )
+        for d in decisions
+    ]
+    subjects = [(ref, rid) for ref in record.get("subject_refs") or []]
+    return row, rows, subjects
+
+
+@dataclass(frozen=True)
+class Query:
+    """What ``tiaki audit query`` asks; every field optional (all given are ANDed)."""
+
+    subject_ref: str | None = None
+    recipient: str | None = None
+    source: str | None = None
+    event_type: str | None = None
+    legal_basis: str | None = None
+    outcome: str | None = None
+    action: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    limit: int = 1000
+
+    def described(self) -> dict[str, Any]:
+        """The query as the access log records it: never an identifier, only its hash."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (audit record, decision) pair, as queries return it."""
+
+    recorded_at: datetime
+    action: str
+    event_type: str | None
+    event_id: str | None
+    source_agency: str | None
+    recipient: str | None
+    outcome: str | None
+    route: str | None
+    legal_basis: str | None
+    purpose: str | None
+    person_told: str | None
+    rule_ids: tuple[str, ...]
+    reason_codes: tuple[str, ...]
+    field_actions: dict[str, str]
+    schema_fingerprint: str | None
+    partition: int
+    offset: int
+
+    def to_json(self) -> dict[str, Any]:
+        doc = dict(vars(self))
+        doc["recorded_at"] = self.recorded_at.isoformat()
+        doc["rule_ids"] = list(self.rule_ids)
+        doc["reason_codes"] = list(self.reason_codes)
+        return doc
+
+
+ACCESS_CONTEXT = b"tiaki/v1/access-link\x00"
+
+
+def access_link(
+    seq: int, prev: str, at_ms: int, operator: str, command: str, query: str, results: int
+) -> str:
+    body = _json([seq, prev, at_ms, operator, command, query, results]).encode()
+    return hashlib.sha256(ACCESS_CONTEXT + body).hexdigest()
+
+
+@dataclass(frozen=True)
+class Access:
+    seq: int
+    at: datetime
+    operator: str
+    command: str
+    query: dict[str, Any]
+    results: int
+
+
+class AuditIndex:
+    """The index over one database (not thread-safe)."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        with db.transaction():
+            for statement in _SCHEMA:
+                db.execute(statement)
+
+    @classmethod
+    def open(cls, target: str | Path) -> AuditIndex:
+        return cls(open_database(target))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> AuditIndex:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def positions(self) -> dict[int, int]:
+        """The next offset to index, per partition."""
+        return {
+            int(p): int(o)
+            for p, o in self._db.execute("SELECT partition, next_offset FROM positions")
+        }
+
+    def add(self, entries: Sequence[LogEntry], schemas: SchemaSet) -> int:
+        """Index a batch of audit-topic entries in one transaction; return records indexed.
+
+        Entries already indexed (at or past a partition's position) are skipped, so indexing
+        is idempotent and resumes where it stopped.
+        """
+        done = self.positions()
+        records: list[tuple[Any, ...]] = []
+        decisions: list[tuple[Any, ...]] = []
+        subjects: list[tuple[str, int]] = []
+        upto: dict[int, int] = {}
+        readers: dict[bytes, Any] = {}
+        for entry in entries:
+            if entry.offset < done.get(entry.partition, 0):
+                continue
+            upto[entry.partition] = max(upto.get(entry.partition, 0), entry.offset + 1)
+            fingerprint = entry.header(SCHEMA_HEADER)
+            if fingerprint is None:
+                raise IndexFailure(f"{entry.position}: audit record without a schema header")
+            try:
+                if fingerprint not in readers:
+                    readers[fingerprint] = bytes.fromhex(fingerprint.decode())
+                decoded = schemas.decode(entry.value, readers[fingerprint])
+            except (CodecError, ValueError):
+                raise IndexFailure(f"{entry.position}: audit record does not decode") from None
+            row, rows, refs = index_rows(entry, decoded)
+            records.append(row)
+            decisions.extend(rows)
+            subjects.extend(refs)
+        if not upto:
+            return 0
+        with self._db.transaction():
+            self._insert(records, decisions, subjects)
+            for partition, offset in upto.items():
+                self._db.execute("DELETE FROM positions WHERE partition = ?", (partition,))
+                self._db.execute("INSERT INTO positions VALUES (?, ?)", (partition, offset))
+        return len(records)
+
+    def add_rows(
+        self,
+        records: Sequence[tuple[Any, ...]],
+        decisions: Sequence[tuple[Any, ...]],
+        subjects: Sequence[tuple[str, int]],
+    ) -> None:
+        """Insert already-built rows in one transaction (the benchmark's bulk path)."""
+        with self._db.transaction():
+            self._insert(records, decisions, subjects)
+
+    def _insert(
+        self,
+        records: Sequence[tuple[Any, ...]],
+        decisions: Sequence[tuple[Any, ...]],
+        subjects: Sequence[tuple[str, int]],
+    ) -> None:
+        self._db.executemany(_INSERT_RECORD, records)
+        self._db.executemany(_INSERT_DECISION, decisions)
+        self._db.executemany("INSERT INTO subjects VALUES (?, ?)", subjects)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def count(self) -> tuple[int, int, int]:
+        """(records, decision rows, subject rows)."""
+        ((r,),) = self._db.execute("SELECT COUNT(*) FROM records")
+        ((d,),) = self._db.execute("SELECT COUNT(*) FROM decisions")
+        ((s,),) = self._db.execute("SELECT COUNT(*) FROM subjects")
+        return int(r), int(d), int(s)
+
+    def query(self, q: Query) -> list[Row]:
+        """Rows matching ``q``, oldest first."""
+        if q.limit <= 0:
+            raise QueryError("the limit must be positive")
+        sql = [
+            "SELECT r.recorded_at, d.action, d.event_type, r.event_id, d.source_agency,"
+            " d.recipient, d.outcome, d.route, d.legal_basis, d.purpose, d.person_told,"
+            " d.rule_ids, d.reason_codes, d.field_actions, r.schema_fingerprint, r.partition,"
+            " r.log_offset FROM decisions d JOIN records r ON r.id = d.record_id"
+        ]
+        where: list[str] = []
+        params: list[Any] = []
+        if q.subject_ref is not None:
+            sql.append(" JOIN subjects s ON s.record_id = d.record_id AND s.subject_ref = ?")
+            params.append(q.subject_ref)
+        for column, value in (
+            ("d.recipient", q.recipient),
+            ("d.source_agency", q.source),
+            ("d.event_type", q.event_type),
+            ("d.legal_basis", q.legal_basis),
+            ("d.outcome", q.outcome),
+            ("d.action", q.action),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if q.since_ms is not None:
+            where.append("d.recorded_at >= ?")
+            params.append(q.since_ms)
+        if q.until_ms is not None:
+            where.append("d.recorded_at < ?")
+            params.append(q.until_ms)
+        if where:
+            sql.append(" WHERE " + " AND ".join(where))
+        sql.append(" ORDER BY d.recorded_at, d.record_id LIMIT ?")
+        params.append(q.limit)
+        return [
+            Row(
+                recorded_at=datetime.fromtimestamp(int(r[0]) / 1000, UTC),
+                action=r[1],
+                event_type=r[2],
+                event_id=r[3],
+                source_agency=r[4],
+                recipient=r[5],
+                outcome=r[6],
+                route=r[7],
+                legal_basis=r[8],
+                purpose=r[9],
+                person_told=r[10],
+                rule_ids=tuple(json.loads(r[11])),
+                reason_codes=tuple(json.loads(r[12])),
+                field_actions=dict(json.loads(r[13])),
+                schema_fingerprint=r[14],
+                partition=int(r[15]),
+                offset=int(r[16]),
+            )
+            for r in self._db.execute("".join(sql), params)
+        ]
+
+    # -- the access log -----------------------------------------------------------------------
+
+    def record_access(
+        self, *, operator: str, command: str, query: Mapping[str, Any], results: int, now: datetime
+    ) -> Access:
+        """Chain one read of the index into the access log (who, what query, when)."""
+        if not operator.strip():
+            raise QueryError("an operator identity is required to read the audit index")
+        text = _json(dict(query))
+        at = _ms(now)
+        with self._db.transaction():
+            last = self._db.execute("SELECT seq, link FROM access_log ORDER BY seq DESC LIMIT 1")
+            seq, prev = (int(last[0][0]) + 1, str(last[0][1])) if last else (0, "0" * 64)
+            link = access_link(seq, prev, at, operator, command, text, results)
+            self._db.execute(
+                "INSERT INTO access_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, at, operator, command, text, results, prev, link),
+            )
+        return Access(seq, now, operator, command, dict(query), results)
+
+    def access_log(self) -> list[Access]:
+        """Every recorded access, after checking the access log's chain."""
+        rows = self._db.execute(
+            "SELECT seq, at_ms, operator, command, query, results, prev, link FROM access_log"
+            " ORDER BY seq"
+        )
+        prev = "0" * 64
+        out: list[Access] = []
+        for expected, (seq, at, operator, command, query, results, stored_prev, link) in enumerate(
+            rows
+        ):
+            where = f"access log seq {expected}"
+            if int(seq) != expected:
+                raise LogTampered(where, "missing")
+            if (
+                stored_prev != prev
+                or access_link(int(seq), prev, int(at), operator, command, query, int(results))
+                != link
+            ):
+                raise LogTampered(where, "entry altered or out of chain")
+            prev = link
+            out.append(
+                Access(
+                    int(seq),
+                    datetime.fromtimestamp(int(at) / 1000, UTC),
+                    operator,
+                    command,
+                    json.loads(query),
+                    int(results),
+                )
+            )
+        return out

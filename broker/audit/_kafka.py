@@ -1,0 +1,39 @@
+"""Reading the audit and checkpoint topics from Kafka (the I/O edge of the audit tools).
+
+Reads are read-committed, so an aborted transaction's records (and the chain links in them)
+are never seen, exactly as the chain writer assumed when it rolled its head back.
+"""
+
+from __future__ import annotations
+
+from broker.audit._log import AUDIT_TOPIC, CHECKPOINT_TOPIC, LogEntry
+from broker.platform import Profile
+from broker.transport import KafkaReader, Record
+
+
+def entry_of(record: Record) -> LogEntry:
+    return LogEntry(
+        record.topic,
+        record.partition,
+        record.offset,
+        record.key,
+        record.value,
+        record.headers,
+        record.timestamp_ms,
+    )
+
+
+async def read_topic(profile: Profile, topic: str, *, timeout_s: float = 120.0) -> list[LogEntry]:
+    """Every committed record of ``topic``, by partition then offset."""
+    async with KafkaReader(profile, timeout_s=timeout_s) as reader:
+        return [entry_of(r) for r in await reader.read_all(topic)]
+
+
+async def read_log(
+    profile: Profile, *, timeout_s: float = 120.0
+) -> tuple[list[LogEntry], list[LogEntry]]:
+    """(audit records, checkpoints) as the compliance principal reads them."""
+    async with KafkaReader(profile, timeout_s=timeout_s) as reader:
+        audit = [entry_of(r) for r in await reader.read_all(AUDIT_TOPIC)]
+        checkpoints = [entry_of(r) for r in await reader.read_all(CHECKPOINT_TOPIC)]
+    return audit, checkpoints
