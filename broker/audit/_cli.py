@@ -80,7 +80,8 @@ def _settings() -> Settings:
 
 
 def _index(settings: Settings, db: str | None) -> AuditIndex:
-    return AuditIndex.open(db if db is not None else settings.home / "audit" / "index.sqlite")
+    target = db if db is not None else settings.home / "audit" / "index.sqlite"
+    return AuditIndex.open(target, load_schemas(settings.schemas_dir))
 
 
 def _subject_key(settings: Settings) -> bytes:
@@ -170,15 +171,17 @@ def index_command(
     db: Db = None,
     source: FromFile = None,
     profile: ProfileName = COMPLIANCE,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Processes decoding records (1: in this one).")
+    ] = 1,
 ) -> None:
     """Index the audit topic (or an export) into the audit index; resumes where it stopped."""
     settings = _settings()
-    schemas = load_schemas(settings.schemas_dir)
     audit, _ = _read(settings, source, profile)
     with _index(settings, db) as index:
         added = 0
         for start in range(0, len(audit), 20_000):
-            added += index.add(audit[start : start + 20_000], schemas)
+            added += index.add(audit[start : start + 20_000], workers=workers)
         index.record_access(
             operator=operator,
             command="index",

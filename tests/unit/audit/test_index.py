@@ -50,9 +50,12 @@ def test_a_decision_record_becomes_one_row_per_candidate_recipient() -> None:
             },
         ],
     }
-    row, decisions, subjects = index_rows(entry(1, 7), record)
+    row, decisions, subjects = index_rows(entry(1, 7), record, "ab")
     assert row[1:3] == (1, 7)
-    assert [(d[5], d[6]) for d in decisions] == [("corrections", "share"), ("msd", "deny")]
+    assert [(d[1], d[6], d[7]) for d in decisions] == [
+        (0, "corrections", "share"),
+        (1, "msd", "deny"),
+    ]
     assert subjects == [("s1", row[0]), ("s2", row[0])]
 
 
@@ -66,14 +69,14 @@ def test_a_single_recipient_record_becomes_one_row() -> None:
         "decisions": [],
         "subject_refs": [],
     }
-    _, decisions, _ = index_rows(entry(), record)
-    assert [(d[5], d[6]) for d in decisions] == [("health-nz", "approve")]
+    _, decisions, _ = index_rows(entry(), record, "ab")
+    assert [(d[1], d[6], d[7]) for d in decisions] == [(-1, "health-nz", "approve")]
 
 
 @pytest.fixture
 def index(tmp_path: Path, ring: KeyRing, schemas: SchemaSet) -> AuditIndex:
-    idx = AuditIndex.open(tmp_path / "index.sqlite")
-    idx.add(build_log(ring, schemas, records=60).audit, schemas)
+    idx = AuditIndex.open(tmp_path / "index.sqlite", schemas)
+    idx.add(build_log(ring, schemas, records=60).audit)
     return idx
 
 
@@ -82,7 +85,7 @@ def test_indexing_is_idempotent_and_resumes(
 ) -> None:
     assert index.count()[0] == 60
     log = build_log(ring, schemas, records=60)
-    assert index.add(log.audit, schemas) == 0
+    assert index.add(log.audit) == 0
     assert index.count()[0] == 60
 
 
