@@ -21,6 +21,7 @@ from datetime import UTC, datetime
 
 import structlog
 
+from broker.runtime._chaining import AuditChainer
 from broker.runtime._decide import Outcome
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._pipeline import Pipeline, Processed
@@ -54,6 +55,7 @@ class Worker:
         poll_timeout_ms: int = 100,
         clock: Callable[[], datetime] = _utc_now,
         on_assignment: Callable[[], Awaitable[None]] | None = None,
+        chain: AuditChainer | None = None,
     ) -> None:
         self._transport = transport
         self._pipeline = pipeline
@@ -66,6 +68,8 @@ class Worker:
         #: worker may have committed state for the cases it now owns.
         self._on_assignment = on_assignment
         self._assignment: frozenset[tuple[str, int]] = frozenset()
+        #: Chains each transaction's audit records (issue 7); see broker.runtime._chaining.
+        self._chain = chain
 
     async def __aenter__(self) -> Worker:
         await self._transport.start()
@@ -94,19 +98,26 @@ class Worker:
             if self._on_assignment is not None:
                 await self._on_assignment()
             log.info("partitions assigned", count=len(assignment))
+        if self._chain is not None and self._chain.stale:
+            await self._chain.resync()  # at start, and after a commit whose outcome is unknown
         now = self._clock()
         escalations = self._pipeline.escalations(now)
-        if not batch and not escalations:
+        checkpoint_due = self._chain is not None and self._chain.due(now)
+        if not batch and not escalations and not checkpoint_due:
             return 0
         started = time.perf_counter()
         results = [self._pipeline.process(record, now) for record in batch]
         if batch:
             self._metrics.evaluation_seconds.observe((time.perf_counter() - started) / len(batch))
         outputs = [out for result in results for out in result.outputs] + escalations
+        if self._chain is not None:
+            outputs = self._chain.seal(outputs, now)
         try:
             await self._transport.commit(outputs, batch)
         except TransportError as exc:
             self._pipeline.aborted()
+            if self._chain is not None:
+                self._chain.aborted()
             self._stats.aborted += 1
             self._metrics.transactions.labels("aborted").inc()
             log.warning("transaction aborted", error_type=type(exc).__name__, records=len(batch))
@@ -114,6 +125,8 @@ class Worker:
                 raise
             return 0
         self._pipeline.committed()
+        if self._chain is not None:
+            self._chain.committed()
         self._count(batch, results)
         return len(batch)
 
