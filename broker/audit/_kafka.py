@@ -32,8 +32,14 @@ async def read_topic(profile: Profile, topic: str, *, timeout_s: float = 120.0) 
 async def read_log(
     profile: Profile, *, timeout_s: float = 120.0
 ) -> tuple[list[LogEntry], list[LogEntry]]:
-    """(audit records, checkpoints) as the compliance principal reads them."""
+    """(audit records, checkpoints) as the compliance principal reads them.
+
+    Checkpoints first: two topics cannot be read at one instant, and a transaction may commit
+    between the reads. Every checkpoint commits with (or after) the records it covers, so the
+    audit read, which starts later, sees all of them; the other order would show a checkpoint
+    ahead of its records, which looks exactly like a truncated log.
+    """
     async with KafkaReader(profile, timeout_s=timeout_s) as reader:
-        audit = [entry_of(r) for r in await reader.read_all(AUDIT_TOPIC)]
         checkpoints = [entry_of(r) for r in await reader.read_all(CHECKPOINT_TOPIC)]
+        audit = [entry_of(r) for r in await reader.read_all(AUDIT_TOPIC)]
     return audit, checkpoints
