@@ -385,9 +385,12 @@ def _start_worker(definitions: Mapping[str, Any]) -> None:
 
 
 def _rows_in_worker(entries: Sequence[LogEntry]) -> Rows:
+    """Rows of ``entries`` without the record bytes, which the writing process already has
+    (so they cross the process boundary once, not twice)."""
     if _worker_decoder is None:  # the pool initializer always runs first
         raise IndexFailure("decoding process not started")
-    return rows_of(_worker_decoder, entries)
+    records, decisions, subjects = rows_of(_worker_decoder, entries)
+    return [(*r[:-1], None) for r in records], decisions, subjects
 
 
 @dataclass(frozen=True)
@@ -516,8 +519,12 @@ class AuditIndex:
                 self._insert(*rows_of(self._decoder, todo))
             else:
                 chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
-                for rows in self._workers(workers).imap(_rows_in_worker, chunks):
-                    self._insert(*rows)
+                pool = self._workers(workers)
+                for chunk, (records, decisions, subjects) in zip(
+                    chunks, pool.imap(_rows_in_worker, chunks), strict=True
+                ):
+                    whole = [(*r[:-1], e.value) for r, e in zip(records, chunk, strict=True)]
+                    self._insert(whole, decisions, subjects)
             for partition, offset in upto.items():
                 self._db.execute("DELETE FROM positions WHERE partition = ?", (partition,))
                 self._db.execute("INSERT INTO positions VALUES (?, ?)", (partition, offset))

@@ -139,3 +139,15 @@ def test_the_access_log_is_chained_and_checked(index: AuditIndex, tmp_path: Path
     index._db.execute("DELETE FROM access_log WHERE seq = 1")
     with pytest.raises(LogTampered, match="seq 1"):
         index.access_log()
+
+
+def test_decoding_in_worker_processes_gives_the_same_index(
+    tmp_path: Path, ring: KeyRing, schemas: SchemaSet
+) -> None:
+    log = build_log(ring, schemas, records=2500)
+    with AuditIndex.open(tmp_path / "one.sqlite", schemas) as one:
+        one.add(log.audit)
+        expected = one.query(Query(limit=10_000))
+    with AuditIndex.open(tmp_path / "two.sqlite", schemas) as two:
+        assert two.add(log.audit, workers=2) == 2500
+        assert two.query(Query(limit=10_000)) == expected
