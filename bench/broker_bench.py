@@ -288,7 +288,10 @@ class PassThrough:
     def escalations(self, now: dt.datetime) -> list[Any]:
         return []
 
-    def committed(self) -> None:
+    def mark(self) -> tuple[int, int]:
+        return (0, 0)
+
+    def committed(self, mark: tuple[int, int] | None = None) -> None:
         pass
 
     def aborted(self) -> None:
@@ -303,6 +306,9 @@ class Timed:
         self.first = 0.0
         self.last = 0.0
         self.committed = 0
+        self.target = 0
+        #: Set when ``target`` records have committed.
+        self.reached = asyncio.Event()
 
     async def start(self) -> None:
         await self.inner.start()
@@ -323,6 +329,8 @@ class Timed:
         await self.inner.commit(outputs, consumed)
         self.committed += len(consumed)
         self.last = time.perf_counter()
+        if self.target and self.committed >= self.target:
+            self.reached.set()
 
 
 def transport(env: Env, name: str, source: str) -> Any:
@@ -335,9 +343,16 @@ def transport(env: Env, name: str, source: str) -> Any:
 
 
 async def drain_worker(worker: Any, timed: Timed, n: int, limit: float) -> Drain:
-    deadline = time.monotonic() + limit
-    while timed.committed < n and time.monotonic() < deadline:
-        await worker.step()
+    """Run the worker's own loop (``serve``, as ``tiaki broker run`` does) until ``n`` records
+    have committed or ``limit`` seconds have passed."""
+    stop = asyncio.Event()
+    timed.target = n
+    serving = asyncio.create_task(worker.serve(stop))
+    reached = asyncio.create_task(timed.reached.wait())
+    await asyncio.wait({serving, reached}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    reached.cancel()
+    await serving
     seconds = timed.last - timed.first if timed.first else 0.0
     return Drain(timed.committed, seconds, timed.committed >= n)
 
@@ -565,15 +580,52 @@ async def group_at_end(profile: Any, group: str, topic: str) -> None:
         await consumer.stop()
 
 
+class GcPauses:
+    """Longest and total garbage-collection pause per generation, from ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self._gc = gc
+        self._started = 0.0
+        self.longest = [0.0, 0.0, 0.0]
+        self.total = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        g = info["generation"]
+        self.longest[g] = max(self.longest[g], took)
+        self.total[g] += took
+        self.count[g] += 1
+
+    def __enter__(self) -> GcPauses:
+        self._gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._gc.callbacks.remove(self)
+
+    def summary(self) -> str:
+        return ", ".join(
+            f"gen{g} {self.count[g]}x max {self.longest[g] * 1000:.0f} ms" for g in range(3)
+        )
+
+
 async def latency_run(
     env: Env, worker: Any, cases: Any, rate: float, tag: str, seconds: float
 ) -> dict[str, Any]:
     """Run the worker while a client process publishes at ``rate`` and measures delivery."""
     from broker.platform._local import die_when_parent_dies
+    from broker.runtime._service import settle_heap
 
     count = max(50, int(rate * seconds))
     prefix = f"SYN-LAT-{tag}"
     join_cases(cases, [f"{prefix}-{i:06d}" for i in range(count)])
+    settle_heap()  # as the worker does after it rebuilds its state
     config = {
         "profiles": str(env.profiles),
         "keys": str(env.keys),
@@ -584,11 +636,7 @@ async def latency_run(
     }
     stop = asyncio.Event()
 
-    async def work() -> None:
-        while not stop.is_set():
-            await worker.step()
-
-    running = asyncio.create_task(work())
+    running = asyncio.create_task(worker.serve(stop))
     try:
         async with asyncio.timeout(30):  # joined the group before anything is sent
             while not worker._transport.assignment():  # noqa: ASYNC110 (the task above polls)
@@ -632,7 +680,7 @@ def report(label: str, drain: Drain, n: int) -> None:
 
 async def run(env: Env, n: int, profile_full: bool) -> None:
     from broker.platform import egress, ingress
-    from broker.runtime._service import ServiceOptions
+    from broker.runtime._service import ServiceOptions, settle_heap
     from broker.runtime._worker import Worker
 
     options = ServiceOptions()
@@ -648,6 +696,7 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
     started = time.perf_counter()
     case_ids = [f"SYN-CASE-B{i:04d}" for i in range(max(1, n // 50))]
     join_cases(cases, case_ids)
+    settle_heap()  # as the worker does after it rebuilds its state
     records = []
     for i in range(n):
         case_id = case_ids[i % len(case_ids)]
@@ -710,7 +759,9 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
         for labels, value in decisions.items():
             outcomes[labels[0]] = outcomes.get(labels[0], 0) + int(value)
         print(
-            f"  full pipeline detail: {stats.batches} transactions, "
+            f"  full pipeline detail: {stats.batches} transactions "
+            f"(processing {stats.process_seconds / max(1, stats.batches) * 1000:.0f} ms, "
+            f"committing {stats.commit_seconds / max(1, stats.batches) * 1000:.0f} ms each), "
             f"{stats.records / max(1, stats.batches):.0f} records each; "
             f"{stats.outputs / max(1, stats.records):.1f} outputs per record; shared "
             f"{sum(per_recipient.values()) / max(1, stats.records):.2f} recipients per event "
@@ -748,9 +799,13 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
         )
         for fraction in RATES:
             rate = full.rate * fraction
-            result = await latency_run(
-                env, worker, cases, rate, f"{int(fraction * 100)}", LATENCY_SECONDS
-            )
+            before = worker.statistics()
+            with GcPauses() as pauses:
+                result = await latency_run(
+                    env, worker, cases, rate, f"{int(fraction * 100)}", LATENCY_SECONDS
+                )
+            after = worker.statistics()
+            txns = max(1, after.batches - before.batches)
             verdict = ""
             if fraction == 0.5:
                 ok = result["p99"] <= commit_interval + 50
@@ -764,6 +819,14 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
                 f"{result['delivered']:,}/{result['expected']:,} deliveries, "
                 f"send lag max {result['send_lag_max_ms']:.1f} ms, "
                 f"{result['opened']} opened, {result['mismatches']} mismatched{verdict}"
+            )
+            print(
+                f"        worker: {txns} transactions, "
+                f"{(after.records - before.records) / txns:.0f} records each, "
+                f"processing {(after.process_seconds - before.process_seconds) / txns * 1000:.1f} ms "
+                f"and committing {(after.commit_seconds - before.commit_seconds) / txns * 1000:.1f} ms "
+                f"per transaction (longest commit so far {after.commit_max_seconds * 1000:.0f} ms); "
+                f"GC pauses: {pauses.summary()}"
             )
 
 
