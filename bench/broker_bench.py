@@ -525,10 +525,11 @@ async def latency_client(config: dict[str, Any]) -> dict[str, Any]:
             await c.stop()
 
     # Untimed: open a sample with each recipient's own key; the key must name the event.
+    # (A pass-through worker copies the ingress bytes, sealed to the broker: nothing to open.)
     ring = KeyStore(Path(config["keys"])).load(principals(), private_for=list(RECIPIENTS))
     shared_schema = events.schemas.latest("SharedEvent")
     mismatches = opened = 0
-    for r, records in samples.items():
+    for r, records in samples.items() if config.get("open", True) else ():
         opener = Opener(r, ring)
         for m in records:
             payload = opener.open(
@@ -616,7 +617,14 @@ class GcPauses:
 
 
 async def latency_run(
-    env: Env, worker: Any, cases: Any, rate: float, tag: str, seconds: float
+    env: Env,
+    worker: Any,
+    cases: Any,
+    rate: float,
+    tag: str,
+    seconds: float,
+    *,
+    open_sample: bool = True,
 ) -> dict[str, Any]:
     """Run the worker while a client process publishes at ``rate`` and measures delivery."""
     from broker.platform._local import die_when_parent_dies
@@ -633,6 +641,7 @@ async def latency_run(
         "count": count,
         "prefix": prefix,
         "drain_s": 30.0,
+        "open": open_sample,
     }
     stop = asyncio.Event()
 
@@ -776,58 +785,81 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
         if profiler is not None:
             print(profiler.output_text(unicode=True, color=False, show_all=False))
 
+    commit_interval = options.poll_timeout_ms
+    print(
+        f"latency (open loop, separate client process, {LATENCY_SECONDS:.0f} s per rate; "
+        f"per delivered (event, recipient); commit interval {commit_interval} ms; "
+        f"receivers' fetch wait {RECEIVER_FETCH_WAIT_MS} ms):"
+    )
+    for fraction in RATES:
+        await latency_phase(env, options, pipeline, metrics, cases, full.rate * fraction, fraction)
+    # The same rate through a pass-through worker: what Kafka, transactions and the client
+    # cost on this machine at that rate, without the pipeline.
+    await latency_phase(
+        env, options, PassThrough(outputs), metrics, cases, full.rate * 0.5, 0.5, label="B0R-EOS"
+    )
+
+
+async def latency_phase(
+    env: Env,
+    options: Any,
+    pipeline: Any,
+    metrics: Any,
+    cases: Any,
+    rate: float,
+    fraction: float,
+    label: str = "full",
+) -> None:
+    """One open-loop run at ``rate`` through a fresh worker (its own group, at the end)."""
+    from broker.platform import ingress
+    from broker.runtime._worker import Worker
     from broker.transport import KafkaTransport
 
+    source = ingress(SOURCE)
     tag = f"bench-latency-{uuid.uuid4().hex[:8]}"
     await group_at_end(env.profile("broker"), f"tiaki-broker-{tag}", source)
-    lat_transport = KafkaTransport(
+    transport = KafkaTransport(
         env.profile("broker"), worker_id=tag, group_id=f"tiaki-broker-{tag}", topics=[source]
     )
     worker = Worker(
-        lat_transport,
+        transport,
         pipeline,
         metrics,
         max_batch=options.max_batch,
         poll_timeout_ms=options.poll_timeout_ms,
     )
+    commit_interval = options.poll_timeout_ms
     async with worker:
-        commit_interval = options.poll_timeout_ms
-        print(
-            f"latency (open loop, separate client process, {LATENCY_SECONDS:.0f} s per rate; "
-            f"per delivered (event, recipient); commit interval {commit_interval} ms; "
-            f"receivers' fetch wait {RECEIVER_FETCH_WAIT_MS} ms):"
-        )
-        for fraction in RATES:
-            rate = full.rate * fraction
-            before = worker.statistics()
-            with GcPauses() as pauses:
-                result = await latency_run(
-                    env, worker, cases, rate, f"{int(fraction * 100)}", LATENCY_SECONDS
-                )
-            after = worker.statistics()
-            txns = max(1, after.batches - before.batches)
-            verdict = ""
-            if fraction == 0.5:
-                ok = result["p99"] <= commit_interval + 50
-                verdict = (
-                    f"  (target p99 <= {commit_interval + 50} ms: {'MET' if ok else 'MISSED'})"
-                )
-            print(
-                f"  {fraction:>4.0%} of max = {rate:,.0f} events/s: "
-                f"p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, "
-                f"p99.9 {result['p999']:.1f} ms, max {result['max']:.1f} ms; "
-                f"{result['delivered']:,}/{result['expected']:,} deliveries, "
-                f"send lag max {result['send_lag_max_ms']:.1f} ms, "
-                f"{result['opened']} opened, {result['mismatches']} mismatched{verdict}"
+        with GcPauses() as pauses:
+            result = await latency_run(
+                env,
+                worker,
+                cases,
+                rate,
+                f"{label}-{int(fraction * 100)}",
+                LATENCY_SECONDS,
+                open_sample=label == "full",
             )
-            print(
-                f"        worker: {txns} transactions, "
-                f"{(after.records - before.records) / txns:.0f} records each, "
-                f"processing {(after.process_seconds - before.process_seconds) / txns * 1000:.1f} ms "
-                f"and committing {(after.commit_seconds - before.commit_seconds) / txns * 1000:.1f} ms "
-                f"per transaction (longest commit so far {after.commit_max_seconds * 1000:.0f} ms); "
-                f"GC pauses: {pauses.summary()}"
-            )
+    stats = worker.statistics()
+    txns = max(1, stats.batches)
+    verdict = ""
+    if fraction == 0.5 and label == "full":
+        ok = result["p99"] <= commit_interval + 50
+        verdict = f"  (target p99 <= {commit_interval + 50} ms: {'MET' if ok else 'MISSED'})"
+    print(
+        f"  {label:<7} {fraction:>4.0%} of max = {rate:,.0f} events/s: "
+        f"p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, "
+        f"p99.9 {result['p999']:.1f} ms, max {result['max']:.1f} ms; "
+        f"{result['delivered']:,}/{result['expected']:,} deliveries, "
+        f"send lag max {result['send_lag_max_ms']:.1f} ms, "
+        f"{result['opened']} opened, {result['mismatches']} mismatched{verdict}"
+    )
+    print(
+        f"          worker: {txns} transactions, {stats.records / txns:.0f} records each, "
+        f"processing {stats.process_seconds / txns * 1000:.1f} ms and committing "
+        f"{stats.commit_seconds / txns * 1000:.1f} ms per transaction (longest commit "
+        f"{stats.commit_max_seconds * 1000:.0f} ms); GC pauses: {pauses.summary()}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
