@@ -214,8 +214,15 @@ class ChainWriter:
             self._committed.checkpointed,
         )
 
-    def committed(self) -> None:
-        self._committed = self._pending.copy()
+    def mark(self) -> ChainHead:
+        """The pending head now, to pass to :meth:`committed` once the transaction holding
+        everything linked so far has committed (later links may already be pending: a worker
+        processes its next batch while one commits)."""
+        return self._pending.copy()
+
+    def committed(self, mark: ChainHead | None = None) -> None:
+        """Everything up to ``mark`` (default: everything linked so far) has committed."""
+        self._committed = (mark if mark is not None else self._pending).copy()
 
     def aborted(self) -> None:
         self._pending = self._committed.copy()

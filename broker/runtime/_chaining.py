@@ -9,7 +9,9 @@ they will be produced), and, in the same transaction,
 - the chain's new head on the compacted ``tiaki.state.chains``, keyed by chain id.
 
 So the stored head always describes exactly the committed records. After a commit the worker
-calls :meth:`committed`; after a failed one :meth:`aborted`, which also marks the head *stale*:
+calls :meth:`committed` with that batch's :meth:`mark` (the next batch may already be sealed:
+the worker processes it while this one commits, and throws it away if this one fails); after
+a failed one :meth:`aborted`, which drops every pending link and also marks the head *stale*:
 a failed commit may still have committed (a lost reply), so before chaining again the chainer
 re-reads its head from the state topic (:meth:`resync`) instead of trusting memory. The
 transport has by then replaced its producer, whose InitProducerId settles the old
@@ -125,8 +127,12 @@ class AuditChainer:
             sealed.append(Outgoing(STATE_CHAINS, key, value))
         return sealed
 
-    def committed(self) -> None:
-        self._writer.committed()
+    def mark(self) -> ChainHead:
+        """The head as of the outputs sealed so far (see :meth:`ChainWriter.mark`)."""
+        return self._writer.mark()
+
+    def committed(self, mark: ChainHead | None = None) -> None:
+        self._writer.committed(mark)
 
     def aborted(self) -> None:
         self._writer.aborted()

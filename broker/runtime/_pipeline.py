@@ -131,16 +131,28 @@ class Pipeline:
         self.requests = requests if requests is not None else RequestBook()
         #: (request id, holder) pairs escalated since the last commit, undone on abort.
         self._escalated: list[tuple[str, str]] = []
+        self._escalations_settled = 0  # escalations before _escalated[0], for marks
 
-    def committed(self) -> None:
-        """Everything processed so far is committed."""
-        self._intake.committed()
-        self._escalated.clear()
+    def mark(self) -> tuple[int, int]:
+        """A point in what was processed, for :meth:`committed`. A worker that processes the
+        next batch while the previous one commits marks the end of each batch."""
+        return self._intake.mark(), self._escalations_settled + len(self._escalated)
+
+    def committed(self, mark: tuple[int, int] | None = None) -> None:
+        """Everything processed up to ``mark`` (default: everything so far) is committed."""
+        if mark is None:
+            admitted, count = None, len(self._escalated)
+        else:
+            admitted, count = mark[0], mark[1] - self._escalations_settled
+        self._intake.committed(admitted)
+        del self._escalated[:count]
+        self._escalations_settled += count
 
     def aborted(self) -> None:
         """Everything processed since the last commit will be processed again."""
         self._intake.aborted()
         self.requests.unescalate(self._escalated)
+        self._escalations_settled += len(self._escalated)
         self._escalated.clear()
 
     def _context(self) -> AuditContext:

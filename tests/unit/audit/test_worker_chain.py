@@ -3,6 +3,7 @@ chain whole, an idle worker signs its tail, and the topic verifies."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 
 from prometheus_client import CollectorRegistry
@@ -67,3 +68,46 @@ async def test_failed_commits_leave_one_whole_signed_chain(ring: KeyRing) -> Non
         (transport.transactional_id, 34, 34)
     ]
     assert worker.statistics().aborted == 2
+
+
+async def test_overlapped_commits_leave_one_whole_chain(ring: KeyRing) -> None:
+    """serve() seals batch N+1 while N commits, and throws N+1 away when N fails: the chain
+    commits exactly the committed batches' links, in order, with no gap and no fork."""
+    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
+    cluster.create_topic(CHECKPOINTS, 1)
+    cluster.create_topic(STATE_CHAINS, 1)
+    harness = Harness(
+        ScriptedDecider([verdict("oranga-tamariki", Outcome.SHARE), verdict("msd", Outcome.DENY)])
+    )
+    transport = cluster.worker()
+    chain = AuditChainer(transport.transactional_id, ring, reader=cluster.reader, every_records=9)
+    worker = Worker(
+        transport,
+        harness.pipeline,
+        BrokerMetrics(CollectorRegistry()),
+        clock=Clock(),
+        poll_timeout_ms=10,
+        max_batch=7,
+        chain=chain,
+    )
+    await publish(cluster, harness, good=60, bad=5)
+    cluster.fail_next_commit()
+    stop = asyncio.Event()
+    failures_at = [14, 35]
+    async with worker:
+        task = asyncio.create_task(worker.serve(stop))
+        for _ in range(2000):
+            await asyncio.sleep(0)
+            if failures_at and worker.statistics().records >= failures_at[0]:
+                failures_at.pop(0)
+                cluster.fail_next_commit()
+            if worker.statistics().records >= 65 and chain.head.checkpointed == 65:
+                break
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    async with cluster.reader() as reader:
+        audit = [entry_of(r) for r in await reader.read_all(AUDIT)]
+        checkpoints = [entry_of(r) for r in await reader.read_all(CHECKPOINTS)]
+    report = verify_log(audit, checkpoints, ring)
+    assert [(c.chain, c.size) for c in report.chains] == [(transport.transactional_id, 65)]
+    assert worker.statistics().aborted == 3
