@@ -27,7 +27,7 @@ import pytest
 from broker._cli import main
 from broker._settings import Settings
 from broker.audit import AuditIndex, LogEntry, Query, VerifyReport, verify_log
-from broker.audit._kafka import read_log
+from broker.audit._kafka import read_log, verify_live
 from broker.audit._report import classifier, subject_report
 from broker.codec import field_classifications
 from broker.envelope import KeyStore
@@ -77,8 +77,7 @@ async def wait_for_log(
     deadline = time.monotonic() + within
     ring = env.ring
     while True:
-        audit, checkpoints = await read_log(env.cluster.profile("compliance"))
-        report = verify_log(audit, checkpoints, ring)
+        audit, checkpoints, report = await verify_live(env.cluster.profile("compliance"), ring)
         seen = {event_id_of(e) for e in audit}
         if (event_ids <= seen and report.unsigned == 0) or time.monotonic() > deadline:
             return audit, checkpoints, report
