@@ -8,12 +8,14 @@ not the index.
 
 Shape (one row per audit record, one per (record, decision), one per (record, subject)):
 
-- ``records``: where it sits (partition, offset, chain, seq) and who/what/when;
+- ``records``: where it sits (partition, offset, chain, seq), when, what, and the record's
+  own Avro bytes (decoded again for the rows a query returns);
 - ``decisions``: one row per candidate recipient of a decision record (AuditRecord v2's
   ``decisions``), or the single top-level recipient of any other record;
 - ``subjects``: the keyed hashes of the people a record is about;
 - ``positions``: the next offset to read per partition, so indexing resumes;
-- ``access_log``: every read of the index, hash-chained (see :class:`AccessLog`).
+- ``access_log``: every read of the audit data, hash-chained
+  (:meth:`AuditIndex.record_access`, :meth:`AuditIndex.access_log`).
 
 SQLite (stdlib) by default, with WAL and batched ``executemany`` in one transaction per
 batch; PostgreSQL by URL through the same small :class:`Database` interface when the
@@ -91,8 +93,9 @@ class Database(Protocol):
 
 
 class SqliteDatabase:
-    """SQLite through the standard library: WAL, normal synchronisation (the index is
-    derived data, rebuilt from the topic if a power cut loses its last batch)."""
+    """SQLite through the standard library: WAL, so queries run while indexing writes, and no
+    fsync (``synchronous=OFF``): the index is derived data, rebuilt from the topic if a power
+    cut loses its last batches, and an fsync per batch cost more than the batch's inserts."""
 
     ddl: Mapping[str, str] = {"id_type": "INTEGER", "blob": "BLOB", "pk": " WITHOUT ROWID"}
 
