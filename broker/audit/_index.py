@@ -95,7 +95,7 @@ class Database(Protocol):
 class SqliteDatabase:
     """SQLite through the standard library: WAL, so queries run while indexing writes, and no
     fsync (``synchronous=OFF``): the index is derived data, rebuilt from the topic if a power
-    cut loses its last batches, and an fsync per batch cost more than the batch's inserts."""
+    cut loses its last batches, so durability is not worth paying for here."""
 
     ddl: Mapping[str, str] = {"id_type": "INTEGER", "blob": "BLOB", "pk": " WITHOUT ROWID"}
 
