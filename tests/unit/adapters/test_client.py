@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from adapters import AdapterClient, InMemoryConnection, InvalidEvent, Received
 from broker.codec import decode
-from broker.envelope import Kind, Opener
+from broker.envelope import Kind, Opener, ReplayCache, Replayed
 from broker.platform import egress, ingress
-from broker.transport import InMemoryCluster
+from broker.transport import InMemoryCluster, Unavailable
 from tests.unit.adapters.conftest import (
     RING,
     SCHEMAS,
@@ -258,3 +259,47 @@ async def test_async_handler_and_run_until_stop(
     async with make_client("oranga-tamariki", connection, clock, tmp_path) as client:
         await asyncio.wait_for(client.run(handler, stop, poll_timeout_ms=50), 5)
         assert client.statistics().handled == 1
+
+
+async def test_lost_ack_resends_under_the_same_event_id_which_the_replay_check_catches(
+    connection: InMemoryConnection, cluster: InMemoryCluster, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Kafka wrote the record but the ack never came back (or the process died before marking
+    the row sent): the row is sent again, resealed under the same event id, so the broker's
+    replay check (or, after a broker restart, the recipient's idempotency key) drops it."""
+    real_publisher = connection.publisher
+
+    class LosesFirstAck:
+        def __init__(self) -> None:
+            self.inner = real_publisher()
+            self.lost = False
+
+        async def start(self) -> None:
+            await self.inner.start()
+
+        async def close(self) -> None:
+            await self.inner.close()
+
+        async def publish(
+            self, topic: str, key: bytes | None, value: bytes, headers: Any = ()
+        ) -> Any:
+            record = await self.inner.publish(topic, key, value, headers)
+            if not lost_once:
+                lost_once.append(True)
+                raise Unavailable("ack lost")
+            return record
+
+    lost_once: list[bool] = []
+    connection.publisher = LosesFirstAck  # type: ignore[method-assign,assignment]
+    async with make_client("police", connection, clock, tmp_path) as client:
+        event_id = await client.publish("TaskEvent", example("TaskEvent", source_agency="police"))
+        assert await client.send_pending() == 0
+        clock.advance(seconds=1)
+        assert await client.send_pending() == 1
+    assert await ingress_ids(cluster, "police") == [event_id, event_id]
+    async with cluster.reader() as reader:
+        first, second = await reader.read_all(ingress("police"))
+    opener = Opener("broker", RING, replay=ReplayCache())
+    opener.open(first.value, topic=first.topic, now=clock(), kind=Kind.INGRESS)
+    with pytest.raises(Replayed):
+        opener.open(second.value, topic=second.topic, now=clock(), kind=Kind.INGRESS)
