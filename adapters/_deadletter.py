@@ -10,9 +10,10 @@ in this folder is deleted by the SDK.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from adapters._private_files import write_private
 
 
 @dataclass(frozen=True)
@@ -40,9 +41,9 @@ class DeadLetters:
         """Write both files atomically (temporary name, then rename); return the JSON path."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         stem = letter.event_id.replace("/", "_")
-        _write(self.path / f"{stem}.sealed", sealed)
+        write_private(self.path / f"{stem}.sealed", sealed)
         target = self.path / f"{stem}.json"
-        _write(target, json.dumps(asdict(letter), indent=2, sort_keys=True).encode() + b"\n")
+        write_private(target, json.dumps(asdict(letter), indent=2, sort_keys=True).encode() + b"\n")
         return target
 
     def list(self) -> list[DeadLetter]:
@@ -57,14 +58,3 @@ class DeadLetters:
         stem = event_id.replace("/", "_")
         for suffix in (".json", ".sealed"):
             (self.path / f"{stem}{suffix}").unlink(missing_ok=True)
-
-
-def _write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)

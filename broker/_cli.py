@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from adapters._cli import app as adapter_app
 from broker._errors import TiakiError
 from broker.codec._cli import app as schema_app
 from broker.envelope._cli import app as keys_app
@@ -37,6 +38,7 @@ app.add_typer(policy_app, name="policy")
 app.add_typer(broker_app, name="broker")
 app.add_typer(review_app, name="review")
 app.command("demo")(demo_command)
+app.add_typer(adapter_app, name="adapter")
 
 
 def main(argv: list[str] | None = None) -> int:
