@@ -54,11 +54,19 @@ class FieldPlan:
     #: Each leaf's own class (``schemas/vocabulary.json``).
     classes: Mapping[str, str]
     _tree: _Tree = field(repr=False)
+    _projector: _Projector = field(repr=False)
 
     def project(
         self, record: Mapping[str, Any], transforms: Mapping[str, Transform]
     ) -> dict[str, Any]:
         """The minimised copy of ``record``: released fields only, each transformed."""
+        return self._projector(record, transforms)
+
+    def project_by_walk(
+        self, record: Mapping[str, Any], transforms: Mapping[str, Transform]
+    ) -> dict[str, Any]:
+        """:meth:`project` by walking the plan's tree: the reference the compiled projector
+        is tested against (same output for every record and plan)."""
         return _project(record, self._tree, transforms)
 
 
@@ -189,6 +197,7 @@ def _build(schema: Schema, actions: dict[str, str], sources: dict[str, str]) -> 
         minimised=minimised,
         classes=classes,
         _tree=tree,
+        _projector=_compile_tree(tree),
     )
 
 
@@ -243,6 +252,72 @@ def _value(
     if isinstance(value, list):
         return [transform(item) for item in value]
     return transform(value)
+
+
+#: A compiled projection: record and transforms in, minimised copy out.
+_Projector = Callable[[Mapping[str, Any], Mapping[str, Transform]], dict[str, Any]]
+_ValueFn = Callable[[Any, Mapping[str, Transform]], Any]
+
+
+def _compile_tree(tree: _Tree) -> _Projector:
+    """The tree as nested closures, so projecting does no per-leaf dispatch at run time.
+
+    Minimising is on the broker's hot path (one projection per recipient per event), and the
+    tree walk spent most of its time deciding, leaf by leaf, what each node was. Here each node
+    is decided once: kept scalar leaves are copied by name, everything else calls its own
+    closure. Output is identical to :func:`_project` (a test holds them together).
+    """
+    kept: list[str] = []
+    others: list[tuple[str, _ValueFn]] = []
+    for name, (depth, sub, action) in tree.items():
+        if depth == 0 and sub is None and action == "keep":
+            kept.append(name)
+        else:
+            others.append((name, _compile_value(depth, sub, action)))
+
+    def project(record: Mapping[str, Any], transforms: Mapping[str, Transform]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in kept:
+            if name in record:
+                value = record[name]
+                out[name] = list(value) if type(value) is list else value
+        for name, fn in others:
+            if name in record:
+                out[name] = fn(record[name], transforms)
+        return out
+
+    return project
+
+
+def _compile_value(depth: int, sub: _Tree | None, action: str | None) -> _ValueFn:
+    if depth:
+        inner = _compile_value(depth - 1, sub, action)
+
+        def items(value: Any, transforms: Mapping[str, Transform]) -> Any:
+            if value is None:
+                return None
+            values = value.values() if isinstance(value, Mapping) else value
+            return [inner(item, transforms) for item in values]
+
+        return items
+    if sub is not None:
+        projector = _compile_tree(sub)
+
+        def record(value: Any, transforms: Mapping[str, Transform]) -> Any:
+            return None if value is None else projector(value, transforms)
+
+        return record
+    name = action or "drop"
+
+    def leaf(value: Any, transforms: Mapping[str, Transform]) -> Any:
+        if value is None:
+            return None
+        transform = transforms[name]
+        if isinstance(value, list):
+            return [transform(item) for item in value]
+        return transform(value)
+
+    return leaf
 
 
 def keep(value: Any) -> Any:

@@ -86,6 +86,7 @@ def audit_base(
         "subject_refs": [],
         "policy_hash": ctx.policy_hash,
         "detail": None,
+        "decisions": [],
     }
 
 
@@ -128,13 +129,8 @@ def quarantined_record(
     }
 
 
-def decision_audit(
-    ctx: AuditContext,
+def decision_entry(
     *,
-    event: Mapping[str, Any],
-    event_type: str,
-    schema_fingerprint: bytes,
-    source: str,
     recipient: str,
     outcome: str,
     route: str | None,
@@ -144,14 +140,46 @@ def decision_audit(
     reason_codes: Sequence[str],
     obligations: Sequence[str],
     field_actions: Mapping[str, str],
+) -> dict[str, Any]:
+    """One entry of a decision record: what was decided about one candidate recipient.
+
+    A deny shares no field, so its entry lists no field actions: "every field dropped" is
+    what the outcome already says, and writing it out for every denied candidate made the
+    decision record several times larger than everything it shared.
+    """
+    return {
+        "recipient": recipient,
+        "outcome": outcome,
+        "route": route,
+        "legal_basis": legal_basis,
+        "purpose": purpose,
+        "person_told": "when_safe" if "tell_victim_when_safe" in obligations else None,
+        "rule_ids": list(rule_ids),
+        "reason_codes": list(reason_codes),
+        "obligations": list(obligations),
+        "field_actions": {} if outcome == "deny" else dict(field_actions),
+    }
+
+
+def decision_audit(
+    ctx: AuditContext,
+    *,
+    event: Mapping[str, Any],
+    event_type: str,
+    schema_fingerprint: bytes,
+    source: str,
+    decisions: Sequence[Mapping[str, Any]],
     now: datetime,
     new_id: uuid.UUID | None = None,
     subjects: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """The audit record of one sharing decision about one (event, recipient) pair.
+    """The audit record of every sharing decision about one event: one entry per candidate
+    recipient (from :func:`decision_entry`), in the order they were decided.
 
-    ``subjects`` are the event's subject references when the caller has them already (one
-    event has several decisions; hashing its identifiers once is enough).
+    One record per event rather than per (event, recipient) pair: the facts about the event
+    (its subjects, case, source, consent) are written once, and the broker produces one audit
+    record per event instead of one per candidate, which was most of its per-event cost.
+    ``subjects`` are the event's subject references when the caller has them already.
     """
     header = event.get("header") or {}
     sharing = header.get("sharing") or {}
@@ -162,19 +190,21 @@ def decision_audit(
         "schema_fingerprint": schema_fingerprint.hex(),
         "case_ref": case_ref(ctx.subject_key, str(header.get("case_id", ""))),
         "source_agency": source,
-        "recipient": recipient,
-        "outcome": outcome,
-        "route": route,
-        "legal_basis": legal_basis,
-        "purpose": purpose,
         "consent": sharing.get("consent"),
-        "person_told": "when_safe" if "tell_victim_when_safe" in obligations else None,
-        "rule_ids": list(rule_ids),
-        "reason_codes": list(reason_codes),
-        "obligations": list(obligations),
-        "field_actions": dict(field_actions),
         "subject_refs": list(subjects)
         if subjects is not None
         else subject_refs(ctx.subject_key, event),
+        "decisions": [dict(d) for d in decisions],
     }
     return record
+
+
+def audited_pairs(record: Mapping[str, Any]) -> Iterator[tuple[str | None, str | None]]:
+    """The (recipient, outcome) pairs one decoded audit record speaks for: every entry of a
+    decision record, or the record's own recipient and outcome for a single-recipient act."""
+    entries = record.get("decisions") or ()
+    if entries:
+        for entry in entries:
+            yield entry["recipient"], entry["outcome"]
+    else:
+        yield record.get("recipient"), record.get("outcome")

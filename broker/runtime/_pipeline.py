@@ -10,11 +10,12 @@ rejected at intake     ``tiaki.dlq`` (the record kept whole, sealed to the broke
                        + ``tiaki.audit`` (action ``quarantine``, reason code)
 membership changed     ``tiaki.state.cases`` (the case's CaseMembership), before deciding
 policy failed          ``tiaki.dlq`` (reason ``policy_error``) + audit: fail closed
+decided                one audit record (action ``decision``) listing the decision about
+                       every candidate recipient, then per recipient:
 share                  ``tiaki.egress.<recipient>`` (SharedEvent sealed to the recipient)
-                       + audit (action ``decision``, outcome ``share``)
 review                 ``tiaki.review`` (SharedEvent sealed to the broker, recipient in the
-                       header) + audit (outcome ``review``)
-deny                   audit only (outcome ``deny``, reasons)
+                       header)
+deny                   nothing beyond its entry in the audit record (outcome, reasons)
 =====================  ===================================================================
 
 Egress and review records are keyed by case id, so one case stays ordered on one partition.
@@ -25,7 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -37,9 +38,9 @@ from broker.runtime._audit import (
     AuditContext,
     audit_base,
     decision_audit,
+    decision_entry,
     quarantine_audit,
     quarantined_record,
-    subject_refs,
 )
 from broker.runtime._cases import CaseMembership
 from broker.runtime._decide import Decider, Outcome, Verdict
@@ -168,9 +169,12 @@ class Pipeline:
                 admitted.event_type,
             )
             return self._quarantine(record, rejected, now)
-        subjects = subject_refs(self._subject_key, admitted.event) if verdicts else []
+        if verdicts:
+            outputs.append(self._decision_audit(admitted, verdicts, now))
         for verdict in verdicts:
-            outputs.extend(self._deliver(admitted, verdict, now, subjects))
+            delivery = self._deliver(admitted, verdict, now)
+            if delivery is not None:
+                outputs.append(delivery)
         return Processed(outputs, admitted.source.id, admitted.event_type, None, tuple(verdicts))
 
     def _quarantine(self, record: Record, rejected: Rejected, now: datetime) -> Processed:
@@ -218,31 +222,38 @@ class Pipeline:
             outputs.append(self._audit(audit, str(state["request_id"]).encode()))
         return outputs
 
-    def _deliver(
-        self, admitted: Accepted, verdict: Verdict, now: datetime, subjects: list[str]
-    ) -> list[Outgoing]:
-        case_key = str(admitted.event["header"]["case_id"]).encode()
-        audit = decision_audit(
+    def _decision_audit(
+        self, admitted: Accepted, verdicts: Sequence[Verdict], now: datetime
+    ) -> Outgoing:
+        record = decision_audit(
             self._context(),
             event=admitted.event,
             event_type=admitted.event_type,
             schema_fingerprint=admitted.schema.fingerprint,
             source=admitted.source.id,
-            recipient=verdict.recipient,
-            outcome=verdict.outcome.value,
-            route=verdict.route,
-            legal_basis=verdict.legal_basis,
-            purpose=verdict.purpose,
-            rule_ids=verdict.rule_ids,
-            reason_codes=verdict.reason_codes,
-            obligations=verdict.obligations,
-            field_actions=verdict.field_actions,
+            decisions=[
+                decision_entry(
+                    recipient=v.recipient,
+                    outcome=v.outcome.value,
+                    route=v.route,
+                    legal_basis=v.legal_basis,
+                    purpose=v.purpose,
+                    rule_ids=v.rule_ids,
+                    reason_codes=v.reason_codes,
+                    obligations=v.obligations,
+                    field_actions=v.field_actions,
+                )
+                for v in verdicts
+            ],
             now=now,
-            subjects=subjects,
         )
-        outputs = [self._audit(audit, case_key)]
+        return self._audit(record, str(admitted.event["header"]["case_id"]).encode())
+
+    def _deliver(self, admitted: Accepted, verdict: Verdict, now: datetime) -> Outgoing | None:
+        """The record that carries ``verdict``'s minimised event, if it carries one."""
+        case_key = str(admitted.event["header"]["case_id"]).encode()
         if verdict.outcome is Outcome.DENY or verdict.body is None:
-            return outputs
+            return None
         shared = encode(self._shared_schema, self._shared(admitted, verdict, verdict.body, now))
         headers: Headers = ()
         if verdict.outcome is Outcome.SHARE:
@@ -264,8 +275,7 @@ class Pipeline:
             schema_fingerprint=self._shared_schema.fingerprint,
             now=now,
         )
-        outputs.append(Outgoing(topic, case_key, sealed, headers))
-        return outputs
+        return Outgoing(topic, case_key, sealed, headers)
 
     def _shared(
         self, admitted: Accepted, verdict: Verdict, body: Mapping[str, Any], now: datetime

@@ -18,6 +18,7 @@ from broker.codec import decode, from_json
 from broker.platform import AUDIT, DLQ, POLICY
 from broker.policy import PolicyStore, Pseudonymiser, load_roster
 from broker.runtime import Accepted, Outcome
+from broker.runtime._audit import audited_pairs
 from broker.runtime._cases import CaseMembership
 from broker.runtime._pipeline import body_json
 from broker.runtime._policy import PolicyDecider
@@ -121,7 +122,12 @@ async def test_police_event_reaches_exactly_the_permitted_recipients(env: Broker
         decode(r.value, SCHEMAS.latest("AuditRecord")) for r in await env.read("compliance", AUDIT)
     ]
     ids = {doc["header"]["event_id"] for _, doc in items}
-    audited = {(a["event_id"], a["recipient"]) for a in audit if a["event_id"] in ids}
+    audited = {
+        (a["event_id"], recipient)
+        for a in audit
+        if a["event_id"] in ids
+        for recipient, _ in audited_pairs(a)
+    }
     assert {(e, r) for r, pairs in expected.items() for e, _ in pairs} <= audited
 
 

@@ -15,6 +15,7 @@ from broker.runtime import Rejected
 from broker.runtime._audit import (
     AuditContext,
     decision_audit,
+    decision_entry,
     quarantine_audit,
     quarantined_record,
     subject_ref,
@@ -61,24 +62,43 @@ def test_decision_audit_encodes_and_holds_no_personal_value() -> None:
         event_type="FamilyHarmEpisodeReport",
         schema_fingerprint=EPISODE.fingerprint,
         source="police",
-        recipient="oranga-tamariki",
-        outcome="share",
-        route="fva_s20",
-        legal_basis="FVA s20",
-        purpose="fv_risk_needs_assessment",
-        rule_ids=["R-1"],
-        reason_codes=["fva_route"],
-        obligations=["tell_victim_when_safe"],
-        field_actions={"people[].person.family_name": "keep"},
+        decisions=[
+            decision_entry(
+                recipient="oranga-tamariki",
+                outcome="share",
+                route="fva_s20",
+                legal_basis="FVA s20",
+                purpose="fv_risk_needs_assessment",
+                rule_ids=["R-1"],
+                reason_codes=["fva_route"],
+                obligations=["tell_victim_when_safe"],
+                field_actions={"people[].person.family_name": "keep"},
+            ),
+            decision_entry(
+                recipient="msd",
+                outcome="deny",
+                route=None,
+                legal_basis=None,
+                purpose=None,
+                rule_ids=["default-deny"],
+                reason_codes=["no_permit"],
+                obligations=[],
+                field_actions={},
+            ),
+        ],
         now=NOW,
     )
     written = encode(AUDIT, record)
-    assert decode(written, AUDIT)["recipient"] == "oranga-tamariki"
+    decoded = decode(written, AUDIT)
+    assert [(d["recipient"], d["outcome"]) for d in decoded["decisions"]] == [
+        ("oranga-tamariki", "share"),
+        ("msd", "deny"),
+    ]
     assert CANARIES[2] in str(event)  # the canaries are in the event
     for canary in CANARIES:
         assert canary.encode() not in written
     assert record["subject_refs"]
-    assert record["person_told"] == "when_safe"
+    assert [d["person_told"] for d in decoded["decisions"]] == ["when_safe", None]
 
 
 def test_quarantine_records_encode() -> None:

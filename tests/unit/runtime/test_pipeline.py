@@ -13,6 +13,7 @@ import pytest
 from broker.codec import decode, encode, from_json
 from broker.envelope import Kind, Opener, ReplayCache, Sealer
 from broker.runtime import Accepted, Decider, Intake, Outcome, Pipeline, Verdict
+from broker.runtime._audit import audited_pairs
 from broker.runtime._pipeline import REASON_HEADER, RECIPIENT_HEADER
 from broker.transport import Record
 from tests.unit.runtime.test_intake import (
@@ -127,9 +128,7 @@ def test_share_review_and_deny() -> None:
         [
             "tiaki.audit",
             "tiaki.egress.oranga-tamariki",
-            "tiaki.audit",
             "tiaki.review",
-            "tiaki.audit",
         ]
     )
     egress = next(o for o in outputs if o.topic == "tiaki.egress.oranga-tamariki")
@@ -147,12 +146,20 @@ def test_share_review_and_deny() -> None:
     with pytest.raises(Exception, match=r"."):
         harness.open_for("msd", "tiaki.review", held.value)  # held items are sealed to the broker
 
-    audits = [decode(o.value, AUDIT) for o in outputs if o.topic == "tiaki.audit"]
-    assert {(a["recipient"], a["outcome"]) for a in audits} == {
+    (audit,) = [decode(o.value, AUDIT) for o in outputs if o.topic == "tiaki.audit"]
+    assert audit["action"] == "decision"
+    assert (audit["recipient"], audit["outcome"]) == (None, None)
+    assert [(d["recipient"], d["outcome"], d["rule_ids"]) for d in audit["decisions"]] == [
+        ("oranga-tamariki", "share", ["R-test"]),
+        ("msd", "review", ["R-test"]),
+        ("corrections", "deny", ["R-test"]),
+    ]
+    assert audit["decisions"][0]["field_actions"] == {"header.case_id": "keep", "narrative": "drop"}
+    assert list(audited_pairs(audit)) == [
         ("oranga-tamariki", "share"),
         ("msd", "review"),
         ("corrections", "deny"),
-    }
+    ]
     assert [v.outcome for v in processed.verdicts] == [Outcome.SHARE, Outcome.REVIEW, Outcome.DENY]
     assert processed.quarantine_reason is None
 
