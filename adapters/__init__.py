@@ -24,6 +24,7 @@ guide is ``docs/adapters.md``.
 """
 
 from adapters._client import AdapterClient, ClientStatistics, Handler, RetryPolicy
+from adapters._config import AdapterConfig, load_config
 from adapters._connection import (
     Connection,
     Feed,
@@ -50,9 +51,14 @@ from adapters._events import (
     task_update,
 )
 from adapters._metrics import AdapterMetrics
+from adapters._runner import Adapter
+from adapters._sinks import FolderSink, Sink, SinkFailed, StdoutSink, WebhookSink
+from adapters._sources import FolderSource, Source, WebhookSource
 
 __all__ = [
+    "Adapter",
     "AdapterClient",
+    "AdapterConfig",
     "AdapterConfigError",
     "AdapterError",
     "AdapterMetrics",
@@ -61,6 +67,8 @@ __all__ = [
     "DeadLetter",
     "DeadLetters",
     "Feed",
+    "FolderSink",
+    "FolderSource",
     "Handler",
     "InMemoryConnection",
     "InMemoryFeed",
@@ -70,11 +78,18 @@ __all__ = [
     "OutboxError",
     "Received",
     "RetryPolicy",
+    "Sink",
+    "SinkFailed",
+    "Source",
     "SourceRejected",
+    "StdoutSink",
+    "WebhookSink",
+    "WebhookSource",
     "accept_task",
     "complete_task",
     "decline_task",
     "information_request",
     "information_response",
+    "load_config",
     "task_update",
 ]

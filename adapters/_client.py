@@ -106,6 +106,10 @@ class ClientStatistics:
     failures: int
     parked: int
     dead_lettered: int
+    #: Receive rounds so far, and how many of the latest in a row polled nothing (an idle
+    #: adapter: everything committed to its egress topic so far has reached the handler).
+    polls: int = 0
+    idle_polls: int = 0
 
 
 @dataclass
@@ -117,6 +121,8 @@ class _Counts:
     duplicates: int = 0
     failures: int = 0
     dead_lettered: int = 0
+    polls: int = 0
+    idle_polls: int = 0
     last_send_error: str | None = field(default=None)
 
 
@@ -246,6 +252,8 @@ class AdapterClient:
             failures=c.failures,
             parked=self._state.parked_count(),
             dead_lettered=c.dead_lettered,
+            polls=c.polls,
+            idle_polls=c.idle_polls,
         )
 
     # -- publishing ----------------------------------------------------------------------
@@ -395,6 +403,8 @@ class AdapterClient:
             )
             await self._drop_feed()
             return 0
+        self._counts.polls += 1
+        self._counts.idle_polls = 0 if records else self._counts.idle_polls + 1
         for record in records:
             await self._deliver(record, handler)
         try:

@@ -85,7 +85,11 @@ def publish_policy(
     print(f"published {len(data)} bytes to {POLICY}")
 
 
-def demo_command() -> None:
-    """Play one case through the broker on the local Kafka and show what each agency received."""
+def demo_command(
+    stay: Annotated[
+        bool, typer.Option("--stay", help="Keep the broker and adapters running afterwards.")
+    ] = False,
+) -> None:
+    """Play an ISR day through the reference adapters and the broker; show who saw what."""
     configure_logging(level=logging.WARNING)
-    asyncio.run(run_demo(Settings.from_env(), Console()))
+    asyncio.run(run_demo(Settings.from_env(), Console(), stay=stay))
