@@ -272,7 +272,8 @@ class AdapterClient:
         header = dict(doc.get("header") or {})
         if header.get("source_agency", self.agency) != self.agency:
             raise InvalidEvent(f"{event_type}: source_agency must be {self.agency!r}")
-        header.setdefault("event_id", str(uuid.uuid4()))
+        if not header.get("event_id"):
+            header["event_id"] = str(uuid.uuid4())
         header.setdefault("event_type", f"nz.tiaki.{event_type}")
         header["source_agency"] = self.agency
         header.setdefault("occurred_at", _iso(now))

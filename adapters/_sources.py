@@ -82,7 +82,8 @@ def stable_event_id(agency: str, name: str, digest: str, index: int) -> str:
 
 def _with_event_id(doc: dict[str, Any], event_id: str) -> dict[str, Any]:
     header = dict(doc.get("header") or {})
-    header.setdefault("event_id", event_id)
+    if not header.get("event_id"):  # absent, or an empty CSV cell
+        header["event_id"] = event_id
     return {**doc, "header": header}
 
 
@@ -231,7 +232,7 @@ class FolderSource:
     def _reject(self, name: str, data: bytes, reason: str) -> None:
         write_private(self.rejected / name, data)
         write_private(self.rejected / f"{name}.reason", f"{reason}\n".encode())
-        log.warning("source file rejected", agency=self.agency, reason=reason.split(":")[0])
+        log.warning("source file rejected", agency=self.agency, reason="unreadable_file")
 
     def _reject_item(self, file: Path, index: int, line: int, item: Any, reason: str) -> None:
         name = f"{file.stem}.item{index + 1}{file.suffix if self.format == 'json' else '.json'}"

@@ -79,9 +79,9 @@ async def test_csv_source_fills_the_template_and_rejects_bad_rows_by_line(tmp_pa
     folder = tmp_path / "requests"
     folder.mkdir()
     (folder / "today.csv").write_text(
-        "case_id,request_id,respond_by,justification,urgency,holders\n"
-        'SYN-C1,SYN-R1,2025-06-03T17:00:00Z,Synthetic: housing transfer,urgent,"[{""agency_id"": ""police"", ""team"": null, ""contact_role"": null}]"\n'
-        "SYN-C2,SYN-R2,not-a-date,Synthetic: housing transfer,urgent,\n"
+        "case_id,request_id,respond_by,justification,urgency,holders,event_id\n"
+        'SYN-C1,SYN-R1,2025-06-03T17:00:00Z,Synthetic: housing transfer,urgent,"[{""agency_id"": ""police"", ""team"": null, ""contact_role"": null}]",00000000-0000-4000-8000-0000000000c1\n'
+        "SYN-C2,SYN-R2,not-a-date,Synthetic: housing transfer,urgent,,\n"
     )
     template = json.loads(config.path(csv_source.template or "", tmp_path).read_text())  # type: ignore[union-attr]
     source = FolderSource(
