@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -92,4 +93,8 @@ def demo_command(
 ) -> None:
     """Play an ISR day through the reference adapters and the broker; show who saw what."""
     configure_logging(level=logging.WARNING)
-    asyncio.run(run_demo(Settings.from_env(), Console(), stay=stay))
+    # aiokafka logs its own retries (coordinator not ready yet on a fresh node) through the
+    # standard library; the demo's story is the tables, so keep those quiet.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    asyncio.run(run_demo(Settings.from_env(), console, stay=stay))

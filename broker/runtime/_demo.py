@@ -604,6 +604,7 @@ class _Day:
         self.result = DemoResult()
         self.ids: set[str] = set()
         self.order: dict[str, int] = {}
+        self.steps: dict[str, tuple[str, Step]] = {}
         self._counter = 0
 
     def received_path(self, agency: str, event_id: str) -> Path:
@@ -652,6 +653,7 @@ class _Day:
             self._counter += 1
             self.ids.add(step.event_id)
             self.order[step.event_id] = self._counter
+            self.steps[step.event_id] = (phase.time, step)
             config = self.configs[step.source]
             if step.csv:
                 (source,) = [s for s in config.sources if getattr(s, "format", None) == "csv"]
@@ -745,10 +747,21 @@ class _Day:
                 self.console.print(f"[dim]{title} nothing about these cases[/dim]")
                 continue
             table = Table(title=title, title_justify="left")
-            for column in ("event", "from", "route", "legal basis", "fields kept / dropped"):
+            for column in (
+                "when",
+                "case",
+                "event",
+                "from",
+                "route",
+                "legal basis",
+                "kept / dropped",
+            ):
                 table.add_column(column)
             for row in rows:
+                when, step = self.steps[row.event_id]
                 table.add_row(
+                    when,
+                    str(step.document["header"]["case_id"])[-1],
                     row.event_type,
                     row.source,
                     row.route,
@@ -756,6 +769,17 @@ class _Day:
                     f"{row.kept} / {row.dropped}",
                 )
             self.console.print(table)
+        seen = {row.event_id for rows in self.result.received.values() for row in rows}
+        unseen = [self.steps[i] for i in sorted(self.ids - seen, key=order.__getitem__)]
+        if unseen:
+            self.console.print(
+                "\n[bold]reached no agency[/bold] (the policy denied every candidate; each"
+                " decision is audited):"
+            )
+            for when, step in unseen:
+                self.console.print(
+                    f"  {when}  {step.source:>16}  {step.event_type:<32} {step.note}"
+                )
 
 
 async def run_demo(
@@ -834,7 +858,7 @@ async def run_demo(
         with contextlib.suppress(asyncio.CancelledError):
             await broker
     where = [
-        f"metrics: http://127.0.0.1:{metrics_port}/metrics (while the broker runs: `tiaki broker run`)"
+        f"metrics: http://127.0.0.1:{metrics_port}/metrics (served while `tiaki demo --stay` runs)"
         if metrics_port
         else "metrics: `tiaki broker run --metrics-port 9464`, then http://127.0.0.1:9464/metrics",
         "review queue: `tiaki review list --all` (the decisions above are recorded there)",
