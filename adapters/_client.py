@@ -336,6 +336,18 @@ class AdapterClient:
                 now=now,
             )
             await self._publisher.publish(ingress(self.agency), row.case_id.encode(), sealed)
+        except EnvelopeError as exc:
+            # A key problem (expired, revoked, the broker's key unknown) needs a person; the
+            # event waits in the outbox and is sent once the keys are fixed and the adapter
+            # restarted.
+            self._counts.last_send_error = type(exc).__name__
+            log.error(
+                "cannot seal; event kept in the outbox",
+                agency=self.agency,
+                event_id=row.event_id,
+                error_type=type(exc).__name__,
+            )
+            return False
         except TransportError as exc:
             self._state.attempted(row.seq)
             self._counts.last_send_error = type(exc).__name__
@@ -366,7 +378,10 @@ class AdapterClient:
         backoff = first_backoff
         while True:
             self._wake.clear()
-            await self.send_pending()
+            try:
+                await self.send_pending()
+            except Exception as exc:  # the outbox itself failed (disk): keep trying, loudly
+                log.error("outbox unusable", agency=self.agency, error_type=type(exc).__name__)
             if self._state.pending_count():
                 await asyncio.sleep(backoff)  # Kafka is unreachable: back off, then retry
                 backoff = min(backoff * 2, max_backoff)

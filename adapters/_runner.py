@@ -10,7 +10,6 @@ dead-letters it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import json
 from collections.abc import Sequence
@@ -139,14 +138,20 @@ class Adapter:
             )
             self.started.set()
             log.info("adapter started", agency=self.client.agency, count=len(tasks))
+            stopping = asyncio.create_task(stop.wait())
+            everything = [*tasks, receiving]
             try:
-                await stop.wait()
+                # Until asked to stop, or until a source or the receiving loop fails (a
+                # webhook port taken, the state folder unwritable): then stop the rest too.
+                await asyncio.wait([stopping, *everything], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stop.set()
-                for task in [*tasks, receiving]:
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+                await stopping
+                results = await asyncio.gather(*everything, return_exceptions=True)
+            failures = [r for r in results if isinstance(r, Exception)]
             log.info("adapter stopped", agency=self.client.agency, status="stopped")
+            if failures:
+                raise failures[0]
 
 
 def serve_metrics(port: int) -> AdapterMetrics:

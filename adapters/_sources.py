@@ -39,7 +39,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from adapters._errors import InvalidEvent, SourceRejected
+from adapters._errors import AdapterConfigError, InvalidEvent, SourceRejected
 from adapters._private_files import write_private
 
 log = structlog.get_logger("tiaki.adapter.source")
@@ -292,7 +292,12 @@ class WebhookSource:
                 await writer.drain()
             writer.close()
 
-        server = await asyncio.start_server(serve, self.host, self.port)
+        try:
+            server = await asyncio.start_server(serve, self.host, self.port)
+        except OSError as exc:
+            raise AdapterConfigError(
+                f"webhook source: cannot listen on {self.host}:{self.port}: {exc.strerror}"
+            ) from None
         self.port = server.sockets[0].getsockname()[1]
         self.bound.set()
         async with server:

@@ -3,6 +3,7 @@ and a stand-in for the broker that seals SharedEvents to an agency's egress topi
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import random
@@ -138,3 +139,12 @@ def make_client(
         retry=RetryPolicy(max_attempts=max_attempts),
         send_in_background=background,
     )
+
+
+async def eventually(check: Any, within: float = 5.0) -> None:
+    """Wait until ``check()`` is true (the adapter runs in the same loop); fail after ``within``."""
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not reached in time")
+        await asyncio.sleep(0.02)
