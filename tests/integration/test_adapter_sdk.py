@@ -4,9 +4,14 @@ and a failing handler that neither blocks the others nor loses its event."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import json
+import os
+import signal
+import subprocess
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -17,9 +22,10 @@ from adapters import AdapterClient, Received, RetryPolicy
 from broker.codec import encode
 from broker.envelope import Kind, Opener, Sealer
 from broker.platform import egress, ingress
+from broker.platform._local import die_when_parent_dies
 from broker.transport import KafkaPublisher, KafkaReader
-from tests.integration.broker_env import SCHEMAS, BrokerEnv, example
-from tests.integration.conftest import ROOT, Cluster
+from tests.integration.broker_env import SCHEMAS, TIAKI, BrokerEnv, example
+from tests.integration.conftest import ROOT, Cluster, free_port
 
 
 @pytest.fixture(scope="module")
@@ -177,3 +183,68 @@ async def test_failing_handler_gets_the_event_again_others_flow_then_dead_letter
         for _ in range(3):
             await again.receive(handler, timeout_ms=300)
     assert sum(calls.values()) == 19 + 4
+
+
+def spawn(argv: list[str], environment: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start a ``tiaki`` process as an operator would, logging to ``log_path``; it dies with
+    the test session."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            argv,
+            env=os.environ | environment,
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
+            stdin=subprocess.DEVNULL,
+            preexec_fn=die_when_parent_dies,
+        )
+
+
+def scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text: str = response.read().decode()
+    return text
+
+
+async def test_tiaki_adapter_run_publishes_exports_serves_metrics_and_stops_cleanly(
+    env: BrokerEnv, tmp_path: Path
+) -> None:
+    port = free_port()
+    config = tmp_path / "police.yaml"
+    config.write_text(
+        f'agency: police\nprofile: "{env.cluster.profiles_dir}/police.json"\n'
+        f'keys: "{env.home}/keys"\nstate: "{tmp_path}/state"\nmetrics_port: {port}\n'
+        f'sources:\n  - kind: folder\n    path: "{tmp_path}/exports"\n    interval_s: 0.2\n'
+        f'sinks:\n  - kind: folder\n    path: "{tmp_path}/received"\n'
+    )
+    case = f"SYN-RUN-{uuid.uuid4().hex[:8]}"
+    doc = example("FamilyHarmEpisodeReport", case_id=case, source_agency="police")
+    (tmp_path / "exports").mkdir()
+    (tmp_path / "exports" / "attendance.json").write_text(json.dumps(doc))
+    process = spawn(
+        [str(TIAKI), "adapter", "run", "--agency", "police", "--config", str(config)],
+        {"TIAKI_HOME": str(env.home)},
+        tmp_path / "adapter.log",
+    )
+    try:
+        deadline = time.monotonic() + 60
+        sent = ""
+        while time.monotonic() < deadline and process.poll() is None:
+            with contextlib.suppress(OSError):
+                sent = scrape(port)
+                if 'tiaki_adapter_sent_total{event_type="FamilyHarmEpisodeReport"} 1.0' in sent:
+                    break
+            await asyncio.sleep(0.2)
+        assert 'tiaki_adapter_sent_total{event_type="FamilyHarmEpisodeReport"} 1.0' in sent, (
+            tmp_path / "adapter.log"
+        ).read_text()[-2000:]
+        assert "tiaki_adapter_outbox_pending 0.0" in sent
+        assert (tmp_path / "exports" / "done" / "attendance.json").exists()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(timeout=30)
+    assert code == 0  # SIGTERM: a clean stop
+    assert await ingress_event_ids(env, "police", case) == [doc["header"]["event_id"]]
+    logged = (tmp_path / "adapter.log").read_text()
+    assert "Test Victim" not in logged  # no personal data in the adapter's logs
+    assert "attendance.json" not in logged  # nor file names
