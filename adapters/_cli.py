@@ -9,8 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
 from adapters._config import AdapterConfig, load_config
 from adapters._deadletter import DeadLetters
@@ -89,14 +87,11 @@ def dead_letters(config: ConfigFile) -> None:
     settings = Settings.from_env()
     loaded = load_config(config)
     letters = DeadLetters(loaded.path(loaded.state, settings.home) / "dead-letters").list()
-    table = Table("event id", "event type", "from", "attempts", "when", "reason")
     for letter in letters:
-        table.add_row(
-            letter.event_id,
-            letter.event_type,
-            letter.source_agency,
-            str(letter.attempts),
-            letter.dead_lettered_at,
-            letter.reason,
+        print(
+            f"{letter.event_id}  {letter.event_type}  from {letter.source_agency}  "
+            f"attempts {letter.attempts}  {letter.dead_lettered_at}  {letter.reason}"
         )
-    Console().print(table)
+    print(
+        f"{len(letters)} dead letter(s) in {loaded.path(loaded.state, settings.home) / 'dead-letters'}"
+    )

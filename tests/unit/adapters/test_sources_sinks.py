@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from adapters import AdapterConfigError, InMemoryConnection, Received
+from adapters import AdapterConfigError, DeadLetter, DeadLetters, InMemoryConnection, Received
 from adapters._config import load_config
 from adapters._sinks import FolderSink, SinkFailed, StdoutSink, WebhookSink
 from adapters._sources import FolderSource, WebhookSource
@@ -254,3 +254,29 @@ def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[s
         == 1
     )
     assert "not 'nobody'" in capsys.readouterr().err
+
+
+def test_dead_letters_command_lists_reasons_not_content(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIAKI_HOME", str(tmp_path))
+    config = tmp_path / "adapter.yaml"
+    config.write_text("agency: oranga-tamariki\n")
+    DeadLetters(tmp_path / "adapters" / "oranga-tamariki" / "dead-letters").put(
+        DeadLetter(
+            event_id="00000000-0000-4000-8000-0000000000d1",
+            event_type="TaskEvent",
+            source_agency="police",
+            topic="tiaki.egress.oranga-tamariki",
+            partition=0,
+            offset=7,
+            attempts=5,
+            reason="ValueError: case system refused",
+            dead_lettered_at="2025-06-01T09:00:00.000Z",
+        ),
+        b"sealed bytes",
+    )
+    assert main(["adapter", "dead-letters", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "ValueError: case system refused" in out
+    assert "0000000000d1" in out
