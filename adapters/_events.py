@@ -107,7 +107,7 @@ def information_request(
     respond_by: dt.datetime,
     information_sought: Sequence[str] = (),
     urgency: str = "routine",
-    requester_role: str | None = None,
+    requester_role: str = "unknown",
     subjects: Sequence[Mapping[str, Any]] = (),
 ) -> dict[str, Any]:
     """An InformationRequest (FVA s20): the holders must each answer, or be escalated."""
