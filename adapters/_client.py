@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime as dt
 import inspect
 import json
@@ -71,6 +72,12 @@ def _utc_now() -> dt.datetime:
 
 def _ms(moment: dt.datetime) -> int:
     return int(moment.timestamp() * 1000)
+
+
+def _unopenable(exc: Exception) -> str:
+    """A dead letter's reason for a record that does not open: the quarantine reason code of
+    the envelope or codec error (never its message)."""
+    return f"cannot open: {getattr(exc, 'quarantine_reason', type(exc).__name__)}"
 
 
 def _iso(moment: dt.datetime) -> str:
@@ -484,39 +491,19 @@ class AdapterClient:
         try:
             event = self._open(record.topic, record.value)
         except (EnvelopeError, CodecError, ValueError, KeyError) as exc:
-            reason = getattr(exc, "quarantine_reason", type(exc).__name__)
-            self._dead_letter(
-                f"{record.topic}-{record.partition}-{record.offset}",
-                "unknown",
-                "unknown",
-                record.topic,
-                record.partition,
-                record.offset,
-                record.value,
-                attempts=0,
-                reason=f"cannot open: {reason}",
-            )
+            where = f"{record.topic}-{record.partition}-{record.offset}"
+            self._dead_letter(Parked.of(record, where), None, attempts=0, reason=_unopenable(exc))
             return
         if self.metrics is not None:
             self.metrics.received.labels(event.event_type).inc()
-        if self._state.was_handled(event.idempotency_key) or self._state.parked(event.event_id):
-            self._counts.duplicates += 1
+        if (
+            self._state.was_handled(event.idempotency_key)
+            or self._state.parked(event.event_id)
+            or self.dead_letters.has(event.event_id)
+        ):
+            self._counts.duplicates += 1  # delivered again (a commit that did not land)
             return
-        await self._attempt(
-            event,
-            Parked(
-                event.event_id,
-                record.topic,
-                record.partition,
-                record.offset,
-                record.key,
-                record.value,
-                0,
-                0,
-                "",
-            ),
-            handler,
-        )
+        await self._attempt(event, Parked.of(record, event.event_id), handler)
 
     async def _attempt(self, event: Received, parked: Parked, handler: Handler) -> None:
         attempts = parked.attempts + 1
@@ -538,31 +525,11 @@ class AdapterClient:
             if self.metrics is not None:
                 self.metrics.handler_failures.labels(event.event_type).inc()
             if attempts >= self.retry.max_attempts:
-                self._dead_letter(
-                    event.event_id,
-                    event.event_type,
-                    event.source_agency,
-                    parked.topic,
-                    parked.partition,
-                    parked.offset,
-                    parked.value,
-                    attempts=attempts,
-                    reason=reason,
-                )
+                self._dead_letter(parked, event, attempts=attempts, reason=reason)
                 return
             next_at = self._clock() + self.retry.delay(attempts)
             self._state.park(
-                Parked(
-                    parked.event_id,
-                    parked.topic,
-                    parked.partition,
-                    parked.offset,
-                    parked.key,
-                    parked.value,
-                    attempts,
-                    _ms(next_at),
-                    reason,
-                )
+                dataclasses.replace(parked, attempts=attempts, next_ms=_ms(next_at), reason=reason)
             )
             return
         self._state.mark_handled(event.idempotency_key, _ms(self._clock()))
@@ -577,57 +544,37 @@ class AdapterClient:
             try:
                 event = self._open(parked.topic, parked.value)
             except (EnvelopeError, CodecError, ValueError, KeyError) as exc:
-                self._state.unpark(parked.event_id)
-                self._dead_letter(
-                    parked.event_id,
-                    "unknown",
-                    "unknown",
-                    parked.topic,
-                    parked.partition,
-                    parked.offset,
-                    parked.value,
-                    attempts=parked.attempts,
-                    reason=f"cannot open: {getattr(exc, 'quarantine_reason', type(exc).__name__)}",
-                )
+                # Opened once already: a key revoked or expired since it was parked.
+                self._dead_letter(parked, None, attempts=parked.attempts, reason=_unopenable(exc))
                 continue
             await self._attempt(event, parked, handler)
         return len(due)
 
     def _dead_letter(
-        self,
-        event_id: str,
-        event_type: str,
-        source: str,
-        topic: str,
-        partition: int,
-        offset: int,
-        value: bytes,
-        *,
-        attempts: int,
-        reason: str,
+        self, parked: Parked, event: Received | None, *, attempts: int, reason: str
     ) -> None:
         # The folder first, then forget the retry: a crash in between leaves both, never neither.
         self.dead_letters.put(
             DeadLetter(
-                event_id=event_id,
-                event_type=event_type,
-                source_agency=source,
-                topic=topic,
-                partition=partition,
-                offset=offset,
+                event_id=parked.event_id,
+                event_type=event.event_type if event else "unknown",
+                source_agency=event.source_agency if event else "unknown",
+                topic=parked.topic,
+                partition=parked.partition,
+                offset=parked.offset,
                 attempts=attempts,
                 reason=reason,
                 dead_lettered_at=_iso(self._clock()),
             ),
-            value,
+            parked.value,
         )
-        self._state.unpark(event_id)
+        self._state.unpark(parked.event_id)
         self._counts.dead_lettered += 1
         log.error(
             "event dead-lettered",
             agency=self.agency,
-            event_id=event_id,
-            event_type=event_type,
+            event_id=parked.event_id,
+            event_type=event.event_type if event else "unknown",
             attempt=attempts,
         )
         if self.metrics is not None:

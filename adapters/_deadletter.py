@@ -46,6 +46,9 @@ class DeadLetters:
         write_private(target, json.dumps(asdict(letter), indent=2, sort_keys=True).encode() + b"\n")
         return target
 
+    def has(self, event_id: str) -> bool:
+        return (self.path / f"{event_id.replace('/', '_')}.json").exists()
+
     def list(self) -> list[DeadLetter]:
         if not self.path.exists():
             return []

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from adapters._errors import OutboxError
+from broker.transport import Record
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -96,6 +97,21 @@ class Parked:
 
     def __repr__(self) -> str:
         return f"Parked({self.event_id}, attempts={self.attempts})"
+
+    @classmethod
+    def of(cls, record: Record, event_id: str) -> Parked:
+        """A record not yet attempted."""
+        return cls(
+            event_id,
+            record.topic,
+            record.partition,
+            record.offset,
+            record.key,
+            record.value,
+            0,
+            0,
+            "",
+        )
 
 
 class StateStore:

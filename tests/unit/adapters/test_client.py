@@ -303,3 +303,34 @@ async def test_lost_ack_resends_under_the_same_event_id_which_the_replay_check_c
     opener.open(first.value, topic=first.topic, now=clock(), kind=Kind.INGRESS)
     with pytest.raises(Replayed):
         opener.open(second.value, topic=second.topic, now=clock(), kind=Kind.INGRESS)
+
+
+async def test_dead_lettered_event_delivered_again_is_not_retried(
+    cluster: InMemoryCluster, fake_broker: FakeBroker, clock: FakeClock, tmp_path: Path
+) -> None:
+    event_id = await fake_broker.deliver("oranga-tamariki")
+    calls: list[str] = []
+
+    def failing(event: Received) -> None:
+        calls.append(event.event_id)
+        raise RuntimeError("synthetic fault")
+
+    client = make_client(
+        "oranga-tamariki", InMemoryConnection(cluster), clock, tmp_path, max_attempts=1
+    )
+    async with client:
+        await client.receive(failing)
+        assert [d.event_id for d in client.dead_letters.list()] == [event_id]
+    async with AdapterClient(
+        "oranga-tamariki",
+        InMemoryConnection(cluster),
+        RING,
+        SCHEMAS,
+        tmp_path,
+        clock=clock,
+        group_id="oranga-tamariki.rewound",
+        send_in_background=False,
+    ) as again:
+        await again.receive(failing)
+        assert again.statistics().duplicates == 1
+    assert calls == [event_id]  # waits in the folder for a person, not retried by redelivery
