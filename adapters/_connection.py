@@ -43,8 +43,10 @@ from broker.transport import (
 )
 
 
-class ResourceBase:
-    """``async with x:`` starts ``x`` and always closes it (the transport's convention)."""
+class _ResourceBase:
+    """``async with x:`` starts ``x`` and always closes it: the transport's convention. (The
+    transport's own base class is private to ``broker.transport``; these few lines are
+    repeated rather than reached into.)"""
 
     async def start(self) -> None:
         raise NotImplementedError
@@ -107,7 +109,7 @@ def _translate(exc: BaseException) -> TransportError:
     return Unavailable(f"{name}: Kafka is unreachable or refused the request")
 
 
-class KafkaFeed(ResourceBase):
+class KafkaFeed(_ResourceBase):
     """:class:`Feed` on aiokafka: read-committed, no auto-commit, earliest on a new group."""
 
     def __init__(self, profile: Profile, topic: str, group_id: str, **options: Any) -> None:
@@ -196,7 +198,7 @@ class KafkaConnection:
         return KafkaFeed(self.profile, topic, group_id)
 
 
-class InMemoryFeed(ResourceBase):
+class InMemoryFeed(_ResourceBase):
     """:class:`Feed` on an :class:`~broker.transport.InMemoryCluster` consumer group."""
 
     def __init__(self, cluster: InMemoryCluster, topic: str, group_id: str) -> None:
@@ -232,7 +234,7 @@ class InMemoryConnection:
         return InMemoryFeed(self.cluster, topic, group_id)
 
 
-class _SwitchablePublisher(ResourceBase):
+class _SwitchablePublisher(_ResourceBase):
     def __init__(self, connection: InMemoryConnection) -> None:
         self._connection = connection
         self._inner = connection.cluster.publisher()
