@@ -288,7 +288,10 @@ class PassThrough:
     def escalations(self, now: dt.datetime) -> list[Any]:
         return []
 
-    def committed(self) -> None:
+    def mark(self) -> tuple[int, int]:
+        return (0, 0)
+
+    def committed(self, mark: tuple[int, int] | None = None) -> None:
         pass
 
     def aborted(self) -> None:
@@ -303,6 +306,9 @@ class Timed:
         self.first = 0.0
         self.last = 0.0
         self.committed = 0
+        self.target = 0
+        #: Set when ``target`` records have committed.
+        self.reached = asyncio.Event()
 
     async def start(self) -> None:
         await self.inner.start()
@@ -323,6 +329,8 @@ class Timed:
         await self.inner.commit(outputs, consumed)
         self.committed += len(consumed)
         self.last = time.perf_counter()
+        if self.target and self.committed >= self.target:
+            self.reached.set()
 
 
 def transport(env: Env, name: str, source: str) -> Any:
@@ -335,9 +343,16 @@ def transport(env: Env, name: str, source: str) -> Any:
 
 
 async def drain_worker(worker: Any, timed: Timed, n: int, limit: float) -> Drain:
-    deadline = time.monotonic() + limit
-    while timed.committed < n and time.monotonic() < deadline:
-        await worker.step()
+    """Run the worker's own loop (``serve``, as ``tiaki broker run`` does) until ``n`` records
+    have committed or ``limit`` seconds have passed."""
+    stop = asyncio.Event()
+    timed.target = n
+    serving = asyncio.create_task(worker.serve(stop))
+    reached = asyncio.create_task(timed.reached.wait())
+    await asyncio.wait({serving, reached}, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+    stop.set()
+    reached.cancel()
+    await serving
     seconds = timed.last - timed.first if timed.first else 0.0
     return Drain(timed.committed, seconds, timed.committed >= n)
 
@@ -510,10 +525,11 @@ async def latency_client(config: dict[str, Any]) -> dict[str, Any]:
             await c.stop()
 
     # Untimed: open a sample with each recipient's own key; the key must name the event.
+    # (A pass-through worker copies the ingress bytes, sealed to the broker: nothing to open.)
     ring = KeyStore(Path(config["keys"])).load(principals(), private_for=list(RECIPIENTS))
     shared_schema = events.schemas.latest("SharedEvent")
     mismatches = opened = 0
-    for r, records in samples.items():
+    for r, records in samples.items() if config.get("open", True) else ():
         opener = Opener(r, ring)
         for m in records:
             payload = opener.open(
@@ -565,15 +581,59 @@ async def group_at_end(profile: Any, group: str, topic: str) -> None:
         await consumer.stop()
 
 
+class GcPauses:
+    """Longest and total garbage-collection pause per generation, from ``gc.callbacks``."""
+
+    def __init__(self) -> None:
+        import gc
+
+        self._gc = gc
+        self._started = 0.0
+        self.longest = [0.0, 0.0, 0.0]
+        self.total = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+            return
+        took = time.perf_counter() - self._started
+        g = info["generation"]
+        self.longest[g] = max(self.longest[g], took)
+        self.total[g] += took
+        self.count[g] += 1
+
+    def __enter__(self) -> GcPauses:
+        self._gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._gc.callbacks.remove(self)
+
+    def summary(self) -> str:
+        return ", ".join(
+            f"gen{g} {self.count[g]}x max {self.longest[g] * 1000:.0f} ms" for g in range(3)
+        )
+
+
 async def latency_run(
-    env: Env, worker: Any, cases: Any, rate: float, tag: str, seconds: float
+    env: Env,
+    worker: Any,
+    cases: Any,
+    rate: float,
+    tag: str,
+    seconds: float,
+    *,
+    open_sample: bool = True,
 ) -> dict[str, Any]:
     """Run the worker while a client process publishes at ``rate`` and measures delivery."""
     from broker.platform._local import die_when_parent_dies
+    from broker.runtime._service import settle_heap
 
     count = max(50, int(rate * seconds))
     prefix = f"SYN-LAT-{tag}"
     join_cases(cases, [f"{prefix}-{i:06d}" for i in range(count)])
+    settle_heap()  # as the worker does after it rebuilds its state
     config = {
         "profiles": str(env.profiles),
         "keys": str(env.keys),
@@ -581,14 +641,11 @@ async def latency_run(
         "count": count,
         "prefix": prefix,
         "drain_s": 30.0,
+        "open": open_sample,
     }
     stop = asyncio.Event()
 
-    async def work() -> None:
-        while not stop.is_set():
-            await worker.step()
-
-    running = asyncio.create_task(work())
+    running = asyncio.create_task(worker.serve(stop))
     try:
         async with asyncio.timeout(30):  # joined the group before anything is sent
             while not worker._transport.assignment():  # noqa: ASYNC110 (the task above polls)
@@ -632,7 +689,7 @@ def report(label: str, drain: Drain, n: int) -> None:
 
 async def run(env: Env, n: int, profile_full: bool) -> None:
     from broker.platform import egress, ingress
-    from broker.runtime._service import ServiceOptions
+    from broker.runtime._service import ServiceOptions, settle_heap
     from broker.runtime._worker import Worker
 
     options = ServiceOptions()
@@ -648,6 +705,7 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
     started = time.perf_counter()
     case_ids = [f"SYN-CASE-B{i:04d}" for i in range(max(1, n // 50))]
     join_cases(cases, case_ids)
+    settle_heap()  # as the worker does after it rebuilds its state
     records = []
     for i in range(n):
         case_id = case_ids[i % len(case_ids)]
@@ -710,7 +768,9 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
         for labels, value in decisions.items():
             outcomes[labels[0]] = outcomes.get(labels[0], 0) + int(value)
         print(
-            f"  full pipeline detail: {stats.batches} transactions, "
+            f"  full pipeline detail: {stats.batches} transactions "
+            f"(processing {stats.process_seconds / max(1, stats.batches) * 1000:.0f} ms, "
+            f"committing {stats.commit_seconds / max(1, stats.batches) * 1000:.0f} ms each), "
             f"{stats.records / max(1, stats.batches):.0f} records each; "
             f"{stats.outputs / max(1, stats.records):.1f} outputs per record; shared "
             f"{sum(per_recipient.values()) / max(1, stats.records):.2f} recipients per event "
@@ -725,46 +785,81 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
         if profiler is not None:
             print(profiler.output_text(unicode=True, color=False, show_all=False))
 
+    commit_interval = options.poll_timeout_ms
+    print(
+        f"latency (open loop, separate client process, {LATENCY_SECONDS:.0f} s per rate; "
+        f"per delivered (event, recipient); commit interval {commit_interval} ms; "
+        f"receivers' fetch wait {RECEIVER_FETCH_WAIT_MS} ms):"
+    )
+    for fraction in RATES:
+        await latency_phase(env, options, pipeline, metrics, cases, full.rate * fraction, fraction)
+    # The same rate through a pass-through worker: what Kafka, transactions and the client
+    # cost on this machine at that rate, without the pipeline.
+    await latency_phase(
+        env, options, PassThrough(outputs), metrics, cases, full.rate * 0.5, 0.5, label="B0R-EOS"
+    )
+
+
+async def latency_phase(
+    env: Env,
+    options: Any,
+    pipeline: Any,
+    metrics: Any,
+    cases: Any,
+    rate: float,
+    fraction: float,
+    label: str = "full",
+) -> None:
+    """One open-loop run at ``rate`` through a fresh worker (its own group, at the end)."""
+    from broker.platform import ingress
+    from broker.runtime._worker import Worker
     from broker.transport import KafkaTransport
 
+    source = ingress(SOURCE)
     tag = f"bench-latency-{uuid.uuid4().hex[:8]}"
     await group_at_end(env.profile("broker"), f"tiaki-broker-{tag}", source)
-    lat_transport = KafkaTransport(
+    transport = KafkaTransport(
         env.profile("broker"), worker_id=tag, group_id=f"tiaki-broker-{tag}", topics=[source]
     )
     worker = Worker(
-        lat_transport,
+        transport,
         pipeline,
         metrics,
         max_batch=options.max_batch,
         poll_timeout_ms=options.poll_timeout_ms,
     )
+    commit_interval = options.poll_timeout_ms
     async with worker:
-        commit_interval = options.poll_timeout_ms
-        print(
-            f"latency (open loop, separate client process, {LATENCY_SECONDS:.0f} s per rate; "
-            f"per delivered (event, recipient); commit interval {commit_interval} ms; "
-            f"receivers' fetch wait {RECEIVER_FETCH_WAIT_MS} ms):"
-        )
-        for fraction in RATES:
-            rate = full.rate * fraction
+        with GcPauses() as pauses:
             result = await latency_run(
-                env, worker, cases, rate, f"{int(fraction * 100)}", LATENCY_SECONDS
+                env,
+                worker,
+                cases,
+                rate,
+                f"{label}-{int(fraction * 100)}",
+                LATENCY_SECONDS,
+                open_sample=label == "full",
             )
-            verdict = ""
-            if fraction == 0.5:
-                ok = result["p99"] <= commit_interval + 50
-                verdict = (
-                    f"  (target p99 <= {commit_interval + 50} ms: {'MET' if ok else 'MISSED'})"
-                )
-            print(
-                f"  {fraction:>4.0%} of max = {rate:,.0f} events/s: "
-                f"p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, "
-                f"p99.9 {result['p999']:.1f} ms, max {result['max']:.1f} ms; "
-                f"{result['delivered']:,}/{result['expected']:,} deliveries, "
-                f"send lag max {result['send_lag_max_ms']:.1f} ms, "
-                f"{result['opened']} opened, {result['mismatches']} mismatched{verdict}"
-            )
+    stats = worker.statistics()
+    txns = max(1, stats.batches)
+    verdict = ""
+    if fraction == 0.5 and label == "full":
+        ok = result["p99"] <= commit_interval + 50
+        verdict = f"  (target p99 <= {commit_interval + 50} ms: {'MET' if ok else 'MISSED'})"
+    print(
+        f"  {label:<7} {fraction:>4.0%} of max = {rate:,.0f} events/s: "
+        f"p50 {result['p50']:.1f} ms, p99 {result['p99']:.1f} ms, "
+        f"p99.9 {result['p999']:.1f} ms, max {result['max']:.1f} ms; "
+        f"{result['delivered']:,}/{result['expected']:,} deliveries, "
+        f"send lag max {result['send_lag_max_ms']:.1f} ms, "
+        f"{result['opened']} opened, {result['mismatches']} mismatched{verdict}"
+    )
+    print(
+        f"          worker: {txns} transactions, {stats.records / txns:.0f} records each, "
+        f"processing {stats.process_seconds / txns * 1000:.1f} ms and committing "
+        f"{stats.commit_seconds / txns * 1000:.1f} ms per transaction (longest commit "
+        f"{stats.commit_max_seconds * 1000:.0f} ms); GC pauses: {pauses.summary()}"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -53,6 +53,9 @@ class FieldPlan:
     minimised: bool
     #: Each leaf's own class (``schemas/vocabulary.json``).
     classes: Mapping[str, str]
+    #: True when projecting depends on the recipient (a pseudonymised leaf): otherwise every
+    #: recipient of the plan receives the same minimised record.
+    recipient_specific: bool
     _tree: _Tree = field(repr=False)
     _projector: _Projector = field(repr=False)
 
@@ -196,6 +199,7 @@ def _build(schema: Schema, actions: dict[str, str], sources: dict[str, str]) -> 
         released_classes=frozenset(released),
         minimised=minimised,
         classes=classes,
+        recipient_specific="pseudonymise" in actions.values(),
         _tree=tree,
         _projector=_compile_tree(tree),
     )

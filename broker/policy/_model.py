@@ -9,7 +9,7 @@ explanation (rule ids, reason codes, LAW.md references) and an action for every 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -369,12 +369,37 @@ class DecisionInput:
         ``overrides`` set any attribute directly (a request's purpose, the case's risk tier,
         a requester role); they win over what the header states.
         """
+        return cls.for_recipients(
+            record,
+            (recipient,),
+            at=at,
+            schema_version=schema_version,
+            participates=lambda _: participates,
+            **overrides,
+        )[0]
+
+    @classmethod
+    def for_recipients(
+        cls,
+        record: Mapping[str, Any],
+        recipients: Iterable[str],
+        *,
+        at: dt.date,
+        schema_version: int | None = None,
+        participates: Callable[[str], bool] = lambda _: False,
+        **overrides: Any,
+    ) -> list[DecisionInput]:
+        """:meth:`from_record` for each of ``recipients``, reading the header once.
+
+        The broker decides every candidate recipient of an event; what the header says is the
+        same for all of them, and only the recipient, its participation and whether the event
+        is addressed to it differ.
+        """
         header = record.get("header") or {}
         sharing = header.get("sharing") or {}
-        values: dict[str, Any] = {
+        common: dict[str, Any] = {
             "event_type": str(header.get("event_type", "")),
             "source": str(header.get("source_agency", "")),
-            "recipient": recipient,
             "purpose": str(sharing.get("purpose", "unknown")),
             "at": at,
             "schema_version": schema_version,
@@ -386,11 +411,18 @@ class DecisionInput:
             "privileged": bool(sharing.get("privileged", False)),
             "suppression_order": bool(sharing.get("suppression_order", False)),
             "maori_data": bool(sharing.get("contains_maori_data", False)),
-            "participates": participates,
-            "addressee": recipient in _addressees(record),
         }
-        values.update(overrides)
-        return cls(**values)
+        addressees = _addressees(record)
+        out = []
+        for recipient in recipients:
+            values = common | {
+                "recipient": recipient,
+                "participates": participates(recipient),
+                "addressee": recipient in addressees,
+            }
+            values.update(overrides)
+            out.append(cls(**values))
+        return out
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,22 +31,37 @@ def case_ref(key: bytes, case_id: str) -> str:
     return hmac.new(key, b"case\x1f" + case_id.encode(), hashlib.sha256).hexdigest()
 
 
-def _identifiers(node: Any) -> Iterator[tuple[str, str]]:
-    """Every (scheme, value) pair of a PersonIdentifier anywhere in a decoded event."""
-    if isinstance(node, Mapping):
-        scheme, value = node.get("scheme"), node.get("value")
-        if isinstance(scheme, str) and isinstance(value, str) and "issuer" in node:
-            yield scheme, value
+def _identifiers(node: Any, out: set[tuple[str, str]]) -> None:
+    """Add every (scheme, value) pair of a PersonIdentifier anywhere in a decoded event.
+
+    A plain recursion over the dicts and lists fastavro decodes to (not a generator, and
+    exact type checks): it runs on every event, over every field.
+    """
+    kind = type(node)
+    if kind is dict:
+        scheme = node.get("scheme")
+        if "issuer" in node and type(scheme) is str:
+            value = node.get("value")
+            if type(value) is str:
+                out.add((scheme, value))
         for child in node.values():
-            yield from _identifiers(child)
-    elif isinstance(node, list | tuple):
+            kind = type(child)
+            if kind is dict or kind is list:
+                _identifiers(child, out)
+    elif kind is list:
         for child in node:
-            yield from _identifiers(child)
+            kind = type(child)
+            if kind is dict or kind is list:
+                _identifiers(child, out)
+    elif isinstance(node, Mapping):  # any other mapping: walk it as a dict
+        _identifiers(dict(node), out)
 
 
 def subject_refs(key: bytes, event: Mapping[str, Any]) -> list[str]:
     """Sorted, distinct subject references of everyone an event identifies."""
-    return sorted({subject_ref(key, scheme, value) for scheme, value in _identifiers(event)})
+    pairs: set[tuple[str, str]] = set()
+    _identifiers(event if type(event) is dict else dict(event), pairs)
+    return sorted({subject_ref(key, scheme, value) for scheme, value in pairs})
 
 
 @dataclass(frozen=True)

@@ -109,16 +109,28 @@ class Intake:
         self._max = max_record_bytes
         #: (source, event id) pairs the replay cache learnt since the last commit.
         self._uncommitted: list[tuple[str, str]] = []
+        #: Records admitted before ``_uncommitted[0]`` (committed or aborted): marks count
+        #: from the start, so they stay valid as a prefix commits.
+        self._settled = 0
 
-    def committed(self) -> None:
-        """The transaction holding everything admitted so far committed."""
-        self._uncommitted.clear()
+    def mark(self) -> int:
+        """A point in what was admitted, for :meth:`committed`: how many records have been
+        admitted since this intake began (so a mark stays right as earlier ones commit)."""
+        return self._settled + len(self._uncommitted)
+
+    def committed(self, mark: int | None = None) -> None:
+        """The transaction holding everything admitted up to ``mark`` (default: everything
+        admitted so far) committed."""
+        count = len(self._uncommitted) if mark is None else mark - self._settled
+        del self._uncommitted[:count]
+        self._settled += count
 
     def aborted(self) -> None:
         """The transaction aborted: its records will be read again, so they are not replays."""
         if self._opener.replay is not None:
             for source, event_id in self._uncommitted:
                 self._opener.replay.forget(source, event_id)
+        self._settled += len(self._uncommitted)
         self._uncommitted.clear()
 
     def admit(self, record: IncomingRecord, now: datetime) -> Accepted | Rejected:

@@ -65,6 +65,12 @@ class BrokerMetrics:
             buckets=_EVAL_BUCKETS,
             registry=registry,
         )
+        self.commit_seconds = Histogram(
+            "tiaki_commit_seconds",
+            "Time to commit one transaction (outputs, offsets, end of transaction).",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.end_to_end_seconds = Histogram(
             "tiaki_end_to_end_seconds",
             "Ingress record timestamp to the commit of its outputs.",

@@ -38,12 +38,12 @@ from broker.runtime._audit import (
     AuditContext,
     audit_base,
     decision_audit,
-    decision_entry,
     quarantine_audit,
     quarantined_record,
 )
 from broker.runtime._cases import CaseMembership
 from broker.runtime._decide import Decider, Outcome, Verdict
+from broker.runtime._encoding import RecordParts
 from broker.runtime._intake import Accepted, Intake, Rejected
 from broker.runtime._requests import RequestBook
 from broker.transport import Headers, Outgoing, Record
@@ -119,6 +119,10 @@ class Pipeline:
         self._audit_schema = schemas.latest("AuditRecord")
         self._shared_schema = schemas.latest("SharedEvent")
         self._quarantine_schema = schemas.latest("QuarantinedRecord")
+        self._parts = RecordParts(self._audit_schema, self._shared_schema)
+        self._audit_headers: Headers = (
+            (SCHEMA_HEADER, self._audit_schema.fingerprint_hex.encode()),
+        )
         self._subject_key = subject_key
         self._cases_schema = schemas.latest("CaseMembership")
         #: Shared with the decider, which asks it whether a recipient participates.
@@ -127,16 +131,28 @@ class Pipeline:
         self.requests = requests if requests is not None else RequestBook()
         #: (request id, holder) pairs escalated since the last commit, undone on abort.
         self._escalated: list[tuple[str, str]] = []
+        self._escalations_settled = 0  # escalations before _escalated[0], for marks
 
-    def committed(self) -> None:
-        """Everything processed so far is committed."""
-        self._intake.committed()
-        self._escalated.clear()
+    def mark(self) -> tuple[int, int]:
+        """A point in what was processed, for :meth:`committed`. A worker that processes the
+        next batch while the previous one commits marks the end of each batch."""
+        return self._intake.mark(), self._escalations_settled + len(self._escalated)
+
+    def committed(self, mark: tuple[int, int] | None = None) -> None:
+        """Everything processed up to ``mark`` (default: everything so far) is committed."""
+        if mark is None:
+            admitted, count = None, len(self._escalated)
+        else:
+            admitted, count = mark[0], mark[1] - self._escalations_settled
+        self._intake.committed(admitted)
+        del self._escalated[:count]
+        self._escalations_settled += count
 
     def aborted(self) -> None:
         """Everything processed since the last commit will be processed again."""
         self._intake.aborted()
         self.requests.unescalate(self._escalated)
+        self._escalations_settled += len(self._escalated)
         self._escalated.clear()
 
     def _context(self) -> AuditContext:
@@ -171,10 +187,18 @@ class Pipeline:
             return self._quarantine(record, rejected, now)
         if verdicts:
             outputs.append(self._decision_audit(admitted, verdicts, now))
-        for verdict in verdicts:
-            delivery = self._deliver(admitted, verdict, now)
-            if delivery is not None:
-                outputs.append(delivery)
+            head = self._parts.shared_head(
+                event_id=admitted.event_id,
+                event_type=admitted.event_type,
+                source_agency=admitted.source.id,
+                source_schema=admitted.schema.fingerprint_hex,
+                shared_at=now,
+            )
+            bodies: dict[int, bytes] = {}  # body_json parts: recipients alike share one body
+            for verdict in verdicts:
+                delivery = self._deliver(admitted, verdict, now, head, bodies)
+                if delivery is not None:
+                    outputs.append(delivery)
         return Processed(outputs, admitted.source.id, admitted.event_type, None, tuple(verdicts))
 
     def _quarantine(self, record: Record, rejected: Rejected, now: datetime) -> Processed:
@@ -231,30 +255,29 @@ class Pipeline:
             event_type=admitted.event_type,
             schema_fingerprint=admitted.schema.fingerprint,
             source=admitted.source.id,
-            decisions=[
-                decision_entry(
-                    recipient=v.recipient,
-                    outcome=v.outcome.value,
-                    route=v.route,
-                    legal_basis=v.legal_basis,
-                    purpose=v.purpose,
-                    rule_ids=v.rule_ids,
-                    reason_codes=v.reason_codes,
-                    obligations=v.obligations,
-                    field_actions=v.field_actions,
-                )
-                for v in verdicts
-            ],
+            decisions=(),  # written by RecordParts, from cached entries
             now=now,
         )
-        return self._audit(record, str(admitted.event["header"]["case_id"]).encode())
+        value = self._parts.decision_record(record, verdicts)
+        key = str(admitted.event["header"]["case_id"]).encode()
+        return Outgoing(AUDIT, key, value, self._audit_headers)
 
-    def _deliver(self, admitted: Accepted, verdict: Verdict, now: datetime) -> Outgoing | None:
+    def _deliver(
+        self,
+        admitted: Accepted,
+        verdict: Verdict,
+        now: datetime,
+        head: bytes,
+        bodies: dict[int, bytes],
+    ) -> Outgoing | None:
         """The record that carries ``verdict``'s minimised event, if it carries one."""
         case_key = str(admitted.event["header"]["case_id"]).encode()
         if verdict.outcome is Outcome.DENY or verdict.body is None:
             return None
-        shared = encode(self._shared_schema, self._shared(admitted, verdict, verdict.body, now))
+        body = bodies.get(id(verdict.body))
+        if body is None:
+            body = bodies[id(verdict.body)] = self._parts.body(body_json(verdict.body))
+        shared = self._parts.shared_event(head, verdict, body)
         headers: Headers = ()
         if verdict.outcome is Outcome.SHARE:
             topic, recipient, kind = egress(verdict.recipient), verdict.recipient, Kind.EGRESS
@@ -276,22 +299,3 @@ class Pipeline:
             now=now,
         )
         return Outgoing(topic, case_key, sealed, headers)
-
-    def _shared(
-        self, admitted: Accepted, verdict: Verdict, body: Mapping[str, Any], now: datetime
-    ) -> dict[str, Any]:
-        return {
-            "event_id": admitted.event_id,
-            "event_type": admitted.event_type,
-            "source_agency": admitted.source.id,
-            "source_schema": admitted.schema.fingerprint_hex,
-            "shared_at": now,
-            "route": verdict.route,
-            "legal_basis": verdict.legal_basis,
-            "purpose": verdict.purpose,
-            "obligations": list(verdict.obligations),
-            "rule_ids": list(verdict.rule_ids),
-            "field_actions": dict(verdict.field_actions),
-            "policy_hash": verdict.policy_hash,
-            "body_json": body_json(body),
-        }

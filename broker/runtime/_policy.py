@@ -9,8 +9,9 @@ two events and never inside one.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -60,18 +61,21 @@ class PolicyDecider:
         event = accepted.event
         case_id = str(event["header"]["case_id"])
         verdicts = []
+        #: Minimised bodies by (plan, recipient if the plan pseudonymises): recipients that a
+        #: rule treats alike receive one body, projected once.
+        bodies: dict[tuple[int, str | None], Mapping[str, Any]] = {}
         # The engine names event types in full (``nz.tiaki.TaskEvent``), as the header does.
-        for recipient in engine.candidates(accepted.schema.name, accepted.source.id):
-            decision = engine.decide(
-                DecisionInput.from_record(
-                    event,
-                    recipient,
-                    at=now.date(),
-                    schema_version=accepted.schema.version,
-                    participates=self._cases.participates(case_id, recipient),
-                    **self._risk(case_id),
-                )
-            )
+        inputs = DecisionInput.for_recipients(
+            event,
+            engine.candidates(accepted.schema.name, accepted.source.id),
+            at=now.date(),
+            schema_version=accepted.schema.version,
+            participates=lambda recipient: self._cases.participates(case_id, recipient),
+            **self._risk(case_id),
+        )
+        for decision_input in inputs:
+            recipient = decision_input.recipient
+            decision = engine.decide(decision_input)
             if decision.errors:
                 # The engine has already failed closed (deny); a person must look at the rule.
                 log.error(
@@ -83,7 +87,11 @@ class PolicyDecider:
             outcome = _OUTCOMES[decision.outcome]
             body = None
             if outcome is not Outcome.DENY:
-                body = apply_field_plan(event, decision, self._pseudonymiser)
+                plan = decision.plan
+                key = (id(plan), recipient if plan is None or plan.recipient_specific else None)
+                body = bodies.get(key)
+                if body is None:
+                    body = bodies[key] = apply_field_plan(event, decision, self._pseudonymiser)
             verdicts.append(
                 Verdict(
                     recipient=recipient,

@@ -24,7 +24,7 @@ import structlog
 from broker.runtime._decide import Outcome
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._pipeline import Pipeline, Processed
-from broker.transport import Record, TransactionalTransport, TransportError
+from broker.transport import Outgoing, Record, TransactionalTransport, TransportError
 
 log = structlog.get_logger("tiaki.broker")
 
@@ -33,12 +33,30 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+#: While a commit runs in the background, processing yields to it every this many records.
+YIELD_EVERY = 16
+
+
+@dataclass(frozen=True)
+class _Batch:
+    """A processed batch waiting to commit: its records, what they caused, the pipeline's mark."""
+
+    records: list[Record]
+    results: list[Processed]
+    outputs: list[Outgoing]
+    mark: tuple[int, int]
+
+
 @dataclass
 class WorkerStatistics:
     batches: int = 0
     records: int = 0
     outputs: int = 0
     aborted: int = 0
+    #: Seconds spent running the pipeline, and committing (all, and the longest commit).
+    process_seconds: float = 0.0
+    commit_seconds: float = 0.0
+    commit_max_seconds: float = 0.0
 
 
 class Worker:
@@ -81,41 +99,111 @@ class Worker:
         """Process batches until ``stop`` is set; the transport is started and closed here."""
         async with self:
             log.info("worker started", status="running")
-            while not stop.is_set():
-                await self.step()
+            await self.serve(stop)
             log.info("worker stopping", status="stopped", records=self._stats.records)
 
+    async def serve(self, stop: asyncio.Event) -> None:
+        """Process batches on a started worker until ``stop`` is set, each batch processed
+        while the one before it commits.
+
+        Processing is Python on this core; most of a commit is Kafka's work on another (and
+        the network). So batch N commits, in a task, while batch N+1 is processed; the
+        processing yields to the event loop every few records so the commit can move. N+1
+        is polled before N's commit starts, never during it (a failed commit rewinds the
+        consumer, which must not race a poll), and committed only after N's commit has
+        succeeded. If N's commit fails, N+1 is thrown away with it: the transport has
+        rewound to the last committed offsets, which precede both, and the pipeline forgets
+        everything since its last commit. When a batch is waiting to commit, the next poll
+        does not wait for records: at low load a batch commits as soon as it is processed.
+        """
+        pending: _Batch | None = None
+        while not stop.is_set():
+            timeout = 0 if pending is not None else self._poll_timeout_ms
+            batch = await self._transport.poll(self._max_batch, timeout)
+            if self._transport.assignment() != self._assignment:
+                if pending is not None:  # settle it before state is re-read (it will fail)
+                    self._settle(pending, await self._send(pending))
+                    pending = None
+                await self._assigned()
+            committing = None
+            if pending is not None:
+                committing = asyncio.create_task(self._send(pending))
+            current = await self._process(batch, self._clock(), yielding=committing is not None)
+            if (
+                committing is not None
+                and pending is not None
+                and not self._settle(pending, await committing)
+            ):
+                current = None  # polled again from the committed offsets
+            pending = current
+        if pending is not None:
+            self._settle(pending, await self._send(pending))
+
     async def step(self) -> int:
-        """One poll-process-commit cycle; returns the number of records committed."""
+        """One poll-process-commit cycle, nothing overlapped; returns the number of records
+        committed. Tests drive the worker with it."""
         batch = await self._transport.poll(self._max_batch, self._poll_timeout_ms)
+        if self._transport.assignment() != self._assignment:
+            await self._assigned()
+        current = await self._process(batch, self._clock(), yielding=False)
+        if current is None:
+            return 0
+        return len(current.records) if self._settle(current, await self._send(current)) else 0
+
+    async def _assigned(self) -> None:
         assignment = self._transport.assignment()
-        if assignment != self._assignment:
-            self._assignment = assignment
-            if self._on_assignment is not None:
-                await self._on_assignment()
-            log.info("partitions assigned", count=len(assignment))
-        now = self._clock()
+        self._assignment = assignment
+        if self._on_assignment is not None:
+            await self._on_assignment()
+        log.info("partitions assigned", count=len(assignment))
+
+    async def _process(
+        self, batch: Sequence[Record], now: datetime, *, yielding: bool
+    ) -> _Batch | None:
         escalations = self._pipeline.escalations(now)
         if not batch and not escalations:
-            return 0
+            return None
         started = time.perf_counter()
-        results = [self._pipeline.process(record, now) for record in batch]
+        results = []
+        for index, record in enumerate(batch):
+            if yielding and index % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # let the previous batch's commit move
+            results.append(self._pipeline.process(record, now))
+        took = time.perf_counter() - started
+        self._stats.process_seconds += took
         if batch:
-            self._metrics.evaluation_seconds.observe((time.perf_counter() - started) / len(batch))
+            self._metrics.evaluation_seconds.observe(took / len(batch))
         outputs = [out for result in results for out in result.outputs] + escalations
+        return _Batch(list(batch), results, outputs, self._pipeline.mark())
+
+    async def _send(self, b: _Batch) -> TransportError | None:
+        """Commit ``b``; the error if its transaction aborted. Touches no pipeline state, so
+        it can run while the next batch is processed."""
+        started = time.perf_counter()
         try:
-            await self._transport.commit(outputs, batch)
+            await self._transport.commit(b.outputs, b.records)
         except TransportError as exc:
-            self._pipeline.aborted()
-            self._stats.aborted += 1
-            self._metrics.transactions.labels("aborted").inc()
-            log.warning("transaction aborted", error_type=type(exc).__name__, records=len(batch))
-            if not exc.retriable:
-                raise
-            return 0
-        self._pipeline.committed()
-        self._count(batch, results)
-        return len(batch)
+            return exc
+        took = time.perf_counter() - started
+        self._stats.commit_seconds += took
+        self._stats.commit_max_seconds = max(self._stats.commit_max_seconds, took)
+        self._metrics.commit_seconds.observe(took)
+        return None
+
+    def _settle(self, b: _Batch, error: TransportError | None) -> bool:
+        """Tell the pipeline and the metrics how ``b``'s commit ended; True if it committed.
+        Raises the error if the worker cannot go on (the transport is fenced or broken)."""
+        if error is None:
+            self._pipeline.committed(b.mark)
+            self._count(b.records, b.results)
+            return True
+        self._pipeline.aborted()
+        self._stats.aborted += 1
+        self._metrics.transactions.labels("aborted").inc()
+        log.warning("transaction aborted", error_type=type(error).__name__, records=len(b.records))
+        if not error.retriable:
+            raise error
+        return False
 
     def _count(self, batch: Sequence[Record], results: Sequence[Processed]) -> None:
         """Metrics for a committed batch only, so they agree with what the topics hold."""

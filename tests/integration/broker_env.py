@@ -138,6 +138,7 @@ class BrokerEnv:
         payload: bytes | None = None,
         fingerprint: bytes | None = None,
         topic: str | None = None,
+        sealed_at: dt.datetime | None = None,
     ) -> bytes:
         """``doc`` sealed by ``agency`` for the broker; the keywords forge a bad record."""
         schema = SCHEMAS.latest(event_type)
@@ -148,7 +149,7 @@ class BrokerEnv:
             recipient="broker",
             event_id=doc["header"]["event_id"],
             schema_fingerprint=fingerprint or schema.fingerprint,
-            now=dt.datetime.now(dt.UTC),
+            now=sealed_at or dt.datetime.now(dt.UTC),
         )
 
     async def publish(self, agency: str, items: list[tuple[str, dict[str, Any]]]) -> None:

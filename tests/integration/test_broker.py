@@ -132,6 +132,9 @@ async def test_police_event_reaches_exactly_the_permitted_recipients(env: Broker
 
 
 async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) -> None:
+    def fresh() -> dict[str, Any]:
+        return example("FamilyHarmEpisodeReport", source_agency="police")
+
     good = example("FamilyHarmEpisodeReport", source_agency="police")
     sealed = env.seal("police", "FamilyHarmEpisodeReport", good)
     flipped = bytearray(
@@ -143,9 +146,8 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
     )
     flipped[-3] ^= 0x10
     wrong_source = example("FamilyHarmEpisodeReport", source_agency="msd")
-
-    def fresh() -> dict[str, Any]:
-        return example("FamilyHarmEpisodeReport", source_agency="police")
+    relabelled = bytearray(env.seal("police", "FamilyHarmEpisodeReport", fresh()))
+    relabelled[1] = 0x02  # the kind byte (envelope wire format): egress
 
     bad = [
         b"\x01not an envelope",
@@ -163,6 +165,15 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
             fingerprint=SCHEMAS.latest("Address").fingerprint,
         ),
         env.seal("police", "FamilyHarmEpisodeReport", fresh(), topic="tiaki.ingress.msd"),
+        # Marked as an egress envelope (broker to recipient) on an ingress topic.
+        bytes(relabelled),
+        # Sealed a day ahead of the broker's clock: it cannot be shown fresh.
+        env.seal(
+            "police",
+            "FamilyHarmEpisodeReport",
+            fresh(),
+            sealed_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=1),
+        ),
     ]
     expected = [
         "malformed_envelope",
@@ -174,6 +185,8 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
         "malformed_avro",
         "not_an_event",
         "wrong_topic",
+        "wrong_kind",
+        "stale",
     ]
     metric_before = quarantined_total(env.metrics())
     before = len(await env.read("broker", DLQ))
@@ -185,7 +198,7 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
             break
         await asyncio.sleep(1)
     reasons = [dict(r.headers)["tiaki-reason"].decode() for r in records[before:]]
-    assert sorted(reasons) == sorted(expected)  # nine kinds, each with its own reason code
+    assert sorted(reasons) == sorted(expected)  # eleven kinds, each with its own reason code
     # The quarantine metric agrees with the topic: counted per reason, once per record.
     assert quarantined_total(env.metrics()) - metric_before == Counter(reasons)
 

@@ -15,7 +15,15 @@ from broker.policy._fields import compile_plan, leaves, transforms_for
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMAS = load_schemas(ROOT / "schemas")
 EXAMPLES = sorted((ROOT / "schemas" / "examples").glob("*.json"))
-ACTIONS = ("keep", "drop", "mask", "pseudonymise", "generalise:year", "generalise:month", "generalise:suburb")
+ACTIONS = (
+    "keep",
+    "drop",
+    "mask",
+    "pseudonymise",
+    "generalise:year",
+    "generalise:month",
+    "generalise:suburb",
+)
 TRANSFORMS = transforms_for(lambda value: f"pseudonym:{len(str(value))}")
 
 

@@ -221,3 +221,38 @@ def test_allocation_updates_case_state_before_deciding() -> None:
     assert state.key == b"SYN-CASE-0001"
     decoded = decode(state.value, SCHEMAS.latest("CaseMembership"))
     assert decoded["members"] == {"oranga-tamariki": ["allocation:participant"]}
+
+
+def test_parts_reused_across_events_carry_each_event_own_facts() -> None:
+    """Decision parts are cached between events; every record still names its own event."""
+    harness = Harness(
+        ScriptedDecider(
+            [
+                verdict("oranga-tamariki", Outcome.SHARE),
+                verdict("corrections", Outcome.SHARE),
+                verdict("msd", Outcome.DENY),
+            ]
+        )
+    )
+    seen = []
+    for _ in range(3):
+        record = harness.record()
+        outputs = harness.pipeline.process(record, NOW).outputs
+        (audit,) = [decode(o.value, AUDIT) for o in outputs if o.topic == "tiaki.audit"]
+        shared = [
+            harness.open_for(o.topic.removeprefix("tiaki.egress."), o.topic, o.value)
+            for o in outputs
+            if o.topic.startswith("tiaki.egress.")
+        ]
+        assert len(shared) == 2
+        assert {str(s["event_id"]) for s in shared} == {audit["event_id"]}
+        assert all(s["rule_ids"] == ["R-test"] and s["purpose"] for s in shared)
+        assert [d["recipient"] for d in audit["decisions"]] == [
+            "oranga-tamariki",
+            "corrections",
+            "msd",
+        ]
+        # What a whole-record encode of the same values gives, byte for byte.
+        assert encode(AUDIT, audit) == next(o.value for o in outputs if o.topic == "tiaki.audit")
+        seen.append(audit["event_id"])
+    assert len(set(seen)) == 3

@@ -97,3 +97,46 @@ async def test_run_stops_when_told() -> None:
     stop.set()
     await asyncio.wait_for(task, 5)
     assert worker.statistics().records == 5
+
+
+async def test_overlapped_commits_neither_lose_nor_duplicate() -> None:
+    """serve() processes each batch while the one before commits; a failed commit throws the
+    next batch away with it, and nothing is lost, duplicated or quarantined as a replay."""
+    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
+    harness = Harness(
+        ScriptedDecider([verdict("oranga-tamariki", Outcome.SHARE), verdict("msd", Outcome.DENY)])
+    )
+    metrics = BrokerMetrics(CollectorRegistry())
+    worker = Worker(
+        cluster.worker(),
+        harness.pipeline,
+        metrics,
+        clock=lambda: NOW,
+        poll_timeout_ms=10,
+        max_batch=7,  # many batches, so many overlaps
+    )
+    await publish(cluster, harness, good=60, bad=5)
+    cluster.fail_next_commit()
+    stop = asyncio.Event()
+    failures_at = [14, 35]  # more failures once some batches have committed, mid-stream
+    async with worker:
+        task = asyncio.create_task(worker.serve(stop))
+        for _ in range(1000):
+            await asyncio.sleep(0)
+            if failures_at and worker.statistics().records >= failures_at[0]:
+                failures_at.pop(0)
+                cluster.fail_next_commit()
+            if worker.statistics().records >= 65:
+                break
+        stop.set()
+        await asyncio.wait_for(task, 5)
+    counts = await topic_counts(cluster)
+    assert worker.statistics().records == 65
+    assert worker.statistics().aborted == 3
+    assert counts["tiaki.egress.oranga-tamariki"] == 60
+    assert counts["tiaki.audit"] == 65
+    assert counts["tiaki.dlq"] == 5
+    value = metrics.registry.get_sample_value
+    assert value("tiaki_quarantined_total", {"reason": "malformed_envelope"}) == 5
+    assert value("tiaki_quarantined_total", {"reason": "replayed"}) is None
+    assert worker.statistics().batches >= 65 // 7

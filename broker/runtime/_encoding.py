@@ -1,0 +1,139 @@
+"""The pipeline's two per-event records, encoded in parts so that what repeats is encoded once.
+
+Per event the broker writes one decision audit record and one ``SharedEvent`` per recipient
+that receives something. Most of their bytes repeat: a decision's route, rules and field
+actions are the same for every event a rule decides alike (the engine memoises decisions),
+and an event's id, source and time are the same for each of its recipients. Avro writes a
+record as its fields one after another (:mod:`broker.codec._segments`), so each record is
+joined from parts:
+
+==============  =====================================  ====================================
+record          part                                    encoded
+==============  =====================================  ====================================
+AuditRecord     every field but ``decisions``           once per event
+                each ``decisions`` entry                once per distinct decision (cached)
+SharedEvent     event id, type, source, schema, time    once per event
+                route, basis, purpose, rules, actions   once per distinct decision (cached)
+                ``body_json``                           once per distinct body
+==============  =====================================  ====================================
+
+Cached parts are keyed by the decision's values, and by the identity of its field-action
+mapping (the plan's own, shared by every decision that uses the plan), checked on every hit so
+a reloaded policy whose plan happens to reuse a freed object's id can never pick up a stale
+part. The caches are bounded and simply emptied when full.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from broker.codec import Schema
+from broker.codec._segments import ArrayItems, Segments, array_of
+from broker.runtime._audit import decision_entry
+from broker.runtime._decide import Verdict
+
+#: Distinct cached parts kept before a cache is emptied (decisions are few; this is a bound).
+CACHE_LIMIT = 4096
+
+
+class _PartCache:
+    def __init__(self) -> None:
+        self._parts: dict[Hashable, tuple[object, bytes]] = {}
+
+    def get(self, key: Hashable, owner: object) -> bytes | None:
+        hit = self._parts.get(key)
+        return hit[1] if hit is not None and hit[0] is owner else None
+
+    def put(self, key: Hashable, owner: object, part: bytes) -> bytes:
+        if len(self._parts) >= CACHE_LIMIT:
+            self._parts.clear()
+        self._parts[key] = (owner, part)
+        return part
+
+
+class RecordParts:
+    """Encodes decision audit records and shared events from parts (not thread-safe)."""
+
+    def __init__(self, audit: Schema, shared: Schema) -> None:
+        self._audit = Segments(audit, ["decisions"])
+        self._entry = ArrayItems(audit, "decisions")
+        self._shared = Segments(shared, ["route", "body_json"])
+        self._entries = _PartCache()
+        self._rulings = _PartCache()
+
+    def decision_record(self, record: Mapping[str, Any], verdicts: Sequence[Verdict]) -> bytes:
+        """``record`` (an audit record whose ``decisions`` are left out) with one entry per
+        verdict, in order."""
+        return self._audit.encode(0, record) + array_of([self._entry_of(v) for v in verdicts])
+
+    def _entry_of(self, v: Verdict) -> bytes:
+        key = (
+            v.recipient,
+            v.outcome.value,
+            v.route,
+            v.legal_basis,
+            v.purpose,
+            v.rule_ids,
+            v.reason_codes,
+            v.obligations,
+        )
+        part = self._entries.get(key, v.field_actions)
+        if part is None:
+            entry = decision_entry(
+                recipient=v.recipient,
+                outcome=v.outcome.value,
+                route=v.route,
+                legal_basis=v.legal_basis,
+                purpose=v.purpose,
+                rule_ids=v.rule_ids,
+                reason_codes=v.reason_codes,
+                obligations=v.obligations,
+                field_actions=v.field_actions,
+            )
+            part = self._entries.put(key, v.field_actions, self._entry.encode(entry))
+        return part
+
+    def shared_head(
+        self,
+        *,
+        event_id: str,
+        event_type: str,
+        source_agency: str,
+        source_schema: str,
+        shared_at: datetime,
+    ) -> bytes:
+        """The part of a ``SharedEvent`` every recipient of one event has in common."""
+        return self._shared.encode(
+            0,
+            {
+                "event_id": event_id,
+                "event_type": event_type,
+                "source_agency": source_agency,
+                "source_schema": source_schema,
+                "shared_at": shared_at,
+            },
+        )
+
+    def shared_event(self, head: bytes, v: Verdict, body: bytes) -> bytes:
+        """A whole ``SharedEvent``: ``head`` from :meth:`shared_head`, the ruling of ``v``,
+        and ``body`` from :meth:`body`."""
+        key = (v.route, v.legal_basis, v.purpose, v.obligations, v.rule_ids, v.policy_hash)
+        ruling = self._rulings.get(key, v.field_actions)
+        if ruling is None:
+            values = {
+                "route": v.route,
+                "legal_basis": v.legal_basis,
+                "purpose": v.purpose,
+                "obligations": list(v.obligations),
+                "rule_ids": list(v.rule_ids),
+                "field_actions": dict(v.field_actions),
+                "policy_hash": v.policy_hash,
+            }
+            ruling = self._rulings.put(key, v.field_actions, self._shared.encode(1, values))
+        return head + ruling + body
+
+    def body(self, text: str) -> bytes:
+        """The ``body_json`` part."""
+        return self._shared.encode(2, {"body_json": text})
