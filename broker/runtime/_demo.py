@@ -53,11 +53,11 @@ from adapters import (
 )
 from adapters._config import WebhookSourceConfig
 from broker._settings import Settings
-from broker.codec import load_schemas
+from broker.codec import decode, load_schemas
 from broker.envelope import KeyStore, Opener, Sealer, init_dev_keys
 from broker.platform import BROKER_GROUP_PREFIX, Profile, ingress, load_profile
 from broker.platform._profiles import profile_path
-from broker.platform._topics import BROKER, REVIEW
+from broker.platform._topics import BROKER, REVIEW, STATE_REQUESTS
 from broker.policy import PolicyStore, load_roster
 from broker.registry import load_registry
 from broker.runtime._audit import AuditContext
@@ -488,6 +488,8 @@ class DemoResult:
     held: int = 0
     approved: int = 0
     skipped: list[str] = field(default_factory=list)
+    #: request id -> holders who answered, from the broker's request book.
+    requests: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 class _Timeout(Exception):
@@ -687,6 +689,24 @@ class _Day:
             await self.approve_held(ring, schemas)
         await self.settle()
 
+    async def requests(self, schemas: Any) -> None:
+        """The broker's book of this day's information requests (FVA s24: every request ends
+        in an answer or an escalation), from ``tiaki.state.requests``."""
+        async with KafkaReader(self.broker_profile) as reader:
+            records = await reader.read_all(STATE_REQUESTS)
+        latest: dict[str, dict[str, Any]] = {}
+        for record in records:
+            state = decode(record.value, schemas.latest("RequestState"))
+            if str(state["event_id"]) in self.ids:
+                latest[str(state["request_id"])] = state
+        for request_id, state in sorted(latest.items()):
+            answered = ", ".join(state["answered"]) or "nobody yet"
+            self.result.requests[request_id] = tuple(state["answered"])
+            self.console.print(
+                f"request {request_id} from {state['requester']} to {', '.join(state['holders'])}:"
+                f" answered by {answered}; respond by {state['respond_by']:%Y-%m-%d %H:%M} UTC"
+            )
+
     async def approve_held(self, ring: Any, schemas: Any) -> None:
         now = dt.datetime.now(dt.UTC)
         async with KafkaReader(self.broker_profile) as reader:
@@ -773,8 +793,8 @@ class _Day:
         unseen = [self.steps[i] for i in sorted(self.ids - seen, key=order.__getitem__)]
         if unseen:
             self.console.print(
-                "\n[bold]reached no agency[/bold] (the policy denied every candidate; each"
-                " decision is audited):"
+                "\n[bold]reached no agency[/bold] (no sharing rule permits them for any"
+                " recipient; the broker's decisions are in the audit log):"
             )
             for when, step in unseen:
                 self.console.print(
@@ -843,6 +863,7 @@ async def run_demo(
         console.print(
             f"\nheld for review: {day.result.held} (approved {day.result.approved} as {REVIEWER})"
         )
+        await day.requests(schemas)
         if stay:
             console.print(
                 "\nstaying up: drop JSON exports into .tiaki/adapters/<agency>/exports/, "

@@ -115,6 +115,9 @@ async def test_demo_tables_are_what_the_policy_permits(cluster: Cluster) -> None
     took = time.monotonic() - started
     actual = {agency: Counter(rows) for agency, rows in result.received.items()}
     assert actual == expected
+    # The broker's request book: MSD's request to Police, answered by Police (FVA s24).
+    (request,) = [st for ph in phases for st in ph.steps if st.event_type == "InformationRequest"]
+    assert result.requests == {request.document["request_id"]: ("police",)}
     assert result.held == held
     assert result.approved == held
     text = output.getvalue()
