@@ -357,8 +357,7 @@ def isr_day(schemas_dir: Path, tag: str, day: dt.date | None = None) -> list[Pha
             _sharing("victim_protection"),
         ),
         "Police answer MSD's request (partial: third-party narrative withheld)",
-        # Not gated on the request reaching Police: the shipped policy has no rule that
-        # routes an InformationRequest to its holders (requests arrive by phone today).
+        after=("police", request.event_id),  # Police answer once the request has reached them
     )
     health = ex.doc("HealthScreeningOutcome", a, "health-nz", "15:00")
     return [

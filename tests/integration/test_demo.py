@@ -22,6 +22,7 @@ from broker.runtime import Accepted, Outcome
 from broker.runtime._cases import CaseMembership
 from broker.runtime._demo import DEMO_AGENCIES, Phase, Row, isr_day, run_demo
 from broker.runtime._policy import PolicyDecider
+from broker.runtime._requests import RequestBook
 from tests.integration.broker_env import SCHEMAS
 from tests.integration.conftest import ROOT, Cluster
 
@@ -31,8 +32,8 @@ def expected_tables(phases: list[Phase]) -> tuple[dict[str, Counter[Row]], int]:
     review (the demo's reviewer approves those, so they arrive too)."""
     engine = compile_policy(load_policy_set(ROOT / "policies"))
     registry = load_registry(ROOT / "policies" / "agencies.yaml")
-    cases = CaseMembership()
-    decider = PolicyDecider(lambda: engine, Pseudonymiser(b"\0" * 32), cases)
+    cases, requests = CaseMembership(), RequestBook()
+    decider = PolicyDecider(lambda: engine, Pseudonymiser(b"\0" * 32), cases, requests)
     now = dt.datetime.now(dt.UTC)
     out: dict[str, Counter[Row]] = {a: Counter() for a in DEMO_AGENCIES}
     delivered: set[tuple[str, str]] = set()
@@ -44,6 +45,7 @@ def expected_tables(phases: list[Phase]) -> tuple[dict[str, Counter[Row]], int]:
             schema = SCHEMAS.latest(step.event_type)
             event = from_json(schema, step.document)
             cases.apply(step.event_type, event, now)
+            requests.apply(step.event_type, event)
             source = registry.get(step.source)
             assert source is not None
             for verdict in decider.decide(Accepted(source, schema, event, opened=None), now):  # type: ignore[arg-type]
