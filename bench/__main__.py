@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 #: Benchmarks that need no Kafka. Each module has a ``main()`` that prints its figures.
-OFFLINE = ("bench.envelope_bench", "bench.policy_bench")
+OFFLINE = ("bench.envelope_bench", "bench.policy_bench", "bench.audit_bench")
 
 
 def main() -> None:

@@ -13,6 +13,7 @@ import typer
 
 from adapters._cli import app as adapter_app
 from broker._errors import TiakiError
+from broker.audit._cli import app as audit_app
 from broker.codec._cli import app as schema_app
 from broker.envelope._cli import app as keys_app
 from broker.platform._cli import kafka_app, provision_command
@@ -37,6 +38,7 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(policy_app, name="policy")
 app.add_typer(broker_app, name="broker")
 app.add_typer(review_app, name="review")
+app.add_typer(audit_app, name="audit")
 app.command("demo")(demo_command)
 app.add_typer(adapter_app, name="adapter")
 

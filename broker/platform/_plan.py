@@ -6,7 +6,8 @@ The trust model in ACLs:
   regional hub, ``tiaki.hub.<region>``), and uses only consumer groups named ``<id>.*``;
 - the broker reads every ingress topic and writes every egress topic, audit, quarantine,
   review and state, in transactions under ``tiaki-broker*`` ids;
-- compliance reads ``tiaki.audit`` and nothing else;
+- compliance reads the audit log (``tiaki.audit`` and its ``tiaki.checkpoints``) and nothing
+  else; every agency may also read ``tiaki.checkpoints`` (signed hashes only) as a witness;
 - admin administers topics, ACLs and credentials and may publish signed policy bundles, but
   reads and writes no agency's data.
 
@@ -133,6 +134,9 @@ def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> Desi
     topic(t.STATE_CASES, "compacted")
     topic(t.STATE_REQUESTS, "compacted")
     topic(t.POLICY, "compacted", 1)
+    topic(t.STATE_CHAINS, "compacted", 1)
+    # Checkpoints are the witnesses' copy of the audit log's heads: kept as long as the log.
+    topic(t.CHECKPOINTS, "audit", 1)
 
     acls: set[Acl] = set()
 
@@ -147,18 +151,22 @@ def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> Desi
         allow(agency.id, "GROUP", t.group_prefix(agency.id), ["READ"], "PREFIXED")
         if agency.kind.value == "regional_hub":
             allow(agency.id, "TOPIC", t.hub(agency.region), ["READ"])
+        # Every agency is a witness of the audit log (checkpoints hold hashes only).
+        allow(agency.id, "TOPIC", t.CHECKPOINTS, ["READ"])
 
     allow(t.BROKER, "TOPIC", t.INGRESS_PREFIX, ["READ"], "PREFIXED")
     allow(t.BROKER, "TOPIC", t.EGRESS_PREFIX, ["WRITE"], "PREFIXED")
     allow(t.BROKER, "TOPIC", t.HUB_PREFIX, ["WRITE"], "PREFIXED")
     allow(t.BROKER, "TOPIC", t.AUDIT, ["WRITE"])
-    for name in (t.REVIEW, t.DLQ, t.STATE_CASES, t.STATE_REQUESTS):
+    for name in (t.REVIEW, t.DLQ, t.STATE_CASES, t.STATE_REQUESTS, t.STATE_CHAINS):
         allow(t.BROKER, "TOPIC", name, ["READ", "WRITE"])
+    allow(t.BROKER, "TOPIC", t.CHECKPOINTS, ["WRITE"])
     allow(t.BROKER, "TOPIC", t.POLICY, ["READ"])
     allow(t.BROKER, "GROUP", t.BROKER_GROUP_PREFIX, ["READ"], "PREFIXED")
     allow(t.BROKER, "TRANSACTIONAL_ID", t.BROKER_GROUP_PREFIX, ["WRITE"], "PREFIXED")
 
     allow(t.COMPLIANCE, "TOPIC", t.AUDIT, ["READ"])
+    allow(t.COMPLIANCE, "TOPIC", t.CHECKPOINTS, ["READ"])
     allow(t.COMPLIANCE, "GROUP", t.group_prefix(t.COMPLIANCE), ["READ"], "PREFIXED")
 
     acls.update(admin_acls())

@@ -11,9 +11,22 @@ DLQ = "tiaki.dlq"
 STATE_CASES = "tiaki.state.cases"
 STATE_REQUESTS = "tiaki.state.requests"
 POLICY = "tiaki.policy"
+#: Each audit chain's committed head (compacted; written with the records it covers).
+STATE_CHAINS = "tiaki.state.chains"
+#: Signed audit checkpoints: every agency may read them and keep them as a witness.
+CHECKPOINTS = "tiaki.checkpoints"
 
 #: Topics only the broker (and, for audit, compliance) may touch.
-PLATFORM_TOPICS = (AUDIT, REVIEW, DLQ, STATE_CASES, STATE_REQUESTS, POLICY)
+PLATFORM_TOPICS = (
+    AUDIT,
+    REVIEW,
+    DLQ,
+    STATE_CASES,
+    STATE_REQUESTS,
+    POLICY,
+    STATE_CHAINS,
+    CHECKPOINTS,
+)
 
 #: Principals that belong to Tiaki itself, beside one per agency.
 BROKER = "broker"

@@ -21,11 +21,12 @@ from rich.table import Table
 from broker._errors import TiakiError
 from broker._settings import Settings
 from broker.codec import load_schemas
-from broker.envelope import KeyStore, Opener, Sealer
+from broker.envelope import KeyRing, KeyStore, Opener, Sealer
 from broker.platform._profiles import Profile, load_profile, profile_path
 from broker.platform._topics import BROKER, BROKER_GROUP_PREFIX, REVIEW
 from broker.registry import load_registry
 from broker.runtime._audit import AuditContext
+from broker.runtime._chaining import AuditChainer
 from broker.runtime._review import HeldItem, ReviewError, decide, read_queue
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import secret_paths
@@ -65,11 +66,12 @@ class _Context:
         )
 
 
-async def _commit(profile: Profile, outputs: list[Outgoing]) -> None:
-    producer = AIOKafkaProducer(
-        **profile.aiokafka_kwargs(),
-        transactional_id=f"{BROKER_GROUP_PREFIX}-review-{uuid.uuid4().hex[:8]}",
-    )
+async def _commit(profile: Profile, outputs: list[Outgoing], ring: KeyRing, now: datetime) -> None:
+    transactional_id = f"{BROKER_GROUP_PREFIX}-review-{uuid.uuid4().hex[:8]}"
+    # Each run is its own audit chain, named by its (fresh) transactional id: one writer, one
+    # transaction, signed at once (every_records=1), so nothing is left unsigned.
+    outputs = AuditChainer(transactional_id, ring, every_records=1).seal(outputs, now)
+    producer = AIOKafkaProducer(**profile.aiokafka_kwargs(), transactional_id=transactional_id)
     try:
         await producer.start()
         async with producer.transaction():
@@ -121,7 +123,7 @@ def _decide(review_id: str, verdict: str, reviewer: str, justification: str) -> 
         schemas=context.schemas,
         context=context.audit_context(),
     )
-    asyncio.run(_commit(context.profile, outputs))
+    asyncio.run(_commit(context.profile, outputs, context.ring, now))
     print(f"{review_id}: {verdict}d by {reviewer}")
 
 
@@ -156,5 +158,5 @@ def escalate() -> None:
             context=context.audit_context(),
         )
     if outputs:
-        asyncio.run(_commit(context.profile, outputs))
+        asyncio.run(_commit(context.profile, outputs, context.ring, now))
     print(f"escalated {len(overdue)} overdue item(s)")

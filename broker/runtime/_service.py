@@ -28,6 +28,7 @@ from broker.platform._topics import BROKER, STATE_CASES, STATE_REQUESTS
 from broker.policy import Engine, PolicyError, PolicyStore, Pseudonymiser
 from broker.registry import load_registry
 from broker.runtime._cases import CaseMembership
+from broker.runtime._chaining import AuditChainer
 from broker.runtime._intake import Intake
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._pipeline import Pipeline
@@ -124,6 +125,8 @@ async def serve(
     if options.metrics_port is not None:
         start_http_server(options.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     transport = KafkaTransport(profile, worker_id=options.worker_id)
+    # The chain is named by the transactional id, which Kafka lets one producer use at a time.
+    chain = AuditChainer(transport.transactional_id, ring, reader=lambda: KafkaReader(profile))
 
     async def refresh_state() -> None:
         fresh_cases, fresh_requests = await rebuild_state(KafkaReader(profile), schemas)
@@ -138,6 +141,7 @@ async def serve(
         max_batch=options.max_batch,
         poll_timeout_ms=options.poll_timeout_ms,
         on_assignment=refresh_state,
+        chain=chain,
     )
     log.info("broker starting", worker=options.worker_id, policy_hash=engine().policy_hash)
     following = asyncio.create_task(watcher.follow(profile, stop))

@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 
 import structlog
 
+from broker.audit import ChainHead
+from broker.runtime._chaining import AuditChainer
 from broker.runtime._decide import Outcome
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._pipeline import Pipeline, Processed
@@ -45,6 +47,8 @@ class _Batch:
     results: list[Processed]
     outputs: list[Outgoing]
     mark: tuple[int, int]
+    #: The audit chain's head once this batch is committed (issue 7), if the worker chains.
+    chain_mark: ChainHead | None = None
 
 
 @dataclass
@@ -72,6 +76,7 @@ class Worker:
         poll_timeout_ms: int = 100,
         clock: Callable[[], datetime] = _utc_now,
         on_assignment: Callable[[], Awaitable[None]] | None = None,
+        chain: AuditChainer | None = None,
     ) -> None:
         self._transport = transport
         self._pipeline = pipeline
@@ -84,6 +89,8 @@ class Worker:
         #: worker may have committed state for the cases it now owns.
         self._on_assignment = on_assignment
         self._assignment: frozenset[tuple[str, int]] = frozenset()
+        #: Chains each transaction's audit records (issue 7); see broker.runtime._chaining.
+        self._chain = chain
 
     async def __aenter__(self) -> Worker:
         await self._transport.start()
@@ -160,8 +167,11 @@ class Worker:
     async def _process(
         self, batch: Sequence[Record], now: datetime, *, yielding: bool
     ) -> _Batch | None:
+        chain = self._chain
+        if chain is not None and chain.stale:
+            await chain.resync()  # at start, and after a commit whose outcome is unknown
         escalations = self._pipeline.escalations(now)
-        if not batch and not escalations:
+        if not batch and not escalations and not (chain is not None and chain.due(now)):
             return None
         started = time.perf_counter()
         results = []
@@ -174,7 +184,10 @@ class Worker:
         if batch:
             self._metrics.evaluation_seconds.observe(took / len(batch))
         outputs = [out for result in results for out in result.outputs] + escalations
-        return _Batch(list(batch), results, outputs, self._pipeline.mark())
+        if chain is None:
+            return _Batch(list(batch), results, outputs, self._pipeline.mark())
+        outputs = chain.seal(outputs, now)
+        return _Batch(list(batch), results, outputs, self._pipeline.mark(), chain.mark())
 
     async def _send(self, b: _Batch) -> TransportError | None:
         """Commit ``b``; the error if its transaction aborted. Touches no pipeline state, so
@@ -195,9 +208,13 @@ class Worker:
         Raises the error if the worker cannot go on (the transport is fenced or broken)."""
         if error is None:
             self._pipeline.committed(b.mark)
+            if self._chain is not None and b.chain_mark is not None:
+                self._chain.committed(b.chain_mark)
             self._count(b.records, b.results)
             return True
         self._pipeline.aborted()
+        if self._chain is not None:
+            self._chain.aborted()
         self._stats.aborted += 1
         self._metrics.transactions.labels("aborted").inc()
         log.warning("transaction aborted", error_type=type(error).__name__, records=len(b.records))

@@ -70,7 +70,8 @@ def test_agency_leaving_the_registry_loses_principal_and_acls(cluster: Cluster) 
         removed = {(c.kind, c.subject) for c in report.changes if c.action == "remove"}
         assert ("principal", leaving) in removed
         assert all(f"User:{leaving} " in subject for kind, subject in removed if kind == "acl")
-        assert sum(kind == "acl" for kind, _ in removed) == 4  # ingress, egress, groups, hub
+        # ingress, egress, groups, hub, and the checkpoints every agency witnesses
+        assert sum(kind == "acl" for kind, _ in removed) == 5
         assert not (cluster.profiles_dir / f"{leaving}.json").exists()
         warnings = [c.subject for c in report.changes if c.action == "warn"]
         assert f"tiaki.ingress.{leaving}" in warnings  # topics hold data: reported, not deleted

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from broker.platform import (
     AUDIT,
+    CHECKPOINTS,
     ActualState,
     DesiredState,
     desired_state,
@@ -42,6 +43,8 @@ def test_agency_acls_are_exactly_its_ingress_egress_and_groups() -> None:
             Acl(f"User:{agency.id}", "TOPIC", ingress(agency.id), "LITERAL", "WRITE"),
             Acl(f"User:{agency.id}", "TOPIC", egress(agency.id), "LITERAL", "READ"),
             Acl(f"User:{agency.id}", "GROUP", f"{agency.id}.", "PREFIXED", "READ"),
+            # every agency witnesses the audit log's signed checkpoints (hashes only)
+            Acl(f"User:{agency.id}", "TOPIC", CHECKPOINTS, "LITERAL", "READ"),
         }
         if agency.kind.value == "regional_hub":
             expected.add(
@@ -54,6 +57,7 @@ def test_compliance_reads_audit_and_its_groups_only() -> None:
     state = desired_state(REGISTRY, brokers=1)
     assert acls_of(state, "compliance") == {
         Acl("User:compliance", "TOPIC", AUDIT, "LITERAL", "READ"),
+        Acl("User:compliance", "TOPIC", CHECKPOINTS, "LITERAL", "READ"),
         Acl("User:compliance", "GROUP", "compliance.", "PREFIXED", "READ"),
     }
 

@@ -1,0 +1,445 @@
+"""``tiaki audit``: the compliance officer's tools.
+
+=================  ==========================================================================
+command            what it does
+=================  ==========================================================================
+index              the audit topic (or an export) into the index (SQLite path, or a URL)
+verify             the whole log and its checkpoints; exits 1 naming the first bad position
+query              rows by person (keyed hash), agency, event type, basis, outcome, time
+subject-report     which agencies received which classes of information about one person
+export             the audit and checkpoint topics, byte for byte, to a JSON Lines file
+access-log         who read the index, when and with what query (its chain checked)
+witness            an agency saves the checkpoints it can see, to check the log later
+=================  ==========================================================================
+
+Every read of the audit data (query, subject-report, export, verify, index) is recorded in
+the index's chained access log with the operator's identity (``--operator`` or
+``TIAKI_OPERATOR``). A person is given as ``SCHEME:VALUE`` (``NHI:ZZZ0016``); it is hashed
+with the deployment's subject key at once, and only the hash is logged, stored or printed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from broker._settings import Settings
+from broker.audit._errors import AuditError, LogTampered, QueryError
+from broker.audit._index import AuditIndex, Query, Row
+from broker.audit._kafka import read_log, read_topic, verify_live
+from broker.audit._log import AUDIT_TOPIC, CHECKPOINT_TOPIC, LogEntry, dump_lines, load_lines
+from broker.audit._report import classifier, subject_report
+from broker.audit._verify import verify_log
+from broker.codec import load_schemas
+from broker.envelope import BROKER, KeyStore
+from broker.platform import load_profile
+from broker.platform._profiles import profile_path
+from broker.platform._topics import COMPLIANCE
+
+app = typer.Typer(help="Tamper-evident audit: index, verify, query, report.", no_args_is_help=True)
+
+Db = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        help="Index: a SQLite path or postgresql:// URL (default .tiaki/audit/index.sqlite).",
+    ),
+]
+Operator = Annotated[
+    str,
+    typer.Option(
+        "--operator", envvar="TIAKI_OPERATOR", help="Who you are, as the access log records it."
+    ),
+]
+FromFile = Annotated[
+    Path | None, typer.Option("--file", help="Read an export file instead of Kafka.")
+]
+ProfileName = Annotated[
+    str, typer.Option("--profile", help="Connection profile to read Kafka with.")
+]
+Format = Annotated[str, typer.Option("--format", help="table, csv or json.")]
+
+FORMATS = ("table", "csv", "json")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _settings() -> Settings:
+    return Settings.from_env()
+
+
+def _index(settings: Settings, db: str | None) -> AuditIndex:
+    target = db if db is not None else settings.home / "audit" / "index.sqlite"
+    return AuditIndex.open(target, load_schemas(settings.schemas_dir))
+
+
+def _subject_key(settings: Settings) -> bytes:
+    """The deployment's subject key; never created here (a new key would match nobody)."""
+    path = settings.keys_dir / "broker-secrets" / "audit-subject.key"
+    try:
+        return path.read_bytes()
+    except OSError:
+        raise QueryError(f"no audit subject key at {path} (the broker creates it)") from None
+
+
+def person_ref(key: bytes, person: str) -> str:
+    """The keyed hash of ``SCHEME:VALUE``; the identifier itself goes no further."""
+    from broker.runtime._audit import subject_ref  # the one definition the broker hashes with
+
+    scheme, sep, value = person.partition(":")
+    if not sep or not scheme.strip() or not value.strip():
+        raise QueryError("a person is given as SCHEME:VALUE, e.g. NHI:ZZZ0016")
+    return subject_ref(key, scheme.strip(), value)
+
+
+def _time(text: str | None, name: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise QueryError(f"{name}: not an ISO 8601 date or time: {text!r}") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return int(when.timestamp() * 1000)
+
+
+def _read(
+    settings: Settings, source: Path | None, profile: str
+) -> tuple[list[LogEntry], list[LogEntry]]:
+    if source is not None:
+        try:
+            lines = source.read_text().splitlines()
+        except OSError as exc:
+            raise AuditError(f"cannot read {source}: {exc.strerror}") from None
+        entries = load_lines(lines)
+        return (
+            [e for e in entries if e.topic == AUDIT_TOPIC],
+            [e for e in entries if e.topic == CHECKPOINT_TOPIC],
+        )
+    return asyncio.run(read_log(load_profile(profile_path(settings.profiles_dir, profile))))
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise QueryError(f"--format must be one of {', '.join(FORMATS)}")
+
+
+def _emit(fmt: str, columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> None:
+    if fmt == "json":
+        print(json.dumps(list(rows), indent=1, sort_keys=False))
+        return
+
+    def cell(value: Any) -> str:
+        if isinstance(value, list | tuple):
+            return " ".join(str(v) for v in value)
+        if isinstance(value, dict):
+            return " ".join(f"{k}={v}" for k, v in sorted(value.items()))
+        return "" if value is None else str(value)
+
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([cell(row[c]) for c in columns])
+        sys.stdout.write(out.getvalue())
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*(cell(row[c]) for c in columns))
+    Console(width=200).print(table)
+
+
+@app.command("index")
+def index_command(
+    operator: Operator,
+    db: Db = None,
+    source: FromFile = None,
+    profile: ProfileName = COMPLIANCE,
+    workers: Annotated[
+        int, typer.Option("--workers", help="Processes decoding records (1: in this one).")
+    ] = 1,
+) -> None:
+    """Index the audit topic (or an export) into the audit index; resumes where it stopped."""
+    settings = _settings()
+    audit, _ = _read(settings, source, profile)
+    with _index(settings, db) as index:
+        added = 0
+        for start in range(0, len(audit), 20_000):
+            added += index.add(audit[start : start + 20_000], workers=workers)
+        index.record_access(
+            operator=operator,
+            command="index",
+            query={"source": "file" if source else "kafka"},
+            results=added,
+            now=_now(),
+        )
+        records, decisions, _subjects = index.count()
+    print(
+        f"indexed {added} new audit records ({records} records, {decisions} decision rows in the index)"
+    )
+
+
+@app.command("verify")
+def verify_command(
+    operator: Operator,
+    db: Db = None,
+    source: FromFile = None,
+    profile: ProfileName = COMPLIANCE,
+    witness: Annotated[
+        list[Path] | None,
+        typer.Option("--witness", help="Checkpoints an agency saved (tiaki audit witness)."),
+    ] = None,
+) -> None:
+    """Verify every chain and checkpoint; exit 1 naming the first bad position."""
+    settings = _settings()
+    ring = KeyStore(settings.keys_dir).load({BROKER: BROKER}, private_for=[])
+    saved: list[bytes] = []
+    for path in witness or []:
+        saved.extend(_load_witness(path))
+    outcome, records = "error", 0  # until it has verified or failed verification
+    try:
+        if source is not None:
+            audit, checkpoints = _read(settings, source, profile)
+            records = len(audit)
+            report = verify_log(audit, checkpoints, ring, witnesses=saved)
+        else:  # a live log: a commit in flight is re-read, not reported (see verify_live)
+            connection = load_profile(profile_path(settings.profiles_dir, profile))
+            audit, _, report = asyncio.run(verify_live(connection, ring, witnesses=saved))
+            records = len(audit)
+        outcome = "ok"
+    except LogTampered as exc:
+        outcome = "failed"
+        print(f"tiaki: audit log does NOT verify: {exc}", file=sys.stderr)
+        raise typer.Exit(1) from None
+    finally:
+        with _index(settings, db) as index:
+            index.record_access(
+                operator=operator,
+                command="verify",
+                query={
+                    "source": "file" if source else "kafka",
+                    "witnesses": len(saved),
+                    "outcome": outcome,
+                },
+                results=records,
+                now=_now(),
+            )
+    print(
+        f"audit log verifies: {report.records} records in {len(report.chains)} chains, "
+        f"{report.checkpoints} signed checkpoints, {report.witnesses} witness checkpoints"
+    )
+    for chain in report.chains:
+        print(
+            f"  {chain.chain}: {chain.size} records, {chain.signed} signed, head {chain.head.hex()[:16]}"
+        )
+    if report.unsigned:
+        print(
+            f"  {report.unsigned} records are after their chain's last checkpoint (chained, not yet signed)"
+        )
+
+
+def _load_witness(path: Path) -> list[bytes]:
+    import base64
+
+    try:
+        docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        return [base64.b64decode(d["checkpoint"]) for d in docs]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise AuditError(f"{path}: not a witness file") from None
+
+
+@app.command("witness")
+def witness_command(
+    profile: Annotated[str, typer.Option("--profile", help="Your agency's connection profile.")],
+    out: Annotated[Path, typer.Option("--out", help="Append the checkpoints to this file.")],
+) -> None:
+    """Save the checkpoints on tiaki.checkpoints (any agency may read them) as a witness."""
+    import base64
+
+    settings = _settings()
+    entries = asyncio.run(
+        read_topic(load_profile(profile_path(settings.profiles_dir, profile)), CHECKPOINT_TOPIC)
+    )
+    known = set(_load_witness(out)) if out.exists() else set()
+    fresh = [e.value for e in entries if e.value not in known]
+    with out.open("a") as handle:
+        for value in fresh:
+            handle.write(json.dumps({"checkpoint": base64.b64encode(value).decode()}) + "\n")
+    print(f"saved {len(fresh)} new checkpoints ({len(known) + len(fresh)} in {out})")
+
+
+QUERY_COLUMNS = (
+    "recorded_at",
+    "action",
+    "event_type",
+    "source_agency",
+    "recipient",
+    "outcome",
+    "route",
+    "legal_basis",
+    "purpose",
+    "rule_ids",
+    "partition",
+    "offset",
+)
+
+
+@app.command("query")
+def query_command(
+    operator: Operator,
+    person: Annotated[
+        str | None, typer.Option("--person", help="SCHEME:VALUE; hashed, never stored.")
+    ] = None,
+    recipient: Annotated[str | None, typer.Option("--recipient")] = None,
+    source_agency: Annotated[str | None, typer.Option("--source")] = None,
+    event_type: Annotated[str | None, typer.Option("--event-type")] = None,
+    legal_basis: Annotated[str | None, typer.Option("--legal-basis")] = None,
+    outcome: Annotated[str | None, typer.Option("--outcome")] = None,
+    action: Annotated[str | None, typer.Option("--action")] = None,
+    since: Annotated[str | None, typer.Option("--since", help="ISO 8601, inclusive.")] = None,
+    until: Annotated[str | None, typer.Option("--until", help="ISO 8601, exclusive.")] = None,
+    limit: Annotated[int, typer.Option("--limit")] = 1000,
+    fmt: Format = "table",
+    db: Db = None,
+) -> None:
+    """Audit rows (one per record and recipient) matching every filter given."""
+    _check_format(fmt)
+    settings = _settings()
+    q = Query(
+        subject_ref=person_ref(_subject_key(settings), person) if person else None,
+        recipient=recipient,
+        source=source_agency,
+        event_type=event_type,
+        legal_basis=legal_basis,
+        outcome=outcome,
+        action=action,
+        since_ms=_time(since, "--since"),
+        until_ms=_time(until, "--until"),
+        limit=limit,
+    )
+    with _index(settings, db) as index:
+        rows = index.query(q)
+        index.record_access(
+            operator=operator, command="query", query=q.described(), results=len(rows), now=_now()
+        )
+    _emit(fmt, QUERY_COLUMNS, [_row_doc(r) for r in rows])
+
+
+def _row_doc(row: Row) -> dict[str, Any]:
+    return row.to_json()
+
+
+REPORT_COLUMNS = (
+    "recipient",
+    "at",
+    "event_type",
+    "source_agency",
+    "classes",
+    "legal_basis",
+    "purpose",
+    "route",
+    "rule_ids",
+    "via",
+)
+
+
+@app.command("subject-report")
+def subject_report_command(
+    identifier: Annotated[str, typer.Argument(help="The person, as SCHEME:VALUE.")],
+    operator: Operator,
+    fmt: Format = "table",
+    db: Db = None,
+) -> None:
+    """Which agencies received which classes of information about one person, when and why."""
+    _check_format(fmt)
+    settings = _settings()
+    ref = person_ref(_subject_key(settings), identifier)
+    schemas = load_schemas(settings.schemas_dir)
+    with _index(settings, db) as index:
+        rows = index.query(Query(subject_ref=ref, limit=1_000_000))
+        report = subject_report(rows, classifier(schemas))
+        index.record_access(
+            operator=operator,
+            command="subject-report",
+            query={"subject_ref": ref},
+            results=len(report),
+            now=_now(),
+        )
+    _emit(fmt, REPORT_COLUMNS, [d.to_json() for d in report])
+
+
+@app.command("export")
+def export_command(
+    operator: Operator,
+    out: Annotated[Path, typer.Option("--out", help="The export file (JSON Lines).")],
+    db: Db = None,
+    profile: ProfileName = COMPLIANCE,
+) -> None:
+    """Copy the audit and checkpoint topics, byte for byte, to a file ``verify --file`` checks."""
+    settings = _settings()
+    connection = load_profile(profile_path(settings.profiles_dir, profile))
+    ring = KeyStore(settings.keys_dir).load({BROKER: BROKER}, private_for=[])
+    try:  # a settled read (no commit in flight), so that `verify --file` sees what Kafka holds
+        audit, checkpoints, _ = asyncio.run(verify_live(connection, ring))
+    except LogTampered as exc:  # still export: a log that does not verify is evidence too
+        print(f"tiaki: warning: the audit log does NOT verify: {exc}", file=sys.stderr)
+        audit, checkpoints = asyncio.run(read_log(connection))
+    now = _now()
+    try:
+        with out.open("w") as handle:
+            for line in dump_lines(audit + checkpoints, exported_at=now.isoformat()):
+                handle.write(line + "\n")
+    except OSError as exc:
+        raise AuditError(f"cannot write {out}: {exc.strerror}") from None
+    with _index(settings, db) as index:
+        index.record_access(
+            operator=operator,
+            command="export",
+            query={"out": out.name},
+            results=len(audit) + len(checkpoints),
+            now=now,
+        )
+    print(f"exported {len(audit)} audit records and {len(checkpoints)} checkpoints to {out}")
+
+
+@app.command("access-log")
+def access_log_command(operator: Operator, fmt: Format = "table", db: Db = None) -> None:
+    """Every recorded read of the audit data; fails if the access log's chain is broken."""
+    _check_format(fmt)
+    settings = _settings()
+    with _index(settings, db) as index:
+        entries = index.access_log()
+        index.record_access(
+            operator=operator, command="access-log", query={}, results=len(entries), now=_now()
+        )
+    _emit(
+        fmt,
+        ("seq", "at", "operator", "command", "query", "results"),
+        [
+            {
+                "seq": a.seq,
+                "at": a.at.isoformat(),
+                "operator": a.operator,
+                "command": a.command,
+                "query": json.dumps(a.query, sort_keys=True),
+                "results": a.results,
+            }
+            for a in entries
+        ],
+    )

@@ -1,0 +1,47 @@
+"""The audit package's exception tree::
+
+    TiakiError
+    └── AuditError                 anything the audit tools refuse to do
+        ├── LogTampered            the log or a checkpoint fails verification (names where)
+        ├── BadCheckpoint          a checkpoint is malformed or its signature does not verify
+        ├── InconsistentTrees      a consistency or inclusion proof does not hold
+        ├── IndexFailure           the index database cannot be opened, read or written
+        └── QueryError             a query's arguments are invalid (bad identifier, bad time)
+
+Security checks say little (as the envelope's do): ``LogTampered`` names the first bad
+*position* (``partition P offset O`` or ``chain C seq S``) and what kind of check failed, never
+any record content.
+"""
+
+from __future__ import annotations
+
+from broker._errors import TiakiError
+
+
+class AuditError(TiakiError):
+    """Base class of every audit error."""
+
+
+class LogTampered(AuditError):
+    """The audit log or its checkpoints do not verify; ``position`` names the first bad place."""
+
+    def __init__(self, position: str, reason: str) -> None:
+        super().__init__(f"{position}: {reason}")
+        self.position = position
+        self.reason = reason
+
+
+class BadCheckpoint(AuditError):
+    """A checkpoint is malformed, signed by a key that may not sign it, or its signature fails."""
+
+
+class InconsistentTrees(AuditError):
+    """A Merkle inclusion or consistency proof does not hold."""
+
+
+class IndexFailure(AuditError):
+    """The audit index cannot be opened, read or written."""
+
+
+class QueryError(AuditError):
+    """A query's arguments are invalid."""

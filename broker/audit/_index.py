@@ -1,0 +1,680 @@
+"""The audit index: the audit topic as tables a compliance officer can query.
+
+Why a separate index at all: the audit topic is the record of proof (chained, signed,
+append-only) but it can only be read front to back; questions like "who received what about
+this person" need an index by subject reference, recipient and time. The index is derived
+data: it can always be rebuilt from the topic, and ``tiaki audit verify`` checks the topic,
+not the index.
+
+Shape (one row per audit record, one per (record, decision), one per (record, subject)):
+
+- ``records``: where it sits (partition, offset, chain, seq), when, what, and the record's
+  own Avro bytes (decoded again for the rows a query returns);
+- ``decisions``: one row per candidate recipient of a decision record (AuditRecord v2's
+  ``decisions``), or the single top-level recipient of any other record;
+- ``subjects``: the keyed hashes of the people a record is about;
+- ``positions``: the next offset to read per partition, so indexing resumes;
+- ``access_log``: every read of the audit data, hash-chained
+  (:meth:`AuditIndex.record_access`, :meth:`AuditIndex.access_log`).
+
+SQLite (stdlib) by default, with WAL and batched ``executemany`` in one transaction per
+batch; PostgreSQL by URL through the same small :class:`Database` interface when the
+``psycopg`` driver is installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import io
+import json
+import multiprocessing
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import fastavro
+
+from broker.audit._chain import CHAIN_HEADER, SCHEMA_HEADER, SEQ_HEADER
+from broker.audit._errors import IndexFailure, LogTampered, QueryError
+from broker.audit._log import LogEntry
+from broker.codec import CodecError, SchemaSet
+
+#: A record id is its position packed into one integer: unique, and ordered like the topic.
+_PARTITION_SHIFT = 1 << 40
+
+#: Tables; ``{pk}`` is the clustered-key clause (SQLite: ``WITHOUT ROWID``, so the subject
+#: and decision tables are each one B-tree, not a table and an index).
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS records (
+        id {id_type} PRIMARY KEY, partition INTEGER NOT NULL, log_offset BIGINT NOT NULL,
+        chain TEXT, seq BIGINT, recorded_at BIGINT NOT NULL, action TEXT NOT NULL,
+        event_id TEXT, event_type TEXT, source_agency TEXT, writer TEXT NOT NULL,
+        value {blob} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS decisions (
+        record_id BIGINT NOT NULL, ordinal INTEGER NOT NULL, recorded_at BIGINT NOT NULL,
+        action TEXT NOT NULL, event_type TEXT, source_agency TEXT, recipient TEXT,
+        outcome TEXT, legal_basis TEXT, PRIMARY KEY (record_id, ordinal)){pk}""",
+    """CREATE TABLE IF NOT EXISTS subjects (subject_ref TEXT NOT NULL,
+        record_id BIGINT NOT NULL, PRIMARY KEY (subject_ref, record_id)){pk}""",
+    "CREATE TABLE IF NOT EXISTS positions (partition INTEGER PRIMARY KEY, next_offset BIGINT)",
+    """CREATE TABLE IF NOT EXISTS access_log (
+        seq BIGINT PRIMARY KEY, at_ms BIGINT NOT NULL, operator TEXT NOT NULL,
+        command TEXT NOT NULL, query TEXT NOT NULL, results BIGINT NOT NULL,
+        prev TEXT NOT NULL, link TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS decisions_recipient ON decisions (recipient, recorded_at)",
+    # Times arrive almost in order, so this index grows at its right edge: cheap to keep.
+    "CREATE INDEX IF NOT EXISTS decisions_time ON decisions (recorded_at)",
+)
+
+#: Statements use ``?`` placeholders; the PostgreSQL driver's ``%s`` is substituted there.
+_INSERT_RECORD = "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_DECISION = "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+#: ``ordinal`` of the one row of a record without decision entries (its top-level fields).
+TOP_LEVEL = -1
+
+
+class Database(Protocol):
+    """The little an index needs from a SQL database; SQLite and PostgreSQL implement it."""
+
+    #: Table-definition details that differ: ``{"id_type": ..., "blob": ..., "pk": ...}``.
+    ddl: Mapping[str, str]
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None: ...
+
+    def transaction(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteDatabase:
+    """SQLite through the standard library: WAL, so queries run while indexing writes, and no
+    fsync (``synchronous=OFF``): the index is derived data, rebuilt from the topic if a power
+    cut loses its last batches, so durability is not worth paying for here."""
+
+    ddl: Mapping[str, str] = {"id_type": "INTEGER", "blob": "BLOB", "pk": " WITHOUT ROWID"}
+
+    def __init__(self, path: Path) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._conn = sqlite3.connect(str(path), isolation_level=None)
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=OFF")
+            self._conn.execute("PRAGMA cache_size=-65536")
+        except (sqlite3.Error, OSError) as exc:
+            raise IndexFailure(f"cannot open the index at {path}: {exc}") from None
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            return self._conn.execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            raise IndexFailure(f"index query failed: {exc}") from None
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            self._conn.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise IndexFailure(f"index write failed: {exc}") from None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.execute("BEGIN")
+        try:
+            yield
+        except BaseException:
+            self._conn.rollback()
+            raise
+        self.execute("COMMIT")
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class PostgresDatabase:
+    """PostgreSQL through psycopg 3 (installed separately: ``pip install psycopg[binary]``)."""
+
+    ddl: Mapping[str, str] = {"id_type": "BIGINT", "blob": "BYTEA", "pk": ""}
+
+    def __init__(self, url: str) -> None:
+        try:  # an optional driver, needed only where an agency runs PostgreSQL
+            psycopg: Any = importlib.import_module("psycopg")
+        except ImportError:
+            raise IndexFailure("a PostgreSQL index needs the psycopg package") from None
+        self._psycopg: Any = psycopg
+        try:
+            self._conn: Any = psycopg.connect(url, autocommit=True)
+        except psycopg.Error as exc:
+            raise IndexFailure(
+                f"cannot connect to the index database: {type(exc).__name__}"
+            ) from None
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(sql.replace("?", "%s"), tuple(params))
+                return list(cur.fetchall()) if cur.description else []
+        except self._psycopg.Error as exc:
+            raise IndexFailure(f"index query failed: {type(exc).__name__}") from None
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        try:
+            with self._conn.cursor() as cur:
+                cur.executemany(sql.replace("?", "%s"), list(rows))
+        except self._psycopg.Error as exc:
+            raise IndexFailure(f"index write failed: {type(exc).__name__}") from None
+
+    def transaction(self) -> Any:
+        return self._conn.transaction()
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def open_database(target: str | Path) -> Database:
+    """A database from a path (SQLite) or a ``postgresql://`` URL."""
+    text = str(target)
+    if text.startswith(("postgresql://", "postgres://")):
+        return PostgresDatabase(text)
+    if text.startswith("sqlite:///"):
+        text = text[len("sqlite:///") :]
+    return SqliteDatabase(Path(text))
+
+
+def _ms(value: Any) -> int:
+    if isinstance(value, datetime):
+        return int(value.timestamp() * 1000)
+    return int(value)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def record_id(partition: int, offset: int) -> int:
+    return partition * _PARTITION_SHIFT + offset
+
+
+def index_rows(
+    entry: LogEntry, record: Mapping[str, Any], writer: str
+) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[str, int]]]:
+    """The rows one decoded audit record becomes (pure).
+
+    A decision record (AuditRecord v2) becomes one decision row per candidate recipient; any
+    other record one row from its top-level recipient fields. Only what queries filter on
+    becomes a column; the record itself is kept as its Avro bytes (``writer`` names its
+    schema) and decoded again for the few rows a query returns, which is what makes
+    indexing fast: no re-encoding of lists and maps per row.
+    """
+    rid = record_id(entry.partition, entry.offset)
+    at = _ms(record["recorded_at"])
+    chain = entry.header(CHAIN_HEADER)
+    seq = entry.header(SEQ_HEADER)
+    action = str(record["action"])
+    event_type = record.get("event_type")
+    source = record.get("source_agency")
+    row = (
+        rid,
+        entry.partition,
+        entry.offset,
+        chain.decode() if chain is not None else None,
+        int(seq) if seq is not None else None,
+        at,
+        action,
+        record.get("event_id"),
+        event_type,
+        source,
+        writer,
+        entry.value,
+    )
+    entries = record.get("decisions")
+    if entries:
+        rows = [
+            (
+                rid,
+                i,
+                at,
+                action,
+                event_type,
+                source,
+                d["recipient"],
+                d["outcome"],
+                d.get("legal_basis"),
+            )
+            for i, d in enumerate(entries)
+        ]
+    else:
+        rows = [
+            (
+                rid,
+                TOP_LEVEL,
+                at,
+                action,
+                event_type,
+                source,
+                record.get("recipient"),
+                record.get("outcome"),
+                record.get("legal_basis"),
+            )
+        ]
+    refs = record.get("subject_refs") or ()
+    return row, rows, [(ref, rid) for ref in dict.fromkeys(refs)]
+
+
+class Decoder:
+    """Audit record bytes to dicts, by writer fingerprint, with the writer's own schema.
+
+    Why not :meth:`SchemaSet.decode`: the index reads each record exactly as written (a v1
+    record simply has no ``decisions``), and it wants times as epoch milliseconds and ids as
+    text, so it parses each writer schema once without logical types. That halves the
+    decoding cost, which is most of the cost of indexing. fastavro's errors become
+    :class:`IndexFailure`.
+    """
+
+    def __init__(
+        self, schemas: SchemaSet | None, definitions: Mapping[str, Any] | None = None
+    ) -> None:
+        self._schemas = schemas
+        self._definitions = dict(definitions or {})
+        self._parsed: dict[str, Any] = {}
+
+    @classmethod
+    def from_definitions(cls, definitions: Mapping[str, Any]) -> Decoder:
+        """A decoder knowing only ``definitions`` (writer fingerprint to schema JSON)."""
+        return cls(None, definitions)
+
+    def definitions(self) -> dict[str, Any]:
+        """Every AuditRecord version's definition by fingerprint (for decoding processes)."""
+        found = dict(self._definitions)
+        if self._schemas is not None:
+            for schema in self._schemas.versions("AuditRecord"):
+                found[schema.fingerprint_hex] = schema.definition
+        return found
+
+    def _plain(self, writer: str) -> Any:
+        parsed = self._parsed.get(writer)
+        if parsed is None:
+            definition = self._definitions.get(writer)
+            if definition is None and self._schemas is not None:
+                try:
+                    definition = self._schemas.by_fingerprint(bytes.fromhex(writer)).definition
+                except (CodecError, ValueError):
+                    definition = None
+            if definition is None:
+                raise IndexFailure("audit record of an unknown schema")
+            parsed = self._parsed[writer] = fastavro.parse_schema(_without_logical(definition))
+        return parsed
+
+    def decode(self, value: bytes, writer: str) -> dict[str, Any]:
+        parsed = self._plain(writer)
+        try:
+            record = fastavro.schemaless_reader(io.BytesIO(value), parsed, None)
+        except Exception:  # truncated or corrupt bytes: EOFError, IndexError, UnicodeError...
+            raise IndexFailure("audit record does not decode") from None
+        if not isinstance(record, dict):
+            raise IndexFailure("audit record does not decode")
+        return record
+
+
+def _row(record: Mapping[str, Any], ordinal: int, partition: int, offset: int) -> Row:
+    """A query row from a decoded record and which of its decisions (or its top level)."""
+    d = record if ordinal == TOP_LEVEL else record["decisions"][ordinal]
+    return Row(
+        recorded_at=datetime.fromtimestamp(_ms(record["recorded_at"]) / 1000, UTC),
+        action=str(record["action"]),
+        event_type=record.get("event_type"),
+        event_id=record.get("event_id"),
+        source_agency=record.get("source_agency"),
+        recipient=d.get("recipient"),
+        outcome=d.get("outcome"),
+        route=d.get("route"),
+        legal_basis=d.get("legal_basis"),
+        purpose=d.get("purpose"),
+        person_told=d.get("person_told"),
+        rule_ids=tuple(d.get("rule_ids") or ()),
+        reason_codes=tuple(d.get("reason_codes") or ()),
+        field_actions=dict(d.get("field_actions") or {}),
+        schema_fingerprint=record.get("schema_fingerprint"),
+        partition=partition,
+        offset=offset,
+    )
+
+
+def _without_logical(node: Any) -> Any:
+    if isinstance(node, Mapping):
+        return {k: _without_logical(v) for k, v in node.items() if k != "logicalType"}
+    if isinstance(node, list):
+        return [_without_logical(v) for v in node]
+    return node
+
+
+Rows = tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[str, int]]]
+#: Entries per unit of work handed to a decoding process.
+_CHUNK = 2000
+
+
+def rows_of(decoder: Decoder, entries: Sequence[LogEntry]) -> Rows:
+    """(record rows, decision rows, subject rows) of audit-topic entries."""
+    records: list[tuple[Any, ...]] = []
+    decisions: list[tuple[Any, ...]] = []
+    subjects: list[tuple[str, int]] = []
+    decode = decoder.decode
+    for entry in entries:
+        header = entry.header(SCHEMA_HEADER)
+        if header is None:
+            raise IndexFailure(f"{entry.position}: audit record without a schema header")
+        writer = header.decode(errors="replace")
+        try:
+            decoded = decode(entry.value, writer)
+        except IndexFailure as exc:
+            raise IndexFailure(f"{entry.position}: {exc}") from None
+        row, rows, refs = index_rows(entry, decoded, writer)
+        records.append(row)
+        decisions.extend(rows)
+        subjects.extend(refs)
+    return records, decisions, subjects
+
+
+_worker_decoder: Decoder | None = None
+
+
+def _start_worker(definitions: Mapping[str, Any]) -> None:
+    global _worker_decoder  # one decoder per worker process, made once
+    _worker_decoder = Decoder.from_definitions(definitions)
+
+
+def _rows_in_worker(entries: Sequence[LogEntry]) -> Rows:
+    """Rows of ``entries`` without the record bytes, which the writing process already has
+    (so they cross the process boundary once, not twice)."""
+    if _worker_decoder is None:  # the pool initializer always runs first
+        raise IndexFailure("decoding process not started")
+    records, decisions, subjects = rows_of(_worker_decoder, entries)
+    return [(*r[:-1], None) for r in records], decisions, subjects
+
+
+@dataclass(frozen=True)
+class Query:
+    """What ``tiaki audit query`` asks; every field optional (all given are ANDed)."""
+
+    subject_ref: str | None = None
+    recipient: str | None = None
+    source: str | None = None
+    event_type: str | None = None
+    legal_basis: str | None = None
+    outcome: str | None = None
+    action: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+    limit: int = 1000
+
+    def described(self) -> dict[str, Any]:
+        """The query as the access log records it: never an identifier, only its hash."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One (audit record, decision) pair, as queries return it."""
+
+    recorded_at: datetime
+    action: str
+    event_type: str | None
+    event_id: str | None
+    source_agency: str | None
+    recipient: str | None
+    outcome: str | None
+    route: str | None
+    legal_basis: str | None
+    purpose: str | None
+    person_told: str | None
+    rule_ids: tuple[str, ...]
+    reason_codes: tuple[str, ...]
+    field_actions: dict[str, str]
+    schema_fingerprint: str | None
+    partition: int
+    offset: int
+
+    def to_json(self) -> dict[str, Any]:
+        doc = dict(vars(self))
+        doc["recorded_at"] = self.recorded_at.isoformat()
+        doc["rule_ids"] = list(self.rule_ids)
+        doc["reason_codes"] = list(self.reason_codes)
+        return doc
+
+
+ACCESS_CONTEXT = b"tiaki/v1/access-link\x00"
+
+
+def access_link(
+    seq: int, prev: str, at_ms: int, operator: str, command: str, query: str, results: int
+) -> str:
+    body = _json([seq, prev, at_ms, operator, command, query, results]).encode()
+    return hashlib.sha256(ACCESS_CONTEXT + body).hexdigest()
+
+
+@dataclass(frozen=True)
+class Access:
+    seq: int
+    at: datetime
+    operator: str
+    command: str
+    query: dict[str, Any]
+    results: int
+
+
+class AuditIndex:
+    """The index over one database (not thread-safe)."""
+
+    def __init__(self, db: Database, schemas: SchemaSet) -> None:
+        self._db = db
+        self._decoder = Decoder(schemas)
+        self._pool: ProcessPoolExecutor | None = None
+        with db.transaction():
+            for statement in _SCHEMA:
+                db.execute(statement.format(**db.ddl))
+
+    @classmethod
+    def open(cls, target: str | Path, schemas: SchemaSet) -> AuditIndex:
+        return cls(open_database(target), schemas)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+        self._db.close()
+
+    def __enter__(self) -> AuditIndex:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def positions(self) -> dict[int, int]:
+        """The next offset to index, per partition."""
+        return {
+            int(p): int(o)
+            for p, o in self._db.execute("SELECT partition, next_offset FROM positions")
+        }
+
+    def add(self, entries: Sequence[LogEntry], *, workers: int = 1) -> int:
+        """Index a batch of audit-topic entries in one transaction; return records indexed.
+
+        Entries already indexed (at or past a partition's position) are skipped, so indexing
+        is idempotent and resumes where it stopped. With ``workers`` > 1, decoding (most of
+        the cost) runs in that many processes while this one writes.
+        """
+        done = self.positions()
+        todo = [e for e in entries if e.offset >= done.get(e.partition, 0)]
+        if not todo:
+            return 0
+        upto: dict[int, int] = {}
+        for entry in todo:
+            upto[entry.partition] = max(upto.get(entry.partition, 0), entry.offset + 1)
+        with self._db.transaction():
+            if workers <= 1:
+                self._insert(*rows_of(self._decoder, todo))
+            else:
+                chunks = [todo[i : i + _CHUNK] for i in range(0, len(todo), _CHUNK)]
+                pool = self._workers(workers)
+                try:
+                    for chunk, (records, decisions, subjects) in zip(
+                        chunks, pool.map(_rows_in_worker, chunks), strict=True
+                    ):
+                        whole = [(*r[:-1], e.value) for r, e in zip(records, chunk, strict=True)]
+                        self._insert(whole, decisions, subjects)
+                except BrokenProcessPool:
+                    self._pool = None
+                    raise IndexFailure("a decoding process died; nothing was indexed") from None
+            for partition, offset in upto.items():
+                self._db.execute("DELETE FROM positions WHERE partition = ?", (partition,))
+                self._db.execute("INSERT INTO positions VALUES (?, ?)", (partition, offset))
+        return len(todo)
+
+    def _workers(self, count: int) -> ProcessPoolExecutor:
+        # Spawned, not forked: a fork copies locks other threads may hold (a hang seen in
+        # tests); and an executor, not a Pool, because a Pool waits forever for the work of
+        # a process that died, where an executor raises BrokenProcessPool.
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                count,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_start_worker,
+                initargs=(self._decoder.definitions(),),
+            )
+        return self._pool
+
+    def add_rows(
+        self,
+        records: Sequence[tuple[Any, ...]],
+        decisions: Sequence[tuple[Any, ...]],
+        subjects: Sequence[tuple[str, int]],
+    ) -> None:
+        """Insert already-built rows in one transaction (the benchmark's bulk path)."""
+        with self._db.transaction():
+            self._insert(records, decisions, subjects)
+
+    def _insert(
+        self,
+        records: Sequence[tuple[Any, ...]],
+        decisions: Sequence[tuple[Any, ...]],
+        subjects: Sequence[tuple[str, int]],
+    ) -> None:
+        self._db.executemany(_INSERT_RECORD, records)
+        self._db.executemany(_INSERT_DECISION, decisions)
+        self._db.executemany("INSERT INTO subjects VALUES (?, ?)", subjects)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def count(self) -> tuple[int, int, int]:
+        """(records, decision rows, subject rows)."""
+        ((r,),) = self._db.execute("SELECT COUNT(*) FROM records")
+        ((d,),) = self._db.execute("SELECT COUNT(*) FROM decisions")
+        ((s,),) = self._db.execute("SELECT COUNT(*) FROM subjects")
+        return int(r), int(d), int(s)
+
+    def query(self, q: Query) -> list[Row]:
+        """Rows matching ``q``, oldest first."""
+        if q.limit <= 0:
+            raise QueryError("the limit must be positive")
+        sql = [
+            "SELECT d.record_id, d.ordinal, r.value, r.writer, r.partition, r.log_offset"
+            " FROM decisions d JOIN records r ON r.id = d.record_id"
+        ]
+        where: list[str] = []
+        params: list[Any] = []
+        if q.subject_ref is not None:
+            sql.append(" JOIN subjects s ON s.record_id = d.record_id AND s.subject_ref = ?")
+            params.append(q.subject_ref)
+        for column, value in (
+            ("d.recipient", q.recipient),
+            ("d.source_agency", q.source),
+            ("d.event_type", q.event_type),
+            ("d.legal_basis", q.legal_basis),
+            ("d.outcome", q.outcome),
+            ("d.action", q.action),
+        ):
+            if value is not None:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if q.since_ms is not None:
+            where.append("d.recorded_at >= ?")
+            params.append(q.since_ms)
+        if q.until_ms is not None:
+            where.append("d.recorded_at < ?")
+            params.append(q.until_ms)
+        if where:
+            sql.append(" WHERE " + " AND ".join(where))
+        sql.append(" ORDER BY d.recorded_at, d.record_id, d.ordinal LIMIT ?")
+        params.append(q.limit)
+        decoded: dict[int, dict[str, Any]] = {}
+        out: list[Row] = []
+        for rid, ordinal, value, writer, partition, offset in self._db.execute(
+            "".join(sql), params
+        ):
+            record = decoded.get(rid)
+            if record is None:
+                record = decoded[rid] = self._decoder.decode(bytes(value), writer)
+            out.append(_row(record, int(ordinal), int(partition), int(offset)))
+        return out
+
+    # -- the access log -----------------------------------------------------------------------
+
+    def record_access(
+        self, *, operator: str, command: str, query: Mapping[str, Any], results: int, now: datetime
+    ) -> Access:
+        """Chain one read of the index into the access log (who, what query, when)."""
+        if not operator.strip():
+            raise QueryError("an operator identity is required to read the audit index")
+        text = _json(dict(query))
+        at = _ms(now)
+        with self._db.transaction():
+            last = self._db.execute("SELECT seq, link FROM access_log ORDER BY seq DESC LIMIT 1")
+            seq, prev = (int(last[0][0]) + 1, str(last[0][1])) if last else (0, "0" * 64)
+            link = access_link(seq, prev, at, operator, command, text, results)
+            self._db.execute(
+                "INSERT INTO access_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (seq, at, operator, command, text, results, prev, link),
+            )
+        return Access(seq, now, operator, command, dict(query), results)
+
+    def access_log(self) -> list[Access]:
+        """Every recorded access, after checking the access log's chain."""
+        rows = self._db.execute(
+            "SELECT seq, at_ms, operator, command, query, results, prev, link FROM access_log"
+            " ORDER BY seq"
+        )
+        prev = "0" * 64
+        out: list[Access] = []
+        for expected, (seq, at, operator, command, query, results, stored_prev, link) in enumerate(
+            rows
+        ):
+            where = f"access log seq {expected}"
+            if int(seq) != expected:
+                raise LogTampered(where, "missing")
+            if (
+                stored_prev != prev
+                or access_link(int(seq), prev, int(at), operator, command, query, int(results))
+                != link
+            ):
+                raise LogTampered(where, "entry altered or out of chain")
+            prev = link
+            out.append(
+                Access(
+                    int(seq),
+                    datetime.fromtimestamp(int(at) / 1000, UTC),
+                    operator,
+                    command,
+                    json.loads(query),
+                    int(results),
+                )
+            )
+        return out

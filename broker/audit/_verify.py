@@ -1,0 +1,236 @@
+"""Verifying the audit log and its checkpoints (pure: entries and keys in, a report or an error).
+
+The verifier trusts nothing it reads: it recomputes every link from the record's bytes, checks
+that each chain runs 0, 1, 2, ... with each record naming the link before it, that within an
+audit partition a chain's records appear in chain order, that every checkpoint is signed by
+the broker's key, and that each checkpoint's size, Merkle root and head match the log. Given
+checkpoints a witness saved earlier, it also checks that the log still extends each of them,
+with an RFC 9162 consistency proof from the witness's tree to the newest signed one.
+
+What each tampering looks like to it, and the position it names:
+
+=========================  ===============================================================
+tampering                  detected as (position)
+=========================  ===============================================================
+a byte changed             the record no longer matches its link (``partition P offset O``)
+a record deleted           a seq is missing (``chain C seq S``, with the next record's place)
+a record inserted          not chained, a duplicate seq, or a prev that does not follow
+a record moved or swapped  out of chain order within its partition (the earlier place)
+the tail truncated         a checkpoint covers more records than remain (``chain C seq S``)
+a signature replaced       the checkpoint does not verify (``tiaki.checkpoints partition..``)
+=========================  ===============================================================
+
+Checks run in that order and the first failure raises :class:`LogTampered`: a verifier's job
+is to say *that* and *where*, and a later failure may only be a consequence of the first.
+Records after a chain's last checkpoint are chained but not yet signed; the report counts them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from broker.audit._chain import (
+    CHAIN_HEADER,
+    GENESIS,
+    LINK_HEADER,
+    PREV_HEADER,
+    SCHEMA_HEADER,
+    SEQ_HEADER,
+    link_hash,
+)
+from broker.audit._checkpoint import CHECKPOINT_HEADER, Checkpoint, verify_checkpoint
+from broker.audit._errors import BadCheckpoint, InconsistentTrees, LogTampered
+from broker.audit._log import LogEntry
+from broker.audit._merkle import (
+    HASH_BYTES,
+    Frontier,
+    consistency_proof,
+    leaf_hash,
+    verify_consistency,
+)
+from broker.envelope import KeyRing
+
+
+@dataclass(frozen=True, slots=True)
+class Link:
+    """A chained record's chain fields, checked against its bytes."""
+
+    chain: str
+    seq: int
+    prev: bytes
+    link: bytes
+    entry: LogEntry
+
+
+@dataclass(frozen=True)
+class ChainSummary:
+    chain: str
+    size: int
+    head: bytes
+    #: Records covered by the newest verified checkpoint (the rest are chained, unsigned).
+    signed: int
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    records: int
+    checkpoints: int
+    witnesses: int
+    chains: tuple[ChainSummary, ...]
+
+    @property
+    def unsigned(self) -> int:
+        return sum(c.size - c.signed for c in self.chains)
+
+
+def read_link(entry: LogEntry) -> Link:
+    """The chain fields of ``entry``, after checking that its bytes hash to its link."""
+    chain, seq, prev, link = (
+        entry.header(h) for h in (CHAIN_HEADER, SEQ_HEADER, PREV_HEADER, LINK_HEADER)
+    )
+    if chain is None or seq is None or prev is None or link is None:
+        raise LogTampered(entry.position, "record is not chained")
+    try:
+        name, number = chain.decode(), int(seq)
+        prev_hash, link_bytes = bytes.fromhex(prev.decode()), bytes.fromhex(link.decode())
+    except ValueError:
+        raise LogTampered(entry.position, "malformed chain headers") from None
+    if number < 0 or len(prev_hash) != HASH_BYTES or len(link_bytes) != HASH_BYTES:
+        raise LogTampered(entry.position, "malformed chain headers")
+    schema = entry.header(SCHEMA_HEADER) or b""
+    if link_hash(name, number, prev_hash, schema, entry.value) != link_bytes:
+        raise LogTampered(entry.position, "record does not match its link (altered)")
+    return Link(name, number, prev_hash, link_bytes, entry)
+
+
+def _chains(audit: Sequence[LogEntry]) -> dict[str, list[Link]]:
+    """Every chain's links in seq order, after the per-record and per-partition checks."""
+    by_chain: dict[str, dict[int, Link]] = defaultdict(dict)
+    last: dict[tuple[int, str], Link] = {}
+    for entry in sorted(audit, key=lambda e: (e.partition, e.offset)):
+        link = read_link(entry)
+        if link.seq in by_chain[link.chain]:
+            raise LogTampered(entry.position, f"chain {link.chain} seq {link.seq} repeated")
+        before = last.get((entry.partition, link.chain))
+        if before is not None and link.seq < before.seq:
+            raise LogTampered(
+                before.entry.position,
+                f"chain {link.chain} seq {before.seq} precedes seq {link.seq} at offset "
+                f"{entry.offset} (records reordered)",
+            )
+        last[(entry.partition, link.chain)] = link
+        by_chain[link.chain][link.seq] = link
+    chains: dict[str, list[Link]] = {}
+    for name in sorted(by_chain):
+        ordered = [by_chain[name][s] for s in sorted(by_chain[name])]
+        prev = GENESIS
+        for expected, link in enumerate(ordered):
+            if link.seq != expected:
+                raise LogTampered(
+                    f"chain {name} seq {expected}",
+                    f"missing (the next record of the chain is at {link.entry.position})",
+                )
+            if link.prev != prev:
+                raise LogTampered(
+                    link.entry.position,
+                    f"chain {name} seq {link.seq} does not follow seq "
+                    f"{link.seq - 1} (a record was replaced or inserted)",
+                )
+            prev = link.link
+        chains[name] = ordered
+    return chains
+
+
+def _roots(links: Sequence[Link], sizes: set[int]) -> dict[int, bytes]:
+    """The Merkle root of the first ``n`` links for each ``n`` in ``sizes`` (one pass)."""
+    roots: dict[int, bytes] = {}
+    frontier = Frontier()
+    if 0 in sizes:
+        roots[0] = frontier.root()
+    for link in links:
+        frontier.append(leaf_hash(link.link))
+        if frontier.size in sizes:
+            roots[frontier.size] = frontier.root()
+    return roots
+
+
+def _check_against(
+    checkpoint: Checkpoint, links: Sequence[Link], root: bytes | None, where: str
+) -> None:
+    if checkpoint.size > len(links):
+        raise LogTampered(
+            f"chain {checkpoint.chain} seq {len(links)}",
+            f"missing: the checkpoint at {where} covers {checkpoint.size} records, the log "
+            f"holds {len(links)} (truncated)",
+        )
+    if checkpoint.size and links[checkpoint.size - 1].link != checkpoint.head:
+        raise LogTampered(where, f"chain {checkpoint.chain}: head differs from the log's")
+    if root != checkpoint.root:
+        raise LogTampered(where, f"chain {checkpoint.chain}: Merkle root differs from the log's")
+
+
+def verify_log(
+    audit: Sequence[LogEntry],
+    checkpoints: Sequence[LogEntry],
+    ring: KeyRing,
+    *,
+    signer: str = "broker",
+    witnesses: Sequence[bytes] = (),
+) -> VerifyReport:
+    """Verify the whole log; return what it holds, or raise :class:`LogTampered`."""
+    chains = _chains(audit)
+    signed: list[tuple[Checkpoint, str]] = []
+    for entry in sorted(checkpoints, key=lambda e: (e.partition, e.offset)):
+        try:
+            checkpoint = verify_checkpoint(entry.value, ring, signer=signer)
+        except BadCheckpoint as exc:
+            raise LogTampered(entry.position, str(exc)) from None
+        marked = entry.header(CHECKPOINT_HEADER)
+        if marked is not None and marked != checkpoint.chain.encode():
+            raise LogTampered(entry.position, "checkpoint header names another chain")
+        signed.append((checkpoint, entry.position))
+    saved: list[tuple[Checkpoint, str]] = []
+    for number, data in enumerate(witnesses, start=1):
+        try:
+            saved.append((verify_checkpoint(data, ring, signer=signer), f"witness {number}"))
+        except BadCheckpoint as exc:
+            raise LogTampered(f"witness {number}", str(exc)) from None
+
+    sizes: dict[str, set[int]] = defaultdict(set)
+    for checkpoint, _ in signed + saved:
+        sizes[checkpoint.chain].add(checkpoint.size)
+    roots = {name: _roots(chains.get(name, []), wanted) for name, wanted in sizes.items()}
+    newest: dict[str, Checkpoint] = {}
+    for checkpoint, where in signed:
+        links = chains.get(checkpoint.chain, [])
+        _check_against(checkpoint, links, roots[checkpoint.chain].get(checkpoint.size), where)
+        if checkpoint.size >= getattr(newest.get(checkpoint.chain), "size", -1):
+            newest[checkpoint.chain] = checkpoint
+    for checkpoint, where in saved:
+        links = chains.get(checkpoint.chain, [])
+        _check_against(checkpoint, links, roots[checkpoint.chain].get(checkpoint.size), where)
+        # What the witness itself would check, given only its checkpoint and the newest one.
+        latest = newest.get(checkpoint.chain)
+        if latest is not None and latest.size >= checkpoint.size:
+            proof = consistency_proof(
+                [leaf_hash(x.link) for x in links[: latest.size]], checkpoint.size
+            )
+            try:
+                verify_consistency(
+                    checkpoint.size, latest.size, checkpoint.root, latest.root, proof
+                )
+            except InconsistentTrees as exc:
+                raise LogTampered(where, str(exc)) from None
+
+    summaries = tuple(
+        ChainSummary(
+            chain=name,
+            size=len(links),
+            head=links[-1].link if links else GENESIS,
+            signed=newest[name].size if name in newest else 0,
+        )
+        for name, links in chains.items()
+    )
+    return VerifyReport(len(audit), len(signed), len(saved), summaries)

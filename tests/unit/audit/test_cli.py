@@ -1,0 +1,126 @@
+"""``tiaki audit`` on an exported log: verify (and its exit code and named position), index,
+query, subject report and the access log, with one-line errors for bad arguments."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from broker._cli import main
+from broker.audit import LogEntry, dump_lines, read_link
+from broker.codec import SchemaSet
+from broker.envelope import KeyRing, KeyStore
+
+from .conftest import PERSON, SUBJECT_KEY, SyntheticLog, build_log, person_ref
+
+
+@pytest.fixture
+def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, ring: KeyRing) -> Path:
+    monkeypatch.setenv("TIAKI_HOME", str(tmp_path))
+    monkeypatch.setenv("TIAKI_OPERATOR", "officer-1")
+    KeyStore(tmp_path / "keys").save(ring, owners=["broker"])
+    secrets = tmp_path / "keys" / "broker-secrets"
+    secrets.mkdir(mode=0o700)
+    (secrets / "audit-subject.key").write_bytes(SUBJECT_KEY)
+    return tmp_path
+
+
+def export(path: Path, entries: list[LogEntry]) -> Path:
+    path.write_text("\n".join(dump_lines(entries, exported_at="2026-03-02T10:00:00+00:00")) + "\n")
+    return path
+
+
+@pytest.fixture
+def log(ring: KeyRing, schemas: SchemaSet) -> SyntheticLog:
+    return build_log(ring, schemas, records=60)
+
+
+def test_verify_a_clean_export(
+    home: Path, log: SyntheticLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = export(home / "log.jsonl", log.audit + log.checkpoints)
+    assert main(["audit", "verify", "--file", str(path)]) == 0
+    assert capsys.readouterr().out.startswith("audit log verifies: 60 records in 2 chains")
+
+
+def test_verify_names_the_first_bad_position(
+    home: Path, log: SyntheticLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    victim = sorted(log.audit, key=lambda e: (e.partition, e.offset))[9]
+    entries = [e for e in log.audit if e is not victim] + log.checkpoints
+    path = export(home / "cut.jsonl", entries)
+    assert main(["audit", "verify", "--file", str(path)]) == 1
+    link = read_link(victim)
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"tiaki: audit log does NOT verify: chain {link.chain} seq {link.seq}: missing"
+    )
+    assert err.count("\n") == 1
+
+
+def test_index_query_report_and_access_log(
+    home: Path, log: SyntheticLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = export(home / "log.jsonl", log.audit + log.checkpoints)
+    assert main(["audit", "index", "--file", str(path)]) == 0
+    assert "indexed 60 new audit records" in capsys.readouterr().out
+
+    assert main(["audit", "query", "--person", PERSON, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 12
+
+    assert main(["audit", "query", "--recipient", "corrections", "--format", "csv"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("recorded_at,action,event_type")
+    assert len(lines) == 21
+
+    assert main(["audit", "subject-report", PERSON, "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert [d["recipient"] for d in report] == ["corrections"] * 4
+    assert report[0]["classes"] == ["operational", "risk"]
+
+    assert main(["audit", "query", "--person", PERSON]) == 0  # the table renders
+    assert "corrections" in capsys.readouterr().out
+
+    assert main(["audit", "access-log", "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    accesses = json.loads(out)
+    assert [a["command"] for a in accesses] == [
+        "index",
+        "query",
+        "query",
+        "subject-report",
+        "query",
+    ]
+    assert all(a["operator"] == "officer-1" for a in accesses)
+    assert "ZZZ0016" not in out
+    assert person_ref() in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["audit", "query", "--person", "ZZZ0016"], "a person is given as SCHEME:VALUE"),
+        (["audit", "query", "--since", "yesterday"], "--since: not an ISO 8601"),
+        (["audit", "query", "--format", "xml"], "--format must be one of"),
+        (["audit", "verify", "--file", "/nonexistent/log.jsonl"], "cannot read"),
+    ],
+)
+def test_bad_arguments_are_one_line_errors(
+    home: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert message in err
+    assert err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_no_operator_no_access(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("TIAKI_OPERATOR")
+    assert main(["audit", "query"]) == 2
+    assert "--operator" in capsys.readouterr().err

@@ -1,0 +1,153 @@
+"""The audit index: rows per (record, decision), queries, idempotent resumption, the subject
+report and the chained access log."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from broker.audit import AuditIndex, LogEntry, LogTampered, Query, QueryError, index_rows
+from broker.audit._report import classifier, subject_report
+from broker.codec import SchemaSet
+from broker.envelope import KeyRing
+
+from .conftest import T0, build_log, person_ref
+
+
+def entry(partition: int = 0, offset: int = 0) -> LogEntry:
+    return LogEntry("tiaki.audit", partition, offset, None, b"", (), 0)
+
+
+def test_a_decision_record_becomes_one_row_per_candidate_recipient() -> None:
+    record = {
+        "audit_id": "a",
+        "recorded_at": T0,
+        "action": "decision",
+        "event_type": "FamilyHarmEpisodeReport",
+        "source_agency": "police",
+        "recipient": None,
+        "outcome": None,
+        "subject_refs": ["s1", "s2"],
+        "decisions": [
+            {
+                "recipient": "corrections",
+                "outcome": "share",
+                "legal_basis": "fva_s20",
+                "rule_ids": ["R1"],
+                "reason_codes": [],
+                "obligations": [],
+                "field_actions": {"a": "keep"},
+            },
+            {
+                "recipient": "msd",
+                "outcome": "deny",
+                "rule_ids": [],
+                "reason_codes": ["no_basis"],
+                "obligations": [],
+                "field_actions": {},
+            },
+        ],
+    }
+    row, decisions, subjects = index_rows(entry(1, 7), record, "ab")
+    assert row[1:3] == (1, 7)
+    assert [(d[1], d[6], d[7]) for d in decisions] == [
+        (0, "corrections", "share"),
+        (1, "msd", "deny"),
+    ]
+    assert subjects == [("s1", row[0]), ("s2", row[0])]
+
+
+def test_a_single_recipient_record_becomes_one_row() -> None:
+    record = {
+        "audit_id": "b",
+        "recorded_at": T0,
+        "action": "review",
+        "recipient": "health-nz",
+        "outcome": "approve",
+        "decisions": [],
+        "subject_refs": [],
+    }
+    _, decisions, _ = index_rows(entry(), record, "ab")
+    assert [(d[1], d[6], d[7]) for d in decisions] == [(-1, "health-nz", "approve")]
+
+
+@pytest.fixture
+def index(tmp_path: Path, ring: KeyRing, schemas: SchemaSet) -> AuditIndex:
+    idx = AuditIndex.open(tmp_path / "index.sqlite", schemas)
+    idx.add(build_log(ring, schemas, records=60).audit)
+    return idx
+
+
+def test_indexing_is_idempotent_and_resumes(
+    index: AuditIndex, ring: KeyRing, schemas: SchemaSet
+) -> None:
+    assert index.count()[0] == 60
+    log = build_log(ring, schemas, records=60)
+    assert index.add(log.audit) == 0
+    assert index.count()[0] == 60
+
+
+def test_queries_by_person_recipient_type_basis_outcome_and_time(index: AuditIndex) -> None:
+    mine = index.query(Query(subject_ref=person_ref()))
+    assert len(mine) == 12  # every fifth of 60
+    assert {r.event_id for r in mine} == {f"evt-{n}" for n in range(0, 60, 5)}
+    shares = index.query(Query(recipient="corrections", outcome="share"))
+    assert len(shares) == 20
+    assert len(index.query(Query(legal_basis="fva_s20", event_type="CaseAllocation"))) == 20
+    assert len(index.query(Query(subject_ref=person_ref(), outcome="share"))) == 4
+    # the synthetic log records one second per batch of 7, starting at T0 + 1 s
+    early = index.query(Query(until_ms=int((T0 + timedelta(seconds=2)).timestamp() * 1000)))
+    assert len(early) == 7
+    assert index.query(Query(subject_ref="0" * 64)) == []
+    with pytest.raises(QueryError):
+        index.query(Query(limit=0))
+
+
+def test_the_subject_report_lists_disclosures_with_their_classes(
+    index: AuditIndex, schemas: SchemaSet
+) -> None:
+    report = subject_report(index.query(Query(subject_ref=person_ref())), classifier(schemas))
+    assert [d.event_id for d in report] == ["evt-0", "evt-15", "evt-30", "evt-45"]
+    first = report[0]
+    assert (first.recipient, first.legal_basis, first.purpose, first.rule_ids) == (
+        "corrections",
+        "fva_s20",
+        "fv_risk_needs_assessment",
+        ("SYN-1",),
+    )
+    assert first.classes == ("operational", "risk")  # 'reason' (narrative) was dropped
+
+
+def test_the_access_log_is_chained_and_checked(index: AuditIndex, tmp_path: Path) -> None:
+    for n in range(3):
+        index.record_access(
+            operator="officer-1",
+            command="query",
+            query={"subject_ref": person_ref()},
+            results=n,
+            now=T0,
+        )
+    assert [a.seq for a in index.access_log()] == [0, 1, 2]
+    with pytest.raises(QueryError):
+        index.record_access(operator=" ", command="query", query={}, results=0, now=T0)
+    index._db.execute("UPDATE access_log SET operator = 'someone-else' WHERE seq = 1")
+    with pytest.raises(LogTampered) as caught:
+        index.access_log()
+    assert caught.value.position == "access log seq 1"
+    index._db.execute("DELETE FROM access_log WHERE seq = 1")
+    with pytest.raises(LogTampered, match="seq 1"):
+        index.access_log()
+
+
+def test_decoding_in_worker_processes_gives_the_same_index(
+    tmp_path: Path, ring: KeyRing, schemas: SchemaSet
+) -> None:
+    log = build_log(ring, schemas, records=2500)
+    with AuditIndex.open(tmp_path / "one.sqlite", schemas) as one:
+        one.add(log.audit)
+        expected = one.query(Query(limit=10_000))
+    with AuditIndex.open(tmp_path / "two.sqlite", schemas) as two:
+        assert two.add(log.audit, workers=2) == 2500
+        assert two.query(Query(limit=10_000)) == expected
