@@ -34,15 +34,16 @@ test: lint
 	$(BIN)/pytest tests -q
 
 # The main job on the embedded default: a local Apache Kafka, provisioned agencies with their
-# ACLs and profiles, development keys, then one case played through the real broker with what
-# each agency received. Kafka stays up afterwards; `make kafka-down` stops it.
+# ACLs and profiles, development keys, then an ISR day played through seven reference adapters
+# and the real broker, with what each agency received. Kafka stays up afterwards; `make
+# kafka-down` stops it. `make demo DEMO_FLAGS=--stay` keeps the broker and adapters running.
 demo: $(STAMP)
 	$(BIN)/tiaki kafka up
 	$(BIN)/tiaki provision
 	$(BIN)/tiaki keys init
-	$(BIN)/tiaki demo
+	$(BIN)/tiaki demo $(DEMO_FLAGS)
 	@echo
-	@echo "Kafka is running on 127.0.0.1:19093 (SASL_SSL + SCRAM-SHA-512); profiles in .tiaki/profiles/."
+	@echo "Kafka is running on 127.0.0.1:$${TIAKI_KAFKA_PORT:-19093} (SASL_SSL + SCRAM-SHA-512); profiles in .tiaki/profiles/."
 	@echo "Stop it with: make kafka-down"
 
 bench: $(STAMP)

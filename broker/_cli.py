@@ -11,6 +11,7 @@ import sys
 
 import typer
 
+from adapters._cli import app as adapter_app
 from broker._errors import TiakiError
 from broker.audit._cli import app as audit_app
 from broker.codec._cli import app as schema_app
@@ -39,6 +40,7 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(review_app, name="review")
 app.add_typer(audit_app, name="audit")
 app.command("demo")(demo_command)
+app.add_typer(adapter_app, name="adapter")
 
 
 def main(argv: list[str] | None = None) -> int:

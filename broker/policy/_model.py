@@ -387,13 +387,15 @@ class DecisionInput:
         at: dt.date,
         schema_version: int | None = None,
         participates: Callable[[str], bool] = lambda _: False,
+        addressed: Iterable[str] = (),
         **overrides: Any,
     ) -> list[DecisionInput]:
         """:meth:`from_record` for each of ``recipients``, reading the header once.
 
         The broker decides every candidate recipient of an event; what the header says is the
         same for all of them, and only the recipient, its participation and whether the event
-        is addressed to it differ.
+        is addressed to it differ. ``addressed`` adds addressees the record itself does not
+        name (the requester an answer goes back to, known from the request).
         """
         header = record.get("header") or {}
         sharing = header.get("sharing") or {}
@@ -412,7 +414,7 @@ class DecisionInput:
             "suppression_order": bool(sharing.get("suppression_order", False)),
             "maori_data": bool(sharing.get("contains_maori_data", False)),
         }
-        addressees = _addressees(record)
+        addressees = _addressees(record) | set(addressed)
         out = []
         for recipient in recipients:
             values = common | {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -85,7 +86,15 @@ def publish_policy(
     print(f"published {len(data)} bytes to {POLICY}")
 
 
-def demo_command() -> None:
-    """Play one case through the broker on the local Kafka and show what each agency received."""
+def demo_command(
+    stay: Annotated[
+        bool, typer.Option("--stay", help="Keep the broker and adapters running afterwards.")
+    ] = False,
+) -> None:
+    """Play an ISR day through the reference adapters and the broker; show who saw what."""
     configure_logging(level=logging.WARNING)
-    asyncio.run(run_demo(Settings.from_env(), Console()))
+    # aiokafka logs its own retries (coordinator not ready yet on a fresh node) through the
+    # standard library; the demo's story is the tables, so keep those quiet.
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    console = Console() if sys.stdout.isatty() else Console(width=120)
+    asyncio.run(run_demo(Settings.from_env(), console, stay=stay))

@@ -20,6 +20,7 @@ from broker.policy import Outcome as PolicyOutcome
 from broker.runtime._cases import CaseMembership
 from broker.runtime._decide import Outcome, Verdict
 from broker.runtime._intake import Accepted
+from broker.runtime._requests import RequestBook
 
 log = structlog.get_logger("tiaki.policy")
 
@@ -42,15 +43,26 @@ class PolicyDecider:
         engine: Callable[[], Engine],
         pseudonymiser: Pseudonymiser,
         cases: CaseMembership,
+        requests: RequestBook | None = None,
     ) -> None:
         self._engine = engine
         self._pseudonymiser = pseudonymiser
         self._cases = cases
+        #: An answer is addressed to whoever asked: the request book knows who that was.
+        self._requests = requests
 
     def _risk(self, case_id: str) -> dict[str, str]:
         """The case's risk tier as an override, when a meeting has set one."""
         tier = self._cases.risk(case_id)
         return {} if tier == "unknown" else {"risk": tier}
+
+    def _requester(self, accepted: Accepted) -> tuple[str, ...]:
+        """For an answer to an information request, the agency that asked (FVA s20/s24: the
+        answer goes back to the requester, filtered like any disclosure)."""
+        if self._requests is None or accepted.event_type != "InformationResponse":
+            return ()
+        requester = self._requests.requester(str(accepted.event.get("request_id")))
+        return (requester,) if requester is not None else ()
 
     @property
     def policy_hash(self) -> str | None:
@@ -71,6 +83,7 @@ class PolicyDecider:
             at=now.date(),
             schema_version=accepted.schema.version,
             participates=lambda recipient: self._cases.participates(case_id, recipient),
+            addressed=self._requester(accepted),
             **self._risk(case_id),
         )
         for decision_input in inputs:

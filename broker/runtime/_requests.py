@@ -95,6 +95,11 @@ class RequestBook:
             return asked.state()
         return None
 
+    def requester(self, request_id: str) -> str | None:
+        """The agency that made request ``request_id``, if the book knows it."""
+        request = self._requests.get(request_id)
+        return request.requester if request is not None else None
+
     def overdue(self, now: datetime) -> list[tuple[dict[str, Any], str]]:
         """Mark every unanswered, not yet escalated holder past its deadline as escalated;
         return (the request's new state, holder) for each."""

@@ -107,7 +107,7 @@ async def serve(
 
     cases, requests = await rebuild_state(KafkaReader(profile), schemas)
     settle_heap()
-    decider = PolicyDecider(engine, Pseudonymiser(pseudonym_key), cases)
+    decider = PolicyDecider(engine, Pseudonymiser(pseudonym_key), cases, requests)
     pipeline = Pipeline(
         intake=Intake(
             registry=registry, schemas=schemas, opener=Opener(BROKER, ring, replay=ReplayCache())

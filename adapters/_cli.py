@@ -1,0 +1,97 @@
+"""``tiaki adapter``: run, check and inspect an agency's reference adapter."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from adapters._config import AdapterConfig, load_config
+from adapters._deadletter import DeadLetters
+from adapters._errors import AdapterConfigError
+from adapters._runner import Adapter, serve_metrics
+from broker._logging import configure_logging
+from broker._settings import Settings
+from broker.codec import load_schemas
+from broker.registry import load_registry
+
+app = typer.Typer(
+    help="Agency adapters: connect a case system to Tiaki (see docs/adapters.md).",
+    no_args_is_help=True,
+)
+
+ConfigFile = Annotated[
+    Path, typer.Option("--config", help="The adapter's YAML configuration.", show_default=False)
+]
+
+
+def _load(config: Path, agency: str | None, settings: Settings) -> AdapterConfig:
+    loaded = load_config(config)
+    if agency is not None and agency != loaded.agency:
+        raise AdapterConfigError(
+            f"{config}:1:1: the configuration is for {loaded.agency!r}, not {agency!r}"
+        )
+    registry = load_registry(settings.registry)
+    if registry.get(loaded.agency) is None:
+        raise AdapterConfigError(
+            f"{config}:1:1: agency {loaded.agency!r} is not in the registry {settings.registry}"
+        )
+    return loaded
+
+
+@app.command("run")
+def run(
+    agency: Annotated[str, typer.Option("--agency", help="The agency id (as in the registry).")],
+    config: ConfigFile,
+) -> None:
+    """Run the adapter until SIGTERM: publish what the sources produce, deliver what arrives."""
+    settings = Settings.from_env()
+    loaded = _load(config, agency, settings)
+    configure_logging()
+    metrics = serve_metrics(loaded.metrics_port) if loaded.metrics_port else None
+    adapter = Adapter.from_config(
+        loaded, home=settings.home, schemas=load_schemas(settings.schemas_dir), metrics=metrics
+    )
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(asyncio.CancelledError):
+            await adapter.run(stop)
+
+    asyncio.run(main())
+
+
+@app.command("check")
+def check(
+    config: ConfigFile,
+    agency: Annotated[str | None, typer.Option("--agency", help="Expected agency id.")] = None,
+) -> None:
+    """Validate a configuration (errors as file:line:column) without connecting."""
+    settings = Settings.from_env()
+    loaded = _load(config, agency, settings)
+    print(
+        f"{config}: ok ({loaded.agency}: {len(loaded.sources)} source(s), {len(loaded.sinks)} sink(s))"
+    )
+
+
+@app.command("dead-letters")
+def dead_letters(config: ConfigFile) -> None:
+    """List the events the handler gave up on, with their reasons (never their content)."""
+    settings = Settings.from_env()
+    loaded = load_config(config)
+    letters = DeadLetters(loaded.path(loaded.state, settings.home) / "dead-letters").list()
+    for letter in letters:
+        print(
+            f"{letter.event_id}  {letter.event_type}  from {letter.source_agency}  "
+            f"attempts {letter.attempts}  {letter.dead_lettered_at}  {letter.reason}"
+        )
+    print(
+        f"{len(letters)} dead letter(s) in {loaded.path(loaded.state, settings.home) / 'dead-letters'}"
+    )

@@ -1,0 +1,595 @@
+"""The adapter client: publish through a durable outbox, receive with commit-after-handling.
+
+Publishing (:meth:`AdapterClient.publish`)::
+
+    validate against the schema  ->  store in the outbox (SQLite, fsync)  ->  return event id
+                                              |
+    background sender, oldest first, one in flight:  seal to the broker, sign, send with the
+    idempotent producer (acks=all)  ->  on ack, mark the row sent  ->  next row
+
+``publish`` succeeds as soon as the event is on local disk, whether Kafka is up or not; the
+sender keeps retrying (with back-off) while Kafka is unreachable and resumes in order when it
+is back. Guarantees, stated exactly:
+
+* in order: rows go in the order ``publish`` accepted them, one at a time, and the next is
+  sent only after the previous one's ack, so Kafka's per-partition order is the outbox order;
+* nothing lost: a row leaves the outbox only after Kafka acknowledged it with ``acks=all``;
+* exactly once while the adapter process lives: the idempotent producer drops its own retries;
+* after a crash between Kafka's ack and the local mark, the row is sent again, resealed under
+  the same event id. The broker's replay check quarantines that copy as ``replayed`` while it
+  remembers the event id (24 hours, same worker); in any case the receiving adapters drop it
+  by idempotency key. So delivery to a *handler* is once; Kafka may hold a duplicate record.
+* publishing an event id already in the outbox (sent or not, for ``keep_sent``) is a no-op,
+  so a source that re-reads a file after a crash does not publish it twice.
+
+Receiving (:meth:`AdapterClient.receive`, :meth:`AdapterClient.run`): each record is opened
+and verified, decoded into a :class:`~adapters.Received` and given to the handler. Its
+offset is committed only after the handler succeeded, or after the record was durably parked
+for another attempt (the handler failed) or dead-lettered (it failed ``max_attempts`` times,
+or the record cannot be opened). A failing event therefore never blocks the others, and is
+never lost: it is in Kafka, in the retry table or in the dead-letter folder. Idempotency keys
+of handled events are kept, so a record delivered twice reaches the handler once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import dataclasses
+import datetime as dt
+import inspect
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+import structlog
+
+from adapters._connection import Connection, Feed, KafkaConnection
+from adapters._deadletter import DeadLetter, DeadLetters
+from adapters._errors import InvalidEvent
+from adapters._events import Received
+from adapters._metrics import AdapterMetrics
+from adapters._state import Parked, Pending, StateStore
+from broker.codec import CodecError, SchemaSet, decode, encode, from_json, load_schemas
+from broker.envelope import BROKER, EnvelopeError, KeyRing, KeyStore, Kind, Opener, Sealer
+from broker.platform import egress, group_prefix, ingress, load_profile
+from broker.transport import Publisher, Record, TransportError
+
+log = structlog.get_logger("tiaki.adapter")
+
+Handler = Callable[[Received], Awaitable[object] | object]
+Clock = Callable[[], dt.datetime]
+
+
+def _utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _ms(moment: dt.datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _unopenable(exc: Exception) -> str:
+    """A dead letter's reason for a record that does not open: the quarantine reason code of
+    the envelope or codec error (never its message)."""
+    return f"cannot open: {getattr(exc, 'quarantine_reason', type(exc).__name__)}"
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often a failing handler is tried: ``max_attempts`` in all, waiting
+    ``first_delay * 2**(attempt - 1)`` (at most ``max_delay``) between attempts."""
+
+    max_attempts: int = 5
+    first_delay: dt.timedelta = dt.timedelta(seconds=1)
+    max_delay: dt.timedelta = dt.timedelta(minutes=5)
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+
+    def delay(self, attempts: int) -> dt.timedelta:
+        delay: dt.timedelta = self.first_delay * (2 ** max(attempts - 1, 0))
+        return min(delay, self.max_delay)
+
+
+@dataclass(frozen=True)
+class ClientStatistics:
+    accepted: int
+    sent: int
+    pending: int
+    received: int
+    handled: int
+    duplicates: int
+    failures: int
+    parked: int
+    dead_lettered: int
+    #: Receive rounds so far, and how many of the latest in a row polled nothing (an idle
+    #: adapter: everything committed to its egress topic so far has reached the handler).
+    polls: int = 0
+    idle_polls: int = 0
+
+
+@dataclass
+class _Counts:
+    accepted: int = 0
+    sent: int = 0
+    received: int = 0
+    handled: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    dead_lettered: int = 0
+    polls: int = 0
+    idle_polls: int = 0
+    last_send_error: str | None = field(default=None)
+
+
+class AdapterClient:
+    """One agency's connection to Tiaki; an async context manager.
+
+    Build it with :meth:`from_files` (a profile and a key folder, as ``tiaki provision`` and
+    ``tiaki keys init`` make them) or directly with a :class:`Connection` (for example an
+    :class:`~adapters.InMemoryConnection` in tests). ``state_dir`` holds the outbox database
+    and the dead-letter folder; ``None`` keeps state in memory (tests only: not durable).
+    ``clock`` is injected so tests never wait for a retry delay. ``send_in_background=False``
+    leaves sending to explicit :meth:`send_pending` calls (deterministic tests).
+    """
+
+    def __init__(
+        self,
+        agency: str,
+        connection: Connection,
+        ring: KeyRing,
+        schemas: SchemaSet,
+        state_dir: Path | None,
+        *,
+        clock: Clock = _utc_now,
+        retry: RetryPolicy | None = None,
+        group_id: str | None = None,
+        metrics: AdapterMetrics | None = None,
+        send_in_background: bool = True,
+        keep_sent: dt.timedelta = dt.timedelta(days=30),
+    ) -> None:
+        self.agency = agency
+        self.group_id = group_id or f"{group_prefix(agency)}adapter"
+        if not self.group_id.startswith(group_prefix(agency)):
+            raise ValueError(f"consumer groups of {agency} start with {group_prefix(agency)!r}")
+        self.schemas = schemas
+        self.retry = retry or RetryPolicy()
+        self.metrics = metrics
+        self._connection = connection
+        self._clock = clock
+        self._sealer = Sealer(agency, ring)
+        self._opener = Opener(agency, ring)
+        self._state = StateStore(state_dir / "adapter.sqlite" if state_dir else None)
+        self.dead_letters = DeadLetters(
+            state_dir / "dead-letters" if state_dir else Path("dead-letters")
+        )
+        self._background = send_in_background
+        self._keep_sent = keep_sent
+        self._counts = _Counts()
+        self._publisher: Publisher | None = None
+        self._feed: Feed | None = None
+        self._wake = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._send_lock = asyncio.Lock()
+        self._closed = False
+
+    @classmethod
+    def from_files(
+        cls,
+        agency: str,
+        *,
+        profile: Path,
+        keys_dir: Path,
+        schemas_dir: Path = Path("schemas"),
+        state_dir: Path,
+        key_ref: str | None = None,
+        **options: Any,
+    ) -> AdapterClient:
+        """The client an agency runs: its profile, its own private keys, public keys of the
+        broker, and the schemas. Only ``agency``'s private keys are loaded."""
+        ring = KeyStore(keys_dir).load(
+            {agency: key_ref or agency, BROKER: BROKER}, private_for=[key_ref or agency]
+        )
+        return cls(
+            agency,
+            KafkaConnection(load_profile(profile)),
+            ring,
+            load_schemas(schemas_dir),
+            state_dir,
+            **options,
+        )
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._state.prune(_ms(self._clock() - self._keep_sent))
+        if self.metrics is not None:
+            self.metrics.outbox_pending.set(self._state.pending_count())
+        if self._background:
+            self._sender = asyncio.create_task(self._send_forever())
+
+    async def close(self) -> None:
+        """Stop sending and receiving; whatever is unsent stays in the outbox for next time."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._sender is not None:
+            self._sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sender
+        for resource in (self._publisher, self._feed):
+            if resource is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(resource.close())
+        self._publisher = self._feed = None
+        self._state.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def statistics(self) -> ClientStatistics:
+        c = self._counts
+        return ClientStatistics(
+            accepted=c.accepted,
+            sent=c.sent,
+            pending=self._state.pending_count(),
+            received=c.received,
+            handled=c.handled,
+            duplicates=c.duplicates,
+            failures=c.failures,
+            parked=self._state.parked_count(),
+            dead_lettered=c.dead_lettered,
+            polls=c.polls,
+            idle_polls=c.idle_polls,
+        )
+
+    # -- publishing ----------------------------------------------------------------------
+
+    async def publish(self, event_type: str, document: Mapping[str, Any]) -> str:
+        """Validate ``document`` (plain JSON, as in ``schemas/examples``) as ``event_type``
+        and store it for sending; return its event id.
+
+        The header may be partial: ``event_id`` (a new UUID), ``event_type``,
+        ``source_agency`` (this agency), ``occurred_at`` and ``recorded_at`` (now) are filled
+        in when absent. Raises :class:`InvalidEvent` if the event does not match its schema
+        or claims another source; nothing is stored then.
+        """
+        now = self._clock()
+        doc = copy.deepcopy(dict(document))
+        header = dict(doc.get("header") or {})
+        if header.get("source_agency", self.agency) != self.agency:
+            raise InvalidEvent(f"{event_type}: source_agency must be {self.agency!r}")
+        if not header.get("event_id"):
+            header["event_id"] = str(uuid.uuid4())
+        header.setdefault("event_type", f"nz.tiaki.{event_type}")
+        header["source_agency"] = self.agency
+        header.setdefault("occurred_at", _iso(now))
+        header.setdefault("recorded_at", _iso(now))
+        for optional in ("source_reference", "correlation_id", "sharing"):
+            header.setdefault(optional, None)
+        doc["header"] = header
+        try:
+            schema = self.schemas.latest(event_type)
+            payload = encode(schema, from_json(schema, doc))
+        except (CodecError, KeyError) as exc:
+            raise InvalidEvent(f"{event_type}: {exc}") from None
+        event_id = str(header["event_id"])
+        if self._state.enqueue(
+            event_id, event_type, str(header["case_id"]), schema.fingerprint, payload, _ms(now)
+        ):
+            self._counts.accepted += 1
+            if self.metrics is not None:
+                self.metrics.accepted.labels(event_type).inc()
+                self.metrics.outbox_pending.inc()
+        self._wake.set()
+        return event_id
+
+    async def send_pending(self, limit: int | None = None) -> int:
+        """Send outbox rows oldest first until it is empty, ``limit`` is reached or Kafka
+        fails; return how many were sent. Never raises for Kafka being unavailable."""
+        sent = 0
+        async with self._send_lock:
+            while limit is None or sent < limit:
+                batch = self._state.pending(limit=100)
+                if not batch:
+                    break
+                for row in batch:
+                    if limit is not None and sent >= limit:
+                        break
+                    if not await self._send(row):
+                        return sent
+                    sent += 1
+        return sent
+
+    async def _send(self, row: Pending) -> bool:
+        now = self._clock()
+        try:
+            if self._publisher is None:
+                publisher = self._connection.publisher()
+                try:
+                    await publisher.start()
+                except BaseException:
+                    with contextlib.suppress(Exception):
+                        await publisher.close()
+                    raise
+                self._publisher = publisher
+            sealed = self._sealer.seal(
+                row.payload,
+                kind=Kind.INGRESS,
+                topic=ingress(self.agency),
+                recipient=BROKER,
+                event_id=row.event_id,
+                schema_fingerprint=row.fingerprint,
+                now=now,
+            )
+            await self._publisher.publish(ingress(self.agency), row.case_id.encode(), sealed)
+        except EnvelopeError as exc:
+            # A key problem (expired, revoked, the broker's key unknown) needs a person; the
+            # event waits in the outbox and is sent once the keys are fixed and the adapter
+            # restarted.
+            self._counts.last_send_error = type(exc).__name__
+            log.error(
+                "cannot seal; event kept in the outbox",
+                agency=self.agency,
+                event_id=row.event_id,
+                error_type=type(exc).__name__,
+            )
+            return False
+        except TransportError as exc:
+            self._state.attempted(row.seq)
+            self._counts.last_send_error = type(exc).__name__
+            log.warning(
+                "kafka unavailable; event kept in the outbox",
+                agency=self.agency,
+                event_id=row.event_id,
+                error_type=type(exc).__name__,
+            )
+            await self._drop_publisher()
+            if self.metrics is not None:
+                self.metrics.send_failures.inc()
+            return False
+        self._state.sent(row.seq, _ms(self._clock()))
+        self._counts.sent += 1
+        if self.metrics is not None:
+            self.metrics.sent.labels(row.event_type).inc()
+            self.metrics.outbox_pending.dec()
+        return True
+
+    async def _drop_publisher(self) -> None:
+        publisher, self._publisher = self._publisher, None
+        if publisher is not None:
+            with contextlib.suppress(Exception):
+                await publisher.close()
+
+    async def _send_forever(self, first_backoff: float = 0.2, max_backoff: float = 5.0) -> None:
+        backoff = first_backoff
+        while True:
+            self._wake.clear()
+            try:
+                await self.send_pending()
+            except Exception as exc:  # the outbox itself failed (disk): keep trying, loudly
+                log.error("outbox unusable", agency=self.agency, error_type=type(exc).__name__)
+            if self._state.pending_count():
+                await asyncio.sleep(backoff)  # Kafka is unreachable: back off, then retry
+                backoff = min(backoff * 2, max_backoff)
+            else:
+                backoff = first_backoff
+                await self._wake.wait()
+
+    async def flush(self, timeout_s: float = 30.0) -> None:
+        """Wait until the outbox is empty; :class:`TimeoutError` if it is not within
+        ``timeout_s`` (the events stay in the outbox)."""
+        async with asyncio.timeout(timeout_s):
+            while self._state.pending_count():
+                if self._background:
+                    self._wake.set()
+                    await asyncio.sleep(0.05)
+                elif not await self.send_pending():
+                    await asyncio.sleep(0.2)
+
+    # -- receiving -----------------------------------------------------------------------
+
+    async def receive(
+        self, handler: Handler, *, timeout_ms: int = 200, max_records: int = 100
+    ) -> int:
+        """One round: poll the egress topic once, handle what came, retry what is due, then
+        commit. Return how many records were polled. Kafka being unavailable is logged and
+        reported as 0 (the next round tries again)."""
+        try:
+            feed = await self._open_feed()
+            records = await feed.poll(max_records, timeout_ms)
+        except TransportError as exc:
+            log.warning(
+                "kafka unavailable; will poll again",
+                agency=self.agency,
+                error_type=type(exc).__name__,
+            )
+            await self._drop_feed()
+            return 0
+        self._counts.polls += 1
+        self._counts.idle_polls = 0 if records else self._counts.idle_polls + 1
+        for record in records:
+            await self._deliver(record, handler)
+        try:
+            await feed.commit(records)
+        except TransportError as exc:
+            # Redelivered later; the idempotency keys stop the handler seeing them twice.
+            log.warning("offset commit failed", agency=self.agency, error_type=type(exc).__name__)
+            await self._drop_feed()
+        await self.retry_due(handler)
+        return len(records)
+
+    async def run(
+        self, handler: Handler, stop: asyncio.Event, *, poll_timeout_ms: int = 200
+    ) -> None:
+        """Receive until ``stop`` is set."""
+        backoff = 0.2
+        while not stop.is_set():
+            if self._feed is None and not await self._feed_ok():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.2
+            await self.receive(handler, timeout_ms=poll_timeout_ms)
+
+    async def _feed_ok(self) -> bool:
+        try:
+            await self._open_feed()
+        except TransportError:
+            return False
+        return True
+
+    async def _open_feed(self) -> Feed:
+        if self._feed is None:
+            feed = self._connection.feed(egress(self.agency), self.group_id)
+            try:
+                await feed.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await feed.close()
+                raise
+            self._feed = feed
+        return self._feed
+
+    async def _drop_feed(self) -> None:
+        feed, self._feed = self._feed, None
+        if feed is not None:
+            with contextlib.suppress(Exception):
+                await feed.close()
+
+    def _open(self, topic: str, value: bytes) -> Received:
+        """Verify, decrypt and decode one egress record (raises Envelope/Codec errors)."""
+        opened = self._opener.open(
+            value, topic=topic, now=self._clock(), kind=Kind.EGRESS, source=BROKER
+        )
+        shared = decode(opened.payload, self.schemas.latest("SharedEvent"))
+        return Received.from_shared(shared, json.loads(shared["body_json"]))
+
+    async def _deliver(self, record: Record, handler: Handler) -> None:
+        self._counts.received += 1
+        try:
+            event = self._open(record.topic, record.value)
+        except (EnvelopeError, CodecError, ValueError, KeyError) as exc:
+            where = f"{record.topic}-{record.partition}-{record.offset}"
+            self._dead_letter(Parked.of(record, where), None, attempts=0, reason=_unopenable(exc))
+            return
+        if self.metrics is not None:
+            self.metrics.received.labels(event.event_type).inc()
+        if (
+            self._state.was_handled(event.idempotency_key)
+            or self._state.parked(event.event_id)
+            or self.dead_letters.has(event.event_id)
+        ):
+            self._counts.duplicates += 1  # delivered again (a commit that did not land)
+            return
+        await self._attempt(event, Parked.of(record, event.event_id), handler)
+
+    async def _attempt(self, event: Received, parked: Parked, handler: Handler) -> None:
+        attempts = parked.attempts + 1
+        try:
+            result = handler(event)
+            if inspect.isawaitable(result):
+                await result
+        except Exception as exc:
+            self._counts.failures += 1
+            reason = f"{type(exc).__name__}: {exc}"[:1000]
+            log.warning(
+                "handler failed",
+                agency=self.agency,
+                event_id=event.event_id,
+                event_type=event.event_type,
+                attempt=attempts,
+                error_type=type(exc).__name__,
+            )
+            if self.metrics is not None:
+                self.metrics.handler_failures.labels(event.event_type).inc()
+            if attempts >= self.retry.max_attempts:
+                self._dead_letter(parked, event, attempts=attempts, reason=reason)
+                return
+            next_at = self._clock() + self.retry.delay(attempts)
+            self._state.park(
+                dataclasses.replace(parked, attempts=attempts, next_ms=_ms(next_at), reason=reason)
+            )
+            return
+        self._state.mark_handled(event.idempotency_key, _ms(self._clock()))
+        self._counts.handled += 1
+        if self.metrics is not None:
+            self.metrics.handled.labels(event.event_type).inc()
+
+    async def retry_due(self, handler: Handler) -> int:
+        """Try again every parked event whose delay has passed; return how many were tried."""
+        due = self._state.due(_ms(self._clock()))
+        for parked in due:
+            try:
+                event = self._open(parked.topic, parked.value)
+            except (EnvelopeError, CodecError, ValueError, KeyError) as exc:
+                # Opened once already: a key revoked or expired since it was parked.
+                self._dead_letter(parked, None, attempts=parked.attempts, reason=_unopenable(exc))
+                continue
+            await self._attempt(event, parked, handler)
+        return len(due)
+
+    def _dead_letter(
+        self, parked: Parked, event: Received | None, *, attempts: int, reason: str
+    ) -> None:
+        # The folder first, then forget the retry: a crash in between leaves both, never neither.
+        self.dead_letters.put(
+            DeadLetter(
+                event_id=parked.event_id,
+                event_type=event.event_type if event else "unknown",
+                source_agency=event.source_agency if event else "unknown",
+                topic=parked.topic,
+                partition=parked.partition,
+                offset=parked.offset,
+                attempts=attempts,
+                reason=reason,
+                dead_lettered_at=_iso(self._clock()),
+            ),
+            parked.value,
+        )
+        self._state.unpark(parked.event_id)
+        self._counts.dead_lettered += 1
+        log.error(
+            "event dead-lettered",
+            agency=self.agency,
+            event_id=parked.event_id,
+            event_type=event.event_type if event else "unknown",
+            attempt=attempts,
+        )
+        if self.metrics is not None:
+            self.metrics.dead_lettered.inc()
+
+    async def replay_dead_letter(self, event_id: str, handler: Handler) -> bool:
+        """Hand one dead letter to ``handler`` again (after a person fixed the cause); on
+        success it leaves the folder and its idempotency key is recorded."""
+        letter = next((d for d in self.dead_letters.list() if d.event_id == event_id), None)
+        if letter is None:
+            raise KeyError(event_id)
+        event = self._open(letter.topic, self.dead_letters.sealed(event_id))
+        result = handler(event)
+        if inspect.isawaitable(result):
+            await result
+        self._state.mark_handled(event.idempotency_key, _ms(self._clock()))
+        self.dead_letters.remove(event_id)
+        return True

@@ -1,0 +1,140 @@
+"""An adapter's configuration: one small YAML file per agency, read once at the edge.
+
+::
+
+    agency: police                      # must be in the registry and match --agency
+    profile: "{home}/profiles/police.json"   # default; {home} is TIAKI_HOME (default .tiaki)
+    keys: "{home}/keys"                 # default
+    state: "{home}/adapters/police"     # outbox database and dead-letter folder (default)
+    metrics_port: 0                     # Prometheus on 127.0.0.1; 0 for none
+    retry: {max_attempts: 5, first_delay_s: 1, max_delay_s: 300}
+    sources:                            # what the agency's case system exports
+      - kind: folder                    # a watched folder of JSON or CSV exports
+        path: "{home}/adapters/police/outbox-exports"
+        format: json                    # json | csv
+        # csv only: the event type, an optional JSON template, and column -> field path
+        event_type: FamilyHarmEpisodeReport
+        template: "{config_dir}/templates/episode.json"
+        columns: {case: header.case_id, when: header.occurred_at}
+      - kind: webhook                   # HTTP POST of one event as JSON
+        listen: 127.0.0.1:8701
+        path: /events
+    sinks:                              # where received events go
+      - kind: folder
+        path: "{home}/adapters/police/received"
+      - kind: webhook
+        url: http://127.0.0.1:9000/tiaki
+      - kind: stdout
+
+Every fault is reported as ``file:line:column: reason``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from adapters._errors import AdapterConfigError
+from broker._yaml import SourceError, load_yaml, locate
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FolderSourceConfig(_Strict):
+    kind: Literal["folder"]
+    path: str
+    format: Literal["json", "csv"] = "json"
+    event_type: str | None = None
+    template: str | None = None
+    columns: dict[str, str] = Field(default_factory=dict)
+    interval_s: float = Field(default=1.0, gt=0, le=3600)
+
+
+class WebhookSourceConfig(_Strict):
+    kind: Literal["webhook"]
+    listen: str = Field(pattern=r"^[\w.:-]+:\d{1,5}$")
+    path: str = "/events"
+
+
+class FolderSinkConfig(_Strict):
+    kind: Literal["folder"]
+    path: str
+
+
+class WebhookSinkConfig(_Strict):
+    kind: Literal["webhook"]
+    url: str = Field(pattern=r"^https?://")
+    timeout_s: float = Field(default=10.0, gt=0, le=300)
+
+
+class StdoutSinkConfig(_Strict):
+    kind: Literal["stdout"]
+
+
+class RetryConfig(_Strict):
+    max_attempts: int = Field(default=5, ge=1, le=100)
+    first_delay_s: float = Field(default=1.0, gt=0)
+    max_delay_s: float = Field(default=300.0, gt=0)
+
+
+SourceConfig = Annotated[FolderSourceConfig | WebhookSourceConfig, Field(discriminator="kind")]
+SinkConfig = Annotated[
+    FolderSinkConfig | WebhookSinkConfig | StdoutSinkConfig, Field(discriminator="kind")
+]
+
+
+class AdapterConfig(_Strict):
+    """A validated configuration; paths still hold ``{home}`` until :meth:`path`."""
+
+    agency: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
+    profile: str = "{home}/profiles/{agency}.json"
+    keys: str = "{home}/keys"
+    key_ref: str | None = None
+    state: str = "{home}/adapters/{agency}"
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    retry: RetryConfig = Field(default_factory=RetryConfig)
+    sources: list[SourceConfig] = Field(default_factory=list)
+    sinks: list[SinkConfig] = Field(default_factory=list)
+
+    #: The folder of the file this was read from, for ``{config_dir}`` (set by the loader).
+    config_dir: Path = Path()
+
+    def path(self, template: str, home: Path) -> Path:
+        """``template`` with ``{home}``, ``{agency}`` and ``{config_dir}`` filled in."""
+        return Path(
+            template.replace("{home}", str(home))
+            .replace("{agency}", self.agency)
+            .replace("{config_dir}", str(self.config_dir))
+        )
+
+
+def load_config(path: Path) -> AdapterConfig:
+    """Read and validate ``path``; :class:`AdapterConfigError` as ``file:line:column: reason``."""
+    try:
+        data = load_yaml(path)
+    except SourceError as exc:
+        raise AdapterConfigError(str(exc)) from None
+    if not isinstance(data, dict):
+        raise AdapterConfigError(f"{path}:1:1: an adapter configuration is a mapping")
+    try:
+        config = AdapterConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        loc = [step for step in first["loc"] if not (isinstance(step, str) and step in _KINDS)]
+        line, column = locate(data, loc)
+        where = ".".join(str(step) for step in loc) or "configuration"
+        raise AdapterConfigError(f"{path}:{line}:{column}: {where}: {first['msg']}") from None
+    if "config_dir" in data:
+        line, column = locate(data, ["config_dir"])
+        raise AdapterConfigError(
+            f"{path}:{line}:{column}: config_dir: set by the loader, not the file"
+        )
+    return config.model_copy(update={"config_dir": path.parent.absolute()})
+
+
+#: pydantic puts the discriminator's chosen class name in error locations; drop it.
+_KINDS = {"folder", "webhook", "stdout"}

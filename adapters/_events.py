@@ -1,0 +1,192 @@
+"""What a handler receives, and helpers that build the events agencies answer with.
+
+Pure: no I/O. A :class:`Received` is the broker's ``SharedEvent`` for this agency, already
+opened and verified: the event minimised by policy (``body``, plain JSON, because a field the
+policy dropped may be one the original schema requires) plus why it was shared (route, legal
+basis, purpose, obligations such as ``no_criminal_use``, the rules that matched and what
+happened to each field).
+
+The helpers return plain JSON documents ready for :meth:`AdapterClient.publish`; they fill in
+what follows from the event being answered (request id, correlation id, case id, the task's
+parties) so an agency's code supplies only its own decision.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+#: What an agency may do with a task it was given (TaskEvent ``transition``).
+TaskTransition = Literal["accepted", "declined", "completed"]
+#: InformationResponse ``decision``.
+ResponseDecision = Literal["disclose", "partial", "decline"]
+
+
+@dataclass(frozen=True)
+class Received:
+    """One event delivered to this agency (see the module docs).
+
+    ``idempotency_key`` is stable across redeliveries of the same event: a handler that writes
+    to its own system keyed by it applies each event once even if the SDK crashes between the
+    handler's success and recording it.
+    """
+
+    event_id: str
+    event_type: str
+    source_agency: str
+    route: str | None
+    legal_basis: str | None
+    purpose: str | None
+    obligations: tuple[str, ...]
+    rule_ids: tuple[str, ...]
+    field_actions: Mapping[str, str]
+    policy_hash: str
+    shared_at: dt.datetime
+    body: Mapping[str, Any] = field(repr=False)  # personal data: never in a repr or a log
+
+    @property
+    def idempotency_key(self) -> str:
+        return self.event_id
+
+    @property
+    def case_id(self) -> str | None:
+        header = self.body.get("header")
+        return (
+            str(header["case_id"]) if isinstance(header, Mapping) and "case_id" in header else None
+        )
+
+    @property
+    def kept(self) -> int:
+        """How many fields arrived (any action but ``drop``)."""
+        return sum(action != "drop" for action in self.field_actions.values())
+
+    @property
+    def dropped(self) -> int:
+        return sum(action == "drop" for action in self.field_actions.values())
+
+    @classmethod
+    def from_shared(cls, shared: Mapping[str, Any], body: Mapping[str, Any]) -> Received:
+        shared_at = shared["shared_at"]
+        if isinstance(shared_at, dt.datetime) and shared_at.tzinfo is None:
+            shared_at = shared_at.replace(tzinfo=dt.UTC)
+        return cls(
+            event_id=str(shared["event_id"]),
+            event_type=str(shared["event_type"]),
+            source_agency=str(shared["source_agency"]),
+            route=shared.get("route"),
+            legal_basis=shared.get("legal_basis"),
+            purpose=shared.get("purpose"),
+            obligations=tuple(shared.get("obligations") or ()),
+            rule_ids=tuple(shared.get("rule_ids") or ()),
+            field_actions=dict(shared.get("field_actions") or {}),
+            policy_hash=str(shared.get("policy_hash") or ""),
+            shared_at=shared_at,
+            body=body,
+        )
+
+
+def _iso(moment: dt.datetime) -> str:
+    return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _agency(agency_id: str) -> dict[str, Any]:
+    return {"agency_id": agency_id, "team": None, "contact_role": None}
+
+
+def information_request(
+    *,
+    case_id: str,
+    request_id: str,
+    holders: Sequence[str],
+    purpose: str,
+    legal_route: str,
+    justification: str,
+    accountable_role: str,
+    respond_by: dt.datetime,
+    information_sought: Sequence[str] = (),
+    urgency: str = "routine",
+    requester_role: str = "unknown",
+    subjects: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """An InformationRequest (FVA s20): the holders must each answer, or be escalated."""
+    return {
+        "header": {"case_id": case_id, "correlation_id": request_id},
+        "request_id": request_id,
+        "purpose": purpose,
+        "legal_route": legal_route,
+        "justification": justification,
+        "requester_role": requester_role,
+        "accountable_role": accountable_role,
+        "subjects": list(subjects),
+        "information_sought": list(information_sought),
+        "holders": [_agency(h) for h in holders],
+        "respond_by": _iso(respond_by),
+        "urgency": urgency,
+    }
+
+
+def information_response(
+    request: Received,
+    *,
+    decision: ResponseDecision,
+    decided_by_role: str,
+    items: Sequence[Mapping[str, Any]] = (),
+    decline_reasons: Sequence[str] = (),
+    reason_text: str | None = None,
+) -> dict[str, Any]:
+    """The answer to a received InformationRequest. FVA s24 is a duty to *consider*: a
+    decline is a lawful answer, but it must carry its reasons."""
+    if request.event_type != "InformationRequest":
+        raise ValueError(f"{request.event_type} is not an information request")
+    if decision != "disclose" and not decline_reasons:
+        raise ValueError("a partial or declined answer needs its decline reasons")
+    request_id = str(request.body["request_id"])
+    return {
+        "header": {"case_id": request.case_id, "correlation_id": request_id},
+        "request_id": request_id,
+        "decision": decision,
+        "decline_reasons": list(decline_reasons),
+        "reason_text": reason_text,
+        "decided_by_role": decided_by_role,
+        "items": [dict(item) for item in items],
+        "related_event_ids": [request.event_id],
+    }
+
+
+def task_update(
+    task: Received, transition: TaskTransition, *, note: str | None = None
+) -> dict[str, Any]:
+    """A TaskEvent moving a task this agency was given to ``transition``.
+
+    Declining removes the agency's task ground for the case (it stops receiving what only
+    case participants receive); accepting and completing keep it.
+    """
+    if task.event_type != "TaskEvent":
+        raise ValueError(f"{task.event_type} is not a task")
+    body = task.body
+    return {
+        "header": {"case_id": task.case_id, "correlation_id": str(body["task_id"])},
+        "task_id": str(body["task_id"]),
+        "transition": transition,
+        "assigned_to": dict(body["assigned_to"]),
+        "assigned_by": dict(body["assigned_by"]),
+        "description": str(body.get("description") or f"task {body['task_id']}"),
+        "subjects": [],
+        "due_at": body.get("due_at"),
+        "note": note,
+    }
+
+
+def accept_task(task: Received, *, note: str | None = None) -> dict[str, Any]:
+    return task_update(task, "accepted", note=note)
+
+
+def decline_task(task: Received, *, note: str) -> dict[str, Any]:
+    """Declining needs a reason: the meeting must re-task someone else."""
+    return task_update(task, "declined", note=note)
+
+
+def complete_task(task: Received, *, note: str | None = None) -> dict[str, Any]:
+    return task_update(task, "completed", note=note)

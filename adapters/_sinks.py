@@ -1,0 +1,106 @@
+"""Where received events go: a folder, an HTTP webhook, or standard output.
+
+Each sink gets every event the policies let the agency see, as one JSON document::
+
+    {"event_id", "event_type", "source_agency", "route", "legal_basis", "purpose",
+     "obligations", "rule_ids", "field_actions", "shared_at", "idempotency_key", "body"}
+
+Sinks must be idempotent by ``idempotency_key``: an event may be handed over again after a
+crash. A sink that fails raises, and the SDK retries the event (then dead-letters it). These
+are *data* outputs, chosen by the agency; logs never carry the body.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Protocol, TextIO
+
+from adapters._errors import AdapterError
+from adapters._events import Received
+from adapters._private_files import write_private
+
+
+class SinkFailed(AdapterError):
+    """A sink could not take an event (the SDK will try again)."""
+
+
+class Sink(Protocol):
+    async def deliver(self, event: Received) -> None: ...
+
+
+def document(event: Received) -> dict[str, Any]:
+    """The JSON form every sink writes."""
+    return {
+        "event_id": event.event_id,
+        "idempotency_key": event.idempotency_key,
+        "event_type": event.event_type,
+        "source_agency": event.source_agency,
+        "route": event.route,
+        "legal_basis": event.legal_basis,
+        "purpose": event.purpose,
+        "obligations": list(event.obligations),
+        "rule_ids": list(event.rule_ids),
+        "field_actions": dict(event.field_actions),
+        "shared_at": event.shared_at.isoformat(),
+        "body": event.body,
+    }
+
+
+class FolderSink:
+    """``<path>/<event id>.json`` per event (``0600``), written atomically; rewriting the same
+    event is harmless."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def deliver(self, event: Received) -> None:
+        data = json.dumps(document(event), indent=2, sort_keys=True).encode() + b"\n"
+        try:
+            write_private(self.path / f"{event.event_id}.json", data)
+        except OSError as exc:
+            raise SinkFailed(f"cannot write to the folder sink: {exc.strerror}") from None
+
+
+class StdoutSink:
+    """One JSON line per event (for piping into another program, or watching a demo)."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self.stream = stream
+
+    async def deliver(self, event: Received) -> None:
+        stream = self.stream or sys.stdout
+        stream.write(json.dumps(document(event), sort_keys=True) + "\n")
+        stream.flush()
+
+
+class WebhookSink:
+    """``POST`` the document as JSON to ``url`` with an ``Idempotency-Key`` header; any status
+    other than 2xx (or no answer within ``timeout_s``) is a failure to retry."""
+
+    def __init__(self, url: str, timeout_s: float = 10.0) -> None:
+        self.url = url
+        self.timeout_s = timeout_s
+
+    async def deliver(self, event: Received) -> None:
+        await asyncio.to_thread(self._post, event)
+
+    def _post(self, event: Received) -> None:
+        request = urllib.request.Request(  # noqa: S310 - the URL comes from the agency's config, http(s) only
+            self.url,
+            data=json.dumps(document(event)).encode(),
+            headers={"Content-Type": "application/json", "Idempotency-Key": event.idempotency_key},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - as above
+                if not 200 <= response.status < 300:
+                    raise SinkFailed(f"webhook answered {response.status}")
+        except urllib.error.HTTPError as exc:
+            raise SinkFailed(f"webhook answered {exc.code}") from None
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise SinkFailed(f"webhook unreachable: {type(exc).__name__}") from None

@@ -1,0 +1,336 @@
+"""Where an adapter's events come from: a watched folder of exports, or an HTTP webhook.
+
+Both turn what a case system produces into ``(event type, document)`` pairs and hand them to
+the client's :meth:`~adapters.AdapterClient.publish`, which validates and stores them in the
+outbox. Nothing is lost on bad input:
+
+* a folder file that is not valid JSON, or a JSON item or CSV row that is not a valid event,
+  is written to ``<folder>/rejected/`` with a ``.reason`` file (``line N: why``); the valid
+  items of the same file are still published, and the file itself moves to ``done/``;
+* a webhook body that is not a valid event is answered ``400``/``422`` with the reason, so
+  the caller still holds it.
+
+Event ids are stable: an item without ``header.event_id`` gets one derived from the agency,
+the file name, the file's content hash and the item's position (UUID 5), so a file read
+again after a crash between publishing and moving it is not published twice (the outbox
+ignores an event id it already holds).
+
+Case systems should write a file under a temporary name (a leading ``.`` or a ``.tmp`` or
+``.part`` suffix) and rename it when complete; such names are never read.
+
+Logs name counts and reason codes only, never file names or contents (file names can carry
+a person's name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import csv
+import hashlib
+import io
+import json
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from adapters._errors import AdapterConfigError, InvalidEvent, SourceRejected
+from adapters._private_files import write_private
+
+log = structlog.get_logger("tiaki.adapter.source")
+
+#: ``publish(event_type, document) -> event id``: the client's publish.
+PublishFn = Callable[[str, Mapping[str, Any]], Awaitable[str]]
+
+_NAMESPACE = uuid.UUID("5f0c1a39-6a43-4c1c-9d0e-7b1e3f0a2b61")
+_SKIP_SUFFIXES = (".tmp", ".part", ".reason")
+MAX_BODY = 1024 * 1024
+
+
+class Source(Protocol):
+    """Runs until ``stop`` is set, publishing what it reads."""
+
+    async def run(self, publish: PublishFn, stop: asyncio.Event) -> None: ...
+
+
+def event_of(item: Any, default_type: str | None) -> tuple[str, dict[str, Any]]:
+    """``(event type, document)`` from ``{"event_type": T, "event": {...}}`` or from a plain
+    document whose ``header.event_type`` is ``nz.tiaki.T``; raise :class:`SourceRejected`."""
+    if not isinstance(item, dict):
+        raise SourceRejected("an item must be a JSON object")
+    if "event" in item and "event_type" in item:
+        if not isinstance(item["event"], dict) or not isinstance(item["event_type"], str):
+            raise SourceRejected("'event' must be an object and 'event_type' a string")
+        return item["event_type"], item["event"]
+    header = item.get("header")
+    declared = header.get("event_type") if isinstance(header, dict) else None
+    if isinstance(declared, str) and declared.startswith("nz.tiaki."):
+        return declared.removeprefix("nz.tiaki."), item
+    if default_type:
+        return default_type, item
+    raise SourceRejected("cannot tell the event type: give header.event_type or 'event_type'")
+
+
+def stable_event_id(agency: str, name: str, digest: str, index: int) -> str:
+    return str(uuid.uuid5(_NAMESPACE, f"{agency}/{name}/{digest}/{index}"))
+
+
+def _with_event_id(doc: dict[str, Any], event_id: str) -> dict[str, Any]:
+    header = dict(doc.get("header") or {})
+    if not header.get("event_id"):  # absent, or an empty CSV cell
+        header["event_id"] = event_id
+    return {**doc, "header": header}
+
+
+def _set_path(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    node = doc
+    *parents, last = dotted.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[last] = value
+
+
+def _cell(text: str) -> Any:
+    """A CSV cell: empty is null; JSON literals (numbers, true, lists) are parsed; else text."""
+    if text == "":
+        return None
+    if text[0] in '[{"' or text in ("true", "false", "null"):
+        with contextlib.suppress(ValueError):
+            return json.loads(text)
+    return text
+
+
+@dataclass
+class ScanResult:
+    files: int = 0
+    published: int = 0
+    rejected: int = 0
+
+
+class FolderSource:
+    """A watched folder of ``*.json`` (one event, or a list) or ``*.csv`` (one event per row)
+    exports; see the module docs for what happens to each file."""
+
+    def __init__(
+        self,
+        agency: str,
+        path: Path,
+        *,
+        format: str = "json",
+        event_type: str | None = None,
+        template: Mapping[str, Any] | None = None,
+        columns: Mapping[str, str] | None = None,
+        interval_s: float = 1.0,
+    ) -> None:
+        if format == "csv" and not event_type:
+            raise ValueError("a CSV folder source needs an event_type")
+        self.agency = agency
+        self.path = path
+        self.format = format
+        self.event_type = event_type
+        self.template = dict(template or {})
+        self.columns = dict(columns or {})
+        self.interval_s = interval_s
+        self.done = path / "done"
+        self.rejected = path / "rejected"
+
+    async def run(self, publish: PublishFn, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self.scan(publish)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.interval_s)
+
+    def _files(self) -> list[Path]:
+        if not self.path.is_dir():
+            return []
+        return sorted(
+            p
+            for p in self.path.glob(f"*.{self.format}")
+            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(_SKIP_SUFFIXES)
+        )
+
+    async def scan(self, publish: PublishFn) -> ScanResult:
+        """Read every complete file once (oldest name first); return what happened."""
+        result = ScanResult()
+        for file in self._files():
+            result.files += 1
+            data = file.read_bytes()
+            digest = hashlib.sha256(data).hexdigest()
+            try:
+                items = self._items(file, data)
+            except SourceRejected as exc:
+                self._reject(file.name, data, exc.reason)
+                file.unlink()
+                result.rejected += 1
+                continue
+            for index, (line, item) in enumerate(items):
+                try:
+                    event_type, doc = event_of(item, self.event_type)
+                    doc = _with_event_id(
+                        doc, stable_event_id(self.agency, file.name, digest, index)
+                    )
+                    await publish(event_type, doc)
+                    result.published += 1
+                except (SourceRejected, InvalidEvent) as exc:
+                    reason = exc.reason if isinstance(exc, SourceRejected) else str(exc)
+                    self._reject_item(file, index, line, item, reason)
+                    result.rejected += 1
+            self.done.mkdir(parents=True, exist_ok=True, mode=0o700)
+            file.replace(self.done / file.name)
+        if result.files:
+            log.info(
+                "folder scanned",
+                agency=self.agency,
+                count=result.published,
+                quarantined=result.rejected,
+            )
+        return result
+
+    def _items(self, file: Path, data: bytes) -> list[tuple[int, Any]]:
+        """(line, item) pairs; :class:`SourceRejected` if the file as a whole is unreadable."""
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise SourceRejected("not UTF-8 text") from None
+        if self.format == "json":
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise SourceRejected(
+                    f"line {exc.lineno} column {exc.colno}: bad JSON: {exc.msg}"
+                ) from None
+            return [(1, item) for item in parsed] if isinstance(parsed, list) else [(1, parsed)]
+        reader = csv.DictReader(io.StringIO(text))
+        if not reader.fieldnames:
+            raise SourceRejected("line 1: a CSV export needs a header row")
+        unknown = [c for c in self.columns if c not in reader.fieldnames]
+        if unknown:
+            raise SourceRejected(f"line 1: missing columns {', '.join(sorted(unknown))}")
+        items: list[tuple[int, Any]] = []
+        try:
+            for row in reader:
+                doc = copy.deepcopy(self.template)
+                if None in row:
+                    items.append((reader.line_num, _BadRow("more cells than header columns")))
+                    continue
+                for column, dotted in self.columns.items():
+                    _set_path(doc, dotted, _cell(row[column] or ""))
+                items.append((reader.line_num, doc))
+        except csv.Error as exc:
+            raise SourceRejected(f"line {reader.line_num}: bad CSV: {exc}") from None
+        return items
+
+    def _reject(self, name: str, data: bytes, reason: str) -> None:
+        write_private(self.rejected / name, data)
+        write_private(self.rejected / f"{name}.reason", f"{reason}\n".encode())
+        log.warning("source file rejected", agency=self.agency, reason="unreadable_file")
+
+    def _reject_item(self, file: Path, index: int, line: int, item: Any, reason: str) -> None:
+        name = f"{file.stem}.item{index + 1}{file.suffix if self.format == 'json' else '.json'}"
+        body = item.document if isinstance(item, _BadRow) else item
+        if isinstance(item, _BadRow):
+            reason = item.reason
+        write_private(self.rejected / name, json.dumps(body, indent=2).encode() + b"\n")
+        where = f"line {line}: " if self.format == "csv" else f"item {index + 1}: "
+        write_private(self.rejected / f"{name}.reason", f"{where}{reason}\n".encode())
+        log.warning("source item rejected", agency=self.agency, reason="invalid_event")
+
+
+@dataclass
+class _BadRow:
+    reason: str
+    document: Any = None
+
+
+class WebhookSource:
+    """``POST <path>`` with one event as JSON (either form :func:`event_of` accepts).
+
+    Answers ``202 {"event_id": ...}`` once the event is in the outbox, ``400`` for a body
+    that is not JSON, ``422`` for an invalid event, ``404``/``405``/``413`` otherwise. A
+    caller that retries should send ``header.event_id`` so a retry is not a second event.
+    Bind it to loopback or put it behind the agency's own TLS proxy: it does no
+    authentication itself.
+    """
+
+    def __init__(self, agency: str, host: str, port: int, path: str = "/events") -> None:
+        self.agency = agency
+        self.host = host
+        self.port = port
+        self.path = path
+        self.bound = asyncio.Event()
+
+    async def run(self, publish: PublishFn, stop: asyncio.Event) -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                status, body = await self._exchange(reader, publish)
+            except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                status, body = 400, {"error": "malformed HTTP request"}
+            payload = json.dumps(body).encode()
+            reason = {
+                202: "Accepted",
+                400: "Bad Request",
+                404: "Not Found",
+                405: "Method Not Allowed",
+                413: "Payload Too Large",
+                422: "Unprocessable Entity",
+            }.get(status, "Error")
+            writer.write(
+                f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+                + payload
+            )
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
+            writer.close()
+
+        try:
+            server = await asyncio.start_server(serve, self.host, self.port)
+        except OSError as exc:
+            raise AdapterConfigError(
+                f"webhook source: cannot listen on {self.host}:{self.port}: {exc.strerror}"
+            ) from None
+        self.port = server.sockets[0].getsockname()[1]
+        self.bound.set()
+        async with server:
+            await stop.wait()
+
+    async def _exchange(
+        self, reader: asyncio.StreamReader, publish: PublishFn
+    ) -> tuple[int, dict[str, Any]]:
+        request = (await reader.readline()).decode("latin-1").split()
+        headers: dict[str, str] = {}
+        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+            name, _, value = line.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if len(request) < 2:
+            return 400, {"error": "malformed HTTP request"}
+        method, target = request[0], request[1]
+        if target.split("?")[0] != self.path:
+            return 404, {"error": f"post events to {self.path}"}
+        if method != "POST":
+            return 405, {"error": "use POST"}
+        length = int(headers.get("content-length", "0"))
+        if length > MAX_BODY:
+            return 413, {"error": f"at most {MAX_BODY} bytes"}
+        data = await reader.readexactly(length)
+        try:
+            item = json.loads(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return 400, {"error": f"bad JSON: {exc}"}
+        try:
+            event_type, doc = event_of(item, None)
+            event_id = await publish(event_type, doc)
+        except SourceRejected as exc:
+            return 422, {"error": exc.reason}
+        except InvalidEvent as exc:
+            return 422, {"error": str(exc)}
+        return 202, {"event_id": event_id}

@@ -1,0 +1,336 @@
+"""The SDK on the in-memory transport: outbox, ordering, commit after handling, retries,
+dead letters, idempotency keys."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from adapters import AdapterClient, InMemoryConnection, InvalidEvent, Received
+from broker.codec import decode
+from broker.envelope import Kind, Opener, ReplayCache, Replayed
+from broker.platform import egress, ingress
+from broker.transport import InMemoryCluster, Unavailable
+from tests.unit.adapters.conftest import (
+    RING,
+    SCHEMAS,
+    T0,
+    FakeBroker,
+    FakeClock,
+    example,
+    make_client,
+)
+
+
+async def ingress_ids(cluster: InMemoryCluster, agency: str) -> list[str]:
+    """Event ids on ``agency``'s ingress topic in offset order, opened as the broker would."""
+    opener = Opener("broker", RING)
+    async with cluster.reader() as reader:
+        records = await reader.read_all(ingress(agency))
+    records.sort(key=lambda r: (r.partition, r.offset))
+    out = []
+    for r in records:
+        opened = opener.open(r.value, topic=r.topic, now=T0, kind=Kind.INGRESS, source=agency)
+        out.append(opened.event_id)
+    return out
+
+
+async def test_publish_validates_seals_and_sends(
+    connection: InMemoryConnection, cluster: InMemoryCluster, clock: FakeClock, tmp_path: Path
+) -> None:
+    async with make_client("police", connection, clock, tmp_path) as client:
+        doc = example("FamilyHarmEpisodeReport", source_agency="police")
+        del doc["header"]["recorded_at"]  # the SDK fills what it can
+        event_id = await client.publish("FamilyHarmEpisodeReport", doc)
+        assert client.statistics().pending == 1
+        assert await client.send_pending() == 1
+    assert await ingress_ids(cluster, "police") == [event_id]
+    async with cluster.reader() as reader:
+        (record,) = await reader.read_all(ingress("police"))
+    opened = Opener("broker", RING).open(
+        record.value, topic=record.topic, now=clock(), kind=Kind.INGRESS
+    )
+    event = decode(opened.payload, SCHEMAS.latest("FamilyHarmEpisodeReport"))
+    assert event["header"]["source_agency"] == "police"
+    assert record.key == doc["header"]["case_id"].encode()
+
+
+async def test_invalid_event_is_refused_and_nothing_is_stored(
+    connection: InMemoryConnection, clock: FakeClock, tmp_path: Path
+) -> None:
+    async with make_client("police", connection, clock, tmp_path) as client:
+        bad = example("TaskEvent", source_agency="police")
+        del bad["task_id"]  # required
+        with pytest.raises(InvalidEvent, match="task_id"):
+            await client.publish("TaskEvent", bad)
+        with pytest.raises(InvalidEvent, match="source_agency"):
+            await client.publish(
+                "FamilyHarmEpisodeReport", example("FamilyHarmEpisodeReport", source_agency="msd")
+            )
+        with pytest.raises(InvalidEvent):
+            await client.publish("NoSuchEvent", {"header": {"case_id": "SYN-1"}})
+        assert client.statistics().pending == 0
+
+
+async def test_outbox_keeps_events_while_kafka_is_down_and_sends_them_in_order_once(
+    connection: InMemoryConnection, cluster: InMemoryCluster, clock: FakeClock, tmp_path: Path
+) -> None:
+    connection.down = True
+    async with make_client("police", connection, clock, tmp_path) as client:
+        ids = [
+            await client.publish(
+                "TaskEvent", example("TaskEvent", source_agency="police", case_id=f"SYN-{i % 7}")
+            )
+            for i in range(200)
+        ]
+        assert await client.send_pending() == 0
+        assert client.statistics().pending == 200
+    # The process restarts (same state folder): nothing was lost.
+    connection.down = False
+    async with make_client("police", connection, clock, tmp_path) as client:
+        assert client.statistics().pending == 200
+        assert await client.send_pending() == 200
+        assert await client.send_pending() == 0
+    # Per partition (per case) the order is the publish order; all 200 once.
+    got = await ingress_ids(cluster, "police")
+    assert sorted(got) == sorted(ids)
+    assert len(set(got)) == 200
+    async with cluster.reader() as reader:
+        records = await reader.read_all(ingress("police"))
+    opener = Opener("broker", RING)
+    for case in {r.key for r in records}:
+        in_case = [
+            opener.open(r.value, topic=r.topic, now=clock(), kind=Kind.INGRESS).event_id
+            for r in sorted(records, key=lambda r: r.offset)
+            if r.key == case
+        ]
+        assert in_case == [i for n, i in enumerate(ids) if f"SYN-{n % 7}".encode() == case]
+
+
+async def test_background_sender_drains_after_kafka_returns(
+    connection: InMemoryConnection, cluster: InMemoryCluster, clock: FakeClock, tmp_path: Path
+) -> None:
+    connection.down = True
+    async with make_client("police", connection, clock, tmp_path, background=True) as client:
+        ids = [
+            await client.publish(
+                "TaskEvent", example("TaskEvent", source_agency="police", case_id="SYN-ONE")
+            )
+            for _ in range(50)
+        ]
+        with pytest.raises(TimeoutError):
+            await client.flush(timeout_s=0.3)
+        connection.down = False
+        await client.flush(timeout_s=10)
+        assert client.statistics().sent == 50
+    assert await ingress_ids(cluster, "police") == ids  # one case: one partition, total order
+
+
+async def test_same_event_id_is_published_once(
+    connection: InMemoryConnection, cluster: InMemoryCluster, clock: FakeClock, tmp_path: Path
+) -> None:
+    doc = example("TaskEvent", source_agency="police")
+    async with make_client("police", connection, clock, tmp_path) as client:
+        await client.publish("TaskEvent", doc)
+        await client.send_pending()
+        await client.publish("TaskEvent", doc)  # a source re-reading the same file
+        assert await client.send_pending() == 0
+    assert len(await ingress_ids(cluster, "police")) == 1
+
+
+async def test_handler_receives_typed_events_and_offsets_commit_after_success(
+    connection: InMemoryConnection,
+    cluster: InMemoryCluster,
+    fake_broker: FakeBroker,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    ids = [await fake_broker.deliver("oranga-tamariki") for _ in range(3)]
+    seen: list[Received] = []
+    async with make_client("oranga-tamariki", connection, clock, tmp_path) as client:
+        assert await client.receive(seen.append) == 3
+    assert [e.event_id for e in seen] == ids
+    assert seen[0].event_type == "TaskEvent"
+    assert seen[0].legal_basis == "FVA s20"
+    assert seen[0].body["task_id"] == "SYN-TASK-0001"
+    assert seen[0].dropped == 1
+    assert "Test Child" not in repr(seen[0])  # the body never shows in a repr
+    committed = cluster.committed("oranga-tamariki.adapter")
+    assert sum(committed.values()) == 3
+
+
+async def test_failing_event_is_retried_others_flow_and_it_ends_in_dead_letters(
+    connection: InMemoryConnection, fake_broker: FakeBroker, clock: FakeClock, tmp_path: Path
+) -> None:
+    ids = [await fake_broker.deliver("oranga-tamariki") for _ in range(5)]
+    poison = ids[2]
+    calls: dict[str, int] = {}
+
+    def handler(event: Received) -> None:
+        calls[event.event_id] = calls.get(event.event_id, 0) + 1
+        if event.event_id == poison:
+            raise RuntimeError("case system rejected the record")
+
+    async with make_client(
+        "oranga-tamariki", connection, clock, tmp_path, max_attempts=3
+    ) as client:
+        await client.receive(handler)
+        assert calls == {i: 1 for i in ids}  # the others flowed past the failing one
+        assert client.statistics().parked == 1
+        await client.receive(handler)  # not due yet: the fake clock has not moved
+        assert calls[poison] == 1
+        clock.advance(seconds=1)
+        await client.receive(handler)
+        assert calls[poison] == 2  # received again
+        clock.advance(seconds=2)
+        await client.receive(handler)
+        assert calls[poison] == 3
+        stats = client.statistics()
+        assert stats.parked == 0
+        assert stats.dead_lettered == 1
+        assert stats.handled == 4
+        (letter,) = client.dead_letters.list()
+    assert letter.event_id == poison
+    assert letter.attempts == 3
+    assert letter.reason == "RuntimeError: case system rejected the record"
+    assert (tmp_path / "dead-letters" / f"{poison}.sealed").read_bytes()  # kept whole, sealed
+    assert {i: n for i, n in calls.items() if i != poison} == {i: 1 for i in ids if i != poison}
+
+    # After a person fixes the cause, the dead letter is applied and leaves the folder.
+    async with make_client("oranga-tamariki", connection, clock, tmp_path) as client:
+        fixed: list[str] = []
+        await client.replay_dead_letter(poison, lambda e: fixed.append(e.event_id))
+        assert fixed == [poison]
+        assert client.dead_letters.list() == []
+
+
+async def test_redelivered_event_reaches_the_handler_once(
+    cluster: InMemoryCluster, fake_broker: FakeBroker, clock: FakeClock, tmp_path: Path
+) -> None:
+    event_id = await fake_broker.deliver("oranga-tamariki")
+    await fake_broker.deliver("oranga-tamariki", event_id=event_id)  # the same event twice
+    seen: list[str] = []
+    async with make_client(
+        "oranga-tamariki", InMemoryConnection(cluster), clock, tmp_path
+    ) as client:
+        await client.receive(lambda e: seen.append(e.event_id))
+        assert client.statistics().duplicates == 1
+    # A new process on the same state reading from the start (a new group, as after an
+    # offset reset): the idempotency keys still hold, so the handler sees it once.
+    async with AdapterClient(
+        "oranga-tamariki",
+        InMemoryConnection(cluster),
+        RING,
+        SCHEMAS,
+        tmp_path,
+        clock=clock,
+        group_id="oranga-tamariki.rewound",
+        send_in_background=False,
+    ) as client:
+        assert await client.receive(lambda e: seen.append(e.event_id)) == 2
+    assert seen == [event_id]
+
+
+async def test_unopenable_record_is_dead_lettered_not_lost(
+    cluster: InMemoryCluster, clock: FakeClock, tmp_path: Path
+) -> None:
+    async with cluster.publisher() as publisher:
+        await publisher.publish(egress("oranga-tamariki"), b"SYN", b"\x01 not an envelope")
+    async with make_client(
+        "oranga-tamariki", InMemoryConnection(cluster), clock, tmp_path
+    ) as client:
+        await client.receive(lambda e: None)
+        (letter,) = client.dead_letters.list()
+    assert letter.reason == "cannot open: malformed_envelope"
+
+
+async def test_async_handler_and_run_until_stop(
+    connection: InMemoryConnection, fake_broker: FakeBroker, clock: FakeClock, tmp_path: Path
+) -> None:
+    await fake_broker.deliver("oranga-tamariki")
+    stop = asyncio.Event()
+
+    async def handler(event: Received) -> None:
+        stop.set()
+
+    async with make_client("oranga-tamariki", connection, clock, tmp_path) as client:
+        await asyncio.wait_for(client.run(handler, stop, poll_timeout_ms=50), 5)
+        assert client.statistics().handled == 1
+
+
+async def test_lost_ack_resends_under_the_same_event_id_which_the_replay_check_catches(
+    connection: InMemoryConnection, cluster: InMemoryCluster, clock: FakeClock, tmp_path: Path
+) -> None:
+    """Kafka wrote the record but the ack never came back (or the process died before marking
+    the row sent): the row is sent again, resealed under the same event id, so the broker's
+    replay check (or, after a broker restart, the recipient's idempotency key) drops it."""
+    real_publisher = connection.publisher
+
+    class LosesFirstAck:
+        def __init__(self) -> None:
+            self.inner = real_publisher()
+            self.lost = False
+
+        async def start(self) -> None:
+            await self.inner.start()
+
+        async def close(self) -> None:
+            await self.inner.close()
+
+        async def publish(
+            self, topic: str, key: bytes | None, value: bytes, headers: Any = ()
+        ) -> Any:
+            record = await self.inner.publish(topic, key, value, headers)
+            if not lost_once:
+                lost_once.append(True)
+                raise Unavailable("ack lost")
+            return record
+
+    lost_once: list[bool] = []
+    connection.publisher = LosesFirstAck  # type: ignore[method-assign,assignment]
+    async with make_client("police", connection, clock, tmp_path) as client:
+        event_id = await client.publish("TaskEvent", example("TaskEvent", source_agency="police"))
+        assert await client.send_pending() == 0
+        clock.advance(seconds=1)
+        assert await client.send_pending() == 1
+    assert await ingress_ids(cluster, "police") == [event_id, event_id]
+    async with cluster.reader() as reader:
+        first, second = await reader.read_all(ingress("police"))
+    opener = Opener("broker", RING, replay=ReplayCache())
+    opener.open(first.value, topic=first.topic, now=clock(), kind=Kind.INGRESS)
+    with pytest.raises(Replayed):
+        opener.open(second.value, topic=second.topic, now=clock(), kind=Kind.INGRESS)
+
+
+async def test_dead_lettered_event_delivered_again_is_not_retried(
+    cluster: InMemoryCluster, fake_broker: FakeBroker, clock: FakeClock, tmp_path: Path
+) -> None:
+    event_id = await fake_broker.deliver("oranga-tamariki")
+    calls: list[str] = []
+
+    def failing(event: Received) -> None:
+        calls.append(event.event_id)
+        raise RuntimeError("synthetic fault")
+
+    client = make_client(
+        "oranga-tamariki", InMemoryConnection(cluster), clock, tmp_path, max_attempts=1
+    )
+    async with client:
+        await client.receive(failing)
+        assert [d.event_id for d in client.dead_letters.list()] == [event_id]
+    async with AdapterClient(
+        "oranga-tamariki",
+        InMemoryConnection(cluster),
+        RING,
+        SCHEMAS,
+        tmp_path,
+        clock=clock,
+        group_id="oranga-tamariki.rewound",
+        send_in_background=False,
+    ) as again:
+        await again.receive(failing)
+        assert again.statistics().duplicates == 1
+    assert calls == [event_id]  # waits in the folder for a person, not retried by redelivery
