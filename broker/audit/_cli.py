@@ -372,8 +372,7 @@ def subject_report_command(
     ref = person_ref(_subject_key(settings), identifier)
     schemas = load_schemas(settings.schemas_dir)
     with _index(settings, db) as index:
-        rows = index.query(Query(subject_ref=ref, limit=1_000_000))
-        report = subject_report(rows, classifier(schemas))
+        report = subject_report(index.about(ref), classifier(schemas))
         index.record_access(
             operator=operator,
             command="subject-report",

@@ -71,6 +71,9 @@ _SCHEMA = (
     "CREATE INDEX IF NOT EXISTS decisions_recipient ON decisions (recipient, recorded_at)",
     # Times arrive almost in order, so this index grows at its right edge: cheap to keep.
     "CREATE INDEX IF NOT EXISTS decisions_time ON decisions (recorded_at)",
+    # Review actions by event (AuditIndex.about); partial, so decision records cost nothing.
+    """CREATE INDEX IF NOT EXISTS records_review_event ON records (event_id)
+        WHERE action IN ('review', 'escalation')""",
 )
 
 #: Statements use ``?`` placeholders; the PostgreSQL driver's ``%s`` is substituted there.
@@ -622,16 +625,42 @@ class AuditIndex:
             sql.append(" WHERE " + " AND ".join(where))
         sql.append(" ORDER BY d.recorded_at, d.record_id, d.ordinal LIMIT ?")
         params.append(q.limit)
+        return self._rows(self._db.execute("".join(sql), params))
+
+    def _rows(self, found: Iterable[Sequence[Any]]) -> list[Row]:
         decoded: dict[int, dict[str, Any]] = {}
         out: list[Row] = []
-        for rid, ordinal, value, writer, partition, offset in self._db.execute(
-            "".join(sql), params
-        ):
+        for rid, ordinal, value, writer, partition, offset in found:
             record = decoded.get(rid)
             if record is None:
                 record = decoded[rid] = self._decoder.decode(bytes(value), writer)
             out.append(_row(record, int(ordinal), int(partition), int(offset)))
         return out
+
+    def about(self, subject_ref: str, *, limit: int = 1_000_000) -> list[Row]:
+        """Every row about one person: those naming them, and the review actions on items
+        held about them.
+
+        Why the second part: a reviewer's approve or decline record is written from the held
+        item, which carries the minimised body (identifiers possibly pseudonymised), so it
+        has no subject references of its own; it is found through the decision record that
+        held the item (same event, same recipient), which does.
+        """
+        rows = self.query(Query(subject_ref=subject_ref, limit=limit))
+        held = {(r.event_id, r.recipient) for r in rows if r.outcome == "review"}
+        if not held:
+            return rows
+        found: list[Sequence[Any]] = []
+        for event_id in sorted({e for e, _ in held if e is not None}):
+            found += self._db.execute(
+                "SELECT d.record_id, d.ordinal, r.value, r.writer, r.partition, r.log_offset"
+                " FROM records r JOIN decisions d ON d.record_id = r.id"
+                " WHERE r.action IN ('review', 'escalation') AND r.event_id = ?"
+                " ORDER BY r.recorded_at, r.id",
+                (event_id,),
+            )
+        actions = [r for r in self._rows(found) if (r.event_id, r.recipient) in held]
+        return sorted(rows + actions, key=lambda r: (r.recorded_at, r.partition, r.offset))
 
     # -- the access log -----------------------------------------------------------------------
 

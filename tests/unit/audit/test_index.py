@@ -151,3 +151,72 @@ def test_decoding_in_worker_processes_gives_the_same_index(
     with AuditIndex.open(tmp_path / "two.sqlite", schemas) as two:
         assert two.add(log.audit, workers=2) == 2500
         assert two.query(Query(limit=10_000)) == expected
+
+
+def test_an_approval_of_an_item_held_about_a_person_is_in_their_report(
+    tmp_path: Path, schemas: SchemaSet
+) -> None:
+    """The reviewer's approve record has no subject references of its own (it is written
+    from the minimised held item); it is found through the decision record that held it."""
+    from broker.codec import encode
+
+    schema = schemas.latest("AuditRecord")
+    header = (("tiaki-schema", schema.fingerprint_hex.encode()),)
+    episode = schemas.latest("CaseAllocation").fingerprint_hex
+
+    def base(n: int, action: str, **fields: object) -> dict[str, object]:
+        return {
+            "audit_id": f"00000000-0000-0000-0000-{n:012d}",
+            "recorded_at": T0 + timedelta(minutes=n),
+            "action": action,
+            "actor": "broker",
+            "event_id": "evt-held",
+            "event_type": "CaseAllocation",
+            "source_agency": "police",
+        } | fields
+
+    held = base(
+        1,
+        "decision",
+        schema_fingerprint=episode,
+        subject_refs=[person_ref()],
+        decisions=[
+            {
+                "recipient": "health-nz",
+                "outcome": "review",
+                "rule_ids": ["R-HOLD"],
+                "field_actions": {"header.case_id": "keep"},
+            },
+            {"recipient": "msd", "outcome": "deny", "rule_ids": ["R-DENY"]},
+        ],
+    )
+    approved = base(
+        2,
+        "review",
+        recipient="health-nz",
+        outcome="approve",
+        legal_basis="fva_s20",
+        purpose="fv_risk_needs_assessment",
+        route="fva_s20",
+        rule_ids=["R-HOLD"],
+        field_actions={"header.case_id": "keep"},
+    )
+    other = base(3, "review", event_id="evt-other", recipient="health-nz", outcome="approve")
+    entries = [
+        LogEntry("tiaki.audit", 0, i, None, encode(schema, r), header, 0)
+        for i, r in enumerate((held, approved, other))
+    ]
+    with AuditIndex.open(tmp_path / "i.sqlite", schemas) as index:
+        index.add(entries)
+        rows = index.about(person_ref())
+    assert [(r.action, r.recipient, r.outcome) for r in rows] == [
+        ("decision", "health-nz", "review"),
+        ("decision", "msd", "deny"),
+        ("review", "health-nz", "approve"),
+    ]
+    (disclosure,) = subject_report(rows, classifier(schemas))
+    assert (disclosure.recipient, disclosure.via, disclosure.legal_basis) == (
+        "health-nz",
+        "review",
+        "fva_s20",
+    )
