@@ -735,7 +735,7 @@ class _Day:
                 f"    {'reviewer':>16}  approves {item.shared['event_type']} for {item.recipient}"
             )
         if outputs:
-            await commit_review(self.broker_profile, outputs)
+            await commit_review(self.broker_profile, outputs, ring, now)
 
     def tables(self, registry_names: Mapping[str, str]) -> None:
         order = self.order
