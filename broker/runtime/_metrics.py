@@ -6,7 +6,12 @@ ids, reason codes), never from a record, so no metric can carry personal informa
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from datetime import datetime
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from broker.envelope import KeyRing, KeyState
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 _EVAL_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2)
@@ -43,8 +48,20 @@ class BrokerMetrics:
         )
         self.held_for_review = Counter(
             "tiaki_held_for_review",
-            "Decisions held for review by a person.",
-            ["recipient"],
+            "Decisions held for review by a person, by recipient and the reason it was held.",
+            ["recipient", "reason"],
+            registry=registry,
+        )
+        self.consumer_lag = Gauge(
+            "tiaki_consumer_lag_records",
+            "Ingress records not yet consumed, per assigned partition (high watermark - position).",
+            ["topic", "partition"],
+            registry=registry,
+        )
+        self.key_age_seconds = Gauge(
+            "tiaki_key_age_seconds",
+            "Age of each usable key in the broker's key ring (alert when past its rotation).",
+            ["owner", "purpose", "key_id"],
             registry=registry,
         )
         self.policy_version = Gauge(
@@ -89,15 +106,21 @@ class BrokerMetrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000),
             registry=registry,
         )
-        self.consumer_lag = Gauge(
-            "tiaki_consumer_lag",
-            "Records not yet processed, per ingress partition.",
-            ["topic", "partition"],
-            registry=registry,
-        )
-        self.key_age_seconds = Gauge(
-            "tiaki_key_age_seconds",
-            "Age of the signing and encryption keys in use.",
-            ["principal", "purpose"],
-            registry=registry,
-        )
+
+
+def observe_keys(metrics: BrokerMetrics, ring: KeyRing, now: datetime) -> None:
+    """Set ``tiaki_key_age_seconds`` for every key the ring may still use at ``now``; keys it
+    may not (revoked, expired) drop out of the gauge."""
+    metrics.key_age_seconds.clear()
+    for key in ring.keys(owner=None):
+        if key.state_at(now) in (KeyState.ACTIVE, KeyState.RETIRING):
+            metrics.key_age_seconds.labels(key.owner, key.purpose.value, key.key_id).set(
+                max(0.0, (now - key.created_at).total_seconds())
+            )
+
+
+def observe_lag(metrics: BrokerMetrics, lag: Mapping[tuple[str, int], int]) -> None:
+    """Set ``tiaki_consumer_lag_records`` to ``lag``, forgetting partitions no longer held."""
+    metrics.consumer_lag.clear()
+    for (topic, partition), records in lag.items():
+        metrics.consumer_lag.labels(topic, str(partition)).set(records)

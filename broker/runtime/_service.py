@@ -11,10 +11,12 @@ crash (SIGKILL) loses nothing either: the next start resumes at the last committ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import signal
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -22,7 +24,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from broker._settings import Settings
 from broker.codec import SchemaSet, decode, load_schemas
-from broker.envelope import KeyStore, Opener, ReplayCache, Sealer
+from broker.envelope import KeyRing, KeyStore, Opener, ReplayCache, Sealer
 from broker.platform._profiles import load_profile, profile_path
 from broker.platform._topics import BROKER, STATE_CASES, STATE_REQUESTS
 from broker.policy import Engine, PolicyError, PolicyStore, Pseudonymiser
@@ -30,7 +32,7 @@ from broker.registry import load_registry
 from broker.runtime._cases import CaseMembership
 from broker.runtime._chaining import AuditChainer
 from broker.runtime._intake import Intake
-from broker.runtime._metrics import BrokerMetrics
+from broker.runtime._metrics import BrokerMetrics, observe_keys, observe_lag
 from broker.runtime._pipeline import Pipeline
 from broker.runtime._policy import PolicyDecider
 from broker.runtime._policy_watch import PolicyWatcher
@@ -145,11 +147,28 @@ async def serve(
     )
     log.info("broker starting", worker=options.worker_id, policy_hash=engine().policy_hash)
     following = asyncio.create_task(watcher.follow(profile, stop))
+    watching = asyncio.create_task(_observe(metrics, ring, transport, stop))
     try:
         await worker.run(stop)
     finally:
         stop.set()
         await following
+        await watching
+
+
+#: How often the consumer-lag and key-age gauges are refreshed.
+OBSERVE_SECONDS = 15.0
+
+
+async def _observe(
+    metrics: BrokerMetrics, ring: KeyRing, transport: KafkaTransport, stop: asyncio.Event
+) -> None:
+    """Refresh the gauges that are read, not counted: consumer lag and key age."""
+    while not stop.is_set():
+        observe_keys(metrics, ring, datetime.now(UTC))
+        observe_lag(metrics, await transport.lag())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), OBSERVE_SECONDS)
 
 
 #: Seconds a worker has, after the first SIGTERM, to finish its batch before it is cancelled.

@@ -241,7 +241,8 @@ class Worker:
                 if verdict.outcome is Outcome.SHARE:
                     m.events_out.labels(verdict.recipient, result.event_type or "-").inc()
                 elif verdict.outcome is Outcome.REVIEW:
-                    m.held_for_review.labels(verdict.recipient).inc()
+                    reason = verdict.reason_codes[0] if verdict.reason_codes else "-"
+                    m.held_for_review.labels(verdict.recipient, reason).inc()
         outputs = sum(len(r.outputs) for r in results)
         self._stats.batches += 1
         self._stats.records += len(batch)

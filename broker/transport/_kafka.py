@@ -202,6 +202,22 @@ class KafkaTransport(ResourceBase):
     def assignment(self) -> frozenset[TopicPartition]:
         return self._assignment
 
+    async def lag(self) -> dict[TopicPartition, int]:
+        """Records waiting on each assigned partition: the high watermark the last fetch saw,
+        minus this worker's position (for the consumer-lag metric; no network round trip)."""
+        if self._state != "open" or self._consumer is None:
+            return {}
+        consumer = self._consumer
+        out: dict[TopicPartition, int] = {}
+        for topic, partition in sorted(self._assignment):
+            tp = KafkaTopicPartition(topic, partition)
+            high = consumer.highwater(tp)
+            if high is None:
+                continue
+            with contextlib.suppress(kafka_errors.KafkaError, AssertionError):
+                out[(topic, partition)] = max(0, high - await consumer.position(tp))
+        return out
+
     async def start(self) -> None:
         if self._state != "new":
             raise TransportClosed("a transport starts once")

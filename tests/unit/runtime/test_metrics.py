@@ -1,0 +1,41 @@
+"""The gauges that are read rather than counted: key age and consumer lag."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from prometheus_client import CollectorRegistry
+
+from broker.runtime._metrics import BrokerMetrics, observe_keys, observe_lag
+from tests.unit.runtime.test_intake import NOW, make_ring
+
+
+def test_key_age_covers_usable_keys_only() -> None:
+    metrics = BrokerMetrics(CollectorRegistry())
+    ring = make_ring()
+    revoked = ring.keys(owner="msd")[0]
+    ring.revoke(revoked.key_id, NOW, "synthetic compromise")
+    observe_keys(metrics, ring, NOW)
+    samples = {
+        s.labels["key_id"]: s.value
+        for family in metrics.registry.collect()
+        if family.name == "tiaki_key_age_seconds"
+        for s in family.samples
+    }
+    assert revoked.key_id not in samples
+    usable = [k for k in ring.keys(owner=None) if k.key_id != revoked.key_id]
+    assert set(samples) == {k.key_id for k in usable}
+    assert all(value == timedelta(days=1).total_seconds() for value in samples.values())
+
+
+def test_lag_gauge_follows_the_assignment() -> None:
+    metrics = BrokerMetrics(CollectorRegistry())
+    value = metrics.registry.get_sample_value
+    observe_lag(metrics, {("tiaki.ingress.police", 0): 12, ("tiaki.ingress.msd", 2): 0})
+    labels = {"topic": "tiaki.ingress.police", "partition": "0"}
+    assert value("tiaki_consumer_lag_records", labels) == 12
+    observe_lag(metrics, {("tiaki.ingress.msd", 2): 3})  # police/0 went to another worker
+    assert value("tiaki_consumer_lag_records", labels) is None
+    assert (
+        value("tiaki_consumer_lag_records", {"topic": "tiaki.ingress.msd", "partition": "2"}) == 3
+    )
