@@ -44,8 +44,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import structlog
 
@@ -58,7 +57,7 @@ from adapters._state import Parked, Pending, StateStore
 from broker.codec import CodecError, SchemaSet, decode, encode, from_json, load_schemas
 from broker.envelope import BROKER, EnvelopeError, KeyRing, KeyStore, Kind, Opener, Sealer
 from broker.platform import egress, group_prefix, ingress, load_profile
-from broker.transport import Publisher, Record, TransportError
+from broker.transport import Publisher, Record, ResourceBase, TransportError
 
 log = structlog.get_logger("tiaki.adapter")
 
@@ -133,7 +132,7 @@ class _Counts:
     last_send_error: str | None = field(default=None)
 
 
-class AdapterClient:
+class AdapterClient(ResourceBase):
     """One agency's connection to Tiaki; an async context manager.
 
     Build it with :meth:`from_files` (a profile and a key folder, as ``tiaki provision`` and
@@ -234,18 +233,6 @@ class AdapterClient:
                     await asyncio.shield(resource.close())
         self._publisher = self._feed = None
         self._state.close()
-
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     def statistics(self) -> ClientStatistics:
         c = self._counts

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka import TopicPartition as KafkaTopicPartition
@@ -37,38 +36,11 @@ from broker.transport import (
     NotAuthorized,
     Publisher,
     Record,
+    ResourceBase,
     TransportClosed,
     TransportError,
     Unavailable,
 )
-
-
-class _ResourceBase:
-    """``async with x:`` starts ``x`` and always closes it: the transport's convention. (The
-    transport's own base class is private to ``broker.transport``; these few lines are
-    repeated rather than reached into.)"""
-
-    async def start(self) -> None:
-        raise NotImplementedError
-
-    async def close(self) -> None:
-        raise NotImplementedError
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
 
 class Feed(AsyncResource, Protocol):
@@ -109,7 +81,7 @@ def _translate(exc: BaseException) -> TransportError:
     return Unavailable(f"{name}: Kafka is unreachable or refused the request")
 
 
-class KafkaFeed(_ResourceBase):
+class KafkaFeed(ResourceBase):
     """:class:`Feed` on aiokafka: read-committed, no auto-commit, earliest on a new group."""
 
     def __init__(self, profile: Profile, topic: str, group_id: str, **options: Any) -> None:
@@ -198,7 +170,7 @@ class KafkaConnection:
         return KafkaFeed(self.profile, topic, group_id)
 
 
-class InMemoryFeed(_ResourceBase):
+class InMemoryFeed(ResourceBase):
     """:class:`Feed` on an :class:`~broker.transport.InMemoryCluster` consumer group."""
 
     def __init__(self, cluster: InMemoryCluster, topic: str, group_id: str) -> None:
@@ -234,7 +206,7 @@ class InMemoryConnection:
         return InMemoryFeed(self.cluster, topic, group_id)
 
 
-class _SwitchablePublisher(_ResourceBase):
+class _SwitchablePublisher(ResourceBase):
     def __init__(self, connection: InMemoryConnection) -> None:
         self._connection = connection
         self._inner = connection.cluster.publisher()

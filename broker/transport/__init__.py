@@ -52,6 +52,7 @@ from broker.transport._memory import (
     InMemoryTransport,
     partition_for,
 )
+from broker.transport._resource import ResourceBase
 from broker.transport._types import (
     AsyncResource,
     Headers,
@@ -82,6 +83,7 @@ __all__ = [
     "Publisher",
     "Reader",
     "Record",
+    "ResourceBase",
     "TopicPartition",
     "TransactionalTransport",
     "TransportClosed",
