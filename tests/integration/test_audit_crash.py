@@ -34,6 +34,11 @@ def env(cluster: Cluster) -> Iterator[BrokerEnv]:
         environment.stop_all(signal.SIGKILL)
 
 
+def committed_batches(env: BrokerEnv, worker_id: str) -> int:
+    """How many transactions the worker has logged as committed (its log survives restarts)."""
+    return sum("batch committed" in line for line in env.log_lines(worker_id))
+
+
 async def test_chains_survive_sigkill_and_rebalances(env: BrokerEnv) -> None:
     items = stream(uuid.uuid4().hex[:6])[: 2 * CASES + EVENTS]
     ids = {doc["header"]["event_id"] for _, doc in items}
@@ -42,7 +47,13 @@ async def test_chains_survive_sigkill_and_rebalances(env: BrokerEnv) -> None:
     env.start("audit-b")
     publishing = asyncio.create_task(publish_all(env, items))
     for _ in range(KILLS):
-        await asyncio.sleep(rng.uniform(1.0, 3.0))
+        # Kill audit-a only once it has committed since it (re)started, so both chains exist
+        # and the kill lands mid-stream, whatever the machine's load does to start-up times.
+        before = committed_batches(env, "audit-a")
+        deadline = time.monotonic() + 120
+        while committed_batches(env, "audit-a") <= before and time.monotonic() < deadline:  # noqa: ASYNC110 (polls a log another process writes)
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(rng.uniform(0.2, 1.5))
         (victim,) = [p for p in env.processes if p.poll() is None and "audit-a" in p.args]  # type: ignore[operator]
         victim.send_signal(signal.SIGKILL)
         victim.wait()
