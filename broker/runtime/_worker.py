@@ -36,7 +36,7 @@ def _utc_now() -> datetime:
 
 
 #: While a commit runs in the background, processing yields to it every this many records.
-YIELD_EVERY = 16
+YIELD_EVERY = 8
 
 
 @dataclass(frozen=True)
@@ -176,8 +176,10 @@ class Worker:
         started = time.perf_counter()
         results = []
         for index, record in enumerate(batch):
-            if yielding and index % YIELD_EVERY == YIELD_EVERY - 1:
-                await asyncio.sleep(0)  # let the previous batch's commit move
+            if yielding and index % YIELD_EVERY == 0:
+                # Let the previous batch's commit move: first before any of this batch's work,
+                # so that commit starts at once, then every few records.
+                await asyncio.sleep(0)
             results.append(self._pipeline.process(record, now))
         took = time.perf_counter() - started
         self._stats.process_seconds += took
