@@ -862,11 +862,47 @@ async def latency_phase(
     )
 
 
+def offline(n: int, warm: int = 200) -> None:
+    """The pipeline's own cost per event: ``Pipeline.process`` over ``n`` sealed events, as
+    the worker calls it, with no Kafka and no transaction (the first ``warm`` untimed)."""
+    from broker.platform import ingress
+    from broker.transport import Record
+
+    with tempfile.TemporaryDirectory(prefix="tiaki-bench-") as tmp:
+        env = prepare(Path(tmp))
+        events = Events(env.keys)
+        pipeline, _, cases = real_pipeline(env)
+        records = []
+        for i in range(n + warm):
+            case_id = f"SYN-CASE-OFF-{i}"
+            records.append(
+                Record(ingress(SOURCE), 0, i, case_id.encode(), events.seal(case_id)[1], (), 0)
+            )
+        join_cases(cases, [r.key.decode() for r in records if r.key is not None])
+        now = dt.datetime.now(dt.UTC)
+        for record in records[:warm]:
+            pipeline.process(record, now)
+        outputs = 0
+        started = time.perf_counter()
+        for record in records[warm:]:
+            outputs += len(pipeline.process(record, now).outputs)
+        took = time.perf_counter() - started
+    print(
+        f"pipeline alone: {took / n * 1e6:.0f} µs per event ({n / took:,.0f} events/s on one "
+        f"core), {outputs / n:.1f} outputs per event, {n:,} events"
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.broker_bench")
     parser.add_argument("--events", type=int, default=DEFAULT_EVENTS)
     parser.add_argument(
         "--profile", action="store_true", help="profile the full drain (needs pyinstrument)"
+    )
+    parser.add_argument(
+        "--offline",
+        action="store_true",
+        help="time the pipeline alone per event, without Kafka (the same events and policy)",
     )
     parser.add_argument("--latency-client", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -879,6 +915,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.ERROR)
     if args.latency_client:
         print(json.dumps(asyncio.run(latency_client(json.loads(args.latency_client)))))
+        return 0
+
+    if args.offline:
+        offline(min(args.events, 5_000))
         return 0
 
     from broker.platform import LocalKafka, start_provisioned
