@@ -882,7 +882,8 @@ async def run_demo(
         if metrics_port
         else "metrics: `tiaki broker run --metrics-port 9464`, then http://127.0.0.1:9464/metrics",
         "review queue: `tiaki review list --all` (the decisions above are recorded there)",
-        "audit: topic tiaki.audit, read with the compliance profile (.tiaki/profiles/compliance.json)",
+        "audit: `tiaki audit verify`, then `tiaki audit index` and `tiaki audit query --recipient msd`"
+        " (compliance profile; docs/compliance.md)",
         "each agency's view: .tiaki/adapters/<agency>/received/ (one JSON file per event)",
         "dead letters: `tiaki adapter dead-letters --config adapters/reference/<agency>.yaml`",
         "run one adapter yourself: `tiaki adapter run --agency police --config adapters/reference/police.yaml`",

@@ -73,10 +73,19 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot represent {type(value).__name__} in a shared event")
 
 
-def audit_output(schema: Schema, record: Mapping[str, Any], key: bytes | None) -> Outgoing:
-    """An audit record for ``tiaki.audit``: plain Avro, its schema named in a header."""
+def audit_output(schema: Schema, record: Mapping[str, Any], key: bytes | None = None) -> Outgoing:
+    """An audit record for ``tiaki.audit``: plain Avro, its schema named in a header.
+
+    Keyed by the record's case reference (the keyed hash, never the case id itself, which the
+    compliance principal has no need to see), so one case's audit records stay in order on
+    one partition; ``key`` serves records about no case (an escalated request's id).
+    """
+    ref = record.get("case_ref")
     return Outgoing(
-        AUDIT, key, encode(schema, record), ((SCHEMA_HEADER, schema.fingerprint_hex.encode()),)
+        AUDIT,
+        ref.encode() if ref else key,
+        encode(schema, record),
+        ((SCHEMA_HEADER, schema.fingerprint_hex.encode()),),
     )
 
 
@@ -221,7 +230,8 @@ class Pipeline:
             now=now,
         )
         dlq = Outgoing(DLQ, record.key, sealed, ((REASON_HEADER, rejected.reason.encode()),))
-        audit = self._audit(quarantine_audit(self._context(), rejected, now), record.key)
+        # Nothing of a rejected record is trusted, its key included: the audit record is unkeyed.
+        audit = self._audit(quarantine_audit(self._context(), rejected, now), None)
         return Processed([dlq, audit], rejected.source, rejected.event_type, rejected.reason)
 
     def _request_state(self, state: Mapping[str, Any]) -> Outgoing:
@@ -259,8 +269,8 @@ class Pipeline:
             now=now,
         )
         value = self._parts.decision_record(record, verdicts)
-        key = str(admitted.event["header"]["case_id"]).encode()
-        return Outgoing(AUDIT, key, value, self._audit_headers)
+        # Keyed like audit_output: by the case reference, never the case id.
+        return Outgoing(AUDIT, record["case_ref"].encode(), value, self._audit_headers)
 
     def _deliver(
         self,

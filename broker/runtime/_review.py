@@ -29,7 +29,7 @@ from broker._errors import TiakiError
 from broker.codec import SchemaSet, decode, encode
 from broker.envelope import Kind, Opener, Sealer
 from broker.platform._topics import BROKER, REVIEW, egress
-from broker.runtime._audit import AuditContext, audit_base
+from broker.runtime._audit import AuditContext, audit_base, case_ref
 from broker.runtime._pipeline import (
     DEADLINE_HEADER,
     RECIPIENT_HEADER,
@@ -148,8 +148,9 @@ def decide(
         "field_actions": dict(shared["field_actions"]),
         "reason_codes": ["review_overdue"] if verdict == "escalate" else [f"review_{verdict}"],
         "detail": justification[:500] or None,
+        "case_ref": case_ref(context.subject_key, key.decode()) if key else None,
     }
-    outputs.append(audit_output(schemas.latest("AuditRecord"), audit, key))
+    outputs.append(audit_output(schemas.latest("AuditRecord"), audit))
     if verdict == "approve":
         shared_schema = schemas.latest("SharedEvent")
         released = sealer.seal(

@@ -252,6 +252,9 @@ def test_parts_reused_across_events_carry_each_event_own_facts() -> None:
             "corrections",
             "msd",
         ]
+        (audit_out,) = [o for o in outputs if o.topic == "tiaki.audit"]
+        assert audit_out.key == audit["case_ref"].encode()  # the keyed hash, not the case id
+        assert b"SYN-CASE" not in (audit_out.key or b"")
         # What a whole-record encode of the same values gives, byte for byte.
         assert encode(AUDIT, audit) == next(o.value for o in outputs if o.topic == "tiaki.audit")
         seen.append(audit["event_id"])
