@@ -1,4 +1,5 @@
-"""Broker benchmark on real Kafka: ``python -m bench.broker_bench [--events N] [--profile]``.
+"""Broker benchmark on real Kafka: ``python -m bench.broker_bench [--events N] [--profile]``
+(``--offline``: the pipeline alone per event, no Kafka).
 
 Starts its own secured single-node Kafka (TLS + SCRAM, ACLs; free loopback ports, a temporary
 folder, jars from ``.tiaki/kafka-lib``), provisions it, prepares keys, development officers and
@@ -26,6 +27,11 @@ broker principal's client settings and the same topics:
   is the egress record key; a record's latency is its receipt time minus its *scheduled* send
   time (no coordinated omission), recorded per delivered (event, recipient) in an HdrHistogram
   (µs). A sample of the egress records is opened afterwards to check the key-to-event match.
+  The same open-loop run at 50 % through a pass-through worker (no pipeline) gives, in the same
+  run, what Kafka, transactions and the load generator alone cost at that rate.
+
+Every worker here runs its production loop (``Worker.serve``: each batch processed while the
+previous one commits).
 
 Throughput clocks start when the first record is fetched (group join excluded) and stop when
 the last one is committed. Figures are absolute for this machine and run; compare ratios.
