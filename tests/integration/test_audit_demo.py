@@ -15,7 +15,6 @@ from typing import Any
 
 from rich.console import Console
 
-from broker._settings import Settings
 from broker.audit import AuditIndex
 from broker.audit._kafka import verify_live
 from broker.audit._report import classifier, subject_report
@@ -29,7 +28,7 @@ from broker.runtime._service import secret_paths
 from broker.transport import KafkaReader
 from tests.integration.broker_env import SCHEMAS
 from tests.integration.conftest import ROOT, Cluster
-from tests.integration.test_demo import start_groups_at_end
+from tests.integration.test_demo import demo_settings
 
 
 def identifiers(node: Any) -> Iterator[tuple[str, str]]:
@@ -47,14 +46,8 @@ def identifiers(node: Any) -> Iterator[tuple[str, str]]:
 async def test_subject_reports_match_what_the_demo_delivered(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    home = cluster.profiles_dir.parent
-    await start_groups_at_end(cluster, DEMO_AGENCIES)
-    settings = Settings(
-        home=home,
-        registry=ROOT / "policies" / "agencies.yaml",
-        schemas_dir=ROOT / "schemas",
-        policies_dir=ROOT / "policies",
-    )
+    settings = await demo_settings(cluster)
+    home = settings.home
     phases = isr_day(ROOT / "schemas", f"A{uuid.uuid4().hex[:5].upper()}")
     result = await run_demo(
         settings,

@@ -95,15 +95,19 @@ async def start_groups_at_end(cluster: Cluster, agencies: tuple[str, ...]) -> No
             await consumer.stop()
 
 
-async def test_demo_tables_are_what_the_policy_permits(cluster: Cluster) -> None:
-    home = cluster.profiles_dir.parent
+async def demo_settings(cluster: Cluster) -> Settings:
+    """Settings for a demo on the session's cluster, with the adapters' groups at the end."""
     await start_groups_at_end(cluster, DEMO_AGENCIES)
-    settings = Settings(
-        home=home,
+    return Settings(
+        home=cluster.profiles_dir.parent,
         registry=ROOT / "policies" / "agencies.yaml",
         schemas_dir=ROOT / "schemas",
         policies_dir=ROOT / "policies",
     )
+
+
+async def test_demo_tables_are_what_the_policy_permits(cluster: Cluster) -> None:
+    settings = await demo_settings(cluster)
     phases = isr_day(ROOT / "schemas", f"T{uuid.uuid4().hex[:5].upper()}")
     expected, held = expected_tables(phases)
     # The script exercises every part of the day the issue asks for.
