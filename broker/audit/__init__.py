@@ -29,6 +29,7 @@ from broker.audit._checkpoint import (
     Checkpoint,
     parse_checkpoint,
     sign_checkpoint,
+    sign_head,
     verify_checkpoint,
 )
 from broker.audit._errors import (
@@ -114,6 +115,7 @@ __all__ = [
     "read_link",
     "root_of",
     "sign_checkpoint",
+    "sign_head",
     "subject_report",
     "verify_checkpoint",
     "verify_consistency",

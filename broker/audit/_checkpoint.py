@@ -34,6 +34,7 @@ from datetime import UTC, datetime
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from broker.audit._chain import ChainHead
 from broker.audit._errors import BadCheckpoint
 from broker.audit._merkle import HASH_BYTES
 from broker.envelope import Algorithm, EnvelopeError, KeyRing, KeyState, Purpose
@@ -95,6 +96,19 @@ def sign_checkpoint(
         + _FIXED.pack(size, root, head, _ms(now))
     )
     return body + private.sign(CHECKPOINT_CONTEXT + body)
+
+
+def sign_head(ring: KeyRing, signer: str, head: ChainHead, now: datetime) -> bytes:
+    """The checkpoint of where ``head``'s chain stands now: its size, Merkle root and link."""
+    return sign_checkpoint(
+        ring,
+        signer,
+        chain=head.chain,
+        size=head.size,
+        root=head.frontier.root(),
+        head=head.head,
+        now=now,
+    )
 
 
 def parse_checkpoint(data: bytes) -> tuple[Checkpoint, bytes, bytes]:

@@ -33,7 +33,7 @@ from broker.audit import (
     ChainHead,
     ChainWriter,
     latest_heads,
-    sign_checkpoint,
+    sign_head,
 )
 from broker.envelope import BROKER, KeyRing
 from broker.platform._topics import AUDIT, CHECKPOINTS, STATE_CHAINS
@@ -103,16 +103,7 @@ class AuditChainer:
                 )
             sealed.append(out)
         if self._writer.checkpoint_due(now):
-            head = self._writer.head
-            checkpoint = sign_checkpoint(
-                self._ring,
-                BROKER,
-                chain=self.chain,
-                size=head.size,
-                root=head.frontier.root(),
-                head=head.head,
-                now=now,
-            )
+            checkpoint = sign_head(self._ring, BROKER, self._writer.head, now)
             self._writer.mark_checkpointed(now)
             sealed.append(
                 Outgoing(

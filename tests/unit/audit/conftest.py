@@ -20,7 +20,7 @@ from broker.audit import (
     ChainHead,
     ChainWriter,
     LogEntry,
-    sign_checkpoint,
+    sign_head,
 )
 from broker.codec import SchemaSet, encode, load_schemas
 from broker.envelope import Algorithm, KeyRing
@@ -145,16 +145,7 @@ def build_log(
                 n += 1
             last = n >= records
             if writer.checkpoint_due(now) or (last and final_checkpoint):
-                head = writer.head
-                data = sign_checkpoint(
-                    ring,
-                    "broker",
-                    chain=writer.chain,
-                    size=head.size,
-                    root=head.frontier.root(),
-                    head=head.head,
-                    now=now,
-                )
+                data = sign_head(ring, "broker", writer.head, now)
                 writer.mark_checkpointed(now)
                 checkpoints.append(
                     LogEntry(
@@ -175,15 +166,7 @@ def build_log(
             head = writer.head
             if head.size == head.checkpointed:
                 continue
-            data = sign_checkpoint(
-                ring,
-                "broker",
-                chain=writer.chain,
-                size=head.size,
-                root=head.frontier.root(),
-                head=head.head,
-                now=now,
-            )
+            data = sign_head(ring, "broker", head, now)
             checkpoints.append(
                 LogEntry(
                     CHECKPOINT_TOPIC,
