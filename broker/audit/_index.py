@@ -44,6 +44,7 @@ import fastavro
 from broker.audit._chain import CHAIN_HEADER, SCHEMA_HEADER, SEQ_HEADER
 from broker.audit._errors import IndexFailure, LogTampered, QueryError
 from broker.audit._log import AUDIT_TOPIC, LogEntry
+from broker.audit._skim import Skim, SkimError, Wanted
 from broker.codec import CodecError, SchemaSet
 
 #: A record id is its position packed into one integer: unique, and ordered like the topic.
@@ -205,6 +206,19 @@ def record_id(partition: int, offset: int) -> int:
     return partition * _PARTITION_SHIFT + offset
 
 
+#: The fields of an audit record that become index columns (:func:`index_rows` reads no
+#: other); the rest stays in the record's bytes, decoded whole for the rows a query returns.
+_PER_DECISION = ("recipient", "outcome", "legal_basis")
+INDEXED: Wanted = {
+    **dict.fromkeys(
+        ("recorded_at", "action", "event_id", "event_type", "source_agency", "subject_refs"),
+        True,
+    ),
+    **dict.fromkeys(_PER_DECISION, True),  # a record without decisions has them at top level
+    "decisions": dict.fromkeys(_PER_DECISION, True),
+}
+
+
 def index_rows(
     entry: LogEntry, record: Mapping[str, Any], writer: str
 ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[str, int]]]:
@@ -276,9 +290,9 @@ class Decoder:
 
     Why not :meth:`SchemaSet.decode`: the index reads each record exactly as written (a v1
     record simply has no ``decisions``), and it wants times as epoch milliseconds and ids as
-    text, so it parses each writer schema once without logical types. That halves the
-    decoding cost, which is most of the cost of indexing. fastavro's errors become
-    :class:`IndexFailure`.
+    text, so it reads each writer schema without logical types. Indexing skims
+    (:meth:`skim`: the indexed fields only); a query decodes the few records it returns
+    whole (:meth:`decode`). Bytes that do not decode raise :class:`IndexFailure`.
     """
 
     def __init__(
@@ -287,6 +301,7 @@ class Decoder:
         self._schemas = schemas
         self._definitions = dict(definitions or {})
         self._parsed: dict[str, Any] = {}
+        self._skims: dict[str, Skim] = {}
 
     @classmethod
     def from_definitions(cls, definitions: Mapping[str, Any]) -> Decoder:
@@ -301,21 +316,25 @@ class Decoder:
                 found[schema.fingerprint_hex] = schema.definition
         return found
 
+    def _definition(self, writer: str) -> Any:
+        definition = self._definitions.get(writer)
+        if definition is None and self._schemas is not None:
+            try:
+                definition = self._schemas.by_fingerprint(bytes.fromhex(writer)).definition
+            except (CodecError, ValueError):
+                definition = None
+        if definition is None:
+            raise IndexFailure("audit record of an unknown schema")
+        return _without_logical(definition)
+
     def _plain(self, writer: str) -> Any:
         parsed = self._parsed.get(writer)
         if parsed is None:
-            definition = self._definitions.get(writer)
-            if definition is None and self._schemas is not None:
-                try:
-                    definition = self._schemas.by_fingerprint(bytes.fromhex(writer)).definition
-                except (CodecError, ValueError):
-                    definition = None
-            if definition is None:
-                raise IndexFailure("audit record of an unknown schema")
-            parsed = self._parsed[writer] = fastavro.parse_schema(_without_logical(definition))
+            parsed = self._parsed[writer] = fastavro.parse_schema(self._definition(writer))
         return parsed
 
     def decode(self, value: bytes, writer: str) -> dict[str, Any]:
+        """The whole record (for the rows a query returns)."""
         parsed = self._plain(writer)
         try:
             record = fastavro.schemaless_reader(io.BytesIO(value), parsed, None)
@@ -324,6 +343,17 @@ class Decoder:
         if not isinstance(record, dict):
             raise IndexFailure("audit record does not decode")
         return record
+
+    def skim(self, value: bytes, writer: str) -> dict[str, Any]:
+        """Only the fields :func:`index_rows` reads (:data:`INDEXED`), twice as fast as
+        :meth:`decode` (see :mod:`broker.audit._skim`)."""
+        skim = self._skims.get(writer)
+        if skim is None:
+            skim = self._skims[writer] = Skim(self._definition(writer), INDEXED)
+        try:
+            return skim(value)
+        except SkimError:
+            raise IndexFailure("audit record does not decode") from None
 
 
 def _row(record: Mapping[str, Any], ordinal: int, partition: int, offset: int) -> Row:
@@ -368,7 +398,7 @@ def rows_of(decoder: Decoder, entries: Sequence[LogEntry]) -> Rows:
     records: list[tuple[Any, ...]] = []
     decisions: list[tuple[Any, ...]] = []
     subjects: list[tuple[str, int]] = []
-    decode = decoder.decode
+    decode = decoder.skim
     for entry in entries:
         header = entry.header(SCHEMA_HEADER)
         if header is None:
