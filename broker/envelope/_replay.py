@@ -18,15 +18,17 @@ Rules:
 What it does not promise: a sender that *re-seals* an event id it already sent (a new record,
 with a new ``sealed_at``) is caught while the first copy is still in the cache, not after.
 
-The cache is per process: with several workers in one consumer group, a replay that lands on
-another partition is caught only if that worker has seen the original. The runtime should call
-:meth:`ReplayCache.forget` when a Kafka transaction that remembered an event aborts, so the
-retried record is not mistaken for a replay.
+The cache lives in one process; :meth:`ReplayCache.seed` fills it with what was accepted
+elsewhere or before (the broker keeps every committed transaction's admitted events on
+``tiaki.state.seen`` and seeds from it when a worker starts or is assigned partitions). The
+runtime should call :meth:`ReplayCache.forget` when a Kafka transaction that remembered an event
+aborts, so the retried record is not mistaken for a replay.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -101,6 +103,17 @@ class ReplayCache:
     ) -> None:
         self.check(source, event_id, sealed_at_ms, now)
         self.remember(source, event_id, sealed_at_ms, now)
+
+    def seed(self, seen: Iterable[tuple[str, str, int]], now: datetime) -> int:
+        """Remember (source, event id, sealed_at ms) triples accepted before or elsewhere;
+        return how many were new. Those already outside the window are skipped: they would be
+        refused as stale whatever the cache held."""
+        horizon = to_ms(now) - self._window_ms
+        before = self._remembered
+        for source, event_id, sealed_at_ms in seen:
+            if sealed_at_ms >= horizon:
+                self.remember(source, event_id, sealed_at_ms, now)
+        return self._remembered - before
 
     def forget(self, source: str, event_id: str) -> None:
         """Undo :meth:`remember` (the transaction that saw the event aborted)."""

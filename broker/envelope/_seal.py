@@ -114,6 +114,8 @@ class Opened:
     schema_fingerprint: bytes
     sealed_at: datetime
     data_key_id: bytes
+    #: ``sealed_at`` exactly as the header carries it (what the replay check keys on).
+    sealed_at_ms: int
 
 
 @dataclass
@@ -413,6 +415,7 @@ class Opener:
             schema_fingerprint=h.schema_fingerprint,
             sealed_at=datetime.fromtimestamp(h.sealed_at_ms / 1000, tz=UTC),
             data_key_id=h.data_key_id,
+            sealed_at_ms=h.sealed_at_ms,
         )
 
     def learn(self, announcement: bytes, now: datetime) -> bytes:

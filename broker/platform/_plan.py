@@ -94,6 +94,7 @@ def _topic_classes(retention_days: Mapping[str, int]) -> dict[str, dict[str, str
         "review": delete(retention_days["review"]),
         "dlq": delete(retention_days["dlq"]) | {"max.message.bytes": "2097152"},
         "hub": delete(retention_days["hub"]),
+        "seen": delete(retention_days["seen"]),
         "compacted": {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
     }
 
@@ -108,6 +109,8 @@ RETENTION_DAYS: Mapping[str, int] = {
     "dlq": 30,
     "hub": 400,
     "audit": 2557,
+    # The replay window is 24 hours: what was admitted before that is refused as stale anyway.
+    "seen": 2,
 }
 
 
@@ -135,6 +138,7 @@ def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> Desi
     topic(t.STATE_REQUESTS, "compacted")
     topic(t.POLICY, "compacted", 1)
     topic(t.STATE_CHAINS, "compacted", 1)
+    topic(t.STATE_SEEN, "seen", 1)
     # Checkpoints are the witnesses' copy of the audit log's heads: kept as long as the log.
     topic(t.CHECKPOINTS, "audit", 1)
 
@@ -158,7 +162,7 @@ def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> Desi
     allow(t.BROKER, "TOPIC", t.EGRESS_PREFIX, ["WRITE"], "PREFIXED")
     allow(t.BROKER, "TOPIC", t.HUB_PREFIX, ["WRITE"], "PREFIXED")
     allow(t.BROKER, "TOPIC", t.AUDIT, ["WRITE"])
-    for name in (t.REVIEW, t.DLQ, t.STATE_CASES, t.STATE_REQUESTS, t.STATE_CHAINS):
+    for name in (t.REVIEW, t.DLQ, t.STATE_CASES, t.STATE_REQUESTS, t.STATE_CHAINS, t.STATE_SEEN):
         allow(t.BROKER, "TOPIC", name, ["READ", "WRITE"])
     allow(t.BROKER, "TOPIC", t.CHECKPOINTS, ["WRITE"])
     allow(t.BROKER, "TOPIC", t.POLICY, ["READ"])

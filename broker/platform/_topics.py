@@ -13,6 +13,9 @@ STATE_REQUESTS = "tiaki.state.requests"
 POLICY = "tiaki.policy"
 #: Each audit chain's committed head (compacted; written with the records it covers).
 STATE_CHAINS = "tiaki.state.chains"
+#: The ingress events each transaction admitted past the replay check (kept for the replay
+#: window), so a worker that starts or takes over partitions knows what was already accepted.
+STATE_SEEN = "tiaki.state.seen"
 #: Signed audit checkpoints: every agency may read them and keep them as a witness.
 CHECKPOINTS = "tiaki.checkpoints"
 
@@ -25,6 +28,7 @@ PLATFORM_TOPICS = (
     STATE_REQUESTS,
     POLICY,
     STATE_CHAINS,
+    STATE_SEEN,
     CHECKPOINTS,
 )
 

@@ -112,6 +112,8 @@ class Intake:
         #: Records admitted before ``_uncommitted[0]`` (committed or aborted): marks count
         #: from the start, so they stay valid as a prefix commits.
         self._settled = 0
+        #: (source, event id, sealed_at ms) admitted since :meth:`take_seen` last ran.
+        self._seen: list[tuple[str, str, int]] = []
 
     def mark(self) -> int:
         """A point in what was admitted, for :meth:`committed`: how many records have been
@@ -132,6 +134,13 @@ class Intake:
                 self._opener.replay.forget(source, event_id)
         self._settled += len(self._uncommitted)
         self._uncommitted.clear()
+        self._seen.clear()
+
+    def take_seen(self) -> list[tuple[str, str, int]]:
+        """What passed the replay check since the last call: the worker writes it to
+        ``tiaki.state.seen`` in the transaction of the batch that admitted it."""
+        seen, self._seen = self._seen, []
+        return seen
 
     def admit(self, record: IncomingRecord, now: datetime) -> Accepted | Rejected:
         """Run every check on ``record``; never raises for a bad record."""
@@ -153,6 +162,7 @@ class Intake:
             )
             event_id = opened.event_id
             self._uncommitted.append((source.id, event_id))
+            self._seen.append((source.id, event_id, opened.sealed_at_ms))
             schema = self._schemas.by_fingerprint(opened.schema_fingerprint)
             event_type = schema.short_name
             if schema.kind != "event":

@@ -33,7 +33,16 @@ from typing import Any
 
 from broker.codec import Schema, SchemaSet, encode
 from broker.envelope import Kind, Sealer
-from broker.platform._topics import AUDIT, BROKER, DLQ, REVIEW, STATE_CASES, STATE_REQUESTS, egress
+from broker.platform._topics import (
+    AUDIT,
+    BROKER,
+    DLQ,
+    REVIEW,
+    STATE_CASES,
+    STATE_REQUESTS,
+    STATE_SEEN,
+    egress,
+)
 from broker.runtime._audit import (
     AuditContext,
     audit_base,
@@ -137,6 +146,7 @@ class Pipeline:
         #: Shared with the decider, which asks it whether a recipient participates.
         self.cases = cases if cases is not None else CaseMembership()
         self._requests_schema = schemas.latest("RequestState")
+        self._seen_schema = schemas.latest("SeenEvents")
         self.requests = requests if requests is not None else RequestBook()
         #: (request id, holder) pairs escalated since the last commit, undone on abort.
         self._escalated: list[tuple[str, str]] = []
@@ -237,6 +247,16 @@ class Pipeline:
     def _request_state(self, state: Mapping[str, Any]) -> Outgoing:
         value = encode(self._requests_schema, state)
         return Outgoing(STATE_REQUESTS, str(state["request_id"]).encode(), value)
+
+    def seen(self) -> list[Outgoing]:
+        """The batch's ``tiaki.state.seen`` record: the events admitted since the last call,
+        so a worker that starts later, or takes these partitions over, refuses their replays
+        (:func:`seen_events` reads them back). Committed with the batch or not at all."""
+        seen = self._intake.take_seen()
+        if not seen:
+            return []
+        events = [{"source": s, "event_id": e, "sealed_at_ms": t} for s, e, t in seen]
+        return [Outgoing(STATE_SEEN, None, encode(self._seen_schema, {"events": events}))]
 
     def escalations(self, now: datetime) -> list[Outgoing]:
         """Requests a holder has not answered by their deadline: each escalates once (FVA s24:

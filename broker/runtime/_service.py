@@ -1,9 +1,9 @@
 """``tiaki broker run``: one broker worker against real Kafka, assembled from settings.
 
 Start-up order: settings, registry, schemas, keys (the broker's private keys only), policy
-(refused unless valid and approved), case membership and open information requests rebuilt
-from ``tiaki.state.cases`` and ``tiaki.state.requests``,
-metrics endpoint, then the worker loop. SIGTERM and SIGINT set the stop event; the batch in
+(refused unless valid and approved), case membership, open information requests and the
+replay cache rebuilt from ``tiaki.state.cases``, ``tiaki.state.requests`` and
+``tiaki.state.seen``, metrics endpoint, then the worker loop. SIGTERM and SIGINT set the stop event; the batch in
 flight commits (or aborts) before the worker closes, so a graceful stop loses nothing and a
 crash (SIGKILL) loses nothing either: the next start resumes at the last committed offsets.
 """
@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +26,7 @@ from broker._settings import Settings
 from broker.codec import SchemaSet, decode, load_schemas
 from broker.envelope import KeyRing, KeyStore, Opener, ReplayCache, Sealer
 from broker.platform._profiles import load_profile, profile_path
-from broker.platform._topics import BROKER, STATE_CASES, STATE_REQUESTS
+from broker.platform._topics import BROKER, STATE_CASES, STATE_REQUESTS, STATE_SEEN
 from broker.policy import Engine, PolicyError, PolicyStore, Pseudonymiser
 from broker.registry import load_registry
 from broker.runtime._cases import CaseMembership
@@ -39,7 +39,7 @@ from broker.runtime._policy_watch import PolicyWatcher
 from broker.runtime._requests import RequestBook
 from broker.runtime._secrets import shared_secret
 from broker.runtime._worker import Worker
-from broker.transport import KafkaReader, KafkaTransport
+from broker.transport import KafkaReader, KafkaTransport, Reader, Record
 
 log = structlog.get_logger("tiaki.broker")
 
@@ -58,17 +58,38 @@ def secret_paths(settings: Settings) -> tuple[Path, Path]:
     return folder / "audit-subject.key", folder / "pseudonym.key"
 
 
-async def rebuild_state(
-    reader: KafkaReader, schemas: SchemaSet
-) -> tuple[CaseMembership, RequestBook]:
-    """Case membership and open information requests, from their compacted topics."""
+@dataclass
+class BrokerState:
+    """What a worker rebuilds from the state topics when it starts or is assigned partitions."""
+
+    cases: CaseMembership
+    requests: RequestBook
+    #: (source, event id, sealed_at ms) every committed transaction admitted, for the replay
+    #: cache (``tiaki.state.seen``, kept for the replay window).
+    seen: list[tuple[str, str, int]]
+
+
+async def rebuild_state(reader: Reader, schemas: SchemaSet) -> BrokerState:
+    """Case membership, open information requests and the events already admitted."""
     cases, requests = CaseMembership(), RequestBook()
     async with reader:
         case_records = await reader.read_all(STATE_CASES)
         request_records = await reader.read_all(STATE_REQUESTS)
+        seen_records = await reader.read_all(STATE_SEEN)
     cases.load(decode(r.value, schemas.latest("CaseMembership")) for r in case_records)
     requests.load(decode(r.value, schemas.latest("RequestState")) for r in request_records)
-    return cases, requests
+    return BrokerState(cases, requests, seen_events(seen_records, schemas))
+
+
+def seen_events(records: Iterable[Record], schemas: SchemaSet) -> list[tuple[str, str, int]]:
+    """The admitted events that ``tiaki.state.seen`` records list, oldest seal first."""
+    schema = schemas.latest("SeenEvents")
+    seen: list[tuple[str, str, int]] = []
+    for record in records:
+        for e in decode(record.value, schema)["events"]:
+            seen.append((e["source"], e["event_id"], e["sealed_at_ms"]))
+    seen.sort(key=lambda s: s[2])
+    return seen
 
 
 def settle_heap() -> None:
@@ -107,12 +128,15 @@ async def serve(
     profile = load_profile(profile_path(settings.profiles_dir, BROKER))
     audit_key, pseudonym_key = (shared_secret(p) for p in secret_paths(settings))
 
-    cases, requests = await rebuild_state(KafkaReader(profile), schemas)
+    state = await rebuild_state(KafkaReader(profile), schemas)
+    cases, requests = state.cases, state.requests
+    replay = ReplayCache()
+    replay.seed(state.seen, datetime.now(UTC))
     settle_heap()
     decider = PolicyDecider(engine, Pseudonymiser(pseudonym_key), cases, requests)
     pipeline = Pipeline(
         intake=Intake(
-            registry=registry, schemas=schemas, opener=Opener(BROKER, ring, replay=ReplayCache())
+            registry=registry, schemas=schemas, opener=Opener(BROKER, ring, replay=replay)
         ),
         decider=decider,
         sealer=Sealer(BROKER, ring),
@@ -131,9 +155,12 @@ async def serve(
     chain = AuditChainer(transport.transactional_id, ring, reader=lambda: KafkaReader(profile))
 
     async def refresh_state() -> None:
-        fresh_cases, fresh_requests = await rebuild_state(KafkaReader(profile), schemas)
-        cases.replace(fresh_cases)
-        requests.replace(fresh_requests)
+        fresh = await rebuild_state(KafkaReader(profile), schemas)
+        cases.replace(fresh.cases)
+        requests.replace(fresh.requests)
+        # Partitions another worker had: learn what it admitted (what this one admitted is
+        # already known; remembering it again changes nothing).
+        replay.seed(fresh.seen, datetime.now(UTC))
         settle_heap()
 
     worker = Worker(

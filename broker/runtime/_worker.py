@@ -185,7 +185,8 @@ class Worker:
         self._stats.process_seconds += took
         if batch:
             self._metrics.evaluation_seconds.observe(took / len(batch))
-        outputs = [out for result in results for out in result.outputs] + escalations
+        outputs = [out for result in results for out in result.outputs]
+        outputs += escalations + self._pipeline.seen()
         if chain is None:
             return _Batch(list(batch), results, outputs, self._pipeline.mark())
         outputs = chain.seal(outputs, now)

@@ -40,6 +40,7 @@ from broker.platform import (
     REVIEW,
     STATE_CASES,
     STATE_REQUESTS,
+    STATE_SEEN,
     egress,
     ingress,
 )
@@ -122,6 +123,7 @@ class InMemoryCluster:
         for name in (AUDIT, REVIEW, DLQ, STATE_CASES, STATE_REQUESTS):
             cluster.create_topic(name)
         cluster.create_topic(POLICY, 1)
+        cluster.create_topic(STATE_SEEN, 1)
         return cluster
 
     # -- topics --------------------------------------------------------------------------

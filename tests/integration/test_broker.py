@@ -377,3 +377,43 @@ async def test_two_workers_share_the_stream_and_deliver_once(env: BrokerEnv) -> 
         second.terminate()
         assert second.wait(timeout=60) == 0
         env.processes.remove(second)
+
+
+async def test_a_replay_after_a_broker_restart_is_quarantined_not_delivered_twice(
+    env: BrokerEnv,
+) -> None:
+    """The replay cache survives a restart: the restarted broker seeds it from
+    ``tiaki.state.seen`` (written in the transactions that admitted each record), so a copy
+    of a record it already delivered goes to quarantine as ``replayed``."""
+    items = case_story(f"SYN-CASE-{uuid.uuid4().hex[:8]}")
+    expected = expected_deliveries(env, items)
+    ids = {doc["header"]["event_id"] for _, doc in items}
+    sealed = [env.seal("police", event_type, doc) for event_type, doc in items]
+    before = {(r.partition, r.offset) for r in await env.read("broker", DLQ)}
+    await env.publish_raw("police", sealed)
+    assert await delivered(env, ids, sum(map(len, expected.values()))) == expected
+
+    assert env.stop_all() == [0]
+    starts = sum("worker started" in line for line in env.log_lines())
+    process = env.start(wait=False)
+    deadline = asyncio.get_running_loop().time() + 60
+    while sum("worker started" in line for line in env.log_lines()) == starts:
+        assert process.poll() is None, env.log_lines()[-5:]
+        assert asyncio.get_running_loop().time() < deadline, "the broker did not restart"
+        await asyncio.sleep(0.2)
+
+    await env.publish_raw("police", sealed)  # the same three records again
+    copies = set(sealed)
+    while True:
+        window = [r for r in await env.read("broker", DLQ) if (r.partition, r.offset) not in before]
+        ours = [r for r in window if quarantined_value(env, r) in copies]
+        if len(ours) >= len(sealed) or asyncio.get_running_loop().time() > deadline + 60:
+            break
+        await asyncio.sleep(1)
+    assert sorted(reason_of(r) for r in ours) == ["replayed"] * len(sealed)
+    again = await delivered(env, ids, sum(map(len, expected.values())), within=1)
+    assert again == expected  # still once each: the copies reached no recipient
+    counts: Counter[str] = Counter()
+    for agency in env.cluster.registry.ids:
+        counts.update(r["event_id"] for r in await env.received(agency) if r["event_id"] in ids)
+    assert counts == Counter(e for pairs in expected.values() for e, _ in pairs)

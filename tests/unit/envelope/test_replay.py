@@ -68,3 +68,21 @@ def test_forget_undoes_remember() -> None:
 def test_times_need_a_zone() -> None:
     with pytest.raises(ValueError, match="zone"):
         to_ms(T0.replace(tzinfo=None))
+
+
+def test_seeding_refuses_what_was_accepted_before_and_skips_what_aged_out() -> None:
+    cache = ReplayCache(window=timedelta(hours=1))
+    seen = [
+        ("police", "e-recent", NOW_MS - 60_000),
+        ("police", "e-aged", NOW_MS - 2 * 3_600_000),  # older than the window: stale anyway
+        ("msd", "e-recent", NOW_MS - 1_000),  # another source, the same id: its own entry
+    ]
+    assert cache.seed(seen, T0) == 2
+    assert cache.seed(seen, T0) == 0  # seeding again changes nothing
+    with pytest.raises(Replayed):
+        cache.check("police", "e-recent", NOW_MS - 60_000, T0)
+    with pytest.raises(Replayed):
+        cache.check("msd", "e-recent", NOW_MS - 1_000, T0)
+    with pytest.raises(Stale):
+        cache.check("police", "e-aged", NOW_MS - 2 * 3_600_000, T0)
+    cache.check("police", "e-new", NOW_MS, T0)  # anything else is still accepted

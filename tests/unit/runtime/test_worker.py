@@ -8,11 +8,14 @@ from collections import Counter
 
 from prometheus_client import CollectorRegistry
 
-from broker.runtime import Outcome
+from broker.envelope import Kind, Opener, ReplayCache, Sealer
+from broker.platform import STATE_SEEN
+from broker.runtime import Intake, Outcome, Pipeline
 from broker.runtime._metrics import BrokerMetrics
+from broker.runtime._service import seen_events
 from broker.runtime._worker import Worker
-from broker.transport import InMemoryCluster
-from tests.unit.runtime.test_intake import NOW, REGISTRY
+from broker.transport import InMemoryCluster, Record
+from tests.unit.runtime.test_intake import NOW, REGISTRY, SCHEMAS
 from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider, verdict
 
 
@@ -140,3 +143,79 @@ async def test_overlapped_commits_neither_lose_nor_duplicate() -> None:
     assert value("tiaki_quarantined_total", {"reason": "malformed_envelope"}) == 5
     assert value("tiaki_quarantined_total", {"reason": "replayed"}) is None
     assert worker.statistics().batches >= 65 // 7
+
+
+def second_worker(
+    cluster: InMemoryCluster, harness: Harness, seen: list[tuple[str, str, int]] | None
+) -> tuple[Worker, BrokerMetrics]:
+    """Another worker (a restart, or a scale-out peer): same keys, its own replay cache,
+    seeded from ``seen`` as ``tiaki broker run`` seeds it from ``tiaki.state.seen``."""
+    replay = ReplayCache()
+    if seen is not None:
+        replay.seed(seen, NOW)
+    pipeline = Pipeline(
+        intake=Intake(
+            registry=REGISTRY, schemas=SCHEMAS, opener=Opener("broker", harness.ring, replay=replay)
+        ),
+        decider=ScriptedDecider([verdict("oranga-tamariki", Outcome.SHARE)]),
+        sealer=Sealer("broker", harness.ring),
+        schemas=SCHEMAS,
+        subject_key=b"synthetic-test-audit-key-000000",
+    )
+    metrics = BrokerMetrics(CollectorRegistry())
+    return Worker(
+        cluster.worker(), pipeline, metrics, clock=lambda: NOW, poll_timeout_ms=10
+    ), metrics
+
+
+async def test_a_replay_after_a_restart_is_quarantined_not_delivered_again() -> None:
+    """What one worker admitted is on tiaki.state.seen, in the same transactions; a worker
+    seeded from it (after a restart, or taking the partitions over) refuses a copy of any of
+    those records as a replay, where an unseeded cache would deliver it a second time."""
+    cluster, harness, worker, _ = setup()
+    originals = [harness.record() for _ in range(6)]
+    async with cluster.publisher() as publisher:
+        for record in originals:
+            await publisher.publish(record.topic, record.key, record.value)
+    async with worker:
+        cluster.fail_next_commit()  # an aborted transaction leaves nothing on the seen topic
+        await drain(worker, 6)
+    async with cluster.reader() as reader:
+        seen = seen_events(await reader.read_all(STATE_SEEN), SCHEMAS)
+    assert sorted(e for _, e, _ in seen) == sorted(_event_id(harness, r) for r in originals)
+    assert len(seen) == 6  # once each, though one transaction aborted and was redone
+
+    async with cluster.publisher() as publisher:  # the same six records, written again
+        for record in originals:
+            await publisher.publish(record.topic, record.key, record.value)
+    restarted, metrics = second_worker(cluster, harness, seen)
+    async with restarted:
+        await drain(restarted, 6)
+    counts = await topic_counts(cluster)
+    assert counts["tiaki.egress.oranga-tamariki"] == 6  # the first worker's deliveries only
+    assert counts["tiaki.dlq"] == 6
+    assert metrics.registry.get_sample_value("tiaki_quarantined_total", {"reason": "replayed"}) == 6
+
+
+async def test_an_unseeded_cache_would_deliver_the_copies_again() -> None:
+    """The control for the test above: the failure it guards against is real."""
+    cluster, harness, worker, _ = setup()
+    original = harness.record()
+    async with cluster.publisher() as publisher:
+        await publisher.publish(original.topic, original.key, original.value)
+    async with worker:
+        await drain(worker, 1)
+    async with cluster.publisher() as publisher:
+        await publisher.publish(original.topic, original.key, original.value)
+    restarted, _ = second_worker(cluster, harness, None)
+    async with restarted:
+        await drain(restarted, 1)
+    assert (await topic_counts(cluster))["tiaki.egress.oranga-tamariki"] == 2
+
+
+def _event_id(harness: Harness, record: Record) -> str:
+    return str(
+        Opener("broker", harness.ring)
+        .open(record.value, topic=record.topic, now=NOW, kind=Kind.INGRESS, source="police")
+        .event_id
+    )
