@@ -35,7 +35,7 @@ import typer
 from broker._settings import Settings
 from broker.audit._errors import AuditError, LogTampered, QueryError
 from broker.audit._index import AuditIndex, Query, Row
-from broker.audit._kafka import read_log, read_topic, verify_live
+from broker.audit._kafka import index_live, read_log, read_topic, verify_live
 from broker.audit._log import AUDIT_TOPIC, CHECKPOINT_TOPIC, LogEntry, dump_lines, load_lines
 from broker.audit._report import classifier, subject_report
 from broker.audit._verify import verify_log
@@ -177,11 +177,15 @@ def index_command(
 ) -> None:
     """Index the audit topic (or an export) into the audit index; resumes where it stopped."""
     settings = _settings()
-    audit, _ = _read(settings, source, profile)
     with _index(settings, db) as index:
         added = 0
-        for start in range(0, len(audit), 20_000):
-            added += index.add(audit[start : start + 20_000], workers=workers)
+        if source is None:  # from Kafka: only what is new since the last run
+            live = load_profile(profile_path(settings.profiles_dir, profile))
+            added = asyncio.run(index_live(live, index, workers=workers))
+        else:
+            audit, _ = _read(settings, source, profile)
+            for start in range(0, len(audit), 20_000):
+                added += index.add(audit[start : start + 20_000], workers=workers)
         index.record_access(
             operator=operator,
             command="index",

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import Sequence
 
 from broker.audit._errors import LogTampered
+from broker.audit._index import AuditIndex
 from broker.audit._log import AUDIT_TOPIC, CHECKPOINT_TOPIC, LogEntry
 from broker.audit._verify import VerifyReport, verify_log
 from broker.envelope import KeyRing
@@ -33,6 +34,28 @@ async def read_topic(profile: Profile, topic: str, *, timeout_s: float = 120.0) 
     """Every committed record of ``topic``, by partition then offset."""
     async with KafkaReader(profile, timeout_s=timeout_s) as reader:
         return [entry_of(r) for r in await reader.read_all(topic)]
+
+
+#: Records read (and indexed, in one transaction) at a time by :func:`index_live`.
+INDEX_CHUNK = 20_000
+
+
+async def index_live(
+    profile: Profile, index: AuditIndex, *, workers: int = 1, timeout_s: float = 120.0
+) -> int:
+    """Index the audit topic from where the index stands; return the records added.
+
+    Reads on from the index's own positions, a chunk at a time, so a run reads only what is
+    new and holds one chunk in memory, however long the log (seven years of it).
+    """
+    added = 0
+    async with KafkaReader(profile, timeout_s=timeout_s) as reader:
+        while True:
+            records = await reader.read_from(AUDIT_TOPIC, index.positions(), limit=INDEX_CHUNK)
+            count = index.add([entry_of(r) for r in records], workers=workers)
+            if not count:  # at the end (or nothing new past transaction markers)
+                return added
+            added += count
 
 
 async def read_log(

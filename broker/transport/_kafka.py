@@ -492,6 +492,8 @@ class KafkaReader(ResourceBase):
             group_id=None,
             isolation_level="read_committed",
             enable_auto_commit=False,
+            # A start offset that retention has since deleted reads on from the log's start.
+            auto_offset_reset="earliest",
         )
         with _translated():
             await self._consumer.start()
@@ -505,18 +507,29 @@ class KafkaReader(ResourceBase):
                 await asyncio.shield(self._consumer.stop())
 
     async def read_all(self, topic: str) -> list[Record]:
+        return await self.read_from(topic, {})
+
+    async def read_from(
+        self, topic: str, start: Mapping[int, int], *, limit: int | None = None
+    ) -> list[Record]:
         if self._state != "open" or self._consumer is None:
             raise TransportClosed("reader is not open")
         try:
             with _translated():
                 async with asyncio.timeout(self._timeout_s):
-                    records = await self._read(self._consumer, topic)
+                    records = await self._read(self._consumer, topic, start, limit)
         except TimeoutError:
             raise Unavailable(f"{topic}: not read to its end within {self._timeout_s} s") from None
         records.sort(key=lambda r: (r.partition, r.offset))
         return records
 
-    async def _read(self, consumer: AIOKafkaConsumer, topic: str) -> list[Record]:
+    async def _read(
+        self,
+        consumer: AIOKafkaConsumer,
+        topic: str,
+        start: Mapping[int, int],
+        limit: int | None,
+    ) -> list[Record]:
         cluster = await consumer._client.fetch_all_metadata()  # what consumer.topics() uses
         if topic in cluster.unauthorized_topics:
             raise NotAuthorized(f"{topic}: reads refused")
@@ -526,11 +539,16 @@ class KafkaReader(ResourceBase):
         partitions = [KafkaTopicPartition(topic, p) for p in sorted(numbers)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
+        for tp in partitions:
+            if start.get(tp.partition, 0) > 0:
+                consumer.seek(tp, start[tp.partition])
         # With read_committed these are last stable offsets: nothing beyond them is committed
         # yet, and transaction markers below them are skipped, so positions reach them.
         ends = await consumer.end_offsets(partitions)
         records: list[Record] = []
         while pending := [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
+            if limit is not None and len(records) >= limit:
+                break
             batches = await consumer.getmany(*pending, timeout_ms=200)
             for tp, messages in batches.items():
                 records.extend(_record(m) for m in messages if m.offset < ends[tp])

@@ -27,7 +27,7 @@ import contextlib
 import itertools
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka.partitioner import murmur2
@@ -465,13 +465,22 @@ class InMemoryReader(ResourceBase):
         self._open = False
 
     async def read_all(self, topic: str) -> list[Record]:
+        return await self.read_from(topic, {})
+
+    async def read_from(
+        self, topic: str, start: Mapping[int, int], *, limit: int | None = None
+    ) -> list[Record]:
         if not self._open:
             raise TransportClosed("reader is not open")
         if topic not in self._cluster._logs:
             return []
-        return [
-            Record(topic, p, e.offset, e.key, e.value, e.headers, e.timestamp_ms)
-            for p, log in enumerate(self._cluster._logs[topic])
-            for e in log
-            if e.visible
-        ]
+        out: list[Record] = []
+        for p, log in enumerate(self._cluster._logs[topic]):
+            for e in log:
+                if limit is not None and len(out) >= limit:
+                    return out
+                if e.visible and e.offset >= start.get(p, 0):
+                    out.append(
+                        Record(topic, p, e.offset, e.key, e.value, e.headers, e.timestamp_ms)
+                    )
+        return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -105,4 +105,13 @@ class Reader(AsyncResource, Protocol):
     async def read_all(self, topic: str) -> list[Record]:
         """Every committed record from the beginning to the end as of the call, by partition
         then offset."""
+        ...
+
+    async def read_from(
+        self, topic: str, start: Mapping[int, int], *, limit: int | None = None
+    ) -> list[Record]:
+        """Committed records from ``start`` (partition to first offset; partitions not named
+        from the beginning) to the end as of the call, by partition then offset. With
+        ``limit``, stops once at least that many were read (a few more may come with the
+        last fetch): read on from the offsets after the last record of each partition."""
         ...

@@ -273,3 +273,26 @@ class TransportContract:
             assert not raised.value.retriable
             await successor.commit([harness.output("successor")], [])
         assert [r.value for r in await read_outputs(harness, 1)] == [b"successor"]
+
+    async def test_reading_from_offsets_resumes_where_a_limited_read_stopped(
+        self, harness: Harness
+    ) -> None:
+        group = await harness.new_group()
+        async with harness.worker(group, "a") as worker:  # unkeyed: spread over partitions
+            await worker.commit([harness.output(f"{i}") for i in range(30)], [])
+        ours = {(r.partition, r.offset) for r in await read_outputs(harness, 30)}
+        # From the first of this test's records in each partition (the topic is shared).
+        start = {p: min(o for q, o in ours if q == p) for p in {p for p, _ in ours}}
+        got: list[Record] = []
+        async with harness.reader() as reader:
+            whole = mine(harness, await reader.read_from(harness.output_topic, start))
+            position = dict(start)
+            for _ in range(100):  # small reads, each resuming after the last
+                part = await reader.read_from(harness.output_topic, position, limit=4)
+                if not part:
+                    break
+                for r in part:
+                    position[r.partition] = max(position.get(r.partition, 0), r.offset + 1)
+                got.extend(mine(harness, part))
+        assert {(r.partition, r.offset) for r in whole} == ours
+        assert sorted((r.partition, r.offset) for r in got) == sorted(ours)  # each once

@@ -201,3 +201,29 @@ async def test_nobody_but_the_broker_writes_checkpoints_or_chain_heads(cluster: 
     for principal in ("compliance", "police", "health-nz", "admin"):
         results = await probe_writes(cluster.profile(principal), [CHECKPOINTS, STATE_CHAINS, AUDIT])
         assert set(results.values()) == {DENIED}, principal
+
+
+async def test_indexing_from_kafka_reads_on_from_where_the_index_stands(
+    env: BrokerEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``tiaki audit index`` from Kafka: a first run indexes the whole log (in chunks), a
+    second adds nothing, and after new events exactly their records are added; the index
+    then holds every record of the topic once."""
+    import broker.audit._kafka as live
+
+    monkeypatch.setattr(live, "INDEX_CHUNK", 7)  # many chunks, each resuming after the last
+    profile = env.cluster.profile("compliance")
+    before = story(f"SYN-CASE-{uuid.uuid4().hex[:8]}", "SYN-NOBODY")
+    await env.publish("police", before)
+    await wait_for_log(env, event_ids={d["header"]["event_id"] for _, d in before})
+    with AuditIndex.open(tmp_path / "index.sqlite", SCHEMAS) as index:
+        first = await live.index_live(profile, index)
+        assert await live.index_live(profile, index) == 0
+        items = story(f"SYN-CASE-{uuid.uuid4().hex[:8]}", "SYN-NOBODY")
+        await env.publish("police", items)
+        audit, _, _ = await wait_for_log(env, event_ids={d["header"]["event_id"] for _, d in items})
+        added = await live.index_live(profile, index)
+        records, _, _ = index.count()
+    assert first > 0
+    assert added > 0
+    assert records == first + added == len(audit)
