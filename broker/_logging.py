@@ -49,6 +49,10 @@ SAFE_KEYS = frozenset(
         "group",
         "bootstrap",
         "signal",
+        "chain",  # an audit chain: a worker's transactional id
+        "size",
+        "key_id",  # only in the format Tiaki makes key ids in (below)
+        "key_state",
     }
 )
 
@@ -75,9 +79,16 @@ def scrub_personal_information(
     return event_dict
 
 
+#: Safe keys whose values must match Tiaki's own format to be kept: a key id comes from a
+#: public key document, which an agency writes (``<owner>.<enc|sig>.<UTC time>.<8 hex>``).
+_FORMATS = {"key_id": re.compile(r"[a-z0-9][a-z0-9-]*\.(enc|sig)\.\d{8}T\d{6}Z\.[0-9a-f]{8}")}
+
+
 def _safe(key: str, value: Any) -> bool:
     if key not in SAFE_KEYS or not isinstance(value, str | int | float | bool | type(None)):
         return False
+    if key in _FORMATS:
+        return isinstance(value, str) and _FORMATS[key].fullmatch(value) is not None
     # Event ids (UUIDs) and our own timestamps have digit runs that would look like phones.
     return key in _NO_PATTERN or not (isinstance(value, str) and _PERSONAL.search(value))
 

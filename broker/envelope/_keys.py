@@ -379,6 +379,31 @@ class KeyRing:
             raise KeyStoreError(f"key set {owner!r} has no active key to rotate")
         return [self.generate(owner, a, now, random, validity) for a in algorithms]
 
+    def update_from(self, fresh: KeyRing) -> tuple[list[KeyInfo], list[KeyInfo]]:
+        """Take in what changed in ``fresh`` (the key folder read again): new keys (with their
+        private halves where ``fresh`` holds them) and changed states (rotation, revocation).
+        Returns (changed, refused): a revoked key stays revoked whatever ``fresh`` says
+        (revocation is final; a document that un-revokes one is stale or tampered with).
+        Keys missing from ``fresh`` are kept: a key set is never shrunk by a read."""
+        changed: list[KeyInfo] = []
+        refused: list[KeyInfo] = []
+        for info in fresh.keys(None):  # every key set
+            old = self._keys.get(info.key_id)
+            if old == info:
+                continue
+            if old is not None and old.state is KeyState.REVOKED:
+                refused.append(info)
+                continue
+            private = None
+            if fresh.has_private(info.key_id) and not self.has_private(info.key_id):
+                private = fresh.private_bytes(info.key_id)
+            self.add(info, private)
+            changed.append(info)
+        for principal, ref in fresh.principals.items():
+            if self._refs.get(principal) != ref:
+                self.bind(principal, ref)
+        return changed, refused
+
     def revoke(self, key_id: str, now: datetime, reason: str | None = None) -> KeyInfo:
         """Revoke ``key_id`` at ``now``; final."""
         info = self.get(key_id).transition(KeyEvent.REVOKE, now, reason)

@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +24,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from broker._settings import Settings
 from broker.codec import SchemaSet, decode, load_schemas
-from broker.envelope import KeyRing, KeyStore, Opener, ReplayCache, Sealer
+from broker.envelope import KeyRing, KeyStore, KeyStoreError, Opener, ReplayCache, Sealer
 from broker.platform._profiles import load_profile, profile_path
 from broker.platform._topics import BROKER, STATE_CASES, STATE_REQUESTS, STATE_SEEN
 from broker.policy import Engine, PolicyError, PolicyStore, Pseudonymiser
@@ -175,12 +175,44 @@ async def serve(
     log.info("broker starting", worker=options.worker_id, policy_hash=engine().policy_hash)
     following = asyncio.create_task(watcher.follow(profile, stop))
     watching = asyncio.create_task(_observe(metrics, ring, transport, stop))
+    keys = asyncio.create_task(follow_keys(KeyStore(settings.keys_dir), principals, ring, stop))
     try:
         await worker.run(stop)
     finally:
         stop.set()
         await following
         await watching
+        await keys
+
+
+#: How often the key folder is read again for rotations and revocations.
+KEYS_SECONDS = 5.0
+
+
+def refresh_keys(store: KeyStore, principals: Mapping[str, str], ring: KeyRing) -> None:
+    """Take in rotations and revocations from the key folder (``tiaki keys rotate | revoke``)
+    without a restart: a revoked agency key is refused from the next record on. A folder that
+    cannot be read keeps the keys in force; a document that would un-revoke a key is refused."""
+    try:
+        fresh = store.load(principals, private_for=[BROKER])
+    except KeyStoreError as exc:
+        log.warning("key folder unreadable; keys in force kept", error=str(exc))
+        return
+    changed, refused = ring.update_from(fresh)
+    for info in changed:
+        log.info("key updated", key_id=info.key_id, agency=info.owner, key_state=info.state.value)
+    for info in refused:
+        log.warning("key document would un-revoke a key; kept revoked", key_id=info.key_id)
+
+
+async def follow_keys(
+    store: KeyStore, principals: Mapping[str, str], ring: KeyRing, stop: asyncio.Event
+) -> None:
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), KEYS_SECONDS)
+        if not stop.is_set():
+            refresh_keys(store, principals, ring)
 
 
 #: How often the consumer-lag and key-age gauges are refreshed.

@@ -15,7 +15,7 @@ import pytest
 
 from broker._settings import Settings
 from broker.codec import decode, from_json
-from broker.envelope import Kind, Opener
+from broker.envelope import Algorithm, KeyStore, Kind, Opener, Purpose
 from broker.platform import AUDIT, DLQ, POLICY
 from broker.policy import PolicyStore, Pseudonymiser, load_roster
 from broker.runtime import Accepted, Outcome
@@ -417,3 +417,50 @@ async def test_a_replay_after_a_broker_restart_is_quarantined_not_delivered_twic
     for agency in env.cluster.registry.ids:
         counts.update(r["event_id"] for r in await env.received(agency) if r["event_id"] in ids)
     assert counts == Counter(e for pairs in expected.values() for e, _ in pairs)
+
+
+async def test_a_key_revoked_while_the_broker_runs_is_refused_without_a_restart(
+    env: BrokerEnv,
+) -> None:
+    """Police rotate their signing key and revoke the old one (``tiaki keys rotate | revoke``)
+    while the broker runs: within seconds it quarantines a record signed with the revoked key
+    as ``key_revoked`` and accepts one signed with the new key, with no restart. (Last in the
+    module: it leaves police with a new signing key, which later modules load afresh.)"""
+    now = dt.datetime.now(dt.UTC)
+    old = env.ring.current("police", Purpose.SIGNING, Algorithm.ED25519, now).key_id
+    starts = sum("worker started" in line for line in env.log_lines())
+    for argv in (["rotate", "police", "--purpose", "signing"], ["revoke", old, "--reason", "test"]):
+        await asyncio.to_thread(
+            subprocess.run,
+            [str(TIAKI), "keys", *argv],
+            env=env.environment(),
+            check=True,
+            capture_output=True,
+        )
+    deadline = asyncio.get_running_loop().time() + 30
+    while not any("key updated" in ln and old in ln and "revoked" in ln for ln in env.log_lines()):
+        assert asyncio.get_running_loop().time() < deadline, "the broker never read the revocation"
+        await asyncio.sleep(0.5)
+
+    before = {(r.partition, r.offset) for r in await env.read("broker", DLQ)}
+    stale_signed = env.seal(
+        "police",
+        "FamilyHarmEpisodeReport",
+        example("FamilyHarmEpisodeReport", source_agency="police"),
+    )
+    await env.publish_raw("police", [stale_signed])  # env.ring still holds the old key as active
+    while True:
+        window = [r for r in await env.read("broker", DLQ) if (r.partition, r.offset) not in before]
+        ours = [r for r in window if quarantined_value(env, r) == stale_signed]
+        if ours or asyncio.get_running_loop().time() > deadline + 30:
+            break
+        await asyncio.sleep(1)
+    assert [reason_of(r) for r in ours] == ["key_revoked"]
+
+    env.ring = KeyStore(env.home / "keys").load(env.ring.principals, private_for=None)
+    items = case_story(f"SYN-CASE-{uuid.uuid4().hex[:8]}")  # signed with the new key
+    await env.publish("police", items)
+    expected = expected_deliveries(env, items)
+    ids = {doc["header"]["event_id"] for _, doc in items}
+    assert await delivered(env, ids, sum(map(len, expected.values()))) == expected
+    assert sum("worker started" in line for line in env.log_lines()) == starts  # no restart

@@ -61,3 +61,10 @@ def test_output_keys_are_input_keys_and_every_kept_value_is_from_a_safe_key(
     assert set(out) == set(entries)
     for key, value in out.items():
         assert value == SCRUBBED or key in SAFE_KEYS
+
+
+def test_key_ids_are_kept_only_in_the_format_tiaki_makes_them() -> None:
+    kept = "police.sig.20261201T120439Z.1a2b3c4d"
+    assert scrub_personal_information(None, "info", {"key_id": kept})["key_id"] == kept
+    for forged in (CANARIES["name"], f"{CANARIES['nhi']}.sig.20261201T120439Z.1a2b3c4d", 7):
+        assert scrub_personal_information(None, "info", {"key_id": forged})["key_id"] == SCRUBBED

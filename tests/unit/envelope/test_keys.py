@@ -111,3 +111,33 @@ def test_malformed_entries_are_refused(ring: KeyRing) -> None:
         KeyInfo.from_json("police", {**doc, "public_key": "AAAA"})
     with pytest.raises(KeyStoreError):
         KeyInfo.from_json("police", {k: v for k, v in doc.items() if k != "state"})
+
+
+def test_update_from_takes_in_rotation_and_revocation_but_never_un_revokes() -> None:
+    now, random = T0, seeded(3)
+    ring = KeyRing()
+    first = ring.generate("police", Algorithm.ED25519, now, random)
+    other = ring.generate("msd", Algorithm.ED25519, now, random)
+    fresh = KeyRing()
+    fresh.add(first)
+    fresh.add(other)
+    later = now + timedelta(days=1)
+    (rotated,) = fresh.rotate("police", later, random, timedelta(days=30), [Purpose.SIGNING])
+    fresh.revoke(other.key_id, later, "compromised")
+
+    changed, refused = ring.update_from(fresh)
+    assert {i.key_id for i in changed} == {first.key_id, rotated.key_id, other.key_id}
+    assert refused == []
+    assert ring.get(other.key_id).state is KeyState.REVOKED  # takes effect on the next record
+    assert ring.get(rotated.key_id).state is KeyState.ACTIVE
+    assert ring.get(first.key_id).state is KeyState.RETIRING
+    assert ring.has_private(first.key_id)  # what this ring held stays held
+    assert ring.has_private(rotated.key_id)  # and a private half the folder holds comes too
+
+    stale = KeyRing()
+    stale.add(other)  # an old copy of the document, from before the revocation
+    changed, refused = ring.update_from(stale)
+    assert changed == []
+    assert [i.key_id for i in refused] == [other.key_id]
+    assert ring.get(other.key_id).state is KeyState.REVOKED
+    assert ring.update_from(fresh) == ([], [])  # nothing new: nothing changes
