@@ -21,6 +21,7 @@ from broker.policy._cli import app as policy_app
 from broker.registry._cli import app as registry_app
 from broker.runtime._cli import app as broker_app
 from broker.runtime._cli import demo_command
+from broker.runtime._quarantine import app as quarantine_app
 from broker.runtime._review_cli import app as review_app
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(policy_app, name="policy")
 app.add_typer(broker_app, name="broker")
 app.add_typer(review_app, name="review")
+app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(audit_app, name="audit")
 app.command("demo")(demo_command)
 app.add_typer(adapter_app, name="adapter")

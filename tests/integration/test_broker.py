@@ -218,6 +218,23 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
         await asyncio.sleep(1)
     assert counted == Counter(map(reason_of, window))
 
+    # The operator's listing (`tiaki quarantine list`) shows each of them, reason and origin,
+    # and none of the content.
+    listed = await asyncio.to_thread(
+        subprocess.run,
+        [str(TIAKI), "quarantine", "list", "--format", "json"],
+        env=env.environment(),
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    entries = {(e["partition"], e["offset"]): e for e in json.loads(listed.stdout)}
+    for record in ours:
+        entry = entries[(record.partition, record.offset)]
+        assert entry["reason"] == reason_of(record)
+        assert entry["source_topic"] == "tiaki.ingress.police"
+        assert entry["kept_bytes"] == len(quarantined_value(env, record))
+
 
 def reason_of(record: Record) -> str:
     return dict(record.headers)["tiaki-reason"].decode()

@@ -20,6 +20,11 @@ from broker._cli import main
             1,
             "tiaki: error: /nonexistent/agencies.yaml:1:1: cannot read file",
         ),
+        (
+            ["quarantine", "list", "--format", "xml"],
+            1,
+            "tiaki: error: --format must be one of table, json",
+        ),
     ],
 )
 def test_bad_input_is_one_line(
