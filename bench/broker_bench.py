@@ -294,6 +294,9 @@ class PassThrough:
     def escalations(self, now: dt.datetime) -> list[Any]:
         return []
 
+    def seen(self) -> list[Any]:  # a pass-through keeps no replay state
+        return []
+
     def mark(self) -> tuple[int, int]:
         return (0, 0)
 
