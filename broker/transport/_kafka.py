@@ -535,7 +535,7 @@ class KafkaReader(ResourceBase):
             raise NotAuthorized(f"{topic}: reads refused")
         numbers = cluster.partitions_for_topic(topic)
         if not numbers:
-            raise TransportError(f"{topic}: no such topic")
+            raise TransportError(f"{topic}: no such topic (run `tiaki provision`)")
         partitions = [KafkaTopicPartition(topic, p) for p in sorted(numbers)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
