@@ -281,12 +281,9 @@ class _Compiler:
             def read_array(data: bytes, pos: int) -> tuple[list[Any], int]:
                 out: list[Any] = []
                 while True:
-                    n, pos = _long(data, pos)
+                    n, pos = _count(data, pos)
                     if n == 0:
                         return out, pos
-                    if n < 0:  # a block with its size in bytes after the count
-                        n = -n
-                        pos = _skip_long(data, pos)
                     for _ in range(n):
                         value, pos = item(data, pos)
                         out.append(value)
@@ -298,12 +295,9 @@ class _Compiler:
             def read_map(data: bytes, pos: int) -> tuple[dict[str, Any], int]:
                 out: dict[str, Any] = {}
                 while True:
-                    n, pos = _long(data, pos)
+                    n, pos = _count(data, pos)
                     if n == 0:
                         return out, pos
-                    if n < 0:
-                        n = -n
-                        pos = _skip_long(data, pos)
                     for _ in range(n):
                         key, pos = _string(data, pos)
                         out[key], pos = value_reader(data, pos)

@@ -124,7 +124,8 @@ async def serve(
     registry = load_registry(settings.registry)
     schemas = load_schemas(settings.schemas_dir)
     principals = {a.id: a.key_ref for a in registry.agencies} | {BROKER: BROKER}
-    ring = KeyStore(settings.keys_dir).load(principals, private_for=[BROKER])
+    keystore = KeyStore(settings.keys_dir)
+    ring = keystore.load(principals, private_for=[BROKER])
     profile = load_profile(profile_path(settings.profiles_dir, BROKER))
     audit_key, pseudonym_key = (shared_secret(p) for p in secret_paths(settings))
 
@@ -175,7 +176,7 @@ async def serve(
     log.info("broker starting", worker=options.worker_id, policy_hash=engine().policy_hash)
     following = asyncio.create_task(watcher.follow(profile, stop))
     watching = asyncio.create_task(_observe(metrics, ring, transport, stop))
-    keys = asyncio.create_task(follow_keys(KeyStore(settings.keys_dir), principals, ring, stop))
+    keys = asyncio.create_task(follow_keys(keystore, principals, ring, stop))
     try:
         await worker.run(stop)
     finally:
