@@ -49,6 +49,33 @@ def example(event_type: str, **header: Any) -> dict[str, Any]:
     return doc
 
 
+async def egress_received(cluster: Cluster, ring: KeyRing, agency: str) -> list[dict[str, Any]]:
+    """Every SharedEvent on ``agency``'s egress topic that opens with its key in ``ring``
+    (event id as text, ``body`` parsed); records that are not this deployment's envelopes
+    (other modules' on the session's shared topics) are skipped."""
+    async with KafkaReader(cluster.profile(agency)) as reader:
+        records = await reader.read_all(egress(agency))
+    opener = Opener(agency, ring)
+    shared = SCHEMAS.latest("SharedEvent")
+    out = []
+    for record in records:
+        try:
+            opened = opener.open(
+                record.value,
+                topic=record.topic,
+                now=dt.datetime.now(dt.UTC),
+                kind=Kind.EGRESS,
+                source="broker",
+            )
+        except (BadVersion, Malformed, UnknownKey):
+            continue
+        item = decode(opened.payload, shared)
+        item["event_id"] = str(item["event_id"])
+        item["body"] = json.loads(item["body_json"])
+        out.append(item)
+    return out
+
+
 @dataclass
 class BrokerEnv:
     cluster: Cluster
@@ -185,27 +212,7 @@ class BrokerEnv:
         broker with keys of its own. Those are skipped; anything else that fails to open is
         this broker's record and fails the test.
         """
-        async with KafkaReader(self.cluster.profile(agency)) as reader:
-            records = await reader.read_all(egress(agency))
-        opener = Opener(agency, self.ring)
-        shared = SCHEMAS.latest("SharedEvent")
-        out = []
-        for record in records:
-            try:
-                opened = opener.open(
-                    record.value,
-                    topic=record.topic,
-                    now=dt.datetime.now(dt.UTC),
-                    kind=Kind.EGRESS,
-                    source="broker",
-                )
-            except (BadVersion, Malformed, UnknownKey):
-                continue
-            item = decode(opened.payload, shared)
-            item["event_id"] = str(item["event_id"])
-            item["body"] = json.loads(item["body_json"])
-            out.append(item)
-        return out
+        return await egress_received(self.cluster, self.ring, agency)
 
     async def read(self, principal: str, topic: str) -> list[Record]:
         async with KafkaReader(self.cluster.profile(principal)) as reader:

@@ -6,7 +6,6 @@ verifies."""
 
 from __future__ import annotations
 
-import datetime as dt
 import io
 import uuid
 from collections.abc import Iterator, Mapping
@@ -18,15 +17,13 @@ from rich.console import Console
 from broker.audit import AuditIndex
 from broker.audit._kafka import verify_live
 from broker.audit._report import classifier, subject_report
-from broker.codec import decode, field_classifications
-from broker.envelope import BadVersion, KeyStore, Kind, Malformed, Opener, UnknownKey
-from broker.platform import egress
+from broker.codec import field_classifications
+from broker.envelope import KeyStore
 from broker.runtime._audit import subject_ref
 from broker.runtime._demo import DEMO_AGENCIES, isr_day, run_demo
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import secret_paths
-from broker.transport import KafkaReader
-from tests.integration.broker_env import SCHEMAS
+from tests.integration.broker_env import SCHEMAS, egress_received
 from tests.integration.conftest import ROOT, Cluster
 from tests.integration.test_demo import demo_settings
 
@@ -62,25 +59,10 @@ async def test_subject_reports_match_what_the_demo_delivered(
     # What the egress topics carried, opened with each recipient's key.
     principals = {a.id: a.key_ref for a in cluster.registry.agencies} | {"broker": "broker"}
     ring = KeyStore(home / "keys").load(principals, private_for=None)
-    shared_schema = SCHEMAS.latest("SharedEvent")
     carried: set[tuple[str, str, tuple[str, ...], Any, Any, Any, tuple[str, ...]]] = set()
     for agency in DEMO_AGENCIES:
-        async with KafkaReader(cluster.profile(agency)) as reader:
-            records = await reader.read_all(egress(agency))
-        opener = Opener(agency, ring)
-        for record in records:
-            try:
-                opened = opener.open(
-                    record.value,
-                    topic=record.topic,
-                    now=dt.datetime.now(dt.UTC),
-                    kind=Kind.EGRESS,
-                    source="broker",
-                )
-            except (BadVersion, Malformed, UnknownKey):  # other modules' records
-                continue
-            shared = decode(opened.payload, shared_schema)
-            event_id = str(shared["event_id"])
+        for shared in await egress_received(cluster, ring, agency):
+            event_id = shared["event_id"]
             if event_id not in steps:
                 continue
             classes = dict(field_classifications(SCHEMAS.latest(shared["event_type"])))
