@@ -257,3 +257,32 @@ def test_an_enum_index_out_of_range_and_a_recursive_type_are_refused() -> None:
     }
     with pytest.raises(SkimError, match="recursive"):
         Skim(recursive, {"next": True})
+
+
+@pytest.mark.parametrize("size", [63, 64, 8191, 8192, 100_000])
+def test_lengths_and_counts_of_every_width_read_as_fastavro_reads_them(size: int) -> None:
+    """One-byte and two-byte lengths are read inline and longer ones by a call: each width,
+    and each side of the boundaries, for strings, optional strings, arrays and maps."""
+    schema = {
+        "type": "record",
+        "name": "Wide",
+        "fields": [
+            {"name": "s", "type": "string"},
+            {"name": "o", "type": ["null", "string"]},
+            {"name": "a", "type": {"type": "array", "items": "string"}},
+            {"name": "m", "type": {"type": "map", "values": "string"}},
+            {"name": "end", "type": "long"},
+        ],
+    }
+    text = "é" * (size // 2) + "x" * (size % 2)  # exactly ``size`` bytes of UTF-8
+    record = {
+        "s": text,
+        "o": text,
+        "a": [text, "", text[: size // 3]] * (1 + size // 2000),
+        "m": {f"k{i}": text[:i] for i in range(70)},
+        "end": -(2**40),
+    }
+    value = encode(schema, record)
+    names = [f["name"] for f in schema["fields"]]
+    for wanted in (dict.fromkeys(names, True), {"end": True}):
+        assert Skim(schema, wanted)(value) == project(decode(schema, value), wanted)
