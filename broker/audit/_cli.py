@@ -79,9 +79,9 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _index(settings: Settings, db: str | None) -> AuditIndex:
+def _index(settings: Settings, db: str | None, *, rebuild: bool = False) -> AuditIndex:
     target = db if db is not None else settings.home / "audit" / "index.sqlite"
-    return AuditIndex.open(target, load_schemas(settings.schemas_dir))
+    return AuditIndex.open(target, load_schemas(settings.schemas_dir), rebuild=rebuild)
 
 
 def _subject_key(settings: Settings) -> bytes:
@@ -177,7 +177,7 @@ def index_command(
 ) -> None:
     """Index the audit topic (or an export) into the audit index; resumes where it stopped."""
     settings = _settings()
-    with _index(settings, db) as index:
+    with _index(settings, db, rebuild=True) as index:
         added = 0
         if source is None:  # from Kafka: only what is new since the last run
             live = load_profile(profile_path(settings.profiles_dir, profile))

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import fastavro
+import structlog
 
 from broker.audit._chain import CHAIN_HEADER, SCHEMA_HEADER, SEQ_HEADER
 from broker.audit._errors import IndexFailure, LogTampered, QueryError
@@ -47,21 +48,40 @@ from broker.audit._log import AUDIT_TOPIC, LogEntry
 from broker.audit._skim import Skim, SkimError, Wanted
 from broker.codec import CodecError, SchemaSet
 
+log = structlog.get_logger("tiaki.audit")
+
 #: A record id is its position packed into one integer: unique, and ordered like the topic.
 _PARTITION_SHIFT = 1 << 40
 
+#: The index's table layout; an index of another layout is rebuilt from the topic
+#: (:meth:`AuditIndex.open` with ``rebuild``), never read.
+LAYOUT = 2
+#: Tables derived from the topic, dropped when an index is rebuilt (the access log is not).
+_DERIVED = ("records", "decisions", "subjects", "positions")
+
 #: Tables; ``{pk}`` is the clustered-key clause (SQLite: ``WITHOUT ROWID``, so the subject
 #: and decision tables are each one B-tree, not a table and an index).
+#:
+#: Why decisions are clustered by recipient and have no other index: each B-tree a decision
+#: row lands in costs about as much as the row itself, and there are two or three decision
+#: rows per record. Queries naming a recipient read their range of that one B-tree in the
+#: order they return rows; queries about a person go through ``subjects`` to the records and
+#: read the decisions from the records' own bytes; any other query scans the decision rows
+#: (about a second per million records), which a compliance search can afford and indexing
+#: at the log's pace could not.
 _SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS layout (version INTEGER NOT NULL)",
     """CREATE TABLE IF NOT EXISTS records (
         id {id_type} PRIMARY KEY, partition INTEGER NOT NULL, log_offset BIGINT NOT NULL,
         chain TEXT, seq BIGINT, recorded_at BIGINT NOT NULL, action TEXT NOT NULL,
         event_id TEXT, event_type TEXT, source_agency TEXT, writer TEXT NOT NULL,
         value {blob} NOT NULL)""",
+    # recipient is '' for a record about no recipient: key columns cannot be NULL.
     """CREATE TABLE IF NOT EXISTS decisions (
         record_id BIGINT NOT NULL, ordinal INTEGER NOT NULL, recorded_at BIGINT NOT NULL,
-        action TEXT NOT NULL, event_type TEXT, source_agency TEXT, recipient TEXT,
-        outcome TEXT, legal_basis TEXT, PRIMARY KEY (record_id, ordinal)){pk}""",
+        action TEXT NOT NULL, event_type TEXT, source_agency TEXT, recipient TEXT NOT NULL,
+        outcome TEXT, legal_basis TEXT,
+        PRIMARY KEY (recipient, recorded_at, record_id, ordinal)){pk}""",
     """CREATE TABLE IF NOT EXISTS subjects (subject_ref TEXT NOT NULL,
         record_id BIGINT NOT NULL, PRIMARY KEY (subject_ref, record_id)){pk}""",
     "CREATE TABLE IF NOT EXISTS positions (partition INTEGER PRIMARY KEY, next_offset BIGINT)",
@@ -69,9 +89,6 @@ _SCHEMA = (
         seq BIGINT PRIMARY KEY, at_ms BIGINT NOT NULL, operator TEXT NOT NULL,
         command TEXT NOT NULL, query TEXT NOT NULL, results BIGINT NOT NULL,
         prev TEXT NOT NULL, link TEXT NOT NULL)""",
-    "CREATE INDEX IF NOT EXISTS decisions_recipient ON decisions (recipient, recorded_at)",
-    # Times arrive almost in order, so this index grows at its right edge: cheap to keep.
-    "CREATE INDEX IF NOT EXISTS decisions_time ON decisions (recorded_at)",
     # Review actions by event (AuditIndex.about); partial, so decision records cost nothing.
     """CREATE INDEX IF NOT EXISTS records_review_event ON records (event_id)
         WHERE action IN ('review', 'escalation')""",
@@ -87,7 +104,8 @@ TOP_LEVEL = -1
 class Database(Protocol):
     """The little an index needs from a SQL database; SQLite and PostgreSQL implement it."""
 
-    #: Table-definition details that differ: ``{"id_type": ..., "blob": ..., "pk": ...}``.
+    #: Table-definition details that differ: ``{"id_type": ..., "blob": ..., "pk": ...}``,
+    #: and ``"tables"``, the query listing the tables there are.
     ddl: Mapping[str, str]
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
@@ -104,7 +122,12 @@ class SqliteDatabase:
     fsync (``synchronous=OFF``): the index is derived data, rebuilt from the topic if a power
     cut loses its last batches, so durability is not worth paying for here."""
 
-    ddl: Mapping[str, str] = {"id_type": "INTEGER", "blob": "BLOB", "pk": " WITHOUT ROWID"}
+    ddl: Mapping[str, str] = {
+        "id_type": "INTEGER",
+        "blob": "BLOB",
+        "pk": " WITHOUT ROWID",
+        "tables": "SELECT name FROM sqlite_master WHERE type = 'table'",
+    }
 
     def __init__(self, path: Path) -> None:
         try:
@@ -145,7 +168,13 @@ class SqliteDatabase:
 class PostgresDatabase:
     """PostgreSQL through psycopg 3 (installed separately: ``pip install psycopg[binary]``)."""
 
-    ddl: Mapping[str, str] = {"id_type": "BIGINT", "blob": "BYTEA", "pk": ""}
+    ddl: Mapping[str, str] = {
+        "id_type": "BIGINT",
+        "blob": "BYTEA",
+        "pk": "",
+        "tables": "SELECT table_name FROM information_schema.tables"
+        " WHERE table_schema = current_schema()",
+    }
 
     def __init__(self, url: str) -> None:
         try:  # an optional driver, needed only where an agency runs PostgreSQL
@@ -286,7 +315,7 @@ def _index_rows(
                 action,
                 event_type,
                 source,
-                record.get("recipient"),
+                record.get("recipient") or "",
                 record.get("outcome"),
                 record.get("legal_basis"),
             )
@@ -391,6 +420,33 @@ def _row(record: Mapping[str, Any], ordinal: int, partition: int, offset: int) -
         schema_fingerprint=record.get("schema_fingerprint"),
         partition=partition,
         offset=offset,
+    )
+
+
+#: Records for :meth:`AuditIndex._record_rows`: those about a person, and the review actions
+#: on one event.
+_PERSON_RECORDS = (
+    "SELECT r.id, r.value, r.writer, r.partition, r.log_offset"
+    " FROM subjects s JOIN records r ON r.id = s.record_id WHERE s.subject_ref = ?"
+)
+_REVIEW_RECORDS = (
+    "SELECT r.id, r.value, r.writer, r.partition, r.log_offset FROM records r"
+    " WHERE r.action IN ('review', 'escalation') AND r.event_id = ?"
+)
+
+
+def _matches(row: Row, q: Query) -> bool:
+    """Whether ``row`` has every field ``q`` names (but the person and the times)."""
+    return all(
+        wanted is None or wanted == have
+        for wanted, have in (
+            (q.recipient, row.recipient),
+            (q.source, row.source_agency),
+            (q.event_type, row.event_type),
+            (q.legal_basis, row.legal_basis),
+            (q.outcome, row.outcome),
+            (q.action, row.action),
+        )
     )
 
 
@@ -531,17 +587,46 @@ class Access:
 class AuditIndex:
     """The index over one database (not thread-safe)."""
 
-    def __init__(self, db: Database, schemas: SchemaSet) -> None:
+    def __init__(self, db: Database, schemas: SchemaSet, *, rebuild: bool = False) -> None:
         self._db = db
         self._decoder = Decoder(schemas)
         self._pool: ProcessPoolExecutor | None = None
-        with db.transaction():
-            for statement in _SCHEMA:
-                db.execute(statement.format(**db.ddl))
+        try:
+            self._prepare(rebuild)
+        except BaseException:
+            db.close()
+            raise
 
     @classmethod
-    def open(cls, target: str | Path, schemas: SchemaSet) -> AuditIndex:
-        return cls(open_database(target), schemas)
+    def open(cls, target: str | Path, schemas: SchemaSet, *, rebuild: bool = False) -> AuditIndex:
+        """The index at ``target``, made if new. An index of an earlier layout is rebuilt
+        if ``rebuild`` (what ``tiaki audit index`` asks: its derived tables are dropped and
+        filled again from the topic; the access log is kept), and refused otherwise."""
+        return cls(open_database(target), schemas, rebuild=rebuild)
+
+    def _prepare(self, rebuild: bool) -> None:
+        db = self._db
+        with db.transaction():
+            tables = {str(name) for (name,) in db.execute(db.ddl["tables"])}
+            if "records" in tables:  # an index already: of which layout (0: from before)
+                db.execute("CREATE TABLE IF NOT EXISTS layout (version INTEGER NOT NULL)")
+                found = db.execute("SELECT version FROM layout")
+                layout = int(found[0][0]) if found else 0
+                if layout != LAYOUT and not rebuild:
+                    raise IndexFailure(
+                        f"the audit index has layout {layout} and this Tiaki reads layout "
+                        f"{LAYOUT}: run `tiaki audit index` to rebuild it from the audit "
+                        "topic (its access log is kept)"
+                    )
+                if layout != LAYOUT:
+                    for table in _DERIVED:
+                        db.execute(f"DROP TABLE IF EXISTS {table}")
+                    db.execute("DELETE FROM layout")
+                    log.warning("audit index rebuilt", layout_was=layout, layout=LAYOUT)
+            for statement in _SCHEMA:
+                db.execute(statement.format(**db.ddl))
+            if not db.execute("SELECT version FROM layout"):
+                db.execute("INSERT INTO layout VALUES (?)", (LAYOUT,))
 
     def close(self) -> None:
         if self._pool is not None:
@@ -645,15 +730,15 @@ class AuditIndex:
         """Rows matching ``q``, oldest first."""
         if q.limit <= 0:
             raise QueryError("the limit must be positive")
+        if q.subject_ref is not None:
+            found = self._db.execute(_PERSON_RECORDS, (q.subject_ref,))
+            return self._record_rows(found, q)[: q.limit]
         sql = [
             "SELECT d.record_id, d.ordinal, r.value, r.writer, r.partition, r.log_offset"
             " FROM decisions d JOIN records r ON r.id = d.record_id"
         ]
         where: list[str] = []
         params: list[Any] = []
-        if q.subject_ref is not None:
-            sql.append(" JOIN subjects s ON s.record_id = d.record_id AND s.subject_ref = ?")
-            params.append(q.subject_ref)
         for column, value in (
             ("d.recipient", q.recipient),
             ("d.source_agency", q.source),
@@ -687,6 +772,25 @@ class AuditIndex:
             out.append(_row(record, int(ordinal), int(partition), int(offset)))
         return out
 
+    def _record_rows(self, found: Iterable[Sequence[Any]], q: Query | None = None) -> list[Row]:
+        """Every row of each record found (``_PERSON_RECORDS``' columns) that matches ``q``'s fields
+        other than the person, oldest first: the decisions read from the records' bytes."""
+        keyed: list[tuple[tuple[int, int, int], Row]] = []
+        for rid, value, writer, partition, offset in found:
+            record = self._decoder.decode(bytes(value), writer)
+            at = _ms(record["recorded_at"])
+            if q is not None and not (
+                (q.since_ms is None or at >= q.since_ms) and (q.until_ms is None or at < q.until_ms)
+            ):
+                continue
+            ordinals = range(len(record.get("decisions") or ())) or (TOP_LEVEL,)
+            for ordinal in ordinals:
+                row = _row(record, ordinal, int(partition), int(offset))
+                if q is None or _matches(row, q):
+                    keyed.append(((at, int(rid), ordinal), row))
+        keyed.sort(key=lambda pair: pair[0])
+        return [row for _, row in keyed]
+
     def about(self, subject_ref: str, *, limit: int = 1_000_000) -> list[Row]:
         """Every row about one person: those naming them, and the review actions on items
         held about them.
@@ -702,14 +806,8 @@ class AuditIndex:
             return rows
         found: list[Sequence[Any]] = []
         for event_id in sorted({e for e, _ in held if e is not None}):
-            found += self._db.execute(
-                "SELECT d.record_id, d.ordinal, r.value, r.writer, r.partition, r.log_offset"
-                " FROM records r JOIN decisions d ON d.record_id = r.id"
-                " WHERE r.action IN ('review', 'escalation') AND r.event_id = ?"
-                " ORDER BY r.recorded_at, r.id",
-                (event_id,),
-            )
-        actions = [r for r in self._rows(found) if (r.event_id, r.recipient) in held]
+            found += self._db.execute(_REVIEW_RECORDS, (event_id,))
+        actions = [r for r in self._record_rows(found) if (r.event_id, r.recipient) in held]
         return sorted(rows + actions, key=lambda r: (r.recorded_at, r.partition, r.offset))
 
     # -- the access log -----------------------------------------------------------------------

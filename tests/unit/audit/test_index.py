@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from broker.audit import AuditIndex, LogEntry, LogTampered, Query, QueryError, index_rows
+from broker.audit import (
+    AuditIndex,
+    IndexFailure,
+    LogEntry,
+    LogTampered,
+    Query,
+    QueryError,
+    index_rows,
+)
 from broker.audit._report import classifier, subject_report
 from broker.codec import SchemaSet
 from broker.envelope import KeyRing
@@ -103,6 +111,55 @@ def test_queries_by_person_recipient_type_basis_outcome_and_time(index: AuditInd
     assert index.query(Query(subject_ref="0" * 64)) == []
     with pytest.raises(QueryError):
         index.query(Query(limit=0))
+
+
+def test_a_person_query_agrees_with_the_decision_rows_it_reads_from_the_records(
+    index: AuditIndex,
+) -> None:
+    """Person queries read decisions from the records' bytes, the others from the decision
+    table: for every filter both must give the same rows in the same order."""
+    everything = index.query(Query(limit=10_000))
+    mine_ids = {(r.partition, r.offset) for r in index.query(Query(subject_ref=person_ref()))}
+    assert mine_ids
+    since = int((T0 + timedelta(seconds=3)).timestamp() * 1000)
+    for q in (
+        Query(),
+        Query(recipient="corrections"),
+        Query(outcome="deny"),
+        Query(legal_basis="fva_s20", event_type="CaseAllocation"),
+        Query(source="police", action="decision", since_ms=since),
+        Query(until_ms=since),
+    ):
+        by_table = [r for r in index.query(q) if (r.partition, r.offset) in mine_ids]
+        by_person = index.query(Query(**{**vars(q), "subject_ref": person_ref()}))
+        assert by_person == by_table, q
+    assert len(everything) > len(index.query(Query(recipient="corrections")))
+    assert (
+        index.query(Query(subject_ref=person_ref(), limit=3))
+        == index.query(Query(subject_ref=person_ref()))[:3]
+    )
+
+
+def test_an_index_of_an_earlier_layout_is_refused_then_rebuilt_keeping_its_access_log(
+    tmp_path: Path, ring: KeyRing, schemas: SchemaSet
+) -> None:
+    path = tmp_path / "old.sqlite"
+    log = build_log(ring, schemas, records=30)
+    with AuditIndex.open(path, schemas) as index:
+        index.add(log.audit)
+        index.record_access(operator="officer-1", command="query", query={}, results=0, now=T0)
+        expected = index.query(Query(limit=1000))
+        index._db.execute("DROP TABLE layout")  # as an index from before layouts were kept
+    with pytest.raises(IndexFailure, match=r"layout 0 .* run `tiaki audit index` to rebuild"):
+        AuditIndex.open(path, schemas)
+    with AuditIndex.open(path, schemas, rebuild=True) as index:
+        assert index.count() == (0, 0, 0)
+        assert index.positions() == {}
+        assert [a.operator for a in index.access_log()] == ["officer-1"]
+        assert index.add(log.audit) == 30
+        assert index.query(Query(limit=1000)) == expected
+    with AuditIndex.open(path, schemas) as index:  # the layout is now this one's
+        assert index.count()[0] == 30
 
 
 def test_the_subject_report_lists_disclosures_with_their_classes(

@@ -27,7 +27,7 @@ def test_postgres_and_sqlite_agree(tmp_path: Path, ring: KeyRing, schemas: Schem
     assert URL is not None
     log = build_log(ring, schemas, records=60)
     with AuditIndex.open(URL, schemas) as pg:
-        for table in ("records", "decisions", "subjects", "positions", "access_log"):
+        for table in ("records", "decisions", "subjects", "positions", "access_log", "layout"):
             pg._db.execute(f"DROP TABLE IF EXISTS {table}")
     with (
         AuditIndex.open(URL, schemas) as pg,
