@@ -795,10 +795,11 @@ class AuditIndex:
         """Every row about one person: those naming them, and the review actions on items
         held about them.
 
-        Why the second part: a reviewer's approve or decline record is written from the held
-        item, which carries the minimised body (identifiers possibly pseudonymised), so it
-        has no subject references of its own; it is found through the decision record that
-        held the item (same event, same recipient), which does.
+        Why the second part: brokers before the held item carried its event's subject
+        references wrote a reviewer's approve or decline record with none (the held body is
+        minimised, identifiers possibly pseudonymised); such a record is found through the
+        decision record that held the item (same event, same recipient). Records that name
+        the person themselves are not listed twice.
         """
         rows = self.query(Query(subject_ref=subject_ref, limit=limit))
         held = {(r.event_id, r.recipient) for r in rows if r.outcome == "review"}
@@ -807,7 +808,12 @@ class AuditIndex:
         found: list[Sequence[Any]] = []
         for event_id in sorted({e for e, _ in held if e is not None}):
             found += self._db.execute(_REVIEW_RECORDS, (event_id,))
-        actions = [r for r in self._record_rows(found) if (r.event_id, r.recipient) in held]
+        listed = {(r.partition, r.offset) for r in rows}
+        actions = [
+            r
+            for r in self._record_rows(found)
+            if (r.event_id, r.recipient) in held and (r.partition, r.offset) not in listed
+        ]
         return sorted(rows + actions, key=lambda r: (r.recorded_at, r.partition, r.offset))
 
     # -- the access log -----------------------------------------------------------------------

@@ -49,6 +49,7 @@ from broker.runtime._audit import (
     decision_audit,
     quarantine_audit,
     quarantined_record,
+    subject_refs,
 )
 from broker.runtime._cases import CaseMembership
 from broker.runtime._decide import Decider, Outcome, Verdict
@@ -66,6 +67,11 @@ REASON_HEADER = "tiaki-reason"
 #: Headers of a held item on tiaki.review: its id and its deadline (epoch milliseconds).
 REVIEW_ID_HEADER = "tiaki-review-id"
 DEADLINE_HEADER = "tiaki-deadline"
+#: Header of a held item: the subject references (keyed hashes, comma-separated) of the event
+#: it was held from, so the reviewer's approve or decline audit record names the same people
+#: as the decision that held it (the held body is minimised and may name nobody). The review
+#: topic is the broker's alone; the same references are on the audit topic already.
+SUBJECTS_HEADER = "tiaki-subjects"
 #: How long a held item may wait for a person before it escalates (LAW.md: review within 24 h).
 REVIEW_WINDOW = timedelta(hours=24)
 
@@ -205,7 +211,8 @@ class Pipeline:
             )
             return self._quarantine(record, rejected, now)
         if verdicts:
-            outputs.append(self._decision_audit(admitted, verdicts, now))
+            refs = subject_refs(self._subject_key, admitted.event)
+            outputs.append(self._decision_audit(admitted, verdicts, now, refs))
             head = self._parts.shared_head(
                 event_id=admitted.event_id,
                 event_type=admitted.event_type,
@@ -215,7 +222,7 @@ class Pipeline:
             )
             bodies: dict[int, bytes] = {}  # body_json parts: recipients alike share one body
             for verdict in verdicts:
-                delivery = self._deliver(admitted, verdict, now, head, bodies)
+                delivery = self._deliver(admitted, verdict, now, head, bodies, refs)
                 if delivery is not None:
                     outputs.append(delivery)
         return Processed(outputs, admitted.source.id, admitted.event_type, None, tuple(verdicts))
@@ -277,7 +284,7 @@ class Pipeline:
         return outputs
 
     def _decision_audit(
-        self, admitted: Accepted, verdicts: Sequence[Verdict], now: datetime
+        self, admitted: Accepted, verdicts: Sequence[Verdict], now: datetime, refs: list[str]
     ) -> Outgoing:
         record = decision_audit(
             self._context(),
@@ -287,6 +294,7 @@ class Pipeline:
             source=admitted.source.id,
             decisions=(),  # written by RecordParts, from cached entries
             now=now,
+            subjects=refs,
         )
         value = self._parts.decision_record(record, verdicts)
         # Keyed like audit_output: by the case reference, never the case id.
@@ -299,6 +307,7 @@ class Pipeline:
         now: datetime,
         head: bytes,
         bodies: dict[int, bytes],
+        refs: list[str],
     ) -> Outgoing | None:
         """The record that carries ``verdict``'s minimised event, if it carries one."""
         case_key = str(admitted.event["header"]["case_id"]).encode()
@@ -318,6 +327,7 @@ class Pipeline:
                 (RECIPIENT_HEADER, verdict.recipient.encode()),
                 (REVIEW_ID_HEADER, f"{admitted.event_id}/{verdict.recipient}".encode()),
                 (DEADLINE_HEADER, str(deadline).encode()),
+                (SUBJECTS_HEADER, ",".join(refs).encode()),
             )
         sealed = self._sealer.seal(
             shared,

@@ -34,6 +34,7 @@ from broker.runtime._pipeline import (
     DEADLINE_HEADER,
     RECIPIENT_HEADER,
     REVIEW_ID_HEADER,
+    SUBJECTS_HEADER,
     audit_output,
 )
 from broker.transport import Outgoing, Record
@@ -62,6 +63,9 @@ class HeldItem:
     shared: dict[str, Any]
     state: str = "held"
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    #: The subject references of the event it was held from (none on items held before
+    #: brokers recorded them; the audit index finds those through the holding decision).
+    subject_refs: list[str] = field(default_factory=list)
 
     def overdue(self, now: datetime) -> bool:
         return self.state == "held" and now >= self.deadline
@@ -91,6 +95,7 @@ def read_queue(
             deadline=datetime.fromtimestamp(int(headers[DEADLINE_HEADER]) / 1000, UTC),
             record=record,
             shared=decode(opened.payload, shared_schema),
+            subject_refs=[r for r in headers.get(SUBJECTS_HEADER, b"").decode().split(",") if r],
         )
     return items
 
@@ -149,6 +154,7 @@ def decide(
         "reason_codes": ["review_overdue"] if verdict == "escalate" else [f"review_{verdict}"],
         "detail": justification[:500] or None,
         "case_ref": case_ref(context.subject_key, key.decode()) if key else None,
+        "subject_refs": list(item.subject_refs),
     }
     outputs.append(audit_output(schemas.latest("AuditRecord"), audit))
     if verdict == "approve":

@@ -210,11 +210,13 @@ def test_decoding_in_worker_processes_gives_the_same_index(
         assert two.query(Query(limit=10_000)) == expected
 
 
+@pytest.mark.parametrize("names_them", [False, True])
 def test_an_approval_of_an_item_held_about_a_person_is_in_their_report(
-    tmp_path: Path, schemas: SchemaSet
+    tmp_path: Path, schemas: SchemaSet, names_them: bool
 ) -> None:
-    """The reviewer's approve record has no subject references of its own (it is written
-    from the minimised held item); it is found through the decision record that held it."""
+    """An approve record written before held items carried their subjects has no subject
+    references of its own; it is found through the decision record that held it. One that
+    names the person (as brokers write them now) is listed once, not twice."""
     from broker.codec import encode
 
     schema = schemas.latest("AuditRecord")
@@ -257,6 +259,7 @@ def test_an_approval_of_an_item_held_about_a_person_is_in_their_report(
         route="fva_s20",
         rule_ids=["R-HOLD"],
         field_actions={"header.case_id": "keep"},
+        subject_refs=[person_ref()] if names_them else [],
     )
     other = base(3, "review", event_id="evt-other", recipient="health-nz", outcome="approve")
     entries = [
@@ -266,6 +269,8 @@ def test_an_approval_of_an_item_held_about_a_person_is_in_their_report(
     with AuditIndex.open(tmp_path / "i.sqlite", schemas) as index:
         index.add(entries)
         rows = index.about(person_ref())
+        by_query = index.query(Query(subject_ref=person_ref()))
+    assert len(by_query) == (3 if names_them else 2)
     assert [(r.action, r.recipient, r.outcome) for r in rows] == [
         ("decision", "health-nz", "review"),
         ("decision", "msd", "deny"),

@@ -78,6 +78,58 @@ def test_approval_releases_to_the_recipient_once() -> None:
         carry_out(harness, records, "decline")
 
 
+def test_each_review_action_names_the_people_the_holding_decision_named() -> None:
+    """The held body is minimised and may name nobody, so the held item carries its event's
+    subject references; approve, decline and escalate records name exactly those people,
+    and a person query of the audit index finds them without going through the decision."""
+    harness = Harness(ScriptedDecider([verdict("msd", Outcome.REVIEW)]))
+    processed = harness.pipeline.process(harness.record(), NOW)
+    (decision,) = [
+        decode(o.value, SCHEMAS.latest("AuditRecord"))
+        for o in processed.outputs
+        if o.topic == "tiaki.audit"
+    ]
+    assert decision["subject_refs"]
+    records = as_records([o for o in processed.outputs if o.topic == "tiaki.review"])
+    for verdict_, later in (("approve", timedelta(0)), ("decline", timedelta(0))):
+        outputs = carry_out(harness, records, verdict_, later=later)
+        (audit,) = [
+            decode(o.value, SCHEMAS.latest("AuditRecord"))
+            for o in outputs
+            if o.topic == "tiaki.audit"
+        ]
+        assert audit["subject_refs"] == decision["subject_refs"], verdict_
+    escalated = carry_out(harness, records, "escalate", later=timedelta(hours=25))
+    (audit,) = [
+        decode(o.value, SCHEMAS.latest("AuditRecord"))
+        for o in escalated
+        if o.topic == "tiaki.audit"
+    ]
+    assert audit["subject_refs"] == decision["subject_refs"]
+
+
+def test_an_item_held_before_subjects_were_recorded_gives_actions_naming_nobody() -> None:
+    harness, records = held()
+    old = [
+        Record(
+            r.topic,
+            r.partition,
+            r.offset,
+            r.key,
+            r.value,
+            tuple((k, v) for k, v in r.headers if k != "tiaki-subjects"),
+            r.timestamp_ms,
+        )
+        for r in records
+    ]
+    (audit,) = [
+        decode(o.value, SCHEMAS.latest("AuditRecord"))
+        for o in carry_out(harness, old, "approve")
+        if o.topic == "tiaki.audit"
+    ]
+    assert audit["subject_refs"] == []
+
+
 def test_decline_needs_reasons_and_releases_nothing() -> None:
     harness, records = held()
     with pytest.raises(ReviewError, match="needs a justification"):
