@@ -76,6 +76,12 @@ class ReplayCache:
         self._watermark = -1
         self._remembered = self._replays = self._stale = self._evicted = 0
 
+    def horizon_ms(self, now: datetime) -> int:
+        """The earliest time a record of still-remembered events can have been written: an
+        event older than the window is refused as stale whatever is remembered, and one
+        written at ``t`` was sealed no later than ``t`` plus the allowed skew."""
+        return to_ms(now) - self._window_ms - self._skew_ms
+
     def check(self, source: str, event_id: str, sealed_at_ms: int, now: datetime) -> None:
         """Raise :class:`Replayed` or :class:`Stale` if the record cannot be accepted."""
         now_ms = to_ms(now)

@@ -69,13 +69,29 @@ class BrokerState:
     seen: list[tuple[str, str, int]]
 
 
-async def rebuild_state(reader: Reader, schemas: SchemaSet) -> BrokerState:
-    """Case membership, open information requests and the events already admitted."""
+#: How much earlier than the replay cache's horizon ``tiaki.state.seen`` is read from: records
+#: are stamped by the clock of the worker that wrote them, which may differ from this one's.
+SEEN_CLOCK_MARGIN_MS = 3_600_000
+
+
+async def rebuild_state(
+    reader: Reader, schemas: SchemaSet, *, seen_since_ms: int | None = None
+) -> BrokerState:
+    """Case membership, open information requests and the events already admitted (those
+    recorded from ``seen_since_ms`` on, or all ``tiaki.state.seen`` holds).
+
+    Why from a time: ``tiaki.state.seen`` keeps two days, one record per transaction, and
+    only what was admitted within the replay window can still be refused as a replay (older
+    events are stale anyway); reading from there halves what a start or a rebalance reads.
+    """
     cases, requests = CaseMembership(), RequestBook()
     async with reader:
         case_records = await reader.read_all(STATE_CASES)
         request_records = await reader.read_all(STATE_REQUESTS)
-        seen_records = await reader.read_all(STATE_SEEN)
+        start: dict[int, int] = {}
+        if seen_since_ms is not None:
+            start = await reader.offsets_at(STATE_SEEN, seen_since_ms)
+        seen_records = await reader.read_from(STATE_SEEN, start)
     cases.load(decode(r.value, schemas.latest("CaseMembership")) for r in case_records)
     requests.load(decode(r.value, schemas.latest("RequestState")) for r in request_records)
     return BrokerState(cases, requests, seen_events(seen_records, schemas))
@@ -129,9 +145,13 @@ async def serve(
     profile = load_profile(profile_path(settings.profiles_dir, BROKER))
     audit_key, pseudonym_key = (shared_secret(p) for p in secret_paths(settings))
 
-    state = await rebuild_state(KafkaReader(profile), schemas)
-    cases, requests = state.cases, state.requests
     replay = ReplayCache()
+
+    def seen_since_ms() -> int:
+        return replay.horizon_ms(datetime.now(UTC)) - SEEN_CLOCK_MARGIN_MS
+
+    state = await rebuild_state(KafkaReader(profile), schemas, seen_since_ms=seen_since_ms())
+    cases, requests = state.cases, state.requests
     replay.seed(state.seen, datetime.now(UTC))
     settle_heap()
     decider = PolicyDecider(engine, Pseudonymiser(pseudonym_key), cases, requests)
@@ -156,7 +176,7 @@ async def serve(
     chain = AuditChainer(transport.transactional_id, ring, reader=lambda: KafkaReader(profile))
 
     async def refresh_state() -> None:
-        fresh = await rebuild_state(KafkaReader(profile), schemas)
+        fresh = await rebuild_state(KafkaReader(profile), schemas, seen_since_ms=seen_since_ms())
         cases.replace(fresh.cases)
         requests.replace(fresh.requests)
         # Partitions another worker had: learn what it admitted (what this one admitted is

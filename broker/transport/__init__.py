@@ -16,6 +16,8 @@ The interface (:mod:`broker.transport._types`)::
         async def publish(topic, key, value, headers=()) -> Record
     class Reader:                       # read-committed, whole topics: tests, state rebuild
         async def read_all(topic) -> list[Record]
+        async def read_from(topic, start, limit=None) -> list[Record]   # from offsets
+        async def offsets_at(topic, timestamp_ms) -> dict[int, int]     # where a time starts
 
 ``poll`` returns committed records only (read-committed) from the partitions the consumer group
 assigned to this worker, in offset order per partition. ``commit`` is one Kafka transaction:

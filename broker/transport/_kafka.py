@@ -523,6 +523,25 @@ class KafkaReader(ResourceBase):
         records.sort(key=lambda r: (r.partition, r.offset))
         return records
 
+    async def offsets_at(self, topic: str, timestamp_ms: int) -> dict[int, int]:
+        if self._state != "open" or self._consumer is None:
+            raise TransportClosed("reader is not open")
+        consumer = self._consumer
+        try:
+            with _translated():
+                async with asyncio.timeout(self._timeout_s):
+                    partitions = await _partitions(consumer, topic)
+                    found = await consumer.offsets_for_times(
+                        dict.fromkeys(partitions, timestamp_ms)
+                    )
+                    ends = await consumer.end_offsets(partitions)
+        except TimeoutError:
+            raise Unavailable(f"{topic}: offsets not found within {self._timeout_s} s") from None
+        return {
+            tp.partition: found[tp].offset if found.get(tp) is not None else ends[tp]
+            for tp in partitions
+        }
+
     async def _read(
         self,
         consumer: AIOKafkaConsumer,
@@ -530,13 +549,7 @@ class KafkaReader(ResourceBase):
         start: Mapping[int, int],
         limit: int | None,
     ) -> list[Record]:
-        cluster = await consumer._client.fetch_all_metadata()  # what consumer.topics() uses
-        if topic in cluster.unauthorized_topics:
-            raise NotAuthorized(f"{topic}: reads refused")
-        numbers = cluster.partitions_for_topic(topic)
-        if not numbers:
-            raise TransportError(f"{topic}: no such topic (run `tiaki provision`)")
-        partitions = [KafkaTopicPartition(topic, p) for p in sorted(numbers)]
+        partitions = await _partitions(consumer, topic)
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         for tp in partitions:
@@ -555,6 +568,17 @@ class KafkaReader(ResourceBase):
         # No unsubscribe(): after a manual assign() it leaves aiokafka's stop() hanging; the
         # next read assigns afresh anyway.
         return records
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[KafkaTopicPartition]:
+    """The topic's partitions, or a clear error if it is missing or not readable."""
+    cluster = await consumer._client.fetch_all_metadata()  # what consumer.topics() uses
+    if topic in cluster.unauthorized_topics:
+        raise NotAuthorized(f"{topic}: reads refused")
+    numbers = cluster.partitions_for_topic(topic)
+    if not numbers:
+        raise TransportError(f"{topic}: no such topic (run `tiaki provision`)")
+    return [KafkaTopicPartition(topic, p) for p in sorted(numbers)]
 
 
 async def _send_batched(producer: AIOKafkaProducer, outputs: Sequence[Outgoing]) -> None:

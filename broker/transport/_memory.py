@@ -467,6 +467,15 @@ class InMemoryReader(ResourceBase):
     async def read_all(self, topic: str) -> list[Record]:
         return await self.read_from(topic, {})
 
+    async def offsets_at(self, topic: str, timestamp_ms: int) -> dict[int, int]:
+        if not self._open:
+            raise TransportClosed("reader is not open")
+        found: dict[int, int] = {}
+        for p, log in enumerate(self._cluster._logs.get(topic, ())):
+            end = log[-1].offset + 1 if log else 0
+            found[p] = next((e.offset for e in log if e.timestamp_ms >= timestamp_ms), end)
+        return found
+
     async def read_from(
         self, topic: str, start: Mapping[int, int], *, limit: int | None = None
     ) -> list[Record]:

@@ -115,3 +115,9 @@ class Reader(AsyncResource, Protocol):
         ``limit``, stops once at least that many were read (a few more may come with the
         last fetch): read on from the offsets after the last record of each partition."""
         ...
+
+    async def offsets_at(self, topic: str, timestamp_ms: int) -> dict[int, int]:
+        """Per partition, the offset of the first record stamped at or after ``timestamp_ms``
+        (the end of the partition if there is none): where :meth:`read_from` starts to read
+        what was written since then."""
+        ...

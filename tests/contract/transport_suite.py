@@ -274,6 +274,23 @@ class TransportContract:
             await successor.commit([harness.output("successor")], [])
         assert [r.value for r in await read_outputs(harness, 1)] == [b"successor"]
 
+    async def test_offsets_at_a_time_start_a_read_of_what_was_written_since(
+        self, harness: Harness
+    ) -> None:
+        group = await harness.new_group()
+        async with harness.worker(group, "a") as worker:
+            await worker.commit([harness.output(f"before-{i}") for i in range(6)], [])
+            async with harness.reader() as reader:
+                before = mine(harness, await reader.read_all(harness.output_topic))
+                stamp = max(r.timestamp_ms for r in before) + 1
+                await asyncio.sleep(0.05)  # the next records are stamped later
+                await worker.commit([harness.output(f"after-{i}") for i in range(6)], [])
+                start = await reader.offsets_at(harness.output_topic, stamp)
+                since = mine(harness, await reader.read_from(harness.output_topic, start))
+                future = await reader.offsets_at(harness.output_topic, stamp + 3_600_000)
+                assert not mine(harness, await reader.read_from(harness.output_topic, future))
+        assert sorted(r.value for r in since) == sorted(f"after-{i}".encode() for i in range(6))
+
     async def test_reading_from_offsets_resumes_where_a_limited_read_stopped(
         self, harness: Harness
     ) -> None:

@@ -219,3 +219,33 @@ def _event_id(harness: Harness, record: Record) -> str:
         .open(record.value, topic=record.topic, now=NOW, kind=Kind.INGRESS, source="police")
         .event_id
     )
+
+
+async def test_state_is_rebuilt_with_only_the_seen_events_written_since_a_time() -> None:
+    """``tiaki.state.seen`` keeps two days; a start reads it from the replay cache's horizon
+    (less a margin for workers' clocks), and everything else whole."""
+    from broker.codec import encode
+    from broker.runtime._service import rebuild_state
+    from broker.transport import Outgoing
+
+    stamp = [1_000_000]
+    cluster = InMemoryCluster(clock_ms=lambda: stamp[0])
+    cluster.create_topic(STATE_SEEN, 1)
+    for name in ("tiaki.state.cases", "tiaki.state.requests"):
+        cluster.create_topic(name)
+    schema = SCHEMAS.latest("SeenEvents")
+    async with cluster.worker() as writer:
+        for at, event in ((1_000_000, "old"), (2_000_000, "edge"), (3_000_000, "new")):
+            stamp[0] = at
+            value = encode(
+                schema, {"events": [{"source": "police", "event_id": event, "sealed_at_ms": at}]}
+            )
+            await writer.commit([Outgoing(STATE_SEEN, None, value)], [])
+    since = await rebuild_state(cluster.reader(), SCHEMAS, seen_since_ms=2_000_000)
+    assert [e for _, e, _ in since.seen] == ["edge", "new"]
+    whole = await rebuild_state(cluster.reader(), SCHEMAS)
+    assert [e for _, e, _ in whole.seen] == ["old", "edge", "new"]
+    later = await rebuild_state(cluster.reader(), SCHEMAS, seen_since_ms=9_000_000)
+    assert later.seen == []
+    cache = ReplayCache()
+    assert cache.horizon_ms(NOW) == int(NOW.timestamp() * 1000) - (24 * 60 + 5) * 60_000
