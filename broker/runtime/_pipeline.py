@@ -88,17 +88,21 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot represent {type(value).__name__} in a shared event")
 
 
-def audit_output(schema: Schema, record: Mapping[str, Any], key: bytes | None = None) -> Outgoing:
-    """An audit record for ``tiaki.audit``: plain Avro, its schema named in a header.
-
-    Keyed by the record's case reference (the keyed hash, never the case id itself, which the
-    compliance principal has no need to see), so one case's audit records stay in order on
-    one partition; ``key`` serves records about no case (an escalated request's id).
-    """
+def audit_key(record: Mapping[str, Any], key: bytes | None = None) -> bytes | None:
+    """The Kafka key of an audit record: its case reference (the keyed hash, never the case id
+    itself, which the compliance principal has no need to see), so one case's audit records
+    stay in order on one partition; ``key`` serves records about no case (an escalated
+    request's id)."""
     ref = record.get("case_ref")
+    return ref.encode() if ref else key
+
+
+def audit_output(schema: Schema, record: Mapping[str, Any], key: bytes | None = None) -> Outgoing:
+    """An audit record for ``tiaki.audit``: plain Avro, its schema named in a header, keyed by
+    :func:`audit_key`."""
     return Outgoing(
         AUDIT,
-        ref.encode() if ref else key,
+        audit_key(record, key),
         encode(schema, record),
         ((SCHEMA_HEADER, schema.fingerprint_hex.encode()),),
     )
@@ -297,8 +301,7 @@ class Pipeline:
             subjects=refs,
         )
         value = self._parts.decision_record(record, verdicts)
-        # Keyed like audit_output: by the case reference, never the case id.
-        return Outgoing(AUDIT, record["case_ref"].encode(), value, self._audit_headers)
+        return Outgoing(AUDIT, audit_key(record), value, self._audit_headers)
 
     def _deliver(
         self,
