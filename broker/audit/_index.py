@@ -9,13 +9,16 @@ not the index.
 Shape (one row per audit record, one per (record, decision), one per (record, subject)):
 
 - ``records``: where it sits (partition, offset, chain, seq), when, what, and the record's
-  own Avro bytes (decoded again for the rows a query returns);
+  own Avro bytes (decoded again for the rows a query returns): in the row on PostgreSQL; on
+  SQLite appended to a value log beside the database (``<index>.values``,
+  :class:`ValueLog`), the row saying where;
 - ``decisions``: one row per candidate recipient of a decision record (AuditRecord v2's
   ``decisions``), or the single top-level recipient of any other record;
 - ``subjects``: the keyed hashes of the people a record is about;
 - ``positions``: the next offset to read per partition, so indexing resumes;
 - ``access_log``: every read of the audit data, hash-chained
-  (:meth:`AuditIndex.record_access`, :meth:`AuditIndex.access_log`).
+  (:meth:`AuditIndex.record_access`, :meth:`AuditIndex.access_log`);
+- ``layout``: the version of this shape (:data:`LAYOUT`).
 
 SQLite (stdlib) by default, with WAL and batched ``executemany`` in one transaction per
 batch; PostgreSQL by URL through the same small :class:`Database` interface when the
@@ -29,6 +32,7 @@ import importlib
 import io
 import json
 import multiprocessing
+import os
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -55,7 +59,7 @@ _PARTITION_SHIFT = 1 << 40
 
 #: The index's table layout; an index of another layout is rebuilt from the topic
 #: (:meth:`AuditIndex.open` with ``rebuild``), never read.
-LAYOUT = 2
+LAYOUT = 3
 #: Tables derived from the topic, dropped when an index is rebuilt (the access log is not).
 _DERIVED = ("records", "decisions", "subjects", "positions")
 
@@ -75,7 +79,7 @@ _SCHEMA = (
         id {id_type} PRIMARY KEY, partition INTEGER NOT NULL, log_offset BIGINT NOT NULL,
         chain TEXT, seq BIGINT, recorded_at BIGINT NOT NULL, action TEXT NOT NULL,
         event_id TEXT, event_type TEXT, source_agency TEXT, writer TEXT NOT NULL,
-        value {blob} NOT NULL)""",
+        value {blob}, value_at BIGINT, value_size INTEGER)""",
     # recipient is '' for a record about no recipient: key columns cannot be NULL.
     """CREATE TABLE IF NOT EXISTS decisions (
         record_id BIGINT NOT NULL, ordinal INTEGER NOT NULL, recorded_at BIGINT NOT NULL,
@@ -95,10 +99,63 @@ _SCHEMA = (
 )
 
 #: Statements use ``?`` placeholders; the PostgreSQL driver's ``%s`` is substituted there.
-_INSERT_RECORD = "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+_INSERT_RECORD = "INSERT INTO records VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 _INSERT_DECISION = "INSERT INTO decisions VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
 #: ``ordinal`` of the one row of a record without decision entries (its top-level fields).
 TOP_LEVEL = -1
+
+
+class ValueLog:
+    """The records' Avro bytes beside a SQLite index, appended in one write per batch.
+
+    Why not in the ``records`` table: a record's bytes are most of its size, and written into
+    the B-tree (then into the WAL, then checkpointed) they were a tenth of indexing's cost;
+    here they are one buffered append. Each row keeps where its bytes start and how long
+    they are. Bytes are appended before the batch's transaction commits, so a crash leaves
+    at most bytes no row points to (harmless, after the end); a log shorter than its rows say
+    is found when the index opens (:meth:`AuditIndex.open` refuses it, or rebuilds).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            self._file = open(path, "ab+")  # noqa: SIM115 - held open with the database
+        except OSError as exc:
+            raise IndexFailure(f"cannot open the index's value log at {path}: {exc}") from None
+
+    def append(self, values: Sequence[bytes]) -> list[int]:
+        """Append ``values``; where each one starts."""
+        self._file.seek(0, io.SEEK_END)
+        at = self._file.tell()
+        starts = []
+        for value in values:
+            starts.append(at)
+            at += len(value)
+        try:
+            self._file.write(b"".join(values))
+            self._file.flush()
+        except OSError as exc:
+            raise IndexFailure(f"index value log write failed: {exc}") from None
+        return starts
+
+    def read(self, at: int, size: int) -> bytes:
+        try:
+            value = os.pread(self._file.fileno(), size, at)
+        except OSError as exc:
+            raise IndexFailure(f"index value log read failed: {exc}") from None
+        if len(value) != size:
+            raise IndexFailure("the index's value log is shorter than its records say")
+        return value
+
+    def size(self) -> int:
+        self._file.seek(0, io.SEEK_END)
+        return self._file.tell()
+
+    def clear(self) -> None:
+        self._file.truncate(0)
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class Database(Protocol):
@@ -107,6 +164,8 @@ class Database(Protocol):
     #: Table-definition details that differ: ``{"id_type": ..., "blob": ..., "pk": ...}``,
     #: and ``"tables"``, the query listing the tables there are.
     ddl: Mapping[str, str]
+    #: Where the records' bytes are kept, if not in the ``records`` table.
+    values: ValueLog | None
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]: ...
 
@@ -132,6 +191,7 @@ class SqliteDatabase:
     def __init__(self, path: Path) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            self.values: ValueLog | None = ValueLog(path.with_name(path.name + ".values"))
             self._conn = sqlite3.connect(str(path), isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=OFF")
@@ -163,6 +223,8 @@ class SqliteDatabase:
 
     def close(self) -> None:
         self._conn.close()
+        if self.values is not None:
+            self.values.close()
 
 
 class PostgresDatabase:
@@ -175,6 +237,8 @@ class PostgresDatabase:
         "tables": "SELECT table_name FROM information_schema.tables"
         " WHERE table_schema = current_schema()",
     }
+    #: PostgreSQL keeps large values out of its tables' pages by itself (TOAST).
+    values: ValueLog | None = None
 
     def __init__(self, url: str) -> None:
         try:  # an optional driver, needed only where an agency runs PostgreSQL
@@ -426,12 +490,12 @@ def _row(record: Mapping[str, Any], ordinal: int, partition: int, offset: int) -
 #: Records for :meth:`AuditIndex._record_rows`: those about a person, and the review actions
 #: on one event.
 _PERSON_RECORDS = (
-    "SELECT r.id, r.value, r.writer, r.partition, r.log_offset"
+    "SELECT r.id, r.value, r.value_at, r.value_size, r.writer, r.partition, r.log_offset"
     " FROM subjects s JOIN records r ON r.id = s.record_id WHERE s.subject_ref = ?"
 )
 _REVIEW_RECORDS = (
-    "SELECT r.id, r.value, r.writer, r.partition, r.log_offset FROM records r"
-    " WHERE r.action IN ('review', 'escalation') AND r.event_id = ?"
+    "SELECT r.id, r.value, r.value_at, r.value_size, r.writer, r.partition, r.log_offset"
+    " FROM records r WHERE r.action IN ('review', 'escalation') AND r.event_id = ?"
 )
 
 
@@ -618,15 +682,33 @@ class AuditIndex:
                         f"{LAYOUT}: run `tiaki audit index` to rebuild it from the audit "
                         "topic (its access log is kept)"
                     )
-                if layout != LAYOUT:
+                damaged = layout == LAYOUT and self._values_short()
+                if damaged and not rebuild:
+                    raise IndexFailure(
+                        "the audit index's value log is shorter than its records say: run "
+                        "`tiaki audit index` to rebuild it from the audit topic (its access "
+                        "log is kept)"
+                    )
+                if layout != LAYOUT or damaged:
                     for table in _DERIVED:
                         db.execute(f"DROP TABLE IF EXISTS {table}")
                     db.execute("DELETE FROM layout")
+                    if db.values is not None:
+                        db.values.clear()
                     log.warning("audit index rebuilt", layout_was=layout, layout=LAYOUT)
+            elif db.values is not None:
+                db.values.clear()  # bytes of an index whose tables are gone
             for statement in _SCHEMA:
                 db.execute(statement.format(**db.ddl))
             if not db.execute("SELECT version FROM layout"):
                 db.execute("INSERT INTO layout VALUES (?)", (LAYOUT,))
+
+    def _values_short(self) -> bool:
+        values = self._db.values
+        if values is None:
+            return False
+        ((end,),) = self._db.execute("SELECT MAX(value_at + value_size) FROM records")
+        return end is not None and int(end) > values.size()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -713,7 +795,13 @@ class AuditIndex:
         decisions: Sequence[tuple[Any, ...]],
         subjects: Sequence[tuple[str, int]],
     ) -> None:
-        self._db.executemany(_INSERT_RECORD, records)
+        values = self._db.values
+        if values is None:
+            rows = [(*r, None, None) for r in records]
+        else:  # the bytes (each row's last column) go to the value log, the row says where
+            starts = values.append([r[-1] for r in records])
+            rows = [(*r[:-1], None, at, len(r[-1])) for r, at in zip(records, starts, strict=True)]
+        self._db.executemany(_INSERT_RECORD, rows)
         self._db.executemany(_INSERT_DECISION, decisions)
         self._db.executemany("INSERT INTO subjects VALUES (?, ?)", subjects)
 
@@ -734,8 +822,8 @@ class AuditIndex:
             found = self._db.execute(_PERSON_RECORDS, (q.subject_ref,))
             return self._record_rows(found, q)[: q.limit]
         sql = [
-            "SELECT d.record_id, d.ordinal, r.value, r.writer, r.partition, r.log_offset"
-            " FROM decisions d JOIN records r ON r.id = d.record_id"
+            "SELECT d.record_id, d.ordinal, r.value, r.value_at, r.value_size, r.writer,"
+            " r.partition, r.log_offset FROM decisions d JOIN records r ON r.id = d.record_id"
         ]
         where: list[str] = []
         params: list[Any] = []
@@ -765,19 +853,27 @@ class AuditIndex:
     def _rows(self, found: Iterable[Sequence[Any]]) -> list[Row]:
         decoded: dict[int, dict[str, Any]] = {}
         out: list[Row] = []
-        for rid, ordinal, value, writer, partition, offset in found:
+        for rid, ordinal, value, at, size, writer, partition, offset in found:
             record = decoded.get(rid)
             if record is None:
-                record = decoded[rid] = self._decoder.decode(bytes(value), writer)
+                record = decoded[rid] = self._decoder.decode(self._value(value, at, size), writer)
             out.append(_row(record, int(ordinal), int(partition), int(offset)))
         return out
+
+    def _value(self, value: Any, at: Any, size: Any) -> bytes:
+        """A record's bytes: in its row, or in the value log where its row says."""
+        if value is not None:
+            return bytes(value)
+        if self._db.values is None or at is None or size is None:
+            raise IndexFailure("an indexed record's bytes are missing")
+        return self._db.values.read(int(at), int(size))
 
     def _record_rows(self, found: Iterable[Sequence[Any]], q: Query | None = None) -> list[Row]:
         """Every row of each record found (``_PERSON_RECORDS``' columns) that matches ``q``'s fields
         other than the person, oldest first: the decisions read from the records' bytes."""
         keyed: list[tuple[tuple[int, int, int], Row]] = []
-        for rid, value, writer, partition, offset in found:
-            record = self._decoder.decode(bytes(value), writer)
+        for rid, value, at, size, writer, partition, offset in found:
+            record = self._decoder.decode(self._value(value, at, size), writer)
             at = _ms(record["recorded_at"])
             if q is not None and not (
                 (q.since_ms is None or at >= q.since_ms) and (q.until_ms is None or at < q.until_ms)

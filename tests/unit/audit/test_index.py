@@ -3,6 +3,7 @@ report and the chained access log."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -82,10 +83,10 @@ def test_a_single_recipient_record_becomes_one_row() -> None:
 
 
 @pytest.fixture
-def index(tmp_path: Path, ring: KeyRing, schemas: SchemaSet) -> AuditIndex:
-    idx = AuditIndex.open(tmp_path / "index.sqlite", schemas)
-    idx.add(build_log(ring, schemas, records=60).audit)
-    return idx
+def index(tmp_path: Path, ring: KeyRing, schemas: SchemaSet) -> Iterator[AuditIndex]:
+    with AuditIndex.open(tmp_path / "index.sqlite", schemas) as idx:
+        idx.add(build_log(ring, schemas, records=60).audit)
+        yield idx
 
 
 def test_indexing_is_idempotent_and_resumes(
@@ -160,6 +161,47 @@ def test_an_index_of_an_earlier_layout_is_refused_then_rebuilt_keeping_its_acces
         assert index.query(Query(limit=1000)) == expected
     with AuditIndex.open(path, schemas) as index:  # the layout is now this one's
         assert index.count()[0] == 30
+
+
+def test_records_bytes_live_in_a_value_log_a_crash_can_only_leave_unreferenced_bytes_after(
+    tmp_path: Path, ring: KeyRing, schemas: SchemaSet
+) -> None:
+    path = tmp_path / "index.sqlite"
+    log = build_log(ring, schemas, records=40)
+    with AuditIndex.open(path, schemas) as index:
+        index.add(log.audit[:20])
+        expected_first = index.query(Query(limit=1000))
+        assert index._db.values is not None
+        # A crash after the bytes were appended but before the transaction committed.
+        index._db.values.append([b"bytes of a batch that never committed"])
+        index.add(log.audit[20:])
+        rows = index.query(Query(limit=1000))
+    assert all(row in rows for row in expected_first)  # each read from where its row says
+    assert {(r.partition, r.offset) for r in rows} == {(e.partition, e.offset) for e in log.audit}
+    sizes = sum(len(e.value) for e in log.audit)
+    assert Path(f"{path}.values").stat().st_size == sizes + len(
+        b"bytes of a batch that never committed"
+    )
+
+
+def test_a_value_log_shorter_than_its_rows_is_refused_then_rebuilt(
+    tmp_path: Path, ring: KeyRing, schemas: SchemaSet
+) -> None:
+    path = tmp_path / "index.sqlite"
+    log = build_log(ring, schemas, records=20)
+    with AuditIndex.open(path, schemas) as index:
+        index.add(log.audit)
+        index.record_access(operator="officer-1", command="query", query={}, results=0, now=T0)
+        expected = index.query(Query(limit=1000))
+    values = Path(f"{path}.values")
+    values.write_bytes(values.read_bytes()[:-10])  # a lost tail
+    with pytest.raises(IndexFailure, match=r"value log is shorter .* `tiaki audit index`"):
+        AuditIndex.open(path, schemas)
+    with AuditIndex.open(path, schemas, rebuild=True) as index:
+        assert index.count() == (0, 0, 0)
+        assert [a.operator for a in index.access_log()] == ["officer-1"]
+        index.add(log.audit)
+        assert index.query(Query(limit=1000)) == expected
 
 
 def test_the_subject_report_lists_disclosures_with_their_classes(
