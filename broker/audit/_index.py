@@ -696,8 +696,6 @@ class AuditIndex:
                     if db.values is not None:
                         db.values.clear()
                     log.warning("audit index rebuilt", layout_was=layout, layout=LAYOUT)
-            elif db.values is not None:
-                db.values.clear()  # bytes of an index whose tables are gone
             for statement in _SCHEMA:
                 db.execute(statement.format(**db.ddl))
             if not db.execute("SELECT version FROM layout"):
