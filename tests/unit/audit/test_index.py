@@ -3,7 +3,7 @@ report and the chained access log."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -141,17 +141,40 @@ def test_a_person_query_agrees_with_the_decision_rows_it_reads_from_the_records(
     )
 
 
-def test_an_index_of_an_earlier_layout_is_refused_then_rebuilt_keeping_its_access_log(
-    tmp_path: Path, ring: KeyRing, schemas: SchemaSet
+def _old_layout(path: Path, index: AuditIndex) -> None:
+    index._db.execute("DROP TABLE layout")  # as an index from before layouts were kept
+
+
+def _short_value_log(path: Path, index: AuditIndex) -> None:
+    index.close()
+    values = Path(f"{path}.values")
+    values.write_bytes(values.read_bytes()[:-10])  # a lost tail
+
+
+@pytest.mark.parametrize(
+    ("damage", "refusal"),
+    [
+        (_old_layout, r"layout 0 .* run `tiaki audit index` to rebuild"),
+        (_short_value_log, r"value log is shorter .* run `tiaki audit index` to rebuild"),
+    ],
+)
+def test_an_index_of_an_earlier_layout_or_short_values_is_refused_then_rebuilt(
+    tmp_path: Path,
+    ring: KeyRing,
+    schemas: SchemaSet,
+    damage: Callable[[Path, AuditIndex], None],
+    refusal: str,
 ) -> None:
-    path = tmp_path / "old.sqlite"
+    """Queries refuse such an index with the fix; ``tiaki audit index`` (``rebuild``) fills
+    it again from the topic, keeping its access log."""
+    path = tmp_path / "index.sqlite"
     log = build_log(ring, schemas, records=30)
     with AuditIndex.open(path, schemas) as index:
         index.add(log.audit)
         index.record_access(operator="officer-1", command="query", query={}, results=0, now=T0)
         expected = index.query(Query(limit=1000))
-        index._db.execute("DROP TABLE layout")  # as an index from before layouts were kept
-    with pytest.raises(IndexFailure, match=r"layout 0 .* run `tiaki audit index` to rebuild"):
+        damage(path, index)
+    with pytest.raises(IndexFailure, match=refusal):
         AuditIndex.open(path, schemas)
     with AuditIndex.open(path, schemas, rebuild=True) as index:
         assert index.count() == (0, 0, 0)
@@ -159,7 +182,7 @@ def test_an_index_of_an_earlier_layout_is_refused_then_rebuilt_keeping_its_acces
         assert [a.operator for a in index.access_log()] == ["officer-1"]
         assert index.add(log.audit) == 30
         assert index.query(Query(limit=1000)) == expected
-    with AuditIndex.open(path, schemas) as index:  # the layout is now this one's
+    with AuditIndex.open(path, schemas) as index:  # sound again
         assert index.count()[0] == 30
 
 
@@ -182,26 +205,6 @@ def test_records_bytes_live_in_a_value_log_a_crash_can_only_leave_unreferenced_b
     assert Path(f"{path}.values").stat().st_size == sizes + len(
         b"bytes of a batch that never committed"
     )
-
-
-def test_a_value_log_shorter_than_its_rows_is_refused_then_rebuilt(
-    tmp_path: Path, ring: KeyRing, schemas: SchemaSet
-) -> None:
-    path = tmp_path / "index.sqlite"
-    log = build_log(ring, schemas, records=20)
-    with AuditIndex.open(path, schemas) as index:
-        index.add(log.audit)
-        index.record_access(operator="officer-1", command="query", query={}, results=0, now=T0)
-        expected = index.query(Query(limit=1000))
-    values = Path(f"{path}.values")
-    values.write_bytes(values.read_bytes()[:-10])  # a lost tail
-    with pytest.raises(IndexFailure, match=r"value log is shorter .* `tiaki audit index`"):
-        AuditIndex.open(path, schemas)
-    with AuditIndex.open(path, schemas, rebuild=True) as index:
-        assert index.count() == (0, 0, 0)
-        assert [a.operator for a in index.access_log()] == ["officer-1"]
-        index.add(log.audit)
-        assert index.query(Query(limit=1000)) == expected
 
 
 def test_the_subject_report_lists_disclosures_with_their_classes(
