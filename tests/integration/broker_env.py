@@ -16,6 +16,8 @@ import sys
 import time
 import urllib.request
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +87,8 @@ class BrokerEnv:
     ring: KeyRing
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    #: Exit codes of the broker processes, once :meth:`running` has stopped them.
+    exit_codes: list[int] = field(default_factory=list)
 
     @classmethod
     def prepare(cls, cluster: Cluster) -> BrokerEnv:
@@ -106,6 +110,22 @@ class BrokerEnv:
             "TIAKI_SCHEMAS": str(self.release.parent / "schemas"),
             "TIAKI_REGISTRY": str(self.release / "agencies.yaml"),
         }
+
+    @classmethod
+    @contextmanager
+    def running(
+        cls, cluster: Cluster, *, start: bool = True, stop_signal: int = signal.SIGTERM
+    ) -> Iterator[BrokerEnv]:
+        """A module's broker environment (with one worker started, if ``start``); every
+        broker process it started is stopped with ``stop_signal`` afterwards, and their exit
+        codes are kept in :attr:`exit_codes`."""
+        environment = cls.prepare(cluster)
+        try:
+            if start:
+                environment.start()
+            yield environment
+        finally:
+            environment.exit_codes = environment.stop_all(stop_signal)
 
     def start(self, worker_id: str = "0", wait: bool = True) -> subprocess.Popen[bytes]:
         log = (self.home / f"broker-{worker_id}.log").open("ab")

@@ -44,12 +44,8 @@ CHAIN = "tiaki-broker-0"
 
 @pytest.fixture(scope="module")
 def env(cluster: Cluster) -> Iterator[BrokerEnv]:
-    environment = BrokerEnv.prepare(cluster)
-    try:
-        environment.start()
+    with BrokerEnv.running(cluster) as environment:
         yield environment
-    finally:
-        environment.stop_all()
 
 
 def story(case: str, person: str) -> list[tuple[str, dict[str, Any]]]:

@@ -27,11 +27,8 @@ KILLS = 2
 
 @pytest.fixture(scope="module")
 def env(cluster: Cluster) -> Iterator[BrokerEnv]:
-    environment = BrokerEnv.prepare(cluster)
-    try:
+    with BrokerEnv.running(cluster, start=False, stop_signal=signal.SIGKILL) as environment:
         yield environment
-    finally:
-        environment.stop_all(signal.SIGKILL)
 
 
 def committed_batches(env: BrokerEnv, worker_id: str) -> int:

@@ -34,13 +34,9 @@ from tests.unit.runtime.test_audit import CANARIES, with_canaries
 
 @pytest.fixture(scope="module")
 def env(cluster: Cluster) -> Iterator[BrokerEnv]:
-    environment = BrokerEnv.prepare(cluster)
-    try:
-        environment.start()
+    with BrokerEnv.running(cluster) as environment:
         yield environment
-    finally:
-        codes = environment.stop_all()
-    assert codes == [0]  # SIGTERM: a graceful stop
+    assert environment.exit_codes == [0]  # SIGTERM: a graceful stop
 
 
 def case_story(case: str) -> list[tuple[str, dict[str, Any]]]:

@@ -32,11 +32,8 @@ KILLS = 5
 
 @pytest.fixture(scope="module")
 def env(cluster: Cluster) -> Iterator[BrokerEnv]:
-    environment = BrokerEnv.prepare(cluster)
-    try:
+    with BrokerEnv.running(cluster, start=False, stop_signal=signal.SIGKILL) as environment:
         yield environment
-    finally:
-        environment.stop_all(signal.SIGKILL)
 
 
 def stream(run: str) -> list[tuple[str, dict[str, Any]]]:
