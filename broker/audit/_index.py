@@ -61,7 +61,7 @@ _PARTITION_SHIFT = 1 << 40
 #: (:meth:`AuditIndex.open` with ``rebuild``), never read.
 LAYOUT = 3
 #: Tables derived from the topic, dropped when an index is rebuilt (the access log is not).
-_DERIVED = ("records", "decisions", "subjects", "positions")
+_DERIVED = ("records", "decisions", "subjects", "positions", "value_log")
 
 #: Tables; ``{pk}`` is the clustered-key clause (SQLite: ``WITHOUT ROWID``, so the subject
 #: and decision tables are each one B-tree, not a table and an index).
@@ -89,6 +89,8 @@ _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS subjects (subject_ref TEXT NOT NULL,
         record_id BIGINT NOT NULL, PRIMARY KEY (subject_ref, record_id)){pk}""",
     "CREATE TABLE IF NOT EXISTS positions (partition INTEGER PRIMARY KEY, next_offset BIGINT)",
+    # Where the value log's committed bytes end (SQLite), so opening checks it at once.
+    "CREATE TABLE IF NOT EXISTS value_log (end_offset BIGINT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS access_log (
         seq BIGINT PRIMARY KEY, at_ms BIGINT NOT NULL, operator TEXT NOT NULL,
         command TEXT NOT NULL, query TEXT NOT NULL, results BIGINT NOT NULL,
@@ -705,8 +707,8 @@ class AuditIndex:
         values = self._db.values
         if values is None:
             return False
-        ((end,),) = self._db.execute("SELECT MAX(value_at + value_size) FROM records")
-        return end is not None and int(end) > values.size()
+        found = self._db.execute("SELECT end_offset FROM value_log")
+        return bool(found) and int(found[0][0]) > values.size()
 
     def close(self) -> None:
         if self._pool is not None:
@@ -799,6 +801,9 @@ class AuditIndex:
         else:  # the bytes (each row's last column) go to the value log, the row says where
             starts = values.append([r[-1] for r in records])
             rows = [(*r[:-1], None, at, len(r[-1])) for r, at in zip(records, starts, strict=True)]
+            if rows:
+                self._db.execute("DELETE FROM value_log")
+                self._db.execute("INSERT INTO value_log VALUES (?)", (values.size(),))
         self._db.executemany(_INSERT_RECORD, rows)
         self._db.executemany(_INSERT_DECISION, decisions)
         self._db.executemany("INSERT INTO subjects VALUES (?, ?)", subjects)
