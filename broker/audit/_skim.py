@@ -161,16 +161,25 @@ else:
     return code.replace("\n", "\n" + " " * indent)
 
 
-#: Block counts of arrays and maps: inline when one byte, as nearly all are.
-_BLOCK_COUNT = """
-count = data[pos]
-if count < 0x80 and not count & 1:
-    count >>= 1
+def _blocks(items: str, body: str) -> str:
+    """Code running ``body`` ``items`` times per block of an array or a map (``count`` is the
+    block's item count), block after block until the empty one that ends it. Block counts
+    are read inline when one byte, as nearly all are; an empty array is one zero byte."""
+    return f"""
+if data[pos] == 0:
     pos += 1
 else:
-    count, pos = _count(data, pos)
-if count == 0:
-    break"""
+    while True:
+        count = data[pos]
+        if count < 0x80 and not count & 1:
+            count >>= 1
+            pos += 1
+        else:
+            count, pos = _count(data, pos)
+        if count == 0:
+            break
+        for _ in range({items}):{body.replace(chr(10), chr(10) + " " * 12)}"""
+
 
 #: Source of the field readers a record's generated function is made of, by shape. ``$V`` is
 #: where a read value goes and ``$A`` the shape's constant (enum symbols, or a compiled
@@ -219,30 +228,11 @@ if not 0 <= n < len($A):
     raise SkimError("enum index out of range")
 $V = $A[n]""",
     # an array of strings ($A is 1) or a map of strings ($A is 2: a key and a value per entry)
-    "skip-strings": f"""
-if data[pos] == 0:
-    pos += 1
-else:
-    while True:{_BLOCK_COUNT.replace(chr(10), chr(10) + " " * 8)}
-        for _ in range(count * $A):{_span(0, keep_start=False, indent=12)}""",
-    "read-strings": f"""
-$V = []
-if data[pos] == 0:
-    pos += 1
-else:
-    while True:{_BLOCK_COUNT.replace(chr(10), chr(10) + " " * 8)}
-        for _ in range(count):{_span(0, keep_start=True, indent=12)}
-            $V.append(data[start:pos].decode())""",
+    "skip-strings": _blocks("count * $A", _span(0, keep_start=False)),
+    "read-strings": "\n$V = []"
+    + _blocks("count", _span(0, keep_start=True) + "\n$V.append(data[start:pos].decode())"),
     # an array of anything else, each item read by the closure $A
-    "read-array": f"""
-$V = []
-if data[pos] == 0:
-    pos += 1
-else:
-    while True:{_BLOCK_COUNT.replace(chr(10), chr(10) + " " * 8)}
-        for _ in range(count):
-            item, pos = $A(data, pos)
-            $V.append(item)""",
+    "read-array": "\n$V = []" + _blocks("count", "\nitem, pos = $A(data, pos)\n$V.append(item)"),
     "read-call": "\n$V, pos = $A(data, pos)",
     "skip-call": "\npos = $A(data, pos)",
 }
