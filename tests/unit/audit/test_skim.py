@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from broker.audit._index import INDEXED, Decoder, _without_logical
 from broker.audit._skim import Skim, SkimError
 from broker.codec import load_schemas
+from tests.unit.codec.test_properties import primitive_values
 
 SCHEMAS = load_schemas(Path(__file__).resolve().parents[3] / "schemas")
 AUDIT_VERSIONS = [_without_logical(s.definition) for s in SCHEMAS.versions("AuditRecord")]
@@ -94,16 +95,7 @@ def values(schema: Any, names: Mapping[str, Any]) -> st.SearchStrategy[Any]:
     if isinstance(schema, str):
         if schema in names:
             return values(names[schema], names)
-        return {
-            "null": st.none(),
-            "boolean": st.booleans(),
-            "int": st.integers(-(2**31), 2**31 - 1),
-            "long": st.integers(-(2**63), 2**63 - 1),
-            "float": st.floats(width=32, allow_nan=False),
-            "double": st.floats(allow_nan=False),
-            "string": _TEXT,
-            "bytes": st.binary(max_size=80),
-        }[schema]
+        return primitive_values(_TEXT, 80)[schema]
     if isinstance(schema, list):
         return st.one_of([values(branch, names) for branch in schema])
     kind = schema["type"]

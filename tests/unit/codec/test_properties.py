@@ -39,23 +39,29 @@ _TIMESTAMPS = st.datetimes(
 ).map(lambda t: t.replace(microsecond=t.microsecond // 1000 * 1000))
 
 
+def primitive_values(
+    text: st.SearchStrategy[str], max_bytes: int
+) -> dict[str, st.SearchStrategy[Any]]:
+    """Values of each Avro primitive type, strings from ``text``."""
+    return {
+        "null": st.none(),
+        "boolean": st.booleans(),
+        "int": st.integers(-(2**31), 2**31 - 1),
+        "long": st.integers(-(2**63), 2**63 - 1),
+        "float": st.floats(width=32, allow_nan=False),
+        "double": st.floats(allow_nan=False),
+        "string": text,
+        "bytes": st.binary(max_size=max_bytes),
+    }
+
+
 def _strategy(node: Any, schema: Schema) -> st.SearchStrategy[Any]:
     """Records for any Tiaki schema, built from the schema itself (no hand-kept copy)."""
     names = schema.names
     if isinstance(node, str):
         if node in names:
             return _strategy(names[node], schema)
-        primitive: dict[str, st.SearchStrategy[Any]] = {
-            "null": st.none(),
-            "boolean": st.booleans(),
-            "int": st.integers(-(2**31), 2**31 - 1),
-            "long": st.integers(-(2**63), 2**63 - 1),
-            "float": st.floats(width=32, allow_nan=False),
-            "double": st.floats(allow_nan=False),
-            "string": _TEXT,
-            "bytes": st.binary(max_size=20),
-        }
-        return primitive[node]
+        return primitive_values(_TEXT, 20)[node]
     if isinstance(node, list):
         return st.one_of([_strategy(branch, schema) for branch in node])
     assert isinstance(node, Mapping)
