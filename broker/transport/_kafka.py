@@ -509,24 +509,26 @@ class KafkaReader(ResourceBase):
     async def read_all(self, topic: str) -> list[Record]:
         return await self.read_from(topic, {})
 
+    def _open_consumer(self) -> AIOKafkaConsumer:
+        if self._state != "open" or self._consumer is None:
+            raise TransportClosed("reader is not open")
+        return self._consumer
+
     async def read_from(
         self, topic: str, start: Mapping[int, int], *, limit: int | None = None
     ) -> list[Record]:
-        if self._state != "open" or self._consumer is None:
-            raise TransportClosed("reader is not open")
+        consumer = self._open_consumer()
         try:
             with _translated():
                 async with asyncio.timeout(self._timeout_s):
-                    records = await self._read(self._consumer, topic, start, limit)
+                    records = await self._read(consumer, topic, start, limit)
         except TimeoutError:
             raise Unavailable(f"{topic}: not read to its end within {self._timeout_s} s") from None
         records.sort(key=lambda r: (r.partition, r.offset))
         return records
 
     async def offsets_at(self, topic: str, timestamp_ms: int) -> dict[int, int]:
-        if self._state != "open" or self._consumer is None:
-            raise TransportClosed("reader is not open")
-        consumer = self._consumer
+        consumer = self._open_consumer()
         try:
             with _translated():
                 async with asyncio.timeout(self._timeout_s):
