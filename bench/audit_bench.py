@@ -41,6 +41,7 @@ from typing import Any
 
 from broker.audit import AuditIndex, ChainHead, ChainWriter, LogEntry, Query, index_rows
 from broker.codec import encode, load_schemas
+from broker.envelope._replay import to_ms
 from broker.runtime._audit import subject_ref
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -212,7 +213,7 @@ def main(argv: list[str] | None = None) -> None:
             (
                 "a recipient from a time (first 1,000 rows)",
                 [
-                    Query(recipient=RECIPIENTS[i % len(RECIPIENTS)], since_ms=_ms(T0) + at)
+                    Query(recipient=RECIPIENTS[i % len(RECIPIENTS)], since_ms=to_ms(T0) + at)
                     for i, at in enumerate(range(0, span_ms, span_ms // 10))
                 ],
             ),
@@ -229,10 +230,6 @@ def main(argv: list[str] | None = None) -> None:
                 "rows each)"
             )
         index.close()
-
-
-def _ms(at: datetime) -> int:
-    return int(at.timestamp() * 1000)
 
 
 if __name__ == "__main__":
