@@ -3,9 +3,20 @@
 A :class:`KafkaTransport` is one broker worker: an ``AIOKafkaConsumer`` in the group
 (read-committed, no auto-commit, subscribed to a topic list or to ``^tiaki\\.ingress\\..*``) and
 a transactional ``AIOKafkaProducer`` whose id is ``tiaki-broker-<worker_id>``. ``commit`` runs
-``begin_transaction``, one record batch per output partition, ``send_offsets_to_transaction`` and
-``commit_transaction``; on any failure it aborts, rewinds the consumer and raises a
-:class:`TransportError`.
+``begin_transaction``, one record batch per output partition, waits for their delivery, then
+``send_offsets_to_transaction`` and ``commit_transaction``; on any failure it aborts, rewinds the
+consumer and raises a :class:`TransportError`.
+
+Why the offsets wait for the records: Kafka 3.6 and later verify each transactional produce
+with the transaction coordinator (KIP-890, ``transaction.partition.verification.enable``, on by
+default). If that check meets the coordinator while it is writing another change to the same
+transaction, such as the consumer-offsets partition that ``send_offsets_to_transaction`` adds,
+it fails with ``CONCURRENT_TRANSACTIONS``, which the broker reports to clients of aiokafka's
+protocol version as ``NOT_ENOUGH_REPLICAS``: the whole produce request is retried after
+``retry_backoff_ms`` (100 ms). Overlapping the two made that happen on about every other
+transaction in the benchmark (a 100 ms stall in the latency tail); waiting costs one round
+trip and removes it. ``tests/integration/test_transport_contract.py`` checks no produce is
+retried.
 
 What it guarantees:
 
@@ -328,6 +339,7 @@ class KafkaTransport(ResourceBase):
                     began = True
                     await _send_batched(producer, outputs)
                     if offsets:
+                        await producer.flush()  # see the module docs: not during a produce
                         await producer.send_offsets_to_transaction(
                             {KafkaTopicPartition(*tp): o for tp, o in offsets.items()},
                             self.group_id,
