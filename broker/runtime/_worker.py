@@ -226,26 +226,50 @@ class Worker:
         return False
 
     def _count(self, batch: Sequence[Record], results: Sequence[Processed]) -> None:
-        """Metrics for a committed batch only, so they agree with what the topics hold."""
+        """Metrics for a committed batch only, so they agree with what the topics hold.
+
+        Counts are summed per label set first and each counter moved once per batch: a
+        ``labels(...).inc()`` costs a few microseconds (a lock and a dict lookup), and an event
+        has a dozen of them, which was a tenth of the pipeline's cost."""
         m = self._metrics
         m.transactions.labels("committed").inc()
         m.batch_records.observe(len(batch))
         now_ms = time.time() * 1000
+        quarantined: dict[str, int] = {}
+        events_in: dict[tuple[str, str], int] = {}
+        decisions: dict[tuple[str, str], int] = {}
+        events_out: dict[tuple[str, str], int] = {}
+        held: dict[tuple[str, str], int] = {}
+        observe = m.end_to_end_seconds.observe
         for record, result in zip(batch, results, strict=True):
-            m.end_to_end_seconds.observe(max(0.0, (now_ms - record.timestamp_ms) / 1000))
+            observe(max(0.0, (now_ms - record.timestamp_ms) / 1000))
             if result.quarantine_reason is not None:
-                m.quarantined.labels(result.quarantine_reason).inc()
+                reason = result.quarantine_reason
+                quarantined[reason] = quarantined.get(reason, 0) + 1
                 continue
-            m.events_in.labels(result.source or "-", result.event_type or "-").inc()
+            event_type = result.event_type or "-"
+            key = (result.source or "-", event_type)
+            events_in[key] = events_in.get(key, 0) + 1
             for verdict in result.verdicts:
-                m.decisions.labels(
-                    verdict.outcome.value, verdict.rule_ids[0] if verdict.rule_ids else "-"
-                ).inc()
+                key = (verdict.outcome.value, verdict.rule_ids[0] if verdict.rule_ids else "-")
+                decisions[key] = decisions.get(key, 0) + 1
                 if verdict.outcome is Outcome.SHARE:
-                    m.events_out.labels(verdict.recipient, result.event_type or "-").inc()
+                    key = (verdict.recipient, event_type)
+                    events_out[key] = events_out.get(key, 0) + 1
                 elif verdict.outcome is Outcome.REVIEW:
                     reason = verdict.reason_codes[0] if verdict.reason_codes else "-"
-                    m.held_for_review.labels(verdict.recipient, reason).inc()
+                    key = (verdict.recipient, reason)
+                    held[key] = held.get(key, 0) + 1
+        for reason, count in quarantined.items():
+            m.quarantined.labels(reason).inc(count)
+        for counter, counts in (
+            (m.events_in, events_in),
+            (m.decisions, decisions),
+            (m.events_out, events_out),
+            (m.held_for_review, held),
+        ):
+            for labels, count in counts.items():
+                counter.labels(*labels).inc(count)
         outputs = sum(len(r.outputs) for r in results)
         self._stats.batches += 1
         self._stats.records += len(batch)

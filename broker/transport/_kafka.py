@@ -606,11 +606,15 @@ async def _send_batched(producer: AIOKafkaProducer, outputs: Sequence[Outgoing])
     """
     by_partition: dict[tuple[str, int], list[Outgoing]] = {}
     spread: dict[str, int] = {}
+    #: An event's egress records share its case key: hash each key once (murmur2 is Python).
+    placed: dict[tuple[bytes, int], int] = {}
     for out in outputs:
         partitions = await producer.partitions_for(out.topic)
         count = len(partitions)
         if out.key is not None:
-            partition = partition_for(out.key, count)
+            partition = placed.get((out.key, count), -1)
+            if partition < 0:
+                partition = placed[out.key, count] = partition_for(out.key, count)
         else:
             partition = spread.get(out.topic, 0) % count
             spread[out.topic] = partition + 1
