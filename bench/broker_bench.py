@@ -30,6 +30,9 @@ broker principal's client settings and the same topics:
   The same open-loop run at 50 % through a pass-through worker (no pipeline) gives, in the same
   run, what Kafka, transactions and the load generator alone cost at that rate.
 
+Before anything is timed, one untimed pass-through drain warms the new Kafka node up (its JIT
+compiler takes about a third of a core in the first minutes).
+
 Every worker here runs its production loop (``Worker.serve``: each batch processed while the
 previous one commits).
 
@@ -732,17 +735,30 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
         f"throughput (drain {n:,} preloaded records; R={len(outputs)} outputs; worker "
         f"max_batch={options.max_batch}, poll_timeout_ms={options.poll_timeout_ms}):"
     )
+
+    def pass_through(timed: Timed) -> Worker:
+        return Worker(
+            timed,
+            PassThrough(outputs),
+            type(metrics)(type(metrics.registry)()),
+            max_batch=options.max_batch,
+            poll_timeout_ms=options.poll_timeout_ms,
+        )
+
+    # Warm-up, untimed: one pass-through drain, so that Kafka's JIT compiler (which takes
+    # about a third of a core in a new JVM's first minutes) has settled before anything is
+    # timed, and every figure below meets the same, warm broker.
+    timed = Timed(transport(env, "warm", source))
+    warming = time.perf_counter()
+    async with pass_through(timed) as warm_worker:
+        await drain_worker(warm_worker, timed, n, DRAIN_LIMIT)
+    print(f"  (warm-up: one untimed pass-through drain, {time.perf_counter() - warming:.1f} s)")
+
     b0r = await drain_b0r(env.profile("broker"), source, outputs, n)
     report("B0R", b0r, n)
 
     timed = Timed(transport(env, "eos", source))
-    eos_worker = Worker(
-        timed,
-        PassThrough(outputs),
-        type(metrics)(type(metrics.registry)()),
-        max_batch=options.max_batch,
-        poll_timeout_ms=options.poll_timeout_ms,
-    )
+    eos_worker = pass_through(timed)
     async with eos_worker:
         eos = await drain_worker(eos_worker, timed, n, DRAIN_LIMIT)
     report("B0R-EOS", eos, n)
