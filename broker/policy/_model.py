@@ -397,6 +397,28 @@ class DecisionInput:
         is addressed to it differ. ``addressed`` adds addressees the record itself does not
         name (the requester an answer goes back to, known from the request).
         """
+        common, addressees = cls.shared_values(
+            record, at=at, schema_version=schema_version, addressed=addressed
+        )
+        return [
+            cls.for_one(
+                common, recipient, participates(recipient), recipient in addressees, overrides
+            )
+            for recipient in recipients
+        ]
+
+    @classmethod
+    def shared_values(
+        cls,
+        record: Mapping[str, Any],
+        *,
+        at: dt.date,
+        schema_version: int | None = None,
+        addressed: Iterable[str] = (),
+    ) -> tuple[dict[str, Any], frozenset[str]]:
+        """What every recipient's input for one event shares (what the header states, the
+        clock, the schema version), and the agencies the event is addressed to; see
+        :meth:`for_one`."""
         header = record.get("header") or {}
         sharing = header.get("sharing") or {}
         common: dict[str, Any] = {
@@ -414,17 +436,26 @@ class DecisionInput:
             "suppression_order": bool(sharing.get("suppression_order", False)),
             "maori_data": bool(sharing.get("contains_maori_data", False)),
         }
-        addressees = _addressees(record) | set(addressed)
-        out = []
-        for recipient in recipients:
-            values = common | {
-                "recipient": recipient,
-                "participates": participates(recipient),
-                "addressee": recipient in addressees,
-            }
-            values.update(overrides)
-            out.append(cls(**values))
-        return out
+        return common, frozenset(_addressees(record) | set(addressed))
+
+    @classmethod
+    def for_one(
+        cls,
+        common: Mapping[str, Any],
+        recipient: str,
+        participates: bool,
+        addressee: bool,
+        overrides: Mapping[str, Any],
+    ) -> DecisionInput:
+        """The input for ``recipient`` from :meth:`shared_values`; ``overrides`` win."""
+        values = {
+            **common,
+            "recipient": recipient,
+            "participates": participates,
+            "addressee": addressee,
+            **overrides,
+        }
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)

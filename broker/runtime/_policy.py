@@ -15,7 +15,7 @@ from typing import Any
 
 import structlog
 
-from broker.policy import DecisionInput, Engine, Pseudonymiser, apply_field_plan
+from broker.policy import Decision, DecisionInput, Engine, Pseudonymiser, apply_field_plan
 from broker.policy import Outcome as PolicyOutcome
 from broker.runtime._cases import CaseMembership
 from broker.runtime._decide import Outcome, Verdict
@@ -35,6 +35,13 @@ _OUTCOMES = {
 }
 
 
+#: Distinct rulings kept before the memo is emptied (event shapes are few; this is a bound).
+RULINGS_LIMIT = 4096
+
+#: Per candidate: its id, the engine's decision, and the finished verdict if it is a denial.
+_Rulings = tuple[tuple[str, Decision, Verdict | None], ...]
+
+
 class PolicyDecider:
     """Decides with the engine that ``engine`` returns at the time of each event."""
 
@@ -50,6 +57,8 @@ class PolicyDecider:
         self._cases = cases
         #: An answer is addressed to whoever asked: the request book knows who that was.
         self._requests = requests
+        self._memo: dict[tuple[Any, ...], _Rulings] = {}
+        self._memo_engine: Engine | None = None
 
     def _risk(self, case_id: str) -> dict[str, str]:
         """The case's risk tier as an override, when a meeting has set one."""
@@ -72,23 +81,22 @@ class PolicyDecider:
         engine = self._engine()
         event = accepted.event
         case_id = str(event["header"]["case_id"])
+        # The engine names event types in full (``nz.tiaki.TaskEvent``), as the header does.
+        candidates = engine.candidates(accepted.schema.name, accepted.source.id)
+        common, addressees = DecisionInput.shared_values(
+            event,
+            at=now.date(),
+            schema_version=accepted.schema.version,
+            addressed=self._requester(accepted),
+        )
+        risk = self._risk(case_id)
+        participation = tuple(self._cases.participates(case_id, r) for r in candidates)
+        rulings = self._rulings(engine, candidates, common, addressees, participation, risk)
         verdicts = []
         #: Minimised bodies by (plan, recipient if the plan pseudonymises): recipients that a
         #: rule treats alike receive one body, projected once.
         bodies: dict[tuple[int, str | None], Mapping[str, Any]] = {}
-        # The engine names event types in full (``nz.tiaki.TaskEvent``), as the header does.
-        inputs = DecisionInput.for_recipients(
-            event,
-            engine.candidates(accepted.schema.name, accepted.source.id),
-            at=now.date(),
-            schema_version=accepted.schema.version,
-            participates=lambda recipient: self._cases.participates(case_id, recipient),
-            addressed=self._requester(accepted),
-            **self._risk(case_id),
-        )
-        for decision_input in inputs:
-            recipient = decision_input.recipient
-            decision = engine.decide(decision_input)
+        for recipient, decision, denied in rulings:
             if decision.errors:
                 # The engine has already failed closed (deny); a person must look at the rule.
                 log.error(
@@ -97,28 +105,78 @@ class PolicyDecider:
                     event_type=accepted.event_type,
                     count=len(decision.errors),
                 )
-            outcome = _OUTCOMES[decision.outcome]
-            body = None
-            if outcome is not Outcome.DENY:
-                plan = decision.plan
-                key = (id(plan), recipient if plan is None or plan.recipient_specific else None)
-                body = bodies.get(key)
-                if body is None:
-                    body = bodies[key] = apply_field_plan(event, decision, self._pseudonymiser)
-            verdicts.append(
-                Verdict(
-                    recipient=recipient,
-                    outcome=outcome,
-                    rule_ids=decision.rule_ids,
-                    reason_codes=decision.reason_codes
-                    + (("referred",) if decision.outcome is PolicyOutcome.REFER else ()),
-                    route=decision.route,
-                    legal_basis=decision.legal_basis,
-                    purpose=decision.purpose,
-                    obligations=decision.obligations,
-                    field_actions=decision.field_actions,
-                    body=body,
-                    policy_hash=decision.policy_hash,
-                )
-            )
+            if denied is not None:
+                verdicts.append(denied)
+                continue
+            plan = decision.plan
+            key = (id(plan), recipient if plan is None or plan.recipient_specific else None)
+            body = bodies.get(key)
+            if body is None:
+                body = bodies[key] = apply_field_plan(event, decision, self._pseudonymiser)
+            verdicts.append(_verdict(recipient, decision, body))
         return verdicts
+
+    def _rulings(
+        self,
+        engine: Engine,
+        candidates: Sequence[str],
+        common: Mapping[str, Any],
+        addressees: frozenset[str],
+        participation: tuple[bool, ...],
+        risk: Mapping[str, str],
+    ) -> _Rulings:
+        """The engine's decision about each candidate, with the finished verdict of each
+        denial (which carries no body).
+
+        Events a rule set treats alike are most events: the same type from the same source,
+        with the same header statements, about cases the same agencies take part in. So the
+        rulings are kept by everything the inputs are built from (the engine's own memo is
+        per recipient, behind eight inputs built per event), for the engine that made them:
+        a reloaded policy starts afresh. Rulings with an erring rule are never kept, so each
+        event logs its alert."""
+        if engine is not self._memo_engine:
+            self._memo.clear()
+            self._memo_engine = engine
+        key = (
+            tuple(common.values()),
+            addressees,
+            tuple(candidates),
+            participation,
+            tuple(risk.items()),
+        )
+        rulings = self._memo.get(key)
+        if rulings is not None:
+            return rulings
+        out = []
+        for recipient, participates in zip(candidates, participation, strict=True):
+            inp = DecisionInput.for_one(
+                common, recipient, participates, recipient in addressees, risk
+            )
+            decision = engine.decide(inp)
+            denied = None
+            if _OUTCOMES[decision.outcome] is Outcome.DENY:
+                denied = _verdict(recipient, decision, None)
+            out.append((recipient, decision, denied))
+        rulings = tuple(out)
+        if engine.memoise and not any(d.errors for _, d, _ in rulings):
+            if len(self._memo) >= RULINGS_LIMIT:
+                self._memo.clear()
+            self._memo[key] = rulings
+        return rulings
+
+
+def _verdict(recipient: str, decision: Decision, body: Mapping[str, Any] | None) -> Verdict:
+    return Verdict(
+        recipient=recipient,
+        outcome=_OUTCOMES[decision.outcome],
+        rule_ids=decision.rule_ids,
+        reason_codes=decision.reason_codes
+        + (("referred",) if decision.outcome is PolicyOutcome.REFER else ()),
+        route=decision.route,
+        legal_basis=decision.legal_basis,
+        purpose=decision.purpose,
+        obligations=decision.obligations,
+        field_actions=decision.field_actions,
+        body=body,
+        policy_hash=decision.policy_hash,
+    )

@@ -4,8 +4,12 @@ engine asked directly."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from broker.codec import from_json, load_schemas
 from broker.policy import (
@@ -79,3 +83,126 @@ def test_decider_matches_the_engine_for_every_example() -> None:
                 assert verdict.body == apply_field_plan(item.event, decision, Pseudonymiser(SECRET))
                 shared += verdict.outcome is Outcome.SHARE
     assert shared > 0, "the shipped policy shares some example with someone"
+
+
+PURPOSES = json.loads((ROOT / "schemas" / "types" / "SharingPurpose" / "v1.avsc").read_text())
+ROUTES = json.loads((ROOT / "schemas" / "types" / "LegalRoute" / "v1.avsc").read_text())
+EXAMPLES = [
+    item
+    for item in (accepted(s.short_name) for s in SCHEMAS.events())
+    if item is not None and item.event["header"].get("sharing")
+]
+
+
+def safety_plan() -> Accepted:
+    """A safety plan from safe-whanau, which the shipped policy shares with the case's
+    participants (as in the broker benchmark)."""
+    schema = SCHEMAS.latest("SafetyPlanUpdate")
+    doc = json.loads((ROOT / "schemas" / "examples" / "SafetyPlanUpdate.json").read_text())
+    sharing = json.loads(
+        (ROOT / "schemas" / "examples" / "FamilyHarmEpisodeReport.json").read_text()
+    )["header"]["sharing"]
+    doc["header"] |= {
+        "source_agency": "safe-whanau",
+        "case_id": "SYN-CASE-0001",
+        "sharing": sharing | {"purpose": "fv_plan_or_response"},
+    }
+    source = REGISTRY.get("safe-whanau")
+    assert source is not None
+    return Accepted(source, schema, from_json(schema, doc), opened=None)  # type: ignore[arg-type]
+
+
+def varied(item: Accepted, sharing: dict[str, object]) -> Accepted:
+    header = item.event["header"]
+    event = {**item.event, "header": {**header, "sharing": {**header["sharing"], **sharing}}}
+    return Accepted(item.source, item.schema, event, opened=None)  # type: ignore[arg-type]
+
+
+def members(agencies: frozenset[str]) -> CaseMembership:
+    cases = CaseMembership()
+    for agency in sorted(agencies):
+        allocation = {
+            "agency": {"agency_id": agency},
+            "action": "joined",
+            "participation_role": "participant",
+        }
+        cases.apply("CaseAllocation", {"header": {"case_id": "SYN-CASE-0001"}, **allocation}, NOW)
+    return cases
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(range(len(EXAMPLES))),
+            st.fixed_dictionaries(
+                {
+                    "purpose": st.sampled_from(PURPOSES["symbols"]),
+                    "legal_route": st.sampled_from(ROUTES["symbols"]),
+                    "imminent_danger": st.booleans(),
+                    "privileged": st.booleans(),
+                    "contains_maori_data": st.booleans(),
+                }
+            ),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.frozensets(st.sampled_from(sorted(REGISTRY.ids))),
+)
+def test_kept_rulings_decide_as_a_fresh_decider_does(
+    events: list[tuple[int, dict[str, object]]], participants: frozenset[str]
+) -> None:
+    """One decider over a stream (rulings kept from event to event) gives every event the
+    verdicts a new decider gives it alone."""
+    cases = members(participants)
+    kept = PolicyDecider(lambda: ENGINE, Pseudonymiser(SECRET), cases)
+    for index, sharing in events + events:  # the second pass meets only kept rulings
+        item = varied(EXAMPLES[index], sharing)
+        fresh = PolicyDecider(lambda: ENGINE, Pseudonymiser(SECRET), cases)
+        assert kept.decide(item, NOW) == fresh.decide(item, NOW)
+
+
+def test_rulings_are_not_kept_across_a_policy_reload() -> None:
+    """After a reload to a policy whose safety-plan rule names another legal basis (same
+    candidates, same outcomes), the verdicts carry the new one, and back again."""
+    policy = load_policy_set(ROOT / "policies")
+    rules = tuple(
+        replace(r, legal_basis="ota_s66c_disclosure")
+        if r.id == "safety-plan-to-participants"
+        else r
+        for r in policy.rules
+    )
+    other = compile_policy(replace(policy, rules=rules))
+    current = [ENGINE]
+    decider = PolicyDecider(lambda: current[0], Pseudonymiser(SECRET), everyone_participates())
+    item = safety_plan()
+    before = decider.decide(item, NOW)
+    shares = [v for v in before if v.outcome is Outcome.SHARE]
+    assert shares
+    assert {v.legal_basis for v in shares} == {"fva_s20_disclosure"}
+    current[0] = other
+    after = decider.decide(item, NOW)
+    assert [v.recipient for v in after] == [v.recipient for v in before]
+    assert {v.legal_basis for v in after if v.outcome is Outcome.SHARE} == {"ota_s66c_disclosure"}
+    current[0] = ENGINE
+    assert decider.decide(item, NOW) == before
+
+
+def test_membership_changes_are_not_hidden_by_kept_rulings() -> None:
+    """The same event about a case its recipients have just joined is decided anew."""
+    cases = CaseMembership()
+    decider = PolicyDecider(lambda: ENGINE, Pseudonymiser(SECRET), cases)
+    item = safety_plan()
+    alone = {v.recipient: v.outcome for v in decider.decide(item, NOW)}
+    assert Outcome.SHARE not in alone.values()  # safety plans go to participants only
+    for agency in REGISTRY.ids:
+        allocation = {"agency": {"agency_id": agency}, "action": "joined"}
+        cases.apply(
+            "CaseAllocation",
+            {"header": {"case_id": "SYN-CASE-0001"}, "participation_role": "participant"}
+            | allocation,
+            NOW,
+        )
+    joined = {v.recipient: v.outcome for v in decider.decide(item, NOW)}
+    assert Outcome.SHARE in joined.values()
