@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-import uuid
 from pathlib import Path
 
 import structlog
@@ -37,7 +36,9 @@ class PolicyWatcher:
     ) -> None:
         self._store = store
         self._metrics = metrics
-        self._workdir = workdir or Path(tempfile.mkdtemp(prefix="tiaki-policy-"))
+        #: Where each bundle is unpacked for the store to read, and removed once it has
+        #: (the store compiles everything at load): the system's temporary folder by default.
+        self._workdir = workdir
 
     def apply(self, bundle: bytes) -> bool:
         """Offer one bundle; True if it is now the policy in force."""
@@ -45,9 +46,9 @@ class PolicyWatcher:
         engine: Engine | None = before
         error: TiakiError | None
         try:
-            folder = unbundle(bundle, self._workdir / uuid.uuid4().hex)
-            engine = self._store.load(folder)
-            error = self._store.last_error
+            with tempfile.TemporaryDirectory(prefix="tiaki-policy-", dir=self._workdir) as tmp:
+                engine = self._store.load(unbundle(bundle, Path(tmp) / "bundle"))
+                error = self._store.last_error
         except TiakiError as exc:  # not even a bundle, or no engine to fall back on
             error = exc
         if error is not None or engine is None:

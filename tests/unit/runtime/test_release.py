@@ -76,3 +76,4 @@ def test_watcher_swaps_valid_bundles_and_refuses_others(
     assert value("tiaki_policy_version", {"policy_hash": engine.policy_hash}) == 1
     assert value("tiaki_policy_rejected_total", {"reason": "ApprovalError"}) == 1
     assert value("tiaki_policy_rejected_total", {"reason": "ConfigError"}) == 1
+    assert list(tmp_path.iterdir()) == []  # each bundle's folder is gone once it was read
