@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -235,34 +236,29 @@ class Worker:
         m.transactions.labels("committed").inc()
         m.batch_records.observe(len(batch))
         now_ms = time.time() * 1000
-        quarantined: dict[str, int] = {}
-        events_in: dict[tuple[str, str], int] = {}
-        decisions: dict[tuple[str, str], int] = {}
-        events_out: dict[tuple[str, str], int] = {}
-        held: dict[tuple[str, str], int] = {}
+        quarantined: Counter[tuple[str]] = Counter()
+        events_in: Counter[tuple[str, str]] = Counter()
+        decisions: Counter[tuple[str, str]] = Counter()
+        events_out: Counter[tuple[str, str]] = Counter()
+        held: Counter[tuple[str, str]] = Counter()
         observe = m.end_to_end_seconds.observe
         for record, result in zip(batch, results, strict=True):
             observe(max(0.0, (now_ms - record.timestamp_ms) / 1000))
             if result.quarantine_reason is not None:
-                reason = result.quarantine_reason
-                quarantined[reason] = quarantined.get(reason, 0) + 1
+                quarantined[(result.quarantine_reason,)] += 1
                 continue
             event_type = result.event_type or "-"
-            key = (result.source or "-", event_type)
-            events_in[key] = events_in.get(key, 0) + 1
+            events_in[(result.source or "-", event_type)] += 1
             for verdict in result.verdicts:
-                key = (verdict.outcome.value, verdict.rule_ids[0] if verdict.rule_ids else "-")
-                decisions[key] = decisions.get(key, 0) + 1
+                rule = verdict.rule_ids[0] if verdict.rule_ids else "-"
+                decisions[(verdict.outcome.value, rule)] += 1
                 if verdict.outcome is Outcome.SHARE:
-                    key = (verdict.recipient, event_type)
-                    events_out[key] = events_out.get(key, 0) + 1
+                    events_out[(verdict.recipient, event_type)] += 1
                 elif verdict.outcome is Outcome.REVIEW:
                     reason = verdict.reason_codes[0] if verdict.reason_codes else "-"
-                    key = (verdict.recipient, reason)
-                    held[key] = held.get(key, 0) + 1
-        for reason, count in quarantined.items():
-            m.quarantined.labels(reason).inc(count)
+                    held[(verdict.recipient, reason)] += 1
         for counter, counts in (
+            (m.quarantined, quarantined),
             (m.events_in, events_in),
             (m.decisions, decisions),
             (m.events_out, events_out),
