@@ -250,12 +250,11 @@ class Drain:
         return self.records / self.seconds if self.seconds > 0 else 0.0
 
 
-async def drain_b0r(profile: Any, source: str, outputs: Sequence[str], n: int) -> Drain:
-    """B0R: consume raw bytes read-committed and copy each record to every output topic."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+def copying_consumer(profile: Any, source: str, group: str) -> Any:
+    """The baselines' consumer: read-committed from the start of ``source``, no auto-commit."""
+    from aiokafka import AIOKafkaConsumer
 
-    group = f"tiaki-broker-bench-b0r-{uuid.uuid4().hex[:8]}"
-    consumer = AIOKafkaConsumer(
+    return AIOKafkaConsumer(
         source,
         **profile.aiokafka_kwargs(),
         group_id=group,
@@ -263,6 +262,14 @@ async def drain_b0r(profile: Any, source: str, outputs: Sequence[str], n: int) -
         enable_auto_commit=False,
         auto_offset_reset="earliest",
     )
+
+
+async def drain_b0r(profile: Any, source: str, outputs: Sequence[str], n: int) -> Drain:
+    """B0R: consume raw bytes read-committed and copy each record to every output topic."""
+    from aiokafka import AIOKafkaProducer
+
+    group = f"tiaki-broker-bench-b0r-{uuid.uuid4().hex[:8]}"
+    consumer = copying_consumer(profile, source, group)
     producer = AIOKafkaProducer(**profile.aiokafka_kwargs(), enable_idempotence=True, acks="all")
     await producer.start()
     await consumer.start()
@@ -298,20 +305,13 @@ async def drain_b0r_plain_eos(
     offsets. Like the broker's transport it waits for a transaction's records before adding
     its offsets (else Kafka's produce verification retries them, see
     ``broker.transport._kafka``)."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaProducer
     from aiokafka.structs import OffsetAndMetadata
     from aiokafka.structs import TopicPartition as KafkaTopicPartition
 
     tag = f"bench-plain-eos-{uuid.uuid4().hex[:8]}"
     group = f"tiaki-broker-{tag}"
-    consumer = AIOKafkaConsumer(
-        source,
-        **profile.aiokafka_kwargs(),
-        group_id=group,
-        isolation_level="read_committed",
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-    )
+    consumer = copying_consumer(profile, source, group)
     producer = AIOKafkaProducer(
         **profile.aiokafka_kwargs(),
         transactional_id=f"tiaki-broker-{tag}",

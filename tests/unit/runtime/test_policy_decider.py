@@ -4,6 +4,7 @@ engine asked directly."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,9 +44,9 @@ def accepted(event_type: str) -> Accepted | None:
     return Accepted(source, schema, event, opened=None)  # type: ignore[arg-type]
 
 
-def everyone_participates() -> CaseMembership:
-    cases = CaseMembership()
-    for agency in REGISTRY.ids:
+def join(cases: CaseMembership, agencies: Iterable[str]) -> CaseMembership:
+    """``cases`` with each of ``agencies`` joined to SYN-CASE-0001 as a participant."""
+    for agency in sorted(agencies):
         allocation = {
             "agency": {"agency_id": agency},
             "action": "joined",
@@ -53,6 +54,10 @@ def everyone_participates() -> CaseMembership:
         }
         cases.apply("CaseAllocation", {"header": {"case_id": "SYN-CASE-0001"}, **allocation}, NOW)
     return cases
+
+
+def everyone_participates() -> CaseMembership:
+    return join(CaseMembership(), REGISTRY.ids)
 
 
 def test_decider_matches_the_engine_for_every_example() -> None:
@@ -118,18 +123,6 @@ def varied(item: Accepted, sharing: dict[str, object]) -> Accepted:
     return Accepted(item.source, item.schema, event, opened=None)  # type: ignore[arg-type]
 
 
-def members(agencies: frozenset[str]) -> CaseMembership:
-    cases = CaseMembership()
-    for agency in sorted(agencies):
-        allocation = {
-            "agency": {"agency_id": agency},
-            "action": "joined",
-            "participation_role": "participant",
-        }
-        cases.apply("CaseAllocation", {"header": {"case_id": "SYN-CASE-0001"}, **allocation}, NOW)
-    return cases
-
-
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     st.lists(
@@ -155,7 +148,7 @@ def test_kept_rulings_decide_as_a_fresh_decider_does(
 ) -> None:
     """One decider over a stream (rulings kept from event to event) gives every event the
     verdicts a new decider gives it alone."""
-    cases = members(participants)
+    cases = join(CaseMembership(), participants)
     kept = PolicyDecider(lambda: ENGINE, Pseudonymiser(SECRET), cases)
     for index, sharing in events + events:  # the second pass meets only kept rulings
         item = varied(EXAMPLES[index], sharing)
@@ -196,13 +189,6 @@ def test_membership_changes_are_not_hidden_by_kept_rulings() -> None:
     item = safety_plan()
     alone = {v.recipient: v.outcome for v in decider.decide(item, NOW)}
     assert Outcome.SHARE not in alone.values()  # safety plans go to participants only
-    for agency in REGISTRY.ids:
-        allocation = {"agency": {"agency_id": agency}, "action": "joined"}
-        cases.apply(
-            "CaseAllocation",
-            {"header": {"case_id": "SYN-CASE-0001"}, "participation_role": "participant"}
-            | allocation,
-            NOW,
-        )
+    join(cases, REGISTRY.ids)
     joined = {v.recipient: v.outcome for v in decider.decide(item, NOW)}
     assert Outcome.SHARE in joined.values()
