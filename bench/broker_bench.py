@@ -414,6 +414,9 @@ class Timed:
         if self.target and self.committed >= self.target:
             self.reached.set()
 
+    async def rewind(self) -> None:
+        await self.inner.rewind()
+
 
 def transport(env: Env, name: str, source: str) -> Any:
     from broker.transport import KafkaTransport

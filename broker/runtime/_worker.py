@@ -1,9 +1,9 @@
-"""One broker worker: poll a batch, run the pipeline, commit it all in one transaction.
+"""One broker worker: poll records, run the pipeline, commit them in Kafka transactions.
 
 Exactly once follows from the transport: a batch's outputs (egress, audit, review,
 quarantine) and its consumed offsets commit together or not at all. If a commit fails, the
-batch is discarded, the pipeline is told (so its replay cache forgets the batch's event ids),
-and the transport re-delivers the same records. After a crash, a restarted worker resumes at the
+batch and everything processed since are discarded, the pipeline is told (so its replay cache
+forgets their event ids), and the transport re-delivers the same records. After a crash, a restarted worker resumes at the
 last committed offsets and the aborted transaction's outputs were never visible to
 read-committed consumers.
 
@@ -17,8 +17,9 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import NamedTuple
 
 import structlog
 
@@ -37,7 +38,20 @@ def _utc_now() -> datetime:
 
 
 #: While a commit runs in the background, processing yields to it every this many records.
-YIELD_EVERY = 8
+#: Every record: a commit is several round trips, each resumed only when the loop is free, and
+#: a record costs about a millisecond; yielding every 8 records made commits twice as long.
+YIELD_EVERY = 1
+#: While a commit is in flight, a poll waits at most this long for records, so that the next
+#: transaction starts within a few milliseconds of the one ahead ending.
+POLL_SLICE_MS = 5
+
+
+@dataclass
+class _Taken:
+    """Records processed since the last transaction was closed, and what they caused."""
+
+    records: list[Record] = field(default_factory=list)
+    results: list[Processed] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -50,6 +64,13 @@ class _Batch:
     mark: tuple[int, int]
     #: The audit chain's head once this batch is committed (issue 7), if the worker chains.
     chain_mark: ChainHead | None = None
+
+
+class _InFlight(NamedTuple):
+    """A batch whose transaction is committing, and the task committing it."""
+
+    batch: _Batch
+    task: asyncio.Task[TransportError | None]
 
 
 @dataclass
@@ -111,52 +132,74 @@ class Worker:
             log.info("worker stopping", status="stopped", records=self._stats.records)
 
     async def serve(self, stop: asyncio.Event) -> None:
-        """Process batches on a started worker until ``stop`` is set, each batch processed
-        while the one before it commits.
+        """Process records on a started worker until ``stop`` is set, while the transaction
+        ahead of them commits.
 
-        Processing is Python on this core; most of a commit is Kafka's work on another (and
-        the network). So batch N commits, in a task, while batch N+1 is processed; the
-        processing yields to the event loop every few records so the commit can move. N+1
-        is polled before N's commit starts, never during it (a failed commit rewinds the
-        consumer, which must not race a poll), and committed only after N's commit has
-        succeeded. If N's commit fails, N+1 is thrown away with it: the transport has
-        rewound to the last committed offsets, which precede both, and the pipeline forgets
-        everything since its last commit. When a batch is waiting to commit, the next poll
-        does not wait for records: at low load a batch commits as soon as it is processed.
+        Processing is Python on this core; most of a commit is waiting for Kafka, which works
+        on another core. So while one transaction commits, in a task, the worker goes on
+        polling and processing what arrives (yielding to the event loop every few records so
+        the commit can move), and the moment that commit ends it commits everything processed
+        meanwhile, up to ``max_batch`` records. A record therefore waits for at most the
+        transaction ahead of it and then its own; with nothing in flight, the first record to
+        arrive is committed at once. Under a backlog every transaction fills to ``max_batch``.
+
+        If a commit fails, or partitions are revoked, everything processed since the last
+        successful commit is thrown away: the pipeline forgets it, and the transport rewinds
+        to the committed offsets (again, after its own rewind: a poll may have run while the
+        failed commit was being rolled back), so every record is polled and processed again.
         """
-        pending: _Batch | None = None
+        taken = _Taken()
+        inflight: _InFlight | None = None
         while not stop.is_set():
-            timeout = 0 if pending is not None else self._poll_timeout_ms
-            batch = await self._transport.poll(self._max_batch, timeout)
+            room = self._max_batch - len(taken.records)
+            records: list[Record] = []
+            if room > 0:
+                timeout = POLL_SLICE_MS if inflight is not None else self._poll_timeout_ms
+                records = await self._transport.poll(room, timeout)
+            elif inflight is not None:
+                await asyncio.wait([inflight.task])  # full: wait for the transaction ahead
             if self._transport.assignment() != self._assignment:
-                if pending is not None:  # settle it before state is re-read (it will fail)
-                    self._settle(pending, await self._send(pending))
-                    pending = None
+                if inflight is not None:
+                    self._settle(inflight.batch, await inflight.task)
+                    inflight = None
+                await self._forget()  # what we hold was polled before the rebalance
+                taken = _Taken()
                 await self._assigned()
-            committing = None
-            if pending is not None:
-                committing = asyncio.create_task(self._send(pending))
-            current = await self._process(batch, self._clock(), yielding=committing is not None)
-            if (
-                committing is not None
-                and pending is not None
-                and not self._settle(pending, await committing)
-            ):
-                current = None  # polled again from the committed offsets
-            pending = current
-        if pending is not None:
-            self._settle(pending, await self._send(pending))
+                continue
+            if records:
+                await self._take(records, taken, yielding=inflight is not None)
+            if inflight is not None:
+                if not inflight.task.done():
+                    continue
+                committed = self._settle(inflight.batch, inflight.task.result())
+                inflight = None
+                if not committed:
+                    await self._forget()
+                    taken = _Taken()
+                    continue
+            batch = await self._close(taken)
+            taken = _Taken()
+            if batch is not None:
+                inflight = _InFlight(batch, asyncio.create_task(self._send(batch)))
+        if inflight is not None and not self._settle(inflight.batch, await inflight.task):
+            return  # the records taken since are uncommitted: polled again after a restart
+        batch = await self._close(taken)
+        if batch is not None:
+            self._settle(batch, await self._send(batch))
 
     async def step(self) -> int:
         """One poll-process-commit cycle, nothing overlapped; returns the number of records
         committed. Tests drive the worker with it."""
-        batch = await self._transport.poll(self._max_batch, self._poll_timeout_ms)
+        records = await self._transport.poll(self._max_batch, self._poll_timeout_ms)
         if self._transport.assignment() != self._assignment:
             await self._assigned()
-        current = await self._process(batch, self._clock(), yielding=False)
-        if current is None:
+        taken = _Taken()
+        if records:
+            await self._take(records, taken, yielding=False)
+        batch = await self._close(taken)
+        if batch is None:
             return 0
-        return len(current.records) if self._settle(current, await self._send(current)) else 0
+        return len(batch.records) if self._settle(batch, await self._send(batch)) else 0
 
     async def _assigned(self) -> None:
         assignment = self._transport.assignment()
@@ -165,33 +208,44 @@ class Worker:
             await self._on_assignment()
         log.info("partitions assigned", count=len(assignment))
 
-    async def _process(
-        self, batch: Sequence[Record], now: datetime, *, yielding: bool
-    ) -> _Batch | None:
+    async def _forget(self) -> None:
+        """Throw away every record processed since the last commit, and rewind to it."""
+        self._pipeline.aborted()
+        await self._transport.rewind()
+
+    async def _take(self, records: Sequence[Record], taken: _Taken, *, yielding: bool) -> None:
+        """Run the pipeline over ``records``, adding them and their results to ``taken``."""
+        now = self._clock()
+        started = time.perf_counter()
+        process = self._pipeline.process
+        results = taken.results
+        for index, record in enumerate(records):
+            if yielding and index % YIELD_EVERY == 0:
+                # Let the commit in flight move: first before any of this work, so it starts
+                # at once, then every few records.
+                await asyncio.sleep(0)
+            results.append(process(record, now))
+        taken.records.extend(records)
+        took = time.perf_counter() - started
+        self._stats.process_seconds += took
+        self._metrics.evaluation_seconds.observe(took / len(records))
+
+    async def _close(self, taken: _Taken) -> _Batch | None:
+        """The transaction for what ``taken`` holds, with the escalations now due and the
+        audit chain's links; None if there is nothing to commit."""
         chain = self._chain
         if chain is not None and chain.stale:
             await chain.resync()  # at start, and after a commit whose outcome is unknown
+        now = self._clock()
         escalations = self._pipeline.escalations(now)
-        if not batch and not escalations and not (chain is not None and chain.due(now)):
+        if not taken.records and not escalations and not (chain is not None and chain.due(now)):
             return None
-        started = time.perf_counter()
-        results = []
-        for index, record in enumerate(batch):
-            if yielding and index % YIELD_EVERY == 0:
-                # Let the previous batch's commit move: first before any of this batch's work,
-                # so that commit starts at once, then every few records.
-                await asyncio.sleep(0)
-            results.append(self._pipeline.process(record, now))
-        took = time.perf_counter() - started
-        self._stats.process_seconds += took
-        if batch:
-            self._metrics.evaluation_seconds.observe(took / len(batch))
-        outputs = [out for result in results for out in result.outputs]
+        outputs = [out for result in taken.results for out in result.outputs]
         outputs += escalations + self._pipeline.seen()
         if chain is None:
-            return _Batch(list(batch), results, outputs, self._pipeline.mark())
+            return _Batch(taken.records, taken.results, outputs, self._pipeline.mark())
         outputs = chain.seal(outputs, now)
-        return _Batch(list(batch), results, outputs, self._pipeline.mark(), chain.mark())
+        return _Batch(taken.records, taken.results, outputs, self._pipeline.mark(), chain.mark())
 
     async def _send(self, b: _Batch) -> TransportError | None:
         """Commit ``b``; the error if its transaction aborted. Touches no pipeline state, so

@@ -312,6 +312,17 @@ class KafkaTransport(ResourceBase):
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
         await asyncio.shield(task)
 
+    async def rewind(self) -> None:
+        consumer, _ = self._check_open()
+        async with self._lock:  # not during a commit or a rebalance
+            with _translated():
+                async with asyncio.timeout(self._commit_timeout_s):
+                    for tp in self._ledger.rewind():
+                        if tp in self._assignment:
+                            # The committed offset, not the first polled one: a poll that
+                            # overlapped a failed commit's rewind may have seen the old position.
+                            await self._seek_committed(consumer, KafkaTopicPartition(*tp))
+
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
             # One batch per partition per transaction (see _send_batched): room for a poll's

@@ -14,10 +14,11 @@ What it models, because the pipeline depends on it:
 - fencing: starting a worker with a transactional id that a live worker holds fences the old
   one, whose next commit raises :class:`ProducerFenced`;
 - fault injection: :meth:`InMemoryCluster.fail_next_commit`, :meth:`~InMemoryCluster.fail_next_poll`,
-  :meth:`~InMemoryCluster.deny_writes`.
+  :meth:`~InMemoryCluster.deny_writes`, and :meth:`~InMemoryCluster.delay_commits` (commits
+  that take a while, as Kafka's round trips do, so a worker's polls overlap them).
 
-It is single-event-loop and not thread-safe; a commit has no ``await`` inside, so no rebalance
-can observe a half-done transaction.
+It is single-event-loop and not thread-safe; past its optional delay, a commit has no
+``await`` inside, so no rebalance can observe a half-done transaction.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class InMemoryCluster:
         self._txn_holders: dict[str, InMemoryTransport] = {}
         self._commit_failures: list[TransportError] = []
         self._poll_failures: list[TransportError] = []
+        self._commit_delay_s = 0.0
         self._round_robin: dict[str, itertools.count[int]] = {}
         self._changed = asyncio.Event()
         self._member_ids = itertools.count()
@@ -160,6 +162,10 @@ class InMemoryCluster:
     def fail_next_poll(self, error: TransportError | None = None) -> None:
         """Make the next poll by any worker raise ``error`` (default: a retriable one)."""
         self._poll_failures.append(error or TransportError("injected poll failure", retriable=True))
+
+    def delay_commits(self, seconds: float) -> None:
+        """Make every commit wait ``seconds`` before it lands or fails."""
+        self._commit_delay_s = seconds
 
     def deny_writes(self, topic: str) -> None:
         """Refuse writes to ``topic`` as a missing ACL would: a commit that writes it fails."""
@@ -406,6 +412,9 @@ class InMemoryTransport(ResourceBase):
             raise ProducerFenced(f"transactional id {self.transactional_id} was taken over")
         if not outputs and not consumed:
             return
+        if self._cluster._commit_delay_s:
+            await asyncio.sleep(self._cluster._commit_delay_s)
+            self._check_open()
         try:
             offsets = self._ledger.to_commit(consumed, self._assignment)
             failure = self._cluster._take_commit_failure(outputs)
@@ -423,6 +432,13 @@ class InMemoryTransport(ResourceBase):
         group = self._cluster._groups[self.group_id]
         group.committed.update(offsets)
         self._ledger.committed(offsets)
+
+    async def rewind(self) -> None:
+        self._check_open()
+        committed = self._cluster._groups[self.group_id].committed
+        for tp in self._ledger.rewind():
+            if tp in self._assignment:
+                self._positions[tp] = committed.get(tp, 0)
 
     def _rewind(self) -> None:
         for tp, offset in self._ledger.rewind().items():

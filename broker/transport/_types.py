@@ -88,6 +88,13 @@ class TransactionalTransport(AsyncResource, Protocol):
         """The partitions this worker owns now."""
         ...
 
+    async def rewind(self) -> None:
+        """Forget every record polled since the last successful commit and go back to the
+        committed offsets, so each of them is polled again. For a caller that polls while a
+        commit runs: a poll can overlap the rewind of a failed commit, and a caller that
+        throws away what it holds calls this once no poll of its own is in flight."""
+        ...
+
 
 class Publisher(AsyncResource, Protocol):
     """Writes single records through an idempotent producer (adapters, tests)."""

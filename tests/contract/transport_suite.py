@@ -183,6 +183,49 @@ class TransportContract:
             (r.partition, r.offset, r.value) for r in outputs
         ]
 
+    async def test_rewind_sends_uncommitted_records_back(self, harness: Harness) -> None:
+        group = await harness.new_group()
+        await publish(harness, [(f"k{i}".encode(), f"first-{i}".encode()) for i in range(5)])
+        key = lambda r: (r.partition, r.offset)  # noqa: E731 - a sort key, named once
+        async with harness.worker(group, "a") as worker:
+            first = await drain(harness, worker, 5)
+            await worker.commit(outputs_for(harness, first), first)
+            await publish(harness, [(f"k{i}".encode(), f"second-{i}".encode()) for i in range(5)])
+            second = await drain(harness, worker, 5)
+            await worker.rewind()
+            again = await drain(harness, worker, 5)
+            assert sorted(map(key, again)) == sorted(map(key, second))
+            assert all(r.value.startswith(b"second-") for r in again)
+
+    async def test_polls_during_a_failed_commit_then_a_rewind_lose_nothing(
+        self, harness: Harness
+    ) -> None:
+        """What a worker that polls while it commits relies on: whatever its polls returned
+        while a failed commit was rolled back, a rewind afterwards brings every uncommitted
+        record back exactly once."""
+        group = await harness.new_group()
+        await publish(harness, [(f"k{i}".encode(), f"a-{i}".encode()) for i in range(6)])
+        key = lambda r: (r.partition, r.offset)  # noqa: E731 - a sort key, named once
+        async with harness.worker(group, "a") as worker:
+            batch = await drain(harness, worker, 6)
+            later = await publish(
+                harness, [(f"k{i}".encode(), f"b-{i}".encode()) for i in range(6)]
+            )
+            failing = asyncio.create_task(
+                worker.commit([*outputs_for(harness, batch), harness.poison()], batch)
+            )
+            while not failing.done():  # polls overlap the commit and its rollback
+                await worker.poll(max_records=100, timeout_ms=5)
+            with pytest.raises(TransportError):
+                await failing
+            await worker.rewind()
+            again = await drain(harness, worker, 12)
+            assert sorted(map(key, again)) == sorted(map(key, [*batch, *later]))
+            await worker.commit(outputs_for(harness, again), again)
+            assert not mine(harness, await worker.poll(max_records=100, timeout_ms=300))
+        outputs = await read_outputs(harness, 12)
+        assert len(outputs) == 12
+
     async def test_two_workers_split_partitions_and_see_each_record_once(
         self, harness: Harness
     ) -> None:

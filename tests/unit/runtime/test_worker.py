@@ -145,6 +145,53 @@ async def test_overlapped_commits_neither_lose_nor_duplicate() -> None:
     assert worker.statistics().batches >= 65 // 7
 
 
+async def test_records_taken_while_a_commit_fails_are_processed_again_once() -> None:
+    """Records keep arriving while transactions commit; every few commits one fails. Those
+    processed meanwhile, including any polled after the failed commit rewound, are thrown away
+    and come again: each event is delivered and audited exactly once, none as a replay."""
+    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
+    harness = Harness(
+        ScriptedDecider([verdict("oranga-tamariki", Outcome.SHARE), verdict("msd", Outcome.DENY)])
+    )
+    metrics = BrokerMetrics(CollectorRegistry())
+    cluster.delay_commits(0.003)  # as Kafka's round trips take, so polls overlap each commit
+    worker = Worker(
+        cluster.worker(),
+        harness.pipeline,
+        metrics,
+        clock=lambda: NOW,
+        poll_timeout_ms=10,
+    )
+    stop = asyncio.Event()
+
+    async def trickle() -> None:
+        for _ in range(90):
+            await publish(cluster, harness, good=1, bad=0)
+            await asyncio.sleep(0.0005)
+
+    async with worker:
+        serving = asyncio.create_task(worker.serve(stop))
+        publishing = asyncio.create_task(trickle())
+        failures = 0
+        for _ in range(5000):
+            await asyncio.sleep(0.001)
+            if worker.statistics().aborted == failures and failures < 6:
+                failures += 1
+                cluster.fail_next_commit()
+            if worker.statistics().records >= 90 and publishing.done():
+                break
+        stop.set()
+        await asyncio.wait_for(serving, 5)
+    counts = await topic_counts(cluster)
+    assert worker.statistics().aborted == 6
+    assert worker.statistics().records == 90
+    assert counts["tiaki.egress.oranga-tamariki"] == 90
+    assert counts["tiaki.audit"] == 90
+    assert (
+        metrics.registry.get_sample_value("tiaki_quarantined_total", {"reason": "replayed"}) is None
+    )
+
+
 def second_worker(
     cluster: InMemoryCluster, harness: Harness, seen: list[tuple[str, str, int]] | None
 ) -> tuple[Worker, BrokerMetrics]:
