@@ -35,7 +35,10 @@ broker principal's client settings and the same topics:
   run, what Kafka, transactions and the load generator alone cost at that rate.
 
 Before anything is timed, one untimed pass-through drain warms the new Kafka node up (its JIT
-compiler takes about a third of a core in the first minutes).
+compiler takes about a third of a core in the first minutes), and before the latency runs one
+untimed full-pipeline open-loop run at 50 % does the same for the TLS path (printed as
+``warm-up``): until C2 has compiled it, the JVM runs AES-GCM's GHASH as plain Java, which JFR
+showed as half of Kafka's CPU two minutes into a run.
 
 Every worker here runs its production loop (``Worker.serve``: each batch processed while the
 previous one commits).
@@ -902,6 +905,12 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
         f"per delivered (event, recipient); commit interval {commit_interval} ms; "
         f"receivers' fetch wait {RECEIVER_FETCH_WAIT_MS} ms):"
     )
+    # Untimed: the same open loop at half the maximum once first. A new JVM runs TLS's GHASH
+    # as plain Java until C2 has compiled it, and under this load that takes minutes; the
+    # drains above are not enough (seen with JFR and Kafka's CPU falling run by run).
+    await latency_phase(
+        env, options, pipeline, metrics, cases, full.rate * 0.5, 0.5, label="warm-up"
+    )
     for fraction in RATES:
         await latency_phase(env, options, pipeline, metrics, cases, full.rate * fraction, fraction)
     # The same rate through a pass-through worker: what Kafka, transactions and the client
@@ -949,7 +958,7 @@ async def latency_phase(
                 rate,
                 f"{label}-{int(fraction * 100)}",
                 LATENCY_SECONDS,
-                open_sample=label == "full",
+                open_sample=label != "B0R-EOS",
             )
     stats = worker.statistics()
     txns = max(1, stats.batches)
