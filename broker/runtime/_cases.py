@@ -34,6 +34,8 @@ from datetime import datetime
 from typing import Any
 
 _JOIN = {"joined", "lead_assigned", "lead_transferred"}
+#: The event types in the table above; any other leaves every case as it is.
+_MEMBERSHIP_EVENTS = frozenset({"CaseAllocation", "TaskEvent", "SafetyAssessmentMeetingOutcome"})
 
 
 class CaseMembership:
@@ -77,6 +79,8 @@ class CaseMembership:
         self, event_type: str, event: Mapping[str, Any], now: datetime
     ) -> dict[str, Any] | None:
         """Update from one event; return the case's new state record, or None if unchanged."""
+        if event_type not in _MEMBERSHIP_EVENTS:
+            return None  # most events; and no empty entry is kept for their case
         case_id = str(event["header"]["case_id"])
         before = self._snapshot(case_id)
         members = self._members.setdefault(case_id, {})
@@ -109,8 +113,11 @@ class CaseMembership:
             "updated_at": now,
         }
 
-    def _snapshot(self, case_id: str) -> tuple[bool, frozenset[tuple[str, frozenset[str]]]]:
+    def _snapshot(self, case_id: str) -> tuple[bool, str, frozenset[tuple[str, frozenset[str]]]]:
+        """Everything a state record carries, to tell whether an event changed it."""
         grounds = self._members.get(case_id, {})
-        return case_id in self._closed, frozenset(
-            (a, frozenset(g)) for a, g in grounds.items() if g
+        return (
+            case_id in self._closed,
+            self.risk(case_id),
+            frozenset((a, frozenset(g)) for a, g in grounds.items() if g),
         )

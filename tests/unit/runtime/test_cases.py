@@ -33,6 +33,10 @@ def task(agency: str, transition: str, task_id: str = "T1", case: str = "SYN-C1"
     }
 
 
+def meeting(lead: str, risk: str, case: str = "SYN-C1") -> dict[str, Any]:
+    return {"header": {"case_id": case}, "lead_agency": {"agency_id": lead}, "risk_tier": risk}
+
+
 def test_allocation_and_leaving() -> None:
     cases = CaseMembership()
     assert cases.apply("CaseAllocation", allocation("corrections", "joined"), NOW) is not None
@@ -91,14 +95,32 @@ EVENTS = st.one_of(
         st.sampled_from(["assigned", "accepted", "declined", "completed"]),
         st.sampled_from(["T1", "T2"]),
     ),
+    st.builds(meeting, st.sampled_from(["police", "msd"]), st.sampled_from(["high", "medium"])),
 )
+
+
+def kind_of(event: dict[str, Any]) -> str:
+    if "task_id" in event:
+        return "TaskEvent"
+    return "SafetyAssessmentMeetingOutcome" if "lead_agency" in event else "CaseAllocation"
+
+
+def test_a_new_risk_tier_alone_is_written() -> None:
+    """A second meeting with the same lead changes only the risk tier; a worker rebuilding
+    from the state topic must still see it."""
+    cases = CaseMembership()
+    first = cases.apply("SafetyAssessmentMeetingOutcome", meeting("police", "medium"), NOW)
+    second = cases.apply("SafetyAssessmentMeetingOutcome", meeting("police", "high"), NOW)
+    assert first is not None
+    assert second is not None
+    assert second["risk_tier"] == "high"
 
 
 @given(st.lists(EVENTS, max_size=25))
 def test_replaying_and_rebuilding_give_the_same_membership(events: list[dict[str, Any]]) -> None:
     live, states = CaseMembership(), []
     for event in events:
-        kind = "TaskEvent" if "task_id" in event else "CaseAllocation"
+        kind = kind_of(event)
         state = live.apply(kind, event, NOW)
         if state is not None:
             states.append(state)
@@ -107,3 +129,4 @@ def test_replaying_and_rebuilding_give_the_same_membership(events: list[dict[str
     rebuilt.load(states)
     for agency in ("police", "msd", "corrections"):
         assert rebuilt.participates("SYN-C1", agency) == live.participates("SYN-C1", agency)
+    assert rebuilt.risk("SYN-C1") == live.risk("SYN-C1")
