@@ -137,8 +137,8 @@ class Worker:
 
         Processing is Python on this core; most of a commit is waiting for Kafka, which works
         on another core. So while one transaction commits, in a task, the worker goes on
-        polling and processing what arrives (yielding to the event loop every few records so
-        the commit can move), and the moment that commit ends it commits everything processed
+        polling and processing what arrives (yielding to the event loop between records, so
+        each of the commit's round trips resumes promptly), and the moment that commit ends it commits everything processed
         meanwhile, up to ``max_batch`` records. A record therefore waits for at most the
         transaction ahead of it and then its own; with nothing in flight, the first record to
         arrive is committed at once. Under a backlog every transaction fills to ``max_batch``.
@@ -147,6 +147,7 @@ class Worker:
         successful commit is thrown away: the pipeline forgets it, and the transport rewinds
         to the committed offsets (again, after its own rewind: a poll may have run while the
         failed commit was being rolled back), so every record is polled and processed again.
+        The first assignment takes the same path, with nothing to throw away.
         """
         taken = _Taken()
         inflight: _InFlight | None = None
