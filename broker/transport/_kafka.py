@@ -315,13 +315,9 @@ class KafkaTransport(ResourceBase):
     async def rewind(self) -> None:
         consumer, _ = self._check_open()
         async with self._lock:  # not during a commit or a rebalance
-            with _translated():
-                async with asyncio.timeout(self._commit_timeout_s):
-                    for tp in self._ledger.rewind():
-                        if tp in self._assignment:
-                            # The committed offset, not the first polled one: a poll that
-                            # overlapped a failed commit's rewind may have seen the old position.
-                            await self._seek_committed(consumer, KafkaTopicPartition(*tp))
+            # The committed offset, not the first polled one: a poll that overlapped a failed
+            # commit's rewind may have seen the old position.
+            await self._rewind_to_committed(consumer)
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -407,11 +403,7 @@ class KafkaTransport(ResourceBase):
                 self._ledger.rewind()
                 return self._broken
         try:
-            with _translated():
-                async with asyncio.timeout(self._commit_timeout_s):
-                    for tp in self._ledger.rewind():
-                        if tp in self._assignment:
-                            await self._seek_committed(consumer, KafkaTopicPartition(*tp))
+            await self._rewind_to_committed(consumer)
         except (TransportError, TimeoutError) as exc:
             self._broken = TransportError(
                 f"could not rewind after a failed transaction ({exc}); restart the worker",
@@ -434,6 +426,14 @@ class KafkaTransport(ResourceBase):
         with contextlib.suppress(Exception):
             async with asyncio.timeout(5):
                 await old.stop()
+
+    async def _rewind_to_committed(self, consumer: AIOKafkaConsumer) -> None:
+        """Seek every partition with outstanding records to its committed offset."""
+        with _translated():
+            async with asyncio.timeout(self._commit_timeout_s):
+                for tp in self._ledger.rewind():
+                    if tp in self._assignment:
+                        await self._seek_committed(consumer, KafkaTopicPartition(*tp))
 
     def _rewind_to_first_polled(self, consumer: AIOKafkaConsumer) -> None:
         for (topic, partition), offset in self._ledger.rewind().items():

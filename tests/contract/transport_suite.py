@@ -74,6 +74,11 @@ async def publish(harness: Harness, items: Sequence[tuple[bytes, bytes]]) -> lis
         ]
 
 
+def position(record: Record) -> tuple[int, int]:
+    """Where a record sits in its topic, to compare what two polls returned."""
+    return record.partition, record.offset
+
+
 def outputs_for(harness: Harness, records: Sequence[Record]) -> list[Outgoing]:
     return [
         Outgoing(harness.output_topic, r.key, b"out:" + r.value, ((TOKEN_HEADER, harness.token),))
@@ -175,8 +180,7 @@ class TransportContract:
             assert await read_outputs(harness) == []
 
             again = await drain(harness, worker, 6)
-            key = lambda r: (r.partition, r.offset)  # noqa: E731 - a sort key, named once
-            assert sorted(map(key, again)) == sorted(map(key, batch))
+            assert sorted(map(position, again)) == sorted(map(position, batch))
             await worker.commit(outputs_for(harness, again), again)
         outputs = await read_outputs(harness, len(batch))
         assert sorted(r.value for r in outputs) == sorted(b"out:" + r.value for r in batch), [
@@ -186,7 +190,6 @@ class TransportContract:
     async def test_rewind_sends_uncommitted_records_back(self, harness: Harness) -> None:
         group = await harness.new_group()
         await publish(harness, [(f"k{i}".encode(), f"first-{i}".encode()) for i in range(5)])
-        key = lambda r: (r.partition, r.offset)  # noqa: E731 - a sort key, named once
         async with harness.worker(group, "a") as worker:
             first = await drain(harness, worker, 5)
             await worker.commit(outputs_for(harness, first), first)
@@ -194,7 +197,7 @@ class TransportContract:
             second = await drain(harness, worker, 5)
             await worker.rewind()
             again = await drain(harness, worker, 5)
-            assert sorted(map(key, again)) == sorted(map(key, second))
+            assert sorted(map(position, again)) == sorted(map(position, second))
             assert all(r.value.startswith(b"second-") for r in again)
 
     async def test_polls_during_a_failed_commit_then_a_rewind_lose_nothing(
@@ -205,7 +208,6 @@ class TransportContract:
         record back exactly once."""
         group = await harness.new_group()
         await publish(harness, [(f"k{i}".encode(), f"a-{i}".encode()) for i in range(6)])
-        key = lambda r: (r.partition, r.offset)  # noqa: E731 - a sort key, named once
         async with harness.worker(group, "a") as worker:
             batch = await drain(harness, worker, 6)
             later = await publish(
@@ -220,7 +222,7 @@ class TransportContract:
                 await failing
             await worker.rewind()
             again = await drain(harness, worker, 12)
-            assert sorted(map(key, again)) == sorted(map(key, [*batch, *later]))
+            assert sorted(map(position, again)) == sorted(map(position, [*batch, *later]))
             await worker.commit(outputs_for(harness, again), again)
             assert not mine(harness, await worker.poll(max_records=100, timeout_ms=300))
         outputs = await read_outputs(harness, 12)

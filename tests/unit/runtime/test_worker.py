@@ -19,14 +19,19 @@ from tests.unit.runtime.test_intake import NOW, REGISTRY, SCHEMAS
 from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider, verdict
 
 
-def setup() -> tuple[InMemoryCluster, Harness, Worker, BrokerMetrics]:
+def setup(max_batch: int = 500) -> tuple[InMemoryCluster, Harness, Worker, BrokerMetrics]:
     cluster = InMemoryCluster.provisioned(REGISTRY.ids)
     harness = Harness(
         ScriptedDecider([verdict("oranga-tamariki", Outcome.SHARE), verdict("msd", Outcome.DENY)])
     )
     metrics = BrokerMetrics(CollectorRegistry())
     worker = Worker(
-        cluster.worker(), harness.pipeline, metrics, clock=lambda: NOW, poll_timeout_ms=10
+        cluster.worker(),
+        harness.pipeline,
+        metrics,
+        clock=lambda: NOW,
+        poll_timeout_ms=10,
+        max_batch=max_batch,
     )
     return cluster, harness, worker, metrics
 
@@ -105,19 +110,7 @@ async def test_run_stops_when_told() -> None:
 async def test_overlapped_commits_neither_lose_nor_duplicate() -> None:
     """serve() processes each batch while the one before commits; a failed commit throws the
     next batch away with it, and nothing is lost, duplicated or quarantined as a replay."""
-    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
-    harness = Harness(
-        ScriptedDecider([verdict("oranga-tamariki", Outcome.SHARE), verdict("msd", Outcome.DENY)])
-    )
-    metrics = BrokerMetrics(CollectorRegistry())
-    worker = Worker(
-        cluster.worker(),
-        harness.pipeline,
-        metrics,
-        clock=lambda: NOW,
-        poll_timeout_ms=10,
-        max_batch=7,  # many batches, so many overlaps
-    )
+    cluster, harness, worker, metrics = setup(max_batch=7)  # many batches, so many overlaps
     await publish(cluster, harness, good=60, bad=5)
     cluster.fail_next_commit()
     stop = asyncio.Event()
@@ -149,19 +142,8 @@ async def test_records_taken_while_a_commit_fails_are_processed_again_once() -> 
     """Records keep arriving while transactions commit; every few commits one fails. Those
     processed meanwhile, including any polled after the failed commit rewound, are thrown away
     and come again: each event is delivered and audited exactly once, none as a replay."""
-    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
-    harness = Harness(
-        ScriptedDecider([verdict("oranga-tamariki", Outcome.SHARE), verdict("msd", Outcome.DENY)])
-    )
-    metrics = BrokerMetrics(CollectorRegistry())
+    cluster, harness, worker, metrics = setup()
     cluster.delay_commits(0.003)  # as Kafka's round trips take, so polls overlap each commit
-    worker = Worker(
-        cluster.worker(),
-        harness.pipeline,
-        metrics,
-        clock=lambda: NOW,
-        poll_timeout_ms=10,
-    )
     stop = asyncio.Event()
 
     async def trickle() -> None:
