@@ -32,7 +32,13 @@ broker principal's client settings and the same topics:
   first transaction, the receivers' first fetches); the whole run's p99 and max are printed
   beside them. A sample of the egress records is opened afterwards to check the key-to-event match.
   The same open-loop run at 50 % through a pass-through worker (no pipeline) gives, in the same
-  run, what Kafka, transactions and the load generator alone cost at that rate.
+  run, what Kafka, transactions and the load generator alone cost at that rate. Each run also
+  prints where events' time went (:class:`Phases`, by the last of each event's recipients, on
+  ``time.monotonic_ns``, which both processes share): *queued* (scheduled send to the worker's
+  poll: publishing, the worker's fetch, waiting in its fetch buffer while it processes),
+  *processed* (poll to the start of the record's transaction: processing its batch, waiting
+  for the transaction ahead), *commit* (as the worker saw it end) and *after* (commit end to
+  the last receipt), as p50s and as means over the slowest 1 %.
 
 Before anything is timed, one untimed pass-through drain warms the new Kafka node up (its JIT
 compiler takes about a third of a core in the first minutes), and before the latency runs one
@@ -386,9 +392,11 @@ class PassThrough:
 
 
 class Timed:
-    """A transport wrapper noting when the first record was fetched and how many committed."""
+    """A transport wrapper noting when the first record was fetched and how many committed;
+    with ``stamps``, also when each keyed record was polled and when the transaction holding
+    it began and ended committing (``time.monotonic_ns``, one clock for every process here)."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, *, stamps: bool = False) -> None:
         self.inner = inner
         self.first = 0.0
         self.last = 0.0
@@ -396,6 +404,8 @@ class Timed:
         self.target = 0
         #: Set when ``target`` records have committed.
         self.reached = asyncio.Event()
+        #: Record key -> [polled, commit began, commit ended] (ns), when ``stamps``.
+        self.stamps: dict[bytes, list[int]] | None = {} if stamps else None
 
     async def start(self) -> None:
         await self.inner.start()
@@ -410,10 +420,21 @@ class Timed:
         batch = await self.inner.poll(max_records, timeout_ms)
         if batch and not self.first:
             self.first = time.perf_counter()
+        if self.stamps is not None:
+            now = time.monotonic_ns()
+            for record in batch:
+                self.stamps[record.key] = [now, 0, 0]
         return batch
 
     async def commit(self, outputs: Any, consumed: Any) -> None:
+        began = time.monotonic_ns()
         await self.inner.commit(outputs, consumed)
+        if self.stamps is not None:
+            ended = time.monotonic_ns()
+            for record in consumed:
+                stamp = self.stamps.get(record.key)
+                if stamp is not None:
+                    stamp[1:] = [began, ended]
         self.committed += len(consumed)
         self.last = time.perf_counter()
         if self.target and self.committed >= self.target:
@@ -543,6 +564,8 @@ async def latency_client(config: dict[str, Any]) -> dict[str, Any]:
     everything = HdrHistogram(1, 120_000_000, 3)  # µs, every delivery
     start = time.monotonic_ns() + 10**9 * 3600  # set below, before the first send
     received: dict[str, int] = dict.fromkeys(RECIPIENTS, 0)
+    #: Per event after the warm-up: when the last of its recipients received it (ns).
+    last_seen: dict[bytes, int] = {}
     samples: dict[str, list[Any]] = {r: [] for r in RECIPIENTS}
     done = asyncio.Event()
     total = count * len(RECIPIENTS)
@@ -579,6 +602,7 @@ async def latency_client(config: dict[str, Any]) -> dict[str, Any]:
                     everything.record_value(latency_us)
                     if sent >= start + WARMUP_SECONDS * 1e9:
                         histogram.record_value(latency_us)
+                        last_seen[m.key] = now
                     received[r] += 1
                     if len(samples[r]) < 20:
                         samples[r].append(m)
@@ -653,7 +677,57 @@ async def latency_client(config: dict[str, Any]) -> dict[str, Any]:
         "all_max": everything.get_max_value() / ms,
         "opened": opened,
         "mismatches": mismatches,
+        # (key, scheduled, last received) of each event after the warm-up, for the phases.
+        "arrivals": [(k.decode(), scheduled[k], t) for k, t in last_seen.items()],
     }
+
+
+@dataclass(frozen=True)
+class Phases:
+    """Where events' time went between their scheduled send and their last delivery: p50 of
+    each phase, and its mean over the slowest 1 % of events (by the last recipient)."""
+
+    events: int
+    p50: dict[str, float]
+    slowest: dict[str, float]
+
+    #: Phase names, in order: scheduled send to the worker's poll (publishing, the worker's
+    #: fetch, and records waiting in its fetch buffer while it processes); poll to the start
+    #: of the record's transaction (processing its batch, and the transaction ahead); the
+    #: commit as the worker saw it end; commit end to the last recipient's receipt.
+    NAMES = ("queued", "processed", "commit", "after")
+
+    @classmethod
+    def of(cls, arrivals: Sequence[Any], stamps: dict[bytes, list[int]]) -> Phases | None:
+        rows = []
+        for key, scheduled, received in arrivals:
+            stamp = stamps.get(key.encode())
+            if stamp is None or not stamp[2]:
+                continue
+            polled, began, ended = stamp
+            rows.append(
+                (received - scheduled, polled - scheduled, began - polled, ended - began,
+                 received - ended)
+            )  # fmt: skip
+        if not rows:
+            return None
+        rows.sort()
+        slow = rows[min(len(rows) - 1, int(len(rows) * 0.99)) :]
+        names = ("total", *cls.NAMES)
+        return cls(
+            len(rows),
+            {n: sorted(r[i] for r in rows)[len(rows) // 2] / 1e6 for i, n in enumerate(names)},
+            {n: sum(r[i] for r in slow) / len(slow) / 1e6 for i, n in enumerate(names)},
+        )
+
+    def summary(self) -> str:
+        def parts(values: dict[str, float]) -> str:
+            return ", ".join(f"{n} {values[n]:.0f}" for n in self.NAMES)
+
+        return (
+            f"p50 of each: total {self.p50['total']:.0f} ({parts(self.p50)}); mean of the "
+            f"slowest 1 %: total {self.slowest['total']:.0f} ({parts(self.slowest)}) ms"
+        )
 
 
 async def group_at_end(profile: Any, group: str, topic: str) -> None:
@@ -940,11 +1014,14 @@ async def latency_phase(
     source = ingress(SOURCE)
     tag = f"bench-latency-{uuid.uuid4().hex[:8]}"
     await group_at_end(env.profile("broker"), f"tiaki-broker-{tag}", source)
-    transport = KafkaTransport(
-        env.profile("broker"), worker_id=tag, group_id=f"tiaki-broker-{tag}", topics=[source]
+    timed = Timed(
+        KafkaTransport(
+            env.profile("broker"), worker_id=tag, group_id=f"tiaki-broker-{tag}", topics=[source]
+        ),
+        stamps=True,
     )
     worker = Worker(
-        transport,
+        timed,
         pipeline,
         metrics,
         max_batch=options.max_batch,
@@ -984,6 +1061,10 @@ async def latency_phase(
         f"{stats.commit_seconds / txns * 1000:.1f} ms per transaction (longest commit "
         f"{stats.commit_max_seconds * 1000:.0f} ms); GC pauses: {pauses.summary()}"
     )
+    assert timed.stamps is not None
+    phases = Phases.of(result["arrivals"], timed.stamps)
+    if phases is not None:
+        print(f"          phases per event ({phases.events:,}): {phases.summary()}")
 
 
 def offline(n: int, warm: int = 200) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bench.broker_bench import PassThrough, offline
+from bench.broker_bench import PassThrough, Phases, Timed, offline
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._worker import Worker
 from broker.transport import InMemoryCluster
@@ -47,3 +47,49 @@ def test_the_offline_pipeline_run_prints_its_figure(capsys: pytest.CaptureFixtur
     assert line.startswith("pipeline alone: ")
     assert "µs per event" in line
     assert "20 events" in line
+
+
+async def test_the_latency_phases_account_for_each_events_whole_time() -> None:
+    """The open-loop runs split each event's latency at the worker's poll and its commit;
+    the stamps come from the worker's own transport, and the phases add up to the total."""
+    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
+    timed = Timed(cluster.worker(), stamps=True)
+    worker = Worker(
+        timed,
+        PassThrough(["tiaki.egress.police"]),  # type: ignore[arg-type]
+        BrokerMetrics(CollectorRegistry()),
+        clock=lambda: NOW,
+        poll_timeout_ms=10,
+    )
+    keys = [b"SYN-CASE-%03d" % i for i in range(200)]
+    async with cluster.publisher() as publisher:
+        for key in keys:
+            await publisher.publish("tiaki.ingress.police", key, b"x")
+    async with worker:
+        done = 0
+        for _ in range(100):
+            done += await worker.step()
+            if done >= len(keys):
+                break
+    assert timed.stamps is not None
+    for key in keys:
+        polled, began, ended = timed.stamps[key]
+        assert 0 < polled <= began <= ended
+    # Scheduled 1 ms before the poll; received 2 ms after the commit, 50 ms for the slowest.
+    arrivals = [
+        (k.decode(), timed.stamps[k][0] - 10**6, timed.stamps[k][2] + (50 if i == 0 else 2) * 10**6)
+        for i, k in enumerate(keys)
+    ]
+    phases = Phases.of(arrivals, timed.stamps)
+    assert phases is not None
+    assert phases.events == len(keys)
+    assert phases.p50["queued"] == pytest.approx(1.0)
+    assert phases.p50["after"] == pytest.approx(2.0)
+    assert phases.slowest["after"] == pytest.approx((50 + 2) / 2)  # the slowest two of 200
+    for values in (phases.p50, phases.slowest):
+        assert values["total"] >= values["queued"] + values["after"]
+    slowest = phases.slowest
+    assert slowest["total"] == pytest.approx(sum(slowest[n] for n in Phases.NAMES))
+    assert "slowest 1 %" in phases.summary()
+    # An event the worker never committed (or never saw) is left out, not counted as zero.
+    assert Phases.of([("SYN-CASE-unknown", 0, 1)], timed.stamps) is None
