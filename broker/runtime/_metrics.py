@@ -94,6 +94,14 @@ class BrokerMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=registry,
         )
+        self.queued_seconds = Histogram(
+            "tiaki_queued_seconds",
+            "Ingress record timestamp to the start of its processing: how long records wait "
+            "for a worker (rising while commits stay short: the workers need more CPU, or "
+            "more workers).",
+            buckets=_LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.transactions = Counter(
             "tiaki_transactions",
             "Kafka transactions by result (committed, aborted).",

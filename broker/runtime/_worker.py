@@ -52,6 +52,8 @@ class _Taken:
 
     records: list[Record] = field(default_factory=list)
     results: list[Processed] = field(default_factory=list)
+    #: When each record's processing began (epoch milliseconds), for ``tiaki_queued_seconds``.
+    began_ms: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,8 @@ class _Batch:
     results: list[Processed]
     outputs: list[Outgoing]
     mark: tuple[int, int]
+    #: When each record's processing began (epoch milliseconds).
+    began_ms: list[float] = field(default_factory=list)
     #: The audit chain's head once this batch is committed (issue 7), if the worker chains.
     chain_mark: ChainHead | None = None
 
@@ -219,12 +223,13 @@ class Worker:
         now = self._clock()
         started = time.perf_counter()
         process = self._pipeline.process
-        results = taken.results
+        results, began = taken.results, taken.began_ms
         for index, record in enumerate(records):
             if yielding and index % YIELD_EVERY == 0:
                 # Let the commit in flight move: first before any of this work, so it starts
                 # at once, then every few records.
                 await asyncio.sleep(0)
+            began.append(time.time() * 1000)
             results.append(process(record, now))
         taken.records.extend(records)
         took = time.perf_counter() - started
@@ -243,10 +248,11 @@ class Worker:
             return None
         outputs = [out for result in taken.results for out in result.outputs]
         outputs += escalations + self._pipeline.seen()
+        mark = self._pipeline.mark()
         if chain is None:
-            return _Batch(taken.records, taken.results, outputs, self._pipeline.mark())
+            return _Batch(taken.records, taken.results, outputs, mark, taken.began_ms)
         outputs = chain.seal(outputs, now)
-        return _Batch(taken.records, taken.results, outputs, self._pipeline.mark(), chain.mark())
+        return _Batch(taken.records, taken.results, outputs, mark, taken.began_ms, chain.mark())
 
     async def _send(self, b: _Batch) -> TransportError | None:
         """Commit ``b``; the error if its transaction aborted. Touches no pipeline state, so
@@ -269,7 +275,7 @@ class Worker:
             self._pipeline.committed(b.mark)
             if self._chain is not None and b.chain_mark is not None:
                 self._chain.committed(b.chain_mark)
-            self._count(b.records, b.results)
+            self._count(b.records, b.results, b.began_ms)
             return True
         self._pipeline.aborted()
         if self._chain is not None:
@@ -281,7 +287,9 @@ class Worker:
             raise error
         return False
 
-    def _count(self, batch: Sequence[Record], results: Sequence[Processed]) -> None:
+    def _count(
+        self, batch: Sequence[Record], results: Sequence[Processed], began_ms: Sequence[float]
+    ) -> None:
         """Metrics for a committed batch only, so they agree with what the topics hold.
 
         Counts are summed per label set first and each counter moved once per batch: a
@@ -296,9 +304,10 @@ class Worker:
         decisions: Counter[tuple[str, str]] = Counter()
         events_out: Counter[tuple[str, str]] = Counter()
         held: Counter[tuple[str, str]] = Counter()
-        observe = m.end_to_end_seconds.observe
-        for record, result in zip(batch, results, strict=True):
+        observe, queued = m.end_to_end_seconds.observe, m.queued_seconds.observe
+        for record, result, began in zip(batch, results, began_ms, strict=True):
             observe(max(0.0, (now_ms - record.timestamp_ms) / 1000))
+            queued(max(0.0, (began - record.timestamp_ms) / 1000))
             if result.quarantine_reason is not None:
                 quarantined[(result.quarantine_reason,)] += 1
                 continue

@@ -93,6 +93,27 @@ async def test_failed_commits_neither_lose_nor_duplicate() -> None:
     assert value("tiaki_transactions_total", {"result": "aborted"}) == 2
 
 
+async def test_the_queue_metric_says_how_long_records_waited_for_the_worker() -> None:
+    """``tiaki_queued_seconds``: ingress timestamp to the start of processing, once per
+    committed record (an aborted batch's records are counted when they commit), never more
+    than the end-to-end time."""
+    cluster, harness, worker, metrics = setup()
+    await publish(cluster, harness, good=6, bad=2)
+    await asyncio.sleep(0.2)  # the records wait for the worker
+    async with worker:
+        cluster.fail_next_commit()
+        await drain(worker, 8)
+    value = metrics.registry.get_sample_value
+    assert value("tiaki_queued_seconds_count") == 8
+    queued = value("tiaki_queued_seconds_sum")
+    assert queued is not None
+    assert queued >= 8 * 0.2
+    end_to_end = value("tiaki_end_to_end_seconds_sum")
+    assert end_to_end is not None
+    assert queued <= end_to_end
+    assert value("tiaki_queued_seconds_bucket", {"le": "0.1"}) == 0
+
+
 async def test_run_stops_when_told() -> None:
     cluster, harness, worker, _ = setup()
     await publish(cluster, harness, good=5, bad=0)
