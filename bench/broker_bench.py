@@ -41,10 +41,13 @@ broker principal's client settings and the same topics:
   the last receipt), as p50s and as means over the slowest 1 %.
 
 Before anything is timed, one untimed pass-through drain warms the new Kafka node up (its JIT
-compiler takes about a third of a core in the first minutes), and before the latency runs one
-untimed full-pipeline open-loop run at 50 % does the same for the TLS path (printed as
-``warm-up``): until C2 has compiled it, the JVM runs AES-GCM's GHASH as plain Java, which JFR
-showed as half of Kafka's CPU two minutes into a run.
+compiler takes about a third of a core in the first minutes), and before the latency runs
+untimed full-pipeline open-loop runs at 50 % do the same for the TLS path (printed as
+``warm-up``), until one is no faster than 0.9 × the one before (at most five): until C2 has
+compiled it, the JVM runs AES-GCM's GHASH as plain Java, which JFR showed as half of Kafka's
+CPU two minutes into a run, and the first open-loop runs on a new node were 3 s, 1 s and
+0.5 s at p50 before settling near 0.1 s. Each open-loop run prints the CPU per event of the
+worker's process and of the Kafka node (from ``/proc``), over the run.
 
 Every worker here runs its production loop (``Worker.serve``: records are polled and processed
 while the transaction ahead of them commits, and go into the next transaction the moment it
@@ -67,6 +70,7 @@ import contextlib
 import datetime as dt
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -74,7 +78,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +99,10 @@ LATENCY_SECONDS = 15.0
 #: The first second of each open-loop run is reported apart (steady-state figures follow it):
 #: its deliveries meet a worker's first transaction and the receivers' first fetches.
 WARMUP_SECONDS = 1.0
+#: Untimed open-loop runs before the measured ones: at most this many, ending after the
+#: first run whose p50 is no longer below ``WARMUP_SETTLED`` × the run before's.
+WARMUP_RUNS = 5
+WARMUP_SETTLED = 0.9
 #: Wall-clock limits (seconds) so one run stays within a few minutes.
 DRAIN_LIMIT = 60.0
 FULL_LIMIT = 150.0
@@ -135,11 +143,26 @@ class Env:
     keys: Path
     release: Path
     roster: Path
+    #: The bench's Kafka node, for its CPU figures (None: not known, none printed).
+    kafka_pid: int | None = None
 
     def profile(self, name: str) -> Any:
         from broker.platform import load_profile
 
         return load_profile(self.profiles / f"{name}.json")
+
+
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system) of process ``pid``'s threads, or of this process; 0.0 where
+    it cannot be read (the node has gone, or no /proc)."""
+    if pid is None:
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def principals() -> dict[str, str]:
@@ -981,12 +1004,18 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
         f"per delivered (event, recipient); commit interval {commit_interval} ms; "
         f"receivers' fetch wait {RECEIVER_FETCH_WAIT_MS} ms):"
     )
-    # Untimed: the same open loop at half the maximum once first. A new JVM runs TLS's GHASH
-    # as plain Java until C2 has compiled it, and under this load that takes minutes; the
-    # drains above are not enough (seen with JFR and Kafka's CPU falling run by run).
-    await latency_phase(
-        env, options, pipeline, metrics, cases, full.rate * 0.5, 0.5, label="warm-up"
-    )
+    # Untimed: the same open loop at half the maximum first, until it stops getting faster.
+    # A new JVM runs TLS's GHASH as plain Java until C2 has compiled it, and under this load
+    # that takes minutes; the drains above are not enough (seen with JFR, and with Kafka's
+    # CPU per event and the p50 falling run by run for two minutes or more).
+    previous = None
+    for _ in range(WARMUP_RUNS):
+        p50 = await latency_phase(
+            env, options, pipeline, metrics, cases, full.rate * 0.5, 0.5, label="warm-up"
+        )
+        if previous is not None and p50 > previous * WARMUP_SETTLED:
+            break
+        previous = p50
     for fraction in RATES:
         await latency_phase(env, options, pipeline, metrics, cases, full.rate * fraction, fraction)
     # The same rate through a pass-through worker: what Kafka, transactions and the client
@@ -1005,8 +1034,9 @@ async def latency_phase(
     rate: float,
     fraction: float,
     label: str = "full",
-) -> None:
-    """One open-loop run at ``rate`` through a fresh worker (its own group, at the end)."""
+) -> float:
+    """One open-loop run at ``rate`` through a fresh worker (its own group, at the end);
+    prints its figures and returns its p50 (ms)."""
     from broker.platform import ingress
     from broker.runtime._worker import Worker
     from broker.transport import KafkaTransport
@@ -1028,6 +1058,7 @@ async def latency_phase(
         poll_timeout_ms=options.poll_timeout_ms,
     )
     commit_interval = options.poll_timeout_ms
+    cpu = (cpu_seconds(), cpu_seconds(env.kafka_pid))
     async with worker:
         with GcPauses() as pauses:
             result = await latency_run(
@@ -1039,6 +1070,7 @@ async def latency_phase(
                 LATENCY_SECONDS,
                 open_sample=label != "B0R-EOS",
             )
+    worker_cpu, kafka_cpu = cpu_seconds() - cpu[0], cpu_seconds(env.kafka_pid) - cpu[1]
     stats = worker.statistics()
     txns = max(1, stats.batches)
     verdict = ""
@@ -1061,10 +1093,15 @@ async def latency_phase(
         f"{stats.commit_seconds / txns * 1000:.1f} ms per transaction (longest commit "
         f"{stats.commit_max_seconds * 1000:.0f} ms); GC pauses: {pauses.summary()}"
     )
+    sent = max(1, int(result["sent"]))
+    kafka = f", Kafka {kafka_cpu / sent * 1000:.2f} ms" if env.kafka_pid is not None else ""
+    print(f"          CPU per event: worker process {worker_cpu / sent * 1000:.2f} ms{kafka}")
     assert timed.stamps is not None
     phases = Phases.of(result["arrivals"], timed.stamps)
     if phases is not None:
         print(f"          phases per event ({phases.events:,}): {phases.summary()}")
+    p50: float = result["p50"]
+    return p50
 
 
 def offline(n: int, warm: int = 200) -> None:
@@ -1152,7 +1189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 home / "profiles",
                 die_with_parent=True,
             )
-            env = prepare(home)
+            env = replace(prepare(home), kafka_pid=kafka.pid())
             print(
                 f"Kafka up and provisioned on {kafka.bootstrap} "
                 f"in {time.perf_counter() - began:.1f} s"

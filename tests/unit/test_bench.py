@@ -3,10 +3,12 @@ offline pipeline run prints its figure (no Kafka; the real runs are in ``make be
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bench.broker_bench import PassThrough, Phases, Timed, offline
+from bench.broker_bench import PassThrough, Phases, Timed, cpu_seconds, offline
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._worker import Worker
 from broker.transport import InMemoryCluster
@@ -93,3 +95,11 @@ async def test_the_latency_phases_account_for_each_events_whole_time() -> None:
     assert "slowest 1 %" in phases.summary()
     # An event the worker never committed (or never saw) is left out, not counted as zero.
     assert Phases.of([("SYN-CASE-unknown", 0, 1)], timed.stamps) is None
+
+
+def test_cpu_seconds_reads_this_process_and_a_node_by_pid() -> None:
+    sum(i * i for i in range(200_000))  # some CPU to see
+    assert cpu_seconds() > 0
+    assert cpu_seconds(os.getpid()) > 0
+    assert cpu_seconds(2**22 + 12345) == 0.0  # no such process (above pid_max's default)
+
