@@ -102,4 +102,3 @@ def test_cpu_seconds_reads_this_process_and_a_node_by_pid() -> None:
     assert cpu_seconds() > 0
     assert cpu_seconds(os.getpid()) > 0
     assert cpu_seconds(2**22 + 12345) == 0.0  # no such process (above pid_max's default)
-
