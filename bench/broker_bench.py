@@ -47,7 +47,8 @@ untimed full-pipeline open-loop runs at 50 % do the same for the TLS path (print
 compiled it, the JVM runs AES-GCM's GHASH as plain Java, which JFR showed as half of Kafka's
 CPU two minutes into a run, and the first open-loop runs on a new node were 3 s, 1 s and
 0.5 s at p50 before settling near 0.1 s. Each open-loop run prints the CPU per event of the
-worker's process and of the Kafka node (from ``/proc``), over the run.
+worker's process and of the Kafka node (from ``/proc``), from the worker's first fetch to its
+last commit.
 
 Every worker here runs its production loop (``Worker.serve``: records are polled and processed
 while the transaction ahead of them commits, and go into the next transaction the moment it
@@ -417,9 +418,11 @@ class PassThrough:
 class Timed:
     """A transport wrapper noting when the first record was fetched and how many committed;
     with ``stamps``, also when each keyed record was polled and when the transaction holding
-    it began and ended committing (``time.monotonic_ns``, one clock for every process here)."""
+    it began and ended committing (``time.monotonic_ns``, one clock for every process here),
+    and the CPU time of this process and of the Kafka node ``kafka_pid`` at the first fetch
+    and at each commit, so a run's CPU per record excludes its setup and idle time."""
 
-    def __init__(self, inner: Any, *, stamps: bool = False) -> None:
+    def __init__(self, inner: Any, *, stamps: bool = False, kafka_pid: int | None = None) -> None:
         self.inner = inner
         self.first = 0.0
         self.last = 0.0
@@ -429,6 +432,14 @@ class Timed:
         self.reached = asyncio.Event()
         #: Record key -> [polled, commit began, commit ended] (ns), when ``stamps``.
         self.stamps: dict[bytes, list[int]] | None = {} if stamps else None
+        self._kafka_pid = kafka_pid
+        #: (this process, Kafka) CPU seconds at the first fetch and at the last commit, and
+        #: the records committed between them, when ``stamps``.
+        self.cpu_first = self.cpu_last = (0.0, 0.0)
+        self.committed_since_first = 0
+
+    def _cpu(self) -> tuple[float, float]:
+        return cpu_seconds(), cpu_seconds(self._kafka_pid)
 
     async def start(self) -> None:
         await self.inner.start()
@@ -443,6 +454,8 @@ class Timed:
         batch = await self.inner.poll(max_records, timeout_ms)
         if batch and not self.first:
             self.first = time.perf_counter()
+            if self.stamps is not None:
+                self.cpu_first = self.cpu_last = self._cpu()
         if self.stamps is not None:
             now = time.monotonic_ns()
             for record in batch:
@@ -458,6 +471,9 @@ class Timed:
                 stamp = self.stamps.get(record.key)
                 if stamp is not None:
                     stamp[1:] = [began, ended]
+            if self.first:
+                self.cpu_last = self._cpu()
+                self.committed_since_first += len(consumed)
         self.committed += len(consumed)
         self.last = time.perf_counter()
         if self.target and self.committed >= self.target:
@@ -1049,6 +1065,7 @@ async def latency_phase(
             env.profile("broker"), worker_id=tag, group_id=f"tiaki-broker-{tag}", topics=[source]
         ),
         stamps=True,
+        kafka_pid=env.kafka_pid,
     )
     worker = Worker(
         timed,
@@ -1058,7 +1075,6 @@ async def latency_phase(
         poll_timeout_ms=options.poll_timeout_ms,
     )
     commit_interval = options.poll_timeout_ms
-    cpu = (cpu_seconds(), cpu_seconds(env.kafka_pid))
     async with worker:
         with GcPauses() as pauses:
             result = await latency_run(
@@ -1070,7 +1086,6 @@ async def latency_phase(
                 LATENCY_SECONDS,
                 open_sample=label != "B0R-EOS",
             )
-    worker_cpu, kafka_cpu = cpu_seconds() - cpu[0], cpu_seconds(env.kafka_pid) - cpu[1]
     stats = worker.statistics()
     txns = max(1, stats.batches)
     verdict = ""
@@ -1093,9 +1108,10 @@ async def latency_phase(
         f"{stats.commit_seconds / txns * 1000:.1f} ms per transaction (longest commit "
         f"{stats.commit_max_seconds * 1000:.0f} ms); GC pauses: {pauses.summary()}"
     )
-    sent = max(1, int(result["sent"]))
-    kafka = f", Kafka {kafka_cpu / sent * 1000:.2f} ms" if env.kafka_pid is not None else ""
-    print(f"          CPU per event: worker process {worker_cpu / sent * 1000:.2f} ms{kafka}")
+    (worker0, kafka0), (worker1, kafka1) = timed.cpu_first, timed.cpu_last
+    per = 1000 / max(1, timed.committed_since_first)  # ms per record, first fetch to last commit
+    kafka = f", Kafka node {(kafka1 - kafka0) * per:.2f} ms" if env.kafka_pid is not None else ""
+    print(f"          CPU per event: worker process {(worker1 - worker0) * per:.2f} ms{kafka}")
     assert timed.stamps is not None
     phases = Phases.of(result["arrivals"], timed.stamps)
     if phases is not None:

@@ -74,6 +74,9 @@ async def test_the_latency_phases_account_for_each_events_whole_time() -> None:
             if done >= len(keys):
                 break
     assert timed.stamps is not None
+    assert timed.committed_since_first == len(keys)
+    assert timed.cpu_last[0] >= timed.cpu_first[0] > 0  # this process, from the first fetch
+    assert timed.cpu_last[1] == 0.0  # no Kafka node named
     for key in keys:
         polled, began, ended = timed.stamps[key]
         assert 0 < polled <= began <= ended
