@@ -439,7 +439,8 @@ class Timed:
         self.committed_since_first = 0
 
     def _cpu(self) -> tuple[float, float]:
-        return cpu_seconds(), cpu_seconds(self._kafka_pid)
+        pid = self._kafka_pid
+        return cpu_seconds(), 0.0 if pid is None else cpu_seconds(pid)
 
     async def start(self) -> None:
         await self.inner.start()
