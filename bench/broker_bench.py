@@ -43,11 +43,11 @@ broker principal's client settings and the same topics:
 Before anything is timed, one untimed pass-through drain warms the new Kafka node up (its JIT
 compiler takes about a third of a core in the first minutes), and before the latency runs
 untimed full-pipeline open-loop runs at 50 % do the same for the TLS path (printed as
-``warm-up``), at least three, until one is no faster than 0.9 × the one before (at most
-six): until C2 has
-compiled it, the JVM runs AES-GCM's GHASH as plain Java, which JFR showed as half of Kafka's
-CPU two minutes into a run, and the first open-loop runs on a new node were 3 s, 1 s and
-0.5 s at p50 before settling near 0.1 s. Each open-loop run prints the CPU per event of the
+``warm-up``; at least three, at most six, until one is no faster than 0.9 × the one before):
+until C2 has compiled it, the JVM runs AES-GCM's GHASH as plain Java, which JFR showed as
+half of Kafka's CPU two minutes into a run, and the first open-loop runs on a new node were
+3 s, 1 s and 0.5 s at p50 before settling near 0.1 s. The drains come before these runs and
+meet a node that is still warming up. Each open-loop run prints the CPU per event of the
 worker's process and of the Kafka node (from ``/proc``), from the worker's first fetch to its
 last commit.
 
