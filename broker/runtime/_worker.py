@@ -64,8 +64,8 @@ class _Batch:
     results: list[Processed]
     outputs: list[Outgoing]
     mark: tuple[int, int]
-    #: When each record's processing began (epoch milliseconds).
-    began_ms: list[float] = field(default_factory=list)
+    #: When each record's processing began (epoch milliseconds), one per record.
+    began_ms: list[float]
     #: The audit chain's head once this batch is committed (issue 7), if the worker chains.
     chain_mark: ChainHead | None = None
 
