@@ -291,6 +291,7 @@ def witness_command(
 QUERY_COLUMNS = (
     "recorded_at",
     "action",
+    "actor",
     "event_type",
     "source_agency",
     "recipient",

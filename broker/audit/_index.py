@@ -486,6 +486,7 @@ def _row(record: Mapping[str, Any], ordinal: int, partition: int, offset: int) -
         schema_fingerprint=record.get("schema_fingerprint"),
         partition=partition,
         offset=offset,
+        actor=record.get("actor"),
     )
 
 
@@ -621,6 +622,8 @@ class Row:
     schema_fingerprint: str | None
     partition: int
     offset: int
+    #: Who acted: ``broker`` for its decisions, the named person for a review action.
+    actor: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         doc = dict(vars(self))

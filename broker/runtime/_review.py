@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -114,6 +114,10 @@ def decide(
     """The records that carry out ``verdict`` on ``item``; raise if its state forbids it."""
     if verdict not in TRANSITIONS[item.state]:
         raise ReviewError(f"review {item.review_id} is {item.state}; it cannot be {verdict}d")
+    if not reviewer.strip():
+        raise ReviewError(
+            "a review decision needs the reviewer's name: the audit record names who acted"
+        )
     if verdict != "escalate" and not justification.strip():
         raise ReviewError("a review decision needs a justification (FVA s24: reasons are recorded)")
     decision_schema = schemas.latest("ReviewDecision")
@@ -138,7 +142,9 @@ def decide(
         Outgoing(REVIEW, key, sealed_decision, ((DECISION_HEADER, item.review_id.encode()),))
     ]
     shared = item.shared
-    audit = audit_base(context, "escalation" if verdict == "escalate" else "review", now)
+    # The audit record names who acted: the reviewer (the broker for an escalation).
+    action = "escalation" if verdict == "escalate" else "review"
+    audit = audit_base(replace(context, actor=reviewer), action, now)
     audit |= {
         "event_id": str(shared["event_id"]),
         "event_type": shared["event_type"],

@@ -367,6 +367,11 @@ async def test_held_decision_is_released_by_a_named_reviewer(env: BrokerEnv) -> 
         if a["event_id"] == screening["header"]["event_id"] and a["action"] == "review"
     ]
     assert [(a["outcome"], a["recipient"]) for a in review] == [("approve", "police")]
+    # The audit record names the reviewer and keeps the reasons.
+    assert (review[0]["actor"], review[0]["detail"]) == (
+        "Reviewer One (synthetic)",
+        "strangulation risk; police must act",
+    )
 
 
 async def test_two_workers_share_the_stream_and_deliver_once(env: BrokerEnv) -> None:

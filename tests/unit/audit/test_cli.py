@@ -70,10 +70,11 @@ def test_index_query_report_and_access_log(
     assert main(["audit", "query", "--person", PERSON, "--format", "json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert len(rows) == 12
+    assert {r["actor"] for r in rows} == {"broker"}  # who acted: the broker decided these
 
     assert main(["audit", "query", "--recipient", "corrections", "--format", "csv"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].startswith("recorded_at,action,event_type")
+    assert lines[0].startswith("recorded_at,action,actor,event_type")
     assert len(lines) == 21
 
     assert main(["audit", "subject-report", PERSON, "--format", "json"]) == 0

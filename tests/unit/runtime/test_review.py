@@ -70,7 +70,12 @@ def test_approval_releases_to_the_recipient_once() -> None:
     audit = decode(
         next(o for o in outputs if o.topic == "tiaki.audit").value, SCHEMAS.latest("AuditRecord")
     )
-    assert (audit["action"], audit["outcome"], audit["actor"]) == ("review", "approve", "broker")
+    # The reviewer's identity is on the audit record (the actor), the reasons in its detail.
+    assert (audit["action"], audit["outcome"]) == ("review", "approve")
+    assert (audit["actor"], audit["detail"]) == (
+        "Reviewer One (synthetic)",
+        "risk confirmed by SYN reviewer",
+    )
     records += as_records([o for o in outputs if o.topic == "tiaki.review"])
     (item,) = queue(harness, records).values()
     assert item.state == "released"
@@ -134,6 +139,18 @@ def test_decline_needs_reasons_and_releases_nothing() -> None:
     harness, records = held()
     with pytest.raises(ReviewError, match="needs a justification"):
         carry_out(harness, records, "decline", justification="  ")
+    (item,) = queue(harness, records).values()
+    with pytest.raises(ReviewError, match="needs the reviewer's name"):
+        decide(
+            item,
+            "decline",
+            reviewer=" ",
+            justification="not necessary for the plan",
+            now=NOW,
+            sealer=harness.pipeline._sealer,
+            schemas=SCHEMAS,
+            context=CONTEXT,
+        )
     outputs = carry_out(harness, records, "decline", justification="not necessary for the plan")
     assert sorted(o.topic for o in outputs) == ["tiaki.audit", "tiaki.review"]
 
