@@ -61,9 +61,9 @@ from broker.platform._topics import BROKER, REVIEW, STATE_REQUESTS
 from broker.policy import PolicyStore, load_roster
 from broker.registry import load_registry
 from broker.runtime._audit import AuditContext
+from broker.runtime._operator import commit_act
 from broker.runtime._release import approve_as_dev_officers, dev_officers, stage_release
 from broker.runtime._review import decide, read_queue
-from broker.runtime._review_cli import _commit as commit_review
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import ServiceOptions, secret_paths, serve
 from broker.transport import KafkaReader
@@ -735,7 +735,7 @@ class _Day:
                 f"    {'reviewer':>16}  approves {item.shared['event_type']} for {item.recipient}"
             )
         if outputs:
-            await commit_review(self.broker_profile, outputs, ring, now)
+            await commit_act(self.broker_profile, outputs, ring, now, purpose="review")
 
     def tables(self, registry_names: Mapping[str, str]) -> None:
         order = self.order

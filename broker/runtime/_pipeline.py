@@ -108,6 +108,22 @@ def audit_output(schema: Schema, record: Mapping[str, Any], key: bytes | None = 
     )
 
 
+def sealed_for_broker(
+    sealer: Sealer, schema: Schema, record: Mapping[str, Any], topic: str, now: datetime
+) -> bytes:
+    """``record`` sealed to the broker itself (HOLD) for ``topic``, under a fresh id: the
+    quarantine, held items' decisions, the operators' resolutions, which only it reads."""
+    return sealer.seal(
+        encode(schema, record),
+        kind=Kind.HOLD,
+        topic=topic,
+        recipient=BROKER,
+        event_id=str(uuid.uuid4()),
+        schema_fingerprint=schema.fingerprint,
+        now=now,
+    )
+
+
 def body_json(body: Mapping[str, Any]) -> str:
     """The minimised event as canonical JSON (sorted keys, no insignificant whitespace)."""
     return json.dumps(
@@ -241,15 +257,7 @@ class Pipeline:
             value=record.value,
             now=now,
         )
-        sealed = self._sealer.seal(
-            encode(self._quarantine_schema, kept),
-            kind=Kind.HOLD,
-            topic=DLQ,
-            recipient=BROKER,
-            event_id=str(uuid.uuid4()),
-            schema_fingerprint=self._quarantine_schema.fingerprint,
-            now=now,
-        )
+        sealed = sealed_for_broker(self._sealer, self._quarantine_schema, kept, DLQ, now)
         dlq = Outgoing(DLQ, record.key, sealed, ((REASON_HEADER, rejected.reason.encode()),))
         # Nothing of a rejected record is trusted, its key included: the audit record is unkeyed.
         audit = self._audit(quarantine_audit(self._context(), rejected, now), None)

@@ -19,7 +19,6 @@ Nothing is ever closed silently: an item leaves the queue only by a person's dec
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -36,6 +35,7 @@ from broker.runtime._pipeline import (
     REVIEW_ID_HEADER,
     SUBJECTS_HEADER,
     audit_output,
+    sealed_for_broker,
 )
 from broker.transport import Outgoing, Record
 
@@ -129,15 +129,7 @@ def decide(
         "decided_at": now,
     }
     key = item.record.key
-    sealed_decision = sealer.seal(
-        encode(decision_schema, decision),
-        kind=Kind.HOLD,
-        topic=REVIEW,
-        recipient=BROKER,
-        event_id=str(uuid.uuid4()),
-        schema_fingerprint=decision_schema.fingerprint,
-        now=now,
-    )
+    sealed_decision = sealed_for_broker(sealer, decision_schema, decision, REVIEW, now)
     outputs = [
         Outgoing(REVIEW, key, sealed_decision, ((DECISION_HEADER, item.review_id.encode()),))
     ]

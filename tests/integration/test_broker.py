@@ -23,6 +23,7 @@ from broker.runtime._audit import audited_pairs
 from broker.runtime._cases import CaseMembership
 from broker.runtime._pipeline import body_json
 from broker.runtime._policy import PolicyDecider
+from broker.runtime._quarantine import RESOLUTION_HEADER
 from broker.runtime._release import bundle
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import secret_paths
@@ -188,7 +189,7 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
     metric_before = quarantined_total(env.metrics())
     # Positions, not a count: the topic has several partitions, and read_all lists them one
     # after another, so new records do not all come after the old ones.
-    before = {(r.partition, r.offset) for r in await env.read("broker", DLQ)}
+    before = {(r.partition, r.offset) for r in await quarantine_records(env)}
     await env.publish_raw("police", bad)
     # The broker may still be quarantining what earlier modules left on the shared ingress
     # topics (an adapter test's deliberate duplicate, say), so this test's records are picked
@@ -197,7 +198,7 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 60
     while True:
-        window = [r for r in await env.read("broker", DLQ) if (r.partition, r.offset) not in before]
+        window = [r for r in await quarantine_records(env) if (r.partition, r.offset) not in before]
         ours = [r for r in window if quarantined_value(env, r) in sent]
         if len(ours) >= len(expected) or loop.time() > deadline:
             break
@@ -207,7 +208,7 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
     # The quarantine metric agrees with the topic: counted per reason, once per record, for
     # everything this broker quarantined since (read until both have caught up).
     while True:
-        window = [r for r in await env.read("broker", DLQ) if (r.partition, r.offset) not in before]
+        window = [r for r in await quarantine_records(env) if (r.partition, r.offset) not in before]
         counted = quarantined_total(env.metrics()) - metric_before
         if counted == Counter(map(reason_of, window)) or loop.time() > deadline:
             break
@@ -230,6 +231,11 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
         assert entry["reason"] == reason_of(record)
         assert entry["source_topic"] == "tiaki.ingress.police"
         assert entry["kept_bytes"] == len(quarantined_value(env, record))
+
+
+async def quarantine_records(env: BrokerEnv) -> list[Record]:
+    """The quarantined records on ``tiaki.dlq`` (not the operators' resolutions of them)."""
+    return [r for r in await env.read("broker", DLQ) if RESOLUTION_HEADER not in dict(r.headers)]
 
 
 def reason_of(record: Record) -> str:
@@ -407,7 +413,7 @@ async def test_a_replay_after_a_broker_restart_is_quarantined_not_delivered_twic
     expected = expected_deliveries(env, items)
     ids = {doc["header"]["event_id"] for _, doc in items}
     sealed = [env.seal("police", event_type, doc) for event_type, doc in items]
-    before = {(r.partition, r.offset) for r in await env.read("broker", DLQ)}
+    before = {(r.partition, r.offset) for r in await quarantine_records(env)}
     await env.publish_raw("police", sealed)
     assert await delivered(env, ids, sum(map(len, expected.values()))) == expected
 
@@ -423,7 +429,7 @@ async def test_a_replay_after_a_broker_restart_is_quarantined_not_delivered_twic
     await env.publish_raw("police", sealed)  # the same three records again
     copies = set(sealed)
     while True:
-        window = [r for r in await env.read("broker", DLQ) if (r.partition, r.offset) not in before]
+        window = [r for r in await quarantine_records(env) if (r.partition, r.offset) not in before]
         ours = [r for r in window if quarantined_value(env, r) in copies]
         if len(ours) >= len(sealed) or asyncio.get_running_loop().time() > deadline + 60:
             break
@@ -460,7 +466,7 @@ async def test_a_key_revoked_while_the_broker_runs_is_refused_without_a_restart(
         assert asyncio.get_running_loop().time() < deadline, "the broker never read the revocation"
         await asyncio.sleep(0.5)
 
-    before = {(r.partition, r.offset) for r in await env.read("broker", DLQ)}
+    before = {(r.partition, r.offset) for r in await quarantine_records(env)}
     stale_signed = env.seal(
         "police",
         "FamilyHarmEpisodeReport",
@@ -468,7 +474,7 @@ async def test_a_key_revoked_while_the_broker_runs_is_refused_without_a_restart(
     )
     await env.publish_raw("police", [stale_signed])  # env.ring still holds the old key as active
     while True:
-        window = [r for r in await env.read("broker", DLQ) if (r.partition, r.offset) not in before]
+        window = [r for r in await quarantine_records(env) if (r.partition, r.offset) not in before]
         ours = [r for r in window if quarantined_value(env, r) == stale_signed]
         if ours or asyncio.get_running_loop().time() > deadline + 30:
             break
@@ -482,3 +488,70 @@ async def test_a_key_revoked_while_the_broker_runs_is_refused_without_a_restart(
     ids = {doc["header"]["event_id"] for _, doc in items}
     assert await delivered(env, ids, sum(map(len, expected.values()))) == expected
     assert sum("worker started" in line for line in env.log_lines()) == starts  # no restart
+
+
+async def test_an_operator_resolves_a_quarantined_record_once_under_an_audit_record(
+    env: BrokerEnv,
+) -> None:
+    """Draining the quarantine: `tiaki quarantine resolve` closes a record with the operator's
+    name and reasons; the listing shows it resolved, the audit log names the operator, and a
+    second resolution is refused."""
+    before = {(r.partition, r.offset) for r in await quarantine_records(env)}
+    garbage = b"\x01SYN-garbage-" + uuid.uuid4().hex.encode()
+    await env.publish_raw("police", [garbage])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    ours: list[Record] = []
+    while not ours and loop.time() < deadline:
+        await asyncio.sleep(0.5)
+        window = [r for r in await quarantine_records(env) if (r.partition, r.offset) not in before]
+        ours = [r for r in window if quarantined_value(env, r) == garbage]
+    (record,) = ours
+    position = f"{record.partition}:{record.offset}"
+
+    def tiaki(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(TIAKI), "quarantine", *args],
+            env=env.environment(),
+            capture_output=True,
+            text=True,
+            check=False,
+            cwd=ROOT,
+        )
+
+    def listed(*flags: str) -> dict[str, dict[str, Any]]:
+        out = tiaki("list", "--format", "json", *flags)
+        assert out.returncode == 0, out.stderr
+        return {f"{e['partition']}:{e['offset']}": e for e in json.loads(out.stdout)}
+
+    assert (await asyncio.to_thread(listed))[position]["state"] == "open"
+    resolve = [
+        "resolve",
+        position,
+        "--outcome",
+        "dismissed",
+        "--operator",
+        "Operator One (synthetic)",
+        "--justification",
+        "synthetic garbage from the test suite",
+    ]
+    done = await asyncio.to_thread(tiaki, *resolve)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == f"{position}: dismissed by Operator One (synthetic)"
+    assert position not in await asyncio.to_thread(listed)  # the default view: open records
+    everything = await asyncio.to_thread(listed, "--all")
+    assert everything[position]["state"] == "dismissed"
+    assert everything[position]["resolved_by"] == "Operator One (synthetic)"
+    again = await asyncio.to_thread(tiaki, *resolve)
+    assert again.returncode == 1
+    assert f"{position} is already dismissed" in again.stderr
+    assert again.stderr.count("\n") == 1
+
+    audit = [
+        decode(r.value, SCHEMAS.latest("AuditRecord")) for r in await env.read("compliance", AUDIT)
+    ]
+    resolutions = [a for a in audit if a["action"] == "quarantine" and a["outcome"] == "dismissed"]
+    mine = [a for a in resolutions if str(a["detail"]).startswith(f"dlq {position}: ")]
+    assert [(a["actor"], a["reason_codes"], a["source_agency"]) for a in mine] == [
+        ("Operator One (synthetic)", ["malformed_envelope"], "police")
+    ]

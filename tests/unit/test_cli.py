@@ -25,6 +25,22 @@ from broker._cli import main
             1,
             "tiaki: error: --format must be one of table, json",
         ),
+        (
+            [
+                "quarantine",
+                "resolve",
+                "0:1",
+                "--outcome",
+                "deleted",
+                "--operator",
+                "S",
+                "--justification",
+                "t",
+            ],
+            1,
+            "tiaki: error: --outcome must be one of resent, dismissed",
+        ),
+        (["quarantine", "resolve", "0:1"], 2, "tiaki: Missing option '--outcome'."),
     ],
 )
 def test_bad_input_is_one_line(
