@@ -112,6 +112,8 @@ class ClientStatistics:
     failures: int
     parked: int
     dead_lettered: int
+    #: The broker's refusal notices: records this agency sent that the broker quarantined.
+    refused: int = 0
     #: Receive rounds so far, and how many of the latest in a row polled nothing (an idle
     #: adapter: everything committed to its egress topic so far has reached the handler).
     polls: int = 0
@@ -127,6 +129,7 @@ class _Counts:
     duplicates: int = 0
     failures: int = 0
     dead_lettered: int = 0
+    refused: int = 0
     polls: int = 0
     idle_polls: int = 0
     last_send_error: str | None = field(default=None)
@@ -246,6 +249,7 @@ class AdapterClient(ResourceBase):
             failures=c.failures,
             parked=self._state.parked_count(),
             dead_lettered=c.dead_lettered,
+            refused=c.refused,
             polls=c.polls,
             idle_polls=c.idle_polls,
         )
@@ -466,20 +470,53 @@ class AdapterClient(ResourceBase):
                 await feed.close()
 
     def _open(self, topic: str, value: bytes) -> Received:
-        """Verify, decrypt and decode one egress record (raises Envelope/Codec errors)."""
+        """:meth:`_open_any` for a record known to be an event (parked, dead-lettered)."""
+        opened = self._open_any(topic, value)
+        if not isinstance(opened, Received):
+            raise ValueError("a refusal notice, not an event")
+        return opened
+
+    def _open_any(self, topic: str, value: bytes) -> Received | dict[str, Any]:
+        """Verify, decrypt and decode one egress record: an event, or the broker's refusal
+        notice about a record this agency sent (raises Envelope/Codec errors)."""
         opened = self._opener.open(
             value, topic=topic, now=self._clock(), kind=Kind.EGRESS, source=BROKER
         )
+        notice = self.schemas.latest("RefusalNotice")
+        if opened.schema_fingerprint == notice.fingerprint:
+            return decode(opened.payload, notice)
         shared = decode(opened.payload, self.schemas.latest("SharedEvent"))
         return Received.from_shared(shared, json.loads(shared["body_json"]))
+
+    def _refused(self, notice: Mapping[str, Any]) -> None:
+        """The broker quarantined a record this agency sent: say so where the agency's IT
+        team looks (log and metric). The record itself is in the broker's quarantine; fix
+        the cause and send the event again, with a new event id if the first copy was
+        admitted."""
+        self._counts.refused += 1
+        if self.metrics is not None:
+            self.metrics.refused.labels(notice["reason"]).inc()
+        log.warning(
+            "record refused by the broker",
+            agency=self.agency,
+            reason=notice["reason"],
+            event_id=notice["event_id"],
+            event_type=notice["event_type"],
+            topic=notice["topic"],
+            partition=notice["partition"],
+            offset=notice["offset"],
+        )
 
     async def _deliver(self, record: Record, handler: Handler) -> None:
         self._counts.received += 1
         try:
-            event = self._open(record.topic, record.value)
+            event = self._open_any(record.topic, record.value)
         except (EnvelopeError, CodecError, ValueError, KeyError) as exc:
             where = f"{record.topic}-{record.partition}-{record.offset}"
             self._dead_letter(Parked.of(record, where), None, attempts=0, reason=_unopenable(exc))
+            return
+        if not isinstance(event, Received):
+            self._refused(event)
             return
         if self.metrics is not None:
             self.metrics.received.labels(event.event_type).inc()

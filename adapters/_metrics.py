@@ -1,6 +1,6 @@
 """Prometheus metrics of one adapter, on an injected registry (never the global one).
 
-Labels are event types only: never a case, a person or an event id.
+Labels are event types and reason codes only: never a case, a person or an event id.
 """
 
 from __future__ import annotations
@@ -54,5 +54,11 @@ class AdapterMetrics:
         self.dead_lettered = Counter(
             "tiaki_adapter_dead_lettered_total",
             "Events moved to the dead-letter folder.",
+            registry=registry,
+        )
+        self.refused = Counter(
+            "tiaki_adapter_refused_total",
+            "Records this agency sent that the broker refused (its refusal notices), by reason.",
+            ["reason"],
             registry=registry,
         )

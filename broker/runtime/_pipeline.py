@@ -31,12 +31,15 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
+import structlog
+
 from broker.codec import Schema, SchemaSet, encode
-from broker.envelope import Kind, Sealer
+from broker.envelope import EnvelopeError, Kind, Sealer
 from broker.platform._topics import (
     AUDIT,
     BROKER,
     DLQ,
+    INGRESS_PREFIX,
     REVIEW,
     STATE_CASES,
     STATE_REQUESTS,
@@ -57,6 +60,8 @@ from broker.runtime._encoding import RecordParts
 from broker.runtime._intake import Accepted, Intake, Rejected
 from broker.runtime._requests import RequestBook
 from broker.transport import Headers, Outgoing, Record
+
+log = structlog.get_logger("tiaki.broker")
 
 #: Header naming the Avro schema (hex fingerprint) of an unsealed record (audit).
 SCHEMA_HEADER = "tiaki-schema"
@@ -163,6 +168,7 @@ class Pipeline:
         self._audit_schema = schemas.latest("AuditRecord")
         self._shared_schema = schemas.latest("SharedEvent")
         self._quarantine_schema = schemas.latest("QuarantinedRecord")
+        self._notice_schema = schemas.latest("RefusalNotice")
         self._parts = RecordParts(self._audit_schema, self._shared_schema)
         self._audit_headers: Headers = (
             (SCHEMA_HEADER, self._audit_schema.fingerprint_hex.encode()),
@@ -261,7 +267,44 @@ class Pipeline:
         dlq = Outgoing(DLQ, record.key, sealed, ((REASON_HEADER, rejected.reason.encode()),))
         # Nothing of a rejected record is trusted, its key included: the audit record is unkeyed.
         audit = self._audit(quarantine_audit(self._context(), rejected, now), None)
-        return Processed([dlq, audit], rejected.source, rejected.event_type, rejected.reason)
+        outputs = [dlq, audit]
+        notice = self._refusal_notice(record, rejected, now)
+        if notice is not None:
+            outputs.append(notice)
+        return Processed(outputs, rejected.source, rejected.event_type, rejected.reason)
+
+    def _refusal_notice(self, record: Record, rejected: Rejected, now: datetime) -> Outgoing | None:
+        """A RefusalNotice for the agency that wrote ``record``: its ingress topic says who
+        (only that agency may write there), whatever the record itself claims. None for a
+        record from elsewhere, or for an agency the broker has no current key for (the
+        quarantine and its audit record still say everything)."""
+        if not record.topic.startswith(INGRESS_PREFIX):
+            return None
+        agency = record.topic[len(INGRESS_PREFIX) :]
+        notice = {
+            "topic": record.topic,
+            "partition": record.partition,
+            "offset": record.offset,
+            "reason": rejected.reason,
+            "detail": rejected.detail[:500],
+            "event_id": rejected.event_id,
+            "event_type": rejected.event_type,
+            "refused_at": now,
+        }
+        try:
+            sealed = self._sealer.seal(
+                encode(self._notice_schema, notice),
+                kind=Kind.EGRESS,
+                topic=egress(agency),
+                recipient=agency,
+                event_id=str(uuid.uuid4()),
+                schema_fingerprint=self._notice_schema.fingerprint,
+                now=now,
+            )
+        except EnvelopeError as exc:
+            log.warning("refusal notice not sent", agency=agency, error_type=type(exc).__name__)
+            return None
+        return Outgoing(egress(agency), None, sealed, ((REASON_HEADER, rejected.reason.encode()),))
 
     def _request_state(self, state: Mapping[str, Any]) -> Outgoing:
         value = encode(self._requests_schema, state)

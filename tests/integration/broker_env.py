@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker.codec import decode, encode, from_json, load_schemas
+from broker.codec import Schema, decode, encode, from_json, load_schemas
 from broker.envelope import (
     BadVersion,
     KeyRing,
@@ -42,6 +42,7 @@ from tests.integration.conftest import ROOT, Cluster, free_port
 
 SCHEMAS = load_schemas(ROOT / "schemas")
 TIAKI = Path(sys.executable).parent / "tiaki"
+EGRESS_FINGERPRINTS = {SCHEMAS.latest(n).fingerprint for n in ("SharedEvent", "RefusalNotice")}
 
 
 def example(event_type: str, **header: Any) -> dict[str, Any]:
@@ -54,11 +55,28 @@ def example(event_type: str, **header: Any) -> dict[str, Any]:
 async def egress_received(cluster: Cluster, ring: KeyRing, agency: str) -> list[dict[str, Any]]:
     """Every SharedEvent on ``agency``'s egress topic that opens with its key in ``ring``
     (event id as text, ``body`` parsed); records that are not this deployment's envelopes
-    (other modules' on the session's shared topics) are skipped."""
+    (other modules' on the session's shared topics) are skipped, and so are the broker's
+    refusal notices (:func:`egress_refusals`)."""
+    out = []
+    for item in await _egress_opened(cluster, ring, agency, SCHEMAS.latest("SharedEvent")):
+        item["event_id"] = str(item["event_id"])
+        item["body"] = json.loads(item["body_json"])
+        out.append(item)
+    return out
+
+
+async def egress_refusals(cluster: Cluster, ring: KeyRing, agency: str) -> list[dict[str, Any]]:
+    """The broker's RefusalNotices on ``agency``'s egress topic: its records it quarantined."""
+    return await _egress_opened(cluster, ring, agency, SCHEMAS.latest("RefusalNotice"))
+
+
+async def _egress_opened(
+    cluster: Cluster, ring: KeyRing, agency: str, schema: Schema
+) -> list[dict[str, Any]]:
+    """The records of ``schema`` on ``agency``'s egress topic, opened with its key."""
     async with KafkaReader(cluster.profile(agency)) as reader:
         records = await reader.read_all(egress(agency))
     opener = Opener(agency, ring)
-    shared = SCHEMAS.latest("SharedEvent")
     out = []
     for record in records:
         try:
@@ -71,10 +89,10 @@ async def egress_received(cluster: Cluster, ring: KeyRing, agency: str) -> list[
             )
         except (BadVersion, Malformed, UnknownKey):
             continue
-        item = decode(opened.payload, shared)
-        item["event_id"] = str(item["event_id"])
-        item["body"] = json.loads(item["body_json"])
-        out.append(item)
+        # This broker writes only these two on an egress topic; anything else fails the test.
+        assert opened.schema_fingerprint in EGRESS_FINGERPRINTS, record
+        if opened.schema_fingerprint == schema.fingerprint:
+            out.append(decode(opened.payload, schema))
     return out
 
 

@@ -28,7 +28,7 @@ from broker.runtime._release import bundle
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import secret_paths
 from broker.transport import KafkaPublisher, Record
-from tests.integration.broker_env import SCHEMAS, TIAKI, BrokerEnv, example
+from tests.integration.broker_env import SCHEMAS, TIAKI, BrokerEnv, egress_refusals, example
 from tests.integration.conftest import ROOT, Cluster
 from tests.unit.runtime.test_audit import CANARIES, with_canaries
 
@@ -231,6 +231,18 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
         assert entry["reason"] == reason_of(record)
         assert entry["source_topic"] == "tiaki.ingress.police"
         assert entry["kept_bytes"] == len(quarantined_value(env, record))
+
+    # Police, who wrote them, are told on their egress topic: where each was and why, in the
+    # same transaction as its quarantine.
+    notices = {
+        (n["partition"], n["offset"]): n
+        for n in await egress_refusals(env.cluster, env.ring, "police")
+        if n["topic"] == "tiaki.ingress.police"
+    }
+    for record in ours:
+        kept = entries[(record.partition, record.offset)]
+        notice = notices[(kept["source_partition"], kept["source_offset"])]
+        assert notice["reason"] == reason_of(record)
 
 
 async def quarantine_records(env: BrokerEnv) -> list[Record]:

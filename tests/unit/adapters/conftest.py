@@ -17,7 +17,7 @@ import pytest
 from adapters import AdapterClient, InMemoryConnection, RetryPolicy
 from broker.codec import SchemaSet, encode, load_schemas
 from broker.envelope import Algorithm, KeyRing, Kind, Sealer
-from broker.platform import egress
+from broker.platform import egress, ingress
 from broker.transport import InMemoryCluster
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -98,6 +98,31 @@ class FakeBroker:
         async with self.cluster.publisher() as publisher:
             await publisher.publish(egress(recipient), doc["header"]["case_id"].encode(), sealed)
         return event_id
+
+    async def refuse(self, agency: str, reason: str, event_id: str | None, offset: int) -> None:
+        """The refusal notice the broker sends ``agency`` when it quarantines its record."""
+        notice = {
+            "topic": ingress(agency),
+            "partition": 0,
+            "offset": offset,
+            "reason": reason,
+            "detail": "synthetic refusal",
+            "event_id": event_id,
+            "event_type": "TaskEvent" if event_id else None,
+            "refused_at": self.clock(),
+        }
+        schema = self.schemas.latest("RefusalNotice")
+        sealed = self.sealer.seal(
+            encode(schema, notice),
+            kind=Kind.EGRESS,
+            topic=egress(agency),
+            recipient=agency,
+            event_id=str(uuid.uuid4()),
+            schema_fingerprint=schema.fingerprint,
+            now=self.clock(),
+        )
+        async with self.cluster.publisher() as publisher:
+            await publisher.publish(egress(agency), None, sealed)
 
 
 @pytest.fixture

@@ -4,12 +4,18 @@ dead letters, idempotency keys."""
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
+from prometheus_client import CollectorRegistry
 
 from adapters import AdapterClient, InMemoryConnection, InvalidEvent, Received
+from adapters._metrics import AdapterMetrics
+from broker._logging import configure_logging
 from broker.codec import decode
 from broker.envelope import Kind, Opener, ReplayCache, Replayed
 from broker.platform import egress, ingress
@@ -245,6 +251,47 @@ async def test_unopenable_record_is_dead_lettered_not_lost(
         await client.receive(lambda e: None)
         (letter,) = client.dead_letters.list()
     assert letter.reason == "cannot open: malformed_envelope"
+
+
+async def test_a_refusal_notice_is_reported_not_handled(
+    connection: InMemoryConnection,
+    cluster: InMemoryCluster,
+    fake_broker: FakeBroker,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    """The broker quarantined two records this agency sent: the adapter says so (statistics,
+    metric, a warning naming the reason and the event id), hands the events around them to
+    the handler, and parks or dead-letters nothing."""
+    first = await fake_broker.deliver("oranga-tamariki")
+    await fake_broker.refuse(
+        "oranga-tamariki", "key_unknown", "0b6f3c52-0000-4000-8000-00000000c0de", 7
+    )
+    await fake_broker.refuse("oranga-tamariki", "malformed_envelope", None, 8)
+    last = await fake_broker.deliver("oranga-tamariki")
+    seen: list[Received] = []
+    registry = CollectorRegistry()
+    client = make_client("oranga-tamariki", connection, clock, tmp_path)
+    client.metrics = AdapterMetrics(registry)
+    stream = io.StringIO()
+    configure_logging(stream)
+    try:
+        async with client:
+            assert await client.receive(seen.append) == 4
+            stats = client.statistics()
+    finally:
+        structlog.reset_defaults()
+    warnings = [json.loads(line) for line in stream.getvalue().splitlines()]
+    refused = [w for w in warnings if w["event"] == "record refused by the broker"]
+    assert sorted((w["offset"], w["reason"], w["event_id"]) for w in refused) == [
+        (7, "key_unknown", "0b6f3c52-0000-4000-8000-00000000c0de"),
+        (8, "malformed_envelope", None),
+    ]
+    assert [e.event_id for e in seen] == [first, last]
+    assert (stats.refused, stats.dead_lettered, stats.parked) == (2, 0, 0)
+    assert registry.get_sample_value("tiaki_adapter_refused_total", {"reason": "key_unknown"}) == 1
+    assert not client.dead_letters.list()
+    assert sum(cluster.committed("oranga-tamariki.adapter").values()) == 4
 
 
 async def test_async_handler_and_run_until_stop(

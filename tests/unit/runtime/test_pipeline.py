@@ -169,7 +169,7 @@ def test_rejected_record_goes_to_quarantine_whole() -> None:
     bad = harness.record(b"\x01garbage")
     processed = harness.pipeline.process(bad, NOW)
     outputs = processed.outputs
-    assert [o.topic for o in outputs] == ["tiaki.dlq", "tiaki.audit"]
+    assert [o.topic for o in outputs] == ["tiaki.dlq", "tiaki.audit", "tiaki.egress.police"]
     dlq = outputs[0]
     assert dict(dlq.headers)[REASON_HEADER] == b"malformed_envelope"
     kept = harness.open_for("broker", "tiaki.dlq", dlq.value)
@@ -180,6 +180,20 @@ def test_rejected_record_goes_to_quarantine_whole() -> None:
     )
     assert decode(outputs[1].value, AUDIT)["reason_codes"] == ["malformed_envelope"]
     assert processed.quarantine_reason == "malformed_envelope"
+    # The agency that wrote it (its ingress topic says who) is told where and why, unkeyed
+    # (its key is not trusted either), and nothing of the content.
+    notice = harness.open_for("police", "tiaki.egress.police", outputs[2].value)
+    assert notice == {
+        "topic": bad.topic,
+        "partition": bad.partition,
+        "offset": bad.offset,
+        "reason": "malformed_envelope",
+        "detail": decode(outputs[1].value, AUDIT)["detail"],
+        "event_id": None,
+        "event_type": None,
+        "refused_at": NOW,
+    }
+    assert outputs[2].key is None
 
 
 def test_policy_error_fails_closed_and_loses_nothing() -> None:
@@ -188,8 +202,11 @@ def test_policy_error_fails_closed_and_loses_nothing() -> None:
     processed = harness.pipeline.process(record, NOW)
     outputs = processed.outputs
     assert processed.quarantine_reason == "policy_error"
-    assert [o.topic for o in outputs] == ["tiaki.dlq", "tiaki.audit"]
-    assert not any(o.topic.startswith("tiaki.egress.") for o in outputs)
+    # Nothing of the event is shared: the only egress record is the source's refusal notice.
+    assert [o.topic for o in outputs] == ["tiaki.dlq", "tiaki.audit", "tiaki.egress.police"]
+    notice = harness.open_for("police", "tiaki.egress.police", outputs[2].value)
+    assert set(notice) == {f.path for f in SCHEMAS.latest("RefusalNotice").fields}
+    assert notice["reason"] == "policy_error"
     assert harness.open_for("broker", "tiaki.dlq", outputs[0].value)["value"] == record.value
 
 
