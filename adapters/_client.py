@@ -60,6 +60,8 @@ from broker.platform import egress, group_prefix, ingress, load_profile
 from broker.transport import Publisher, Record, ResourceBase, TransportError
 
 log = structlog.get_logger("tiaki.adapter")
+#: The quarantine reason for a copy of an event the broker already admitted.
+REPLAYED = "replayed"
 
 Handler = Callable[[Received], Awaitable[object] | object]
 Clock = Callable[[], dt.datetime]
@@ -496,8 +498,13 @@ class AdapterClient(ResourceBase):
         self._counts.refused += 1
         if self.metrics is not None:
             self.metrics.refused.labels(notice["reason"]).inc()
-        log.warning(
-            "record refused by the broker",
+        # A replay is this agency's own event sent twice (a resend after a lost ack, or after
+        # a crash before the outbox recorded the ack): the broker has the first copy already.
+        replayed = notice["reason"] == REPLAYED
+        (log.info if replayed else log.warning)(
+            "duplicate refused by the broker; its first copy was accepted"
+            if replayed
+            else "record refused by the broker",
             agency=self.agency,
             reason=notice["reason"],
             event_id=notice["event_id"],

@@ -260,14 +260,16 @@ async def test_a_refusal_notice_is_reported_not_handled(
     clock: FakeClock,
     tmp_path: Path,
 ) -> None:
-    """The broker quarantined two records this agency sent: the adapter says so (statistics,
-    metric, a warning naming the reason and the event id), hands the events around them to
-    the handler, and parks or dead-letters nothing."""
+    """The broker quarantined records this agency sent: the adapter says so (statistics,
+    metric, a warning naming the reason and the event id; only an info line for a replay,
+    whose first copy was accepted), hands the events around them to the handler, and parks or
+    dead-letters nothing."""
     first = await fake_broker.deliver("oranga-tamariki")
     await fake_broker.refuse(
         "oranga-tamariki", "key_unknown", "0b6f3c52-0000-4000-8000-00000000c0de", 7
     )
     await fake_broker.refuse("oranga-tamariki", "malformed_envelope", None, 8)
+    await fake_broker.refuse("oranga-tamariki", "replayed", first, 9)  # a resend: harmless
     last = await fake_broker.deliver("oranga-tamariki")
     seen: list[Received] = []
     registry = CollectorRegistry()
@@ -277,21 +279,23 @@ async def test_a_refusal_notice_is_reported_not_handled(
     configure_logging(stream)
     try:
         async with client:
-            assert await client.receive(seen.append) == 4
+            assert await client.receive(seen.append) == 5
             stats = client.statistics()
     finally:
         structlog.reset_defaults()
-    warnings = [json.loads(line) for line in stream.getvalue().splitlines()]
-    refused = [w for w in warnings if w["event"] == "record refused by the broker"]
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    refused = [w for w in lines if w["event"] == "record refused by the broker"]
     assert sorted((w["offset"], w["reason"], w["event_id"]) for w in refused) == [
         (7, "key_unknown", "0b6f3c52-0000-4000-8000-00000000c0de"),
         (8, "malformed_envelope", None),
     ]
     assert [e.event_id for e in seen] == [first, last]
-    assert (stats.refused, stats.dead_lettered, stats.parked) == (2, 0, 0)
+    assert (stats.refused, stats.dead_lettered, stats.parked) == (3, 0, 0)
     assert registry.get_sample_value("tiaki_adapter_refused_total", {"reason": "key_unknown"}) == 1
     assert not client.dead_letters.list()
-    assert sum(cluster.committed("oranga-tamariki.adapter").values()) == 4
+    assert sum(cluster.committed("oranga-tamariki.adapter").values()) == 5
+    duplicate = [w for w in lines if w["event"].startswith("duplicate refused")]
+    assert [(w["level"], w["event_id"]) for w in duplicate] == [("info", first)]
 
 
 async def test_async_handler_and_run_until_stop(
