@@ -66,7 +66,7 @@ from broker.runtime._release import approve_as_dev_officers, dev_officers, stage
 from broker.runtime._review import decide, read_queue
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import ServiceOptions, secret_paths, serve
-from broker.transport import KafkaReader
+from broker.transport import KafkaPublisher, KafkaReader
 
 #: The seven agencies whose reference adapters the demo runs.
 DEMO_AGENCIES = (
@@ -489,6 +489,8 @@ class DemoResult:
     skipped: list[str] = field(default_factory=list)
     #: request id -> holders who answered, from the broker's request book.
     requests: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Refusal notices the Police adapter reported for the hand-written garbage record.
+    refused: int = 0
 
 
 class _Timeout(Exception):
@@ -706,6 +708,26 @@ class _Day:
                 f" answered by {answered}; respond by {state['respond_by']:%Y-%m-%d %H:%M} UTC"
             )
 
+    async def refusal(self, agency: str = "police") -> None:
+        """A record written to ``agency``'s ingress topic by hand, not through its adapter
+        (garbage, as a misconfigured test tool would send): the broker quarantines it and
+        tells the agency, whose adapter reports it."""
+        before = self.adapters[agency].client.statistics().refused
+        profile = load_profile(profile_path(self.settings.profiles_dir, agency))
+        async with KafkaPublisher(profile) as publisher:
+            await publisher.publish(ingress(agency), None, b"\x01SYN-not-an-envelope")
+        await _until(
+            lambda: self.adapters[agency].client.statistics().refused > before,
+            f"{agency}'s adapter to hear of its refused record",
+            self.timeout_s,
+        )
+        self.result.refused = self.adapters[agency].client.statistics().refused - before
+        self.console.print(
+            f"a record written to {ingress(agency)} by hand, not through the adapter: the broker"
+            f" quarantined it (malformed_envelope) and {agency}'s adapter reported the refusal"
+            " (`record refused by the broker` in its log, tiaki_adapter_refused_total)"
+        )
+
     async def approve_held(self, ring: Any, schemas: Any) -> None:
         now = dt.datetime.now(dt.UTC)
         async with KafkaReader(self.broker_profile) as reader:
@@ -863,6 +885,7 @@ async def run_demo(
             f"\nheld for review: {day.result.held} (approved {day.result.approved} as {REVIEWER})"
         )
         await day.requests(schemas)
+        await day.refusal()
         if stay:
             console.print(
                 "\nstaying up: drop JSON exports into .tiaki/adapters/<agency>/exports/, "
@@ -886,6 +909,8 @@ async def run_demo(
         " (compliance profile; docs/compliance.md)",
         "each agency's view: .tiaki/adapters/<agency>/received/ (one JSON file per event)",
         "dead letters: `tiaki adapter dead-letters --config adapters/reference/<agency>.yaml`",
+        "quarantine: `tiaki quarantine list`, then `tiaki quarantine resolve P:O --outcome"
+        " dismissed --operator NAME --justification TEXT` (docs/operations.md)",
         "run one adapter yourself: `tiaki adapter run --agency police --config adapters/reference/police.yaml`",
     ]
     console.print("\nwhere to look next:\n  " + "\n  ".join(where))

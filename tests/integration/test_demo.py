@@ -126,7 +126,13 @@ async def test_demo_tables_are_what_the_policy_permits(cluster: Cluster) -> None
     assert result.requests == {request.document["request_id"]: ("police",)}
     assert result.held == held
     assert result.approved == held
+    # The garbage record written to Police's ingress by hand: quarantined, and Police told.
+    assert result.refused == 1
     text = output.getvalue()
+    flowing = " ".join(text.split())  # the console wraps long lines
+    assert (
+        "quarantined it (malformed_envelope) and police's adapter reported the refusal" in flowing
+    )
     for agency in DEMO_AGENCIES:
         assert f"({agency}) received" in text
     assert "where to look next" in text
