@@ -9,9 +9,12 @@ from datetime import datetime
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.codec import decode, encode, from_json
-from broker.envelope import Kind, Opener, ReplayCache, Sealer
+from broker.envelope import EnvelopeError, Kind, Opener, ReplayCache, Sealer
+from broker.platform import ingress
 from broker.runtime import Accepted, Decider, Intake, Outcome, Pipeline, Verdict
 from broker.runtime._audit import audited_pairs
 from broker.runtime._pipeline import REASON_HEADER, RECIPIENT_HEADER
@@ -276,3 +279,68 @@ def test_parts_reused_across_events_carry_each_event_own_facts() -> None:
         assert encode(AUDIT, audit) == next(o.value for o in outputs if o.topic == "tiaki.audit")
         seen.append(audit["event_id"])
     assert len(set(seen)) == 3
+
+
+KEYED = ("police", "msd", "oranga-tamariki", "corrections")  # agencies make_ring gives keys
+_HARNESS: list[Harness] = []
+
+
+def _harness() -> Harness:
+    if not _HARNESS:  # one ring for every example: key generation is the slow part
+        _HARNESS.append(Harness(ScriptedDecider()))
+    return _HARNESS[0]
+
+
+@st.composite
+def refused_records(draw: st.DrawFn) -> Record:
+    """A record the intake must refuse, on some agency's ingress topic (or a stray topic):
+    random bytes, or a sealed event with one byte changed or cut short."""
+    harness = _harness()
+    topic = draw(st.sampled_from([ingress(a.id) for a in REGISTRY.agencies] + ["tiaki.stray"]))
+    sealed = harness.record().value
+    value = draw(
+        st.one_of(
+            st.binary(max_size=300),
+            st.integers(0, len(sealed) - 1).map(
+                lambda i: sealed[:i] + bytes([sealed[i] ^ 0x5A]) + sealed[i + 1 :]
+            ),
+            st.integers(1, len(sealed) - 1).map(lambda n: sealed[:n]),
+        )
+    )
+    key = draw(st.one_of(st.none(), st.binary(max_size=20)))
+    return Record(topic, draw(st.integers(0, 5)), draw(st.integers(0, 10**9)), key, value, (), 0)
+
+
+@settings(max_examples=150, deadline=None)
+@given(refused_records())
+def test_any_refused_record_is_kept_whole_audited_and_reported_to_its_writer_only(
+    record: Record,
+) -> None:
+    harness = _harness()
+    processed = harness.pipeline.process(record, NOW)  # never raises
+    reason = processed.quarantine_reason
+    assert reason is not None
+    dlq, audit, *notice = processed.outputs
+    assert dlq.topic == "tiaki.dlq"
+    assert dict(dlq.headers)[REASON_HEADER] == reason.encode()
+    assert harness.open_for("broker", "tiaki.dlq", dlq.value)["value"] == record.value
+    assert decode(audit.value, AUDIT)["reason_codes"] == [reason]
+    writer = record.topic.removeprefix("tiaki.ingress.")
+    if writer not in KEYED:  # no key to seal to (or no agency): DLQ and audit only
+        assert notice == []
+        return
+    (out,) = notice
+    assert (out.topic, out.key) == (f"tiaki.egress.{writer}", None)
+    told = harness.open_for(writer, out.topic, out.value)
+    assert (told["topic"], told["partition"], told["offset"], told["reason"]) == (
+        record.topic,
+        record.partition,
+        record.offset,
+        reason,
+    )
+    for other in KEYED:
+        if other != writer:  # sealed to the writer alone
+            with pytest.raises(EnvelopeError):
+                harness.open_for(other, out.topic, out.value)
+    if len(record.value) >= 8:  # nothing of the refused bytes comes back
+        assert record.value not in encode(SCHEMAS.latest("RefusalNotice"), told)
