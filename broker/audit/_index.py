@@ -27,6 +27,7 @@ batch; PostgreSQL by URL through the same small :class:`Database` interface when
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import io
@@ -116,12 +117,17 @@ class ValueLog:
     they are. Bytes are appended before the batch's transaction commits, so a crash leaves
     at most bytes no row points to (harmless, after the end); a log shorter than its rows say
     is found when the index opens (:meth:`AuditIndex.open` refuses it, or rebuilds).
+
+    Every process that has the log open holds a shared lock on it, and a rebuild empties it
+    only under an exclusive one: a query that opened the index before the rebuild would
+    otherwise read the rebuilt log's new bytes at its old rows' offsets, another record's.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
             self._file = open(path, "ab+")  # noqa: SIM115 - held open with the database
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)  # waits while a rebuild empties it
         except OSError as exc:
             raise IndexFailure(f"cannot open the index's value log at {path}: {exc}") from None
 
@@ -154,7 +160,21 @@ class ValueLog:
         return self._file.tell()
 
     def clear(self) -> None:
-        self._file.truncate(0)
+        """Empty the log, if no other process has it open; raise otherwise (the caller's
+        transaction then rolls back, and the index stays as it was)."""
+        fd = self._file.fileno()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # the conversion may have dropped the shared lock
+            raise IndexFailure(
+                "the audit index is open in another process (a query, or another "
+                "`tiaki audit index`): rebuild it once that has finished; nothing was changed"
+            ) from None
+        try:
+            self._file.truncate(0)
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_SH)
 
     def close(self) -> None:
         self._file.close()

@@ -18,6 +18,7 @@ from broker.audit import (
     QueryError,
     index_rows,
 )
+from broker.audit._index import LAYOUT
 from broker.audit._report import classifier, subject_report
 from broker.codec import SchemaSet
 from broker.envelope import KeyRing
@@ -184,6 +185,30 @@ def test_an_index_of_an_earlier_layout_or_short_values_is_refused_then_rebuilt(
         assert index.query(Query(limit=1000)) == expected
     with AuditIndex.open(path, schemas) as index:  # sound again
         assert index.count()[0] == 30
+
+
+def test_a_rebuild_waits_for_no_one_and_changes_nothing_while_a_query_has_the_index_open(
+    tmp_path: Path, ring: KeyRing, schemas: SchemaSet
+) -> None:
+    """A query that opened the index before a rebuild holds its rows' offsets into the value
+    log; emptying the log under it would let it read the rebuilt log's bytes as its records.
+    So a rebuild while the index is open elsewhere is refused, and changes nothing."""
+    path = tmp_path / "index.sqlite"
+    log = build_log(ring, schemas, records=20)
+    with AuditIndex.open(path, schemas) as index:
+        index.add(log.audit)
+        expected = index.query(Query(limit=1000))
+        _old_layout(path, index)
+    with AuditIndex.open(path, schemas, rebuild=True) as reading:  # rebuilt, then filled
+        reading.add(log.audit)
+        _old_layout(path, reading)  # the next upgrade
+        with pytest.raises(IndexFailure, match="open in another process"):
+            AuditIndex.open(path, schemas, rebuild=True)
+        reading._db.execute("CREATE TABLE IF NOT EXISTS layout (version INTEGER NOT NULL)")
+        reading._db.execute("INSERT INTO layout VALUES (?)", (LAYOUT,))
+        assert reading.query(Query(limit=1000)) == expected  # its bytes are where they were
+    with AuditIndex.open(path, schemas) as index:
+        assert index.query(Query(limit=1000)) == expected
 
 
 def test_records_bytes_live_in_a_value_log_a_crash_can_only_leave_unreferenced_bytes_after(
