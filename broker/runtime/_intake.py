@@ -142,6 +142,10 @@ class Intake:
         seen, self._seen = self._seen, []
         return seen
 
+    def knows(self, agency_id: str) -> bool:
+        """Whether ``agency_id`` is in the registry (so its egress topic was provisioned)."""
+        return agency_id in self._agencies
+
     def admit(self, record: IncomingRecord, now: datetime) -> Accepted | Rejected:
         """Run every check on ``record``; never raises for a bad record."""
         source_id = (

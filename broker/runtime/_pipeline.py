@@ -276,11 +276,13 @@ class Pipeline:
     def _refusal_notice(self, record: Record, rejected: Rejected, now: datetime) -> Outgoing | None:
         """A RefusalNotice for the agency that wrote ``record``: its ingress topic says who
         (only that agency may write there), whatever the record itself claims. None for a
-        record from elsewhere, or for an agency the broker has no current key for (the
-        quarantine and its audit record still say everything)."""
-        if not record.topic.startswith(INGRESS_PREFIX):
+        record from elsewhere or from an agency not in the registry (a stray topic has no
+        egress topic to write to, and a produce to a missing topic would abort every
+        transaction), or for an agency the broker has no current key for (the quarantine and
+        its audit record still say everything)."""
+        agency = record.topic.removeprefix(INGRESS_PREFIX)
+        if agency == record.topic or not self._intake.knows(agency):
             return None
-        agency = record.topic[len(INGRESS_PREFIX) :]
         notice = {
             "topic": record.topic,
             "partition": record.partition,

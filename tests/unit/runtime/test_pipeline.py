@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from broker.codec import decode, encode, from_json
-from broker.envelope import EnvelopeError, Kind, Opener, ReplayCache, Sealer
+from broker.envelope import Algorithm, EnvelopeError, Kind, Opener, ReplayCache, Sealer
 from broker.platform import ingress
 from broker.runtime import Accepted, Decider, Intake, Outcome, Pipeline, Verdict
 from broker.runtime._audit import audited_pairs
@@ -293,10 +294,11 @@ def _harness() -> Harness:
 
 @st.composite
 def refused_records(draw: st.DrawFn) -> Record:
-    """A record the intake must refuse, on some agency's ingress topic (or a stray topic):
+    """A record the intake must refuse, on some agency's ingress topic (or a stray one):
     random bytes, or a sealed event with one byte changed or cut short."""
     harness = _harness()
-    topic = draw(st.sampled_from([ingress(a.id) for a in REGISTRY.agencies] + ["tiaki.stray"]))
+    strays = ["tiaki.stray", ingress("not-in-the-registry")]  # no egress topic to tell
+    topic = draw(st.sampled_from([ingress(a.id) for a in REGISTRY.agencies] + strays))
     sealed = harness.record().value
     value = draw(
         st.one_of(
@@ -344,3 +346,15 @@ def test_any_refused_record_is_kept_whole_audited_and_reported_to_its_writer_onl
                 harness.open_for(other, out.topic, out.value)
     if len(record.value) >= 8:  # nothing of the refused bytes comes back
         assert record.value not in encode(SCHEMAS.latest("RefusalNotice"), told)
+
+
+def test_no_notice_for_a_topic_of_no_registered_agency_even_with_a_key() -> None:
+    """A stray ``tiaki.ingress.<x>`` (made by hand) has no egress topic: a notice there would
+    abort every transaction that carried it. The quarantine and audit record still happen."""
+    harness = Harness(ScriptedDecider())
+    for algorithm in Algorithm:
+        harness.ring.generate("not-in-the-registry", algorithm, NOW - timedelta(days=1), os.urandom)
+    stray = Record(ingress("not-in-the-registry"), 0, 1, None, b"\x01garbage", (), 0)
+    processed = harness.pipeline.process(stray, NOW)
+    assert [o.topic for o in processed.outputs] == ["tiaki.dlq", "tiaki.audit"]
+    assert processed.quarantine_reason == "unknown_agency"
