@@ -47,6 +47,11 @@ def ingress(agency_id: str) -> str:
     return f"{INGRESS_PREFIX}{agency_id}"
 
 
+def ingress_agency(topic: str) -> str | None:
+    """The agency whose ingress topic ``topic`` is (:func:`ingress` reversed), or None."""
+    return topic.removeprefix(INGRESS_PREFIX) if topic.startswith(INGRESS_PREFIX) else None
+
+
 def egress(agency_id: str) -> str:
     """The topic agency ``agency_id`` reads from (and only it)."""
     return f"{EGRESS_PREFIX}{agency_id}"

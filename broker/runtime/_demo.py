@@ -60,12 +60,10 @@ from broker.platform._profiles import profile_path
 from broker.platform._topics import BROKER, REVIEW, STATE_REQUESTS
 from broker.policy import PolicyStore, load_roster
 from broker.registry import load_registry
-from broker.runtime._audit import AuditContext
-from broker.runtime._operator import commit_act
+from broker.runtime._operator import commit_act, operator_audit_context
 from broker.runtime._release import approve_as_dev_officers, dev_officers, stage_release
 from broker.runtime._review import decide, read_queue
-from broker.runtime._secrets import shared_secret
-from broker.runtime._service import ServiceOptions, secret_paths, serve
+from broker.runtime._service import ServiceOptions, serve
 from broker.transport import KafkaPublisher, KafkaReader
 
 #: The seven agencies whose reference adapters the demo runs.
@@ -735,9 +733,7 @@ class _Day:
         queue = read_queue(records, Opener(BROKER, ring), schemas, now)
         mine = [i for i in queue.values() if str(i.shared["event_id"]) in self.ids]
         self.result.held = len(mine)
-        context = AuditContext(
-            subject_key=shared_secret(secret_paths(self.settings)[0]), policy_hash=None
-        )
+        context = operator_audit_context(self.settings)
         outputs = []
         for item in mine:
             if item.state not in ("held", "escalated"):

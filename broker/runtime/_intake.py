@@ -25,7 +25,7 @@ from typing import Any, ClassVar, Protocol
 from broker._errors import TiakiError
 from broker.codec import CodecError, Schema, SchemaSet
 from broker.envelope import EnvelopeError, Kind, Opened, Opener
-from broker.platform._topics import INGRESS_PREFIX
+from broker.platform._topics import ingress_agency
 from broker.registry import Agency, Registry
 
 #: Default largest ingress record accepted (matches the topic's ``max.message.bytes``).
@@ -148,11 +148,7 @@ class Intake:
 
     def admit(self, record: IncomingRecord, now: datetime) -> Accepted | Rejected:
         """Run every check on ``record``; never raises for a bad record."""
-        source_id = (
-            record.topic.removeprefix(INGRESS_PREFIX)
-            if record.topic.startswith(INGRESS_PREFIX)
-            else None
-        )
+        source_id = ingress_agency(record.topic)
         event_id: str | None = None
         event_type: str | None = None
         try:

@@ -55,13 +55,16 @@ class BrokerTools:
         return asyncio.run(read())
 
     def audit_context(self) -> AuditContext:
-        return AuditContext(
-            subject_key=shared_secret(secret_paths(self.settings)[0]), policy_hash=None
-        )
+        return operator_audit_context(self.settings)
 
     def commit(self, outputs: list[Outgoing], now: datetime, *, purpose: str) -> None:
         """Write ``outputs`` in one transaction (see :func:`commit_act`)."""
         asyncio.run(commit_act(self.profile, outputs, self.ring, now, purpose=purpose))
+
+
+def operator_audit_context(settings: Settings) -> AuditContext:
+    """The audit context of a person's act: the deployment's subject key, no policy."""
+    return AuditContext(subject_key=shared_secret(secret_paths(settings)[0]), policy_hash=None)
 
 
 async def commit_act(

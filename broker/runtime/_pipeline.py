@@ -39,12 +39,12 @@ from broker.platform._topics import (
     AUDIT,
     BROKER,
     DLQ,
-    INGRESS_PREFIX,
     REVIEW,
     STATE_CASES,
     STATE_REQUESTS,
     STATE_SEEN,
     egress,
+    ingress_agency,
 )
 from broker.runtime._audit import (
     AuditContext,
@@ -280,8 +280,8 @@ class Pipeline:
         egress topic to write to, and a produce to a missing topic would abort every
         transaction), or for an agency the broker has no current key for (the quarantine and
         its audit record still say everything)."""
-        agency = record.topic.removeprefix(INGRESS_PREFIX)
-        if agency == record.topic or not self._intake.knows(agency):
+        agency = ingress_agency(record.topic)
+        if agency is None or not self._intake.knows(agency):
             return None
         notice = {
             "topic": record.topic,

@@ -40,7 +40,7 @@ from rich.table import Table
 from broker._errors import TiakiError
 from broker.codec import CodecError, SchemaSet, decode
 from broker.envelope import BROKER, EnvelopeError, Kind, Opener, Sealer
-from broker.platform._topics import DLQ, INGRESS_PREFIX
+from broker.platform._topics import DLQ, ingress_agency
 from broker.runtime._audit import AuditContext, audit_base
 from broker.runtime._operator import BrokerTools
 from broker.runtime._pipeline import REASON_HEADER, audit_output, sealed_for_broker
@@ -155,6 +155,11 @@ def _resolved(entry: QuarantineEntry, resolution: dict[str, Any] | None) -> Quar
     )
 
 
+def _check_outcome(resolution: str) -> None:
+    if resolution not in RESOLUTIONS:
+        raise QuarantineError(f"--outcome must be one of {', '.join(RESOLUTIONS)}")
+
+
 def resolve(
     entry: QuarantineEntry,
     resolution: str,
@@ -168,8 +173,7 @@ def resolve(
 ) -> list[Outgoing]:
     """The records that resolve ``entry``; raise if it is resolved already or the operator
     gave no name or no reasons."""
-    if resolution not in RESOLUTIONS:
-        raise QuarantineError(f"--outcome must be one of {', '.join(RESOLUTIONS)}")
+    _check_outcome(resolution)
     if entry.state != OPEN:
         when = entry.resolved_at.strftime("%Y-%m-%d %H:%M") if entry.resolved_at else "?"
         raise QuarantineError(
@@ -195,7 +199,7 @@ def resolve(
     sealed = sealed_for_broker(sealer, schema, doc, DLQ, now)
     position = entry.position.encode()
     audit = audit_base(replace(context, actor=operator), "quarantine", now) | {
-        "source_agency": _agency(entry.source_topic),
+        "source_agency": ingress_agency(entry.source_topic) if entry.source_topic else None,
         "outcome": resolution,
         "reason_codes": [entry.reason],
         "detail": f"dlq {entry.position}: {justification}"[:500],
@@ -204,13 +208,6 @@ def resolve(
         Outgoing(DLQ, position, sealed, ((RESOLUTION_HEADER, position),)),
         audit_output(schemas.latest("AuditRecord"), audit),
     ]
-
-
-def _agency(topic: str | None) -> str | None:
-    """The agency whose ingress topic a record came from (only it may write there)."""
-    if topic is None or not topic.startswith(INGRESS_PREFIX):
-        return None
-    return topic[len(INGRESS_PREFIX) :]
 
 
 app = typer.Typer(
@@ -276,8 +273,7 @@ def resolve_command(
 ) -> None:
     """Resolve a quarantined record (resent by its agency, or dismissed), audited with your
     name and reasons."""
-    if outcome not in RESOLUTIONS:
-        raise QuarantineError(f"--outcome must be one of {', '.join(RESOLUTIONS)}")
+    _check_outcome(outcome)  # before any keys are loaded or Kafka is asked
     tools = BrokerTools()
     now = datetime.now(UTC)
     entries = read_quarantine(tools.read(DLQ), tools.opener(), tools.schemas, now)

@@ -85,18 +85,8 @@ class FakeBroker:
             "policy_hash": "0" * 64,
             "body_json": json.dumps(doc),
         }
-        schema = self.schemas.latest("SharedEvent")
-        sealed = self.sealer.seal(
-            encode(schema, shared),
-            kind=Kind.EGRESS,
-            topic=egress(recipient),
-            recipient=recipient,
-            event_id=event_id,
-            schema_fingerprint=schema.fingerprint,
-            now=self.clock(),
-        )
-        async with self.cluster.publisher() as publisher:
-            await publisher.publish(egress(recipient), doc["header"]["case_id"].encode(), sealed)
+        key = doc["header"]["case_id"].encode()
+        await self._send(recipient, key, "SharedEvent", shared, event_id)
         return event_id
 
     async def refuse(self, agency: str, reason: str, event_id: str | None, offset: int) -> None:
@@ -111,18 +101,24 @@ class FakeBroker:
             "event_type": "TaskEvent" if event_id else None,
             "refused_at": self.clock(),
         }
-        schema = self.schemas.latest("RefusalNotice")
+        await self._send(agency, None, "RefusalNotice", notice, str(uuid.uuid4()))
+
+    async def _send(
+        self, recipient: str, key: bytes | None, name: str, doc: dict[str, Any], event_id: str
+    ) -> None:
+        """``doc`` as schema ``name``, sealed to ``recipient`` on its egress topic."""
+        schema = self.schemas.latest(name)
         sealed = self.sealer.seal(
-            encode(schema, notice),
+            encode(schema, doc),
             kind=Kind.EGRESS,
-            topic=egress(agency),
-            recipient=agency,
-            event_id=str(uuid.uuid4()),
+            topic=egress(recipient),
+            recipient=recipient,
+            event_id=event_id,
             schema_fingerprint=schema.fingerprint,
             now=self.clock(),
         )
         async with self.cluster.publisher() as publisher:
-            await publisher.publish(egress(agency), None, sealed)
+            await publisher.publish(egress(recipient), key, sealed)
 
 
 @pytest.fixture
