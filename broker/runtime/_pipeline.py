@@ -9,6 +9,8 @@ what happened          records produced
 rejected at intake     ``tiaki.dlq`` (the record kept whole, sealed to the broker, reason)
                        + ``tiaki.audit`` (action ``quarantine``, reason code)
 membership changed     ``tiaki.state.cases`` (the case's CaseMembership), before deciding
+membership refused     as rejected at intake, reason ``unauthorised_membership``: the sender
+                       may not change what the event would change (``_cases.py``)
 policy failed          ``tiaki.dlq`` (reason ``policy_error``) + audit: fail closed
 decided                one audit record (action ``decision``) listing the decision about
                        every candidate recipient, then per recipient:
@@ -54,7 +56,7 @@ from broker.runtime._audit import (
     quarantined_record,
     subject_refs,
 )
-from broker.runtime._cases import CaseMembership
+from broker.runtime._cases import CaseMembership, MembershipRefused
 from broker.runtime._decide import Decider, Outcome, Verdict
 from broker.runtime._encoding import RecordParts
 from broker.runtime._intake import Accepted, Intake, Rejected
@@ -81,6 +83,17 @@ SUBJECTS_HEADER = "tiaki-subjects"
 REVIEW_WINDOW = timedelta(hours=24)
 
 POLICY_ERROR = "policy_error"
+
+
+def _refused(admitted: Accepted, exc: MembershipRefused) -> Rejected:
+    """The quarantine of an admitted event whose sender may not change what it would change."""
+    return Rejected(
+        exc.quarantine_reason,
+        str(exc),
+        admitted.source.id,
+        admitted.event_id,
+        admitted.event_type,
+    )
 
 
 def _json_default(value: Any) -> Any:
@@ -218,7 +231,12 @@ class Pipeline:
         if isinstance(admitted, Rejected):
             return self._quarantine(record, admitted, now)
         outputs: list[Outgoing] = []
-        state = self.cases.apply(admitted.event_type, admitted.event, now)
+        try:
+            state = self.cases.apply(
+                admitted.event_type, admitted.event, now, sender=admitted.source
+            )
+        except MembershipRefused as exc:  # before it changed anything, or anything was shared
+            return self._quarantine(record, _refused(admitted, exc), now)
         if state is not None:
             value = encode(self._cases_schema, state)
             outputs.append(Outgoing(STATE_CASES, state["case_id"].encode(), value))
