@@ -6,6 +6,7 @@ import json
 import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,14 @@ from broker.envelope import Algorithm, EnvelopeError, Kind, Opener, ReplayCache,
 from broker.platform import ingress
 from broker.runtime import Accepted, Decider, Intake, Outcome, Pipeline, Verdict
 from broker.runtime._audit import audited_pairs
-from broker.runtime._pipeline import REASON_HEADER, RECIPIENT_HEADER
+from broker.runtime._pipeline import (
+    DEADLINE_HEADER,
+    REASON_HEADER,
+    RECIPIENT_HEADER,
+    REVIEW_ID_HEADER,
+    REVIEW_KIND_HEADER,
+    SUBJECTS_HEADER,
+)
 from broker.transport import Record
 from tests.unit.runtime.test_intake import (
     EPISODE,
@@ -143,6 +151,7 @@ def test_share_review_and_deny() -> None:
 
     held = next(o for o in outputs if o.topic == "tiaki.review")
     assert dict(held.headers)[RECIPIENT_HEADER] == b"msd"
+    assert REVIEW_KIND_HEADER not in dict(held.headers)  # held: nothing was delivered
     assert (
         harness.open_for("broker", "tiaki.review", held.value)["event_type"]
         == "FamilyHarmEpisodeReport"
@@ -438,3 +447,41 @@ def test_a_meeting_outcome_from_another_agency_leaves_the_risk_tier() -> None:
     assert processed.quarantine_reason == "unauthorised_membership"
     assert harness.pipeline.cases.risk("SYN-CASE-0001") == "unknown"
     assert not harness.pipeline.cases.participates("SYN-CASE-0001", "msd")
+
+
+def imminent_share(recipient: str) -> Verdict:
+    return replace(
+        verdict(recipient, Outcome.SHARE),
+        obligations=("review_within_24h", "tell_victim_when_safe"),
+    )
+
+
+def test_a_share_to_be_reviewed_afterwards_goes_at_once_and_to_the_review_queue() -> None:
+    """LAW.md: in imminent danger a minimal disclosure to Police goes at once and a review
+    follows within 24 hours (review-policy s8). A share without the obligation has no copy."""
+    harness = Harness(
+        ScriptedDecider([imminent_share("police"), verdict("oranga-tamariki", Outcome.SHARE)])
+    )
+    processed = harness.pipeline.process(harness.record(), NOW)
+    topics = sorted(o.topic for o in processed.outputs)
+    assert topics == [
+        "tiaki.audit",
+        "tiaki.egress.oranga-tamariki",
+        "tiaki.egress.police",
+        "tiaki.review",
+    ]
+    delivered = next(o for o in processed.outputs if o.topic == "tiaki.egress.police")
+    shared = harness.open_for("police", delivered.topic, delivered.value)
+    (copy,) = [o for o in processed.outputs if o.topic == "tiaki.review"]
+    assert copy.key == delivered.key == b"SYN-CASE-0001"
+    held = harness.open_for("broker", "tiaki.review", copy.value)  # sealed to the broker
+    assert held == shared
+    with pytest.raises(EnvelopeError):
+        harness.open_for("police", "tiaki.review", copy.value)
+    headers = dict(copy.headers)
+    (audit,) = [decode(o.value, AUDIT) for o in processed.outputs if o.topic == "tiaki.audit"]
+    assert headers[RECIPIENT_HEADER] == b"police"
+    assert headers[REVIEW_ID_HEADER] == f"{audit['event_id']}/police".encode()
+    assert int(headers[DEADLINE_HEADER]) == int((NOW + timedelta(hours=24)).timestamp() * 1000)
+    assert headers[SUBJECTS_HEADER].decode().split(",") == audit["subject_refs"]
+    assert headers[REVIEW_KIND_HEADER] == b"after_disclosure"
