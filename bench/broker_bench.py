@@ -241,7 +241,12 @@ class Events:
 
 
 def join_cases(cases: Any, case_ids: Sequence[str]) -> None:
-    """Every recipient participates in every case (as allocation events would make them)."""
+    """Every recipient participates in every case (as the coordinator's allocation events
+    would make them)."""
+    from broker.registry import load_registry
+
+    registry = load_registry(ROOT / "policies" / "agencies.yaml")
+    coordinator = registry.get(registry.coordinators[0])
     now = dt.datetime.now(dt.UTC)
     for case_id in case_ids:
         for agency in RECIPIENTS:
@@ -254,6 +259,7 @@ def join_cases(cases: Any, case_ids: Sequence[str]) -> None:
                     "participation_role": "participant",
                 },
                 now,
+                sender=coordinator,
             )
 
 

@@ -39,10 +39,20 @@ def show(
         Path | None, typer.Argument(help="Registry file (default: policies/agencies.yaml).")
     ] = None,
 ) -> None:
-    """Print a table of agencies with their kind, region and confirmed statuses."""
+    """Print a table of agencies with their kind, region, confirmed statuses and whether they
+    coordinate cases."""
     registry = load_registry(path or Settings.from_env().registry)
-    table = Table("id", "name", "kind", "region", "statutory status (confirmed)")
+    table = Table(
+        "id", "name", "kind", "region", "statutory status (confirmed)", "coordinates cases"
+    )
     for agency in registry.agencies:
         confirmed = ", ".join(short for kind, short in _SHORT.items() if agency.has_status(kind))
-        table.add_row(agency.id, agency.name, agency.kind.value, agency.region, confirmed or "-")
+        table.add_row(
+            agency.id,
+            agency.name,
+            agency.kind.value,
+            agency.region,
+            confirmed or "-",
+            "yes" if agency.coordinates_cases else "-",
+        )
     Console().print(table)

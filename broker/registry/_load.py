@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from broker._yaml import SourceError, load_yaml, locate
-from broker.registry._model import NATIONAL, Registry
+from broker.registry._model import NATIONAL, Registry, StatusKind
 
 
 class RegistryError(SourceError):
@@ -63,6 +63,16 @@ def _check_references(path: Path, data: Any, registry: Registry) -> None:
             known = ", ".join(sorted(regions))
             raise RegistryError(
                 path, line, column, f"unknown region {agency.region!r}; known regions: {known}"
+            )
+        if agency.coordinates_cases and not agency.has_status(StatusKind.FAMILY_VIOLENCE_AGENCY):
+            # Its allocations decide who receives a case's information (need to know): only a
+            # body the FVA s20 route covers may hold that authority.
+            line, column = locate(data, ("agencies", index, "coordinates_cases"))
+            raise RegistryError(
+                path,
+                line,
+                column,
+                "coordinates_cases needs a confirmed family_violence_agency status",
             )
 
 

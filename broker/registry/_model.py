@@ -90,6 +90,11 @@ class Agency(BaseModel):
     kaupapa_maori: bool = False
     #: A body able to act on a serious threat (Privacy Act IPP 11(f)); police always can.
     can_act: bool = False
+    #: Coordinates cases: hosts the daily safety assessment meeting (LAW.md ISR-01), so its
+    #: meeting outcomes, case allocations and task assignments set who works on a case and the
+    #: case's risk tier. The broker refuses those events from any other agency
+    #: (``broker.runtime._cases``); only a confirmed family violence agency may coordinate.
+    coordinates_cases: bool = False
     #: ISO 3166 country where the agency holds data (IPP 12: overseas disclosure needs a basis).
     country: str = Field(default="NZ", pattern=r"^[A-Z]{2}$")
     #: Reference into the key registry; defaults to the agency id.
@@ -138,6 +143,11 @@ class Registry(BaseModel):
     @property
     def ids(self) -> list[str]:
         return [a.id for a in self.agencies]
+
+    @property
+    def coordinators(self) -> list[str]:
+        """The agencies that coordinate cases (``coordinates_cases``)."""
+        return [a.id for a in self.agencies if a.coordinates_cases]
 
     @property
     def hub_regions(self) -> list[str]:

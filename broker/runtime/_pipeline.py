@@ -9,10 +9,16 @@ what happened          records produced
 rejected at intake     ``tiaki.dlq`` (the record kept whole, sealed to the broker, reason)
                        + ``tiaki.audit`` (action ``quarantine``, reason code)
 membership changed     ``tiaki.state.cases`` (the case's CaseMembership), before deciding
+membership refused     as rejected at intake, reason ``unauthorised_membership``: the sender
+                       may not change what the event would change (``_cases.py``)
 policy failed          ``tiaki.dlq`` (reason ``policy_error``) + audit: fail closed
 decided                one audit record (action ``decision``) listing the decision about
                        every candidate recipient, then per recipient:
 share                  ``tiaki.egress.<recipient>`` (SharedEvent sealed to the recipient)
+share, reviewed        as share, + ``tiaki.review`` (the same SharedEvent sealed to the broker,
+afterwards             header ``tiaki-review-kind: after_disclosure``): obligation
+                       ``review_within_24h``, a disclosure in imminent danger goes at once and a
+                       person reviews it within 24 hours (LAW.md)
 review                 ``tiaki.review`` (SharedEvent sealed to the broker, recipient in the
                        header)
 deny                   nothing beyond its entry in the audit record (outcome, reasons)
@@ -54,7 +60,7 @@ from broker.runtime._audit import (
     quarantined_record,
     subject_refs,
 )
-from broker.runtime._cases import CaseMembership
+from broker.runtime._cases import CaseMembership, MembershipRefused
 from broker.runtime._decide import Decider, Outcome, Verdict
 from broker.runtime._encoding import RecordParts
 from broker.runtime._intake import Accepted, Intake, Rejected
@@ -79,8 +85,27 @@ DEADLINE_HEADER = "tiaki-deadline"
 SUBJECTS_HEADER = "tiaki-subjects"
 #: How long a held item may wait for a person before it escalates (LAW.md: review within 24 h).
 REVIEW_WINDOW = timedelta(hours=24)
+#: The obligation of a share that a person reviews afterwards (policies/vocabulary.yaml): the
+#: share goes at once, and a copy goes to the review queue as well.
+REVIEW_AFTER_DISCLOSURE = "review_within_24h"
+#: Header marking a review item's kind; ``after_disclosure`` is the copy of a share already
+#: delivered, which approving records and declining audits as a finding, never resends. An
+#: item without it is held: nothing was delivered, and approving releases it.
+REVIEW_KIND_HEADER = "tiaki-review-kind"
+AFTER_DISCLOSURE = "after_disclosure"
 
 POLICY_ERROR = "policy_error"
+
+
+def _refused(admitted: Accepted, exc: MembershipRefused) -> Rejected:
+    """The quarantine of an admitted event whose sender may not change what it would change."""
+    return Rejected(
+        exc.quarantine_reason,
+        str(exc),
+        admitted.source.id,
+        admitted.event_id,
+        admitted.event_type,
+    )
 
 
 def _json_default(value: Any) -> Any:
@@ -218,7 +243,12 @@ class Pipeline:
         if isinstance(admitted, Rejected):
             return self._quarantine(record, admitted, now)
         outputs: list[Outgoing] = []
-        state = self.cases.apply(admitted.event_type, admitted.event, now)
+        try:
+            state = self.cases.apply(
+                admitted.event_type, admitted.event, now, sender=admitted.source
+            )
+        except MembershipRefused as exc:  # before it changed anything, or anything was shared
+            return self._quarantine(record, _refused(admitted, exc), now)
         if state is not None:
             value = encode(self._cases_schema, state)
             outputs.append(Outgoing(STATE_CASES, state["case_id"].encode(), value))
@@ -248,9 +278,7 @@ class Pipeline:
             )
             bodies: dict[int, bytes] = {}  # body_json parts: recipients alike share one body
             for verdict in verdicts:
-                delivery = self._deliver(admitted, verdict, now, head, bodies, refs)
-                if delivery is not None:
-                    outputs.append(delivery)
+                outputs += self._deliver(admitted, verdict, now, head, bodies, refs)
         return Processed(outputs, admitted.source.id, admitted.event_type, None, tuple(verdicts))
 
     def _quarantine(self, record: Record, rejected: Rejected, now: datetime) -> Processed:
@@ -364,34 +392,68 @@ class Pipeline:
         head: bytes,
         bodies: dict[int, bytes],
         refs: list[str],
-    ) -> Outgoing | None:
-        """The record that carries ``verdict``'s minimised event, if it carries one."""
-        case_key = str(admitted.event["header"]["case_id"]).encode()
+    ) -> list[Outgoing]:
+        """The records that carry ``verdict``'s minimised event: none for a deny, the egress
+        record for a share (and its review copy if the share must be reviewed afterwards),
+        the held item for a review."""
         if verdict.outcome is Outcome.DENY or verdict.body is None:
-            return None
+            return []
         body = bodies.get(id(verdict.body))
         if body is None:
             body = bodies[id(verdict.body)] = self._parts.body(body_json(verdict.body))
         shared = self._parts.shared_event(head, verdict, body)
-        headers: Headers = ()
-        if verdict.outcome is Outcome.SHARE:
-            topic, recipient, kind = egress(verdict.recipient), verdict.recipient, Kind.EGRESS
-        else:
-            topic, recipient, kind = REVIEW, BROKER, Kind.HOLD
-            deadline = int((now + REVIEW_WINDOW).timestamp() * 1000)
-            headers = (
-                (RECIPIENT_HEADER, verdict.recipient.encode()),
-                (REVIEW_ID_HEADER, f"{admitted.event_id}/{verdict.recipient}".encode()),
-                (DEADLINE_HEADER, str(deadline).encode()),
-                (SUBJECTS_HEADER, ",".join(refs).encode()),
-            )
+        if verdict.outcome is not Outcome.SHARE:
+            return [self._held(admitted, verdict, now, shared, refs)]
+        topic = egress(verdict.recipient)
         sealed = self._sealer.seal(
             shared,
-            kind=kind,
+            kind=Kind.EGRESS,
             topic=topic,
-            recipient=recipient,
+            recipient=verdict.recipient,
             event_id=admitted.event_id,
             schema_fingerprint=self._shared_schema.fingerprint,
             now=now,
         )
-        return Outgoing(topic, case_key, sealed, headers)
+        outputs = [Outgoing(topic, _case_key(admitted), sealed)]
+        if REVIEW_AFTER_DISCLOSURE in verdict.obligations:
+            # LAW.md: in imminent danger the disclosure goes at once and a person reviews it
+            # within 24 hours; the review queue holds the copy that person reads.
+            outputs.append(self._held(admitted, verdict, now, shared, refs, disclosed=True))
+        return outputs
+
+    def _held(
+        self,
+        admitted: Accepted,
+        verdict: Verdict,
+        now: datetime,
+        shared: bytes,
+        refs: list[str],
+        *,
+        disclosed: bool = False,
+    ) -> Outgoing:
+        """The item on ``tiaki.review`` for ``verdict``, sealed to the broker: held for a person
+        before release, or (``disclosed``) the copy of a share for its review afterwards."""
+        deadline = int((now + REVIEW_WINDOW).timestamp() * 1000)
+        headers: Headers = (
+            (RECIPIENT_HEADER, verdict.recipient.encode()),
+            (REVIEW_ID_HEADER, f"{admitted.event_id}/{verdict.recipient}".encode()),
+            (DEADLINE_HEADER, str(deadline).encode()),
+            (SUBJECTS_HEADER, ",".join(refs).encode()),
+        )
+        if disclosed:
+            headers += ((REVIEW_KIND_HEADER, AFTER_DISCLOSURE.encode()),)
+        sealed = self._sealer.seal(
+            shared,
+            kind=Kind.HOLD,
+            topic=REVIEW,
+            recipient=BROKER,
+            event_id=admitted.event_id,
+            schema_fingerprint=self._shared_schema.fingerprint,
+            now=now,
+        )
+        return Outgoing(REVIEW, _case_key(admitted), sealed, headers)
+
+
+def _case_key(admitted: Accepted) -> bytes:
+    """Egress and review records are keyed by case id, so one case stays on one partition."""
+    return str(admitted.event["header"]["case_id"]).encode()

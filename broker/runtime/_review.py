@@ -14,6 +14,28 @@ held       deadline passes       escalated: decision ``escalate`` + audit (actio
 escalated  approve / decline     released / declined, as from held
 =========  ====================  ==========================================================
 
+A share with the obligation ``review_within_24h`` (imminent danger: LAW.md, "a minimal
+disclosure to Police goes at once and a review follows within 24 hours") was delivered when it
+was decided; its copy on ``tiaki.review`` (header ``tiaki-review-kind: after_disclosure``) is
+reviewed afterwards, and nothing is sent again, whatever the decision:
+
+=========  ====================  ==========================================================
+state      event                 next state (and what is written)
+=========  ====================  ==========================================================
+held       approve (a person)    upheld: decision + audit (action review, outcome
+                                 ``upheld``, reason ``disclosure_upheld``)
+held       decline (a person)    unjustified: decision + audit (outcome ``unjustified``,
+                                 reason ``disclosure_unjustified``): a finding that the
+                                 disclosure should not have happened, for compliance to act
+                                 on; a delivered record cannot be unsent
+held       deadline passes       escalated, as above
+escalated  approve / decline     upheld / unjustified, as from held
+=========  ====================  ==========================================================
+
+The audit outcomes differ from a held item's ``approve`` and ``decline`` on purpose: the
+subject report counts a review ``approve`` as a disclosure, and this one is already counted by
+the decision that shared it.
+
 Nothing is ever closed silently: an item leaves the queue only by a person's decision.
 """
 
@@ -30,9 +52,11 @@ from broker.envelope import Kind, Opener, Sealer
 from broker.platform._topics import BROKER, REVIEW, egress
 from broker.runtime._audit import AuditContext, audit_base, case_ref
 from broker.runtime._pipeline import (
+    AFTER_DISCLOSURE,
     DEADLINE_HEADER,
     RECIPIENT_HEADER,
     REVIEW_ID_HEADER,
+    REVIEW_KIND_HEADER,
     SUBJECTS_HEADER,
     audit_output,
     sealed_for_broker,
@@ -47,6 +71,18 @@ TRANSITIONS: dict[str, dict[str, str]] = {
     "escalated": {"approve": "released", "decline": "declined"},
     "released": {},
     "declined": {},
+}
+#: The same for the copy of a share already delivered (reviewed after disclosure).
+AFTER_DISCLOSURE_TRANSITIONS: dict[str, dict[str, str]] = {
+    "held": {"approve": "upheld", "decline": "unjustified", "escalate": "escalated"},
+    "escalated": {"approve": "upheld", "decline": "unjustified"},
+    "upheld": {},
+    "unjustified": {},
+}
+#: A person's decision on a reviewed-after-disclosure item: (audit outcome, reason code).
+_AFTER_DISCLOSURE_AUDIT = {
+    "approve": ("upheld", "disclosure_upheld"),
+    "decline": ("unjustified", "disclosure_unjustified"),
 }
 
 
@@ -66,9 +102,17 @@ class HeldItem:
     #: The subject references of the event it was held from (none on items held before
     #: brokers recorded them; the audit index finds those through the holding decision).
     subject_refs: list[str] = field(default_factory=list)
+    #: The copy of a share already delivered, for its review afterwards (``review_within_24h``):
+    #: deciding it records the review and sends nothing.
+    disclosed: bool = False
 
     def overdue(self, now: datetime) -> bool:
         return self.state == "held" and now >= self.deadline
+
+    @property
+    def transitions(self) -> dict[str, dict[str, str]]:
+        """The lifecycle this item follows (see the module docs)."""
+        return AFTER_DISCLOSURE_TRANSITIONS if self.disclosed else TRANSITIONS
 
 
 def read_queue(
@@ -86,7 +130,7 @@ def read_queue(
             item = items.get(decision["review_id"])
             if item is not None:
                 item.decisions.append(decision)
-                item.state = TRANSITIONS[item.state].get(decision["decision"], item.state)
+                item.state = item.transitions[item.state].get(decision["decision"], item.state)
             continue
         review_id = headers[REVIEW_ID_HEADER].decode()
         items[review_id] = HeldItem(
@@ -96,6 +140,7 @@ def read_queue(
             record=record,
             shared=decode(opened.payload, shared_schema),
             subject_refs=[r for r in headers.get(SUBJECTS_HEADER, b"").decode().split(",") if r],
+            disclosed=headers.get(REVIEW_KIND_HEADER) == AFTER_DISCLOSURE.encode(),
         )
     return items
 
@@ -111,8 +156,10 @@ def decide(
     schemas: SchemaSet,
     context: AuditContext,
 ) -> list[Outgoing]:
-    """The records that carry out ``verdict`` on ``item``; raise if its state forbids it."""
-    if verdict not in TRANSITIONS[item.state]:
+    """The records that carry out ``verdict`` on ``item``; raise if its state forbids it. The
+    release to the recipient is among them only for an approved held item: an item reviewed
+    after its disclosure was delivered already."""
+    if verdict not in item.transitions[item.state]:
         raise ReviewError(f"review {item.review_id} is {item.state}; it cannot be {verdict}d")
     if not reviewer.strip():
         raise ReviewError(
@@ -136,26 +183,29 @@ def decide(
     shared = item.shared
     # The audit record names who acted: the reviewer (the broker for an escalation).
     action = "escalation" if verdict == "escalate" else "review"
+    outcome, reason = verdict, "review_overdue" if verdict == "escalate" else f"review_{verdict}"
+    if item.disclosed and verdict in _AFTER_DISCLOSURE_AUDIT:
+        outcome, reason = _AFTER_DISCLOSURE_AUDIT[verdict]
     audit = audit_base(replace(context, actor=reviewer), action, now)
     audit |= {
         "event_id": str(shared["event_id"]),
         "event_type": shared["event_type"],
         "source_agency": shared["source_agency"],
         "recipient": item.recipient,
-        "outcome": verdict,
+        "outcome": outcome,
         "route": shared["route"],
         "legal_basis": shared["legal_basis"],
         "purpose": shared["purpose"],
         "rule_ids": list(shared["rule_ids"]),
         "obligations": list(shared["obligations"]),
         "field_actions": dict(shared["field_actions"]),
-        "reason_codes": ["review_overdue"] if verdict == "escalate" else [f"review_{verdict}"],
+        "reason_codes": [reason],
         "detail": justification[:500] or None,
         "case_ref": case_ref(context.subject_key, key.decode()) if key else None,
         "subject_refs": list(item.subject_refs),
     }
     outputs.append(audit_output(schemas.latest("AuditRecord"), audit))
-    if verdict == "approve":
+    if verdict == "approve" and not item.disclosed:
         shared_schema = schemas.latest("SharedEvent")
         released = sealer.seal(
             encode(shared_schema, shared | {"shared_at": now}),

@@ -38,10 +38,14 @@ def _queue(tools: BrokerTools, now: datetime) -> dict[str, HeldItem]:
 def list_items(
     everything: Annotated[bool, typer.Option("--all", help="Include decided items.")] = False,
 ) -> None:
-    """Held items with recipient, event type, source, deadline and state (never their content)."""
+    """Held items with recipient, event type, source, deadline, kind and state (never their
+    content). Kind ``after disclosure``: a share already delivered (imminent danger), reviewed
+    afterwards; ``held``: nothing delivered until a person approves."""
     now = datetime.now(UTC)
     items = _queue(BrokerTools(), now)
-    table = Table("review id", "recipient", "event type", "source", "deadline (UTC)", "state")
+    table = Table(
+        "review id", "recipient", "event type", "source", "deadline (UTC)", "kind", "state"
+    )
     for item in items.values():
         if not everything and item.state not in ("held", "escalated"):
             continue
@@ -53,6 +57,7 @@ def list_items(
             shared["event_type"],
             shared["source_agency"],
             item.deadline.strftime("%Y-%m-%d %H:%M"),
+            "after disclosure" if item.disclosed else "held",
             state,
         )
     Console().print(table)
@@ -80,13 +85,16 @@ def _decide(review_id: str, verdict: str, reviewer: str, justification: str) -> 
 
 @app.command("approve")
 def approve(review_id: ReviewId, reviewer: Reviewer, justification: Justification) -> None:
-    """Release a held item to its recipient, with your name and reasons on the audit record."""
+    """Release a held item to its recipient, with your name and reasons on the audit record;
+    for an after-disclosure item, record that the disclosure was right (nothing is sent again)."""
     _decide(review_id, "approve", reviewer, justification)
 
 
 @app.command("decline")
 def decline(review_id: ReviewId, reviewer: Reviewer, justification: Justification) -> None:
-    """Refuse a held item: nothing is released; the refusal and its reasons are audited."""
+    """Refuse a held item: nothing is released; the refusal and its reasons are audited. For an
+    after-disclosure item, record the finding that the disclosure should not have happened
+    (audited for compliance; what was delivered cannot be unsent)."""
     _decide(review_id, "decline", reviewer, justification)
 
 

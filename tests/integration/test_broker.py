@@ -71,9 +71,9 @@ def expected_deliveries(
     for event_type, doc in items:
         schema = SCHEMAS.latest(event_type)
         event = from_json(schema, doc)
-        cases.apply(event_type, event, now)
         source = env.cluster.registry.get(doc["header"]["source_agency"])
         assert source is not None
+        cases.apply(event_type, event, now, sender=source)
         for verdict in decider.decide(Accepted(source, schema, event, opened=None), now):  # type: ignore[arg-type]
             if verdict.outcome is Outcome.SHARE and verdict.body is not None:
                 out[verdict.recipient].add(

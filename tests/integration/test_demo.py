@@ -44,10 +44,10 @@ def expected_tables(phases: list[Phase]) -> tuple[dict[str, Counter[Row]], int]:
                 continue
             schema = SCHEMAS.latest(step.event_type)
             event = from_json(schema, step.document)
-            cases.apply(step.event_type, event, now)
-            requests.apply(step.event_type, event)
             source = registry.get(step.source)
             assert source is not None
+            cases.apply(step.event_type, event, now, sender=source)
+            requests.apply(step.event_type, event)
             for verdict in decider.decide(Accepted(source, schema, event, opened=None), now):  # type: ignore[arg-type]
                 if verdict.outcome is Outcome.DENY:
                     continue

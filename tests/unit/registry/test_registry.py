@@ -134,3 +134,27 @@ def test_duplicate_yaml_key_is_bad_yaml(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD_AGENCY.replace("kind: police", "kind: police\n    kind: health"))
     with pytest.raises(RegistryError, match="bad YAML"):
         load_registry(path)
+
+
+def test_coordinating_cases_is_an_attribute_of_the_agency(tmp_path: Path) -> None:
+    plain = load_registry(write(tmp_path, GOOD_AGENCY))
+    assert plain.coordinators == []
+    coordinating = GOOD_AGENCY.replace(
+        "region: national", "region: national\n    coordinates_cases: true"
+    )
+    assert load_registry(write(tmp_path, coordinating)).coordinators == ["police"]
+
+
+def test_only_a_confirmed_family_violence_agency_coordinates_cases(tmp_path: Path) -> None:
+    """Its allocations decide who receives a case's information, so the registry refuses the
+    attribute on an agency the FVA s20 route does not cover (here: unconfirmed)."""
+    agency = GOOD_AGENCY.replace(
+        "region: national", "region: national\n    coordinates_cases: true"
+    ).replace(
+        '{status: confirmed, evidence: "Family Violence Act 2018 s19"}',
+        '{status: unconfirmed, evidence: "designation pending"}',
+    )
+    path = write(tmp_path, agency)
+    with pytest.raises(RegistryError) as caught:
+        load_registry(path)
+    assert str(caught.value).startswith(f"{path}:8:5: coordinates_cases needs a confirmed")

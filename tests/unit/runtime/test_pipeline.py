@@ -6,6 +6,7 @@ import json
 import os
 import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -18,7 +19,14 @@ from broker.envelope import Algorithm, EnvelopeError, Kind, Opener, ReplayCache,
 from broker.platform import ingress
 from broker.runtime import Accepted, Decider, Intake, Outcome, Pipeline, Verdict
 from broker.runtime._audit import audited_pairs
-from broker.runtime._pipeline import REASON_HEADER, RECIPIENT_HEADER
+from broker.runtime._pipeline import (
+    DEADLINE_HEADER,
+    REASON_HEADER,
+    RECIPIENT_HEADER,
+    REVIEW_ID_HEADER,
+    REVIEW_KIND_HEADER,
+    SUBJECTS_HEADER,
+)
 from broker.transport import Record
 from tests.unit.runtime.test_intake import (
     EPISODE,
@@ -143,6 +151,7 @@ def test_share_review_and_deny() -> None:
 
     held = next(o for o in outputs if o.topic == "tiaki.review")
     assert dict(held.headers)[RECIPIENT_HEADER] == b"msd"
+    assert REVIEW_KIND_HEADER not in dict(held.headers)  # held: nothing was delivered
     assert (
         harness.open_for("broker", "tiaki.review", held.value)["event_type"]
         == "FamilyHarmEpisodeReport"
@@ -358,3 +367,121 @@ def test_no_notice_for_a_topic_of_no_registered_agency_even_with_a_key() -> None
     processed = harness.pipeline.process(stray, NOW)
     assert [o.topic for o in processed.outputs] == ["tiaki.dlq", "tiaki.audit"]
     assert processed.quarantine_reason == "unknown_agency"
+
+
+def sealed_example(harness: Harness, event_type: str, source: str, **fields: Any) -> Record:
+    """The schema example of ``event_type``, changed by ``fields``, sealed by ``source`` on its
+    own ingress topic (``make_ring`` gives police, msd, oranga-tamariki, corrections keys)."""
+    schema = SCHEMAS.latest(event_type)
+    doc = json.loads((ROOT / "schemas" / "examples" / f"{event_type}.json").read_text())
+    event_id = str(uuid.uuid4())
+    doc["header"] |= {"event_id": event_id, "source_agency": source}
+    doc |= fields
+    value = Sealer(source, harness.ring).seal(
+        encode(schema, from_json(schema, doc)),
+        kind=Kind.INGRESS,
+        topic=ingress(source),
+        recipient="broker",
+        event_id=event_id,
+        schema_fingerprint=schema.fingerprint,
+        now=NOW,
+    )
+    harness.offset += 1
+    return Record(ingress(source), 0, harness.offset, b"SYN-CASE-0001", value, (), 0)
+
+
+def test_an_unauthorised_membership_event_is_quarantined_and_changes_nothing() -> None:
+    """Corrections allocating itself to a case (review-policy s3 (b)) is refused: quarantined
+    with its own reason, audited, reported to Corrections, never decided or shared, and it
+    does not make Corrections a participant."""
+    decided: list[str] = []
+
+    class Recording(ScriptedDecider):
+        def decide(self, accepted: Accepted, now: datetime) -> Sequence[Verdict]:
+            decided.append(accepted.event_type)
+            return [verdict("oranga-tamariki", Outcome.SHARE)]
+
+    harness = Harness(Recording())
+    forged = sealed_example(
+        harness, "CaseAllocation", "corrections", agency={"agency_id": "corrections"}
+    )
+    processed = harness.pipeline.process(forged, NOW)
+    assert processed.quarantine_reason == "unauthorised_membership"
+    assert [o.topic for o in processed.outputs] == [
+        "tiaki.dlq",
+        "tiaki.audit",
+        "tiaki.egress.corrections",
+    ]
+    assert dict(processed.outputs[0].headers)[REASON_HEADER] == b"unauthorised_membership"
+    audit = decode(processed.outputs[1].value, AUDIT)
+    assert (audit["action"], audit["reason_codes"]) == ("quarantine", ["unauthorised_membership"])
+    assert audit["source_agency"] == "corrections"
+    notice = harness.open_for("corrections", "tiaki.egress.corrections", processed.outputs[2].value)
+    assert notice["reason"] == "unauthorised_membership"
+    assert "only a coordinating agency" in notice["detail"]
+    assert decided == []
+    assert not harness.pipeline.cases.participates("SYN-CASE-0001", "corrections")
+
+    # The same allocation from Police, which coordinates cases, is admitted and decided.
+    allowed = sealed_example(
+        harness, "CaseAllocation", "police", agency={"agency_id": "corrections"}
+    )
+    processed = harness.pipeline.process(allowed, NOW)
+    assert processed.quarantine_reason is None
+    assert "tiaki.state.cases" in [o.topic for o in processed.outputs]
+    assert decided == ["CaseAllocation"]
+    assert harness.pipeline.cases.participates("SYN-CASE-0001", "corrections")
+
+
+def test_a_meeting_outcome_from_another_agency_leaves_the_risk_tier() -> None:
+    """MSD's meeting outcome rating the case high (review-policy s3 (c)) is quarantined."""
+    harness = Harness(ScriptedDecider())
+    record = sealed_example(
+        harness,
+        "SafetyAssessmentMeetingOutcome",
+        "msd",
+        risk_tier="high",
+        lead_agency={"agency_id": "msd"},
+    )
+    processed = harness.pipeline.process(record, NOW)
+    assert processed.quarantine_reason == "unauthorised_membership"
+    assert harness.pipeline.cases.risk("SYN-CASE-0001") == "unknown"
+    assert not harness.pipeline.cases.participates("SYN-CASE-0001", "msd")
+
+
+def imminent_share(recipient: str) -> Verdict:
+    return replace(
+        verdict(recipient, Outcome.SHARE),
+        obligations=("review_within_24h", "tell_victim_when_safe"),
+    )
+
+
+def test_a_share_to_be_reviewed_afterwards_goes_at_once_and_to_the_review_queue() -> None:
+    """LAW.md: in imminent danger a minimal disclosure to Police goes at once and a review
+    follows within 24 hours (review-policy s8). A share without the obligation has no copy."""
+    harness = Harness(
+        ScriptedDecider([imminent_share("police"), verdict("oranga-tamariki", Outcome.SHARE)])
+    )
+    processed = harness.pipeline.process(harness.record(), NOW)
+    topics = sorted(o.topic for o in processed.outputs)
+    assert topics == [
+        "tiaki.audit",
+        "tiaki.egress.oranga-tamariki",
+        "tiaki.egress.police",
+        "tiaki.review",
+    ]
+    delivered = next(o for o in processed.outputs if o.topic == "tiaki.egress.police")
+    shared = harness.open_for("police", delivered.topic, delivered.value)
+    (copy,) = [o for o in processed.outputs if o.topic == "tiaki.review"]
+    assert copy.key == delivered.key == b"SYN-CASE-0001"
+    held = harness.open_for("broker", "tiaki.review", copy.value)  # sealed to the broker
+    assert held == shared
+    with pytest.raises(EnvelopeError):
+        harness.open_for("police", "tiaki.review", copy.value)
+    headers = dict(copy.headers)
+    (audit,) = [decode(o.value, AUDIT) for o in processed.outputs if o.topic == "tiaki.audit"]
+    assert headers[RECIPIENT_HEADER] == b"police"
+    assert headers[REVIEW_ID_HEADER] == f"{audit['event_id']}/police".encode()
+    assert int(headers[DEADLINE_HEADER]) == int((NOW + timedelta(hours=24)).timestamp() * 1000)
+    assert headers[SUBJECTS_HEADER].decode().split(",") == audit["subject_refs"]
+    assert headers[REVIEW_KIND_HEADER] == b"after_disclosure"

@@ -45,14 +45,18 @@ def accepted(event_type: str) -> Accepted | None:
 
 
 def join(cases: CaseMembership, agencies: Iterable[str]) -> CaseMembership:
-    """``cases`` with each of ``agencies`` joined to SYN-CASE-0001 as a participant."""
+    """``cases`` with each of ``agencies`` joined to SYN-CASE-0001 as a participant (by Police,
+    which coordinates cases)."""
+    police = REGISTRY.get("police")
+    assert police is not None
     for agency in sorted(agencies):
         allocation = {
             "agency": {"agency_id": agency},
             "action": "joined",
             "participation_role": "participant",
         }
-        cases.apply("CaseAllocation", {"header": {"case_id": "SYN-CASE-0001"}, **allocation}, NOW)
+        event = {"header": {"case_id": "SYN-CASE-0001"}, **allocation}
+        cases.apply("CaseAllocation", event, NOW, sender=police)
     return cases
 
 

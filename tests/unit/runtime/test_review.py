@@ -4,9 +4,12 @@ escalate when overdue; nothing leaves the queue silently."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 import pytest
 
+from broker.audit._index import TOP_LEVEL, _row
+from broker.audit._report import disclosed as disclosed_by
 from broker.codec import decode
 from broker.envelope import Kind, Opener
 from broker.runtime import Outcome
@@ -14,7 +17,7 @@ from broker.runtime._audit import AuditContext
 from broker.runtime._review import ReviewError, decide, read_queue
 from broker.transport import Outgoing, Record
 from tests.unit.runtime.test_intake import NOW, SCHEMAS
-from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider, verdict
+from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider, imminent_share, verdict
 
 CONTEXT = AuditContext(subject_key=b"synthetic-test-audit-key-000000", policy_hash=None)
 
@@ -168,3 +171,85 @@ def test_overdue_items_escalate_and_can_still_be_decided() -> None:
     records += as_records([o for o in outputs if o.topic == "tiaki.review"])
     assert next(iter(queue(harness, records).values())).state == "escalated"
     assert any(o.topic == "tiaki.egress.msd" for o in carry_out(harness, records, "approve"))
+
+
+def disclosed_row(audit: dict[str, Any]) -> bool:
+    """Whether the subject report would list ``audit`` as a disclosure."""
+    return disclosed_by(_row(audit, TOP_LEVEL, 0, 0))
+
+
+def disclosed() -> tuple[Harness, list[Record]]:
+    """The review copy of a share to Police in imminent danger (delivered already)."""
+    harness = Harness(ScriptedDecider([imminent_share("police")]))
+    processed = harness.pipeline.process(harness.record(), NOW)
+    assert any(o.topic == "tiaki.egress.police" for o in processed.outputs)
+    return harness, as_records([o for o in processed.outputs if o.topic == "tiaki.review"])
+
+
+def audit_of(outputs: list[Outgoing]) -> dict[str, Any]:
+    (audit,) = [
+        decode(o.value, SCHEMAS.latest("AuditRecord")) for o in outputs if o.topic == "tiaki.audit"
+    ]
+    return audit
+
+
+def test_approving_a_review_after_disclosure_records_it_and_sends_nothing_again() -> None:
+    harness, records = disclosed()
+    (item,) = queue(harness, records).values()
+    assert (item.state, item.recipient, item.disclosed) == ("held", "police", True)
+    outputs = carry_out(harness, records, "approve")
+    assert sorted(o.topic for o in outputs) == ["tiaki.audit", "tiaki.review"]  # no egress
+    audit = audit_of(outputs)
+    assert (audit["action"], audit["outcome"], audit["reason_codes"]) == (
+        "review",
+        "upheld",
+        ["disclosure_upheld"],
+    )
+    assert audit["recipient"] == "police"
+    assert audit["obligations"] == ["review_within_24h", "tell_victim_when_safe"]
+    # The subject report counts a review "approve" as a disclosure: this one is counted once,
+    # by the decision that shared it.
+    assert not disclosed_row(audit)
+    records += as_records([o for o in outputs if o.topic == "tiaki.review"])
+    (item,) = queue(harness, records).values()
+    assert item.state == "upheld"
+    with pytest.raises(ReviewError, match="is upheld; it cannot be approved"):
+        carry_out(harness, records, "approve")
+
+
+def test_declining_a_review_after_disclosure_is_audited_as_a_finding() -> None:
+    harness, records = disclosed()
+    with pytest.raises(ReviewError, match="needs a justification"):
+        carry_out(harness, records, "decline", justification=" ")
+    outputs = carry_out(
+        harness, records, "decline", justification="risk was not imminent (SYN finding)"
+    )
+    assert sorted(o.topic for o in outputs) == ["tiaki.audit", "tiaki.review"]  # nothing unsent
+    audit = audit_of(outputs)
+    assert (audit["action"], audit["outcome"], audit["reason_codes"]) == (
+        "review",
+        "unjustified",
+        ["disclosure_unjustified"],
+    )
+    assert (audit["actor"], audit["detail"]) == (
+        "Reviewer One (synthetic)",
+        "risk was not imminent (SYN finding)",
+    )
+    assert audit["subject_refs"]
+    records += as_records([o for o in outputs if o.topic == "tiaki.review"])
+    (item,) = queue(harness, records).values()
+    assert item.state == "unjustified"
+    with pytest.raises(ReviewError, match="is unjustified; it cannot be approved"):
+        carry_out(harness, records, "approve")
+
+
+def test_an_overdue_review_after_disclosure_escalates_then_is_decided_without_sending() -> None:
+    harness, records = disclosed()
+    later = timedelta(hours=25)
+    escalated = carry_out(harness, records, "escalate", justification="", later=later)
+    assert audit_of(escalated)["reason_codes"] == ["review_overdue"]
+    records += as_records([o for o in escalated if o.topic == "tiaki.review"])
+    outputs = carry_out(harness, records, "approve", later=later)
+    assert not any(o.topic.startswith("tiaki.egress.") for o in outputs)
+    records += as_records([o for o in outputs if o.topic == "tiaki.review"])
+    assert next(iter(queue(harness, records).values())).state == "upheld"
