@@ -365,7 +365,7 @@ class _RuleReader:
                 reader.error_at(
                     node, f"permit '{rule_id}' needs a legal_basis (every permit names one)"
                 )
-            if purposes is None:
+            if purposes is None and "purpose" not in node:
                 reader.error_at(
                     node, f"permit '{rule_id}' needs a purpose (every permit names one)"
                 )
@@ -435,12 +435,13 @@ class _RuleReader:
     def conditions(
         self, reader: Reader, rule: CommentedMap, rule_id: str, purposes: frozenset[str] | None
     ) -> Conditions:
-        raw = rule.get("when")
-        if raw is None:
+        if not reader.given(rule, "when"):
             return Conditions(purposes=purposes)
-        node = reader.mapping(raw, "'when'", (rule, "when"))
+        node = reader.mapping(rule["when"], "'when'", (rule, "when"))
         if node is None:
             return Conditions(purposes=purposes)
+        if not node:
+            _empty(reader, rule, "when", "'when'")
         reader.keys(node, _WHEN_KEYS, f"'when' of rule '{rule_id}'")
         if "purpose" in node:
             reader.error(
@@ -448,7 +449,11 @@ class _RuleReader:
             )
         kinds = reader.words(node, "kind", [k.value for k in RequestKind], "request kind")
         events: frozenset[str] | None = None
-        if "event" in node:
+        if reader.given(node, "event"):
+            if isinstance(node["event"], CommentedSeq) and not node["event"]:
+                reader.error(
+                    (node, "event"), "an empty list of event types matches nothing; leave it out"
+                )
             found = set()
             for item, spot in reader.items(node, "event"):
                 name = str(item).rpartition(".")[2]
@@ -490,11 +495,13 @@ class _RuleReader:
                 )
 
     def party(self, reader: Reader, when: CommentedMap, key: str) -> PartyCondition:
-        if key not in when:
+        if not reader.given(when, key):
             return PartyCondition()
         node = reader.mapping(when[key], f"'{key}'", (when, key))
         if node is None:
             return PartyCondition()
+        if not node:
+            _empty(reader, when, key, f"'{key}'")
         reader.keys(node, _PARTY_KEYS, f"'{key}'")
         return PartyCondition(
             agencies=reader.words(node, "agency", self.registry.ids, "agency"),
@@ -515,9 +522,9 @@ class _RuleReader:
     def plan_fields(
         self, reader: Reader, rule: CommentedMap, schemas: list[Schema]
     ) -> tuple[tuple[str, str], ...]:
-        node = rule.get("fields")
-        if node is None:
+        if not reader.given(rule, "fields"):
             return ()
+        node = rule["fields"]
         if reader.mapping(node, "fields", (rule, "fields")) is None:
             return ()
         assert isinstance(node, CommentedMap)
@@ -554,9 +561,9 @@ class _RuleReader:
         return tuple(out)
 
     def plan_classes(self, reader: Reader, rule: CommentedMap) -> tuple[tuple[str, str], ...]:
-        node = rule.get("classes")
-        if node is None:
+        if not reader.given(rule, "classes"):
             return ()
+        node = rule["classes"]
         if reader.mapping(node, "classes", (rule, "classes")) is None:
             return ()
         assert isinstance(node, CommentedMap)
@@ -585,6 +592,11 @@ class _RuleReader:
         return tuple(out)
 
     def action(self, reader: Reader, node: CommentedMap, key: str, action: Any) -> bool:
+        if action is None:
+            reader.error(
+                (node, key), f"'{key}' has no action: give one, or leave '{key}' out", value=False
+            )
+            return False
         if action not in FIELD_ACTIONS:
             reader.error(
                 (node, key), f"unknown field action '{action}'{suggest(str(action), FIELD_ACTIONS)}"
@@ -595,8 +607,12 @@ class _RuleReader:
     def forbid_fields(
         self, reader: Reader, rule: CommentedMap, schemas: list[Schema]
     ) -> tuple[tuple[str, str], ...]:
-        if rule.get("fields") is None:
+        if not reader.given(rule, "fields"):
             return ()
+        if isinstance(rule["fields"], CommentedSeq) and not rule["fields"]:
+            reader.error(
+                (rule, "fields"), "an empty list of fields names nothing to withhold; leave it out"
+            )
         known = _paths(schemas)
         out = []
         for item, spot in reader.items(rule, "fields"):
@@ -612,6 +628,15 @@ class _RuleReader:
     def forbid_classes(self, reader: Reader, rule: CommentedMap) -> tuple[tuple[str, str], ...]:
         names = reader.words(rule, "classes", self.classes, "field class")
         return tuple((name, "drop") for name in sorted(names or ()))
+
+
+def _empty(reader: Reader, node: CommentedMap, key: str, what: str) -> None:
+    """An empty condition mapping: written, it reads as "any", which no one means to write."""
+    reader.error(
+        (node, key),
+        f"an empty {what} means any case; name a condition, or leave '{key}' out",
+        value=False,
+    )
 
 
 def _paths(schemas: list[Schema]) -> dict[str, Any]:
