@@ -110,6 +110,21 @@ _WHEN_KEYS = (
 )
 
 
+#: Hand-over triggers no route may be exempt from (``exempt_triggers``), with the LAW.md rule
+#: that says so. The others are judgements a statute may settle for its route (OTA s66 lets
+#: only privilege be withheld; imminent danger shares at once and reviews after), but no route
+#: makes privileged or suppressed material shareable without a person, and none makes an
+#: unconfirmed statutory status good enough.
+NEVER_EXEMPT: Mapping[str, str] = {
+    Trigger.PRIVILEGED_MATERIAL.value: (
+        "LAW.md FVA-08 (data classed privileged or suppressed goes to review, "
+        "never automatic share)"
+    ),
+    Trigger.RECIPIENT_STATUS_UNCONFIRMED.value: (
+        'LAW.md FVA-01 (unknown status is never "allowed")'
+    ),
+}
+
 #: Routes open only to parties with a statutory status, and the statuses that open them.
 _ROUTE_STATUS = {
     "fva_s20": frozenset({"family_violence_agency", "social_services_practitioner_employer"}),
@@ -264,6 +279,8 @@ class _Loader:
             reader.keys(entry, {"id", "description", "exempt_triggers"}, "a route")
             route_id = reader.text(entry, "id", "a route", required=True) or ""
             exempt = reader.words(entry, "exempt_triggers", [t.value for t in Trigger], "trigger")
+            if exempt:
+                self._never_exempt(reader, entry, route_id)
             routes.append(
                 Route(
                     route_id,
@@ -279,6 +296,12 @@ class _Loader:
                 value=False,
             )
         return tuple(routes)
+
+    def _never_exempt(self, reader: Reader, entry: CommentedMap, route_id: str) -> None:
+        for item, spot in reader.items(entry, "exempt_triggers"):
+            law = NEVER_EXEMPT.get(item) if isinstance(item, str) else None
+            if law is not None:
+                reader.error(spot, f"route '{route_id}' cannot be exempt from {item}: {law}")
 
 
 class _RuleReader:

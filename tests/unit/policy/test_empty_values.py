@@ -30,9 +30,11 @@ from broker.policy import (
     DecisionInput,
     PolicyStore,
     PolicyValidationError,
+    compile_policy,
     load_policy_set,
 )
-from broker.policy._load import _PARTY_KEYS, _WHEN_KEYS
+from broker.policy._load import _PARTY_KEYS, _WHEN_KEYS, NEVER_EXEMPT
+from broker.policy._model import Trigger
 from tests.unit.policy.conftest import POLICIES, Edit, copy_policies
 
 FVA = "rules/30-fva-s20.yaml"
@@ -211,6 +213,33 @@ CASES = [
         "'exclusion_zones' has no action: give one, or leave 'exclusion_zones' out",
     ),
     (
+        "exempt from privileged material",
+        VOCAB,
+        "  - id: fva_s20\n",
+        "  - id: fva_s20\n    exempt_triggers: [privileged_material]\n",
+        "privileged_material]",
+        "route 'fva_s20' cannot be exempt from privileged_material: LAW.md FVA-08 (data "
+        "classed privileged or suppressed goes to review, never automatic share)",
+    ),
+    (
+        "exempt from an unconfirmed status",
+        VOCAB,
+        "  - id: fva_s20\n",
+        "  - id: fva_s20\n    exempt_triggers: [child_not_consulted, recipient_status_unconfirmed]\n",
+        "recipient_status_unconfirmed]",
+        "route 'fva_s20' cannot be exempt from recipient_status_unconfirmed: LAW.md FVA-01 "
+        '(unknown status is never "allowed")',
+    ),
+    (
+        "imminent danger exempt from privileged material",
+        VOCAB,
+        "consent_refused_below_high, maori_data_beyond_case]\n  - id: ota_s66\n",
+        "consent_refused_below_high, maori_data_beyond_case, privileged_material]\n"
+        "  - id: ota_s66\n",
+        "privileged_material]\n  - id: ota_s66\n",
+        "route 'imminent_danger' cannot be exempt from privileged_material: LAW.md FVA-08",
+    ),
+    (
         "exempt_triggers with no value",
         VOCAB,
         "  - id: fva_s20\n",
@@ -268,6 +297,35 @@ def test_the_reviewers_null_conditions_no_longer_widen(edit: Edit, policy_copy: 
         )
     )
     assert not decision.shares
+
+
+def test_the_shipped_exemptions_still_load() -> None:
+    """Imminent danger and OTA s66 keep the exemptions docs/policy.md and LAW.md give them."""
+    routes = {r.id: r for r in load_policy_set(POLICIES).vocabulary.routes}
+    allowed = set(Trigger) - {Trigger(t) for t in NEVER_EXEMPT}
+    assert routes["imminent_danger"].exempt_triggers == allowed
+    assert routes["ota_s66"].exempt_triggers == allowed
+    assert set(NEVER_EXEMPT) == {"privileged_material", "recipient_status_unconfirmed"}
+
+
+def test_a_privileged_suppressed_episode_still_goes_to_review() -> None:
+    """FVA-08 on the shipped set: the review's s9 input is held for a person."""
+    engine = compile_policy(load_policy_set(POLICIES))
+    decision = engine.decide(
+        DecisionInput(
+            event_type="nz.tiaki.FamilyHarmEpisodeReport",
+            source="police",
+            recipient="te-whare-tiaki",
+            purpose="fv_plan_or_response",
+            at=dt.date(2025, 3, 5),
+            participates=True,
+            suppression_order=True,
+            privileged=True,
+            schema_version=2,
+            child_consulted="yes",
+        )
+    )
+    assert decision.outcome.value == "review"
 
 
 # --- property: every condition key, given an empty value, is refused at that key ------------
