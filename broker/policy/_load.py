@@ -110,6 +110,21 @@ _WHEN_KEYS = (
 )
 
 
+#: Hand-over triggers no route may be exempt from (``exempt_triggers``), with the LAW.md rule
+#: that says so. The others are judgements a statute may settle for its route (OTA s66 lets
+#: only privilege be withheld; imminent danger shares at once and reviews after), but no route
+#: makes privileged or suppressed material shareable without a person, and none makes an
+#: unconfirmed statutory status good enough.
+NEVER_EXEMPT: Mapping[str, str] = {
+    Trigger.PRIVILEGED_MATERIAL.value: (
+        "LAW.md FVA-08 (data classed privileged or suppressed goes to review, "
+        "never automatic share)"
+    ),
+    Trigger.RECIPIENT_STATUS_UNCONFIRMED.value: (
+        'LAW.md FVA-01 (unknown status is never "allowed")'
+    ),
+}
+
 #: Routes open only to parties with a statutory status, and the statuses that open them.
 _ROUTE_STATUS = {
     "fva_s20": frozenset({"family_violence_agency", "social_services_practitioner_employer"}),
@@ -264,6 +279,8 @@ class _Loader:
             reader.keys(entry, {"id", "description", "exempt_triggers"}, "a route")
             route_id = reader.text(entry, "id", "a route", required=True) or ""
             exempt = reader.words(entry, "exempt_triggers", [t.value for t in Trigger], "trigger")
+            if exempt:
+                self._never_exempt(reader, entry, route_id)
             routes.append(
                 Route(
                     route_id,
@@ -279,6 +296,12 @@ class _Loader:
                 value=False,
             )
         return tuple(routes)
+
+    def _never_exempt(self, reader: Reader, entry: CommentedMap, route_id: str) -> None:
+        for item, spot in reader.items(entry, "exempt_triggers"):
+            law = NEVER_EXEMPT.get(item) if isinstance(item, str) else None
+            if law is not None:
+                reader.error(spot, f"route '{route_id}' cannot be exempt from {item}: {law}")
 
 
 class _RuleReader:
@@ -365,7 +388,7 @@ class _RuleReader:
                 reader.error_at(
                     node, f"permit '{rule_id}' needs a legal_basis (every permit names one)"
                 )
-            if purposes is None:
+            if purposes is None and "purpose" not in node:
                 reader.error_at(
                     node, f"permit '{rule_id}' needs a purpose (every permit names one)"
                 )
@@ -435,12 +458,13 @@ class _RuleReader:
     def conditions(
         self, reader: Reader, rule: CommentedMap, rule_id: str, purposes: frozenset[str] | None
     ) -> Conditions:
-        raw = rule.get("when")
-        if raw is None:
+        if not reader.given(rule, "when"):
             return Conditions(purposes=purposes)
-        node = reader.mapping(raw, "'when'", (rule, "when"))
+        node = reader.mapping(rule["when"], "'when'", (rule, "when"))
         if node is None:
             return Conditions(purposes=purposes)
+        if not node:
+            _empty(reader, rule, "when", "'when'")
         reader.keys(node, _WHEN_KEYS, f"'when' of rule '{rule_id}'")
         if "purpose" in node:
             reader.error(
@@ -448,7 +472,11 @@ class _RuleReader:
             )
         kinds = reader.words(node, "kind", [k.value for k in RequestKind], "request kind")
         events: frozenset[str] | None = None
-        if "event" in node:
+        if reader.given(node, "event"):
+            if isinstance(node["event"], CommentedSeq) and not node["event"]:
+                reader.error(
+                    (node, "event"), "an empty list of event types matches nothing; leave it out"
+                )
             found = set()
             for item, spot in reader.items(node, "event"):
                 name = str(item).rpartition(".")[2]
@@ -490,11 +518,13 @@ class _RuleReader:
                 )
 
     def party(self, reader: Reader, when: CommentedMap, key: str) -> PartyCondition:
-        if key not in when:
+        if not reader.given(when, key):
             return PartyCondition()
         node = reader.mapping(when[key], f"'{key}'", (when, key))
         if node is None:
             return PartyCondition()
+        if not node:
+            _empty(reader, when, key, f"'{key}'")
         reader.keys(node, _PARTY_KEYS, f"'{key}'")
         return PartyCondition(
             agencies=reader.words(node, "agency", self.registry.ids, "agency"),
@@ -515,9 +545,9 @@ class _RuleReader:
     def plan_fields(
         self, reader: Reader, rule: CommentedMap, schemas: list[Schema]
     ) -> tuple[tuple[str, str], ...]:
-        node = rule.get("fields")
-        if node is None:
+        if not reader.given(rule, "fields"):
             return ()
+        node = rule["fields"]
         if reader.mapping(node, "fields", (rule, "fields")) is None:
             return ()
         assert isinstance(node, CommentedMap)
@@ -554,9 +584,9 @@ class _RuleReader:
         return tuple(out)
 
     def plan_classes(self, reader: Reader, rule: CommentedMap) -> tuple[tuple[str, str], ...]:
-        node = rule.get("classes")
-        if node is None:
+        if not reader.given(rule, "classes"):
             return ()
+        node = rule["classes"]
         if reader.mapping(node, "classes", (rule, "classes")) is None:
             return ()
         assert isinstance(node, CommentedMap)
@@ -585,6 +615,11 @@ class _RuleReader:
         return tuple(out)
 
     def action(self, reader: Reader, node: CommentedMap, key: str, action: Any) -> bool:
+        if action is None:
+            reader.error(
+                (node, key), f"'{key}' has no action: give one, or leave '{key}' out", value=False
+            )
+            return False
         if action not in FIELD_ACTIONS:
             reader.error(
                 (node, key), f"unknown field action '{action}'{suggest(str(action), FIELD_ACTIONS)}"
@@ -595,8 +630,12 @@ class _RuleReader:
     def forbid_fields(
         self, reader: Reader, rule: CommentedMap, schemas: list[Schema]
     ) -> tuple[tuple[str, str], ...]:
-        if rule.get("fields") is None:
+        if not reader.given(rule, "fields"):
             return ()
+        if isinstance(rule["fields"], CommentedSeq) and not rule["fields"]:
+            reader.error(
+                (rule, "fields"), "an empty list of fields names nothing to withhold; leave it out"
+            )
         known = _paths(schemas)
         out = []
         for item, spot in reader.items(rule, "fields"):
@@ -612,6 +651,15 @@ class _RuleReader:
     def forbid_classes(self, reader: Reader, rule: CommentedMap) -> tuple[tuple[str, str], ...]:
         names = reader.words(rule, "classes", self.classes, "field class")
         return tuple((name, "drop") for name in sorted(names or ()))
+
+
+def _empty(reader: Reader, node: CommentedMap, key: str, what: str) -> None:
+    """An empty condition mapping: written, it reads as "any", which no one means to write."""
+    reader.error(
+        (node, key),
+        f"an empty {what} means any case; name a condition, or leave '{key}' out",
+        value=False,
+    )
 
 
 def _paths(schemas: list[Schema]) -> dict[str, Any]:

@@ -3,6 +3,12 @@
 A :class:`Reader` wraps one parsed file and collects errors rather than stopping at the first,
 so ``tiaki policy validate`` can list every mistake in one run. Unknown words get a
 ``did you mean`` from :func:`difflib.get_close_matches`.
+
+A key that is written but left without a value (``participates:``, ``recipient: {agency: }``)
+is an error at the key, never the same as leaving the key out: in a rule, a missing condition
+means "any", so a half-finished edit read as "not written" would widen the rule. Every typed
+accessor here (:meth:`Reader.words`, :meth:`Reader.flag`, :meth:`Reader.text`,
+:meth:`Reader.date`) goes through :meth:`Reader.given`, which records that error.
 """
 
 from __future__ import annotations
@@ -106,6 +112,23 @@ class Reader:
                     value=False,
                 )
 
+    def given(self, node: CommentedMap, key: str) -> bool:
+        """Whether ``key`` is written in ``node`` with a value.
+
+        A key written with no value (YAML null) is recorded as an error at the key and counts
+        as not given, so the caller treats it like a missing key but the file is rejected.
+        """
+        if key not in node:
+            return False
+        if node[key] is None:
+            self.error(
+                (node, key),
+                f"'{key}' has no value: give one, or leave '{key}' out",
+                value=False,
+            )
+            return False
+        return True
+
     def words(
         self,
         node: CommentedMap,
@@ -113,8 +136,11 @@ class Reader:
         choices: Collection[str],
         what: str,
     ) -> frozenset[str] | None:
-        """A list (or one word) under ``key``, each word checked against ``choices``."""
-        if key not in node or node[key] is None:
+        """A list (or one word) under ``key``, each word checked against ``choices``.
+
+        ``None`` when the key is not written; a key with no value or an empty list is an error.
+        """
+        if not self.given(node, key):
             return None
         raw = node[key]
         out: set[str] = set()
@@ -139,8 +165,8 @@ class Reader:
             yield raw, (node, key)
 
     def flag(self, node: CommentedMap, key: str) -> bool | None:
-        """A true/false value under ``key``."""
-        if key not in node or node[key] is None:
+        """A true/false value under ``key`` (``None`` when not written)."""
+        if not self.given(node, key):
             return None
         value = node[key]
         if not isinstance(value, bool):
@@ -152,8 +178,8 @@ class Reader:
         self, node: CommentedMap, key: str, what: str, *, required: bool = False
     ) -> str | None:
         """A string under ``key``."""
-        if key not in node or node[key] is None:
-            if required:
+        if not self.given(node, key):
+            if required and key not in node:
                 self.error_at(node, f"{what} needs '{key}'")
             return None
         value = node[key]
@@ -164,7 +190,7 @@ class Reader:
 
     def date(self, node: CommentedMap, key: str) -> dt.date | None:
         """A ``YYYY-MM-DD`` date under ``key``."""
-        if key not in node or node[key] is None:
+        if not self.given(node, key):
             return None
         value = node[key]
         if isinstance(value, dt.datetime):
