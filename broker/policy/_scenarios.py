@@ -7,11 +7,16 @@
       - name: "LAW scenario 1: police report of concern to Oranga Tamariki"
         event: ReportOfConcern          # schemas/examples/ReportOfConcern.json
         version: 1                      # optional: that schema version (default: latest)
-        context:                        # DecisionInput attributes; they win over the header
+        changes: {child.iwi: []}        # optional: edits to the example (dotted path: value)
+        context:                        # what the broker learns outside the event, and
+                                        # header values; the rest is derived as the broker
+                                        # derives it (DecisionInput.shared_values), and a
+                                        # context contradicting a derived value is an error
           source: police
           recipient: oranga-tamariki
           purpose: child_assess_risk_or_need
-          participates: true
+          participates: true            # also: lead, risk (the case's tier), request:
+                                        #   {requester, requester_role, on_behalf_of}
         expect:
           outcome: share                # share, share_minimised, review, deny, refer
           route: ota_s15                # optional checks from here on
