@@ -483,7 +483,12 @@ class Engine:
                     triggers |= _CONSENT
                 if inp.privileged or inp.suppression_order or "privileged" in released:
                     triggers |= _PRIVILEGED
-                if (inp.maori_data or "maori_data" in released) and not inp.participates:
+                # MDS: this record holds Māori data (the header says so, or an iwi or whānau
+                # field is set), the plan lets some of it leave, and the recipient is not
+                # working on the case. A plan that keeps the class says nothing about a
+                # record without Māori data; a record with it whose plan drops every Māori
+                # data field sends none.
+                if inp.maori_data and "maori_data" in released and not inp.participates:
                     triggers |= _MAORI
                 triggers &= ~permit.exempt
             key = (

@@ -9,7 +9,7 @@ explanation (rule ids, reason codes, LAW.md references) and an action for every 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -344,7 +344,8 @@ class DecisionInput:
     child_consulted: str = "unknown"
     provenance: str = "unknown"
     requester_role: str = "unknown"
-    on_behalf_of: str = "agency"
+    #: ``unknown`` unless derived: counts as a person using violence for PA-05 (fail closed).
+    on_behalf_of: str = "unknown"
     imminent_danger: bool = False
     privileged: bool = False
     suppression_order: bool = False
@@ -362,50 +363,27 @@ class DecisionInput:
         at: dt.date,
         schema_version: int | None = None,
         participates: bool = False,
+        lead: bool = False,
+        request: RequestFacts | None = None,
+        case_risk: str = "unknown",
         **overrides: Any,
     ) -> DecisionInput:
-        """Build the input for ``recipient`` from a decoded event's header.
+        """Build the input for ``recipient`` from a decoded event, as the broker does.
 
-        ``overrides`` set any attribute directly (a request's purpose, the case's risk tier,
-        a requester role); they win over what the header states.
-        """
-        return cls.for_recipients(
-            record,
-            (recipient,),
-            at=at,
-            schema_version=schema_version,
-            participates=lambda _: participates,
-            **overrides,
-        )[0]
-
-    @classmethod
-    def for_recipients(
-        cls,
-        record: Mapping[str, Any],
-        recipients: Iterable[str],
-        *,
-        at: dt.date,
-        schema_version: int | None = None,
-        participates: Callable[[str], bool] = lambda _: False,
-        addressed: Iterable[str] = (),
-        **overrides: Any,
-    ) -> list[DecisionInput]:
-        """:meth:`from_record` for each of ``recipients``, reading the header once.
-
-        The broker decides every candidate recipient of an event; what the header says is the
-        same for all of them, and only the recipient, its participation and whether the event
-        is addressed to it differ. ``addressed`` adds addressees the record itself does not
-        name (the requester an answer goes back to, known from the request).
+        ``participates`` and ``lead`` say whether the recipient works on (leads) the case,
+        ``request`` is the request the event answers (the broker's request book), and
+        ``case_risk`` the case's tier from its meeting. ``overrides`` set any attribute
+        directly; they win over what the event states.
         """
         common, addressees = cls.shared_values(
-            record, at=at, schema_version=schema_version, addressed=addressed
+            record,
+            at=at,
+            schema_version=schema_version,
+            request=request,
+            case_risk=case_risk,
+            leads=(recipient,) if lead else (),
         )
-        return [
-            cls.for_one(
-                common, recipient, participates(recipient), recipient in addressees, overrides
-            )
-            for recipient in recipients
-        ]
+        return cls.for_one(common, recipient, participates, recipient in addressees, overrides)
 
     @classmethod
     def shared_values(
@@ -414,13 +392,24 @@ class DecisionInput:
         *,
         at: dt.date,
         schema_version: int | None = None,
-        addressed: Iterable[str] = (),
+        request: RequestFacts | None = None,
+        case_risk: str = "unknown",
+        leads: Iterable[str] = (),
     ) -> tuple[dict[str, Any], frozenset[str]]:
-        """What every recipient's input for one event shares (what the header states, the
-        clock, the schema version), and the agencies the event is addressed to; see
-        :meth:`for_one`."""
+        """What every recipient's input for one event shares, and the agencies the event is
+        addressed to; see :meth:`for_one`. The broker's decider and ``tiaki policy test``
+        both build inputs here, so a scenario is decided on the values the broker computes.
+
+        From the header's sharing context: purpose, route, consent, child consultation,
+        provenance and the flags. Derived from the event itself (:func:`derived_values`):
+        whether a child is involved, whether it holds Māori data, the risk it states, and who
+        asked and for whom (the request it is, or the ``request`` it answers). ``case_risk``
+        (the meeting's tier) is raised by the event's own risk, never lowered. ``leads`` (the
+        case's lead agencies) are addressees of a case record that names none of its own.
+        """
         header = record.get("header") or {}
         sharing = header.get("sharing") or {}
+        derived = derived_values(record, at=at, request=request)
         common: dict[str, Any] = {
             "event_type": str(header.get("event_type", "")),
             "source": str(header.get("source_agency", "")),
@@ -434,9 +423,15 @@ class DecisionInput:
             "imminent_danger": bool(sharing.get("imminent_danger", False)),
             "privileged": bool(sharing.get("privileged", False)),
             "suppression_order": bool(sharing.get("suppression_order", False)),
-            "maori_data": bool(sharing.get("contains_maori_data", False)),
+            **derived,
+            "risk": higher_risk(case_risk, derived["risk"]),
         }
-        return common, frozenset(_addressees(record) | set(addressed))
+        addressees = _addressees(record)
+        if request is not None:
+            addressees.add(request.requester)
+        elif not addressees and not _is_request_or_answer(record):
+            addressees.update(leads)
+        return common, frozenset(addressees)
 
     @classmethod
     def for_one(
@@ -456,6 +451,158 @@ class DecisionInput:
             **overrides,
         }
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class RequestFacts:
+    """What the broker's request book knows of the request an event answers."""
+
+    requester: str
+    requester_role: str = "unknown"
+    on_behalf_of: str = "unknown"
+
+
+#: The attributes :func:`derived_values` computes from the event; a policy scenario may not
+#: set them to anything else (``tiaki policy test`` reports it as an error).
+DERIVED = ("child_involved", "maori_data", "requester_role", "on_behalf_of")
+#: Event types that are a request or an answer to one: their requester and on whose behalf
+#: come from the request, and they are addressed to holders or the requester, never the lead.
+_REQUEST_EVENTS = frozenset({"InformationRequest", "InformationResponse"})
+#: Risk levels from least to most; ``unknown`` is below ``low`` (nothing was stated).
+_RISK_ORDER = {"unknown": 0, "low": 1, "medium": 2, "high": 3}
+#: Field values that state a risk tier (RiskAssessment, SafetyAssessmentMeetingOutcome).
+_TIER_FIELDS = ("final_tier", "risk_tier")
+#: Boolean fields whose ``True`` states high risk: non-fatal strangulation (HealthScreening,
+#: FamilyHarmEpisodeReport v2) and an immediate safety concern about a child (OTA s15).
+_HIGH_RISK_FLAGS = ("strangulation_signs", "strangulation_indicated", "immediate_safety_concern")
+#: Fields of class ``maori_data`` in the schemas, by name (a test checks the list is whole).
+MAORI_DATA_FIELDS = ("iwi", "whanau_context", "kaupapa_maori_requested", "contains_maori_data")
+#: Child-class fields whose non-empty value means a child is involved, by name; the header's
+#: ``child_consulted`` counts only when it says a child was (or could not be) consulted.
+CHILD_FIELDS = (
+    "child",
+    "children_present",
+    "concern_categories",
+    "authorised_pickups",
+    "school_arrangements",
+)
+#: Other values that mark a child: a screening done as a child protection checklist, a
+#: disclosure about school attendance, a referral to child advocacy.
+_CHILD_VALUES = {
+    "screening_type": "child_protection_checklist",
+    "category": "school_attendance",
+    "service_type": "child_advocacy",
+}
+
+
+def higher_risk(a: str, b: str) -> str:
+    """The higher of two risk levels (``unknown`` lowest)."""
+    return a if _RISK_ORDER.get(a, 0) >= _RISK_ORDER.get(b, 0) else b
+
+
+def derived_values(
+    record: Mapping[str, Any], *, at: dt.date, request: RequestFacts | None = None
+) -> dict[str, Any]:
+    """What the broker computes from the event itself rather than reading from its header.
+
+    * ``child_involved``: a person whose role or relationship is child, or whose date of birth
+      makes them under 18 on the day of the event; a child-class field that is set; the
+      header saying a child was consulted or could not be; the other markers in
+      ``_CHILD_VALUES``.
+    * ``maori_data``: the header's ``contains_maori_data``, or a Māori data field that is set
+      (iwi affiliation, whānau context, a kaupapa Māori service asked for).
+    * ``risk``: the highest risk the event states (a tier, strangulation, an immediate safety
+      concern, imminent danger); ``unknown`` if none.
+    * ``requester_role``, ``on_behalf_of``: from the request itself, or from ``request`` (the
+      request an answer replies to). Any other event is an agency disclosing on its own
+      behalf (``agency``); a request or an answer whose request is unknown says
+      ``unknown``, which never unlocks a permit and counts as a person using violence for
+      PA-05.
+    """
+    header = record.get("header") or {}
+    sharing = header.get("sharing") or {}
+    occurred = header.get("occurred_at")
+    day = occurred.date() if isinstance(occurred, dt.datetime) else at
+    found = _Signals(day)
+    found.walk({k: v for k, v in record.items() if k != "header"})
+    if sharing.get("child_consulted") in CHILD_CONSULTED_OK:
+        found.child = True
+    if sharing.get("contains_maori_data"):
+        found.maori = True
+    if sharing.get("imminent_danger"):
+        found.risk = "high"
+    kind = str(header.get("event_type", "")).rpartition(".")[2]
+    if kind == "InformationRequest":
+        role = str(record.get("requester_role") or "unknown")
+        behalf = str(record.get("on_behalf_of") or "unknown")
+    elif request is not None:
+        role, behalf = request.requester_role, request.on_behalf_of
+    elif kind in _REQUEST_EVENTS:
+        role, behalf = "unknown", "unknown"
+    else:
+        role, behalf = "unknown", "agency"
+    return {
+        "child_involved": found.child,
+        "maori_data": found.maori,
+        "risk": found.risk,
+        "requester_role": role,
+        "on_behalf_of": behalf,
+    }
+
+
+class _Signals:
+    """Walks a decoded record for the signals :func:`derived_values` reports."""
+
+    def __init__(self, day: dt.date) -> None:
+        self.day = day
+        self.child = False
+        self.maori = False
+        self.risk = "unknown"
+
+    def walk(self, value: Any) -> None:
+        if isinstance(value, Mapping):
+            self.visit(value)
+            for item in value.values():
+                self.walk(item)
+        elif isinstance(value, list | tuple):
+            for item in value:
+                self.walk(item)
+
+    def visit(self, node: Mapping[str, Any]) -> None:
+        born = node.get("date_of_birth")
+        if isinstance(born, dt.date) and _age(born, self.day) < 18:
+            self.child = True
+        if node.get("role") == "child":
+            self.child = True
+        if node.get("relationship_to_victim") == "child":
+            person = node.get("person") or {}
+            if not isinstance(person.get("date_of_birth"), dt.date):
+                self.child = True  # a victim's child of unknown age: treat as a child
+        if any(_set(node.get(name)) for name in CHILD_FIELDS):
+            self.child = True
+        if any(node.get(name) == value for name, value in _CHILD_VALUES.items()):
+            self.child = True
+        if any(_set(node.get(name)) for name in MAORI_DATA_FIELDS):
+            self.maori = True
+        for name in _TIER_FIELDS:
+            if node.get(name) in _RISK_ORDER:
+                self.risk = higher_risk(self.risk, str(node[name]))
+        if any(node.get(name) is True for name in _HIGH_RISK_FLAGS):
+            self.risk = "high"
+
+
+def _set(value: Any) -> bool:
+    """A field holds something: not null, false, empty or ``unknown``."""
+    return value not in (None, False, "", "unknown") and value != [] and value != {}
+
+
+def _age(born: dt.date, day: dt.date) -> int:
+    return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
+
+
+def _is_request_or_answer(record: Mapping[str, Any]) -> bool:
+    header = record.get("header") or {}
+    return str(header.get("event_type", "")).rpartition(".")[2] in _REQUEST_EVENTS
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,11 +7,16 @@
       - name: "LAW scenario 1: police report of concern to Oranga Tamariki"
         event: ReportOfConcern          # schemas/examples/ReportOfConcern.json
         version: 1                      # optional: that schema version (default: latest)
-        context:                        # DecisionInput attributes; they win over the header
+        changes: {child.iwi: []}        # optional: edits to the example (dotted path: value)
+        context:                        # what the broker learns outside the event, and
+                                        # header values; the rest is derived as the broker
+                                        # derives it (DecisionInput.shared_values), and a
+                                        # context contradicting a derived value is an error
           source: police
           recipient: oranga-tamariki
           purpose: child_assess_risk_or_need
-          participates: true
+          participates: true            # also: lead, risk (the case's tier), request:
+                                        #   {requester, requester_role, on_behalf_of}
         expect:
           outcome: share                # share, share_minimised, review, deny, refer
           route: ota_s15                # optional checks from here on
@@ -40,13 +45,21 @@ from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from broker.codec import CodecError, from_json
+from broker.codec import CodecError, from_json, validate
 from broker.policy._engine import Engine
 from broker.policy._errors import PolicySourceError, PolicyValidationError
-from broker.policy._model import FIELD_ACTIONS, Decision, DecisionInput, Outcome, Where
+from broker.policy._model import (
+    DERIVED,
+    FIELD_ACTIONS,
+    Decision,
+    DecisionInput,
+    Outcome,
+    RequestFacts,
+    Where,
+)
 from broker.policy._reader import Reader, suggest
 
-_CASE_KEYS = {"name", "event", "version", "context", "expect"}
+_CASE_KEYS = {"name", "event", "version", "changes", "context", "expect"}
 _EXPECT_KEYS = {
     "outcome",
     "route",
@@ -61,7 +74,11 @@ _EXPECT_KEYS = {
 _CONTEXT_KEYS = {f.name for f in dataclasses.fields(DecisionInput)} - {
     "event_type",
     "schema_version",
-}
+} | {"lead", "request"}
+#: Context keys the broker computes from the event (and the request it answers, and the
+#: case's lead): a case may repeat them but not contradict them. Change the event instead.
+_COMPUTED = (*DERIVED, "addressee")
+_REQUEST_KEYS = {"requester", "requester_role", "on_behalf_of"}
 
 
 @dataclass(frozen=True)
@@ -233,14 +250,31 @@ class _ScenarioReader:
             return None
         at = values.pop("at")
         participates = bool(values.pop("participates", False))
+        lead = bool(values.pop("lead", False))
+        request = self.request(context, values.pop("request", None))
         if record:
-            inp = DecisionInput.from_record(
+            # The broker's own derivation (DecisionInput.shared_values); the context's risk
+            # is the case's tier, which the event's own risk may raise.
+            common, addressees = DecisionInput.shared_values(
                 record,
-                recipient,
                 at=at,
                 schema_version=version,
-                participates=participates,
-                **values,
+                request=request,
+                case_risk=str(values.pop("risk", "unknown")),
+                leads=(recipient,) if lead else (),
+            )
+            computed = {**common, "addressee": recipient in addressees}
+            for key in _COMPUTED:
+                if key in values and values[key] != computed[key]:
+                    reader.error(
+                        (context, key) if key in context else (defaults, key),
+                        f"context.{key}: {values[key]!r}, but the broker computes "
+                        f"{computed[key]!r} from this event; change the event ('changes:') "
+                        "or the request ('context.request') instead",
+                    )
+                values.pop(key, None)
+            inp = DecisionInput.for_one(
+                common, recipient, participates, recipient in addressees, values
             )
         else:
             inp = DecisionInput(
@@ -263,13 +297,52 @@ class _ScenarioReader:
             )
         return value
 
+    def request(self, context: CommentedMap, node: Any) -> RequestFacts | None:
+        """``context.request``: what the request book knows of the request the event answers."""
+        if node is None:
+            return None
+        if self.reader.mapping(node, "context.request", (context, "request")) is None:
+            return None
+        assert isinstance(node, CommentedMap)
+        self.reader.keys(node, _REQUEST_KEYS, "context.request")
+        if "requester" not in node:
+            self.reader.error_at(node, "context.request needs 'requester', an agency")
+            return None
+        return RequestFacts(
+            str(node["requester"]),
+            str(node.get("requester_role", "unknown")),
+            str(node.get("on_behalf_of", "unknown")),
+        )
+
     def example(self, case: CommentedMap, name: str, schema: Any) -> dict[str, Any]:
+        """The example event, with the case's ``changes`` (``dotted.path: value``, a number
+        indexing a list), checked against the schema: a scenario is about an event the broker
+        could receive."""
         path = self.examples / f"{name}.json"
         try:
-            return from_json(schema, json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, ValueError, CodecError) as exc:
+            document = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
             self.reader.error((case, "event"), f"cannot read example {path}: {exc}")
             return {}
+        if isinstance(document, dict):  # an older version: the fields its writers knew
+            names = {info.path for info in schema.fields}
+            document = {k: v for k, v in document.items() if k in names}
+        changes = case.get("changes")
+        if changes is not None:
+            if self.reader.mapping(changes, "changes", (case, "changes")) is None:
+                return {}
+            for key, value in changes.items():
+                if not _change(document, str(key).split("."), _plain(value)):
+                    self.reader.error(
+                        (changes, key), f"no field '{key}' in {name}'s example", value=False
+                    )
+        try:
+            record = from_json(schema, document)
+            validate(schema, record)
+        except CodecError as exc:
+            self.reader.error((case, "changes" if changes else "event"), f"invalid {name}: {exc}")
+            return {}
+        return record
 
     def expect(self, case: CommentedMap, event_type: str, version: Any) -> dict[str, Any]:
         reader = self.reader
@@ -329,3 +402,34 @@ class _ScenarioReader:
                     )
             out["fields"] = {str(k): str(v) for k, v in fields.items()}
         return out
+
+
+def _plain(value: Any) -> Any:
+    """YAML nodes as plain JSON values (dates as ISO text, as the examples write them)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    if isinstance(value, dt.datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def _change(document: Any, path: list[str], value: Any) -> bool:
+    """Set ``path`` in ``document`` to ``value``; False if a step does not exist."""
+    head, rest = path[0], path[1:]
+    if isinstance(document, list):
+        if not head.isdigit() or int(head) >= len(document):
+            return False
+        if not rest:
+            document[int(head)] = value
+            return True
+        return _change(document[int(head)], rest, value)
+    if not isinstance(document, dict) or head not in document:
+        return False
+    if not rest:
+        document[head] = value
+        return True
+    return _change(document[head], rest, value)

@@ -115,6 +115,13 @@ class CaseMembership:
             return False
         return bool(self._members.get(case_id, {}).get(agency))
 
+    def leads(self, case_id: str) -> frozenset[str]:
+        """The case's lead agencies: ``lead`` from a meeting or ``allocation:lead``."""
+        if case_id in self._closed:
+            return frozenset()
+        grounds = self._members.get(case_id, {})
+        return frozenset(a for a, g in grounds.items() if g & {"lead", "allocation:lead"})
+
     def members(self, case_id: str) -> frozenset[str]:
         if case_id in self._closed:
             return frozenset()

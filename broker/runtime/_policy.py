@@ -1,7 +1,9 @@
 """The real decider: the policy engine behind the pipeline's :class:`Decider` port.
 
 For each admitted event it asks the engine which recipients are candidates, builds a
-:class:`~broker.policy.DecisionInput` from the event's header, the clock and case membership,
+:class:`~broker.policy.DecisionInput` with :meth:`~broker.policy.DecisionInput.shared_values`
+(the same function ``tiaki policy test`` uses) from the event, the clock, the request it answers
+(the request book) and case membership (participation, lead agency, the meeting's risk tier),
 and turns each :class:`~broker.policy.Decision` into a :class:`Verdict` with the minimised body.
 The engine is read through a callable on every event, so a policy reload takes effect between
 two events and never inside one.
@@ -17,6 +19,7 @@ import structlog
 
 from broker.policy import Decision, DecisionInput, Engine, Pseudonymiser, apply_field_plan
 from broker.policy import Outcome as PolicyOutcome
+from broker.policy._model import RequestFacts
 from broker.runtime._cases import CaseMembership
 from broker.runtime._decide import Outcome, Verdict
 from broker.runtime._intake import Accepted
@@ -60,18 +63,23 @@ class PolicyDecider:
         self._memo: dict[tuple[Any, ...], _Rulings] = {}
         self._memo_engine: Engine | None = None
 
-    def _risk(self, case_id: str) -> dict[str, str]:
-        """The case's risk tier as an override, when a meeting has set one."""
-        tier = self._cases.risk(case_id)
-        return {} if tier == "unknown" else {"risk": tier}
-
-    def _requester(self, accepted: Accepted) -> tuple[str, ...]:
-        """For an answer to an information request, the agency that asked (FVA s20/s24: the
-        answer goes back to the requester, filtered like any disclosure)."""
-        if self._requests is None or accepted.event_type != "InformationResponse":
-            return ()
-        requester = self._requests.requester(str(accepted.event.get("request_id")))
-        return (requester,) if requester is not None else ()
+    def _request(self, accepted: Accepted) -> RequestFacts | None:
+        """The request this event answers, if the request book knows it: an
+        InformationResponse's ``request_id``, or any event whose header's ``correlation_id``
+        names a request (a record supplied under an OTA s66 requirement, say). The answer
+        goes back to the requester, filtered like any disclosure (FVA s20/s24), and carries
+        the request's requester role and on whose behalf it was made."""
+        if self._requests is None:
+            return None
+        event = accepted.event
+        ids = [event.get("request_id")] if accepted.event_type == "InformationResponse" else []
+        ids.append(event["header"].get("correlation_id"))
+        for request_id in ids:
+            if request_id is not None:
+                facts = self._requests.facts(str(request_id))
+                if facts is not None:
+                    return facts
+        return None
 
     @property
     def policy_hash(self) -> str | None:
@@ -87,11 +95,12 @@ class PolicyDecider:
             event,
             at=now.date(),
             schema_version=accepted.schema.version,
-            addressed=self._requester(accepted),
+            request=self._request(accepted),
+            case_risk=self._cases.risk(case_id),
+            leads=self._cases.leads(case_id),
         )
-        risk = self._risk(case_id)
         participation = tuple(self._cases.participates(case_id, r) for r in candidates)
-        rulings = self._rulings(engine, candidates, common, addressees, participation, risk)
+        rulings = self._rulings(engine, candidates, common, addressees, participation)
         verdicts = []
         #: Minimised bodies by (plan, recipient if the plan pseudonymises): recipients that a
         #: rule treats alike receive one body, projected once.
@@ -123,7 +132,6 @@ class PolicyDecider:
         common: Mapping[str, Any],
         addressees: frozenset[str],
         participation: tuple[bool, ...],
-        risk: Mapping[str, str],
     ) -> _Rulings:
         """The engine's decision about each candidate, with the finished verdict of each
         denial (which carries no body).
@@ -142,7 +150,6 @@ class PolicyDecider:
             addressees,
             tuple(candidates),
             participation,
-            tuple(risk.items()),
         )
         rulings = self._memo.get(key)
         if rulings is not None:
@@ -150,7 +157,7 @@ class PolicyDecider:
         out = []
         for recipient, participates in zip(candidates, participation, strict=True):
             inp = DecisionInput.for_one(
-                common, recipient, participates, recipient in addressees, risk
+                common, recipient, participates, recipient in addressees, {}
             )
             decision = engine.decide(inp)
             denied = None

@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from broker.policy._model import RequestFacts
+
 
 @dataclass
 class _Request:
@@ -33,6 +35,9 @@ class _Request:
     event_id: str
     holders: set[str]
     respond_by: datetime
+    #: What the request states: who asks (OTA s66) and on whose behalf (PA-05).
+    requester_role: str = "unknown"
+    on_behalf_of: str = "unknown"
     answered: set[str] = field(default_factory=set)
     escalated: set[str] = field(default_factory=set)
 
@@ -40,6 +45,8 @@ class _Request:
         return {
             "request_id": self.request_id,
             "requester": self.requester,
+            "requester_role": self.requester_role,
+            "on_behalf_of": self.on_behalf_of,
             "event_id": self.event_id,
             "holders": sorted(self.holders),
             "answered": sorted(self.answered),
@@ -66,6 +73,8 @@ class RequestBook:
                 s["event_id"],
                 set(s["holders"]),
                 _utc(s["respond_by"]),
+                str(s.get("requester_role", "unknown")),
+                str(s.get("on_behalf_of", "unknown")),
                 set(s["answered"]),
                 set(s["escalated"]),
             )
@@ -80,6 +89,8 @@ class RequestBook:
                 str(header["event_id"]),
                 {h["agency_id"] for h in event["holders"]},
                 _utc(event["respond_by"]),
+                str(event.get("requester_role") or "unknown"),
+                str(event.get("on_behalf_of") or "unknown"),
             )
             known = self._requests.get(request.request_id)
             if known is not None and known.event_id == request.event_id:
@@ -99,6 +110,13 @@ class RequestBook:
         """The agency that made request ``request_id``, if the book knows it."""
         request = self._requests.get(request_id)
         return request.requester if request is not None else None
+
+    def facts(self, request_id: str) -> RequestFacts | None:
+        """The requester, its role and on whose behalf, for request ``request_id``."""
+        request = self._requests.get(request_id)
+        if request is None:
+            return None
+        return RequestFacts(request.requester, request.requester_role, request.on_behalf_of)
 
     def overdue(self, now: datetime) -> list[tuple[dict[str, Any], str]]:
         """Mark every unanswered, not yet escalated holder past its deadline as escalated;

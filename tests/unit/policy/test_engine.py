@@ -398,6 +398,7 @@ def test_an_unconfirmed_recipient_goes_to_a_person(policy_copy: Path) -> None:
         AT,
         participates=True,
         child_consulted="yes",
+        on_behalf_of="agency",
     )
     decision = engine.decide(inp)
     assert decision.outcome is Outcome.REVIEW

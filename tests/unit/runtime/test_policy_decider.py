@@ -8,6 +8,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,7 @@ from broker.registry import load_registry
 from broker.runtime import Accepted, Outcome
 from broker.runtime._cases import CaseMembership
 from broker.runtime._policy import PolicyDecider
+from broker.runtime._requests import RequestBook
 
 ROOT = Path(__file__).resolve().parents[3]
 ENGINE = compile_policy(load_policy_set(ROOT / "policies"))
@@ -166,7 +168,7 @@ def test_rulings_are_not_kept_across_a_policy_reload() -> None:
     policy = load_policy_set(ROOT / "policies")
     rules = tuple(
         replace(r, legal_basis="ota_s66c_disclosure")
-        if r.id == "safety-plan-to-participants"
+        if r.id in {"safety-plan-to-participants", "safety-plan-to-corrections"}
         else r
         for r in policy.rules
     )
@@ -196,3 +198,91 @@ def test_membership_changes_are_not_hidden_by_kept_rulings() -> None:
     join(cases, REGISTRY.ids)
     joined = {v.recipient: v.outcome for v in decider.decide(item, NOW)}
     assert Outcome.SHARE in joined.values()
+
+
+# -- what the decider derives (LAW.md scenarios through the production path) ----------------
+
+
+def _decide(
+    event_type: str, event: dict[str, Any], cases: CaseMembership, requests: RequestBook
+) -> dict[str, Any]:
+    schema = SCHEMAS.latest(event_type)
+    source = REGISTRY.get(event["header"]["source_agency"])
+    assert source is not None
+    decider = PolicyDecider(lambda: ENGINE, Pseudonymiser(SECRET), cases, requests)
+    item = Accepted(source, schema, event, opened=None)  # type: ignore[arg-type]
+    return {v.recipient: v for v in decider.decide(item, NOW)}
+
+
+def _example(event_type: str) -> dict[str, Any]:
+    schema = SCHEMAS.latest(event_type)
+    doc = json.loads((ROOT / "schemas" / "examples" / f"{event_type}.json").read_text())
+    return from_json(schema, doc)
+
+
+def test_law2_an_ota_s66_requirement_reaches_the_answer_through_the_request_book() -> None:
+    request = _example("InformationRequest")
+    request["header"]["source_agency"] = "oranga-tamariki"
+    request.update(
+        request_id="SYN-REQ-0066",
+        legal_route="ota_s66",
+        requester_role="ot_chief_executive_delegate",
+        on_behalf_of="child",
+        holders=[{"agency_id": "health-nz", "team": None, "contact_role": None}],
+    )
+    book = RequestBook()
+    book.apply("InformationRequest", request)
+    notes = _example("HealthScreeningOutcome")
+    notes["header"]["correlation_id"] = "SYN-REQ-0066"
+    notes["header"]["sharing"].update(purpose="care_and_protection", legal_route="ota_s66")
+    notes["patient"]["person"]["date_of_birth"] = datetime(2019, 5, 1).date()
+    verdict = _decide("HealthScreeningOutcome", notes, CaseMembership(), book)["oranga-tamariki"]
+    assert verdict.outcome is Outcome.SHARE
+    assert verdict.rule_ids[0] == "ota-s66-requirement"
+    assert verdict.body is not None
+    assert "counselling_notes" not in verdict.body
+    # Without the request, the same record does not go under s66 (unknown never unlocks).
+    alone = _decide("HealthScreeningOutcome", notes, CaseMembership(), RequestBook())
+    assert alone["oranga-tamariki"].outcome is Outcome.DENY
+
+
+def test_the_request_book_keeps_role_and_behalf_across_a_restart() -> None:
+    book = RequestBook()
+    state = book.apply("InformationRequest", _example("InformationRequest"))
+    assert state is not None
+    again = RequestBook()
+    again.load([state])
+    facts = again.facts("SYN-REQ-0001")
+    assert facts is not None
+    assert (facts.requester, facts.requester_role, facts.on_behalf_of) == (
+        "msd",
+        "social_worker",
+        "victim",
+    )
+
+
+def test_law8_only_the_lead_specialist_ngo_receives_the_episode() -> None:
+    cases = join(CaseMembership(), ["safe-whanau", "te-whare-tiaki", "corrections"])
+    episode = _example("FamilyHarmEpisodeReport")
+    episode["header"]["sharing"].update(purpose="fv_plan_or_response")
+    assert (
+        _decide("FamilyHarmEpisodeReport", episode, cases, RequestBook())["safe-whanau"].outcome
+        is Outcome.DENY
+    )
+    meeting = _example("SafetyAssessmentMeetingOutcome")
+    meeting["lead_agency"]["agency_id"] = "safe-whanau"
+    cases.apply("SafetyAssessmentMeetingOutcome", meeting, NOW)
+    verdict = _decide("FamilyHarmEpisodeReport", episode, cases, RequestBook())["safe-whanau"]
+    assert verdict.outcome is Outcome.SHARE
+    assert verdict.rule_ids == ("episode-to-lead-specialist-ngo",)
+
+
+def test_law4_strangulation_goes_to_police_before_any_meeting() -> None:
+    verdict = _decide(
+        "HealthScreeningOutcome",
+        _example("HealthScreeningOutcome"),
+        CaseMembership(),
+        RequestBook(),
+    )["police"]
+    assert verdict.outcome is Outcome.SHARE
+    assert "review_within_24h" in verdict.obligations
