@@ -77,7 +77,7 @@ CASES = [
     (
         "word condition with no value",
         FORBID,
-        "      on_behalf_of: person_using_violence\n",
+        "      on_behalf_of: [person_using_violence, unknown]\n",
         "      on_behalf_of:\n",
         "on_behalf_of:\n",
         "'on_behalf_of' " + NO_VALUE.format("on_behalf_of"),

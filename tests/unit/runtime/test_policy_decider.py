@@ -271,7 +271,7 @@ def test_law8_only_the_lead_specialist_ngo_receives_the_episode() -> None:
     )
     meeting = _example("SafetyAssessmentMeetingOutcome")
     meeting["lead_agency"]["agency_id"] = "safe-whanau"
-    cases.apply("SafetyAssessmentMeetingOutcome", meeting, NOW)
+    cases.apply("SafetyAssessmentMeetingOutcome", meeting, NOW, sender=REGISTRY.get("police"))
     verdict = _decide("FamilyHarmEpisodeReport", episode, cases, RequestBook())["safe-whanau"]
     assert verdict.outcome is Outcome.SHARE
     assert verdict.rule_ids == ("episode-to-lead-specialist-ngo",)
