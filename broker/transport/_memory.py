@@ -314,6 +314,7 @@ class InMemoryTransport(ResourceBase):
         self._topics = frozenset(topics) if topics is not None else None
         self._pattern = re.compile(pattern or INGRESS_PATTERN) if topics is None else None
         self._assignment: frozenset[TopicPartition] = frozenset()
+        self._generation = 0
         self._positions: dict[TopicPartition, int] = {}
         self._ledger = Ledger()
         self._state = "new"
@@ -340,9 +341,13 @@ class InMemoryTransport(ResourceBase):
     def assignment(self) -> frozenset[TopicPartition]:
         return self._assignment
 
+    def assignment_generation(self) -> int:
+        return self._generation
+
     def _assign(self, partitions: frozenset[TopicPartition]) -> None:
         self._ledger.revoked(self._assignment)
         self._assignment = partitions
+        self._generation += 1  # eager: revocation and assignment are one step here
         group = self._cluster._groups[self.group_id]
         self._positions = {tp: group.committed.get(tp, 0) for tp in partitions}
 
