@@ -20,6 +20,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from broker.codec import decode, encode, from_json
@@ -517,3 +519,113 @@ async def test_a_batch_made_before_partitions_changed_hands_is_not_committed() -
         assert isinstance(error, TransportError)
         assert error.retriable
     assert await read(cluster, "tiaki.audit") == []
+
+
+# -- a property: failures change nothing that commits -----------------------------------------
+
+EVENTS = ("joined", "left", "episode", "answer-1", "answer-2")
+
+
+def _phase_two(kinds: Sequence[str]) -> list[tuple[str, bytes, bytes]]:
+    made = {
+        "joined": lambda: allocation("joined"),
+        "left": lambda: allocation("left"),
+        "episode": episode,
+        "answer-1": lambda: response("SYN-REQ-0001"),
+        "answer-2": lambda: response("SYN-REQ-0002"),
+    }
+    return [made[kind]() for kind in kinds]  # every one on Police's topic: one order
+
+
+async def _run(
+    phase_one: Sequence[tuple[str, bytes, bytes]],
+    phase_two: Sequence[tuple[str, bytes, bytes]],
+    failures: Sequence[str],
+    max_batch: int,
+) -> tuple[Counter[tuple[str, str]], int, Node, InMemoryCluster]:
+    """Run the worker over both phases, the i-th commit failing as ``failures[i]`` says
+    (``abort``, or ``lost``: committed, then reported failed); the deliveries (recipient,
+    event id), the escalations, the node and its cluster."""
+    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
+    clock = Clock()
+    transport = LostReply(cluster.worker())
+    n = node(cluster, clock=clock, transport=transport)
+    n.worker._max_batch = max_batch
+    plan = list(failures)
+
+    async def step() -> int:
+        failure = plan.pop(0) if plan else "ok"
+        if failure == "abort":
+            cluster.fail_next_commit()
+        transport.lose_next = failure == "lost"
+        done = await n.worker.step()
+        cluster._commit_failures.clear()  # an injected failure no commit met
+        transport.lose_next = False
+        return done
+
+    group = n.worker._transport.inner.group_id  # type: ignore[attr-defined]
+
+    async def drain(expected: int) -> None:
+        for _ in range(200):
+            if not plan and _consumed(cluster, cluster.committed(group)) >= expected:
+                return
+            await step()
+        raise AssertionError("the worker did not drain")
+
+    async with n.worker:
+        await publish(cluster, *phase_one)
+        await drain(len(phase_one))
+        clock.now = NOW + timedelta(hours=1)  # request 1 is overdue, request 2 is not
+        for _ in range(3):
+            await step()  # the escalation, alone, perhaps failing
+        await publish(cluster, *phase_two)
+        await drain(len(phase_one) + len(phase_two))
+        for _ in range(2):
+            await step()
+    deliveries: Counter[tuple[str, str]] = Counter()
+    for agency in REGISTRY.ids:
+        for r in await read(cluster, f"tiaki.egress.{agency}"):
+            opened = Opener(agency, RING).open(
+                r.value, topic=f"tiaki.egress.{agency}", now=NOW, kind=Kind.EGRESS, source="broker"
+            )
+            deliveries[(agency, opened.event_id)] += 1
+    return deliveries, await escalations(cluster), n, cluster
+
+
+def _consumed(cluster: InMemoryCluster, committed: dict[tuple[str, int], int]) -> int:
+    """How many visible ingress records lie below the committed offsets."""
+    total = 0
+    for (topic, partition), offset in committed.items():
+        total += sum(1 for e in cluster._logs[topic][partition] if e.visible and e.offset < offset)
+    return total
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kinds=st.lists(st.sampled_from(EVENTS), min_size=1, max_size=10),
+    failures=st.lists(st.sampled_from(["ok", "abort", "lost"]), max_size=12),
+    max_batch=st.integers(min_value=1, max_value=4),
+)
+def test_commit_failures_change_nothing_that_commits(
+    kinds: list[str], failures: list[str], max_batch: int
+) -> None:
+    """Whatever commits fail (aborted, or committed with the reply lost), and however the
+    records fall into batches: the state topics, replayed into a fresh worker, equal the
+    running worker's memory, and the deliveries and escalations equal a failure-free run's."""
+    phase_one = [request("SYN-REQ-0001"), request("SYN-REQ-0002", due=timedelta(days=1))]
+    phase_two = _phase_two(kinds)
+
+    async def check() -> None:
+        expected, escalated, _, _ = await _run(phase_one, phase_two, [], 500)
+        assert escalated == 1  # request 1's holder, once
+        got, got_escalated, n, cluster = await _run(phase_one, phase_two, failures, max_batch)
+        assert got == expected
+        assert all(count == 1 for count in got.values())
+        assert got_escalated == escalated
+        await same_as_topics(cluster, n)
+        fresh = await rebuild_state(cluster.reader(), SCHEMAS)
+        assert {k: r.state() for k, r in fresh.requests._requests.items()} == {
+            k: r.state() for k, r in n.requests._requests.items()
+        }
+
+    asyncio.run(check())
