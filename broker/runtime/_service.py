@@ -3,9 +3,11 @@
 Start-up order: settings, registry, schemas, keys (the broker's private keys only), policy
 (refused unless valid and approved), case membership, open information requests and the
 replay cache rebuilt from ``tiaki.state.cases``, ``tiaki.state.requests`` and
-``tiaki.state.seen``, metrics endpoint, then the worker loop. SIGTERM and SIGINT set the stop event; the batch in
-flight commits (or aborts) before the worker closes, so a graceful stop loses nothing and a
-crash (SIGKILL) loses nothing either: the next start resumes at the last committed offsets.
+``tiaki.state.seen``, metrics endpoint, then the worker loop, which reads those three again
+on every assignment and after every failed commit (:func:`state_refresh`). SIGTERM and SIGINT
+set the stop event; the batch in flight commits (or aborts) before the worker closes, so a
+graceful stop loses nothing and a crash (SIGKILL) loses nothing either: the next start
+resumes at the last committed offsets.
 """
 
 from __future__ import annotations

@@ -169,8 +169,9 @@ class Worker:
         If a commit fails, or partitions are revoked, everything processed since the last
         successful commit is thrown away: the pipeline forgets it, and the transport rewinds
         to the committed offsets (again, after its own rewind: a poll may have run while the
-        failed commit was being rolled back), so every record is polled and processed again.
-        The first assignment takes the same path, with nothing to throw away.
+        failed commit was being rolled back), so every record is polled and processed again,
+        after the shared state is re-read (see the module docs). The first assignment takes
+        the same path, with nothing to throw away.
         """
         taken = _Taken()
         inflight: _InFlight | None = None

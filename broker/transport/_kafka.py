@@ -29,6 +29,13 @@ What it guarantees:
   revocation with outstanding records raises :class:`PartitionsRevoked` and rewinds (see
   :mod:`broker.transport._ledger` for why the whole batch goes); records a poll fetched across
   a rebalance are dropped and re-fetched from the committed offsets;
+- case ownership: the consumer uses the range assignor (aiokafka's default, round-robin,
+  would split partition p of two ingress topics across workers), which ``consumer_options``
+  cannot change; at every assignment the subscribed topics' partition counts are compared and
+  a mismatch is logged (``copartitioning``), since the range assignor co-partitions only
+  topics of one count;
+- an assignment generation (``assignment_generation``), bumped by every revocation and every
+  assignment, so a worker notices partitions that left and came back;
 - zombie fencing by transactional id: starting a worker with the same ``worker_id`` bumps the
   producer epoch, Kafka aborts the old instance's open transaction, and the old instance's next
   transactional call fails with :class:`ProducerFenced` (it must close);
