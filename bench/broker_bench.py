@@ -410,7 +410,7 @@ class PassThrough:
 
         return Processed([Outgoing(t, record.key, record.value) for t in self._outputs], None, None)
 
-    def escalations(self, now: dt.datetime) -> list[Any]:
+    def escalations(self, now: dt.datetime, assignment: Any = None) -> list[Any]:
         return []
 
     def seen(self) -> list[Any]:  # a pass-through keeps no replay state
@@ -461,6 +461,9 @@ class Timed:
 
     def assignment(self) -> Any:
         return self.inner.assignment()
+
+    def assignment_generation(self) -> int:
+        return int(self.inner.assignment_generation())
 
     async def poll(self, max_records: int, timeout_ms: int) -> Any:
         batch = await self.inner.poll(max_records, timeout_ms)

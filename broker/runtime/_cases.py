@@ -39,11 +39,9 @@ operators' quarantine metric, ``tiaki quarantine list`` and the sender's refusal
 show it, and nothing of the event is shared. The sender is the authenticated one (the ingress
 topic's agency, which the event's header must name), never a field of the event.
 
-Applying an event is idempotent, so re-processing a batch after an aborted transaction gives
-the same state. (The authority of an ``accepted`` or a lead's ``assigned`` depends on the
-state, which an aborted batch does not roll back: an ``accepted`` refused for coming before
-its task's assignment in the same batch is admitted when the batch is read again. Membership
-is the same either way; only whether that one event is quarantined differs.) Every change is
+A worker re-reads the map from ``tiaki.state.cases`` after every failed commit (the worker's
+state refresh), so a batch processed again is decided, and authorised, on the committed state
+from before it, never on changes its own aborted attempt made. Every change is
 written (key: case id) to the compacted ``tiaki.state.cases`` topic in the same transaction as
 the event's other outputs, and a worker rebuilds the map from that topic when it starts and
 again whenever its partitions change (the previous owner committed its state before giving

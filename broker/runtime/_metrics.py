@@ -108,6 +108,18 @@ class BrokerMetrics:
             ["result"],
             registry=registry,
         )
+        self.state_refresh_failures = Counter(
+            "tiaki_state_refresh_failures",
+            "Failed re-reads of the state topics (after a rebalance or a failed commit); the "
+            "worker processes nothing until one succeeds.",
+            registry=registry,
+        )
+        self.ingress_copartitioned = Gauge(
+            "tiaki_ingress_copartitioned",
+            "1 if the subscribed ingress topics all have the same partition count, 0 if not "
+            "(then a case's events may reach two workers: alert).",
+            registry=registry,
+        )
         self.batch_records = Histogram(
             "tiaki_batch_records",
             "Ingress records per transaction.",

@@ -11,7 +11,8 @@ rejected at intake     ``tiaki.dlq`` (the record kept whole, sealed to the broke
 membership changed     ``tiaki.state.cases`` (the case's CaseMembership), before deciding
 membership refused     as rejected at intake, reason ``unauthorised_membership``: the sender
                        may not change what the event would change (``_cases.py``)
-policy failed          ``tiaki.dlq`` (reason ``policy_error``) + audit: fail closed
+policy failed          ``tiaki.dlq`` (reason ``policy_error``) + audit: fail closed; the
+                       state records above still go (the event's facts stand)
 decided                one audit record (action ``decision``) listing the decision about
                        every candidate recipient, then per recipient:
 share                  ``tiaki.egress.<recipient>`` (SharedEvent sealed to the recipient)
@@ -32,8 +33,8 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 
@@ -65,7 +66,7 @@ from broker.runtime._decide import Decider, Outcome, Verdict
 from broker.runtime._encoding import RecordParts
 from broker.runtime._intake import Accepted, Intake, Rejected
 from broker.runtime._requests import RequestBook
-from broker.transport import Headers, Outgoing, Record
+from broker.transport import Headers, Outgoing, Record, TopicPartition
 
 log = structlog.get_logger("tiaki.broker")
 
@@ -203,6 +204,10 @@ class Pipeline:
         #: Shared with the decider, which asks it whether a recipient participates.
         self.cases = cases if cases is not None else CaseMembership()
         self._requests_schema = schemas.latest("RequestState")
+        #: Names the writer schema: records older than v2 have no header (see rebuild_state).
+        self._requests_headers: Headers = (
+            (SCHEMA_HEADER, self._requests_schema.fingerprint_hex.encode()),
+        )
         self._seen_schema = schemas.latest("SeenEvents")
         self.requests = requests if requests is not None else RequestBook()
         #: (request id, holder) pairs escalated since the last commit, undone on abort.
@@ -252,7 +257,7 @@ class Pipeline:
         if state is not None:
             value = encode(self._cases_schema, state)
             outputs.append(Outgoing(STATE_CASES, state["case_id"].encode(), value))
-        request = self.requests.apply(admitted.event_type, admitted.event)
+        request = self.requests.apply(admitted.event_type, admitted.event, record.partition)
         if request is not None:
             outputs.append(self._request_state(request))
         try:
@@ -265,7 +270,12 @@ class Pipeline:
                 admitted.event_id,
                 admitted.event_type,
             )
-            return self._quarantine(record, rejected, now)
+            # The event is authenticated and its facts stand (an agency joined or left, a
+            # request was made): the state change it caused is kept, and its state records go
+            # with the quarantine, so the state topics say what memory says. Only disclosure
+            # is withheld; a request whose holders never got it escalates at its deadline.
+            quarantined = self._quarantine(record, rejected, now)
+            return replace(quarantined, outputs=outputs + quarantined.outputs)
         if verdicts:
             refs = subject_refs(self._subject_key, admitted.event)
             outputs.append(self._decision_audit(admitted, verdicts, now, refs))
@@ -338,7 +348,9 @@ class Pipeline:
 
     def _request_state(self, state: Mapping[str, Any]) -> Outgoing:
         value = encode(self._requests_schema, state)
-        return Outgoing(STATE_REQUESTS, str(state["request_id"]).encode(), value)
+        return Outgoing(
+            STATE_REQUESTS, str(state["request_id"]).encode(), value, self._requests_headers
+        )
 
     def seen(self) -> list[Outgoing]:
         """The batch's ``tiaki.state.seen`` record: the events admitted since the last call,
@@ -350,11 +362,15 @@ class Pipeline:
         events = [{"source": s, "event_id": e, "sealed_at_ms": t} for s, e, t in seen]
         return [Outgoing(STATE_SEEN, None, encode(self._seen_schema, {"events": events}))]
 
-    def escalations(self, now: datetime) -> list[Outgoing]:
+    def escalations(
+        self, now: datetime, assignment: Collection[TopicPartition] | None = None
+    ) -> list[Outgoing]:
         """Requests a holder has not answered by their deadline: each escalates once (FVA s24:
-        no request ends silently). The caller commits these records or calls ``aborted``."""
+        no request ends silently), by the worker that owns it (with ``assignment``, this
+        worker's partitions, only those it owns; see broker.runtime._requests). The caller
+        commits these records or calls ``aborted``."""
         outputs: list[Outgoing] = []
-        for state, holder in self.requests.overdue(now):
+        for state, holder in self.requests.overdue(now, assignment):
             self._escalated.append((str(state["request_id"]), holder))
             outputs.append(self._request_state(state))
             audit = audit_base(self._context(), "escalation", now) | {

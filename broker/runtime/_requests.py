@@ -15,17 +15,40 @@ escalated  InformationResponse from holder    answered (late; the escalation sta
 
 Routing itself is policy: the request and each response go wherever the rules permit. This
 module only keeps the book, written to the compacted ``tiaki.state.requests`` topic in the
-same transaction as the event that changed it, and rebuilt by a worker when it starts.
+same transaction as the event that changed it, and rebuilt by a worker when it starts, when
+its partitions change and after a failed commit.
+
+Every worker reads the whole book (a response names only the request id, and the policy asks
+the book who the requester was), but a request is escalated only by the worker that owns it:
+the one assigned ``partition`` of the requester's ingress topic, the partition the request
+arrived on (events are keyed by case id and the ingress topics are co-partitioned, so the
+same worker sees the holders' responses). With N workers each unanswered holder is escalated
+once, and no worker with a stale copy of someone else's request overwrites its answers.
+Records written before ``RequestState`` v2 name no partition: the owner of partition 0 of
+the requester's topic escalates those, and the first response to one records the partition
+it came in on.
+
+A request id is the requester's own: another agency that sends a request with an id already
+in the book does not take the request over (its answers would go to the newcomer); the book
+keeps the first, and the newcomer's request is routed by policy but not tracked (logged).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
+from broker.platform._topics import ingress
 from broker.policy._model import RequestFacts
+
+log = structlog.get_logger("tiaki.broker")
+
+#: The partition whose owner escalates a request recorded without one (before RequestState v2).
+LEGACY_PARTITION = 0
 
 
 @dataclass
@@ -40,6 +63,13 @@ class _Request:
     on_behalf_of: str = "unknown"
     answered: set[str] = field(default_factory=set)
     escalated: set[str] = field(default_factory=set)
+    #: The ingress partition the request belongs to; None for a record older than v2.
+    partition: int | None = None
+
+    def owned_by(self, assignment: Collection[tuple[str, int]]) -> bool:
+        """Whether the worker assigned ``assignment`` escalates this request."""
+        partition = LEGACY_PARTITION if self.partition is None else self.partition
+        return (ingress(self.requester), partition) in assignment
 
     def state(self) -> dict[str, Any]:
         return {
@@ -52,6 +82,7 @@ class _Request:
             "answered": sorted(self.answered),
             "escalated": sorted(self.escalated),
             "respond_by": self.respond_by,
+            "partition": self.partition,
         }
 
 
@@ -77,10 +108,14 @@ class RequestBook:
                 str(s.get("on_behalf_of", "unknown")),
                 set(s["answered"]),
                 set(s["escalated"]),
+                s.get("partition"),
             )
 
-    def apply(self, event_type: str, event: Mapping[str, Any]) -> dict[str, Any] | None:
-        """Update from one admitted event; the request's new state record, or None."""
+    def apply(
+        self, event_type: str, event: Mapping[str, Any], partition: int | None = None
+    ) -> dict[str, Any] | None:
+        """Update from one admitted event, read from ``partition`` of its ingress topic; the
+        request's new state record, or None."""
         if event_type == "InformationRequest":
             header = event["header"]
             request = _Request(
@@ -91,10 +126,18 @@ class RequestBook:
                 _utc(event["respond_by"]),
                 str(event.get("requester_role") or "unknown"),
                 str(event.get("on_behalf_of") or "unknown"),
+                partition=partition,
             )
             known = self._requests.get(request.request_id)
             if known is not None and known.event_id == request.event_id:
                 return None  # the same request again (a retried batch)
+            if known is not None and known.requester != request.requester:
+                log.warning(
+                    "request id already used by another agency; request not tracked",
+                    requester=request.requester,
+                    tracked_for=known.requester,
+                )
+                return None
             self._requests[request.request_id] = request
             return request.state()
         if event_type == "InformationResponse":
@@ -103,6 +146,8 @@ class RequestBook:
             if asked is None or holder not in asked.holders or holder in asked.answered:
                 return None
             asked.answered.add(holder)
+            if asked.partition is None:
+                asked.partition = partition  # a record older than v2: learn where it lives
             return asked.state()
         return None
 
@@ -118,12 +163,17 @@ class RequestBook:
             return None
         return RequestFacts(request.requester, request.requester_role, request.on_behalf_of)
 
-    def overdue(self, now: datetime) -> list[tuple[dict[str, Any], str]]:
+    def overdue(
+        self, now: datetime, assignment: Collection[tuple[str, int]] | None = None
+    ) -> list[tuple[dict[str, Any], str]]:
         """Mark every unanswered, not yet escalated holder past its deadline as escalated;
-        return (the request's new state, holder) for each."""
+        return (the request's new state, holder) for each. With ``assignment`` (this worker's
+        partitions), only the requests it owns (see the module docs); without, every one."""
         out = []
         for request in self._requests.values():
             if now < request.respond_by:
+                continue
+            if assignment is not None and not request.owned_by(assignment):
                 continue
             for holder in sorted(request.holders - request.answered - request.escalated):
                 request.escalated.add(holder)

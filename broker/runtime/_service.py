@@ -3,9 +3,11 @@
 Start-up order: settings, registry, schemas, keys (the broker's private keys only), policy
 (refused unless valid and approved), case membership, open information requests and the
 replay cache rebuilt from ``tiaki.state.cases``, ``tiaki.state.requests`` and
-``tiaki.state.seen``, metrics endpoint, then the worker loop. SIGTERM and SIGINT set the stop event; the batch in
-flight commits (or aborts) before the worker closes, so a graceful stop loses nothing and a
-crash (SIGKILL) loses nothing either: the next start resumes at the last committed offsets.
+``tiaki.state.seen``, metrics endpoint, then the worker loop, which reads those three again
+on every assignment and after every failed commit (:func:`state_refresh`). SIGTERM and SIGINT
+set the stop event; the batch in flight commits (or aborts) before the worker closes, so a
+graceful stop loses nothing and a crash (SIGKILL) loses nothing either: the next start
+resumes at the last committed offsets.
 """
 
 from __future__ import annotations
@@ -14,16 +16,17 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import structlog
 from prometheus_client import CollectorRegistry, start_http_server
 
 from broker._settings import Settings
-from broker.codec import SchemaSet, decode, load_schemas
+from broker.codec import Schema, SchemaSet, decode, load_schemas
 from broker.envelope import KeyRing, KeyStore, KeyStoreError, Opener, ReplayCache, Sealer
 from broker.platform._profiles import load_profile, profile_path
 from broker.platform._topics import BROKER, STATE_CASES, STATE_REQUESTS, STATE_SEEN
@@ -33,7 +36,7 @@ from broker.runtime._cases import CaseMembership
 from broker.runtime._chaining import AuditChainer
 from broker.runtime._intake import Intake
 from broker.runtime._metrics import BrokerMetrics, observe_keys, observe_lag
-from broker.runtime._pipeline import Pipeline
+from broker.runtime._pipeline import SCHEMA_HEADER, Pipeline
 from broker.runtime._policy import PolicyDecider
 from broker.runtime._policy_watch import PolicyWatcher
 from broker.runtime._requests import RequestBook
@@ -74,6 +77,10 @@ class BrokerState:
 SEEN_CLOCK_MARGIN_MS = 3_600_000
 
 
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
 async def rebuild_state(
     reader: Reader, schemas: SchemaSet, *, seen_since_ms: int | None = None
 ) -> BrokerState:
@@ -93,8 +100,58 @@ async def rebuild_state(
             start = await reader.offsets_at(STATE_SEEN, seen_since_ms)
         seen_records = await reader.read_from(STATE_SEEN, start)
     cases.load(decode(r.value, schemas.latest("CaseMembership")) for r in case_records)
-    requests.load(decode(r.value, schemas.latest("RequestState")) for r in request_records)
+    requests.load(state_records(request_records, schemas, "RequestState"))
     return BrokerState(cases, requests, seen_events(seen_records, schemas))
+
+
+def state_records(
+    records: Iterable[Record], schemas: SchemaSet, name: str
+) -> Iterator[dict[str, Any]]:
+    """State records of type ``name``, read as its newest version: each record's writer is
+    the schema its ``tiaki-schema`` header names, or for a record without one (written
+    before the header, so before any second version) the first version."""
+    latest, first = schemas.latest(name), schemas.versions(name)[0]
+    writers: dict[bytes, Schema] = {}
+    for record in records:
+        header = dict(record.headers).get(SCHEMA_HEADER)
+        writer = first
+        if header is not None:
+            writer = writers.get(header) or writers.setdefault(
+                header, schemas.by_fingerprint(bytes.fromhex(header.decode("ascii")))
+            )
+        yield decode(record.value, writer, latest)
+
+
+def state_refresh(
+    reader: Callable[[], Reader],
+    schemas: SchemaSet,
+    cases: CaseMembership,
+    requests: RequestBook,
+    replay: ReplayCache,
+    *,
+    clock: Callable[[], datetime] = _utc_now,
+    seen_window: bool = True,
+    settle: bool = True,
+) -> Callable[[], Awaitable[None]]:
+    """The worker's ``refresh``: re-read the state topics into the shared ``cases``,
+    ``requests`` and ``replay`` (after an assignment, and after a failed commit, whose
+    outcome the state topics know and memory does not). With ``seen_window``, the replay
+    state is read from the replay cache's horizon on (see :func:`rebuild_state`)."""
+
+    async def refresh_state() -> None:
+        now = clock()
+        since = replay.horizon_ms(now) - SEEN_CLOCK_MARGIN_MS if seen_window else None
+        fresh = await rebuild_state(reader(), schemas, seen_since_ms=since)
+        cases.replace(fresh.cases)
+        requests.replace(fresh.requests)
+        # What this worker admitted and committed is known again (the failed commit's
+        # admissions were forgotten; those that committed all the same are on the topic),
+        # and so is what another worker admitted on partitions this one now has.
+        replay.seed(fresh.seen, now)
+        if settle:
+            settle_heap()
+
+    return refresh_state
 
 
 def seen_events(records: Iterable[Record], schemas: SchemaSet) -> list[tuple[str, str, int]]:
@@ -175,22 +232,13 @@ async def serve(
     # The chain is named by the transactional id, which Kafka lets one producer use at a time.
     chain = AuditChainer(transport.transactional_id, ring, reader=lambda: KafkaReader(profile))
 
-    async def refresh_state() -> None:
-        fresh = await rebuild_state(KafkaReader(profile), schemas, seen_since_ms=seen_since_ms())
-        cases.replace(fresh.cases)
-        requests.replace(fresh.requests)
-        # Partitions another worker had: learn what it admitted (what this one admitted is
-        # already known; remembering it again changes nothing).
-        replay.seed(fresh.seen, datetime.now(UTC))
-        settle_heap()
-
     worker = Worker(
         transport,
         pipeline,
         metrics,
         max_batch=options.max_batch,
         poll_timeout_ms=options.poll_timeout_ms,
-        on_assignment=refresh_state,
+        refresh=state_refresh(lambda: KafkaReader(profile), schemas, cases, requests, replay),
         chain=chain,
     )
     log.info("broker starting", worker=options.worker_id, policy_hash=engine().policy_hash)
@@ -247,6 +295,7 @@ async def _observe(
     while not stop.is_set():
         observe_keys(metrics, ring, datetime.now(UTC))
         observe_lag(metrics, await transport.lag())
+        metrics.ingress_copartitioned.set(0 if transport.copartitioning else 1)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), OBSERVE_SECONDS)
 

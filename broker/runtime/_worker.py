@@ -1,11 +1,20 @@
 """One broker worker: poll records, run the pipeline, commit them in Kafka transactions.
 
 Exactly once follows from the transport: a batch's outputs (egress, audit, review,
-quarantine) and its consumed offsets commit together or not at all. If a commit fails, the
-batch and everything processed since are discarded, the pipeline is told (so its replay cache
-forgets their event ids), and the transport re-delivers the same records. After a crash, a restarted worker resumes at the
-last committed offsets and the aborted transaction's outputs were never visible to
-read-committed consumers.
+quarantine, state) and its consumed offsets commit together or not at all. If a commit fails,
+the batch and everything processed since are discarded, the pipeline is told (so its replay
+cache forgets their event ids), the transport re-delivers the same records, and the worker's
+shared state (case membership, open requests, the replay cache) is *stale*: processing changed
+it in memory for records whose state records may never have been committed, and a commit that
+failed from the worker's side may still have committed (a lost reply). So before it processes
+anything again the worker re-reads that state from the state topics (``refresh``, the same
+re-read a rebalance triggers), which hold exactly what committed either way. While the re-read
+fails (Kafka away) the worker processes nothing and retries. After a crash, a restarted worker
+resumes at the last committed offsets and the aborted transaction's outputs were never visible
+to read-committed consumers.
+
+Rebalances are seen through the transport's assignment generation, which changes on every
+assignment, even one that gives back the same partitions.
 
 Shutdown (SIGTERM): the stop event is checked between batches, so an in-flight batch finishes
 its commit (shielded from cancellation inside the transport) before the worker closes.
@@ -14,6 +23,7 @@ its commit (shielded from cancellation inside the transport) before the worker c
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
@@ -44,6 +54,9 @@ YIELD_EVERY = 1
 #: While a commit is in flight, a poll waits at most this long for records, so that the next
 #: transaction starts within a few milliseconds of the one ahead ending.
 POLL_SLICE_MS = 5
+#: While the state cannot be re-read, the worker waits this long before the first retry, then
+#: twice as long each time, up to the second figure.
+REFRESH_RETRY_S = (0.5, 10.0)
 
 
 @dataclass
@@ -68,6 +81,9 @@ class _Batch:
     began_ms: list[float]
     #: The audit chain's head once this batch is committed (issue 7), if the worker chains.
     chain_mark: ChainHead | None = None
+    #: The transport's assignment generation the batch was made under (its escalations are
+    #: for requests this worker owned then).
+    generation: int = 0
 
 
 class _InFlight(NamedTuple):
@@ -101,7 +117,7 @@ class Worker:
         max_batch: int = 500,
         poll_timeout_ms: int = 100,
         clock: Callable[[], datetime] = _utc_now,
-        on_assignment: Callable[[], Awaitable[None]] | None = None,
+        refresh: Callable[[], Awaitable[None]] | None = None,
         chain: AuditChainer | None = None,
     ) -> None:
         self._transport = transport
@@ -111,10 +127,13 @@ class Worker:
         self._poll_timeout_ms = poll_timeout_ms
         self._clock = clock
         self._stats = WorkerStatistics()
-        #: Re-reads shared state when this worker's partitions change (a rebalance): another
-        #: worker may have committed state for the cases it now owns.
-        self._on_assignment = on_assignment
-        self._assignment: frozenset[tuple[str, int]] = frozenset()
+        #: Re-reads the shared state from the state topics (see the module docs): after every
+        #: assignment (another worker may have committed state for the cases it now owns) and
+        #: after every failed commit. None only for a pipeline that keeps no shared state.
+        self._refresh = refresh
+        self._generation = 0  # the transports count assignments from 1
+        #: Whether the shared state must be re-read before anything is processed.
+        self._stale = False
         #: Chains each transaction's audit records (issue 7); see broker.runtime._chaining.
         self._chain = chain
 
@@ -150,12 +169,16 @@ class Worker:
         If a commit fails, or partitions are revoked, everything processed since the last
         successful commit is thrown away: the pipeline forgets it, and the transport rewinds
         to the committed offsets (again, after its own rewind: a poll may have run while the
-        failed commit was being rolled back), so every record is polled and processed again.
-        The first assignment takes the same path, with nothing to throw away.
+        failed commit was being rolled back), so every record is polled and processed again,
+        after the shared state is re-read (see the module docs). The first assignment takes
+        the same path, with nothing to throw away.
         """
         taken = _Taken()
         inflight: _InFlight | None = None
         while not stop.is_set():
+            if self._stale:  # nothing is in flight or taken: both were settled or thrown away
+                await self._refreshed(stop)
+                continue
             room = self._max_batch - len(taken.records)
             records: list[Record] = []
             if room > 0:
@@ -163,13 +186,13 @@ class Worker:
                 records = await self._transport.poll(room, timeout)
             elif inflight is not None:
                 await asyncio.wait([inflight.task])  # full: wait for the transaction ahead
-            if self._transport.assignment() != self._assignment:
+            if self._transport.assignment_generation() != self._generation:
                 if inflight is not None:
                     self._settle(inflight.batch, await inflight.task)
                     inflight = None
                 await self._forget()  # what we hold was polled before the rebalance
                 taken = _Taken()
-                await self._assigned()
+                self._assigned()
                 continue
             if records:
                 await self._take(records, taken, yielding=inflight is not None)
@@ -188,16 +211,24 @@ class Worker:
                 inflight = _InFlight(batch, asyncio.create_task(self._send(batch)))
         if inflight is not None and not self._settle(inflight.batch, await inflight.task):
             return  # the records taken since are uncommitted: polled again after a restart
+        if self._stale:
+            return  # taken on state that may be wrong: polled again after a restart
         batch = await self._close(taken)
         if batch is not None:
             self._settle(batch, await self._send(batch))
 
     async def step(self) -> int:
         """One poll-process-commit cycle, nothing overlapped; returns the number of records
-        committed. Tests drive the worker with it."""
+        committed. Tests drive the worker with it. Stale state is re-read first (once: if
+        that fails, nothing is polled and 0 is returned)."""
+        if self._stale and not await self._refreshed(None):
+            return 0
         records = await self._transport.poll(self._max_batch, self._poll_timeout_ms)
-        if self._transport.assignment() != self._assignment:
-            await self._assigned()
+        if self._transport.assignment_generation() != self._generation:
+            self._assigned()
+            if not await self._refreshed(None):
+                await self._forget()  # polled before the state could be read: poll them again
+                return 0
         taken = _Taken()
         if records:
             await self._take(records, taken, yielding=False)
@@ -206,12 +237,41 @@ class Worker:
             return 0
         return len(batch.records) if self._settle(batch, await self._send(batch)) else 0
 
-    async def _assigned(self) -> None:
-        assignment = self._transport.assignment()
-        self._assignment = assignment
-        if self._on_assignment is not None:
-            await self._on_assignment()
-        log.info("partitions assigned", count=len(assignment))
+    def _assigned(self) -> None:
+        """A new assignment: what this worker knows of the state is stale."""
+        self._generation = self._transport.assignment_generation()
+        self._stale = True
+        log.info("partitions assigned", count=len(self._transport.assignment()))
+
+    async def _refreshed(self, stop: asyncio.Event | None) -> bool:
+        """Re-read the shared state; True once it is fresh. A retriable failure (Kafka away)
+        is logged and retried, with a growing pause, until it succeeds or ``stop`` is set
+        (without ``stop``, tried once); the worker processes nothing meanwhile. Anything else
+        is raised: the worker cannot go on (as at start-up)."""
+        delay, longest = REFRESH_RETRY_S
+        while True:
+            try:
+                if self._refresh is not None:
+                    await self._refresh()
+            except TransportError as exc:
+                if not exc.retriable:
+                    raise
+                self._metrics.state_refresh_failures.inc()
+                log.warning(
+                    "state re-read failed; processing waits for it",
+                    error_type=type(exc).__name__,
+                    retry_seconds=delay,
+                )
+                if stop is None:
+                    return False
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), delay)
+                if stop.is_set():
+                    return False
+                delay = min(delay * 2, longest)
+                continue
+            self._stale = False
+            return True
 
     async def _forget(self) -> None:
         """Throw away every record processed since the last commit, and rewind to it."""
@@ -243,20 +303,33 @@ class Worker:
         if chain is not None and chain.stale:
             await chain.resync()  # at start, and after a commit whose outcome is unknown
         now = self._clock()
-        escalations = self._pipeline.escalations(now)
+        escalations = self._pipeline.escalations(now, self._transport.assignment())
         if not taken.records and not escalations and not (chain is not None and chain.due(now)):
             return None
         outputs = [out for result in taken.results for out in result.outputs]
         outputs += escalations + self._pipeline.seen()
         mark = self._pipeline.mark()
-        if chain is None:
-            return _Batch(taken.records, taken.results, outputs, mark, taken.began_ms)
-        outputs = chain.seal(outputs, now)
-        return _Batch(taken.records, taken.results, outputs, mark, taken.began_ms, chain.mark())
+        chain_mark = None
+        if chain is not None:
+            outputs = chain.seal(outputs, now)
+            chain_mark = chain.mark()
+        return _Batch(
+            taken.records,
+            taken.results,
+            outputs,
+            mark,
+            taken.began_ms,
+            chain_mark,
+            self._generation,
+        )
 
     async def _send(self, b: _Batch) -> TransportError | None:
         """Commit ``b``; the error if its transaction aborted. Touches no pipeline state, so
         it can run while the next batch is processed."""
+        if self._transport.assignment_generation() != b.generation:
+            # Partitions changed hands since the batch was made: its escalations may be for
+            # requests another worker owns now (its records the transport would refuse).
+            return TransportError("partitions changed hands before the commit", retriable=True)
         started = time.perf_counter()
         try:
             await self._transport.commit(b.outputs, b.records)
@@ -277,7 +350,11 @@ class Worker:
                 self._chain.committed(b.chain_mark)
             self._count(b.records, b.results, b.began_ms)
             return True
+        # It may have committed all the same (a lost reply): the replay cache forgets what the
+        # batch admitted and the re-read (before anything is processed again) restores what
+        # the state topics hold, whichever way the transaction ended.
         self._pipeline.aborted()
+        self._stale = True
         if self._chain is not None:
             self._chain.aborted()
         self._stats.aborted += 1

@@ -29,6 +29,13 @@ What it guarantees:
   revocation with outstanding records raises :class:`PartitionsRevoked` and rewinds (see
   :mod:`broker.transport._ledger` for why the whole batch goes); records a poll fetched across
   a rebalance are dropped and re-fetched from the committed offsets;
+- case ownership: the consumer uses the range assignor (aiokafka's default, round-robin,
+  would split partition p of two ingress topics across workers), which ``consumer_options``
+  cannot change; at every assignment the subscribed topics' partition counts are compared and
+  a mismatch is logged (``copartitioning``), since the range assignor co-partitions only
+  topics of one count;
+- an assignment generation (``assignment_generation``), bumped by every revocation and every
+  assignment, so a worker notices partitions that left and came back;
 - zombie fencing by transactional id: starting a worker with the same ``worker_id`` bumps the
   producer epoch, Kafka aborts the old instance's open transaction, and the old instance's next
   transactional call fails with :class:`ProducerFenced` (it must close);
@@ -66,9 +73,11 @@ import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import structlog
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka import TopicPartition as KafkaTopicPartition
 from aiokafka import errors as kafka_errors
+from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
 from broker.platform import BROKER_GROUP_PREFIX, Profile
 from broker.transport._errors import (
@@ -83,6 +92,22 @@ from broker.transport._ledger import Ledger
 from broker.transport._memory import INGRESS_PATTERN, partition_for
 from broker.transport._resource import ResourceBase
 from broker.transport._types import Headers, Outgoing, Record, TopicPartition
+
+log = structlog.get_logger("tiaki.broker")
+
+#: Consumer settings exactly-once and case ownership depend on; ``consumer_options`` may not
+#: name them. The range assignor gives one member partition p of every subscribed topic (when
+#: the topics have the same partition count), so one worker owns all of a case's events across
+#: agencies; aiokafka's default, round-robin, deals the sorted list of all partitions out and
+#: splits them.
+_CONSUMER_FIXED = (
+    "group_id",
+    "isolation_level",
+    "enable_auto_commit",
+    "auto_offset_reset",
+    "partition_assignment_strategy",
+)
+ASSIGNORS = (RangePartitionAssignor,)
 
 _FENCED = (kafka_errors.ProducerFenced, kafka_errors.InvalidProducerEpoch)
 _UNAUTHORIZED = (
@@ -162,7 +187,20 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]  # aiokafka is
         await self._transport._revoked({(tp.topic, tp.partition) for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: set[KafkaTopicPartition]) -> None:
-        self._transport._assignment = frozenset((tp.topic, tp.partition) for tp in assigned)
+        self._transport._assigned(frozenset((tp.topic, tp.partition) for tp in assigned))
+
+
+def copartitioning_problem(partitions: Mapping[str, int]) -> str | None:
+    """Why ``partitions`` (topic to partition count, for the subscribed ingress topics) are
+    not co-partitioned, or None if they are: with counts that differ, the range assignor can
+    give partition p of two agencies' topics to two workers, and a case's events then meet
+    on no single worker (its membership and requests are decided on half the story)."""
+    counts = sorted(set(partitions.values()))
+    if len(counts) <= 1:
+        return None
+    by_count = {n: sorted(t for t, c in partitions.items() if c == n) for n in counts}
+    shown = "; ".join(f"{n}: {', '.join(ts)}" for n, ts in by_count.items())
+    return f"ingress topics differ in partition count ({shown})"
 
 
 class KafkaTransport(ResourceBase):
@@ -190,6 +228,12 @@ class KafkaTransport(ResourceBase):
     ) -> None:
         if topics is not None and pattern is not None:
             raise ValueError("subscribe to topics or to a pattern, not both")
+        fixed = sorted(set(consumer_options or {}) & set(_CONSUMER_FIXED))
+        if fixed:
+            raise ValueError(
+                f"consumer_options may not set {', '.join(fixed)}: exactly once "
+                "and case ownership depend on them"
+            )
         self.group_id = group_id
         self.worker_id = worker_id
         self.transactional_id = f"{BROKER_GROUP_PREFIX}-{worker_id}"
@@ -206,12 +250,35 @@ class KafkaTransport(ResourceBase):
         self._lock = asyncio.Lock()
         self._ledger = Ledger()
         self._assignment: frozenset[TopicPartition] = frozenset()
+        self._generation = 0
+        #: Why the subscribed topics are not co-partitioned, as of the last assignment.
+        self.copartitioning: str | None = None
         self._epoch = 0
         self._broken: TransportError | None = None
         self._state = "new"
 
     def assignment(self) -> frozenset[TopicPartition]:
         return self._assignment
+
+    def assignment_generation(self) -> int:
+        return self._generation
+
+    def _assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        self._assignment = partitions
+        self._generation += 1
+        self.copartitioning = None
+        consumer = self._consumer
+        if consumer is None:
+            return
+        cluster = consumer._client.cluster  # the metadata the assignor just used
+        counts = {t: len(cluster.partitions_for_topic(t) or ()) for t in consumer.subscription()}
+        self.copartitioning = copartitioning_problem(counts)
+        if self.copartitioning is not None:
+            log.error(
+                "ingress topics are not co-partitioned: a case's events may reach two workers; "
+                "give every ingress topic the same partition count (tiaki provision)",
+                problem=self.copartitioning,
+            )
 
     async def lag(self) -> dict[TopicPartition, int]:
         """Records waiting on each assigned partition: the high watermark the last fetch saw,
@@ -236,14 +303,7 @@ class KafkaTransport(ResourceBase):
         # The producer first: its InitProducerId fences a zombie with the same transactional
         # id (and aborts its open transaction) before this worker joins the group.
         self._producer = self._new_producer()
-        self._consumer = AIOKafkaConsumer(
-            **self._consumer_options,
-            **self._profile.aiokafka_kwargs(),
-            group_id=self.group_id,
-            isolation_level="read_committed",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-        )
+        self._consumer = self._new_consumer()
         with _translated():
             await self._producer.start()
             await self._consumer.start()
@@ -318,6 +378,17 @@ class KafkaTransport(ResourceBase):
             # The committed offset, not the first polled one: a poll that overlapped a failed
             # commit's rewind may have seen the old position.
             await self._rewind_to_committed(consumer)
+
+    def _new_consumer(self) -> AIOKafkaConsumer:
+        return AIOKafkaConsumer(
+            **self._consumer_options,
+            **self._profile.aiokafka_kwargs(),
+            group_id=self.group_id,
+            isolation_level="read_committed",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            partition_assignment_strategy=ASSIGNORS,
+        )
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -452,6 +523,7 @@ class KafkaTransport(ResourceBase):
         async with self._lock:  # waits for any in-flight commit or abort
             if partitions:  # the first join revokes nothing, and nothing was fetched before
                 self._epoch += 1
+                self._generation += 1
             self._ledger.revoked(partitions)
             self._assignment = frozenset()
 

@@ -9,8 +9,11 @@ What it models, because the pipeline depends on it:
 - transactions: a commit appends all outputs and moves the group's offsets in one step; a
   failed commit appends nothing visible, rewinds the worker and raises;
 - consumer groups: committed offsets, members, and an eager rebalance whenever a member joins
-  or leaves (every partition revoked, then shared out round-robin), with the same
-  stale-batch rule as the aiokafka transport (see :mod:`broker.transport._ledger`);
+  or leaves (every partition revoked, then partition p of every topic to one member, as
+  Kafka's range assignor co-partitions topics of one count), with the same stale-batch rule
+  as the aiokafka transport (see :mod:`broker.transport._ledger`), and an assignment
+  generation bumped at every rebalance, even one that leaves a member's partitions as they
+  were;
 - fencing: starting a worker with a transactional id that a live worker holds fences the old
   one, whose next commit raises :class:`ProducerFenced`;
 - fault injection: :meth:`InMemoryCluster.fail_next_commit`, :meth:`~InMemoryCluster.fail_next_poll`,
@@ -314,6 +317,7 @@ class InMemoryTransport(ResourceBase):
         self._topics = frozenset(topics) if topics is not None else None
         self._pattern = re.compile(pattern or INGRESS_PATTERN) if topics is None else None
         self._assignment: frozenset[TopicPartition] = frozenset()
+        self._generation = 0
         self._positions: dict[TopicPartition, int] = {}
         self._ledger = Ledger()
         self._state = "new"
@@ -340,9 +344,13 @@ class InMemoryTransport(ResourceBase):
     def assignment(self) -> frozenset[TopicPartition]:
         return self._assignment
 
+    def assignment_generation(self) -> int:
+        return self._generation
+
     def _assign(self, partitions: frozenset[TopicPartition]) -> None:
         self._ledger.revoked(self._assignment)
         self._assignment = partitions
+        self._generation += 1  # eager: revocation and assignment are one step here
         group = self._cluster._groups[self.group_id]
         self._positions = {tp: group.committed.get(tp, 0) for tp in partitions}
 

@@ -88,6 +88,13 @@ class TransactionalTransport(AsyncResource, Protocol):
         """The partitions this worker owns now."""
         ...
 
+    def assignment_generation(self) -> int:
+        """A counter bumped on every change of hands: each revocation and each assignment,
+        even one that gives back the partitions this worker had. A caller that compares it
+        (not :meth:`assignment`) sees partitions that left and came back between two looks,
+        in which time another worker may have owned them and committed state for them."""
+        ...
+
     async def rewind(self) -> None:
         """Forget every record polled since the last successful commit and go back to the
         committed offsets, so each of them is polled again. For a caller that polls while a

@@ -123,6 +123,9 @@ async def wait_for(condition: Callable[[], object], what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+Worker = TransactionalTransport
+
+
 class TransportContract:
     """The behaviour the broker's pipeline relies on, whichever transport runs it."""
 
@@ -270,9 +273,10 @@ class TransportContract:
         await publish(harness, [(f"case-{i}".encode(), f"{i}".encode()) for i in range(20)])
         async with harness.worker(group, "a") as a:
             batch = await drain(harness, a, 20)
-            before = a.assignment()
+            before, generation = a.assignment(), a.assignment_generation()
             async with harness.worker(group, "b") as b:
                 await wait_for(lambda: a.assignment() != before and b.assignment(), "the rebalance")
+                assert a.assignment_generation() > generation
                 with pytest.raises(PartitionsRevoked) as raised:
                     await a.commit(outputs_for(harness, batch), batch)
                 assert raised.value.retriable
@@ -287,6 +291,31 @@ class TransportContract:
                 )
         assert sorted(r.value for part in got for r in part) == sorted(r.value for r in batch)
         assert len(await read_outputs(harness, len(batch))) == len(batch)
+
+    async def test_partitions_that_come_back_are_a_new_generation(self, harness: Harness) -> None:
+        """A worker that loses its partitions and gets the same ones back sees the same set
+        but a new assignment generation: another worker owned them in between."""
+        group = await harness.new_group()
+
+        async def polling(what: str, condition: Callable[[], object], *workers: Worker) -> None:
+            deadline = asyncio.get_running_loop().time() + DEADLINE_S
+            while not condition():
+                assert asyncio.get_running_loop().time() < deadline, f"timed out: {what}"
+                for worker in workers:  # nothing was published: polls return nothing of ours
+                    assert not mine(harness, await worker.poll(max_records=10, timeout_ms=50))
+
+        async with harness.worker(group, "a") as a:
+            await polling(
+                "a to own every partition", lambda: len(a.assignment()) == harness.partitions, a
+            )
+            before, generation = a.assignment(), a.assignment_generation()
+            async with harness.worker(group, "b") as b:
+                await polling("b to own partitions", lambda: bool(b.assignment()), a, b)
+            await polling(
+                "the partitions to come back",
+                lambda: a.assignment() == before and a.assignment_generation() >= generation + 2,
+                a,
+            )
 
     async def test_close_is_idempotent_and_closed_means_closed(self, harness: Harness) -> None:
         group = await harness.new_group()

@@ -58,3 +58,84 @@ def test_book_rebuilds_from_its_state_records() -> None:
     rebuilt.load([s for s in states if s is not None])
     assert rebuilt.open_requests() == book.open_requests()
     assert rebuilt.overdue(DUE + timedelta(days=1)) == []  # already escalated
+
+
+def _another_agency(request: dict[str, Any], agency: str, event_id: str) -> dict[str, Any]:
+    header = request["header"] | {"source_agency": agency, "event_id": event_id}
+    return request | {"header": header}
+
+
+def test_a_request_id_reused_by_another_agency_does_not_take_the_request_over() -> None:
+    """Request ids are the requester's own; Health sending one MSD already uses must not
+    redirect the answer (the policy asks the book who the requester was)."""
+    book = RequestBook()
+    book.apply("InformationRequest", REQUEST, 1)
+    other = _another_agency(REQUEST, "health-nz", "00000000-0000-4000-8000-0000000000ff")
+    assert book.apply("InformationRequest", other, 2) is None
+    assert book.requester("SYN-REQ-0001") == "msd"
+    assert [r["partition"] for r in book.open_requests()] == [1]
+    # The requester itself may make the request again (a new event: the book takes it).
+    again = _another_agency(REQUEST, "msd", "00000000-0000-4000-8000-0000000000fe")
+    state = book.apply("InformationRequest", again, 1)
+    assert state is not None
+    assert state["event_id"] == "00000000-0000-4000-8000-0000000000fe"
+
+
+def test_only_the_owner_of_the_requests_partition_escalates_it() -> None:
+    book = RequestBook()
+    book.apply("InformationRequest", REQUEST, 2)
+    assert (
+        book.overdue(DUE, frozenset({("tiaki.ingress.msd", 0), ("tiaki.ingress.police", 2)})) == []
+    )
+    assert book.overdue(DUE, frozenset({("tiaki.ingress.police", 2)})) == []  # not msd's topic
+    owned = book.overdue(DUE, frozenset({("tiaki.ingress.msd", 2)}))
+    assert [(s["partition"], holder) for s, holder in owned] == [(2, "police")]
+
+
+def test_a_record_older_than_v2_is_escalated_by_the_owner_of_partition_0_until_answered() -> None:
+    """v1 records name no partition: one worker (partition 0's owner) escalates them, and
+    the first response records the partition it came in on."""
+    book = RequestBook()
+    state = book.apply("InformationRequest", REQUEST)
+    assert state is not None
+    legacy = {k: v for k, v in state.items() if k != "partition"}
+    old = RequestBook()
+    old.load([legacy])
+    assert old.overdue(DUE, frozenset({("tiaki.ingress.msd", 1)})) == []
+    assert len(old.overdue(DUE, frozenset({("tiaki.ingress.msd", 0)}))) == 1
+    answered = RequestBook()
+    answered.load([legacy])
+    learned = answered.apply("InformationResponse", RESPONSE, 2)
+    assert learned is not None
+    assert learned["partition"] == 2
+
+
+def test_a_v1_state_record_is_read_by_its_writer_schema() -> None:
+    """Records written before RequestState v2 carry no schema header and are read as v1;
+    records since name their writer in ``tiaki-schema``."""
+    from broker.codec import encode
+    from broker.runtime._pipeline import SCHEMA_HEADER
+    from broker.runtime._service import state_records
+    from broker.transport import Record
+
+    v1, v2 = SCHEMAS.versions("RequestState")[:2]
+    book = RequestBook()
+    state = book.apply("InformationRequest", REQUEST, 2)
+    assert state is not None
+    v2_only = {"partition", "requester_role", "on_behalf_of"}
+    old = encode(v1, {k: v for k, v in state.items() if k not in v2_only})
+    new = encode(v2, state)
+    records = [
+        Record("tiaki.state.requests", 0, 0, b"r", old, (), 0),
+        Record(
+            "tiaki.state.requests",
+            0,
+            1,
+            b"r",
+            new,
+            ((SCHEMA_HEADER, v2.fingerprint_hex.encode()),),
+            0,
+        ),
+    ]
+    read = list(state_records(records, SCHEMAS, "RequestState"))
+    assert [r["partition"] for r in read] == [None, 2]

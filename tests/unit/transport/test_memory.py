@@ -100,3 +100,16 @@ async def test_poll_waits_for_data_until_the_timeout() -> None:
 def test_records_do_not_print_their_values() -> None:
     cluster_record = Outgoing("t", b"secret-key", b"secret-value")
     assert "secret" not in repr(cluster_record)
+
+
+async def test_every_assignment_is_a_new_generation_even_with_the_same_partitions() -> None:
+    """A worker that loses its partitions and gets the same ones back (another worker held
+    them in between) sees the same set but a new generation: the worker re-reads its state."""
+    cluster = InMemoryCluster.provisioned(["police"])
+    async with cluster.worker("g", "a") as a:
+        before, generation = a.assignment(), a.assignment_generation()
+        assert generation >= 1
+        async with cluster.worker("g", "b"):
+            assert a.assignment() != before
+        assert a.assignment() == before
+        assert a.assignment_generation() >= generation + 2
