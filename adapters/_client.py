@@ -264,15 +264,26 @@ class AdapterClient(ResourceBase):
 
         The header may be partial: ``event_id`` (a new UUID), ``event_type``,
         ``source_agency`` (this agency), ``occurred_at`` and ``recorded_at`` (now) are filled
-        in when absent. Raises :class:`InvalidEvent` if the event does not match its schema
-        or claims another source; nothing is stored then.
+        in when absent (or null; an empty ``event_id`` too). Raises :class:`InvalidEvent`
+        if the document or its header is not an object, if the event does not match its
+        schema or claims another source; nothing is stored then.
         """
         now = self._clock()
-        doc = copy.deepcopy(dict(document))
-        header = dict(doc.get("header") or {})
+        if not isinstance(document, Mapping):
+            raise InvalidEvent(f"{event_type}: an event must be a JSON object")
+        try:
+            doc = copy.deepcopy(dict(document))
+        except RecursionError:
+            raise InvalidEvent(f"{event_type}: nested too deeply") from None
+        header = doc.get("header")
+        if header is None:
+            header = {}
+        if not isinstance(header, Mapping):
+            raise InvalidEvent(f"{event_type}: 'header' must be an object")
+        header = dict(header)
         if header.get("source_agency", self.agency) != self.agency:
             raise InvalidEvent(f"{event_type}: source_agency must be {self.agency!r}")
-        if not header.get("event_id"):
+        if header.get("event_id") in (None, ""):
             header["event_id"] = str(uuid.uuid4())
         header.setdefault("event_type", f"nz.tiaki.{event_type}")
         header["source_agency"] = self.agency
@@ -286,6 +297,8 @@ class AdapterClient(ResourceBase):
             payload = encode(schema, from_json(schema, doc))
         except (CodecError, KeyError) as exc:
             raise InvalidEvent(f"{event_type}: {exc}") from None
+        except RecursionError:
+            raise InvalidEvent(f"{event_type}: nested too deeply") from None
         event_id = str(header["event_id"])
         if self._state.enqueue(
             event_id, event_type, str(header["case_id"]), schema.fingerprint, payload, _ms(now)

@@ -57,14 +57,18 @@ async def test_folder_source_publishes_valid_files_and_rejects_bad_ones_with_rea
         assert (result.files, result.published, result.rejected) == (2 + 1, 2, 2)
         assert client.statistics().pending == 2
         # A crash before the file moved: the same file read again publishes nothing new.
-        shutil.copy(inbox / "done" / "a-good.json", inbox / "a-good.json")
+        (done_good,) = (inbox / "done").glob("*-a-good.json")
+        shutil.copy2(done_good, inbox / "a-good.json")
         await source.scan(client.publish)
         assert client.statistics().pending == 2
-    assert sorted(p.name for p in (inbox / "done").iterdir()) == ["a-good.json", "c-mixed.json"]
+    done = sorted(p.name.split("-", 2)[2] for p in (inbox / "done").iterdir())
+    assert done == ["a-good.json", "c-mixed.json"]
     rejected = inbox / "rejected"
-    assert (rejected / "b-broken.json.reason").read_text().startswith("line 2 column 3: bad JSON")
-    assert (rejected / "b-broken.json").read_text().endswith("oops}")  # kept whole
-    reason = (rejected / "c-mixed.item2.json.reason").read_text()
+    (broken,) = rejected.glob("*-b-broken.json")
+    assert (rejected / f"{broken.name}.reason").read_text().startswith("line 2 column 3: bad JSON")
+    assert broken.read_text().endswith("oops}")  # kept whole
+    (mixed,) = rejected.glob("*-c-mixed.item2.json.reason")
+    reason = mixed.read_text()
     assert reason.startswith("item 2: TaskEvent:")
     assert "task_id" in reason
     assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == [
@@ -96,7 +100,8 @@ async def test_csv_source_fills_the_template_and_rejects_bad_rows_by_line(tmp_pa
     async with make_client("msd", connection, FakeClock(), tmp_path / "state") as client:
         result = await source.scan(client.publish)
     assert (result.published, result.rejected) == (1, 1)
-    reason = (folder / "rejected" / "today.item2.json.reason").read_text()
+    (rejected,) = (folder / "rejected").glob("*-today.item2.json.reason")
+    reason = rejected.read_text()
     assert reason.startswith("line 3: InformationRequest:")
     assert "respond_by" in reason
 
