@@ -99,7 +99,13 @@ class RetryPolicy:
             raise ValueError("max_attempts must be at least 1")
 
     def delay(self, attempts: int) -> dt.timedelta:
-        delay: dt.timedelta = self.first_delay * (2 ** max(attempts - 1, 0))
+        # Doubling stops at max_delay: 2**(attempts - 1) times a timedelta overflows from
+        # about the 48th attempt, and the receive loop must never raise for a retry.
+        delay = self.first_delay
+        for _ in range(max(attempts - 1, 0)):
+            if delay >= self.max_delay - delay:  # doubling would reach the cap
+                return self.max_delay
+            delay *= 2
         return min(delay, self.max_delay)
 
 

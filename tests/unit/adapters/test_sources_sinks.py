@@ -235,6 +235,20 @@ def test_every_reference_configuration_loads() -> None:
         ("agency: Police!\n", "1:1: agency"),
         ("agency: police\n  bad: [\n", "bad YAML"),
         ("- just a list\n", "1:1: an adapter configuration is a mapping"),
+        (
+            "agency: police\nretry: {max_attempts: 5, first_delay_s: 1e20, max_delay_s: 1e20}\n",
+            "2:26: retry.first_delay_s: Input should be less than or equal to 86400",
+        ),
+        ("agency: police\nretry:\n  max_delay_s: 86401\n", "3:3: retry.max_delay_s"),
+        (
+            "agency: police\nsources:\n  - kind: webhook\n    listen: 127.0.0.1:99999\n",
+            "4:5: sources.0.listen: the port must be 0 to 65535",
+        ),
+        (
+            "agency: police\nsinks:\n  - kind: webhook\n    url: http://127.0.0.1:99999/x\n",
+            "4:5: sinks.0.url: not a usable URL",
+        ),
+        ("agency: police\nsinks:\n  - kind: webhook\n    url: http:///x\n", "needs a host"),
     ],
 )
 def test_bad_configuration_is_one_positioned_line(tmp_path: Path, text: str, expected: str) -> None:
