@@ -3,15 +3,18 @@
 Each dead letter is two files named by the event id: ``<id>.sealed``, the record exactly as it
 arrived (still sealed to the agency, so the folder holds no plaintext), and ``<id>.json``, why
 it is there (reason, attempts, event type, where it was read from, when). A person fixes the
-cause and re-applies the event with ``tiaki adapter dead-letters replay`` or by hand; nothing
-in this folder is deleted by the SDK.
+cause and re-applies the event with :meth:`AdapterClient.replay_dead_letter` or by hand; nothing
+in this folder is deleted by the SDK. A ``.json`` there that is not a dead letter (malformed,
+truncated, someone else's) is reported by :meth:`DeadLetters.read` and left alone.
 """
 
 from __future__ import annotations
 
+import builtins
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from adapters._private_files import write_private
 
@@ -50,9 +53,26 @@ class DeadLetters:
         return (self.path / f"{event_id.replace('/', '_')}.json").exists()
 
     def list(self) -> list[DeadLetter]:
+        """The dead letters that can be read (see :meth:`read` for the others)."""
+        return self.read()[0]
+
+    # ``builtins.list``: inside the class, ``list`` is the method above.
+    def read(self) -> tuple[builtins.list[DeadLetter], builtins.list[tuple[Path, str]]]:
+        """Every ``*.json`` in the folder: the dead letters, and the files that are not one
+        (malformed, foreign, unreadable) with why, in a few words and never their content.
+        Such files are left where they are, for a person to look at."""
         if not self.path.exists():
-            return []
-        return [DeadLetter(**json.loads(p.read_text())) for p in sorted(self.path.glob("*.json"))]
+            return [], []
+        letters: list[DeadLetter] = []
+        unreadable: list[tuple[Path, str]] = []
+        for path in sorted(self.path.glob("*.json")):
+            try:
+                letters.append(_letter(path.read_bytes()))
+            except OSError as exc:
+                unreadable.append((path, f"cannot read: {exc.strerror}"))
+            except ValueError as exc:
+                unreadable.append((path, str(exc)))
+        return letters, unreadable
 
     def sealed(self, event_id: str) -> bytes:
         return (self.path / f"{event_id.replace('/', '_')}.sealed").read_bytes()
@@ -61,3 +81,29 @@ class DeadLetters:
         stem = event_id.replace("/", "_")
         for suffix in (".json", ".sealed"):
             (self.path / f"{stem}{suffix}").unlink(missing_ok=True)
+
+
+def _letter(data: bytes) -> DeadLetter:
+    """A dead letter from its JSON file; :class:`ValueError` saying what is wrong, without
+    any of the file's content."""
+    try:
+        doc: Any = json.loads(data)
+    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ValueError("not valid JSON") from None
+    if not isinstance(doc, dict):
+        raise ValueError("not a dead letter (not a JSON object)")
+    expected = {f.name: f.type for f in fields(DeadLetter)}
+    missing = sorted(set(expected) - set(doc))
+    if missing:
+        raise ValueError(f"not a dead letter (missing {', '.join(missing)})")
+    wrong = sorted(name for name, kind in expected.items() if not _is(doc[name], kind))
+    if wrong:
+        raise ValueError(f"not a dead letter (wrong type: {', '.join(wrong)})")
+    return DeadLetter(**{name: doc[name] for name in expected})
+
+
+def _is(value: Any, kind: Any) -> bool:
+    """Whether ``value`` has the field type ``kind`` (``"int"`` or ``"str"``; a bool is no int)."""
+    if kind == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, str)

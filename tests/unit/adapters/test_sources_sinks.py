@@ -299,3 +299,50 @@ def test_dead_letters_command_lists_reasons_not_content(
     out = capsys.readouterr().out
     assert "ValueError: case system refused" in out
     assert "0000000000d1" in out
+
+
+def test_dead_letters_command_reports_unreadable_files_in_one_line_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIAKI_HOME", str(tmp_path))
+    config = tmp_path / "adapter.yaml"
+    config.write_text("agency: oranga-tamariki\n")
+    folder = tmp_path / "adapters" / "oranga-tamariki" / "dead-letters"
+    good = DeadLetter(
+        event_id="00000000-0000-4000-8000-0000000000d2",
+        event_type="TaskEvent",
+        source_agency="police",
+        topic="tiaki.egress.oranga-tamariki",
+        partition=0,
+        offset=8,
+        attempts=5,
+        reason="SinkFailed: the handler raised",
+        dead_lettered_at="2025-06-01T09:00:00.000Z",
+    )
+    DeadLetters(folder).put(good, b"sealed bytes")
+    foreign = {
+        "a-partial.json": b'{"event_id": "x"}',
+        "b-truncated.json": b"[1",
+        "c-list.json": b"[1, 2]",
+        "d-binary.json": b"\xff\xfe SYNTHETIC-CANARY",
+        "e-wrong-type.json": json.dumps({**good.__dict__, "attempts": "SYNTHETIC-CANARY"}).encode(),
+    }
+    for name, data in foreign.items():
+        (folder / name).write_bytes(data)
+    assert main(["adapter", "dead-letters", "--config", str(config)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert captured.err == ""
+    assert lines[0].startswith(good.event_id)
+    assert lines[1:-1] == [
+        "a-partial.json  unreadable: not a dead letter (missing attempts, dead_lettered_at,"
+        " event_type, offset, partition, reason, source_agency, topic) (left in place)",
+        "b-truncated.json  unreadable: not valid JSON (left in place)",
+        "c-list.json  unreadable: not a dead letter (not a JSON object) (left in place)",
+        "d-binary.json  unreadable: not valid JSON (left in place)",
+        "e-wrong-type.json  unreadable: not a dead letter (wrong type: attempts) (left in place)",
+    ]
+    assert lines[-1].endswith("1 dead letter(s) in " + str(folder) + "; 5 unreadable file(s)")
+    assert "CANARY" not in captured.out
+    assert all((folder / name).read_bytes() == data for name, data in foreign.items())
+    assert DeadLetters(folder).list() == [good]
