@@ -40,6 +40,7 @@ import dataclasses
 import datetime as dt
 import inspect
 import json
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -79,6 +80,28 @@ def _unopenable(exc: Exception) -> str:
     """A dead letter's reason for a record that does not open: the quarantine reason code of
     the envelope or codec error (never its message)."""
     return f"cannot open: {getattr(exc, 'quarantine_reason', type(exc).__name__)}"
+
+
+def _handler_failure(exc: Exception) -> str:
+    """The reason kept (retry table, dead-letter file, ``tiaki adapter dead-letters``) for a
+    handler that raised: the exception's type and a fixed description, never its message,
+    which may quote the event (a pydantic ``ValidationError`` carries the input values).
+    Only an exception class that declares ``message_is_content_free`` (the reference sinks'
+    :class:`~adapters._sinks.SinkFailed`: status codes and OS error names) keeps its message.
+    The full text goes only to the dead letter's ``.detail`` file (see :func:`_detail`)."""
+    name = type(exc).__name__
+    if getattr(type(exc), "message_is_content_free", False) is True:
+        return f"{name}: {exc}"[:1000]
+    return f"{name}: the handler raised (message not kept)"
+
+
+def _detail(exc: Exception) -> str:
+    """The handler's exception with its traceback, for the dead letter's ``.detail`` file."""
+    return "".join(traceback.format_exception(exc))[-_MAX_DETAIL:]
+
+
+#: How much of a traceback a ``.detail`` file keeps (its end: the exception and where).
+_MAX_DETAIL = 64 * 1024
 
 
 def _iso(moment: dt.datetime) -> str:
@@ -563,7 +586,7 @@ class AdapterClient(ResourceBase):
                 await result
         except Exception as exc:
             self._counts.failures += 1
-            reason = f"{type(exc).__name__}: {exc}"[:1000]
+            reason = _handler_failure(exc)
             log.warning(
                 "handler failed",
                 agency=self.agency,
@@ -575,7 +598,9 @@ class AdapterClient(ResourceBase):
             if self.metrics is not None:
                 self.metrics.handler_failures.labels(event.event_type).inc()
             if attempts >= self.retry.max_attempts:
-                self._dead_letter(parked, event, attempts=attempts, reason=reason)
+                self._dead_letter(
+                    parked, event, attempts=attempts, reason=reason, detail=_detail(exc)
+                )
                 return
             next_at = self._clock() + self.retry.delay(attempts)
             self._state.park(
@@ -601,7 +626,13 @@ class AdapterClient(ResourceBase):
         return len(due)
 
     def _dead_letter(
-        self, parked: Parked, event: Received | None, *, attempts: int, reason: str
+        self,
+        parked: Parked,
+        event: Received | None,
+        *,
+        attempts: int,
+        reason: str,
+        detail: str | None = None,
     ) -> None:
         # The folder first, then forget the retry: a crash in between leaves both, never neither.
         self.dead_letters.put(
@@ -617,6 +648,7 @@ class AdapterClient(ResourceBase):
                 dead_lettered_at=_iso(self._clock()),
             ),
             parked.value,
+            detail,
         )
         self._state.unpark(parked.event_id)
         self._counts.dead_lettered += 1

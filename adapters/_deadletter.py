@@ -1,8 +1,13 @@
 """The dead-letter folder: received events the handler kept failing on, kept whole.
 
 Each dead letter is two files named by the event id: ``<id>.sealed``, the record exactly as it
-arrived (still sealed to the agency, so the folder holds no plaintext), and ``<id>.json``, why
-it is there (reason, attempts, event type, where it was read from, when). A person fixes the
+arrived (still sealed to the agency), and ``<id>.json``, why it is there (reason, attempts,
+event type, where it was read from, when). The reason names the failure without content: for
+a handler that raised, its exception's type, never its message. The message (with the
+traceback) goes into a third file, ``<id>.detail``, for the agency's own operators fixing the
+cause: it is the handler's own text and may quote the event, so it is the one plaintext file
+here, ``0600`` like the rest, and neither ``tiaki adapter dead-letters`` nor any log shows it.
+A person fixes the
 cause and re-applies the event with :meth:`AdapterClient.replay_dead_letter` or by hand; nothing
 in this folder is deleted by the SDK. A ``.json`` there that is not a dead letter (malformed,
 truncated, someone else's) is reported by :meth:`DeadLetters.read` and left alone.
@@ -40,10 +45,13 @@ class DeadLetters:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def put(self, letter: DeadLetter, sealed: bytes) -> Path:
-        """Write both files atomically (temporary name, then rename); return the JSON path."""
+    def put(self, letter: DeadLetter, sealed: bytes, detail: str | None = None) -> Path:
+        """Write the files atomically (temporary name, then rename), the JSON last; return
+        its path. ``detail``: the handler's exception text, for ``<id>.detail``."""
         self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         stem = letter.event_id.replace("/", "_")
+        if detail is not None:
+            write_private(self.path / f"{stem}.detail", detail.encode("utf-8", "replace"))
         write_private(self.path / f"{stem}.sealed", sealed)
         target = self.path / f"{stem}.json"
         write_private(target, json.dumps(asdict(letter), indent=2, sort_keys=True).encode() + b"\n")
@@ -74,12 +82,20 @@ class DeadLetters:
                 unreadable.append((path, str(exc)))
         return letters, unreadable
 
+    def detail(self, event_id: str) -> str | None:
+        """The handler's exception text kept with a dead letter, if any (never printed by the
+        listing: it may quote the event)."""
+        try:
+            return (self.path / f"{event_id.replace('/', '_')}.detail").read_text("utf-8")
+        except FileNotFoundError:
+            return None
+
     def sealed(self, event_id: str) -> bytes:
         return (self.path / f"{event_id.replace('/', '_')}.sealed").read_bytes()
 
     def remove(self, event_id: str) -> None:
         stem = event_id.replace("/", "_")
-        for suffix in (".json", ".sealed"):
+        for suffix in (".json", ".sealed", ".detail"):
             (self.path / f"{stem}{suffix}").unlink(missing_ok=True)
 
 

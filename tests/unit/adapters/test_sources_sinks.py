@@ -290,14 +290,14 @@ def test_dead_letters_command_lists_reasons_not_content(
             partition=0,
             offset=7,
             attempts=5,
-            reason="ValueError: case system refused",
+            reason="ValueError: the handler raised (message not kept)",
             dead_lettered_at="2025-06-01T09:00:00.000Z",
         ),
         b"sealed bytes",
     )
     assert main(["adapter", "dead-letters", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "ValueError: case system refused" in out
+    assert "ValueError: the handler raised (message not kept)" in out
     assert "0000000000d1" in out
 
 
