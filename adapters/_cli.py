@@ -86,12 +86,16 @@ def dead_letters(config: ConfigFile) -> None:
     """List the events the handler gave up on, with their reasons (never their content)."""
     settings = Settings.from_env()
     loaded = load_config(config)
-    letters = DeadLetters(loaded.path(loaded.state, settings.home) / "dead-letters").list()
+    folder = loaded.path(loaded.state, settings.home) / "dead-letters"
+    letters, unreadable = DeadLetters(folder).read()
     for letter in letters:
         print(
             f"{letter.event_id}  {letter.event_type}  from {letter.source_agency}  "
             f"attempts {letter.attempts}  {letter.dead_lettered_at}  {letter.reason}"
         )
+    for path, why in unreadable:
+        print(f"{path.name}  unreadable: {why} (left in place)")
     print(
-        f"{len(letters)} dead letter(s) in {loaded.path(loaded.state, settings.home) / 'dead-letters'}"
+        f"{len(letters)} dead letter(s) in {folder}"
+        + (f"; {len(unreadable)} unreadable file(s)" if unreadable else "")
     )

@@ -40,6 +40,7 @@ import dataclasses
 import datetime as dt
 import inspect
 import json
+import traceback
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -81,6 +82,28 @@ def _unopenable(exc: Exception) -> str:
     return f"cannot open: {getattr(exc, 'quarantine_reason', type(exc).__name__)}"
 
 
+def _handler_failure(exc: Exception) -> str:
+    """The reason kept (retry table, dead-letter file, ``tiaki adapter dead-letters``) for a
+    handler that raised: the exception's type and a fixed description, never its message,
+    which may quote the event (a pydantic ``ValidationError`` carries the input values).
+    Only an exception class that declares ``message_is_content_free`` (the reference sinks'
+    :class:`~adapters._sinks.SinkFailed`: status codes and OS error names) keeps its message.
+    The full text goes only to the dead letter's ``.detail`` file (see :func:`_detail`)."""
+    name = type(exc).__name__
+    if getattr(type(exc), "message_is_content_free", False) is True:
+        return f"{name}: {exc}"[:1000]
+    return f"{name}: the handler raised (message not kept)"
+
+
+def _detail(exc: Exception) -> str:
+    """The handler's exception with its traceback, for the dead letter's ``.detail`` file."""
+    return "".join(traceback.format_exception(exc))[-_MAX_DETAIL:]
+
+
+#: How much of a traceback a ``.detail`` file keeps (its end: the exception and where).
+_MAX_DETAIL = 64 * 1024
+
+
 def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -99,7 +122,13 @@ class RetryPolicy:
             raise ValueError("max_attempts must be at least 1")
 
     def delay(self, attempts: int) -> dt.timedelta:
-        delay: dt.timedelta = self.first_delay * (2 ** max(attempts - 1, 0))
+        # Doubling stops at max_delay: 2**(attempts - 1) times a timedelta overflows from
+        # about the 48th attempt, and the receive loop must never raise for a retry.
+        delay = self.first_delay
+        for _ in range(max(attempts - 1, 0)):
+            if delay >= self.max_delay - delay:  # doubling would reach the cap
+                return self.max_delay
+            delay *= 2
         return min(delay, self.max_delay)
 
 
@@ -264,15 +293,26 @@ class AdapterClient(ResourceBase):
 
         The header may be partial: ``event_id`` (a new UUID), ``event_type``,
         ``source_agency`` (this agency), ``occurred_at`` and ``recorded_at`` (now) are filled
-        in when absent. Raises :class:`InvalidEvent` if the event does not match its schema
-        or claims another source; nothing is stored then.
+        in when absent (or null; an empty ``event_id`` too). Raises :class:`InvalidEvent`
+        if the document or its header is not an object, if the event does not match its
+        schema or claims another source; nothing is stored then.
         """
         now = self._clock()
-        doc = copy.deepcopy(dict(document))
-        header = dict(doc.get("header") or {})
+        if not isinstance(document, Mapping):
+            raise InvalidEvent(f"{event_type}: an event must be a JSON object")
+        try:
+            doc = copy.deepcopy(dict(document))
+        except RecursionError:
+            raise InvalidEvent(f"{event_type}: nested too deeply") from None
+        header = doc.get("header")
+        if header is None:
+            header = {}
+        if not isinstance(header, Mapping):
+            raise InvalidEvent(f"{event_type}: 'header' must be an object")
+        header = dict(header)
         if header.get("source_agency", self.agency) != self.agency:
             raise InvalidEvent(f"{event_type}: source_agency must be {self.agency!r}")
-        if not header.get("event_id"):
+        if header.get("event_id") in (None, ""):
             header["event_id"] = str(uuid.uuid4())
         header.setdefault("event_type", f"nz.tiaki.{event_type}")
         header["source_agency"] = self.agency
@@ -286,6 +326,8 @@ class AdapterClient(ResourceBase):
             payload = encode(schema, from_json(schema, doc))
         except (CodecError, KeyError) as exc:
             raise InvalidEvent(f"{event_type}: {exc}") from None
+        except RecursionError:
+            raise InvalidEvent(f"{event_type}: nested too deeply") from None
         event_id = str(header["event_id"])
         if self._state.enqueue(
             event_id, event_type, str(header["case_id"]), schema.fingerprint, payload, _ms(now)
@@ -544,7 +586,7 @@ class AdapterClient(ResourceBase):
                 await result
         except Exception as exc:
             self._counts.failures += 1
-            reason = f"{type(exc).__name__}: {exc}"[:1000]
+            reason = _handler_failure(exc)
             log.warning(
                 "handler failed",
                 agency=self.agency,
@@ -556,7 +598,9 @@ class AdapterClient(ResourceBase):
             if self.metrics is not None:
                 self.metrics.handler_failures.labels(event.event_type).inc()
             if attempts >= self.retry.max_attempts:
-                self._dead_letter(parked, event, attempts=attempts, reason=reason)
+                self._dead_letter(
+                    parked, event, attempts=attempts, reason=reason, detail=_detail(exc)
+                )
                 return
             next_at = self._clock() + self.retry.delay(attempts)
             self._state.park(
@@ -582,7 +626,13 @@ class AdapterClient(ResourceBase):
         return len(due)
 
     def _dead_letter(
-        self, parked: Parked, event: Received | None, *, attempts: int, reason: str
+        self,
+        parked: Parked,
+        event: Received | None,
+        *,
+        attempts: int,
+        reason: str,
+        detail: str | None = None,
     ) -> None:
         # The folder first, then forget the retry: a crash in between leaves both, never neither.
         self.dead_letters.put(
@@ -598,6 +648,7 @@ class AdapterClient(ResourceBase):
                 dead_lettered_at=_iso(self._clock()),
             ),
             parked.value,
+            detail,
         )
         self._state.unpark(parked.event_id)
         self._counts.dead_lettered += 1

@@ -26,18 +26,24 @@
         url: http://127.0.0.1:9000/tiaki
       - kind: stdout
 
-Every fault is reported as ``file:line:column: reason``.
+Every fault is reported as ``file:line:column: reason``, ranges included, so what ``tiaki
+adapter check`` accepts ``run`` can use: retry delays at most a day (``86400``), ports ``0`` to
+``65535`` (``listen``, ``metrics_port``, a webhook sink's URL).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from adapters._errors import AdapterConfigError
 from broker._yaml import SourceError, load_yaml, locate
+
+MAX_PORT = 65535
+MAX_DELAY_S = 86400.0
 
 
 class _Strict(BaseModel):
@@ -59,6 +65,13 @@ class WebhookSourceConfig(_Strict):
     listen: str = Field(pattern=r"^[\w.:-]+:\d{1,5}$")
     path: str = "/events"
 
+    @field_validator("listen")
+    @classmethod
+    def _port_in_range(cls, listen: str) -> str:
+        if not 0 <= int(listen.rpartition(":")[2]) <= MAX_PORT:
+            raise ValueError(f"the port must be 0 to {MAX_PORT} (0: any free port)")
+        return listen
+
 
 class FolderSinkConfig(_Strict):
     kind: Literal["folder"]
@@ -70,6 +83,18 @@ class WebhookSinkConfig(_Strict):
     url: str = Field(pattern=r"^https?://")
     timeout_s: float = Field(default=10.0, gt=0, le=300)
 
+    @field_validator("url")
+    @classmethod
+    def _url_parses(cls, url: str) -> str:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range
+        except ValueError:
+            raise ValueError(f"not a usable URL (a port must be 1 to {MAX_PORT})") from None
+        if not parts.hostname:
+            raise ValueError("the URL needs a host")
+        return url
+
 
 class StdoutSinkConfig(_Strict):
     kind: Literal["stdout"]
@@ -77,8 +102,10 @@ class StdoutSinkConfig(_Strict):
 
 class RetryConfig(_Strict):
     max_attempts: int = Field(default=5, ge=1, le=100)
-    first_delay_s: float = Field(default=1.0, gt=0)
-    max_delay_s: float = Field(default=300.0, gt=0)
+    #: A day at most: an event that can wait longer between attempts is one for a person, in
+    #: the dead-letter folder (and far larger values do not fit a timedelta).
+    first_delay_s: float = Field(default=1.0, gt=0, le=MAX_DELAY_S)
+    max_delay_s: float = Field(default=300.0, gt=0, le=MAX_DELAY_S)
 
 
 SourceConfig = Annotated[FolderSourceConfig | WebhookSourceConfig, Field(discriminator="kind")]
@@ -127,7 +154,8 @@ def load_config(path: Path) -> AdapterConfig:
         loc = [step for step in first["loc"] if not (isinstance(step, str) and step in _KINDS)]
         line, column = locate(data, loc)
         where = ".".join(str(step) for step in loc) or "configuration"
-        raise AdapterConfigError(f"{path}:{line}:{column}: {where}: {first['msg']}") from None
+        reason = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for our checks
+        raise AdapterConfigError(f"{path}:{line}:{column}: {where}: {reason}") from None
     if "config_dir" in data:
         line, column = locate(data, ["config_dir"])
         raise AdapterConfigError(

@@ -28,6 +28,10 @@ from adapters._private_files import write_private
 class SinkFailed(AdapterError):
     """A sink could not take an event (the SDK will try again)."""
 
+    #: Its messages name status codes and OS error names, never the event, so the SDK keeps
+    #: them as the retry and dead-letter reason (other handler exceptions keep only a type).
+    message_is_content_free = True
+
 
 class Sink(Protocol):
     async def deliver(self, event: Received) -> None: ...

@@ -4,11 +4,20 @@ Both turn what a case system produces into ``(event type, document)`` pairs and 
 the client's :meth:`~adapters.AdapterClient.publish`, which validates and stores them in the
 outbox. Nothing is lost on bad input:
 
-* a folder file that is not valid JSON, or a JSON item or CSV row that is not a valid event,
-  is written to ``<folder>/rejected/`` with a ``.reason`` file (``line N: why``); the valid
-  items of the same file are still published, and the file itself moves to ``done/``;
+* a folder file that is not valid JSON (or is nested more than :data:`MAX_DEPTH` levels
+  deep), or a JSON item or CSV row that is not a valid event (any JSON value: a header that is
+  not an object, a wrong type anywhere), is written to ``<folder>/rejected/`` with a
+  ``.reason`` file (``line N: why``); the valid items of the same file are still published,
+  the scan goes on with the next item and file, and the file itself moves to ``done/``;
 * a webhook body that is not a valid event is answered ``400``/``422`` with the reason, so
   the caller still holds it.
+
+Nothing in ``done/`` or ``rejected/`` is ever overwritten: every name there starts with the
+export file's modification time (UTC, to the microsecond) and the first 16 hex digits of its
+content's SHA-256, ``<time>-<hash>-<file name>`` (``...-<stem>.item<N>.json`` for one item),
+so a case system that writes ``export.json`` every hour keeps every hour's file and rejected
+items, and the folders list in the order the files were written. A file read again after a
+crash gets the same names, so its rejected items are not kept twice.
 
 Event ids are stable: an item without ``header.event_id`` gets one derived from the agency,
 the file name, the file's content hash and the item's position (UUID 5), so a file read
@@ -28,9 +37,11 @@ import asyncio
 import contextlib
 import copy
 import csv
+import datetime as dt
 import hashlib
 import io
 import json
+import os
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -50,6 +61,9 @@ PublishFn = Callable[[str, Mapping[str, Any]], Awaitable[str]]
 _NAMESPACE = uuid.UUID("5f0c1a39-6a43-4c1c-9d0e-7b1e3f0a2b61")
 _SKIP_SUFFIXES = (".tmp", ".part", ".reason")
 MAX_BODY = 1024 * 1024
+#: How deeply an export may nest lists and objects (the schemas need a handful of levels);
+#: deeper input is rejected before anything recursive (copying, encoding) can overflow.
+MAX_DEPTH = 64
 
 
 class Source(Protocol):
@@ -63,6 +77,8 @@ def event_of(item: Any, default_type: str | None) -> tuple[str, dict[str, Any]]:
     document whose ``header.event_type`` is ``nz.tiaki.T``; raise :class:`SourceRejected`."""
     if not isinstance(item, dict):
         raise SourceRejected("an item must be a JSON object")
+    if deeper_than(item, MAX_DEPTH):
+        raise SourceRejected(f"nested more than {MAX_DEPTH} levels deep")
     if "event" in item and "event_type" in item:
         if not isinstance(item["event"], dict) or not isinstance(item["event_type"], str):
             raise SourceRejected("'event' must be an object and 'event_type' a string")
@@ -76,13 +92,34 @@ def event_of(item: Any, default_type: str | None) -> tuple[str, dict[str, Any]]:
     raise SourceRejected("cannot tell the event type: give header.event_type or 'event_type'")
 
 
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and objects more than ``limit`` levels deep (without
+    recursing, so any depth can be measured)."""
+    level: list[Any] = [value]
+    for _ in range(limit):
+        level = [
+            child
+            for node in level
+            if isinstance(node, dict | list)
+            for child in (node.values() if isinstance(node, dict) else node)
+        ]
+        if not level:
+            return False
+    return any(isinstance(node, dict | list) for node in level)
+
+
 def stable_event_id(agency: str, name: str, digest: str, index: int) -> str:
     return str(uuid.uuid5(_NAMESPACE, f"{agency}/{name}/{digest}/{index}"))
 
 
 def _with_event_id(doc: dict[str, Any], event_id: str) -> dict[str, Any]:
-    header = dict(doc.get("header") or {})
-    if not header.get("event_id"):  # absent, or an empty CSV cell
+    header = doc.get("header")
+    if header is None:
+        header = {}
+    if not isinstance(header, dict):
+        raise SourceRejected("'header' must be an object")
+    header = dict(header)
+    if header.get("event_id") in (None, ""):  # absent, or an empty CSV cell
         header["event_id"] = event_id
     return {**doc, "header": header}
 
@@ -104,8 +141,10 @@ def _cell(text: str) -> Any:
     if text == "":
         return None
     if text[0] in '[{"' or text in ("true", "false", "null"):
-        with contextlib.suppress(ValueError):
-            return json.loads(text)
+        with contextlib.suppress(ValueError, RecursionError):
+            value = json.loads(text)
+            if not deeper_than(value, MAX_DEPTH):
+                return value
     return text
 
 
@@ -162,13 +201,19 @@ class FolderSource:
         """Read every complete file once (oldest name first); return what happened."""
         result = ScanResult()
         for file in self._files():
+            try:
+                with file.open("rb") as handle:
+                    data = handle.read()
+                    written_ns = os.fstat(handle.fileno()).st_mtime_ns
+            except FileNotFoundError:  # moved away since the listing: not ours any more
+                continue
             result.files += 1
-            data = file.read_bytes()
             digest = hashlib.sha256(data).hexdigest()
+            kept = f"{_stamp(written_ns)}-{digest[:16]}-"
             try:
                 items = self._items(file, data)
             except SourceRejected as exc:
-                self._reject(file.name, data, exc.reason)
+                self._reject(kept + file.name, data, exc.reason)
                 file.unlink()
                 result.rejected += 1
                 continue
@@ -182,10 +227,10 @@ class FolderSource:
                     result.published += 1
                 except (SourceRejected, InvalidEvent) as exc:
                     reason = exc.reason if isinstance(exc, SourceRejected) else str(exc)
-                    self._reject_item(file, index, line, item, reason)
+                    self._reject_item(kept + file.stem, index, line, item, reason)
                     result.rejected += 1
             self.done.mkdir(parents=True, exist_ok=True, mode=0o700)
-            file.replace(self.done / file.name)
+            file.replace(self.done / (kept + file.name))
         if result.files:
             log.info(
                 "folder scanned",
@@ -202,12 +247,18 @@ class FolderSource:
         except UnicodeDecodeError:
             raise SourceRejected("not UTF-8 text") from None
         if self.format == "json":
+            too_deep = f"nested more than {MAX_DEPTH} levels deep"
             try:
                 parsed = json.loads(text)
             except json.JSONDecodeError as exc:
                 raise SourceRejected(
                     f"line {exc.lineno} column {exc.colno}: bad JSON: {exc.msg}"
                 ) from None
+            except RecursionError:
+                raise SourceRejected(too_deep) from None
+            # The list of items is one level; each item may nest MAX_DEPTH more.
+            if deeper_than(parsed, MAX_DEPTH + 1):
+                raise SourceRejected(too_deep)
             return [(1, item) for item in parsed] if isinstance(parsed, list) else [(1, parsed)]
         reader = csv.DictReader(io.StringIO(text))
         if not reader.fieldnames:
@@ -234,8 +285,8 @@ class FolderSource:
         write_private(self.rejected / f"{name}.reason", f"{reason}\n".encode())
         log.warning("source file rejected", agency=self.agency, reason="unreadable_file")
 
-    def _reject_item(self, file: Path, index: int, line: int, item: Any, reason: str) -> None:
-        name = f"{file.stem}.item{index + 1}{file.suffix if self.format == 'json' else '.json'}"
+    def _reject_item(self, stem: str, index: int, line: int, item: Any, reason: str) -> None:
+        name = f"{stem}.item{index + 1}.json"
         body = item.document if isinstance(item, _BadRow) else item
         if isinstance(item, _BadRow):
             reason = item.reason
@@ -243,6 +294,15 @@ class FolderSource:
         where = f"line {line}: " if self.format == "csv" else f"item {index + 1}: "
         write_private(self.rejected / f"{name}.reason", f"{where}{reason}\n".encode())
         log.warning("source item rejected", agency=self.agency, reason="invalid_event")
+
+
+def _stamp(ns: int) -> str:
+    """A file's modification time as a sortable UTC name part, ``20250601T090000.000000Z``."""
+    try:
+        moment = dt.datetime.fromtimestamp(ns // 1_000_000_000, dt.UTC)
+    except (OverflowError, OSError, ValueError):  # a clock far off: sorts first, still unique
+        moment = dt.datetime.fromtimestamp(0, dt.UTC)
+    return f"{moment:%Y%m%dT%H%M%S}.{ns % 1_000_000_000 // 1000:06d}Z"
 
 
 @dataclass
@@ -326,6 +386,8 @@ class WebhookSource:
             item = json.loads(data)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             return 400, {"error": f"bad JSON: {exc}"}
+        except RecursionError:
+            return 422, {"error": f"nested more than {MAX_DEPTH} levels deep"}
         try:
             event_type, doc = event_of(item, None)
             event_id = await publish(event_type, doc)

@@ -38,7 +38,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -126,6 +126,7 @@ class ValueLog:
     def __init__(self, path: Path) -> None:
         self.path = path
         try:
+            _owner_only(path)
             self._file = open(path, "ab+")  # noqa: SIM115 - held open with the database
             fcntl.flock(self._file.fileno(), fcntl.LOCK_SH)  # waits while a rebuild empties it
         except OSError as exc:
@@ -198,10 +199,26 @@ class Database(Protocol):
     def close(self) -> None: ...
 
 
+def _owner_only(path: Path) -> None:
+    """Create ``path`` as ``0600`` if it does not exist, and make it ``0600`` if it does (an
+    index made before this rule, under a ``022`` umask, was ``0644``). No umask change: that
+    is process-wide, and would race with other threads creating files."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 class SqliteDatabase:
     """SQLite through the standard library: WAL, so queries run while indexing writes, and no
     fsync (``synchronous=OFF``): the index is derived data, rebuilt from the topic if a power
-    cut loses its last batches, so durability is not worth paying for here."""
+    cut loses its last batches, so durability is not worth paying for here.
+
+    Owner-only: the index holds subject references (a classed identifier) and the access log,
+    so its folder is created ``0700`` and the database and its value log are ``0600``. SQLite
+    gives its side files (``-wal``, ``-shm``, ``-journal``) the database file's mode when it
+    creates them; any left from before this rule are narrowed when the index opens."""
 
     ddl: Mapping[str, str] = {
         "id_type": "INTEGER",
@@ -212,12 +229,16 @@ class SqliteDatabase:
 
     def __init__(self, path: Path) -> None:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _owner_only(path)  # before SQLite creates it, so its side files follow its mode
             self.values: ValueLog | None = ValueLog(path.with_name(path.name + ".values"))
             self._conn = sqlite3.connect(str(path), isolation_level=None)
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=OFF")
             self._conn.execute("PRAGMA cache_size=-65536")
+            for suffix in ("-wal", "-shm", "-journal"):
+                with suppress(FileNotFoundError):
+                    path.with_name(path.name + suffix).chmod(0o600)
         except (sqlite3.Error, OSError) as exc:
             raise IndexFailure(f"cannot open the index at {path}: {exc}") from None
 

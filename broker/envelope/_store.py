@@ -25,11 +25,14 @@ A private key file::
 Private keys never go into a topic, a log or the repository: in production each agency holds
 only its own ``private/<key_ref>/`` and the broker only ``private/broker/``. A private file or
 folder that group or others can read is refused, as ssh refuses such keys. Writes are atomic
-(temporary file, then rename).
+and whole (every byte to a temporary file, fsync, rename, fsync the folder); a write the disk
+cannot take raises :class:`KeyStoreError` and leaves the old file, never a truncated key.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import stat
@@ -66,15 +69,33 @@ def _mkdir(path: Path) -> None:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
+    """Write all of ``data`` (``os.write`` may write less than asked on a nearly full disk, so
+    loop), fsync, rename into place, fsync the folder; on any failure raise
+    :class:`KeyStoreError` and leave ``path`` as it was (never a truncated key file)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                if written <= 0:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise KeyStoreError(f"{path}: cannot write: {exc.strerror}") from None
 
 
 def _dump(doc: Mapping[str, Any]) -> bytes:

@@ -679,8 +679,8 @@ class _Day:
             self.timeout_s,
         )
         for path in written:
-            reason = path.parent / "rejected" / f"{path.name}.reason"
-            if reason.exists():
+            # Kept as <time>-<hash>-<name> (the adapter never overwrites a rejected file).
+            for reason in sorted((path.parent / "rejected").glob(f"*-{path.name}.reason")):
                 self.console.print(
                     f"    [red]rejected {path.name}: {reason.read_text().strip()}[/red]"
                 )

@@ -243,7 +243,7 @@ async def test_tiaki_adapter_run_publishes_exports_serves_metrics_and_stops_clea
             tmp_path / "adapter.log"
         ).read_text()[-2000:]
         assert "tiaki_adapter_outbox_pending 0.0" in sent
-        assert (tmp_path / "exports" / "done" / "attendance.json").exists()
+        assert list((tmp_path / "exports" / "done").glob("*-attendance.json"))
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(timeout=30)

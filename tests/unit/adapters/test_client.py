@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 import structlog
 from prometheus_client import CollectorRegistry
@@ -201,8 +202,11 @@ async def test_failing_event_is_retried_others_flow_and_it_ends_in_dead_letters(
         (letter,) = client.dead_letters.list()
     assert letter.event_id == poison
     assert letter.attempts == 3
-    assert letter.reason == "RuntimeError: case system rejected the record"
+    assert letter.reason == "RuntimeError: the handler raised (message not kept)"
     assert (tmp_path / "dead-letters" / f"{poison}.sealed").read_bytes()  # kept whole, sealed
+    detail = client.dead_letters.detail(poison)
+    assert detail is not None
+    assert "RuntimeError: case system rejected the record" in detail  # for the operators
     assert {i: n for i, n in calls.items() if i != poison} == {i: 1 for i in ids if i != poison}
 
     # After a person fixes the cause, the dead letter is applied and leaves the folder.
@@ -211,6 +215,7 @@ async def test_failing_event_is_retried_others_flow_and_it_ends_in_dead_letters(
         await client.replay_dead_letter(poison, lambda e: fixed.append(e.event_id))
         assert fixed == [poison]
         assert client.dead_letters.list() == []
+        assert client.dead_letters.detail(poison) is None  # the detail left with it
 
 
 async def test_redelivered_event_reaches_the_handler_once(
@@ -385,3 +390,37 @@ async def test_dead_lettered_event_delivered_again_is_not_retried(
         await again.receive(failing)
         assert again.statistics().duplicates == 1
     assert calls == [event_id]  # waits in the folder for a person, not retried by redelivery
+
+
+async def test_a_handler_exception_message_never_reaches_the_reason(
+    connection: InMemoryConnection,
+    fake_broker: FakeBroker,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    """A pydantic ValidationError's text quotes the input (here the task id): the retry table,
+    the dead-letter file and its listing keep only the exception's type; the text is in the
+    dead letter's ``.detail`` file alone."""
+
+    class Task(pydantic.BaseModel):
+        task_id: int
+
+    event_id = await fake_broker.deliver("oranga-tamariki")
+    async with make_client(
+        "oranga-tamariki", connection, clock, tmp_path, max_attempts=2
+    ) as client:
+        await client.receive(lambda event: Task.model_validate(event.body))
+        clock.advance(seconds=1)
+        await client.receive(lambda event: Task.model_validate(event.body))
+        (letter,) = client.dead_letters.list()
+    assert letter.event_id == event_id
+    assert letter.reason == "ValidationError: the handler raised (message not kept)"
+    # Only the operators' detail file, which no listing or log shows, keeps the text.
+    assert _files_holding(tmp_path, b"SYN-TASK-0001") == [f"{event_id}.detail"]
+    detail = client.dead_letters.detail(event_id)
+    assert detail is not None
+    assert "validation error for Task" in detail
+
+
+def _files_holding(folder: Path, needle: bytes) -> list[str]:
+    return [p.name for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes()]

@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from adapters import Adapter, AdapterConfigError, AdapterMetrics, InMemoryConnection, load_config
+from adapters import (
+    Adapter,
+    AdapterConfigError,
+    AdapterMetrics,
+    InMemoryConnection,
+    RetryPolicy,
+    load_config,
+)
 from broker.envelope import KeyStore, Kind, Opener, Sealer, init_dev_keys
 from broker.platform import ingress
 from broker.transport import InMemoryCluster
@@ -148,3 +155,29 @@ async def test_webhook_port_in_use_stops_the_adapter_with_one_line(
     finally:
         blocker.close()
         await blocker.wait_closed()
+
+
+def test_a_configuration_check_accepts_also_builds(keys: Path, tmp_path: Path) -> None:
+    """At the edges of every range ``check`` allows, the adapter builds and its retry delays
+    are computed without overflow (1e20 s and port 99999 are refused by ``check``)."""
+    (tmp_path / "adapter.yaml").write_text(
+        f'agency: police\nkeys: "{keys}"\n'
+        "retry: {max_attempts: 100, first_delay_s: 86400, max_delay_s: 86400}\n"
+        "sources:\n  - kind: webhook\n    listen: 127.0.0.1:65535\n"
+        "sinks:\n  - kind: webhook\n    url: http://127.0.0.1:65535/tiaki\n"
+    )
+    adapter = Adapter.from_config(
+        load_config(tmp_path / "adapter.yaml"),
+        home=tmp_path,
+        schemas=SCHEMAS,
+        connection=InMemoryConnection(InMemoryCluster.provisioned(["police"])),
+    )
+    retry = adapter.client.retry
+    assert [retry.delay(n) for n in (1, 2, 99)] == [dt.timedelta(days=1)] * 3
+
+
+def test_retry_delays_double_up_to_the_cap_for_any_attempt() -> None:
+    retry = RetryPolicy(max_attempts=100)
+    expected = [2.0**k for k in range(9)] + [300.0]
+    assert [retry.delay(n).total_seconds() for n in range(1, 11)] == expected
+    assert retry.delay(99) == retry.delay(10_000) == dt.timedelta(minutes=5)

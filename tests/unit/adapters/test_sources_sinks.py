@@ -57,14 +57,18 @@ async def test_folder_source_publishes_valid_files_and_rejects_bad_ones_with_rea
         assert (result.files, result.published, result.rejected) == (2 + 1, 2, 2)
         assert client.statistics().pending == 2
         # A crash before the file moved: the same file read again publishes nothing new.
-        shutil.copy(inbox / "done" / "a-good.json", inbox / "a-good.json")
+        (done_good,) = (inbox / "done").glob("*-a-good.json")
+        shutil.copy2(done_good, inbox / "a-good.json")
         await source.scan(client.publish)
         assert client.statistics().pending == 2
-    assert sorted(p.name for p in (inbox / "done").iterdir()) == ["a-good.json", "c-mixed.json"]
+    done = sorted(p.name.split("-", 2)[2] for p in (inbox / "done").iterdir())
+    assert done == ["a-good.json", "c-mixed.json"]
     rejected = inbox / "rejected"
-    assert (rejected / "b-broken.json.reason").read_text().startswith("line 2 column 3: bad JSON")
-    assert (rejected / "b-broken.json").read_text().endswith("oops}")  # kept whole
-    reason = (rejected / "c-mixed.item2.json.reason").read_text()
+    (broken,) = rejected.glob("*-b-broken.json")
+    assert (rejected / f"{broken.name}.reason").read_text().startswith("line 2 column 3: bad JSON")
+    assert broken.read_text().endswith("oops}")  # kept whole
+    (mixed,) = rejected.glob("*-c-mixed.item2.json.reason")
+    reason = mixed.read_text()
     assert reason.startswith("item 2: TaskEvent:")
     assert "task_id" in reason
     assert sorted(p.name for p in inbox.iterdir() if p.is_file()) == [
@@ -96,7 +100,8 @@ async def test_csv_source_fills_the_template_and_rejects_bad_rows_by_line(tmp_pa
     async with make_client("msd", connection, FakeClock(), tmp_path / "state") as client:
         result = await source.scan(client.publish)
     assert (result.published, result.rejected) == (1, 1)
-    reason = (folder / "rejected" / "today.item2.json.reason").read_text()
+    (rejected,) = (folder / "rejected").glob("*-today.item2.json.reason")
+    reason = rejected.read_text()
     assert reason.startswith("line 3: InformationRequest:")
     assert "respond_by" in reason
 
@@ -230,6 +235,20 @@ def test_every_reference_configuration_loads() -> None:
         ("agency: Police!\n", "1:1: agency"),
         ("agency: police\n  bad: [\n", "bad YAML"),
         ("- just a list\n", "1:1: an adapter configuration is a mapping"),
+        (
+            "agency: police\nretry: {max_attempts: 5, first_delay_s: 1e20, max_delay_s: 1e20}\n",
+            "2:26: retry.first_delay_s: Input should be less than or equal to 86400",
+        ),
+        ("agency: police\nretry:\n  max_delay_s: 86401\n", "3:3: retry.max_delay_s"),
+        (
+            "agency: police\nsources:\n  - kind: webhook\n    listen: 127.0.0.1:99999\n",
+            "4:5: sources.0.listen: the port must be 0 to 65535",
+        ),
+        (
+            "agency: police\nsinks:\n  - kind: webhook\n    url: http://127.0.0.1:99999/x\n",
+            "4:5: sinks.0.url: not a usable URL",
+        ),
+        ("agency: police\nsinks:\n  - kind: webhook\n    url: http:///x\n", "needs a host"),
     ],
 )
 def test_bad_configuration_is_one_positioned_line(tmp_path: Path, text: str, expected: str) -> None:
@@ -271,12 +290,59 @@ def test_dead_letters_command_lists_reasons_not_content(
             partition=0,
             offset=7,
             attempts=5,
-            reason="ValueError: case system refused",
+            reason="ValueError: the handler raised (message not kept)",
             dead_lettered_at="2025-06-01T09:00:00.000Z",
         ),
         b"sealed bytes",
     )
     assert main(["adapter", "dead-letters", "--config", str(config)]) == 0
     out = capsys.readouterr().out
-    assert "ValueError: case system refused" in out
+    assert "ValueError: the handler raised (message not kept)" in out
     assert "0000000000d1" in out
+
+
+def test_dead_letters_command_reports_unreadable_files_in_one_line_each(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TIAKI_HOME", str(tmp_path))
+    config = tmp_path / "adapter.yaml"
+    config.write_text("agency: oranga-tamariki\n")
+    folder = tmp_path / "adapters" / "oranga-tamariki" / "dead-letters"
+    good = DeadLetter(
+        event_id="00000000-0000-4000-8000-0000000000d2",
+        event_type="TaskEvent",
+        source_agency="police",
+        topic="tiaki.egress.oranga-tamariki",
+        partition=0,
+        offset=8,
+        attempts=5,
+        reason="SinkFailed: the handler raised",
+        dead_lettered_at="2025-06-01T09:00:00.000Z",
+    )
+    DeadLetters(folder).put(good, b"sealed bytes")
+    foreign = {
+        "a-partial.json": b'{"event_id": "x"}',
+        "b-truncated.json": b"[1",
+        "c-list.json": b"[1, 2]",
+        "d-binary.json": b"\xff\xfe SYNTHETIC-CANARY",
+        "e-wrong-type.json": json.dumps({**good.__dict__, "attempts": "SYNTHETIC-CANARY"}).encode(),
+    }
+    for name, data in foreign.items():
+        (folder / name).write_bytes(data)
+    assert main(["adapter", "dead-letters", "--config", str(config)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert captured.err == ""
+    assert lines[0].startswith(good.event_id)
+    assert lines[1:-1] == [
+        "a-partial.json  unreadable: not a dead letter (missing attempts, dead_lettered_at,"
+        " event_type, offset, partition, reason, source_agency, topic) (left in place)",
+        "b-truncated.json  unreadable: not valid JSON (left in place)",
+        "c-list.json  unreadable: not a dead letter (not a JSON object) (left in place)",
+        "d-binary.json  unreadable: not valid JSON (left in place)",
+        "e-wrong-type.json  unreadable: not a dead letter (wrong type: attempts) (left in place)",
+    ]
+    assert lines[-1].endswith("1 dead letter(s) in " + str(folder) + "; 5 unreadable file(s)")
+    assert "CANARY" not in captured.out
+    assert all((folder / name).read_bytes() == data for name, data in foreign.items())
+    assert DeadLetters(folder).list() == [good]

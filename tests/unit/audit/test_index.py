@@ -3,6 +3,7 @@ report and the chained access log."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -352,3 +353,39 @@ def test_an_approval_of_an_item_held_about_a_person_is_in_their_report(
         "review",
         "fva_s20",
     )
+
+
+def _mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_the_index_is_owner_only_folder_database_value_log_and_side_files(
+    tmp_path: Path, ring: KeyRing, schemas: SchemaSet
+) -> None:
+    """Subject references and the access log are in there: 0700 folder, 0600 files, whatever
+    the umask, and files left 0644 from before this rule are narrowed when the index opens."""
+    previous = os.umask(0o022)
+    try:
+        path = tmp_path / "audit" / "index.sqlite"
+        with AuditIndex.open(path, schemas) as idx:
+            idx.add(build_log(ring, schemas, records=5).audit)
+            files = sorted(p.name for p in path.parent.iterdir())
+            assert files == [
+                "index.sqlite",
+                "index.sqlite-shm",
+                "index.sqlite-wal",
+                "index.sqlite.values",
+            ]
+            assert {name: _mode(path.parent / name) for name in files} == dict.fromkeys(
+                files, 0o600
+            )
+            assert _mode(path.parent) == 0o700
+            for name in files:  # as an index made before this rule was
+                (path.parent / name).chmod(0o644)
+            with AuditIndex.open(path, schemas) as again:
+                assert again.count()[0] == 5
+                assert {name: _mode(path.parent / name) for name in files} == dict.fromkeys(
+                    files, 0o600
+                )
+    finally:
+        os.umask(previous)
