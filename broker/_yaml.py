@@ -22,6 +22,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from broker._errors import TiakiError
 
@@ -126,8 +127,15 @@ def load_yaml(path: Path) -> Any:
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
         raise SourceError(path, line, column, f"bad YAML: {problem}") from None
-    except YAMLError as exc:  # errors without a mark
-        raise SourceError(path, 1, 1, f"bad YAML: {exc}") from None
+    except ReaderError as exc:  # a character YAML does not allow, at a character index
+        at = int(exc.position)
+        line, column = text.count("\n", 0, at) + 1, at - (text.rfind("\n", 0, at) + 1) + 1
+        character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise SourceError(
+            path, line, column, f"bad YAML: character #x{character:04x} is not allowed"
+        ) from None
+    except YAMLError as exc:  # other errors without a mark
+        raise SourceError(path, 1, 1, f"bad YAML: {' '.join(str(exc).split())}") from None
     except RecursionError:  # ruamel composes nested nodes recursively
         raise SourceError(path, 1, 1, f"bad YAML: {_TOO_DEEP}") from None
     deep = too_deep(data)

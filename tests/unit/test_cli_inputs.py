@@ -69,6 +69,15 @@ def test_a_file_that_is_not_utf8_is_named_at_its_first_bad_byte(
     assert err == f"tiaki: error: {bad}:2:11: not UTF-8 text (byte 0xff)\n"
 
 
+def test_a_character_yaml_does_not_allow_is_one_line_at_its_position(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "nul.yaml"
+    bad.write_bytes(b"a: 1\nb: x\x00\n")
+    err = one_line(["registry", "check", str(bad)], capsys)
+    assert err == f"tiaki: error: {bad}:2:5: bad YAML: character #x0000 is not allowed\n"
+
+
 @pytest.mark.usefixtures("cached_engine")
 @pytest.mark.parametrize("name", ["events.json", "events.yaml", "events.jsonl"])
 def test_simulate_and_explain_name_a_file_that_is_not_utf8(
