@@ -3,11 +3,18 @@
 ruamel.yaml keeps each node's line and column; :func:`locate` walks a validation error's
 location (``("agencies", 3, "kind")``) back to the deepest node that exists, so every error
 points at ``file:line:column`` in the text the privacy officer is looking at.
+
+:func:`read_text` is how every command reads a file given to it (YAML or JSON): a file that
+cannot be read, or is not UTF-8, is a :class:`SourceError` at the first bad byte's line and
+column, never a ``UnicodeDecodeError``. :func:`load_yaml` and :func:`parse_json` refuse a file
+whose lists and mappings nest more than :data:`MAX_DEPTH` levels deep (:func:`too_deep`), so
+the readers that walk what they parsed recursively never meet a ``RecursionError``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +22,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.constructor import RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.reader import ReaderError
 
 from broker._errors import TiakiError
 
@@ -43,24 +51,101 @@ _TextTimestamps.add_constructor(
 )
 
 
-def load_yaml(path: Path) -> Any:
-    """Parse ``path`` keeping positions; raise :class:`SourceError` on unreadable or bad YAML."""
+#: How deeply a file may nest lists and mappings. Tiaki's own files need fewer than ten
+#: levels; the limit keeps a broken or hostile file from exhausting Python's stack in the
+#: readers that walk it recursively.
+MAX_DEPTH = 100
+
+
+def read_text(path: Path) -> str:
+    """The text of ``path``; :class:`SourceError` if it cannot be read or is not UTF-8 (at the
+    line and column of the first byte that is not)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        data = path.read_bytes()
     except OSError as exc:
         raise SourceError(path, 1, 1, f"cannot read file: {exc.strerror or exc}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line_start = data.rfind(b"\n", 0, exc.start) + 1
+        line = data.count(b"\n", 0, exc.start) + 1
+        # What precedes the first bad byte decodes, so the column counts characters.
+        column = len(data[line_start : exc.start].decode("utf-8")) + 1
+        raise SourceError(
+            path, line, column, f"not UTF-8 text (byte 0x{data[exc.start]:02x})"
+        ) from None
+
+
+def too_deep(node: Any, limit: int = MAX_DEPTH) -> Any:
+    """The first list or mapping in ``node`` nested more than ``limit`` levels deep, or
+    ``None``."""
+    # YAML aliases share nodes (and may make cycles): a node is walked again only when it is
+    # reached deeper than before, so sharing costs nothing and a cycle runs into the limit.
+    reached: dict[int, int] = {}
+    stack = [(node, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, Mapping):
+            children: Iterable[Any] = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth >= limit:
+            return item
+        if reached.get(id(item), -1) >= depth:
+            continue
+        reached[id(item)] = depth
+        stack.extend((child, depth + 1) for child in children)
+    return None
+
+
+def parse_json(path: Path, text: str, line: int = 1) -> Any:
+    """JSON from ``text``, which starts at ``line`` of ``path``; :class:`SourceError` at the
+    fault, or if lists and objects nest more than :data:`MAX_DEPTH` levels deep."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SourceError(path, line + exc.lineno - 1, exc.colno, f"bad JSON: {exc.msg}") from None
+    except RecursionError:  # deeper than even the parser allows
+        raise SourceError(path, line, 1, f"bad JSON: {_TOO_DEEP}") from None
+    if too_deep(data) is not None:
+        raise SourceError(path, line, 1, f"bad JSON: {_TOO_DEEP}")
+    return data
+
+
+def load_yaml(path: Path) -> Any:
+    """Parse ``path`` keeping positions; raise :class:`SourceError` on unreadable or bad YAML."""
+    text = read_text(path)
     yaml = YAML(typ="rt")
     yaml.Constructor = _TextTimestamps
     yaml.allow_duplicate_keys = False
     try:
-        return yaml.load(text)
+        data = yaml.load(text)
     except MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
         problem = exc.problem or exc.context or "invalid YAML"
         raise SourceError(path, line, column, f"bad YAML: {problem}") from None
-    except YAMLError as exc:  # errors without a mark
-        raise SourceError(path, 1, 1, f"bad YAML: {exc}") from None
+    except ReaderError as exc:  # a character YAML does not allow, at a character index
+        at = int(exc.position)
+        line, column = text.count("\n", 0, at) + 1, at - (text.rfind("\n", 0, at) + 1) + 1
+        character = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise SourceError(
+            path, line, column, f"bad YAML: character #x{character:04x} is not allowed"
+        ) from None
+    except YAMLError as exc:  # other errors without a mark
+        raise SourceError(path, 1, 1, f"bad YAML: {' '.join(str(exc).split())}") from None
+    except RecursionError:  # ruamel composes nested nodes recursively
+        raise SourceError(path, 1, 1, f"bad YAML: {_TOO_DEEP}") from None
+    deep = too_deep(data)
+    if deep is not None:
+        line, column = (deep.lc.line + 1, deep.lc.col + 1) if hasattr(deep, "lc") else (1, 1)
+        raise SourceError(path, line, column, f"bad YAML: {_TOO_DEEP}")
+    return data
+
+
+_TOO_DEEP = f"lists or mappings nested more than {MAX_DEPTH} levels deep"
 
 
 def locate(root: Any, loc: Sequence[str | int]) -> tuple[int, int]:

@@ -33,6 +33,7 @@ from typing import Annotated, Any
 import typer
 
 from broker._settings import Settings
+from broker._yaml import SourceError, read_text
 from broker.audit._errors import AuditError, LogTampered, QueryError
 from broker.audit._index import AuditIndex, Query, Row
 from broker.audit._kafka import index_live, read_log, read_topic, verify_live
@@ -69,6 +70,8 @@ ProfileName = Annotated[
 Format = Annotated[str, typer.Option("--format", help="table, csv or json.")]
 
 FORMATS = ("table", "csv", "json")
+#: The most rows ``query`` prints; SQLite takes a 64-bit LIMIT, and no reader wants more.
+MAX_LIMIT = 1_000_000
 
 
 def _now() -> datetime:
@@ -79,8 +82,19 @@ def _settings() -> Settings:
     return Settings.from_env()
 
 
-def _index(settings: Settings, db: str | None, *, rebuild: bool = False) -> AuditIndex:
+def _index(
+    settings: Settings, db: str | None, *, rebuild: bool = False, existing: bool = False
+) -> AuditIndex:
+    """The index at ``--db`` (or the default), made if new unless ``existing``: the commands
+    that answer from the index (query, subject-report, access-log) ask for one that exists,
+    since a mistyped path would otherwise be a new, empty index, and an empty answer to "who
+    received what" that is not true. Commands that only record their access may make it."""
     target = db if db is not None else settings.home / "audit" / "index.sqlite"
+    text = str(target)
+    if existing and not text.startswith(("postgresql://", "postgres://")):
+        path = Path(text.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise AuditError(f"no audit index at {path} (build it with 'tiaki audit index')")
     return AuditIndex.open(target, load_schemas(settings.schemas_dir), rebuild=rebuild)
 
 
@@ -120,9 +134,9 @@ def _read(
 ) -> tuple[list[LogEntry], list[LogEntry]]:
     if source is not None:
         try:
-            lines = source.read_text().splitlines()
-        except OSError as exc:
-            raise AuditError(f"cannot read {source}: {exc.strerror}") from None
+            lines = read_text(source).splitlines()
+        except SourceError as exc:  # unreadable, or not UTF-8
+            raise AuditError(str(exc)) from None
         entries = load_lines(lines)
         return (
             [e for e in entries if e.topic == AUDIT_TOPIC],
@@ -319,7 +333,9 @@ def query_command(
     action: Annotated[str | None, typer.Option("--action")] = None,
     since: Annotated[str | None, typer.Option("--since", help="ISO 8601, inclusive.")] = None,
     until: Annotated[str | None, typer.Option("--until", help="ISO 8601, exclusive.")] = None,
-    limit: Annotated[int, typer.Option("--limit")] = 1000,
+    limit: Annotated[
+        int, typer.Option("--limit", help="Most rows to print.", min=1, max=MAX_LIMIT)
+    ] = 1000,
     fmt: Format = "table",
     db: Db = None,
 ) -> None:
@@ -338,7 +354,7 @@ def query_command(
         until_ms=_time(until, "--until"),
         limit=limit,
     )
-    with _index(settings, db) as index:
+    with _index(settings, db, existing=True) as index:
         rows = index.query(q)
         index.record_access(
             operator=operator, command="query", query=q.described(), results=len(rows), now=_now()
@@ -376,7 +392,7 @@ def subject_report_command(
     settings = _settings()
     ref = person_ref(_subject_key(settings), identifier)
     schemas = load_schemas(settings.schemas_dir)
-    with _index(settings, db) as index:
+    with _index(settings, db, existing=True) as index:
         report = subject_report(index.about(ref), classifier(schemas))
         index.record_access(
             operator=operator,
@@ -427,7 +443,7 @@ def access_log_command(operator: Operator, fmt: Format = "table", db: Db = None)
     """Every recorded read of the audit data; fails if the access log's chain is broken."""
     _check_format(fmt)
     settings = _settings()
-    with _index(settings, db) as index:
+    with _index(settings, db, existing=True) as index:
         entries = index.access_log()
         index.record_access(
             operator=operator, command="access-log", query={}, results=len(entries), now=_now()

@@ -15,7 +15,6 @@ once released: publishing ``Address`` v2 does not silently alter events written 
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from typing import Any
 from fastavro import parse_schema
 from fastavro.schema import to_parsing_canonical_form
 
+from broker._yaml import SourceError, parse_json, read_text
 from broker.codec._codec import decode
 from broker.codec._errors import SchemaError, UnknownSchema
 from broker.codec._model import NAMESPACE, Schema, SchemaKind, Vocabulary
@@ -141,11 +141,9 @@ def load_schemas(folder: Path) -> SchemaSet:
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SchemaError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise SchemaError(f"{path}:{exc.lineno}:{exc.colno}: bad JSON: {exc.msg}") from None
+        return parse_json(path, read_text(path))
+    except SourceError as exc:  # unreadable, not UTF-8, bad JSON or nested too deeply
+        raise SchemaError(str(exc)) from None
 
 
 def _load_vocabulary(path: Path) -> Vocabulary:

@@ -34,12 +34,19 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+#: The longest validity a key may be given (ten years): keys are rotated well before, and a
+#: validity past the year 9999 cannot even be written down.
+MAX_DAYS = 3653
+
+
 @app.command("init")
 def init(
     force: Annotated[
         bool, typer.Option("--force", help="Replace existing key sets (old keys are deleted).")
     ] = False,
-    days: Annotated[int, typer.Option("--days", min=1, help="Validity of each key.")] = 365,
+    days: Annotated[
+        int, typer.Option("--days", min=1, max=MAX_DAYS, help="Validity of each key.")
+    ] = 365,
 ) -> None:
     """Generate development keys for every agency in the registry and for the broker."""
     settings = Settings.from_env()
@@ -91,7 +98,9 @@ def rotate(
         list[str] | None,
         typer.Option("--purpose", help="encryption or signing (repeatable; default both)."),
     ] = None,
-    days: Annotated[int, typer.Option("--days", min=1, help="Validity of the new keys.")] = 365,
+    days: Annotated[
+        int, typer.Option("--days", min=1, max=MAX_DAYS, help="Validity of the new keys.")
+    ] = 365,
 ) -> None:
     """Create new current keys for NAME; the old ones become retiring."""
     settings = Settings.from_env()

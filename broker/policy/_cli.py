@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,7 +18,7 @@ import typer
 from broker.policy._engine import Engine, compile_policy
 from broker.policy._errors import ApprovalError, PolicyValidationError, ScenarioFailure
 from broker.policy._load import load_policy_set
-from broker.policy._model import Decision, DecisionInput
+from broker.policy._model import Decision
 from broker.policy._scenarios import load_scenarios, run_scenarios
 from broker.policy._sign import (
     generate_officer_key,
@@ -26,7 +27,7 @@ from broker.policy._sign import (
     sign_policy,
     verify_approvals,
 )
-from broker.policy._simulate import decisions_for, diff, load_events, simulate
+from broker.policy._simulate import decisions_for, diff, input_for, load_events, simulate
 
 app = typer.Typer(
     help="Sharing policies: validate, test, explain, simulate, diff, sign, verify.",
@@ -105,10 +106,11 @@ def run_tests(folder: Annotated[Path, _FOLDER] = Path("policies")) -> None:
 
 
 def _context(pairs: list[str]) -> dict[str, Any]:
+    """``--set key=value`` pairs; the keys and values are checked with the event's context."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
-        if not sep:
+        if not sep or not key.strip():
             raise typer.BadParameter(f"--set {pair!r}: expected key=value")
         out[key.strip()] = {"true": True, "false": False}.get(value.strip().lower(), value.strip())
     return out
@@ -136,17 +138,10 @@ def explain(
     item = items[0]
     context = {**item.context, **_context(settings or [])}
     item = type(item)(item.label, item.record, item.schema, context)
+    inp = input_for(engine, item, recipient, at=_today(at), participating=participating)
     decision = decisions_for(
         engine, item, at=_today(at), participating=participating, recipients=[recipient]
     )[recipient]
-    inp = DecisionInput.from_record(
-        item.record,
-        recipient,
-        at=_today(at),
-        schema_version=item.schema.version,
-        participates=bool(context.pop("participates", participating)),
-        **{k: v for k, v in context.items() if k != "at"},
-    )
     print(f"event     {item.label}: {item.schema.label} from {inp.source}")
     print(f"recipient {recipient}  purpose {inp.purpose}")
     print("rules:")
@@ -268,6 +263,18 @@ def hash_command(folder: Annotated[Path, _FOLDER] = Path("policies")) -> None:
     print(_engine(folder).policy_hash)
 
 
+#: An officer's name is also the name of their approval file (``approvals/NAME.json``).
+_OFFICER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def _check_officer(officer: str) -> None:
+    if not _OFFICER_NAME.fullmatch(officer):
+        raise typer.BadParameter(
+            f"--officer {officer!r}: a name of letters, digits, '.', '_' and '-' "
+            "(up to 64, starting with a letter or digit), e.g. j-smith"
+        )
+
+
 @app.command("keygen")
 def keygen(
     officer: Annotated[
@@ -278,6 +285,7 @@ def keygen(
     ],
 ) -> None:
     """Make a development Ed25519 key for an officer; print the roster entry to add."""
+    _check_officer(officer)
     public = generate_officer_key(out)
     print(f"private key: {out} (keep it out of the repository)")
     print(f"roster entry:\n  - name: {officer}\n    public_key: {public}")
@@ -292,6 +300,7 @@ def sign(
     """Approve the policy set: sign its hash and write approvals/<officer>.json."""
     if not officer or key == Path():
         raise typer.BadParameter("sign needs --officer and --key")
+    _check_officer(officer)
     engine = _engine(folder)
     path = sign_policy(
         engine.policy_hash,

@@ -46,6 +46,7 @@ from typing import Any
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from broker.codec import CodecError, from_json, validate
+from broker.policy._context import value_problem
 from broker.policy._engine import Engine
 from broker.policy._errors import PolicySourceError, PolicyValidationError
 from broker.policy._model import (
@@ -212,7 +213,8 @@ class _ScenarioReader:
         values: dict[str, Any] = {"at": dt.date(2025, 3, 5)}
         for node in (defaults, context):
             for key, value in node.items():
-                values[key] = self.context_value(node, key, value)
+                if key in _CONTEXT_KEYS:  # an unknown key is already an error; never an input
+                    values[key] = self.context_value(node, key, value)
         record: dict[str, Any] = {}
         version = case.get("version")
         event_type = ""
@@ -295,6 +297,8 @@ class _ScenarioReader:
                 (node, key),
                 f"unknown purpose '{value}'{suggest(str(value), self.policy.vocabulary.purposes)}",
             )
+        elif key != "purpose" and (problem := value_problem(key, value, self.policy)):
+            self.reader.error((node, key), problem)
         return value
 
     def request(self, context: CommentedMap, node: Any) -> RequestFacts | None:

@@ -10,14 +10,14 @@ risk, a request's purpose).
 from __future__ import annotations
 
 import datetime as dt
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from broker._yaml import SourceError, load_yaml
-from broker.codec import CodecError, Schema, SchemaSet, from_json
+from broker._yaml import SourceError, load_yaml, parse_json, read_text
+from broker.codec import CodecError, Schema, SchemaSet, from_json, validate
+from broker.policy._context import CONTEXT_KEYS, check_context
 from broker.policy._engine import Engine
 from broker.policy._errors import PolicyError
 from broker.policy._model import Decision, DecisionInput
@@ -56,12 +56,14 @@ def load_events(path: Path, schemas: SchemaSet) -> list[SimEvent]:
             data = load_yaml(path)
         except SourceError as exc:
             raise PolicyError(str(exc)) from None
+        if not isinstance(data, list | None):
+            raise PolicyError(f"{path}: a YAML events file is a list of events")
         items = [(f"{path.name}[{i}]", item) for i, item in enumerate(data or [])]
     else:
         text = _read_text(path)
         try:
-            whole = json.loads(text)
-        except json.JSONDecodeError:
+            whole = _parse(path, text)
+        except PolicyError:  # not one JSON document: JSON lines
             whole = None
         if isinstance(whole, list):
             items = [(f"{path.name}[{i}]", item) for i, item in enumerate(whole)]
@@ -78,18 +80,16 @@ def load_events(path: Path, schemas: SchemaSet) -> list[SimEvent]:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise PolicyError(f"{path}: cannot read: {exc.strerror or exc}") from None
+        return read_text(path)
+    except SourceError as exc:  # unreadable, or not UTF-8
+        raise PolicyError(str(exc)) from None
 
 
 def _parse(path: Path, text: str, line: int = 1) -> Any:
     try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise PolicyError(
-            f"{path}:{line + exc.lineno - 1}:{exc.colno}: bad JSON: {exc.msg}"
-        ) from None
+        return parse_json(path, text, line)
+    except SourceError as exc:
+        raise PolicyError(str(exc)) from None
 
 
 def _read_json(path: Path) -> Any:
@@ -112,17 +112,46 @@ def _event(label: str, item: Any, schemas: SchemaSet) -> SimEvent:
     item = _plain(item)
     context: dict[str, Any] = {}
     if isinstance(item, dict) and "record" in item:
-        context = dict(item.get("context") or {})
+        given = item.get("context") or {}
+        if not isinstance(given, dict):
+            raise PolicyError(f"{label}: 'context' must be a mapping of attribute: value")
+        context = dict(given)
         item = item["record"]
     if not isinstance(item, dict) or not isinstance(item.get("header"), dict):
         raise PolicyError(f"{label}: an event needs a 'header' (or 'record' and 'context')")
     try:
         schema = schemas.latest(str(item["header"].get("event_type", "")))
         record = from_json(schema, item)
+        validate(schema, record)  # the decision reads the header as the schema has it
     except CodecError as exc:
         raise PolicyError(f"{label}: {exc}") from None
     event_id = str(item["header"].get("event_id", label))
     return SimEvent(f"{label} ({event_id})", record, schema, context)
+
+
+def input_for(
+    engine: Engine, event: SimEvent, recipient: str, *, at: dt.date, participating: bool
+) -> DecisionInput:
+    """The decision input for ``recipient`` of ``event``; its context wins over ``at`` and
+    ``participating``. :class:`PolicyError` naming the event if the context is not one
+    (:func:`~broker.policy._context.check_context`)."""
+    context, problems = check_context(event.context, engine.policy, keys=SIMULATE_KEYS)
+    if problems:
+        raise PolicyError(f"{event.label}: context: {'; '.join(problems)}")
+    at = context.pop("at", at)
+    participates = context.pop("participates", participating)
+    return DecisionInput.from_record(
+        event.record,
+        recipient,
+        at=at,
+        schema_version=event.schema.version,
+        participates=participates,
+        **context,
+    )
+
+
+#: What an event's context may set: the recipient is each candidate in turn.
+SIMULATE_KEYS = CONTEXT_KEYS - {"recipient"}
 
 
 def decisions_for(
@@ -134,25 +163,20 @@ def decisions_for(
     recipients: Iterable[str] = (),
 ) -> dict[str, Decision]:
     """The decision for every candidate recipient of ``event`` (plus ``recipients``)."""
-    header = event.record.get("header") or {}
+    header = _header(event)
     source = str(header.get("source_agency", ""))
-    context = dict(event.context)
-    if "at" in context:
-        at = dt.date.fromisoformat(str(context.pop("at")))
-    participates = bool(context.pop("participates", participating))
     names = set(engine.candidates(event.schema.name, source)) | set(recipients)
-    out = {}
-    for recipient in sorted(names):
-        inp = DecisionInput.from_record(
-            event.record,
-            recipient,
-            at=at,
-            schema_version=event.schema.version,
-            participates=participates,
-            **context,
+    return {
+        recipient: engine.decide(
+            input_for(engine, event, recipient, at=at, participating=participating)
         )
-        out[recipient] = engine.decide(inp)
-    return out
+        for recipient in sorted(names)
+    }
+
+
+def _header(event: SimEvent) -> Mapping[str, Any]:
+    header = event.record.get("header") or {}
+    return header if isinstance(header, Mapping) else {}
 
 
 def simulate(
@@ -168,7 +192,7 @@ def diff(
     """Every (event, recipient, field) whose outcome or field action changes from old to new."""
     changes: list[Change] = []
     for event in events:
-        header = event.record.get("header") or {}
+        header = _header(event)
         source = str(header.get("source_agency", ""))
         everyone = set(old.candidates(event.schema.name, source)) | set(
             new.candidates(event.schema.name, source)

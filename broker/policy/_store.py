@@ -10,6 +10,10 @@ state           load() succeeds                 load() fails
 empty           current = new engine            raise (nothing to fall back on)
 serving v1      current = v2                    keep v1; ``last_error`` says why
 ==============  ==============================  ======================================
+
+*Fails* means any exception while reading, compiling or verifying the candidate, not only a
+:class:`~broker.policy.PolicyError`: a set that trips an unforeseen error (a file the readers choke on) is
+refused like an invalid one, so a running broker never loses its policy to a bad release.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from broker.policy._engine import Engine, compile_policy
-from broker.policy._errors import PolicyError
 from broker.policy._load import load_policy_set
 from broker.policy._model import Officer
 from broker.policy._sign import load_approvals, verify_approvals
@@ -30,8 +33,9 @@ class PolicyStore:
         self._roster = roster
         self._require = require_approvals
         self._engine: Engine | None = None
-        #: Why the last load was refused (``None`` after a successful one).
-        self.last_error: PolicyError | None = None
+        #: Why the last load was refused (``None`` after a successful one): usually a
+        #: :class:`~broker.policy.PolicyError`, but any exception the candidate set raised.
+        self.last_error: Exception | None = None
         #: Officers whose approvals admitted the current set.
         self.approved_by: tuple[str, ...] = ()
 
@@ -43,7 +47,8 @@ class PolicyStore:
     def load(self, folder: Path) -> Engine:
         """Load ``folder``; return the new engine, or the old one if the new set fails.
 
-        Raises the :class:`PolicyError` only when there is no working engine to keep.
+        Raises the :class:`~broker.policy.PolicyError` (or whatever the candidate raised) only when there is
+        no working engine to keep.
         """
         try:
             policy = load_policy_set(folder)
@@ -56,7 +61,7 @@ class PolicyStore:
                     load_approvals(policy.approvals_folder),
                     self._roster,
                 )
-        except PolicyError as exc:
+        except Exception as exc:  # any failure refuses the candidate (module docstring)
             self.last_error = exc
             if self._engine is None:
                 raise

@@ -4,7 +4,9 @@ Every worker reads the compacted topic from the beginning and then follows it. E
 unpacked into a fresh folder and offered to the worker's :class:`~broker.policy.PolicyStore`,
 which verifies and compiles it before swapping; a bundle that is invalid, unsigned or signed by
 officers the broker does not trust is refused, the old policy keeps running, and a metric and
-a log line say so. Because the decider reads the store's engine once per event, no event is
+a log line say so. So is a bundle that fails in any other way (a file name that clashes with
+a folder, text that cannot be written, a file the readers choke on): whatever goes wrong while
+taking in one bundle refuses that bundle and never stops the watcher. Because the decider reads the store's engine once per event, no event is
 ever decided half under one version and half under another.
 """
 
@@ -18,7 +20,6 @@ import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from broker._errors import TiakiError
 from broker.platform._profiles import Profile
 from broker.platform._topics import POLICY
 from broker.policy import Engine, PolicyStore
@@ -44,12 +45,12 @@ class PolicyWatcher:
         """Offer one bundle; True if it is now the policy in force."""
         before = self._store.engine
         engine: Engine | None = before
-        error: TiakiError | None
+        error: Exception | None
         try:
             with tempfile.TemporaryDirectory(prefix="tiaki-policy-", dir=self._workdir) as tmp:
                 engine = self._store.load(unbundle(bundle, Path(tmp) / "bundle"))
                 error = self._store.last_error
-        except TiakiError as exc:  # not even a bundle, or no engine to fall back on
+        except Exception as exc:  # not even a bundle, no engine to fall back on, or unforeseen
             error = exc
         if error is not None or engine is None:
             reason = type(error).__name__ if error is not None else "no_engine"
@@ -67,7 +68,9 @@ class PolicyWatcher:
         return True
 
     async def follow(self, profile: Profile, stop: asyncio.Event) -> None:
-        """Read ``tiaki.policy`` from the beginning until ``stop``; apply each bundle."""
+        """Read ``tiaki.policy`` from the beginning until ``stop``; apply each bundle. A Kafka
+        error ends it (raised, after a log line): the broker must not run on without
+        following its policy topic."""
         consumer = AIOKafkaConsumer(
             **profile.aiokafka_kwargs(),
             group_id=None,
@@ -84,9 +87,12 @@ class PolicyWatcher:
                 for record in batches.get(partition, []):
                     self.apply(record.value)
         except KafkaError as exc:
+            # The policy in force keeps deciding until the broker stops; it stops because this
+            # task ended early (broker.runtime._background), and its supervisor restarts it.
             log.error(
                 "policy topic unreadable; keeping the policy in force",
                 error_type=type(exc).__name__,
             )
+            raise
         finally:
             await asyncio.shield(consumer.stop())

@@ -81,9 +81,12 @@ def unbundle(data: bytes, out: Path) -> Path:
     out.mkdir(parents=True, exist_ok=False)
     root = out.resolve()
     for name, text in files.items():
-        target = (out / name).resolve()
-        if root not in target.parents:
-            raise ConfigError(f"policy bundle names a path outside its folder: {name!r}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_text(str(text), encoding="utf-8")
+        try:
+            target = (out / name).resolve()
+            if root not in target.parents:
+                raise ConfigError(f"policy bundle names a path outside its folder: {name!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(str(text), encoding="utf-8")
+        except (OSError, ValueError) as exc:  # a name clash, a NUL, a lone surrogate
+            raise ConfigError(f"policy bundle file {name!r} cannot be unpacked: {exc}") from None
     return out / "policies"

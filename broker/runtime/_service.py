@@ -32,6 +32,7 @@ from broker.platform._profiles import load_profile, profile_path
 from broker.platform._topics import BROKER, STATE_CASES, STATE_REQUESTS, STATE_SEEN
 from broker.policy import Engine, PolicyError, PolicyStore, Pseudonymiser
 from broker.registry import load_registry
+from broker.runtime._background import BackgroundTasks
 from broker.runtime._cases import CaseMembership
 from broker.runtime._chaining import AuditChainer
 from broker.runtime._intake import Intake
@@ -242,16 +243,17 @@ async def serve(
         chain=chain,
     )
     log.info("broker starting", worker=options.worker_id, policy_hash=engine().policy_hash)
-    following = asyncio.create_task(watcher.follow(profile, stop))
-    watching = asyncio.create_task(_observe(metrics, ring, transport, stop))
-    keys = asyncio.create_task(follow_keys(keystore, principals, ring, stop))
+    # A background task that dies stops the worker after its batch, and serve() then raises
+    # BackgroundTaskFailed so the process exits 1 for its supervisor to restart.
+    background = BackgroundTasks(stop)
+    background.start("policy", watcher.follow(profile, stop))
+    background.start("observer", _observe(metrics, ring, transport, stop))
+    background.start("keys", follow_keys(keystore, principals, ring, stop))
     try:
         await worker.run(stop)
     finally:
-        stop.set()
-        await following
-        await watching
-        await keys
+        await background.join()
+    background.check()
 
 
 #: How often the key folder is read again for rotations and revocations.
