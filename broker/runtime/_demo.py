@@ -484,6 +484,10 @@ class DemoResult:
     received: dict[str, list[Row]] = field(default_factory=dict)
     held: int = 0
     approved: int = 0
+    #: Disclosures made at once in imminent danger, reviewed afterwards (review_within_24h),
+    #: and how many of those the reviewer upheld.
+    after_disclosure: int = 0
+    upheld: int = 0
     skipped: list[str] = field(default_factory=list)
     #: request id -> holders who answered, from the broker's request book.
     requests: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -732,7 +736,8 @@ class _Day:
             records = await reader.read_all(REVIEW)
         queue = read_queue(records, Opener(BROKER, ring), schemas, now)
         mine = [i for i in queue.values() if str(i.shared["event_id"]) in self.ids]
-        self.result.held = len(mine)
+        self.result.held = sum(not i.disclosed for i in mine)
+        self.result.after_disclosure = sum(i.disclosed for i in mine)
         context = operator_audit_context(self.settings)
         outputs = []
         for item in mine:
@@ -748,6 +753,13 @@ class _Day:
                 schemas=schemas,
                 context=context,
             )
+            if item.disclosed:
+                self.result.upheld += 1
+                self.console.print(
+                    f"    {'reviewer':>16}  upholds the {item.shared['event_type']} disclosed at"
+                    f" once to {item.recipient} (imminent danger)"
+                )
+                continue
             self.result.approved += 1
             self.console.print(
                 f"    {'reviewer':>16}  approves {item.shared['event_type']} for {item.recipient}"
@@ -878,7 +890,9 @@ async def run_demo(
         console.print()
         day.tables({a.id: a.name for a in registry.agencies})
         console.print(
-            f"\nheld for review: {day.result.held} (approved {day.result.approved} as {REVIEWER})"
+            f"\nheld for review: {day.result.held} (approved {day.result.approved} as {REVIEWER});"
+            f" disclosed at once and reviewed afterwards: {day.result.after_disclosure}"
+            f" (upheld {day.result.upheld})"
         )
         await day.requests(schemas)
         await day.refusal()

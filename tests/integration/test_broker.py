@@ -317,8 +317,11 @@ def expected_hash(env: BrokerEnv) -> str:
 
 async def test_held_decision_is_released_by_a_named_reviewer(env: BrokerEnv) -> None:
     # Health information leaving health goes to a person first (HIPC-01): Health NZ to Police.
+    # Without strangulation signs: with them the case is high risk and the minimal facts go to
+    # Police at once, reviewed afterwards (LAW.md scenario 4), which the unit tests cover.
     case = f"SYN-CASE-{uuid.uuid4().hex[:8]}"
     screening = example("HealthScreeningOutcome", case_id=case, source_agency="health-nz")
+    screening["strangulation_signs"] = False
     await env.publish("health-nz", [("HealthScreeningOutcome", screening)])
     review_id = f"{screening['header']['event_id']}/police"
     cli = [str(TIAKI), "review"]

@@ -27,9 +27,10 @@ from tests.integration.broker_env import SCHEMAS
 from tests.integration.conftest import ROOT, Cluster
 
 
-def expected_tables(phases: list[Phase]) -> tuple[dict[str, Counter[Row]], int]:
-    """Per agency, the rows the policy lets it receive, and how many decisions are held for
-    review (the demo's reviewer approves those, so they arrive too)."""
+def expected_tables(phases: list[Phase]) -> tuple[dict[str, Counter[Row]], int, int]:
+    """Per agency, the rows the policy lets it receive; how many decisions are held for
+    review (the demo's reviewer approves those, so they arrive too); and how many shares go at
+    once with a review afterwards (review_within_24h: the reviewer upholds those)."""
     engine = compile_policy(load_policy_set(ROOT / "policies"))
     registry = load_registry(ROOT / "policies" / "agencies.yaml")
     cases, requests = CaseMembership(), RequestBook()
@@ -37,7 +38,7 @@ def expected_tables(phases: list[Phase]) -> tuple[dict[str, Counter[Row]], int]:
     now = dt.datetime.now(dt.UTC)
     out: dict[str, Counter[Row]] = {a: Counter() for a in DEMO_AGENCIES}
     delivered: set[tuple[str, str]] = set()
-    held = 0
+    held = after = 0
     for phase in phases:
         for step in phase.steps:
             if step.after is not None and step.after not in delivered:
@@ -52,6 +53,9 @@ def expected_tables(phases: list[Phase]) -> tuple[dict[str, Counter[Row]], int]:
                 if verdict.outcome is Outcome.DENY:
                     continue
                 held += verdict.outcome is Outcome.REVIEW
+                after += (
+                    verdict.outcome is Outcome.SHARE and "review_within_24h" in verdict.obligations
+                )
                 if verdict.outcome is Outcome.SHARE:
                     delivered.add((verdict.recipient, step.event_id))
                 dropped = sum(a == "drop" for a in verdict.field_actions.values())
@@ -69,7 +73,7 @@ def expected_tables(phases: list[Phase]) -> tuple[dict[str, Counter[Row]], int]:
                             dropped,
                         )
                     ] += 1
-    return out, held
+    return out, held, after
 
 
 async def start_groups_at_end(cluster: Cluster, agencies: tuple[str, ...]) -> None:
@@ -109,7 +113,7 @@ async def demo_settings(cluster: Cluster) -> Settings:
 async def test_demo_tables_are_what_the_policy_permits(cluster: Cluster) -> None:
     settings = await demo_settings(cluster)
     phases = isr_day(ROOT / "schemas", f"T{uuid.uuid4().hex[:5].upper()}")
-    expected, held = expected_tables(phases)
+    expected, held, after = expected_tables(phases)
     # The script exercises every part of the day the issue asks for.
     assert sum(map(sum, (c.values() for c in expected.values()))) >= 10
     assert held >= 1
@@ -126,6 +130,8 @@ async def test_demo_tables_are_what_the_policy_permits(cluster: Cluster) -> None
     assert result.requests == {request.document["request_id"]: ("police",)}
     assert result.held == held
     assert result.approved == held
+    assert result.after_disclosure == after
+    assert result.upheld == after
     # The garbage record written to Police's ingress by hand: quarantined, and Police told.
     assert result.refused == 1
     text = output.getvalue()
