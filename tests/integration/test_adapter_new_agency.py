@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 
 from adapters import AdapterClient, Received
+from broker.codec import decode, load_schemas
 from broker.envelope import KeyStore
 from broker.platform import LocalKafka, start_provisioned
+from broker.platform._topics import STATE_CASES
 from broker.registry import load_registry
 from broker.runtime._release import approve_as_dev_officers, dev_officers, stage_release
 from tests.integration.broker_env import TIAKI, BrokerEnv, example
@@ -141,6 +143,19 @@ async def receive_until(
     return got
 
 
+async def joined_case(env: BrokerEnv, case: str, agency: str, within: float = 60) -> None:
+    """Wait until the broker has committed ``agency`` as a member of ``case``: events from
+    different agencies' topics are not ordered against each other."""
+    schema = load_schemas(ROOT / "schemas").latest("CaseMembership")
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        for record in await env.read("broker", STATE_CASES):
+            if record.key == case.encode() and agency in decode(record.value, schema)["members"]:
+                return
+        assert asyncio.get_running_loop().time() < deadline, f"{agency} never joined {case}"
+        await asyncio.sleep(0.5)
+
+
 async def test_tenth_agency_exchanges_events_filtered_by_policy(
     joined: BrokerEnv, tmp_path: Path
 ) -> None:
@@ -150,7 +165,13 @@ async def test_tenth_agency_exchanges_events_filtered_by_policy(
     release["programme_notes"] = "Synthetic: programme notes that must not leave Corrections."
     allocation = example("CaseAllocation", case_id=case, source_agency="police")
     allocation["agency"]["agency_id"] = "corrections"
-    health = example("HealthScreeningOutcome", case_id=case, source_agency="health-nz")
+    # The release notice goes to the victim's own specialist service only (LAW.md scenario
+    # 3): Police, which coordinates cases, allocates the new agency to the case.
+    joining = example("CaseAllocation", case_id=case, source_agency="police")
+    joining["agency"]["agency_id"] = NEW
+    # A health disclosure about another case, which the new agency does not work on.
+    other = f"SYN-NEW-{uuid.uuid4().hex[:8]}"
+    health = example("HealthScreeningOutcome", case_id=other, source_agency="health-nz")
     plan = example("SafetyPlanUpdate", case_id=case, source_agency=NEW)
     plan["header"]["sharing"] = sharing("fv_plan_or_response") | {"child_consulted": "yes"}
 
@@ -161,7 +182,9 @@ async def test_tenth_agency_exchanges_events_filtered_by_policy(
         client(joined, "health-nz", tmp_path / "health-nz") as health_nz,
     ):
         await police.publish("CaseAllocation", allocation)
+        await police.publish("CaseAllocation", joining)
         await police.flush()
+        await joined_case(joined, case, NEW)
         await corrections.publish("CorrectionsReleaseNotification", release)
         await health_nz.publish("HealthScreeningOutcome", health)
         await corrections.flush()
@@ -183,7 +206,7 @@ async def test_tenth_agency_exchanges_events_filtered_by_policy(
         for _ in range(4):
             await police.receive(lambda e: police_got.__setitem__(e.event_id, e), timeout_ms=300)
         assert plan["header"]["event_id"] not in police_got
-        # Nor does the NGO take part yet: the health disclosure needs participation.
+        # Nor does the NGO take part in the other case: the health disclosure needs it.
         for _ in range(4):
             await aroha.receive(lambda e: got.__setitem__(e.event_id, e), timeout_ms=300)
         assert health["header"]["event_id"] not in got
