@@ -495,6 +495,24 @@ _CHILD_VALUES = {
 }
 
 
+#: Every field name :meth:`_Signals.visit` reads, and what it tells: a node with none of
+#: them is not visited.
+_WATCHED: dict[str, str] = {
+    "date_of_birth": "dob",
+    "role": "role",
+    "relationship_to_victim": "relationship",
+    **dict.fromkeys(CHILD_FIELDS, "child_field"),
+    **dict.fromkeys(_CHILD_VALUES, "child_value"),
+    **dict.fromkeys(MAORI_DATA_FIELDS, "maori"),
+    **dict.fromkeys(_TIER_FIELDS, "tier"),
+    **dict.fromkeys(_HIGH_RISK_FLAGS, "high_risk"),
+}
+#: Types of the leaves fastavro decodes to, which :meth:`_Signals.walk` need not look into.
+_LEAF_TYPES = frozenset({str, int, float, bool, bytes, type(None), dt.datetime, dt.date})
+#: The same names as a set, for the one set operation per node.
+_WATCHED_NAMES = frozenset(_WATCHED)
+
+
 def higher_risk(a: str, b: str) -> str:
     """The higher of two risk levels (``unknown`` lowest)."""
     return a if _RISK_ORDER.get(a, 0) >= _RISK_ORDER.get(b, 0) else b
@@ -560,35 +578,66 @@ class _Signals:
         self.risk = "unknown"
 
     def walk(self, value: Any) -> None:
-        if isinstance(value, Mapping):
-            self.visit(value)
+        """Visit every mapping in ``value`` that has a field :meth:`visit` reads.
+
+        It runs on every event, over every field (the broker's hot path): exact type checks
+        for what fastavro decodes to (dicts and lists), and a node is visited only if one of
+        its keys is watched, found by a set operation rather than a check per name.
+        """
+        kind = type(value)
+        if kind is dict:
+            if not _WATCHED_NAMES.isdisjoint(value):
+                self.visit(value)
             for item in value.values():
-                self.walk(item)
-        elif isinstance(value, list | tuple):
+                inner = type(item)
+                if (
+                    inner is dict
+                    or inner is list
+                    or (inner not in _LEAF_TYPES and isinstance(item, Mapping | list | tuple))
+                ):
+                    self.walk(item)
+        elif kind is list or kind is tuple:
             for item in value:
-                self.walk(item)
+                inner = type(item)
+                if (
+                    inner is dict
+                    or inner is list
+                    or (inner not in _LEAF_TYPES and isinstance(item, Mapping | list | tuple))
+                ):
+                    self.walk(item)
+        elif isinstance(value, Mapping):  # any other mapping: walk it as a dict
+            self.walk(dict(value))
+        elif isinstance(value, list | tuple):
+            self.walk(list(value))
 
     def visit(self, node: Mapping[str, Any]) -> None:
-        born = node.get("date_of_birth")
-        if isinstance(born, dt.date) and _age(born, self.day) < 18:
-            self.child = True
-        if node.get("role") == "child":
-            self.child = True
-        if node.get("relationship_to_victim") == "child":
-            person = node.get("person") or {}
-            if not isinstance(person.get("date_of_birth"), dt.date):
-                self.child = True  # a victim's child of unknown age: treat as a child
-        if any(_set(node.get(name)) for name in CHILD_FIELDS):
-            self.child = True
-        if any(node.get(name) == value for name, value in _CHILD_VALUES.items()):
-            self.child = True
-        if any(_set(node.get(name)) for name in MAORI_DATA_FIELDS):
-            self.maori = True
-        for name in _TIER_FIELDS:
-            if node.get(name) in _RISK_ORDER:
-                self.risk = higher_risk(self.risk, str(node[name]))
-        if any(node.get(name) is True for name in _HIGH_RISK_FLAGS):
-            self.risk = "high"
+        for name in _WATCHED_NAMES.intersection(node):
+            value = node[name]
+            what = _WATCHED[name]
+            if what == "dob":
+                if isinstance(value, dt.date) and _age(value, self.day) < 18:
+                    self.child = True
+            elif what == "role":
+                if value == "child":
+                    self.child = True
+            elif what == "relationship":
+                person = node.get("person") or {}
+                if value == "child" and not isinstance(person.get("date_of_birth"), dt.date):
+                    self.child = True  # a victim's child of unknown age: treat as a child
+            elif what == "child_field":
+                if _set(value):
+                    self.child = True
+            elif what == "child_value":
+                if value == _CHILD_VALUES[name]:
+                    self.child = True
+            elif what == "maori":
+                if _set(value):
+                    self.maori = True
+            elif what == "tier":
+                if value in _RISK_ORDER:
+                    self.risk = higher_risk(self.risk, str(value))
+            elif value is True:  # a high-risk flag
+                self.risk = "high"
 
 
 def _set(value: Any) -> bool:
