@@ -12,7 +12,11 @@ Compile time does everything that does not depend on the event's facts:
   permit that matches it goes to a person, never straight out (LAW.md FVA-01);
 * each rule's dynamic conditions (risk, consent, child consultation, provenance, flags…) become
   one closure: an ``attrgetter`` and a set lookup over the allowed combinations;
-* each permit's field plan is resolved against every version of every event it covers.
+* each permit's field plan is resolved against every version of every event it covers. On a
+  route that carries the discloser's grounds (``GROUNDS_ROUTES``: FVA s20, OTA s66C) the plan
+  keeps the header's sharing ``justification`` and ``accountable_role`` (and a request's own),
+  whatever the rule or a field-level forbid says: they are the discloser's grounds, not
+  information about a person, and LAW.md FVA-03 says they travel with the disclosure.
 
 A decision then walks one bucket in this order, as DESIGN.md "Policies" says::
 
@@ -37,6 +41,8 @@ the dynamic conditions). A first sight walks the bucket as above.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import gc
 import itertools
 import math
@@ -48,12 +54,22 @@ from typing import Any
 
 from broker.codec import Schema
 from broker.policy._canonical import policy_hash
-from broker.policy._fields import FieldPlan, compile_plan, drop_all, forbidden_paths, with_forbidden
+from broker.policy._fields import (
+    FieldPlan,
+    compile_plan,
+    drop_all,
+    forbidden_paths,
+    leaves,
+    with_forbidden,
+)
 from broker.policy._load import agency_facts, party_matches
 from broker.policy._model import (
     CHILD_CONSULTED_OK,
     DYNAMIC_CONDITIONS,
+    GROUNDS_FIELDS,
+    GROUNDS_ROUTES,
     INPUT_ATTRIBUTE,
+    REQUEST_GROUNDS_FIELDS,
     Conditions,
     Decision,
     DecisionInput,
@@ -84,6 +100,8 @@ _TRIGGER_ATTRIBUTES = (
     "suppression_order",
     "maori_data",
     "participates",
+    "grounds_stated",
+    "child_reason_stated",
 )
 #: Review queue for each trigger (the Māori data one goes to data governance, MDS-04).
 TRIGGER_QUEUE = {t: "review" for t in Trigger} | {
@@ -92,6 +110,7 @@ TRIGGER_QUEUE = {t: "review" for t in Trigger} | {
 #: Added to every share that carries Māori data (MDS-01: provenance travels with it).
 MAORI_OBLIGATION = "keep_maori_data_provenance"
 _STATUS, _HEALTH, _CHILD, _CONSENT, _PRIVILEGED, _MAORI = 1, 2, 4, 8, 16, 32
+_GROUNDS, _CHILD_REASON = 64, 128
 #: Trigger bits in the order reason codes list them.
 _TRIGGER_BITS = (
     (_STATUS, Trigger.RECIPIENT_STATUS_UNCONFIRMED),
@@ -100,6 +119,8 @@ _TRIGGER_BITS = (
     (_CONSENT, Trigger.CONSENT_REFUSED_BELOW_HIGH),
     (_PRIVILEGED, Trigger.PRIVILEGED_MATERIAL),
     (_MAORI, Trigger.MAORI_DATA_BEYOND_CASE),
+    (_GROUNDS, Trigger.JUSTIFICATION_MISSING),
+    (_CHILD_REASON, Trigger.CHILD_NOT_CONSULTED_REASON_MISSING),
 )
 _NOTHING: frozenset[str] = frozenset()
 #: Enum members as module constants: ``Effect.FORBID`` is a slow class lookup on Python 3.11.
@@ -119,6 +140,8 @@ class _Compiled:
     plans: dict[tuple[str, int], FieldPlan] = field(default_factory=dict)
     forbidden: dict[tuple[str, int], frozenset[str]] = field(default_factory=dict)
     health_rule: bool = False
+    #: A permit on a route in ``GROUNDS_ROUTES``: its plans keep the discloser's grounds.
+    grounds: bool = False
     #: Review triggers this rule's route is exempt from, as bits (see ``_TRIGGER_BITS``).
     exempt: int = 0
     #: ``rule.effect`` and ``rule.when.purposes``, read often when buckets are cut.
@@ -291,18 +314,22 @@ class Engine:
             reads=check_reads(rule.when),
             dated=rule.valid_from is not None or rule.valid_until is not None,
             health_rule=rule.health_rule,
+            grounds=rule.effect is Effect.PERMIT and route in GROUNDS_ROUTES,
         )
         for item in vocab.routes:
             if item.id == route:
                 compiled.exempt = sum(bit for bit, t in _TRIGGER_BITS if t in item.exempt_triggers)
+        if compiled.grounds:
+            compiled.exempt &= ~_GROUNDS  # FVA-03: the loader refuses it too
         events = rule.when.events if rule.when.events is not None else self._latest.keys()
         for (name, version), schema in self._schemas.items():
             if name not in events:
                 continue
             if rule.effect is Effect.PERMIT:
-                compiled.plans[(name, version)] = compile_plan(
-                    schema, rule.fields, rule.classes, rule.id
-                )
+                plan = compile_plan(schema, rule.fields, rule.classes, rule.id)
+                if compiled.grounds:
+                    plan = _with_grounds(plan, schema, rule.fields, rule.classes, rule.id, route)
+                compiled.plans[(name, version)] = plan
             elif rule.field_forbid:
                 compiled.forbidden[(name, version)] = forbidden_paths(
                     schema, rule.fields, rule.classes
@@ -490,6 +517,16 @@ class Engine:
                 # data field sends none.
                 if inp.maori_data and "maori_data" in released and not inp.participates:
                     triggers |= _MAORI
+                # FVA-03: the discloser's grounds travel with the disclosure; without them a
+                # person decides. OT-04: "inappropriate" needs its reason.
+                if permit.grounds and not inp.grounds_stated:
+                    triggers |= _GROUNDS
+                if (
+                    ("child" in released or inp.child_involved)
+                    and inp.child_consulted == "inappropriate"
+                    and not inp.child_reason_stated
+                ):
+                    triggers |= _CHILD_REASON
                 triggers &= ~permit.exempt
             key = (
                 inp.purpose,
@@ -522,11 +559,13 @@ class Engine:
         cache_key = (permit.index, inp.event_type, version, tuple(c.index for c in partial))
         cached = self._forbid_cache.get(cache_key)
         if cached is None:
+            schema = self._schemas[(inp.event_type, version)]
+            carried = grounds_paths(schema) if permit.grounds else ()  # FVA-03: they travel
             forbidden: dict[str, str] = {}
             for compiled in partial:
                 for path in compiled.forbidden.get((inp.event_type, version), ()):
-                    forbidden.setdefault(path, compiled.rule.id)
-            schema = self._schemas[(inp.event_type, version)]
+                    if path not in carried:
+                        forbidden.setdefault(path, compiled.rule.id)
             cached = with_forbidden(plan, schema, forbidden) if forbidden else plan
             self._forbid_cache[cache_key] = cached
         return cached
@@ -728,6 +767,43 @@ class Engine:
                 result = "matched"
             out.append(RuleTrace(compiled.rule.id, compiled.rule.effect, result))
         return out
+
+
+def grounds_paths(schema: Schema) -> tuple[str, ...]:
+    """The leaves of ``schema`` that carry the discloser's grounds (LAW.md FVA-03): the
+    header's sharing justification and accountable role, and a request's own."""
+    paths: tuple[str, ...] = GROUNDS_FIELDS
+    if schema.short_name == "InformationRequest":
+        paths += REQUEST_GROUNDS_FIELDS
+    return tuple(path for path in paths if path in _leaf_paths(schema))
+
+
+@functools.cache
+def _leaf_paths(schema: Schema) -> frozenset[str]:
+    return frozenset(info.path for info in leaves(schema))
+
+
+def _with_grounds(
+    plan: FieldPlan,
+    schema: Schema,
+    fields: tuple[tuple[str, str], ...],
+    classes: tuple[tuple[str, str], ...],
+    rule_id: str,
+    route: str | None,
+) -> FieldPlan:
+    """``plan`` keeping the discloser's grounds (LAW.md FVA-03), whatever the rule says.
+
+    A rule on a grounds route cannot drop, mask or pseudonymise them: its own entries for these
+    paths (or a class that would reach them) are overridden, and ``explain`` names the route.
+    """
+    paths = grounds_paths(schema)
+    if all(plan.actions[path] == "keep" for path in paths):
+        return plan
+    kept = compile_plan(schema, (*fields, *((path, "keep") for path in paths)), classes, rule_id)
+    sources = dict(kept.sources)
+    for path in paths:
+        sources[path] = f"route {route} (FVA-03: the discloser's grounds travel)"
+    return dataclasses.replace(kept, sources=MappingProxyType(sources))
 
 
 def compile_policy(policy: PolicySet) -> Engine:

@@ -123,6 +123,11 @@ NEVER_EXEMPT: Mapping[str, str] = {
     Trigger.RECIPIENT_STATUS_UNCONFIRMED.value: (
         'LAW.md FVA-01 (unknown status is never "allowed")'
     ),
+    # It fires only on the FVA s20 and OTA s66C routes; imminent danger is outside it.
+    Trigger.JUSTIFICATION_MISSING.value: (
+        "LAW.md FVA-03 (a justification and an accountable person or role travel with "
+        "proactive disclosures and requests)"
+    ),
 }
 
 #: Routes open only to parties with a statutory status, and the statuses that open them.

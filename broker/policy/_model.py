@@ -66,6 +66,11 @@ class Trigger(StrEnum):
     RECIPIENT_STATUS_UNCONFIRMED = "recipient_status_unconfirmed"
     PRIVILEGED_MATERIAL = "privileged_material"
     MAORI_DATA_BEYOND_CASE = "maori_data_beyond_case"
+    #: FVA-03: a disclosure on a route in ``GROUNDS_ROUTES`` without a justification or an
+    #: accountable role (null or blank). No route may be exempt from it.
+    JUSTIFICATION_MISSING = "justification_missing"
+    #: OT-04: ``child_consulted: inappropriate`` without ``child_not_consulted_reason``.
+    CHILD_NOT_CONSULTED_REASON_MISSING = "child_not_consulted_reason_missing"
 
 
 #: Field actions a rule may give; ``generalise:*`` names the level kept.
@@ -109,6 +114,17 @@ REQUESTER_ROLES = (
 PARTIES = ("agency", "victim", "person_using_violence", "child", "other_whanau", "unknown")
 #: Child consultation values that satisfy OTA s66K.
 CHILD_CONSULTED_OK = frozenset({"yes", "impracticable", "inappropriate"})
+#: Routes whose disclosures and requests carry the discloser's grounds (LAW.md FVA-03): the
+#: recipient always receives ``GROUNDS_FIELDS``, whatever the permit's field plan says, and a
+#: disclosure without them goes to review (``justification_missing``). The imminent-danger
+#: route is not one of them: its minimal disclosure goes at once and a person reviews after.
+GROUNDS_ROUTES = frozenset({"fva_s20", "ota_s66c"})
+#: The discloser's grounds in every event's header: why they believe sharing will or may help
+#: the purpose, and who is accountable. Not information about a person.
+GROUNDS_FIELDS = ("header.sharing.justification", "header.sharing.accountable_role")
+#: A request states its own grounds too (InformationRequest ``justification``,
+#: ``accountable_role``); they travel with it the same way.
+REQUEST_GROUNDS_FIELDS = ("justification", "accountable_role")
 
 
 @dataclass(frozen=True)
@@ -353,6 +369,11 @@ class DecisionInput:
     participates: bool = False
     child_involved: bool = False
     addressee: bool = False
+    #: The event states a justification and an accountable role, neither blank (FVA-03);
+    #: ``False`` unless derived, so an input built by hand fails closed (review).
+    grounds_stated: bool = False
+    #: The header gives a non-blank ``child_not_consulted_reason`` (OT-04).
+    child_reason_stated: bool = False
 
     @classmethod
     def from_record(
@@ -464,7 +485,14 @@ class RequestFacts:
 
 #: The attributes :func:`derived_values` computes from the event; a policy scenario may not
 #: set them to anything else (``tiaki policy test`` reports it as an error).
-DERIVED = ("child_involved", "maori_data", "requester_role", "on_behalf_of")
+DERIVED = (
+    "child_involved",
+    "maori_data",
+    "requester_role",
+    "on_behalf_of",
+    "grounds_stated",
+    "child_reason_stated",
+)
 #: Event types that are a request or an answer to one: their requester and on whose behalf
 #: come from the request, and they are addressed to holders or the requester, never the lead.
 _REQUEST_EVENTS = frozenset({"InformationRequest", "InformationResponse"})
@@ -536,6 +564,10 @@ def derived_values(
       behalf (``agency``); a request or an answer whose request is unknown says
       ``unknown``, which never unlocks a permit and counts as a person using violence for
       PA-05.
+    * ``grounds_stated``: the header's sharing context gives a justification and an
+      accountable role, neither null nor blank (a request may state either in its own
+      ``justification`` and ``accountable_role`` instead); ``child_reason_stated``: it gives a
+      non-blank ``child_not_consulted_reason``.
     """
     header = record.get("header") or {}
     sharing = header.get("sharing") or {}
@@ -559,13 +591,25 @@ def derived_values(
         role, behalf = "unknown", "unknown"
     else:
         role, behalf = "unknown", "agency"
+    justification = sharing.get("justification")
+    accountable = sharing.get("accountable_role")
+    if kind == "InformationRequest":
+        justification = justification if _stated(justification) else record.get("justification")
+        accountable = accountable if _stated(accountable) else record.get("accountable_role")
     return {
         "child_involved": found.child,
         "maori_data": found.maori,
         "risk": found.risk,
         "requester_role": role,
         "on_behalf_of": behalf,
+        "grounds_stated": _stated(justification) and _stated(accountable),
+        "child_reason_stated": _stated(sharing.get("child_not_consulted_reason")),
     }
+
+
+def _stated(value: Any) -> bool:
+    """A text field says something: a string that is not blank."""
+    return isinstance(value, str) and bool(value.strip())
 
 
 class _Signals:

@@ -74,6 +74,12 @@ def test_simulate_reads_records_with_context(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     record = json.loads((EXAMPLES / "CorrectionsReleaseNotification.json").read_text())
+    record["header"]["sharing"] = {  # the discloser's grounds (FVA-03); the example has none
+        "purpose": "victim_protection",
+        "legal_route": "fva_s20",
+        "justification": "Synthetic: the victim is at risk on release.",
+        "accountable_role": "Synthetic probation manager",
+    }
     events = tmp_path / "events.jsonl"
     events.write_text(
         json.dumps(

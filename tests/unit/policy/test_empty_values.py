@@ -305,7 +305,11 @@ def test_the_shipped_exemptions_still_load() -> None:
     allowed = set(Trigger) - {Trigger(t) for t in NEVER_EXEMPT}
     assert routes["imminent_danger"].exempt_triggers == allowed
     assert routes["ota_s66"].exempt_triggers == allowed
-    assert set(NEVER_EXEMPT) == {"privileged_material", "recipient_status_unconfirmed"}
+    assert set(NEVER_EXEMPT) == {
+        "privileged_material",
+        "recipient_status_unconfirmed",
+        "justification_missing",
+    }
 
 
 def test_a_privileged_suppressed_episode_still_goes_to_review() -> None:

@@ -272,7 +272,12 @@ def test_apply_field_plan_minimises_the_record(policy: PolicySet, engine: Engine
     record = _example(policy, "CorrectionsReleaseNotification")
     decision = engine.decide(
         DecisionInput.from_record(
-            record, "safe-whanau", at=AT, participates=True, purpose="victim_protection"
+            record,
+            "safe-whanau",
+            at=AT,
+            participates=True,
+            purpose="victim_protection",
+            grounds_stated=True,  # the example states no justification (FVA-03)
         )
     )
     assert decision.outcome is Outcome.SHARE_MINIMISED
@@ -405,7 +410,7 @@ def test_an_unconfirmed_recipient_goes_to_a_person(policy_copy: Path) -> None:
     assert "recipient_status_unconfirmed" in decision.reason_codes
     assert decision.rule_ids == ("safety-plan-to-participants",)
     assert "new-ngo" in engine.candidates("nz.tiaki.SafetyPlanUpdate", "safe-whanau")
-    control = dataclasses.replace(inp, recipient="corrections")
+    control = dataclasses.replace(inp, recipient="corrections", grounds_stated=True)
     assert engine.decide(control).shares
 
 
