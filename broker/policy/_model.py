@@ -632,27 +632,23 @@ class _Signals:
         if kind is dict:
             if not _WATCHED_NAMES.isdisjoint(value):
                 self.visit(value)
-            for item in value.values():
-                inner = type(item)
-                if (
-                    inner is dict
-                    or inner is list
-                    or (inner not in _LEAF_TYPES and isinstance(item, Mapping | list | tuple))
-                ):
-                    self.walk(item)
+            self._walk_each(value.values())
         elif kind is list or kind is tuple:
-            for item in value:
-                inner = type(item)
-                if (
-                    inner is dict
-                    or inner is list
-                    or (inner not in _LEAF_TYPES and isinstance(item, Mapping | list | tuple))
-                ):
-                    self.walk(item)
+            self._walk_each(value)
         elif isinstance(value, Mapping):  # any other mapping: walk it as a dict
             self.walk(dict(value))
         elif isinstance(value, list | tuple):
             self.walk(list(value))
+
+    def _walk_each(self, items: Iterable[Any]) -> None:
+        for item in items:
+            inner = type(item)
+            if (
+                inner is dict
+                or inner is list
+                or (inner not in _LEAF_TYPES and isinstance(item, Mapping | list | tuple))
+            ):
+                self.walk(item)
 
     def visit(self, node: Mapping[str, Any]) -> None:
         for name in _WATCHED_NAMES.intersection(node):
