@@ -581,7 +581,7 @@ def derived_values(
         found.maori = True
     if sharing.get("imminent_danger"):
         found.risk = "high"
-    kind = str(header.get("event_type", "")).rpartition(".")[2]
+    kind = _event_kind(record)
     if kind == "InformationRequest":
         role = str(record.get("requester_role") or "unknown")
         behalf = str(record.get("on_behalf_of") or "unknown")
@@ -689,9 +689,14 @@ def _age(born: dt.date, day: dt.date) -> int:
     return day.year - born.year - ((day.month, day.day) < (born.month, born.day))
 
 
-def _is_request_or_answer(record: Mapping[str, Any]) -> bool:
+def _event_kind(record: Mapping[str, Any]) -> str:
+    """The short event type the record's header names (``InformationRequest``)."""
     header = record.get("header") or {}
-    return str(header.get("event_type", "")).rpartition(".")[2] in _REQUEST_EVENTS
+    return str(header.get("event_type", "")).rpartition(".")[2]
+
+
+def _is_request_or_answer(record: Mapping[str, Any]) -> bool:
+    return _event_kind(record) in _REQUEST_EVENTS
 
 
 @dataclass(frozen=True, slots=True)

@@ -118,7 +118,7 @@ class CaseMembership:
         if case_id in self._closed:
             return frozenset()
         grounds = self._members.get(case_id, {})
-        return frozenset(a for a, g in grounds.items() if g & {"lead", "allocation:lead"})
+        return frozenset(a for a, g in grounds.items() if g & _LEAD_GROUNDS)
 
     def members(self, case_id: str) -> frozenset[str]:
         if case_id in self._closed:
