@@ -70,6 +70,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import importlib.util
 import json
 import os
 import resource
@@ -522,6 +523,148 @@ async def drain_worker(worker: Any, timed: Timed, n: int, limit: float) -> Drain
     return Drain(timed.committed, seconds, timed.committed >= n)
 
 
+class Assigned(Timed):
+    """A :class:`Timed` transport that fetches nothing until this worker holds ``share``
+    partitions, so that workers started together share the topic from their first fetch (a
+    member that joins after another has begun would cost a rebalance, and with it the work
+    in flight, inside the timed window); with ``report``, it prints one JSON line per commit
+    (records committed, first fetch and last commit on ``time.perf_counter``, which is the
+    machine's monotonic clock in every process, and this process's CPU since the first fetch)."""
+
+    def __init__(self, inner: Any, share: int, *, report: bool = False) -> None:
+        super().__init__(inner)
+        self.share = share
+        self.report = report
+        self.cpu_at_first = 0.0
+
+    async def poll(self, max_records: int, timeout_ms: int) -> Any:
+        # aiokafka's coordinator task changes the assignment; it sets no event to wait on.
+        while len(self.inner.assignment()) < self.share:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        first = self.first
+        batch = await super().poll(max_records, timeout_ms)
+        if self.first and not first:
+            self.cpu_at_first = cpu_seconds()
+        return batch
+
+    async def commit(self, outputs: Any, consumed: Any) -> None:
+        await super().commit(outputs, consumed)
+        if self.report:
+            progress = {
+                "committed": self.committed,
+                "first": self.first,
+                "last": self.last,
+                "cpu": cpu_seconds() - self.cpu_at_first,
+            }
+            print(json.dumps(progress), flush=True)
+
+
+def service_worker(transport: Any, pipeline: Any, metrics: Any) -> Any:
+    """A :class:`Worker` with the batch size and poll timeout ``tiaki broker run`` uses."""
+    from broker.runtime._service import ServiceOptions
+    from broker.runtime._worker import Worker
+
+    options = ServiceOptions()
+    return Worker(
+        transport,
+        pipeline,
+        metrics,
+        max_batch=options.max_batch,
+        poll_timeout_ms=options.poll_timeout_ms,
+    )
+
+
+async def drain_child(config: dict[str, Any]) -> None:
+    """One of several full-pipeline workers in one consumer group (its own process, as
+    ``tiaki broker run`` runs one worker per process): the same pipeline and case table as
+    the single worker's, until its standard input closes."""
+    from broker.runtime._service import settle_heap
+    from broker.transport import KafkaTransport
+
+    env = Env(**{k: Path(v) for k, v in config["env"].items()})
+    pipeline, metrics, cases = real_pipeline(env)
+    join_cases(cases, config["cases"])
+    settle_heap()
+    timed = Assigned(
+        KafkaTransport(
+            env.profile("broker"),
+            worker_id=config["worker_id"],
+            group_id=config["group"],
+            topics=[config["source"]],
+        ),
+        config["share"],
+        report=True,
+    )
+    worker = service_worker(timed, pipeline, metrics)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    async with worker:
+        serving = asyncio.create_task(worker.serve(stop))
+        await reader.read()  # the parent closes our stdin to stop us
+        stop.set()
+        await serving
+
+
+async def drain_workers(
+    env: Env, source: str, case_ids: Sequence[str], n: int, workers: int, partitions: int
+) -> tuple[Drain, float]:
+    """The full pipeline in ``workers`` processes of one consumer group, draining the same
+    ``n`` preloaded records: (the drain, the workers' CPU seconds per record). The clock runs
+    from the first fetch of any worker to the last commit of any."""
+    tag = f"bench-multi-{uuid.uuid4().hex[:8]}"
+    fields = {k: str(v) for k, v in vars(env).items() if k != "kafka_pid"}
+    children = []
+    for index in range(workers):
+        config = {
+            "env": fields,
+            "cases": list(case_ids),
+            "worker_id": f"{tag}-{index}",
+            "group": f"tiaki-broker-{tag}",
+            "source": source,
+            "share": partitions // workers,
+        }
+        children.append(
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "bench.broker_bench",
+                "--drain-worker",
+                json.dumps(config),
+                cwd=ROOT,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+        )
+    latest: list[dict[str, Any]] = [{} for _ in children]
+    reached = asyncio.Event()
+
+    async def follow(index: int) -> None:
+        stream = children[index].stdout
+        assert stream is not None
+        async for line in stream:
+            with contextlib.suppress(ValueError):
+                latest[index] = json.loads(line)
+            if sum(p.get("committed", 0) for p in latest) >= n:
+                reached.set()
+
+    followers = [asyncio.create_task(follow(i)) for i in range(workers)]
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(reached.wait(), FULL_LIMIT)
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.close()
+    for child in children:
+        await child.wait()
+    await asyncio.gather(*followers)
+    done = [p for p in latest if p.get("committed")]
+    committed = sum(p["committed"] for p in done)
+    seconds = max(p["last"] for p in done) - min(p["first"] for p in done) if done else 0.0
+    cpu = sum(p["cpu"] for p in done) / max(1, committed)
+    return Drain(committed, seconds, committed >= n), cpu
+
+
 def real_pipeline(env: Env) -> tuple[Any, Any, Any]:
     """Pipeline, metrics and case table exactly as ``serve()`` assembles them."""
     from prometheus_client import CollectorRegistry
@@ -904,15 +1047,37 @@ async def latency_run(
 # -- the run -----------------------------------------------------------------------------------
 
 
-def report(label: str, drain: Drain, n: int) -> None:
+class CpuMeter:
+    """CPU seconds of this process and of the Kafka node over one drain (group join and
+    shutdown included, so a little above the drain's own), per record drained."""
+
+    def __init__(self, kafka_pid: int | None) -> None:
+        self._pid = kafka_pid
+        self._start = (cpu_seconds(), cpu_seconds(kafka_pid) if kafka_pid else 0.0)
+
+    def per_record(self, records: int, *, here: bool = True) -> str:
+        """``"CPU per record: ..."``; ``here=False`` leaves this process out (the work ran in
+        other processes, which report their own)."""
+        own = cpu_seconds() - self._start[0]
+        kafka = cpu_seconds(self._pid) - self._start[1] if self._pid else 0.0
+        per = 1000 / max(1, records)
+        parts = [f"this process {own * per:.2f} ms"] if here else []
+        if self._pid:
+            parts.append(f"Kafka node {kafka * per:.2f} ms")
+        return f"CPU per record: {', '.join(parts)}" if parts else ""
+
+
+def report(label: str, drain: Drain, n: int, cpu: str = "") -> None:
     status = "" if drain.complete else f"  (PARTIAL: {drain.records} of {n} within the limit)"
     print(
         f"  {label:<14} {drain.rate:>9,.0f} records/s  "
-        f"({drain.records:,} in {drain.seconds:.2f} s){status}"
+        f"({drain.records:,} in {drain.seconds:.2f} s){status}" + (f"; {cpu}" if cpu else "")
     )
 
 
-async def run(env: Env, n: int, profile_full: bool) -> None:
+async def run(
+    env: Env, n: int, profile_full: bool, workers: int, partitions: int, latency: bool
+) -> None:
     from broker.platform import egress, ingress
     from broker.runtime._service import ServiceOptions, settle_heap
     from broker.runtime._worker import Worker
@@ -967,28 +1132,25 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
         await drain_worker(warm_worker, timed, n, DRAIN_LIMIT)
     print(f"  (warm-up: one untimed pass-through drain, {time.perf_counter() - warming:.1f} s)")
 
+    meter = CpuMeter(env.kafka_pid)
     b0r = await drain_b0r(env.profile("broker"), source, outputs, n)
-    report("B0R", b0r, n)
+    report("B0R", b0r, n, meter.per_record(n))
 
+    meter = CpuMeter(env.kafka_pid)
     plain = await drain_b0r_plain_eos(
         env.profile("broker"), source, outputs, n, options.poll_timeout_ms
     )
-    report("B0R-EOS plain", plain, n)
+    report("B0R-EOS plain", plain, n, meter.per_record(n))
 
     timed = Timed(transport(env, "eos", source))
     eos_worker = pass_through(timed)
+    meter = CpuMeter(env.kafka_pid)
     async with eos_worker:
         eos = await drain_worker(eos_worker, timed, n, DRAIN_LIMIT)
-    report("B0R-EOS", eos, n)
+    report("B0R-EOS", eos, n, meter.per_record(n))
 
     timed = Timed(transport(env, "full", source))
-    worker = Worker(
-        timed,
-        pipeline,
-        metrics,
-        max_batch=options.max_batch,
-        poll_timeout_ms=options.poll_timeout_ms,
-    )
+    worker = service_worker(timed, pipeline, metrics)
     async with worker:
         profiler = None
         if profile_full:
@@ -996,10 +1158,11 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
 
             profiler = Profiler(async_mode="disabled")
             profiler.start()
+        meter = CpuMeter(env.kafka_pid)
         full = await drain_worker(worker, timed, n, FULL_LIMIT)
         if profiler is not None:
             profiler.stop()
-        report("full pipeline", full, n)
+        report("full pipeline", full, n, meter.per_record(n))
         stats = worker.statistics()
         out = counter(metrics, "tiaki_events_out_total")
         decisions = counter(metrics, "tiaki_decisions_total")
@@ -1028,6 +1191,20 @@ async def run(env: Env, n: int, profile_full: bool) -> None:
         )
         if profiler is not None:
             print(profiler.output_text(unicode=True, color=False, show_all=False))
+
+    if workers > 1:
+        meter = CpuMeter(env.kafka_pid)
+        multi, cpu = await drain_workers(env, source, case_ids, n, workers, partitions)
+        report(f"full ×{workers} workers", multi, n, meter.per_record(n, here=False))
+        ratio = multi.rate / eos.rate if eos.rate else 0.0
+        print(
+            f"  {workers} worker processes in one group ({partitions // workers} of the "
+            f"{partitions} partitions each): full/B0R-EOS {ratio:.3f} (target >= 0.4: "
+            f"{'MET' if ratio >= 0.4 else 'MISSED'}); ×{multi.rate / full.rate:.2f} the single "
+            f"worker; worker CPU {cpu * 1000:.2f} ms per record"
+        )
+    if not latency:
+        return
 
     commit_interval = options.poll_timeout_ms
     print(
@@ -1178,7 +1355,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="time the pipeline alone per event, without Kafka (the same events and policy)",
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=2,
+        help="also drain with this many full-pipeline worker processes in one group "
+        "(1: the single worker only)",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=6,
+        help="partitions per topic (a multiple of --workers, so each worker gets its share)",
+    )
+    parser.add_argument(
+        "--drain-only", action="store_true", help="the throughput drains, no latency runs"
+    )
     parser.add_argument("--latency-client", help=argparse.SUPPRESS)
+    parser.add_argument("--drain-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     # The worker logs a line per batch; keep the bench's output to its figures.
     import logging
@@ -1190,6 +1384,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.latency_client:
         print(json.dumps(asyncio.run(latency_client(json.loads(args.latency_client)))))
         return 0
+    if args.drain_worker:
+        asyncio.run(drain_child(json.loads(args.drain_worker)))
+        return 0
+    if args.workers < 1 or args.partitions < 1 or args.partitions % args.workers:
+        parser.error("--partitions must be a positive multiple of --workers")
+    if args.profile and importlib.util.find_spec("pyinstrument") is None:
+        parser.error("--profile needs pyinstrument (pip install pyinstrument)")
 
     if args.offline:
         offline(min(args.events, 5_000))
@@ -1220,13 +1421,23 @@ def main(argv: Sequence[str] | None = None) -> int:
                 load_registry(ROOT / "policies" / "agencies.yaml"),
                 home / "profiles",
                 die_with_parent=True,
+                partitions=args.partitions,
             )
             env = replace(prepare(home), kafka_pid=kafka.pid())
             print(
                 f"Kafka up and provisioned on {kafka.bootstrap} "
                 f"in {time.perf_counter() - began:.1f} s"
             )
-            asyncio.run(run(env, args.events, args.profile))
+            asyncio.run(
+                run(
+                    env,
+                    args.events,
+                    args.profile,
+                    args.workers,
+                    args.partitions,
+                    not args.drain_only,
+                )
+            )
         finally:
             kafka.down()
     print(f"total {time.perf_counter() - began:.0f} s")

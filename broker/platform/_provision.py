@@ -363,6 +363,7 @@ def start_provisioned(
     *,
     timeout: float = 180.0,
     die_with_parent: bool = False,
+    partitions: int = 3,
 ) -> Profile:
     """Start ``kafka``, grant the admin principal its ACLs and provision ``registry`` onto it
     (what ``tiaki kafka up`` then ``tiaki provision`` do); return the admin profile."""
@@ -370,5 +371,5 @@ def start_provisioned(
     admin = load_profile(
         bootstrap_admin(kafka.bootstrap, kafka.tls.ca_cert, kafka.credentials(), profiles_dir)
     )
-    provision(registry, admin, profiles_dir)
+    provision(registry, admin, profiles_dir, partitions=partitions)
     return admin

@@ -32,6 +32,12 @@ PLATFORM_TOPICS = (
     CHECKPOINTS,
 )
 
+#: Topics whose records are plain Avro rather than sealed (audit records, which hold no field
+#: value, and the broker's state). The broker's producer compresses them in transit: they
+#: repeat themselves (a decision's route, rules and field actions) from one event to the next,
+#: whereas a sealed record is ciphertext, which does not compress.
+PLAIN_TOPICS = (AUDIT, STATE_CASES, STATE_REQUESTS, STATE_CHAINS, STATE_SEEN)
+
 #: Principals that belong to Tiaki itself, beside one per agency.
 BROKER = "broker"
 COMPLIANCE = "compliance"

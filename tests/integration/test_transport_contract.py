@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from broker.platform import Profile, egress, ingress
+from broker.platform import AUDIT, PLAIN_TOPICS, Profile, egress, ingress
 from broker.transport import KafkaPublisher, KafkaReader, KafkaTransport, Outgoing, Record
 from tests.contract.transport_suite import (
     TOKEN_HEADER,
     TransportContract,
+    drain,
     mine,
     outputs_for,
     publish,
@@ -117,3 +118,48 @@ async def test_no_produce_is_retried_for_a_concurrent_transaction_change(
     assert transactions >= count // per_poll
     assert len(await read_outputs(harness, count)) == count
     assert [r.getMessage() for r in caplog.records if "retrying" in r.getMessage()] == []
+
+
+def _batch_codecs(segment: bytes) -> list[int]:
+    """The compression codec of every record batch in a Kafka log segment (the on-disk
+    format is the wire format: base offset, length, then the batch, whose attributes sit at
+    byte 21 and name the codec in their low three bits)."""
+    codecs, at = [], 0
+    while at + 23 <= len(segment):
+        length = int.from_bytes(segment[at + 8 : at + 12], "big")
+        if length <= 0:
+            break  # preallocated zeros at the end of an active segment
+        codecs.append(int.from_bytes(segment[at + 21 : at + 23], "big") & 0x07)
+        at += 12 + length
+    return codecs
+
+
+async def test_batches_for_compressed_topics_are_lz4_on_disk_and_read_back_whole(
+    harness: KafkaHarness, cluster: Cluster
+) -> None:
+    """A topic in ``compressed_topics`` gets lz4 record batches (read off Kafka's own log
+    files), and a read-committed consumer gets every record back as it was; the broker's
+    default compresses its plain-Avro topics only, never a sealed one."""
+    if cluster.kafka is None:
+        pytest.skip("needs the local cluster's log files")
+    group = await harness.new_group()
+    count = 40
+    await publish(harness, [(f"SYN-LZ4-{i}".encode(), b"synthetic " * 40) for i in range(count)])
+    transport = KafkaTransport(
+        harness.broker,
+        worker_id=f"{group.removeprefix('tiaki-broker-')}-lz4",
+        group_id=group,
+        topics=[harness.input_topic],
+        consumer_options=FAST_GROUP,
+        compressed_topics=[harness.output_topic],
+    )
+    async with transport as worker:
+        batch = mine(harness, await drain(harness, worker, count))
+        await worker.commit(outputs_for(harness, batch), batch)
+    got = await read_outputs(harness, count)
+    assert sorted(r.value for r in got) == sorted(b"out:" + r.value for r in batch)
+    segments = sorted((cluster.kafka.data).glob(f"{harness.output_topic}-*/*.log"))
+    codecs = [c for path in segments for c in _batch_codecs(path.read_bytes())]
+    assert 3 in codecs  # lz4
+    assert AUDIT in PLAIN_TOPICS
+    assert not any(t.startswith("tiaki.egress.") for t in PLAIN_TOPICS)
