@@ -524,8 +524,8 @@ async def drain_worker(worker: Any, timed: Timed, n: int, limit: float) -> Drain
 
 
 class Assigned(Timed):
-    """A :class:`Timed` transport that fetches nothing until this worker holds ``share``
-    partitions, so that workers started together share the topic from their first fetch (a
+    """A :class:`Timed` transport that fetches nothing until this worker holds exactly
+    ``share`` partitions (the first to join holds them all until the others join), so that workers started together share the topic from their first fetch (a
     member that joins after another has begun would cost a rebalance, and with it the work
     in flight, inside the timed window); with ``report``, it prints one JSON line per commit
     (records committed, first fetch and last commit on ``time.perf_counter``, which is the
@@ -539,7 +539,7 @@ class Assigned(Timed):
 
     async def poll(self, max_records: int, timeout_ms: int) -> Any:
         # aiokafka's coordinator task changes the assignment; it sets no event to wait on.
-        while len(self.inner.assignment()) < self.share:  # noqa: ASYNC110
+        while len(self.inner.assignment()) != self.share:  # noqa: ASYNC110
             await asyncio.sleep(0.02)
         first = self.first
         batch = await super().poll(max_records, timeout_ms)
@@ -662,6 +662,14 @@ async def drain_workers(
     committed = sum(p["committed"] for p in done)
     seconds = max(p["last"] for p in done) - min(p["first"] for p in done) if done else 0.0
     cpu = sum(p["cpu"] for p in done) / max(1, committed)
+    for index, p in enumerate(latest):
+        if p.get("committed"):
+            span = p["last"] - p["first"]
+            print(
+                f"    worker {index}: {p['committed']:,} records in {span:.2f} s from "
+                f"{p['first'] - min(q['first'] for q in done):.2f} s, CPU "
+                f"{p['cpu'] / max(span, 1e-9):.0%} of a core"
+            )
     return Drain(committed, seconds, committed >= n), cpu
 
 

@@ -60,7 +60,7 @@ from broker.platform._profiles import profile_path
 from broker.platform._topics import BROKER, REVIEW, STATE_REQUESTS
 from broker.policy import PolicyStore, load_roster
 from broker.registry import load_registry
-from broker.runtime._operator import commit_act, operator_audit_context
+from broker.runtime._operator import OperatorAct, operator_audit_context
 from broker.runtime._release import approve_as_dev_officers, dev_officers, stage_release
 from broker.runtime._review import decide, read_queue
 from broker.runtime._service import ServiceOptions, serve
@@ -732,9 +732,13 @@ class _Day:
 
     async def approve_held(self, ring: Any, schemas: Any) -> None:
         now = dt.datetime.now(dt.UTC)
-        async with KafkaReader(self.broker_profile) as reader:
-            records = await reader.read_all(REVIEW)
-        queue = read_queue(records, Opener(BROKER, ring), schemas, now)
+        async with OperatorAct(self.broker_profile, ring, queue="review") as act:
+            await self._approve_held(act, ring, schemas, now)
+
+    async def _approve_held(self, act: OperatorAct, ring: Any, schemas: Any, now: Any) -> None:
+        """The reviewer's act: every held item of the demo's, decided as it stands once the
+        act holds the review queue."""
+        queue = read_queue(await act.read(REVIEW), Opener(BROKER, ring), schemas, now)
         mine = [i for i in queue.values() if str(i.shared["event_id"]) in self.ids]
         self.result.held = sum(not i.disclosed for i in mine)
         self.result.after_disclosure = sum(i.disclosed for i in mine)
@@ -765,7 +769,7 @@ class _Day:
                 f"    {'reviewer':>16}  approves {item.shared['event_type']} for {item.recipient}"
             )
         if outputs:
-            await commit_act(self.broker_profile, outputs, ring, now, purpose="review")
+            await act.commit(outputs, now)
 
     def tables(self, registry_names: Mapping[str, str]) -> None:
         order = self.order

@@ -3,16 +3,35 @@
 They run with the broker's principal and keys: they open records sealed to the broker, and
 each act a person takes is written in one Kafka transaction of its own, its audit record
 chained and signed in that same transaction.
+
+One writer per queue
+--------------------
+Two people may act on the same item at once (two reviewers approving one held item, a
+scheduled ``escalate`` while a reviewer declines). Each reads the queue, finds the item
+held, and writes its act: without more, both releases would reach the recipient. So every
+act on a queue is an :class:`OperatorAct` whose producer uses the queue's own transactional
+id (``tiaki-broker-act-<queue>``), and Kafka's fencing serialises them:
+
+1. starting the producer (InitProducerId) fences any other act on the queue: Kafka aborts its
+   open transaction, or lets one that is already committing finish, before it answers;
+2. only then is the queue read (read-committed), so the act is decided on every act
+   committed before it (an item already released is refused: ``is released``);
+3. an act that starts after that fences this one, whose commit then fails
+   (:class:`ActInterrupted`): nothing of it is written, and the person looks again.
+
+Either way, at most one of two acts on the same state commits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, KafkaError, ProducerFenced
 
 from broker._errors import TiakiError
 from broker._settings import Settings
@@ -26,6 +45,13 @@ from broker.runtime._chaining import AuditChainer
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import secret_paths
 from broker.transport import KafkaReader, Outgoing, Record
+
+T = TypeVar("T")
+
+
+class ActInterrupted(TiakiError):
+    """Another act on the same queue started before this one was written; nothing of this
+    one was written."""
 
 
 class BrokerTools:
@@ -57,9 +83,26 @@ class BrokerTools:
     def audit_context(self) -> AuditContext:
         return operator_audit_context(self.settings)
 
-    def commit(self, outputs: list[Outgoing], now: datetime, *, purpose: str) -> None:
-        """Write ``outputs`` in one transaction (see :func:`commit_act`)."""
-        asyncio.run(commit_act(self.profile, outputs, self.ring, now, purpose=purpose))
+    def act(
+        self,
+        queue: str,
+        topic: str,
+        decide: Callable[[list[Record]], tuple[list[Outgoing], T]],
+        now: datetime,
+    ) -> T:
+        """One act on ``queue``: ``decide`` gets every record on ``topic``, read once this
+        act holds the queue, and returns the records to write (none: nothing is written)
+        and what to tell the person; see the module docs."""
+
+        async def act() -> T:
+            asyncio.get_running_loop().set_exception_handler(_quiet_when_fenced)
+            async with OperatorAct(self.profile, self.ring, queue=queue) as acting:
+                outputs, result = decide(await acting.read(topic))
+                if outputs:
+                    await acting.commit(outputs, now)
+                return result
+
+        return asyncio.run(act())
 
 
 def operator_audit_context(settings: Settings) -> AuditContext:
@@ -67,22 +110,95 @@ def operator_audit_context(settings: Settings) -> AuditContext:
     return AuditContext(subject_key=shared_secret(secret_paths(settings)[0]), policy_hash=None)
 
 
-async def commit_act(
-    profile: Profile, outputs: list[Outgoing], ring: KeyRing, now: datetime, *, purpose: str
-) -> None:
-    """Write one person's act in one transaction, under transactional id
-    ``tiaki-broker-<purpose>-<random>``."""
-    transactional_id = f"{BROKER_GROUP_PREFIX}-{purpose}-{uuid.uuid4().hex[:8]}"
-    # Each run is its own audit chain, named by its (fresh) transactional id: one writer, one
-    # transaction, signed at once (every_records=1), so nothing is left unsigned.
-    outputs = AuditChainer(transactional_id, ring, every_records=1).seal(outputs, now)
-    producer = AIOKafkaProducer(**profile.aiokafka_kwargs(), transactional_id=transactional_id)
-    try:
-        await producer.start()
-        async with producer.transaction():
-            for out in outputs:
-                await producer.send(out.topic, out.value, key=out.key, headers=list(out.headers))
-    except KafkaError as exc:
-        raise TiakiError(f"could not write the {purpose} to Kafka: {type(exc).__name__}") from None
-    finally:
-        await asyncio.shield(producer.stop())
+class OperatorAct:
+    """One person's act on ``queue`` (``review``, ``quarantine``), as the module docs say:
+    entering it fences every other act on the queue; then :meth:`read` the queue and
+    :meth:`commit` what the act writes, in one transaction."""
+
+    def __init__(self, profile: Profile, ring: KeyRing, *, queue: str) -> None:
+        self.queue = queue
+        self.transactional_id = f"{BROKER_GROUP_PREFIX}-act-{queue}"
+        self._profile = profile
+        self._ring = ring
+        self._producer = AIOKafkaProducer(
+            **profile.aiokafka_kwargs(), transactional_id=self.transactional_id
+        )
+
+    async def __aenter__(self) -> OperatorAct:
+        try:
+            await self._producer.start()  # InitProducerId: fences any other act on the queue
+        except KafkaError as exc:
+            await asyncio.shield(self._producer.stop())
+            raise TiakiError(
+                f"could not reach Kafka for the {self.queue}: {type(exc).__name__}"
+            ) from None
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await asyncio.shield(self._producer.stop())
+
+    async def read(self, topic: str) -> list[Record]:
+        """Every record on ``topic`` (read-committed), as of now."""
+        async with KafkaReader(self._profile) as reader:
+            return await reader.read_all(topic)
+
+    async def commit(self, outputs: list[Outgoing], now: datetime) -> None:
+        """Write ``outputs`` in one transaction, their audit records chained and signed in it.
+
+        Each act is an audit chain of its own, named ``tiaki-broker-<queue>-<random>``: one
+        writer, one transaction, signed at once (``every_records=1``), so nothing is left
+        unsigned. (The transactional id, shared by every act on the queue, would not do: two
+        acts would each start the same chain afresh.)"""
+        chain = f"{BROKER_GROUP_PREFIX}-{self.queue}-{uuid.uuid4().hex[:8]}"
+        outputs = AuditChainer(chain, self._ring, every_records=1).seal(outputs, now)
+        producer = self._producer
+        try:
+            async with producer.transaction():
+                for out in outputs:
+                    delivery = await producer.send(
+                        out.topic, out.value, key=out.key, headers=list(out.headers)
+                    )
+                    # The commit reports how the transaction ended; a delivery that failed
+                    # with it needs no report of its own (asyncio would print one).
+                    delivery.add_done_callback(_retrieve)
+        except (KafkaError, IllegalOperation) as exc:
+            if isinstance(exc, _FENCED) or isinstance(_fatal_error(producer), _FENCED):
+                raise ActInterrupted(
+                    f"another act on the {self.queue} started before this one was written, "
+                    "and nothing of this one was written: look at the queue again and retry"
+                ) from None
+            raise TiakiError(
+                f"could not write the {self.queue} act to Kafka: {type(exc).__name__}"
+            ) from None
+
+
+#: What a producer whose transactional id another producer took over is told.
+_FENCED = (ProducerFenced, InvalidProducerEpoch)
+
+
+def _fatal_error(producer: AIOKafkaProducer) -> BaseException | None:
+    """Why ``producer``'s transactions failed for good, if they did.
+
+    Fenced in the middle of a transaction, aiokafka's background sender ends with the fencing
+    error and marks the transaction manager fatally failed with it, and the caller's next
+    ``send`` is refused only as ``IllegalOperation`` (not in a transaction). Reading both
+    also keeps asyncio from printing them, as never retrieved, to the person's terminal."""
+    sender = producer._sender.sender_task
+    failed = sender.exception() if sender is not None and sender.done() else None
+    manager = producer._txn_manager
+    if manager is not None and manager.is_fatal_error() and manager._transaction_waiter.done():
+        failed = manager._transaction_waiter.exception() or failed
+    return failed
+
+
+def _retrieve(delivery: asyncio.Future[object]) -> None:
+    if not delivery.cancelled():
+        delivery.exception()
+
+
+def _quiet_when_fenced(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The command's event loop reports everything but the fencing error that aiokafka leaves
+    on its internal futures when another act takes the queue over: the person has been told
+    in one line (:class:`ActInterrupted`), and a traceback would say nothing more."""
+    if not isinstance(context.get("exception"), _FENCED):
+        loop.default_exception_handler(context)

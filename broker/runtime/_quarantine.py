@@ -276,21 +276,25 @@ def resolve_command(
     _check_outcome(outcome)  # before any keys are loaded or Kafka is asked
     tools = BrokerTools()
     now = datetime.now(UTC)
-    entries = read_quarantine(tools.read(DLQ), tools.opener(), tools.schemas, now)
-    entry = next((e for e in entries if e.position == position.strip()), None)
-    if entry is None:
-        raise QuarantineError(
-            f"no quarantine record at {position!r} (see `tiaki quarantine list --all`)"
+
+    def act(records: list[Record]) -> tuple[list[Outgoing], str]:
+        entries = read_quarantine(records, tools.opener(), tools.schemas, now)
+        entry = next((e for e in entries if e.position == position.strip()), None)
+        if entry is None:
+            raise QuarantineError(
+                f"no quarantine record at {position!r} (see `tiaki quarantine list --all`)"
+            )
+        outputs = resolve(
+            entry,
+            outcome,
+            operator=operator,
+            justification=justification,
+            now=now,
+            sealer=tools.sealer(),
+            schemas=tools.schemas,
+            context=tools.audit_context(),
         )
-    outputs = resolve(
-        entry,
-        outcome,
-        operator=operator,
-        justification=justification,
-        now=now,
-        sealer=tools.sealer(),
-        schemas=tools.schemas,
-        context=tools.audit_context(),
-    )
-    tools.commit(outputs, now, purpose="quarantine")
-    print(f"{entry.position}: {outcome} by {operator}")
+        return outputs, entry.position
+
+    resolved = tools.act("quarantine", DLQ, act, now)
+    print(f"{resolved}: {outcome} by {operator}")

@@ -2,7 +2,9 @@
 
 Runs with the broker's principal and keys (it opens and re-seals held items). Each decision is
 written in one Kafka transaction: the release to the recipient (if approved), the decision
-record and the audit record commit together or not at all.
+record and the audit record commit together or not at all. Each is decided on the queue as it
+stands once this command holds it, so two reviewers approving one item at once release it once
+(broker.runtime._operator, "One writer per queue").
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from rich.table import Table
 from broker.platform._topics import BROKER, REVIEW
 from broker.runtime._operator import BrokerTools
 from broker.runtime._review import HeldItem, ReviewError, decide, read_queue
-from broker.transport import Outgoing
+from broker.transport import Outgoing, Record
 
 app = typer.Typer(help="The review queue: decisions held for a person.", no_args_is_help=True)
 
@@ -66,20 +68,24 @@ def list_items(
 def _decide(review_id: str, verdict: str, reviewer: str, justification: str) -> None:
     tools = BrokerTools()
     now = datetime.now(UTC)
-    item = _queue(tools, now).get(review_id)
-    if item is None:
-        raise ReviewError(f"no held item {review_id!r} (see `tiaki review list`)")
-    outputs = decide(
-        item,
-        verdict,
-        reviewer=reviewer,
-        justification=justification,
-        now=now,
-        sealer=tools.sealer(),
-        schemas=tools.schemas,
-        context=tools.audit_context(),
-    )
-    tools.commit(outputs, now, purpose="review")
+
+    def act(records: list[Record]) -> tuple[list[Outgoing], None]:
+        item = read_queue(records, tools.opener(), tools.schemas, now).get(review_id)
+        if item is None:
+            raise ReviewError(f"no held item {review_id!r} (see `tiaki review list`)")
+        outputs = decide(
+            item,
+            verdict,
+            reviewer=reviewer,
+            justification=justification,
+            now=now,
+            sealer=tools.sealer(),
+            schemas=tools.schemas,
+            context=tools.audit_context(),
+        )
+        return outputs, None
+
+    tools.act("review", REVIEW, act, now)
     print(f"{review_id}: {verdict}d by {reviewer}")
 
 
@@ -103,19 +109,23 @@ def escalate() -> None:
     """Escalate every held item past its deadline (run it from a scheduler, e.g. every 15 minutes)."""
     tools = BrokerTools()
     now = datetime.now(UTC)
-    overdue = [item for item in _queue(tools, now).values() if item.overdue(now)]
-    outputs: list[Outgoing] = []
-    for item in overdue:
-        outputs += decide(
-            item,
-            "escalate",
-            reviewer=BROKER,
-            justification="",
-            now=now,
-            sealer=tools.sealer(),
-            schemas=tools.schemas,
-            context=tools.audit_context(),
-        )
-    if outputs:
-        tools.commit(outputs, now, purpose="review")
-    print(f"escalated {len(overdue)} overdue item(s)")
+
+    def act(records: list[Record]) -> tuple[list[Outgoing], int]:
+        queue = read_queue(records, tools.opener(), tools.schemas, now)
+        overdue = [item for item in queue.values() if item.overdue(now)]
+        outputs: list[Outgoing] = []
+        for item in overdue:
+            outputs += decide(
+                item,
+                "escalate",
+                reviewer=BROKER,
+                justification="",
+                now=now,
+                sealer=tools.sealer(),
+                schemas=tools.schemas,
+                context=tools.audit_context(),
+            )
+        return outputs, len(overdue)
+
+    count = tools.act("review", REVIEW, act, now)
+    print(f"escalated {count} overdue item(s)")

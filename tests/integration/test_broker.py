@@ -15,19 +15,21 @@ import pytest
 
 from broker._settings import Settings
 from broker.codec import decode, from_json
-from broker.envelope import Algorithm, KeyStore, Kind, Opener, Purpose
-from broker.platform import AUDIT, DLQ, POLICY
+from broker.envelope import Algorithm, KeyStore, Kind, Opener, Purpose, Sealer
+from broker.platform import AUDIT, DLQ, POLICY, REVIEW
 from broker.policy import PolicyStore, Pseudonymiser, load_roster
 from broker.runtime import Accepted, Outcome
-from broker.runtime._audit import audited_pairs
+from broker.runtime._audit import AuditContext, audited_pairs
 from broker.runtime._cases import CaseMembership
+from broker.runtime._operator import ActInterrupted, OperatorAct
 from broker.runtime._pipeline import body_json
 from broker.runtime._policy import PolicyDecider
 from broker.runtime._quarantine import RESOLUTION_HEADER
 from broker.runtime._release import bundle
+from broker.runtime._review import ReviewError, decide, read_queue
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import secret_paths
-from broker.transport import KafkaPublisher, Record
+from broker.transport import KafkaPublisher, Outgoing, Record
 from tests.integration.broker_env import SCHEMAS, TIAKI, BrokerEnv, egress_refusals, example
 from tests.integration.conftest import ROOT, Cluster
 from tests.unit.runtime.test_audit import CANARIES, with_canaries
@@ -393,6 +395,62 @@ async def test_held_decision_is_released_by_a_named_reviewer(env: BrokerEnv) -> 
         "Reviewer One (synthetic)",
         "strangulation risk; police must act",
     )
+
+
+async def test_two_reviewers_approving_one_item_at_once_release_it_once(env: BrokerEnv) -> None:
+    """Both reviewers read the queue and find the item held; the one who started second fenced
+    the first, whose commit fails with nothing written; the recipient gets one release."""
+    case = f"SYN-CASE-{uuid.uuid4().hex[:8]}"
+    screening = example("HealthScreeningOutcome", case_id=case, source_agency="health-nz")
+    screening["strangulation_signs"] = False  # held for a person (HIPC-01), not shared at once
+    await env.publish("health-nz", [("HealthScreeningOutcome", screening)])
+    event_id = screening["header"]["event_id"]
+    review_id = f"{event_id}/police"
+    profile = env.cluster.profile("broker")
+    context = AuditContext(
+        subject_key=shared_secret(secret_paths(Settings(home=env.home))[0]), policy_hash=None
+    )
+    opener, sealer = Opener("broker", env.ring), Sealer("broker", env.ring)
+
+    async def approval(act: OperatorAct, reviewer: str) -> list[Outgoing]:
+        deadline = asyncio.get_running_loop().time() + 60
+        while True:
+            now = dt.datetime.now(dt.UTC)
+            item = read_queue(await act.read(REVIEW), opener, SCHEMAS, now).get(review_id)
+            if item is not None:
+                break
+            assert asyncio.get_running_loop().time() < deadline, "the item was never held"
+            await asyncio.sleep(0.5)
+        return decide(
+            item,
+            "approve",
+            reviewer=reviewer,
+            justification="synthetic: risk confirmed",
+            now=now,
+            sealer=sealer,
+            schemas=SCHEMAS,
+            context=context,
+        )
+
+    async with OperatorAct(profile, env.ring, queue="review") as first:
+        first_outputs = await approval(first, "Reviewer One (synthetic)")
+        async with OperatorAct(profile, env.ring, queue="review") as second:
+            second_outputs = await approval(second, "Reviewer Two (synthetic)")
+            with pytest.raises(ActInterrupted, match="nothing of this one was written"):
+                await first.commit(first_outputs, dt.datetime.now(dt.UTC))
+            await second.commit(second_outputs, dt.datetime.now(dt.UTC))
+    async with OperatorAct(profile, env.ring, queue="review") as third:
+        with pytest.raises(ReviewError, match="is released; it cannot be approved"):
+            await approval(third, "Reviewer Three (synthetic)")
+
+    released = [r for r in await env.received("police") if r["event_id"] == event_id]
+    assert len(released) == 1
+    audit = [
+        decode(r.value, SCHEMAS.latest("AuditRecord")) for r in await env.read("compliance", AUDIT)
+    ]
+    assert [a["actor"] for a in audit if a["event_id"] == event_id and a["action"] == "review"] == [
+        "Reviewer Two (synthetic)"
+    ]
 
 
 async def test_two_workers_share_the_stream_and_deliver_once(env: BrokerEnv) -> None:
