@@ -9,6 +9,8 @@ query              rows by person (keyed hash), agency, event type, basis, outco
 subject-report     which agencies received which classes of information about one person
 export             the audit and checkpoint topics, byte for byte, to a JSON Lines file
 access-log         who read the index, when and with what query (its chain checked)
+grounds            whether a justification and an accountable role are what an event's
+                   discloser stated (FVA-07), against the keyed hashes its decision keeps
 witness            an agency saves the checkpoints it can see, to check the log later
 =================  ==========================================================================
 
@@ -402,6 +404,65 @@ def subject_report_command(
             now=_now(),
         )
     _emit(fmt, REPORT_COLUMNS, [d.to_json() for d in report])
+
+
+@app.command("grounds")
+def grounds_command(
+    event_id: Annotated[str, typer.Argument(help="The event whose disclosure is in question.")],
+    operator: Operator,
+    justification: Annotated[
+        str,
+        typer.Option("--justification", help="The justification, as the discloser recorded it."),
+    ],
+    accountable: Annotated[
+        str,
+        typer.Option("--accountable", help="The accountable person or role, as recorded."),
+    ],
+    db: Db = None,
+) -> None:
+    """Whether a justification and an accountable person or role are exactly what an event's
+    discloser stated when it was shared (FVA s25 protects good-faith disclosures; FVA-07 asks
+    for a tamper-evident record of them). The audit log keeps only keyed hashes of them; both
+    texts are hashed here and never logged. Exits 1 if either does not match."""
+    settings = _settings()
+    key = _subject_key(settings)
+    from broker.runtime._audit import grounds_ref  # the one definition the broker hashes with
+
+    wanted = (
+        grounds_ref(key, "justification", justification),
+        grounds_ref(key, "accountable", accountable),
+    )
+    with _index(settings, db, existing=True) as index:
+        found = index.grounds(event_id)
+        index.record_access(
+            operator=operator,
+            command="grounds",
+            query={"event_id": event_id},
+            results=len(found),
+            now=_now(),
+        )
+    if not found:
+        raise QueryError(f"no decision about event {event_id!r} in the index")
+    matched = True
+    for grounds in found:
+        kept = (grounds.justification_ref, grounds.accountable_ref)
+        if kept == (None, None):
+            verdict = "no grounds recorded (a record from before AuditRecord v3, or none stated)"
+            matched = False
+        else:
+            same = [w is not None and w == k for w, k in zip(wanted, kept, strict=True)]
+            matched = matched and all(same)
+            verdict = ", ".join(
+                f"{name} {'matches' if ok else 'DOES NOT match'}"
+                for name, ok in zip(("justification", "accountable"), same, strict=True)
+            )
+        print(
+            f"decision at {grounds.partition}:{grounds.offset} "
+            f"({grounds.recorded_at:%Y-%m-%d %H:%M:%S} UTC, from {grounds.source_agency}): "
+            f"{verdict}"
+        )
+    if not matched:
+        raise typer.Exit(1)
 
 
 @app.command("export")

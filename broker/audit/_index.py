@@ -674,6 +674,23 @@ class Row:
         return doc
 
 
+@dataclass(frozen=True)
+class StatedGrounds:
+    """What one decision record keeps of the grounds its discloser stated (FVA-07)."""
+
+    recorded_at: datetime
+    source_agency: str | None
+    justification_ref: str | None
+    accountable_ref: str | None
+    partition: int
+    offset: int
+
+
+_DECISION_RECORDS = (
+    "SELECT value, value_at, value_size, writer, partition, log_offset FROM records"
+    " WHERE event_id = ? AND action = 'decision' ORDER BY id"
+)
+
 ACCESS_CONTEXT = b"tiaki/v1/access-link\x00"
 
 
@@ -958,6 +975,28 @@ class AuditIndex:
             if (r.event_id, r.recipient) in held and (r.partition, r.offset) not in listed
         ]
         return sorted(rows + actions, key=lambda r: (r.recorded_at, r.partition, r.offset))
+
+    def grounds(self, event_id: str) -> list[StatedGrounds]:
+        """The stated grounds every decision record about ``event_id`` keeps (keyed hashes,
+        AuditRecord v3; a record written before v3 keeps none), oldest first.
+
+        Decision records are not indexed by event id (a question asked of one event at a
+        time, in a dispute, not of the whole log), so this reads the records table through."""
+        found = self._db.execute(_DECISION_RECORDS, (event_id,))
+        out = []
+        for value, at, size, writer, partition, offset in found:
+            record = self._decoder.decode(self._value(value, at, size), writer)
+            out.append(
+                StatedGrounds(
+                    recorded_at=datetime.fromtimestamp(_ms(record["recorded_at"]) / 1000, UTC),
+                    source_agency=record.get("source_agency"),
+                    justification_ref=record.get("justification_ref"),
+                    accountable_ref=record.get("accountable_ref"),
+                    partition=int(partition),
+                    offset=int(offset),
+                )
+            )
+        return out
 
     # -- the access log -----------------------------------------------------------------------
 

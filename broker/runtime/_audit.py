@@ -26,6 +26,30 @@ def subject_ref(key: bytes, scheme: str, value: str) -> str:
     return hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
+def grounds_ref(key: bytes, kind: str, text: object) -> str | None:
+    """The keyed hash that stands for a discloser's stated grounds (``kind`` ``justification``
+    or ``accountable``: FVA-03's justification and accountable person or role), or None if
+    none was stated. The text is free and may name people, so the audit log keeps only this:
+    whoever holds the text (the discloser's own record) can show it is what was stated
+    (FVA-07), and the log reveals nothing of it. Leading and trailing blanks do not count."""
+    if not isinstance(text, str) or not text.strip():
+        return None
+    return hmac.new(key, f"{kind}\x1f{text.strip()}".encode(), hashlib.sha256).hexdigest()
+
+
+def stated_grounds(event: Mapping[str, Any]) -> tuple[object, object]:
+    """The (justification, accountable person or role) an event states: its header's sharing
+    context, or a request's own fields where the header leaves either blank (as the policy's
+    ``grounds_stated`` reads them)."""
+    sharing = (event.get("header") or {}).get("sharing") or {}
+
+    def stated(name: str) -> object:
+        value = sharing.get(name)
+        return value if isinstance(value, str) and value.strip() else event.get(name)
+
+    return stated("justification"), stated("accountable_role")
+
+
 def case_ref(key: bytes, case_id: str) -> str:
     """The keyed hash that stands for a case id in the audit log."""
     return hmac.new(key, b"case\x1f" + case_id.encode(), hashlib.sha256).hexdigest()
@@ -101,6 +125,8 @@ def audit_base(
         "subject_refs": [],
         "policy_hash": ctx.policy_hash,
         "detail": None,
+        "justification_ref": None,
+        "accountable_ref": None,
         "decisions": [],
     }
 
@@ -189,7 +215,8 @@ def decision_audit(
     subjects: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """The audit record of every sharing decision about one event: one entry per candidate
-    recipient (from :func:`decision_entry`), in the order they were decided.
+    recipient (from :func:`decision_entry`), in the order they were decided, with keyed
+    hashes of the grounds the discloser stated (:func:`grounds_ref`, FVA-07).
 
     One record per event rather than per (event, recipient) pair: the facts about the event
     (its subjects, case, source, consent) are written once, and the broker produces one audit
@@ -198,6 +225,7 @@ def decision_audit(
     """
     header = event.get("header") or {}
     sharing = header.get("sharing") or {}
+    justification, accountable = stated_grounds(event)
     record = audit_base(ctx, "decision", now, new_id or uuid.uuid4())
     record |= {
         "event_id": str(header.get("event_id")),
@@ -206,6 +234,8 @@ def decision_audit(
         "case_ref": case_ref(ctx.subject_key, str(header.get("case_id", ""))),
         "source_agency": source,
         "consent": sharing.get("consent"),
+        "justification_ref": grounds_ref(ctx.subject_key, "justification", justification),
+        "accountable_ref": grounds_ref(ctx.subject_key, "accountable", accountable),
         "subject_refs": list(subjects)
         if subjects is not None
         else subject_refs(ctx.subject_key, event),

@@ -24,7 +24,7 @@ from broker.audit import (
 )
 from broker.codec import SchemaSet, encode, load_schemas
 from broker.envelope import Algorithm, KeyRing
-from broker.runtime._audit import subject_ref
+from broker.runtime._audit import grounds_ref, subject_ref
 
 ROOT = Path(__file__).resolve().parents[3]
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
@@ -92,6 +92,13 @@ def audit_record(schemas: SchemaSet, n: int, now: datetime) -> dict[str, Any]:
         "subject_refs": [person_ref()] if n % 5 == 0 else [f"{n % 97:064x}"],
         "policy_hash": None,
         "detail": None,
+        # A decision keeps keyed hashes of its discloser's stated grounds (AuditRecord v3).
+        "justification_ref": grounds_ref(SUBJECT_KEY, "justification", f"SYN grounds {n}")
+        if shared
+        else None,
+        "accountable_ref": grounds_ref(SUBJECT_KEY, "accountable", "SYN coordinator")
+        if shared
+        else None,
     }
 
 

@@ -100,6 +100,35 @@ def test_index_query_report_and_access_log(
     assert person_ref() in out
 
 
+def test_grounds_are_checked_against_the_decision_without_being_kept(
+    home: Path, log: SyntheticLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """FVA-07: the discloser's justification and accountable role, as the discloser recorded
+    them, match the keyed hashes the decision keeps; anything else does not; the texts are in
+    neither the log nor the access log."""
+    path = export(home / "log.jsonl", log.audit + log.checkpoints)
+    assert main(["audit", "index", "--file", str(path)]) == 0
+    capsys.readouterr()
+    stated = ["--justification", "SYN grounds 3", "--accountable", "SYN coordinator"]
+    assert main(["audit", "grounds", "evt-3", *stated]) == 0
+    out = capsys.readouterr().out
+    assert "justification matches, accountable matches" in out
+
+    altered = ["--justification", "SYN grounds 4", "--accountable", "SYN coordinator"]
+    assert main(["audit", "grounds", "evt-3", *altered]) == 1
+    assert "justification DOES NOT match, accountable matches" in capsys.readouterr().out
+
+    assert main(["audit", "grounds", "evt-4", *stated]) == 1  # an escalation, no decision
+    err = capsys.readouterr().err
+    assert "no decision about event 'evt-4'" in err
+    assert err.count("\n") == 1
+
+    assert main(["audit", "access-log", "--format", "json"]) == 0
+    accesses = capsys.readouterr().out
+    assert '"command": "grounds"' in accesses
+    assert "SYN grounds" not in accesses
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [

@@ -16,6 +16,7 @@ from broker.runtime._audit import (
     AuditContext,
     decision_audit,
     decision_entry,
+    grounds_ref,
     quarantine_audit,
     quarantined_record,
     subject_ref,
@@ -99,6 +100,53 @@ def test_decision_audit_encodes_and_holds_no_personal_value() -> None:
         assert canary.encode() not in written
     assert record["subject_refs"]
     assert [d["person_told"] for d in decoded["decisions"]] == ["when_safe", None]
+
+
+def test_a_decision_keeps_keyed_hashes_of_the_stated_grounds_never_the_text() -> None:
+    """FVA-07: a tamper-evident record of the justification and the decider, which are free
+    text and may name people: keyed hashes only, which change with the text; a request's own
+    grounds count where its header states none; nothing stated, nothing kept."""
+    canary = "CANARY-GROUNDS-J4"
+
+    def record_of(event: dict) -> dict:  # type: ignore[type-arg]
+        return decision_audit(
+            CTX,
+            event=event,
+            event_type="FamilyHarmEpisodeReport",
+            schema_fingerprint=EPISODE.fingerprint,
+            source="police",
+            decisions=[],
+            now=NOW,
+        )
+
+    event = example()
+    event["header"]["sharing"] |= {"justification": canary, "accountable_role": "SYN sergeant"}
+    record = record_of(event)
+    written = encode(AUDIT, record)
+    assert canary.encode() not in written
+    assert b"SYN sergeant" not in written
+    decoded = decode(written, AUDIT)
+    assert decoded["justification_ref"] == grounds_ref(CTX.subject_key, "justification", canary)
+    assert decoded["accountable_ref"] == grounds_ref(CTX.subject_key, "accountable", "SYN sergeant")
+    assert (
+        grounds_ref(CTX.subject_key, "justification", f" {canary} ") == record["justification_ref"]
+    )
+    assert (
+        grounds_ref(CTX.subject_key, "justification", canary + ".") != record["justification_ref"]
+    )
+    # The two kinds are apart: the same words as a role are not the justification.
+    assert grounds_ref(CTX.subject_key, "accountable", canary) != record["justification_ref"]
+
+    event["header"]["sharing"] |= {"justification": "  ", "accountable_role": None}
+    assert (record_of(event)["justification_ref"], record_of(event)["accountable_ref"]) == (
+        None,
+        None,
+    )
+    event |= {"justification": canary, "accountable_role": "SYN analyst"}  # as a request states
+    assert record_of(event)["justification_ref"] == decoded["justification_ref"]
+    assert record_of(event)["accountable_ref"] == grounds_ref(
+        CTX.subject_key, "accountable", "SYN analyst"
+    )
 
 
 def test_quarantine_records_encode() -> None:

@@ -18,7 +18,7 @@ from broker.codec import decode, encode, from_json
 from broker.envelope import Algorithm, EnvelopeError, Kind, Opener, ReplayCache, Sealer
 from broker.platform import ingress
 from broker.runtime import Accepted, Decider, Intake, Outcome, Pipeline, Verdict
-from broker.runtime._audit import audited_pairs
+from broker.runtime._audit import audited_pairs, grounds_ref
 from broker.runtime._pipeline import (
     DEADLINE_HEADER,
     REASON_HEADER,
@@ -168,6 +168,14 @@ def test_share_review_and_deny() -> None:
         ("corrections", "deny", ["R-test"]),
     ]
     assert audit["decisions"][0]["field_actions"] == {"header.case_id": "keep", "narrative": "drop"}
+    key, sharing = (
+        b"synthetic-test-audit-key-000000",
+        episode(str(uuid.uuid4()))["header"]["sharing"],
+    )
+    assert (audit["justification_ref"], audit["accountable_ref"]) == (  # FVA-07
+        grounds_ref(key, "justification", sharing["justification"]),
+        grounds_ref(key, "accountable", sharing["accountable_role"]),
+    )
     assert list(audited_pairs(audit)) == [
         ("oranga-tamariki", "share"),
         ("msd", "review"),
