@@ -3,12 +3,14 @@ offline pipeline run prints its figure (no Kafka; the real runs are in ``make be
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from bench.broker_bench import PassThrough, Phases, Timed, cpu_seconds, offline
+from bench.broker_bench import Assigned, PassThrough, Phases, Timed, cpu_seconds, offline
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._worker import Worker
 from broker.transport import InMemoryCluster
@@ -105,3 +107,36 @@ def test_cpu_seconds_reads_this_process_and_a_node_by_pid() -> None:
     assert cpu_seconds() > 0
     assert cpu_seconds(os.getpid()) > 0
     assert cpu_seconds(2**22 + 12345) == 0.0  # no such process (above pid_max's default)
+
+
+async def test_a_scale_out_worker_fetches_only_once_it_holds_its_share_and_reports_commits(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The scale-out drain's workers wait for exactly their share of partitions before the
+    first fetch (so no rebalance falls inside the timed window), then print one JSON line per
+    commit, which the parent sums."""
+    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
+    inner = cluster.worker()
+    await inner.start()
+    held = len(inner.assignment())
+    assert held > 0
+    waiting = Assigned(inner, held + 1)
+    with pytest.raises(TimeoutError):  # never holds more than it holds: it never fetches
+        await asyncio.wait_for(waiting.poll(10, 10), 0.2)
+    assert not waiting.first
+
+    async with cluster.publisher() as publisher:
+        for i in range(5):
+            await publisher.publish("tiaki.ingress.police", b"SYN-CASE-%d" % i, b"x")
+    sharing = Assigned(inner, held, report=True)
+    records = []
+    for _ in range(50):
+        records += await sharing.poll(10, 10)
+        if len(records) >= 5:
+            break
+    await sharing.commit([], records)
+    await inner.close()
+    progress = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert progress["committed"] == 5
+    assert progress["last"] >= progress["first"] > 0
+    assert progress["cpu"] >= 0
