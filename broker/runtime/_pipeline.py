@@ -30,12 +30,11 @@ Egress and review records are keyed by case id, so one case stays ordered on one
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -53,6 +52,7 @@ from broker.platform._topics import (
     egress,
     ingress_agency,
 )
+from broker.policy import json_value
 from broker.runtime._audit import (
     AuditContext,
     audit_base,
@@ -110,13 +110,10 @@ def _refused(admitted: Accepted, exc: MembershipRefused) -> Rejected:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    raise TypeError(f"cannot represent {type(value).__name__} in a shared event")
+    text = json_value(value)
+    if text is value:
+        raise TypeError(f"cannot represent {type(value).__name__} in a shared event")
+    return text
 
 
 def audit_key(record: Mapping[str, Any], key: bytes | None = None) -> bytes | None:
@@ -156,7 +153,12 @@ def sealed_for_broker(
 
 
 def body_json(body: Mapping[str, Any]) -> str:
-    """The minimised event as canonical JSON (sorted keys, no insignificant whitespace)."""
+    """The minimised event as canonical JSON (sorted keys, no insignificant whitespace).
+
+    Bodies the policy decider projects are JSON-ready already (``FieldPlan.project``), so
+    ``json.dumps`` never calls back into Python for them; the hook writes any date, time,
+    UUID or bytes value a body from elsewhere still holds, the same way.
+    """
     return json.dumps(
         body, default=_json_default, sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
