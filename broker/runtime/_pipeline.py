@@ -202,6 +202,7 @@ class Pipeline:
             (SCHEMA_HEADER, self._audit_schema.fingerprint_hex.encode()),
         )
         self._subject_key = subject_key
+        self._audit_context: AuditContext | None = None
         self._cases_schema = schemas.latest("CaseMembership")
         #: Shared with the decider, which asks it whether a recipient participates.
         self.cases = cases if cases is not None else CaseMembership()
@@ -239,7 +240,12 @@ class Pipeline:
         self._escalated.clear()
 
     def _context(self) -> AuditContext:
-        return AuditContext(subject_key=self._subject_key, policy_hash=self._decider.policy_hash)
+        """The audit context under the policy in force now (one per policy, not per event)."""
+        policy_hash = self._decider.policy_hash
+        context = self._audit_context
+        if context is None or context.policy_hash != policy_hash:
+            context = self._audit_context = AuditContext(self._subject_key, policy_hash)
+        return context
 
     def _audit(self, record: Mapping[str, Any], key: bytes | None) -> Outgoing:
         return audit_output(self._audit_schema, record, key)
