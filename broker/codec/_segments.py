@@ -11,7 +11,8 @@ path, where most of an output record repeats from one event or one recipient to 
 encoded once and reused, and only what changes is encoded per record.
 
 An array can likewise be written from items encoded one by one: a block count, the items,
-and the zero count that ends the array (:func:`array_of`).
+and the zero count that ends the array (:func:`array_of`); a part that is one string field is
+its length and its UTF-8 bytes (:func:`string_of`).
 """
 
 from __future__ import annotations
@@ -100,6 +101,12 @@ def zigzag_long(value: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def string_of(text: str) -> bytes:
+    """An Avro ``string``: the length of its UTF-8 bytes as a ``long``, then the bytes."""
+    data = text.encode()
+    return zigzag_long(len(data)) + data
 
 
 def array_of(items: Sequence[bytes]) -> bytes:

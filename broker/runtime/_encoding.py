@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Any
 
 from broker.codec import Schema
-from broker.codec._segments import ArrayItems, Segments, array_of
+from broker.codec._segments import ArrayItems, Segments, array_of, string_of
 from broker.runtime._audit import decision_entry
 from broker.runtime._decide import Verdict
 
@@ -60,6 +60,8 @@ class RecordParts:
         self._audit = Segments(audit, ["decisions"])
         self._entry = ArrayItems(audit, "decisions")
         self._shared = Segments(shared, ["route", "body_json"])
+        if self._shared.fields[2] != ("body_json",):
+            raise ValueError(f"{shared.label}: body_json is not the last field")
         self._entries = _PartCache()
         self._rulings = _PartCache()
 
@@ -135,5 +137,5 @@ class RecordParts:
         return head + ruling + body
 
     def body(self, text: str) -> bytes:
-        """The ``body_json`` part."""
-        return self._shared.encode(2, {"body_json": text})
+        """The ``body_json`` part: the record's last field, a string, written directly."""
+        return string_of(text)
