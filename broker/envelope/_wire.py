@@ -249,7 +249,10 @@ def parse_record(data: bytes) -> Parsed:
                 raise Malformed()
             announcement = data[pos + 2 : end]
             pos = end
-        topic, source, recipient, event_id = (f.decode("utf-8") for f in fields[:4])
+        topic = fields[0].decode("utf-8")
+        source = fields[1].decode("utf-8")
+        recipient = fields[2].decode("utf-8")
+        event_id = fields[3].decode("utf-8")
     except (IndexError, KeyError, struct.error, UnicodeDecodeError):
         raise Malformed() from None
     ciphertext = data[pos:]
