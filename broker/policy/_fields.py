@@ -347,13 +347,23 @@ def _compile_tree(tree: _Tree) -> _Projector:
 
 
 def _compile_value(depth: int, sub: _Tree | None, action: str | None, plain: bool) -> _ValueFn:
+    if depth == 1 and sub is not None:  # a list of records, the commonest list: one call each
+        each = _compile_tree(sub)
+
+        def records(value: Any, transforms: Mapping[str, Transform]) -> Any:
+            if value is None:
+                return None
+            values = value if type(value) is list else _items(value)
+            return [None if item is None else each(item, transforms) for item in values]
+
+        return records
     if depth:
         inner = _compile_value(depth - 1, sub, action, plain)
 
         def items(value: Any, transforms: Mapping[str, Transform]) -> Any:
             if value is None:
                 return None
-            values = value.values() if isinstance(value, Mapping) else value
+            values = value if type(value) is list else _items(value)
             return [inner(item, transforms) for item in values]
 
         return items
@@ -383,6 +393,11 @@ def _compile_value(depth: int, sub: _Tree | None, action: str | None, plain: boo
         return json_value(transform(value))
 
     return leaf if plain else text_leaf
+
+
+def _items(value: Any) -> Any:
+    """The items of a list or map value (a map's values, as :func:`_value` takes them)."""
+    return value.values() if isinstance(value, Mapping) else value
 
 
 def keep(value: Any) -> Any:
