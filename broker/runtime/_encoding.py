@@ -63,6 +63,11 @@ class RecordParts:
         if self._shared.fields[2] != ("body_json",):
             raise ValueError(f"{shared.label}: body_json is not the last field")
         self._entries = _PartCache()
+        #: Denials' entries by the verdict itself: the policy decider hands out the same
+        #: denial verdicts for every event it rules alike (most candidates of most events),
+        #: so their entries are found without building a key. Holding the verdict keeps its
+        #: id from being reused while the entry is kept.
+        self._denials: dict[int, tuple[Verdict, bytes]] = {}
         self._rulings = _PartCache()
 
     def decision_record(self, record: Mapping[str, Any], verdicts: Sequence[Verdict]) -> bytes:
@@ -71,6 +76,9 @@ class RecordParts:
         return self._audit.encode(0, record) + array_of([self._entry_of(v) for v in verdicts])
 
     def _entry_of(self, v: Verdict) -> bytes:
+        kept = self._denials.get(id(v))
+        if kept is not None and kept[0] is v:
+            return kept[1]
         key = (
             v.recipient,
             v.outcome.value,
@@ -95,6 +103,10 @@ class RecordParts:
                 field_actions=v.field_actions,
             )
             part = self._entries.put(key, v.field_actions, self._entry.encode(entry))
+        if v.body is None:
+            if len(self._denials) >= CACHE_LIMIT:
+                self._denials.clear()
+            self._denials[id(v)] = (v, part)
         return part
 
     def shared_head(
