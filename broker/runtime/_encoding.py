@@ -12,7 +12,8 @@ record          part                                    encoded
 ==============  =====================================  ====================================
 AuditRecord     every field but ``decisions``           once per event
                 each ``decisions`` entry                once per distinct decision (cached)
-SharedEvent     event id, type, source, schema, time    once per event
+SharedEvent     event id                                once per event (written directly)
+                type, source, schema, time              once per batch (cached by value)
                 route, basis, purpose, rules, actions   once per distinct decision (cached)
                 ``body_json``                           once per distinct body
 ==============  =====================================  ====================================
@@ -20,7 +21,8 @@ SharedEvent     event id, type, source, schema, time    once per event
 Cached parts are keyed by the decision's values, and by the identity of its field-action
 mapping (the plan's own, shared by every decision that uses the plan), checked on every hit so
 a reloaded policy whose plan happens to reuse a freed object's id can never pick up a stale
-part. The caches are bounded and simply emptied when full.
+part; a shared event's source part is keyed by every value it holds. The caches are bounded
+and simply emptied when full.
 """
 
 from __future__ import annotations
@@ -59,9 +61,11 @@ class RecordParts:
     def __init__(self, audit: Schema, shared: Schema) -> None:
         self._audit = Segments(audit, ["decisions"])
         self._entry = ArrayItems(audit, "decisions")
-        self._shared = Segments(shared, ["route", "body_json"])
-        if self._shared.fields[2] != ("body_json",):
-            raise ValueError(f"{shared.label}: body_json is not the last field")
+        self._shared = Segments(shared, ["event_type", "route", "body_json"])
+        # The first and last parts are one string each, written directly (string_of).
+        if self._shared.fields[0] != ("event_id",) or self._shared.fields[3] != ("body_json",):
+            raise ValueError(f"{shared.label}: event_id is not first or body_json not last")
+        self._sources = _PartCache()
         self._entries = _PartCache()
         #: Denials' entries by the verdict itself: the policy decider hands out the same
         #: denial verdicts for every event it rules alike (most candidates of most events),
@@ -118,17 +122,22 @@ class RecordParts:
         source_schema: str,
         shared_at: datetime,
     ) -> bytes:
-        """The part of a ``SharedEvent`` every recipient of one event has in common."""
-        return self._shared.encode(
-            0,
-            {
-                "event_id": event_id,
+        """The part of a ``SharedEvent`` every recipient of one event has in common.
+
+        All but the event id is the same for every event of one type, source and schema in
+        one batch (the worker gives a batch one ``shared_at``): that part is kept by value.
+        """
+        key = (event_type, source_agency, source_schema, shared_at)
+        source = self._sources.get(key, None)
+        if source is None:
+            values = {
                 "event_type": event_type,
                 "source_agency": source_agency,
                 "source_schema": source_schema,
                 "shared_at": shared_at,
-            },
-        )
+            }
+            source = self._sources.put(key, None, self._shared.encode(1, values))
+        return string_of(str(event_id)) + source
 
     def shared_event(self, head: bytes, v: Verdict, body: bytes) -> bytes:
         """A whole ``SharedEvent``: ``head`` from :meth:`shared_head`, the ruling of ``v``,
@@ -145,7 +154,7 @@ class RecordParts:
                 "field_actions": dict(v.field_actions),
                 "policy_hash": v.policy_hash,
             }
-            ruling = self._rulings.put(key, v.field_actions, self._shared.encode(1, values))
+            ruling = self._rulings.put(key, v.field_actions, self._shared.encode(2, values))
         return head + ruling + body
 
     def body(self, text: str) -> bytes:
