@@ -12,7 +12,8 @@ encoded once and reused, and only what changes is encoded per record.
 
 An array can likewise be written from items encoded one by one: a block count, the items,
 and the zero count that ends the array (:func:`array_of`); a part that is one string field is
-its length and its UTF-8 bytes (:func:`string_of`).
+its length and its UTF-8 bytes (:func:`string_of`), and a nullable one the union's branch
+first (:func:`nullable_string_of`).
 """
 
 from __future__ import annotations
@@ -107,6 +108,11 @@ def string_of(text: str) -> bytes:
     """An Avro ``string``: the length of its UTF-8 bytes as a ``long``, then the bytes."""
     data = text.encode()
     return zigzag_long(len(data)) + data
+
+
+def nullable_string_of(text: str | None) -> bytes:
+    """A ``["null", "string"]`` union: branch 0 and nothing more, or branch 1 and the string."""
+    return b"\x00" if text is None else b"\x02" + string_of(text)
 
 
 def array_of(items: Sequence[bytes]) -> bytes:

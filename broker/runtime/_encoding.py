@@ -10,7 +10,8 @@ joined from parts:
 ==============  =====================================  ====================================
 record          part                                    encoded
 ==============  =====================================  ====================================
-AuditRecord     every field but ``decisions``           once per event
+AuditRecord     audit id, event id, case ref, subjects  once per event (written directly)
+                the other fields but ``decisions``      once per distinct values (cached)
                 each ``decisions`` entry                once per distinct decision (cached)
 SharedEvent     event id                                once per event (written directly)
                 type, source, schema, time              once per batch (cached by value)
@@ -27,17 +28,50 @@ and simply emptied when full.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Hashable, Mapping, Sequence
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from broker.codec import Schema
-from broker.codec._segments import ArrayItems, Segments, array_of, string_of
+from broker.codec._segments import (
+    ArrayItems,
+    Segments,
+    array_of,
+    nullable_string_of,
+    string_of,
+)
 from broker.runtime._audit import decision_entry
 from broker.runtime._decide import Verdict
 
 #: Distinct cached parts kept before a cache is emptied (decisions are few; this is a bound).
 CACHE_LIMIT = 4096
+
+#: Where AuditRecord's fields are cut: the parts alternate between one field that changes with
+#: every event (written directly) and a run of fields that mostly repeats (kept by value).
+_AUDIT_CUTS = (
+    "recorded_at",
+    "event_id",
+    "event_type",
+    "case_ref",
+    "actor",
+    "rule_ids",
+    "subject_refs",
+    "policy_hash",
+    "decisions",
+)
+#: The fields written directly, by part, as the schema must give them.
+_AUDIT_DIRECT = {
+    0: ("audit_id", {"type": "string", "logicalType": "uuid"}),
+    2: ("event_id", ["null", "string"]),
+    4: ("case_ref", ["null", "string"]),
+    7: ("subject_refs", {"type": "array", "items": "string"}),
+}
+#: The runs of strings, nulls and times kept by value, by part.
+_AUDIT_SCALAR_RUNS = (1, 3, 5, 8)
+#: The run of the lists of rule ids, reason codes, obligations and the field-action map.
+_AUDIT_LISTS_RUN = 6
 
 
 class _PartCache:
@@ -60,6 +94,20 @@ class RecordParts:
 
     def __init__(self, audit: Schema, shared: Schema) -> None:
         self._audit = Segments(audit, ["decisions"])
+        self._head = Segments(audit, list(_AUDIT_CUTS))
+        fields = {f["name"]: f["type"] for f in audit.definition["fields"]}
+        for index, (name, kind) in _AUDIT_DIRECT.items():
+            if self._head.fields[index] != (name,) or fields[name] != kind:
+                raise ValueError(f"{audit.label}: {name} is not where or what RecordParts expects")
+        if self._head.fields[_AUDIT_LISTS_RUN] != (
+            "rule_ids",
+            "reason_codes",
+            "obligations",
+            "field_actions",
+        ):
+            raise ValueError(f"{audit.label}: the lists are not where RecordParts expects them")
+        self._scalar_runs = [(i, itemgetter(*self._head.fields[i])) for i in _AUDIT_SCALAR_RUNS]
+        self._runs = _PartCache()
         self._entry = ArrayItems(audit, "decisions")
         self._shared = Segments(shared, ["event_type", "route", "body_json"])
         # The first and last parts are one string each, written directly (string_of).
@@ -77,7 +125,59 @@ class RecordParts:
     def decision_record(self, record: Mapping[str, Any], verdicts: Sequence[Verdict]) -> bytes:
         """``record`` (an audit record whose ``decisions`` are left out) with one entry per
         verdict, in order."""
-        return self._audit.encode(0, record) + array_of([self._entry_of(v) for v in verdicts])
+        head = self._decision_head(record)
+        if head is None:  # a value of another type: the whole-head encode says which
+            head = self._audit.encode(0, record)
+        return head + array_of([self._entry_of(v) for v in verdicts])
+
+    def _decision_head(self, record: Mapping[str, Any]) -> bytes | None:
+        """Every field before ``decisions``: the audit id, event id, case reference and
+        subject references written directly, the runs between them kept by the values they
+        hold. None if a value is not of the type its part takes (the cached runs hold only
+        strings, nulls and times, so a value of another type never matches one)."""
+        try:
+            audit_id = record["audit_id"]
+            event_id = record["event_id"]
+            case_ref = record["case_ref"]
+            refs = record["subject_refs"]
+            keys = [(i, get(record)) for i, get in self._scalar_runs]
+            lists = (
+                _AUDIT_LISTS_RUN,
+                tuple(record["rule_ids"]),
+                tuple(record["reason_codes"]),
+                tuple(record["obligations"]),
+                tuple(record["field_actions"].items()),
+            )
+            runs = {i: self._run(i, key, record) for i, key in [*keys, (lists[0], lists)]}
+        except (KeyError, TypeError, AttributeError):
+            return None
+        if (
+            type(audit_id) not in (str, uuid.UUID)
+            or (event_id is not None and type(event_id) is not str)
+            or (case_ref is not None and type(case_ref) is not str)
+            or type(refs) is not list
+            or any(type(ref) is not str for ref in refs)
+        ):
+            return None
+        return b"".join(
+            (
+                string_of(str(audit_id)),
+                runs[1],
+                nullable_string_of(event_id),
+                runs[3],
+                nullable_string_of(case_ref),
+                runs[5],
+                runs[6],
+                array_of([string_of(ref) for ref in refs]),
+                runs[8],
+            )
+        )
+
+    def _run(self, index: int, key: Hashable, record: Mapping[str, Any]) -> bytes:
+        part = self._runs.get((index, key), None)
+        if part is None:
+            part = self._runs.put((index, key), None, self._head.encode(index, record))
+        return part
 
     def _entry_of(self, v: Verdict) -> bytes:
         kept = self._denials.get(id(v))
