@@ -107,7 +107,10 @@ def zigzag_long(value: int) -> bytes:
 def string_of(text: str) -> bytes:
     """An Avro ``string``: the length of its UTF-8 bytes as a ``long``, then the bytes."""
     data = text.encode()
-    return zigzag_long(len(data)) + data
+    size = len(data)
+    if size < 64:  # zig-zag 2n fits the first 7 bits: one byte (most strings here)
+        return bytes((size << 1,)) + data
+    return zigzag_long(size) + data
 
 
 def nullable_string_of(text: str | None) -> bytes:
