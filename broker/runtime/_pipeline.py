@@ -152,16 +152,20 @@ def sealed_for_broker(
     )
 
 
+#: :func:`body_json`'s encoder, made once: ``json.dumps`` with these options makes one per call.
+_BODY_ENCODER = json.JSONEncoder(
+    default=_json_default, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+)
+
+
 def body_json(body: Mapping[str, Any]) -> str:
     """The minimised event as canonical JSON (sorted keys, no insignificant whitespace).
 
-    Bodies the policy decider projects are JSON-ready already (``FieldPlan.project``), so
-    ``json.dumps`` never calls back into Python for them; the hook writes any date, time,
-    UUID or bytes value a body from elsewhere still holds, the same way.
+    Bodies the policy decider projects are JSON-ready already (``FieldPlan.project``), so the
+    encoder never calls back into Python for them; the hook writes any date, time, UUID or
+    bytes value a body from elsewhere still holds, the same way.
     """
-    return json.dumps(
-        body, default=_json_default, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    return _BODY_ENCODER.encode(body)
 
 
 @dataclass(frozen=True)
