@@ -11,7 +11,9 @@ path, where most of an output record repeats from one event or one recipient to 
 encoded once and reused, and only what changes is encoded per record.
 
 An array can likewise be written from items encoded one by one: a block count, the items,
-and the zero count that ends the array (:func:`array_of`).
+and the zero count that ends the array (:func:`array_of`); a part that is one string field is
+its length and its UTF-8 bytes (:func:`string_of`), and a nullable one the union's branch
+first (:func:`nullable_string_of`).
 """
 
 from __future__ import annotations
@@ -100,6 +102,20 @@ def zigzag_long(value: int) -> bytes:
         n >>= 7
     out.append(n)
     return bytes(out)
+
+
+def string_of(text: str) -> bytes:
+    """An Avro ``string``: the length of its UTF-8 bytes as a ``long``, then the bytes."""
+    data = text.encode()
+    size = len(data)
+    if size < 64:  # zig-zag 2n fits the first 7 bits: one byte (most strings here)
+        return bytes((size << 1,)) + data
+    return zigzag_long(size) + data
+
+
+def nullable_string_of(text: str | None) -> bytes:
+    """A ``["null", "string"]`` union: branch 0 and nothing more, or branch 1 and the string."""
+    return b"\x00" if text is None else b"\x02" + string_of(text)
 
 
 def array_of(items: Sequence[bytes]) -> bytes:

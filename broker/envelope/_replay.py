@@ -84,7 +84,9 @@ class ReplayCache:
 
     def check(self, source: str, event_id: str, sealed_at_ms: int, now: datetime) -> None:
         """Raise :class:`Replayed` or :class:`Stale` if the record cannot be accepted."""
-        now_ms = to_ms(now)
+        self._check(source, event_id, sealed_at_ms, to_ms(now))
+
+    def _check(self, source: str, event_id: str, sealed_at_ms: int, now_ms: int) -> None:
         if sealed_at_ms > now_ms + self._skew_ms or sealed_at_ms < now_ms - self._window_ms:
             self._stale += 1
             raise Stale()
@@ -97,18 +99,22 @@ class ReplayCache:
 
     def remember(self, source: str, event_id: str, sealed_at_ms: int, now: datetime) -> None:
         """Record the pair as seen (after :meth:`check` passed), then enforce the bounds."""
+        self._remember(source, event_id, sealed_at_ms, to_ms(now))
+
+    def _remember(self, source: str, event_id: str, sealed_at_ms: int, now_ms: int) -> None:
         key = (source, event_id)
         if key not in self._seen:
             self._seen[key] = sealed_at_ms
             heapq.heappush(self._heap, (sealed_at_ms, source, event_id))
             self._remembered += 1
-        self._evict(to_ms(now))
+        self._evict(now_ms)
 
     def check_and_remember(
         self, source: str, event_id: str, sealed_at_ms: int, now: datetime
     ) -> None:
-        self.check(source, event_id, sealed_at_ms, now)
-        self.remember(source, event_id, sealed_at_ms, now)
+        now_ms = to_ms(now)  # once per record: it is on every ingress record's path
+        self._check(source, event_id, sealed_at_ms, now_ms)
+        self._remember(source, event_id, sealed_at_ms, now_ms)
 
     def seed(self, seen: Iterable[tuple[str, str, int]], now: datetime) -> int:
         """Remember (source, event id, sealed_at ms) triples accepted before or elsewhere;

@@ -172,6 +172,8 @@ class Sealer:
         self._random = random
         self._keys: dict[tuple[str, Kind], _SendKey] = {}
         self._prefixes: dict[tuple[str, str, Kind], bytes] = {}
+        #: The last seal's (now, event id, fingerprint, now in ms, record fields).
+        self._last: tuple[datetime, str, bytes, int, bytes] | None = None
         self._records = 0
         self._data_keys = 0
         self._rotations = {"count": 0, "age": 0, "key": 0}
@@ -197,15 +199,23 @@ class Sealer:
             raise Oversized()
         if not _expected_parties(kind, self.principal, recipient):
             raise WrongKind()
-        now_ms = to_ms(now)
+        # One event is sealed once per recipient (and review copy) at one time: its time and
+        # the header fields naming it are worked out once for the run of seals.
+        last = self._last
+        now_ms = to_ms(now) if last is None or last[0] is not now else last[3]
         key = self._data_key(recipient, kind, now, now_ms)
         prefix = self._prefixes.get((topic, recipient, kind))
         if prefix is None:
             flags = w.FLAG_INLINE_ANNOUNCEMENT if self.config.inline_announcement else 0
             prefix = w.header_prefix(kind, flags, topic, self.principal, recipient)
             self._prefixes[(topic, recipient, kind)] = prefix
+        if last is not None and last[1] == event_id and last[2] == schema_fingerprint:
+            fields = last[4]
+        else:
+            fields = w.record_fields(event_id, schema_fingerprint)
+        self._last = (now, event_id, schema_fingerprint, now_ms, fields)
         nonce = self._random(w.NONCE_BYTES)
-        aad = w.header_bytes(prefix, event_id, schema_fingerprint, key.data_key_id, now_ms, nonce)
+        aad = w.header_from_parts(prefix, fields, key.data_key_id, now_ms, nonce)
         ciphertext = key.cipher.seal(nonce, payload, aad)
         key.records += 1
         self._records += 1

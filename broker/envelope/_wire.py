@@ -182,6 +182,12 @@ def header_prefix(kind: Kind, flags: int, topic: str, source: str, recipient: st
     return bytes((VERSION, kind, flags)) + str8(topic) + str8(source) + str8(recipient)
 
 
+def record_fields(event_id: str, schema_fingerprint: bytes) -> bytes:
+    """The header bytes naming a record's event and schema, between the prefix and the tail:
+    the same for every copy of one event (its recipients, its review copy)."""
+    return str8(event_id) + bytes8_field(schema_fingerprint)
+
+
 def header_bytes(
     prefix: bytes,
     event_id: str,
@@ -191,12 +197,16 @@ def header_bytes(
     nonce: bytes,
 ) -> bytes:
     """A whole header (the AAD) from :func:`header_prefix` and the per-record fields."""
-    return (
-        prefix
-        + str8(event_id)
-        + bytes8_field(schema_fingerprint)
-        + _TAIL.pack(data_key_id, sealed_at_ms, nonce)
+    return header_from_parts(
+        prefix, record_fields(event_id, schema_fingerprint), data_key_id, sealed_at_ms, nonce
     )
+
+
+def header_from_parts(
+    prefix: bytes, fields: bytes, data_key_id: bytes, sealed_at_ms: int, nonce: bytes
+) -> bytes:
+    """:func:`header_bytes` from :func:`header_prefix` and :func:`record_fields`."""
+    return prefix + fields + _TAIL.pack(data_key_id, sealed_at_ms, nonce)
 
 
 def encode_record(aad: bytes, announcement: bytes | None, ciphertext: bytes) -> bytes:
@@ -239,7 +249,10 @@ def parse_record(data: bytes) -> Parsed:
                 raise Malformed()
             announcement = data[pos + 2 : end]
             pos = end
-        topic, source, recipient, event_id = (f.decode("utf-8") for f in fields[:4])
+        topic = fields[0].decode("utf-8")
+        source = fields[1].decode("utf-8")
+        recipient = fields[2].decode("utf-8")
+        event_id = fields[3].decode("utf-8")
     except (IndexError, KeyError, struct.error, UnicodeDecodeError):
         raise Malformed() from None
     ciphertext = data[pos:]

@@ -30,7 +30,7 @@ from broker.policy._errors import (
     PolicyValidationError,
     ScenarioFailure,
 )
-from broker.policy._fields import FieldPlan
+from broker.policy._fields import FieldPlan, json_value
 from broker.policy._load import load_policy_set
 from broker.policy._model import (
     FIELD_ACTIONS,
@@ -90,6 +90,7 @@ __all__ = [
     "compile_policy",
     "diff",
     "generate_officer_key",
+    "json_value",
     "load_approvals",
     "load_events",
     "load_policy_set",

@@ -829,7 +829,8 @@ def apply_field_plan(
 
     Dropped fields are absent (not null), so a field no rule names cannot leak by default.
     ``deny`` and ``refer`` give an empty record; ``review`` gives what a person would be asked
-    to approve. Pseudonyms are keyed to the recipient.
+    to approve. Pseudonyms are keyed to the recipient. The record is JSON-ready: dates, times
+    and UUIDs are text (:func:`~broker.policy.json_value`), as the broker writes them.
     """
     if decision.plan is None or decision.outcome in (Outcome.DENY, Outcome.REFER):
         return {}

@@ -17,13 +17,19 @@ leaves at or above the named level (``suburb``, ``territorial_authority``, ``reg
 drops the rest; date generalisation turns a date into its year or ``YYYY-MM``.
 
 :meth:`FieldPlan.project` walks a record once through a pre-built tree, so minimising costs one
-pass over the released fields and nothing for the dropped ones.
+pass over the released fields and nothing for the dropped ones. Its copy is JSON-ready: a leaf
+whose Avro type decodes to something JSON cannot write as it is (a date, a timestamp, a UUID)
+is turned into text as it is copied (:func:`json_value`), so the broker writes the minimised
+event with ``json.dumps`` and no per-value callback.
 """
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import functools
+import re
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -34,7 +40,9 @@ from broker.policy._model import ADDRESS_GENERALISATIONS, DATE_GENERALISATIONS
 
 #: A transform applies one field action to one value; pseudonymise is bound to a recipient.
 Transform = Callable[[Any], Any]
-_Tree = dict[str, tuple[int, "_Tree | None", str | None]]
+#: Per name: list/map depth, the subtree of a record (None for a leaf), the leaf's action, and
+#: whether the leaf's values are JSON as they are (:func:`_json_plain`).
+_Tree = dict[str, tuple[int, "_Tree | None", str | None, bool]]
 
 DEFAULT = "default (no rule names it)"
 
@@ -62,14 +70,16 @@ class FieldPlan:
     def project(
         self, record: Mapping[str, Any], transforms: Mapping[str, Transform]
     ) -> dict[str, Any]:
-        """The minimised copy of ``record``: released fields only, each transformed."""
+        """The minimised copy of ``record``: released fields only, each transformed, and
+        JSON-ready: dates, timestamps and UUIDs are text (:func:`json_value`)."""
         return self._projector(record, transforms)
 
     def project_by_walk(
         self, record: Mapping[str, Any], transforms: Mapping[str, Transform]
     ) -> dict[str, Any]:
-        """:meth:`project` by walking the plan's tree: the reference the compiled projector
-        is tested against (same output for every record and plan)."""
+        """:meth:`project` by walking the plan's tree, with values as decoded (not made
+        JSON-ready): the reference the compiled projector is tested against (the same output
+        once :func:`json_value` is applied to every value, for every record and plan)."""
         return _project(record, self._tree, transforms)
 
 
@@ -190,7 +200,7 @@ def _build(schema: Schema, actions: dict[str, str], sources: dict[str, str]) -> 
         info = by_path[path]
         if not path.startswith("header."):
             released |= info.classes
-        _insert(tree, path, action)
+        _insert(tree, path, action, _json_plain(info.avro_type))
     return FieldPlan(
         schema=schema.name,
         version=schema.version,
@@ -214,25 +224,59 @@ def _steps(path: str) -> tuple[tuple[str, int], ...]:
     )
 
 
-def _insert(tree: _Tree, path: str, action: str) -> None:
+#: Parts of a described Avro type (:func:`broker.codec.FieldInfo.avro_type`) whose decoded
+#: values JSON writes as they are; enums (``enum nz.tiaki.Consent``) decode to text too.
+_PLAIN_JSON_TYPES = frozenset(
+    {"union", "array", "map", "null", "boolean", "int", "long", "float", "double", "string"}
+)
+
+
+def _json_plain(avro_type: str) -> bool:
+    """Whether every value a leaf of ``avro_type`` (``union<null,date>``) decodes to is JSON as
+    it is. Logical types (dates, timestamps, UUIDs) and bytes are not; nor is any type this
+    does not know, which only costs the leaf a :func:`json_value` call."""
+    return all(
+        part in _PLAIN_JSON_TYPES or part.startswith("enum ")
+        for part in re.split(r"[<>,]", avro_type)
+        if part
+    )
+
+
+def json_value(value: Any) -> Any:
+    """``value`` as the minimised event's JSON carries it: a date or a timestamp in ISO 8601
+    (``isoformat``), a UUID as text, bytes in base64; anything else as it is.
+
+    The one definition of how the broker writes these: :meth:`FieldPlan.project` applies it
+    to the leaves that need it, and ``body_json`` uses it for any value still left.
+    """
+    if isinstance(value, dt.date):  # a datetime is a date
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
+
+
+def _insert(tree: _Tree, path: str, action: str, plain: bool) -> None:
     *inner, (name, depth) = _steps(path)
     node = tree
     for step, step_depth in inner:
         entry = node.get(step)
         if entry is None or entry[1] is None:
             sub: _Tree = {}
-            node[step] = (step_depth, sub, None)
+            node[step] = (step_depth, sub, None, True)
         else:
             sub = entry[1]
         node = sub
-    node[name] = (depth, None, action)
+    node[name] = (depth, None, action, plain)
 
 
 def _project(
     record: Mapping[str, Any], tree: _Tree, transforms: Mapping[str, Transform]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, (depth, sub, action) in tree.items():
+    for name, (depth, sub, action, _) in tree.items():
         if name in record:
             out[name] = _value(record[name], depth, sub, action, transforms)
     return out
@@ -268,16 +312,18 @@ def _compile_tree(tree: _Tree) -> _Projector:
 
     Minimising is on the broker's hot path (one projection per recipient per event), and the
     tree walk spent most of its time deciding, leaf by leaf, what each node was. Here each node
-    is decided once: kept scalar leaves are copied by name, everything else calls its own
-    closure. Output is identical to :func:`_project` (a test holds them together).
+    is decided once: kept scalar leaves are copied by name (as text if they are dates, times
+    or UUIDs), everything else calls its own closure. Output is :func:`_project`'s with
+    :func:`json_value` applied to every value (a test holds them together).
     """
     kept: list[str] = []
+    kept_text: list[str] = []
     others: list[tuple[str, _ValueFn]] = []
-    for name, (depth, sub, action) in tree.items():
+    for name, (depth, sub, action, plain) in tree.items():
         if depth == 0 and sub is None and action == "keep":
-            kept.append(name)
+            (kept if plain else kept_text).append(name)
         else:
-            others.append((name, _compile_value(depth, sub, action)))
+            others.append((name, _compile_value(depth, sub, action, plain)))
 
     def project(record: Mapping[str, Any], transforms: Mapping[str, Transform]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -285,6 +331,13 @@ def _compile_tree(tree: _Tree) -> _Projector:
             if name in record:
                 value = record[name]
                 out[name] = list(value) if type(value) is list else value
+        for name in kept_text:
+            if name in record:
+                value = record[name]
+                if type(value) is list:
+                    out[name] = [json_value(item) for item in value]
+                else:
+                    out[name] = json_value(value)
         for name, fn in others:
             if name in record:
                 out[name] = fn(record[name], transforms)
@@ -293,14 +346,24 @@ def _compile_tree(tree: _Tree) -> _Projector:
     return project
 
 
-def _compile_value(depth: int, sub: _Tree | None, action: str | None) -> _ValueFn:
+def _compile_value(depth: int, sub: _Tree | None, action: str | None, plain: bool) -> _ValueFn:
+    if depth == 1 and sub is not None:  # a list of records, the commonest list: one call each
+        each = _compile_tree(sub)
+
+        def records(value: Any, transforms: Mapping[str, Transform]) -> Any:
+            if value is None:
+                return None
+            values = value if type(value) is list else _items(value)
+            return [None if item is None else each(item, transforms) for item in values]
+
+        return records
     if depth:
-        inner = _compile_value(depth - 1, sub, action)
+        inner = _compile_value(depth - 1, sub, action, plain)
 
         def items(value: Any, transforms: Mapping[str, Transform]) -> Any:
             if value is None:
                 return None
-            values = value.values() if isinstance(value, Mapping) else value
+            values = value if type(value) is list else _items(value)
             return [inner(item, transforms) for item in values]
 
         return items
@@ -321,7 +384,20 @@ def _compile_value(depth: int, sub: _Tree | None, action: str | None) -> _ValueF
             return [transform(item) for item in value]
         return transform(value)
 
-    return leaf
+    def text_leaf(value: Any, transforms: Mapping[str, Transform]) -> Any:
+        if value is None:
+            return None
+        transform = transforms[name]
+        if isinstance(value, list):
+            return [json_value(transform(item)) for item in value]
+        return json_value(transform(value))
+
+    return leaf if plain else text_leaf
+
+
+def _items(value: Any) -> Any:
+    """The items of a list or map value (a map's values, as :func:`_value` takes them)."""
+    return value.values() if isinstance(value, Mapping) else value
 
 
 def keep(value: Any) -> Any:

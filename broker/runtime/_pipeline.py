@@ -30,12 +30,11 @@ Egress and review records are keyed by case id, so one case stays ordered on one
 
 from __future__ import annotations
 
-import base64
 import json
 import uuid
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
@@ -53,6 +52,7 @@ from broker.platform._topics import (
     egress,
     ingress_agency,
 )
+from broker.policy import json_value
 from broker.runtime._audit import (
     AuditContext,
     audit_base,
@@ -110,13 +110,10 @@ def _refused(admitted: Accepted, exc: MembershipRefused) -> Rejected:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime | date):
-        return value.isoformat()
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, bytes):
-        return base64.b64encode(value).decode()
-    raise TypeError(f"cannot represent {type(value).__name__} in a shared event")
+    text = json_value(value)
+    if text is value:
+        raise TypeError(f"cannot represent {type(value).__name__} in a shared event")
+    return text
 
 
 def audit_key(record: Mapping[str, Any], key: bytes | None = None) -> bytes | None:
@@ -155,11 +152,20 @@ def sealed_for_broker(
     )
 
 
+#: :func:`body_json`'s encoder, made once: ``json.dumps`` with these options makes one per call.
+_BODY_ENCODER = json.JSONEncoder(
+    default=_json_default, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+)
+
+
 def body_json(body: Mapping[str, Any]) -> str:
-    """The minimised event as canonical JSON (sorted keys, no insignificant whitespace)."""
-    return json.dumps(
-        body, default=_json_default, sort_keys=True, separators=(",", ":"), ensure_ascii=False
-    )
+    """The minimised event as canonical JSON (sorted keys, no insignificant whitespace).
+
+    Bodies the policy decider projects are JSON-ready already (``FieldPlan.project``), so the
+    encoder never calls back into Python for them; the hook writes any date, time, UUID or
+    bytes value a body from elsewhere still holds, the same way.
+    """
+    return _BODY_ENCODER.encode(body)
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,7 @@ class Pipeline:
             (SCHEMA_HEADER, self._audit_schema.fingerprint_hex.encode()),
         )
         self._subject_key = subject_key
+        self._audit_context: AuditContext | None = None
         self._cases_schema = schemas.latest("CaseMembership")
         #: Shared with the decider, which asks it whether a recipient participates.
         self.cases = cases if cases is not None else CaseMembership()
@@ -237,7 +244,12 @@ class Pipeline:
         self._escalated.clear()
 
     def _context(self) -> AuditContext:
-        return AuditContext(subject_key=self._subject_key, policy_hash=self._decider.policy_hash)
+        """The audit context under the policy in force now (one per policy, not per event)."""
+        policy_hash = self._decider.policy_hash
+        context = self._audit_context
+        if context is None or context.policy_hash != policy_hash:
+            context = self._audit_context = AuditContext(self._subject_key, policy_hash)
+        return context
 
     def _audit(self, record: Mapping[str, Any], key: bytes | None) -> Outgoing:
         return audit_output(self._audit_schema, record, key)

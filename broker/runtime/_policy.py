@@ -99,7 +99,8 @@ class PolicyDecider:
             case_risk=self._cases.risk(case_id),
             leads=self._cases.leads(case_id),
         )
-        participation = tuple(self._cases.participates(case_id, r) for r in candidates)
+        members = self._cases.members(case_id)  # once, not a look-up per candidate
+        participation = tuple(r in members for r in candidates)
         rulings = self._rulings(engine, candidates, common, addressees, participation)
         verdicts = []
         #: Minimised bodies by (plan, recipient if the plan pseudonymises): recipients that a

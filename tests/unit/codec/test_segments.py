@@ -12,7 +12,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from broker.codec import InvalidRecord, decode, encode, from_json, load_schemas
-from broker.codec._segments import ArrayItems, Segments, array_of, zigzag_long
+from broker.codec._segments import (
+    ArrayItems,
+    Segments,
+    array_of,
+    nullable_string_of,
+    string_of,
+    zigzag_long,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMAS = load_schemas(ROOT / "schemas")
@@ -77,6 +84,20 @@ def test_zigzag_long_reads_back_as_avro_long(value: int) -> None:
     from fastavro import parse_schema, schemaless_reader
 
     assert schemaless_reader(BytesIO(zigzag_long(value)), parse_schema("long")) == value
+
+
+@given(st.text(max_size=300))
+def test_string_of_is_the_part_the_writer_gives_a_last_string_field(body: str) -> None:
+    shared = Segments(SCHEMAS.latest("SharedEvent"), ["route", "body_json"])
+    assert shared.fields[2] == ("body_json",)
+    assert string_of(body) == shared.encode(2, {"body_json": body})
+
+
+@given(st.one_of(st.none(), st.text(max_size=300)))
+def test_nullable_string_of_is_what_the_writer_gives_a_nullable_string(value: str | None) -> None:
+    audit = Segments(AUDIT, ["event_id", "event_type"])
+    assert audit.fields[1] == ("event_id",)
+    assert nullable_string_of(value) == audit.encode(1, {"event_id": value})
 
 
 def test_a_bad_part_says_which_schema_and_part() -> None:

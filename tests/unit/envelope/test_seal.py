@@ -87,6 +87,38 @@ def world(suite: Suite = Suite.X25519) -> World:
 # --- round trips -----------------------------------------------------------------------------
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    seals=st.lists(
+        st.tuples(
+            st.sampled_from(["ev-1", "ev-2"]),
+            st.sampled_from([FP, b"\x01"]),
+            st.sampled_from(["corrections", "health-nz"]),
+            st.integers(min_value=0, max_value=2),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_a_run_of_seals_names_each_record_and_time_of_its_own(
+    seals: list[tuple[str, bytes, str, int]],
+) -> None:
+    """The sealer reuses the header fields and time of the seal before (one event, several
+    recipients): any order of events, fingerprints and times still opens as sealed."""
+    w = world()
+    sealer = Sealer("broker", w.ring)
+    times = [T0, T0 + timedelta(seconds=1), T0 + timedelta(seconds=1)]  # equal, not the same
+    for event_id, fingerprint, recipient, at in seals:
+        record = egress(
+            sealer, b"body", recipient, event_id, schema_fingerprint=fingerprint, now=times[at]
+        )
+        opened = Opener(recipient, w.ring).open(
+            record, topic=f"tiaki.egress.{recipient}", now=times[at], kind=Kind.EGRESS
+        )
+        assert (opened.event_id, opened.schema_fingerprint) == (event_id, fingerprint)
+        assert opened.sealed_at == times[at]
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     payload=st.binary(max_size=4096),

@@ -1,16 +1,21 @@
-"""The compiled field projector against the tree walk it replaces: same output, any plan."""
+"""The compiled field projector against the tree walk it replaces: same output, any plan, and
+JSON-ready output that writes exactly as the decoded values did through a ``default`` hook."""
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
 import json
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.codec import Schema, from_json, load_schemas
-from broker.policy._fields import compile_plan, leaves, transforms_for
+from broker.policy._fields import _json_plain, compile_plan, json_value, leaves, transforms_for
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMAS = load_schemas(ROOT / "schemas")
@@ -45,7 +50,78 @@ def test_compiled_projection_equals_the_tree_walk(example: Path, data: st.DataOb
         )
     )
     plan = compile_plan(schema, fields, classes, "R-test")
-    assert plan.project(record, TRANSFORMS) == plan.project_by_walk(record, TRANSFORMS)
+    projected = plan.project(record, TRANSFORMS)
+    walked = plan.project_by_walk(record, TRANSFORMS)
+    assert projected == json_ready(walked)
+    # The JSON the broker writes is what the decoded values gave through the hook it used
+    # before projections were JSON-ready, and needs no hook now.
+    assert canonical(projected) == canonical(walked, default=hook_before)
+
+
+def hook_before(value: Any) -> Any:
+    """The pipeline's ``json.dumps`` hook before projections were JSON-ready."""
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"cannot represent {type(value).__name__} in a shared event")
+
+
+def canonical(value: Any, default: Any = None) -> str:
+    return json.dumps(
+        value, default=default, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+
+
+def json_ready(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_ready(v) for v in value]
+    return json_value(value)
+
+
+SCALARS = st.one_of(
+    st.datetimes(timezones=st.just(dt.UTC)),
+    st.datetimes(timezones=st.timezones()),
+    st.datetimes(),
+    st.dates(),
+    st.uuids(),
+    st.binary(max_size=20),
+    st.text(max_size=20),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.booleans(),
+    st.none(),
+)
+
+
+@given(values=st.lists(SCALARS, max_size=8))
+def test_json_value_writes_as_the_hook_did(values: list[Any]) -> None:
+    assert canonical([json_value(v) for v in values]) == canonical(values, default=hook_before)
+
+
+@pytest.mark.parametrize(
+    ("avro_type", "plain"),
+    [
+        ("string", True),
+        ("union<null,string>", True),
+        ("array<string>", True),
+        ("enum nz.tiaki.Consent", True),
+        ("union<null,boolean>", True),
+        ("map<double>", True),
+        ("timestamp-millis", False),
+        ("union<null,date>", False),
+        ("uuid", False),
+        ("bytes", False),
+        ("fixed nz.tiaki.Digest", False),
+        ("array<union<null,timestamp-millis>>", False),
+    ],
+)
+def test_which_leaves_are_json_as_they_are(avro_type: str, plain: bool) -> None:
+    assert _json_plain(avro_type) is plain
 
 
 def schema_classes(schema: Schema) -> set[str]:

@@ -7,7 +7,7 @@ import os
 import uuid
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -26,6 +26,7 @@ from broker.runtime._pipeline import (
     REVIEW_ID_HEADER,
     REVIEW_KIND_HEADER,
     SUBJECTS_HEADER,
+    body_json,
 )
 from broker.transport import Record
 from tests.unit.runtime.test_intake import (
@@ -493,3 +494,40 @@ def test_a_share_to_be_reviewed_afterwards_goes_at_once_and_to_the_review_queue(
     assert int(headers[DEADLINE_HEADER]) == int((NOW + timedelta(hours=24)).timestamp() * 1000)
     assert headers[SUBJECTS_HEADER].decode().split(",") == audit["subject_refs"]
     assert headers[REVIEW_KIND_HEADER] == b"after_disclosure"
+
+
+JSON_LEAVES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=12),
+    st.datetimes(timezones=st.just(UTC)),
+    st.dates(),
+    st.uuids(),
+)
+
+
+@given(
+    st.recursive(
+        JSON_LEAVES,
+        lambda inner: st.one_of(
+            st.lists(inner, max_size=4), st.dictionaries(st.text(max_size=6), inner, max_size=4)
+        ),
+        max_leaves=20,
+    )
+)
+def test_body_json_is_json_dumps_with_the_broker_options(body: Any) -> None:
+    """The encoder made once writes what json.dumps made per call wrote."""
+
+    def hook(value: Any) -> Any:
+        if isinstance(value, datetime | date):
+            return value.isoformat()
+        if isinstance(value, uuid.UUID):
+            return str(value)
+        raise TypeError(type(value).__name__)
+
+    expected = json.dumps(
+        body, default=hook, sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    assert body_json(body) == expected
