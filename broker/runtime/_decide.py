@@ -28,7 +28,9 @@ class Verdict:
     """The decision about one (event, recipient) pair, with its explanation.
 
     ``body`` is the event minimised for the recipient (only permitted fields, transformed), and
-    is present for ``share`` and ``review``; a ``deny`` carries none.
+    is present for ``share`` and ``review``; a ``deny`` carries none. The policy decider's
+    bodies are JSON-ready (dates, times and UUIDs as text); the pipeline writes any other
+    decider's dates, times and UUIDs the same way.
     """
 
     recipient: str
