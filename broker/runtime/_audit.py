@@ -47,7 +47,7 @@ def grounds_ref(key: bytes, kind: str, text: object) -> str | None:
     (FVA-07), and the log reveals nothing of it. Leading and trailing blanks do not count."""
     if not isinstance(text, str) or not text.strip():
         return None
-    return hmac.new(key, f"{kind}\x1f{text.strip()}".encode(), hashlib.sha256).hexdigest()
+    return _keyed_hash(key, f"{kind}\x1f{text.strip()}".encode())
 
 
 def stated_grounds(event: Mapping[str, Any]) -> tuple[object, object]:
