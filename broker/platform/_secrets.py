@@ -6,6 +6,7 @@ there is no moment at which another user could read them.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
@@ -24,15 +25,41 @@ def private_dir(path: Path) -> Path:
     return path
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` to ``fd``: ``os.write`` may write less than asked on a
+    nearly full disk, and a secret cut short is worse than none."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or link in ``folder`` survive a power cut."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def write_secret_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as JSON to ``path`` (mode 0600), atomically."""
+    """Write ``data`` as JSON to ``path`` (mode 0600), atomically and durably: the file is
+    fsynced before it is renamed into place and the folder after, so a power cut leaves the
+    old file or the new one, never an empty one (a lost password would lock its principal
+    out until it is provisioned again)."""
     private_dir(path.parent)
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
     os.replace(tmp, path)
+    fsync_dir(path.parent)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

@@ -1,13 +1,24 @@
 """Broker-wide secrets that every worker must share: the audit subject key and the pseudonym
-secret. Made once, kept owner-only beside the broker's keys, never logged."""
+secret. Made once, kept owner-only beside the broker's keys, never logged.
+
+Made once means made durably, and by one worker: the audit subject key is what makes every
+audit record's people findable, so a key that a power cut loses after records were written
+under it leaves those records naming nobody anyone can find, and two workers starting together
+must not each make one. So the secret is written whole to a temporary file and fsynced, then
+hard-linked into place (which fails if another worker got there first, whose secret is then
+read instead), and the folder is fsynced: the secret's path either does not exist or holds the
+whole secret, durably.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from pathlib import Path
 
 from broker._errors import ConfigError
+from broker.platform._secrets import fsync_dir, write_all
 
 _BYTES = 32
 
@@ -17,11 +28,29 @@ def shared_secret(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except FileNotFoundError:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(secrets.token_bytes(_BYTES))
+        _create(path, secrets.token_bytes(_BYTES))
         data = path.read_bytes()
     if len(data) < _BYTES:
         raise ConfigError(f"{path}: a broker secret needs {_BYTES} bytes")
     return data
+
+
+def _create(path: Path, secret: bytes) -> None:
+    """Put ``secret`` at ``path`` unless something is there already (see the module docs)."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            write_all(fd, secret)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        with contextlib.suppress(FileExistsError):  # another worker made it first: use theirs
+            os.link(tmp, path)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot create a broker secret: {exc.strerror}") from None
+    finally:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
