@@ -46,6 +46,9 @@ SERVICE_PRINCIPALS = (BROKER, COMPLIANCE, ADMIN)
 
 #: Consumer groups and transactional ids of the broker's workers start with this.
 BROKER_GROUP_PREFIX = "tiaki-broker"
+#: The transactional ids of people's acts on the review and quarantine queues, one per queue
+#: (broker.runtime._operator): no worker's id may start with it, or the worker would fence them.
+ACT_PREFIX = f"{BROKER_GROUP_PREFIX}-act-"
 
 
 def ingress(agency_id: str) -> str:

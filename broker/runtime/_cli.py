@@ -49,13 +49,13 @@ def run(
     ] = 500,
 ) -> None:
     """Consume every ingress topic and deliver what policy permits, exactly once, until SIGTERM."""
+    options = ServiceOptions(
+        worker_id=worker_id, metrics_port=metrics_port or None, max_batch=max_batch
+    )
     settings = Settings.from_env()
     configure_logging()
     store = PolicyStore(load_roster(roster or settings.home / "officers" / "roster.yaml"))
     store.load(settings.policies_dir)
-    options = ServiceOptions(
-        worker_id=worker_id, metrics_port=metrics_port or None, max_batch=max_batch
-    )
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -38,7 +38,7 @@ from broker._settings import Settings
 from broker.codec import load_schemas
 from broker.envelope import KeyRing, KeyStore, Opener, Sealer
 from broker.platform._profiles import Profile, load_profile, profile_path
-from broker.platform._topics import BROKER, BROKER_GROUP_PREFIX
+from broker.platform._topics import ACT_PREFIX, BROKER, BROKER_GROUP_PREFIX
 from broker.registry import load_registry
 from broker.runtime._audit import AuditContext
 from broker.runtime._chaining import AuditChainer
@@ -117,7 +117,7 @@ class OperatorAct:
 
     def __init__(self, profile: Profile, ring: KeyRing, *, queue: str) -> None:
         self.queue = queue
-        self.transactional_id = f"{BROKER_GROUP_PREFIX}-act-{queue}"
+        self.transactional_id = f"{ACT_PREFIX}{queue}"
         self._profile = profile
         self._ring = ring
         self._producer = AIOKafkaProducer(

@@ -25,11 +25,19 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, start_http_server
 
+from broker._errors import ConfigError
 from broker._settings import Settings
 from broker.codec import Schema, SchemaSet, decode, load_schemas
 from broker.envelope import KeyRing, KeyStore, KeyStoreError, Opener, ReplayCache, Sealer
 from broker.platform._profiles import load_profile, profile_path
-from broker.platform._topics import BROKER, STATE_CASES, STATE_REQUESTS, STATE_SEEN
+from broker.platform._topics import (
+    ACT_PREFIX,
+    BROKER,
+    BROKER_GROUP_PREFIX,
+    STATE_CASES,
+    STATE_REQUESTS,
+    STATE_SEEN,
+)
 from broker.policy import Engine, PolicyError, PolicyStore, Pseudonymiser
 from broker.registry import load_registry
 from broker.runtime._background import BackgroundTasks
@@ -54,6 +62,13 @@ class ServiceOptions:
     metrics_port: int | None = 9464
     max_batch: int = 500
     poll_timeout_ms: int = 100
+
+    def __post_init__(self) -> None:
+        if f"{BROKER_GROUP_PREFIX}-{self.worker_id}".startswith(ACT_PREFIX):
+            raise ConfigError(
+                f"worker id {self.worker_id!r}: ids starting 'act-' are the review and "
+                "quarantine queues' (a worker with one would fence people's acts)"
+            )
 
 
 def secret_paths(settings: Settings) -> tuple[Path, Path]:

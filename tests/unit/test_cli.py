@@ -41,6 +41,11 @@ from broker._cli import main
             "tiaki: error: --outcome must be one of resent, dismissed",
         ),
         (["quarantine", "resolve", "0:1"], 2, "tiaki: Missing option '--outcome'."),
+        (  # the review queue's transactional id: such a worker would fence reviewers' acts
+            ["broker", "run", "--worker-id", "act-review"],
+            1,
+            "tiaki: error: worker id 'act-review': ids starting 'act-' are the review and",
+        ),
     ],
 )
 def test_bad_input_is_one_line(
