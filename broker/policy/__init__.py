@@ -44,6 +44,7 @@ from broker.policy._model import (
     RequestKind,
     Rule,
     Trigger,
+    stated_grounds,
 )
 from broker.policy._pseudonym import Pseudonymiser
 from broker.policy._scenarios import Scenario, ScenarioReport, load_scenarios, run_scenarios
@@ -100,5 +101,6 @@ __all__ = [
     "run_scenarios",
     "sign_policy",
     "simulate",
+    "stated_grounds",
     "verify_approvals",
 ]

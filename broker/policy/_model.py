@@ -591,11 +591,7 @@ def derived_values(
         role, behalf = "unknown", "unknown"
     else:
         role, behalf = "unknown", "agency"
-    justification = sharing.get("justification")
-    accountable = sharing.get("accountable_role")
-    if kind == "InformationRequest":
-        justification = justification if _stated(justification) else record.get("justification")
-        accountable = accountable if _stated(accountable) else record.get("accountable_role")
+    justification, accountable = stated_grounds(record)
     return {
         "child_involved": found.child,
         "maori_data": found.maori,
@@ -605,6 +601,20 @@ def derived_values(
         "grounds_stated": _stated(justification) and _stated(accountable),
         "child_reason_stated": _stated(sharing.get("child_not_consulted_reason")),
     }
+
+
+def stated_grounds(record: Mapping[str, Any]) -> tuple[Any, Any]:
+    """The (justification, accountable person or role) an event states (FVA-03): its header's
+    sharing context, or, for an InformationRequest, the request's own ``justification`` and
+    ``accountable_role`` where the header leaves either blank. The policy's ``grounds_stated``
+    and the decision audit record's keyed hashes of the grounds (FVA-07) both read them here."""
+    sharing = (record.get("header") or {}).get("sharing") or {}
+    justification = sharing.get("justification")
+    accountable = sharing.get("accountable_role")
+    if _event_kind(record) == "InformationRequest":
+        justification = justification if _stated(justification) else record.get("justification")
+        accountable = accountable if _stated(accountable) else record.get("accountable_role")
+    return justification, accountable
 
 
 def _stated(value: Any) -> bool:

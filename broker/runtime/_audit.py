@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from broker.policy import stated_grounds
 from broker.runtime._intake import Rejected
 
 
@@ -48,19 +49,6 @@ def grounds_ref(key: bytes, kind: str, text: object) -> str | None:
     if not isinstance(text, str) or not text.strip():
         return None
     return _keyed_hash(key, f"{kind}\x1f{text.strip()}".encode())
-
-
-def stated_grounds(event: Mapping[str, Any]) -> tuple[object, object]:
-    """The (justification, accountable person or role) an event states: its header's sharing
-    context, or a request's own fields where the header leaves either blank (as the policy's
-    ``grounds_stated`` reads them)."""
-    sharing = (event.get("header") or {}).get("sharing") or {}
-
-    def stated(name: str) -> object:
-        value = sharing.get(name)
-        return value if isinstance(value, str) and value.strip() else event.get(name)
-
-    return stated("justification"), stated("accountable_role")
 
 
 def case_ref(key: bytes, case_id: str) -> str:

@@ -142,7 +142,13 @@ def test_a_decision_keeps_keyed_hashes_of_the_stated_grounds_never_the_text() ->
         None,
         None,
     )
-    event |= {"justification": canary, "accountable_role": "SYN analyst"}  # as a request states
+    event |= {"justification": canary, "accountable_role": "SYN analyst"}
+    # Only a request's own fields are its grounds (as the policy's grounds_stated reads them).
+    assert (record_of(event)["justification_ref"], record_of(event)["accountable_ref"]) == (
+        None,
+        None,
+    )
+    event["header"]["event_type"] = "nz.tiaki.InformationRequest"  # as a request states them
     assert record_of(event)["justification_ref"] == decoded["justification_ref"]
     assert record_of(event)["accountable_ref"] == grounds_ref(
         CTX.subject_key, "accountable", "SYN analyst"
