@@ -13,28 +13,10 @@ a sink raises, so the SDK does not mark the event handled nor commit its offset.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 from pathlib import Path
 
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to ``fd`` or raise :class:`OSError`."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:  # a write that takes nothing and reports no error: treat as full
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        view = view[written:]
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or creation in ``folder`` durable."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from broker._durable import fsync_dir, write_all
 
 
 def write_private(path: Path, data: bytes) -> None:

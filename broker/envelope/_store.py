@@ -32,7 +32,6 @@ cannot take raises :class:`KeyStoreError` and leaves the old file, never a trunc
 from __future__ import annotations
 
 import contextlib
-import errno
 import json
 import os
 import stat
@@ -42,6 +41,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from broker._durable import fsync_dir, write_all
 from broker.envelope import _primitives as p
 from broker.envelope._errors import KeyStoreError
 from broker.envelope._keys import (
@@ -77,21 +77,12 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         try:
             os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                if written <= 0:
-                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-                view = view[written:]
+            write_all(fd, data)
             os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        fsync_dir(path.parent)
     except OSError as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()

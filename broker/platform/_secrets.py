@@ -6,12 +6,13 @@ there is no moment at which another user could read them.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import secrets
 from pathlib import Path
 from typing import Any
+
+from broker._durable import fsync_dir
 
 
 def new_password() -> str:
@@ -23,26 +24,6 @@ def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
     path.chmod(0o700)
     return path
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Write every byte of ``data`` to ``fd``: ``os.write`` may write less than asked on a
-    nearly full disk, and a secret cut short is worse than none."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        view = view[written:]
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or link in ``folder`` survive a power cut."""
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def write_secret_json(path: Path, data: dict[str, Any]) -> None:

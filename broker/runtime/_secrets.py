@@ -17,8 +17,8 @@ import os
 import secrets
 from pathlib import Path
 
+from broker._durable import fsync_dir, write_all
 from broker._errors import ConfigError
-from broker.platform._secrets import fsync_dir, write_all
 
 _BYTES = 32
 

@@ -1,0 +1,34 @@
+"""Writing files that must survive a crash or a full disk whole or not at all: keys, secrets,
+connection profiles, and the adapters' files of personal data.
+
+Two steps every such write shares. ``os.write`` may write fewer bytes than asked (on a nearly
+full disk, past a file size limit), so :func:`write_all` calls it until every byte is written,
+and treats a write that takes nothing without an error as a full disk (``ENOSPC``). A rename or
+link into place is durable only once its folder is fsynced (:func:`fsync_dir`). Each caller
+writes to a temporary name, fsyncs it, puts it in place, then fsyncs the folder.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to ``fd`` or raise :class:`OSError`."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written <= 0:  # a write that takes nothing and reports no error: treat as full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        view = view[written:]
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename, link or creation in ``folder`` durable."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
