@@ -1150,13 +1150,9 @@ async def run(
     )
 
     def pass_through(timed: Timed) -> Worker:
-        return Worker(
-            timed,
-            PassThrough(outputs),
-            type(metrics)(type(metrics.registry)()),
-            max_batch=options.max_batch,
-            poll_timeout_ms=options.poll_timeout_ms,
-        )
+        fresh = type(metrics)(type(metrics.registry)())
+        worker: Worker = service_worker(timed, PassThrough(outputs), fresh)
+        return worker
 
     # Warm-up, untimed: one pass-through drain, so that Kafka's JIT compiler (which takes
     # about a third of a core in a new JVM's first minutes) has settled before anything is
@@ -1294,7 +1290,6 @@ async def latency_phase(
     """One open-loop run at ``rate`` through a fresh worker (its own group, at the end);
     prints its figures and returns its p50 (ms)."""
     from broker.platform import ingress
-    from broker.runtime._worker import Worker
     from broker.transport import KafkaTransport
 
     source = ingress(SOURCE)
@@ -1307,13 +1302,7 @@ async def latency_phase(
         stamps=True,
         kafka_pid=env.kafka_pid,
     )
-    worker = Worker(
-        timed,
-        pipeline,
-        metrics,
-        max_batch=options.max_batch,
-        poll_timeout_ms=options.poll_timeout_ms,
-    )
+    worker = service_worker(timed, pipeline, metrics)
     commit_interval = options.poll_timeout_ms
     async with worker:
         with GcPauses() as pauses:
