@@ -19,7 +19,12 @@ from broker.platform._topics import ADMIN, POLICY
 from broker.policy import PolicyStore, load_roster
 from broker.runtime._demo import run_demo
 from broker.runtime._release import bundle
-from broker.runtime._service import ServiceOptions, install_stop_signals, serve
+from broker.runtime._service import (
+    COMMIT_INTERVAL_MS,
+    ServiceOptions,
+    install_stop_signals,
+    serve,
+)
 from broker.transport import KafkaPublisher
 
 app = typer.Typer(
@@ -47,10 +52,22 @@ def run(
     max_batch: Annotated[
         int, typer.Option(help="Most ingress records per transaction.", min=1, max=10_000)
     ] = 500,
+    commit_interval_ms: Annotated[
+        int,
+        typer.Option(
+            help="Shortest time between the starts of two transactions (ms); a record waits "
+            "for at most this, or the transaction ahead, before its own.",
+            min=0,
+            max=10_000,
+        ),
+    ] = COMMIT_INTERVAL_MS,
 ) -> None:
     """Consume every ingress topic and deliver what policy permits, exactly once, until SIGTERM."""
     options = ServiceOptions(
-        worker_id=worker_id, metrics_port=metrics_port or None, max_batch=max_batch
+        worker_id=worker_id,
+        metrics_port=metrics_port or None,
+        max_batch=max_batch,
+        commit_interval_ms=commit_interval_ms,
     )
     settings = Settings.from_env()
     configure_logging()

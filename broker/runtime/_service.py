@@ -55,6 +55,9 @@ from broker.transport import KafkaReader, KafkaTransport, Reader, Record
 
 log = structlog.get_logger("tiaki.broker")
 
+#: The default commit interval (``tiaki broker run --commit-interval-ms``).
+COMMIT_INTERVAL_MS = 40
+
 
 @dataclass(frozen=True)
 class ServiceOptions:
@@ -62,6 +65,9 @@ class ServiceOptions:
     metrics_port: int | None = 9464
     max_batch: int = 500
     poll_timeout_ms: int = 100
+    #: Transactions begin at most once per this interval (see ``Worker.serve``): a record
+    #: waits for at most this, or the transaction ahead if that is longer, before its own.
+    commit_interval_ms: int = COMMIT_INTERVAL_MS
 
     def __post_init__(self) -> None:
         if f"{BROKER_GROUP_PREFIX}-{self.worker_id}".startswith(ACT_PREFIX):
@@ -254,6 +260,7 @@ async def serve(
         metrics,
         max_batch=options.max_batch,
         poll_timeout_ms=options.poll_timeout_ms,
+        commit_interval_ms=options.commit_interval_ms,
         refresh=state_refresh(lambda: KafkaReader(profile), schemas, cases, requests, replay),
         chain=chain,
     )

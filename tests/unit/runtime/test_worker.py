@@ -4,8 +4,12 @@ agree with the topics."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import time
 from collections import Counter
+from collections.abc import Awaitable, Sequence
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from broker.envelope import Kind, Opener, ReplayCache, Sealer
@@ -14,7 +18,7 @@ from broker.runtime import Intake, Outcome, Pipeline
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._service import seen_events
 from broker.runtime._worker import Worker
-from broker.transport import InMemoryCluster, Record
+from broker.transport import InMemoryCluster, Outgoing, Record
 from tests.unit.runtime.test_intake import NOW, REGISTRY, SCHEMAS
 from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider, verdict
 
@@ -299,3 +303,89 @@ async def test_state_is_rebuilt_with_only_the_seen_events_written_since_a_time()
     assert later.seen == []
     cache = ReplayCache()
     assert cache.horizon_ms(NOW) == int(NOW.timestamp() * 1000) - (24 * 60 + 5) * 60_000
+
+
+def paced(
+    max_batch: int, interval_ms: int, monkeypatch: pytest.MonkeyPatch
+) -> tuple[InMemoryCluster, Harness, Worker, list[tuple[float, int]]]:
+    """A worker with a commit interval; the returned list gets (start time, records) of every
+    transaction the worker begins."""
+    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
+    harness = Harness(ScriptedDecider([verdict("oranga-tamariki", Outcome.SHARE)]))
+    transport = cluster.worker()
+    began: list[tuple[float, int]] = []
+    commit = transport.commit
+
+    async def timed(outputs: Sequence[Outgoing], consumed: Sequence[Record]) -> None:
+        began.append((time.monotonic(), len(consumed)))
+        await commit(outputs, consumed)
+
+    monkeypatch.setattr(transport, "commit", timed)
+    worker = Worker(
+        transport,
+        harness.pipeline,
+        BrokerMetrics(CollectorRegistry()),
+        clock=lambda: NOW,
+        poll_timeout_ms=10,
+        max_batch=max_batch,
+        commit_interval_ms=interval_ms,
+    )
+    return cluster, harness, worker, began
+
+
+async def serve_until(worker: Worker, records: int, feed: Awaitable[None]) -> None:
+    stop = asyncio.Event()
+    async with worker:
+        serving = asyncio.create_task(worker.serve(stop))
+        await feed
+        for _ in range(500):
+            if worker.statistics().records >= records:
+                break
+            await asyncio.sleep(0.01)
+        stop.set()
+        await asyncio.wait_for(serving, 5)
+
+
+async def test_transactions_begin_at_most_once_per_commit_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A steady stream is committed in transactions at least the interval apart, each holding
+    what arrived meanwhile; nothing is lost or committed twice."""
+    cluster, harness, worker, began = paced(500, 60, monkeypatch)
+
+    async def trickle() -> None:
+        for _ in range(60):
+            await publish(cluster, harness, good=1, bad=0)
+            await asyncio.sleep(0.005)
+
+    await serve_until(worker, 60, trickle())
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(began)]
+    assert min(gaps) >= 0.055, gaps  # the clock's granularity aside
+    assert len(began) <= 8  # ~0.3 s of arrivals at one transaction per 60 ms, plus the ends
+    assert sum(n for _, n in began) == 60
+    assert (await topic_counts(cluster))["tiaki.egress.oranga-tamariki"] == 60
+
+
+async def test_a_record_after_a_quiet_interval_and_a_full_batch_do_not_wait(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The interval only spaces transactions: a record arriving long after the last one is
+    committed at once, and a full batch goes without waiting for the interval to end."""
+    cluster, harness, worker, began = paced(5, 2_000, monkeypatch)
+    published: list[float] = []
+
+    async def feed() -> None:
+        await asyncio.sleep(0.05)  # the worker has joined and polled nothing yet
+        published.append(time.monotonic())
+        await publish(cluster, harness, good=1, bad=0)
+        for _ in range(100):  # until it has begun that record's transaction
+            if began:
+                break
+            await asyncio.sleep(0.01)
+        published.append(time.monotonic())
+        await publish(cluster, harness, good=15, bad=0)  # three full batches
+
+    await serve_until(worker, 16, feed())
+    assert began[0][0] - published[0] < 0.5  # not held for the 2 s interval
+    assert [n for _, n in began] == [1, 5, 5, 5]
+    assert began[-1][0] - published[1] < 1.0  # full batches: no interval between them
