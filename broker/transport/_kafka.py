@@ -90,6 +90,14 @@ from broker.transport._errors import (
     TransportError,
     Unavailable,
 )
+from broker.transport._fencing import (
+    GroupMemberFenced,
+    MemberGroupId,
+    check_aiokafka,
+    fence_producer,
+    group_metadata,
+    require_stable_offsets,
+)
 from broker.transport._ledger import Ledger
 from broker.transport._memory import INGRESS_PATTERN, partition_for
 from broker.transport._resource import ResourceBase
@@ -134,6 +142,11 @@ def translate(exc: BaseException) -> TransportError:
     if isinstance(exc, TransportError):
         return exc
     name = type(exc).__name__
+    if isinstance(exc, GroupMemberFenced):
+        return PartitionsRevoked(
+            f"{exc.code}: the group coordinator refused this worker's offsets (generation "
+            f"{exc.member.generation_id}); the group has moved on without it"
+        )
     if isinstance(exc, _FENCED):
         return ProducerFenced(f"{name}: a newer worker holds this transactional id")
     if isinstance(exc, _UNAUTHORIZED):
@@ -322,6 +335,7 @@ class KafkaTransport(ResourceBase):
         if self._state != "new":
             raise TransportClosed("a transport starts once")
         self._state = "open"
+        check_aiokafka()  # before any client exists: no unfenced commit on an aiokafka it moved
         # The producer first: its InitProducerId fences a zombie with the same transactional
         # id (and aborts its open transaction) before this worker joins the group.
         self._producer = self._new_producer()
@@ -329,6 +343,8 @@ class KafkaTransport(ResourceBase):
         with _translated():
             await self._producer.start()
             await self._consumer.start()
+            # Its group coordinator exists from start(); it fetches offsets once subscribed.
+            require_stable_offsets(self._consumer)
             listener = _Listener(self)
             if self._topics is not None:
                 self._consumer.subscribe(topics=list(self._topics), listener=listener)
@@ -413,7 +429,7 @@ class KafkaTransport(ResourceBase):
         )
 
     def _new_producer(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             # One batch per partition per transaction (see _send_batched): room for a poll's
             # worth of 1 KiB records, well under Kafka's default 1 MiB message.max.bytes.
             **({"max_batch_size": 512 * 1024} | self._producer_options),
@@ -423,6 +439,8 @@ class KafkaTransport(ResourceBase):
             acks="all",
             transaction_timeout_ms=self._transaction_timeout_ms,
         )
+        fence_producer(producer)
+        return producer
 
     async def _commit(self, outputs: Sequence[Outgoing], consumed: Sequence[Record]) -> None:
         async with self._lock:
@@ -432,17 +450,26 @@ class KafkaTransport(ResourceBase):
             except PartitionsRevoked:
                 self._rewind_to_first_polled(consumer)
                 raise
+            member: MemberGroupId | None = None  # who commits the offsets, if there are any
+            if offsets:
+                metadata = group_metadata(consumer)
+                if metadata is None:
+                    # aiokafka dropped the membership (a heartbeat was refused): the group has
+                    # expelled this worker, and its revocation comes with the rejoin.
+                    self._rewind_to_first_polled(consumer)
+                    raise PartitionsRevoked("this worker is no longer a member of its group")
+                member = MemberGroupId(metadata)
             began = False
             try:
                 async with asyncio.timeout(self._commit_timeout_s):
                     await producer.begin_transaction()
                     began = True
                     await _send_batched(producer, outputs, self._compressed, self._codec)
-                    if offsets:
+                    if member is not None:
                         await producer.flush()  # see the module docs: not during a produce
                         await producer.send_offsets_to_transaction(
                             {KafkaTopicPartition(*tp): o for tp, o in offsets.items()},
-                            self.group_id,
+                            member,  # KIP-447: the group coordinator checks the member
                         )
                     await producer.commit_transaction()
             except Exception as exc:
