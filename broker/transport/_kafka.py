@@ -284,6 +284,10 @@ class KafkaTransport(ResourceBase):
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._ledger = Ledger()
+        #: Committed offsets of assigned partitions as this worker last committed or read
+        #: them, to carry its membership in transactions that consume nothing; forgotten at
+        #: every revocation and failed commit (a lost commit reply leaves them unknown).
+        self._committed: dict[TopicPartition, int] = {}
         self._assignment: frozenset[TopicPartition] = frozenset()
         self._generation = 0
         #: Why the subscribed topics are not co-partitioned, as of the last assignment.
@@ -450,32 +454,51 @@ class KafkaTransport(ResourceBase):
             except PartitionsRevoked:
                 self._rewind_to_first_polled(consumer)
                 raise
-            member: MemberGroupId | None = None  # who commits the offsets, if there are any
-            if offsets:
-                metadata = group_metadata(consumer)
-                if metadata is None:
-                    # aiokafka dropped the membership (a heartbeat was refused): the group has
-                    # expelled this worker, and its revocation comes with the rejoin.
-                    self._rewind_to_first_polled(consumer)
-                    raise PartitionsRevoked("this worker is no longer a member of its group")
-                member = MemberGroupId(metadata)
+            member = group_metadata(consumer)
+            if member is None and (offsets or self._assignment):
+                # aiokafka dropped the membership (a heartbeat was refused): the group has
+                # expelled this worker, and its revocation comes with the rejoin.
+                self._rewind_to_first_polled(consumer)
+                raise PartitionsRevoked("this worker is no longer a member of its group")
             began = False
             try:
                 async with asyncio.timeout(self._commit_timeout_s):
+                    # The offsets the group coordinator checks the membership against.
+                    fenced = offsets or await self._unchanged_offset(consumer)
                     await producer.begin_transaction()
                     began = True
                     await _send_batched(producer, outputs, self._compressed, self._codec)
-                    if member is not None:
+                    if fenced and member is not None:
                         await producer.flush()  # see the module docs: not during a produce
                         await producer.send_offsets_to_transaction(
-                            {KafkaTopicPartition(*tp): o for tp, o in offsets.items()},
-                            member,  # KIP-447: the group coordinator checks the member
+                            {KafkaTopicPartition(*tp): o for tp, o in fenced.items()},
+                            MemberGroupId(member),  # KIP-447: the coordinator checks it
                         )
                     await producer.commit_transaction()
             except Exception as exc:
+                self._committed.clear()
                 error = await self._recover(consumer, producer, translate(exc), began)
                 raise error from exc
+            self._committed.update(fenced)
             self._ledger.committed(offsets)
+
+    async def _unchanged_offset(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+        """For a transaction that consumes nothing (escalations, audit checkpoints), one
+        assigned partition's committed offset, committed again unchanged: without offsets the
+        group coordinator has no membership to check, and an expelled worker's transaction
+        would land. Empty if there is no assigned partition with a committed offset (then
+        there is nothing of another worker's to duplicate either: escalations follow the
+        assignment)."""
+        for tp in sorted(self._assignment):
+            if tp in self._committed:
+                return {tp: self._committed[tp]}
+        for tp in sorted(self._assignment)[:1]:  # one round trip at most
+            with _translated():
+                offset = await consumer.committed(KafkaTopicPartition(*tp))
+            if offset is not None:
+                self._committed[tp] = offset
+                return {tp: offset}
+        return {}
 
     async def _recover(
         self,
@@ -574,6 +597,7 @@ class KafkaTransport(ResourceBase):
                 self._epoch += 1
                 self._generation += 1
             self._ledger.revoked(partitions)
+            self._committed.clear()
             self._assignment = frozenset()
 
 

@@ -99,7 +99,8 @@ async def test_an_expelled_worker_cannot_commit_what_its_successor_processed(
     """A worker the group expelled mid-batch (its heartbeats would only tell it later) commits
     after its successor has processed and committed the same records: the group coordinator
     refuses its offsets (TxnOffsetCommit v3 names its generation and member), the transaction
-    aborts, and each input is delivered once, by the successor."""
+    aborts, and each input is delivered once, by the successor. Its next transaction, with
+    nothing consumed, is refused the same way."""
     group = await harness.new_group()
     inputs = await publish(harness, [(f"SYN-KEY-{i}".encode(), b"in-%d" % i) for i in range(3)])
     async with _worker(harness, group, "zombie", ZOMBIE_GROUP) as zombie:
@@ -114,6 +115,10 @@ async def test_an_expelled_worker_cannot_commit_what_its_successor_processed(
                 await zombie.commit(
                     _outputs(harness, "zombie", [r.value for r in mine(harness, batch)]), batch
                 )
+            # Nor does a transaction that consumes nothing (a due escalation, say): it commits
+            # an assigned partition's offset unchanged, for the coordinator to check.
+            with pytest.raises(PartitionsRevoked, match=r"UNKNOWN_MEMBER_ID|ILLEGAL_GENERATION"):
+                await zombie.commit(_outputs(harness, "zombie", [b"escalation"]), [])
             # Read-committed readers stop at the first open transaction on a partition: once
             # this later one is seen, the zombie's transaction before it has ended.
             await successor.commit(_outputs(harness, "successor", [b"end"]), [])
