@@ -39,6 +39,24 @@ What it guarantees:
 - zombie fencing by transactional id: starting a worker with the same ``worker_id`` bumps the
   producer epoch, Kafka aborts the old instance's open transaction, and the old instance's next
   transactional call fails with :class:`ProducerFenced` (it must close);
+- zombie fencing by group membership (KIP-447, through :mod:`broker.transport._fencing`): the
+  offsets go to Kafka in TxnOffsetCommit v3/v4 with the consumer's generation, member id and
+  group instance id, so the group coordinator refuses them from a worker the group has
+  expelled (stalled past ``session_timeout_ms``, say) or moved past; the transaction then
+  aborts, the batch is rewound and ``commit`` raises :class:`PartitionsRevoked`, never a
+  duplicate. A worker whose aiokafka has already dropped its membership (a refused heartbeat)
+  does not try: without a generation, Kafka would take the offsets unchecked, as from a client
+  older than KIP-447. The membership is read when the commit starts, under the lock: a
+  rebalance cannot change it before the commit ends (its revocation waits for the lock), only
+  an expulsion can, which is what the coordinator checks. A transaction that consumes nothing
+  (due escalations, audit checkpoints) commits one assigned partition's committed offset
+  again, unchanged, so that it is checked the same way;
+- stable offsets (KIP-447): every committed-offset fetch (after an assignment, and for a
+  rewind) is OffsetFetch v7 with ``require_stable``, so while another worker's transaction
+  holding offsets for a partition is pending, the new owner gets no offset and reads nothing
+  from it; it starts once that transaction has committed (from its offsets) or aborted (from
+  the ones before). This covers the zombie whose offsets were accepted before it was expelled:
+  its commit may still land, and the new owner starts after it;
 - cancellation safety: the commit-or-abort sequence runs in a task shielded from the caller's
   cancellation, and ``close`` waits for it, so SIGTERM mid-commit leaves a finished or aborted
   transaction, never a half-written one;
@@ -46,18 +64,20 @@ What it guarantees:
 
 What it does not give, and why that is acceptable:
 
-- KIP-447 group-metadata fencing: aiokafka's ``send_offsets_to_transaction`` takes only a group
-  id, not the consumer's generation and member id, so the group coordinator cannot reject an
-  offset commit from a worker the group has already expelled (say, one stalled past
-  ``session_timeout_ms``). Such a worker learns of it from its next heartbeat, when aiokafka
-  calls the revocation callback and the stale-batch rule stops it; until then (at most about
-  ``heartbeat_interval_ms`` after it resumes) a commit it already started can still land, and
-  records its successor also processed would be delivered twice. Fencing by transactional id
-  covers the same worker restarted (keep ``worker_id`` stable per deployment slot), not two
-  different workers. Closing the gap fully needs KIP-447 in the client, or one transactional
-  id per input partition (the pre-KIP-447 pattern), which aiokafka's one-producer design makes
-  costly; we accept the residual window and keep batches short against
-  ``max_poll_interval_ms`` and the session timeout.
+- fencing through aiokafka's own API: it has none for KIP-447, so the transport replaces two
+  methods of its own clients' internals (the producer's TxnOffsetCommit and the consumer's
+  offset fetch; see :mod:`broker.transport._fencing`). ``start`` checks that aiokafka is the
+  0.14 series and that those internals are as they were written against, and refuses to start
+  otherwise, rather than commit unfenced after an upgrade. A broker older than Kafka 2.5 (no
+  TxnOffsetCommit v3, no OffsetFetch v7) fails every commit loudly instead of falling back.
+- fencing a worker with nothing to fence by: a transaction that consumes nothing from a
+  worker with no assigned partition, or none with a committed offset yet, carries no offsets
+  and is not checked (only the transactional id fences it, against the same worker
+  restarted). Escalations follow the assignment, so such a worker has none of another
+  worker's to duplicate.
+- waiting without end: a new owner's first fetch waits as long as the pending transaction,
+  which Kafka aborts after ``transaction_timeout_ms`` if its producer never ends it; until
+  then those partitions are not read. A rewind's fetch gives up after ``commit_timeout_s``.
 - a clean recovery from every failure: after a failed transaction (including one whose
   ``commit_transaction`` timed out with an unknown outcome) the producer is replaced by a new
   one with the same transactional id, which makes the coordinator finish the old transaction,
