@@ -146,12 +146,10 @@ class TxnOffsetCommitResponse_v3(Response):  # type: ignore[misc]  # aiokafka is
     SCHEMA = _TXN_OFFSET_COMMIT_RESPONSE
 
 
-class TxnOffsetCommitResponse_v4(Response):  # type: ignore[misc]  # aiokafka is untyped
+class TxnOffsetCommitResponse_v4(TxnOffsetCommitResponse_v3):
     """As v3; v4 only tells the broker the client knows ``TRANSACTION_ABORTABLE``."""
 
-    API_KEY = 28
     API_VERSION = 4
-    SCHEMA = _TXN_OFFSET_COMMIT_RESPONSE
 
 
 class TxnOffsetCommitRequest_v3(RequestStruct):  # type: ignore[misc]  # aiokafka is untyped
@@ -162,12 +160,9 @@ class TxnOffsetCommitRequest_v3(RequestStruct):  # type: ignore[misc]  # aiokafk
     SCHEMA = _TXN_OFFSET_COMMIT_REQUEST
 
 
-class TxnOffsetCommitRequest_v4(RequestStruct):  # type: ignore[misc]  # aiokafka is untyped
-    FLEXIBLE_VERSION = True
-    API_KEY = 28
+class TxnOffsetCommitRequest_v4(TxnOffsetCommitRequest_v3):
     API_VERSION = 4
     RESPONSE_TYPE = TxnOffsetCommitResponse_v4
-    SCHEMA = _TXN_OFFSET_COMMIT_REQUEST
 
 
 _OFFSET_FETCH_REQUEST = Schema(

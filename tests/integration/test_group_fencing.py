@@ -33,18 +33,6 @@ def harness(cluster: Cluster) -> contract.KafkaHarness:
     return contract.KafkaHarness(cluster.profile("broker"), cluster.profile(contract.AGENCY))
 
 
-def _worker(
-    harness: contract.KafkaHarness, group: str, name: str, options: dict[str, int]
-) -> KafkaTransport:
-    return KafkaTransport(
-        harness.broker,
-        worker_id=f"{group.removeprefix('tiaki-broker-')}-{name}",
-        group_id=group,
-        topics=[harness.input_topic],
-        consumer_options=options,
-    )
-
-
 def _outputs(harness: contract.KafkaHarness, name: str, values: list[bytes]) -> list[Outgoing]:
     """Outputs all on one partition (one key), so the last one read marks the end of all."""
     tag = ((TOKEN_HEADER, harness.token),)
@@ -103,11 +91,11 @@ async def test_an_expelled_worker_cannot_commit_what_its_successor_processed(
     nothing consumed, is refused the same way."""
     group = await harness.new_group()
     inputs = await publish(harness, [(f"SYN-KEY-{i}".encode(), b"in-%d" % i) for i in range(3)])
-    async with _worker(harness, group, "zombie", ZOMBIE_GROUP) as zombie:
+    async with harness.worker(group, "zombie", ZOMBIE_GROUP) as zombie:
         batch = await _poll_mine(zombie, harness, len(inputs))
         member_id = zombie._consumer._coordinator.member_id  # type: ignore[union-attr]
         await _expel(harness, group, member_id)
-        async with _worker(harness, group, "successor", contract.FAST_GROUP) as successor:
+        async with harness.worker(group, "successor") as successor:
             taken = await _poll_mine(successor, harness, len(inputs))
             values = [r.value for r in mine(harness, taken)]
             await successor.commit(_outputs(harness, "successor", values), taken)
@@ -144,7 +132,7 @@ async def test_a_new_owner_waits_for_a_pending_transactions_offsets(
         # The first two inputs count as done in the pending transaction (group empty: v0 is
         # accepted without a member, which is how a worker's offsets got in before KIP-447).
         await pending.send_offsets_to_transaction({tp: inputs[2].offset}, group)
-        async with _worker(harness, group, "owner", contract.FAST_GROUP) as owner:
+        async with harness.worker(group, "owner") as owner:
             early: list[Record] = []
             async with asyncio.timeout(20):
                 while not owner.assignment():
