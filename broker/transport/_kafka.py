@@ -39,6 +39,24 @@ What it guarantees:
 - zombie fencing by transactional id: starting a worker with the same ``worker_id`` bumps the
   producer epoch, Kafka aborts the old instance's open transaction, and the old instance's next
   transactional call fails with :class:`ProducerFenced` (it must close);
+- zombie fencing by group membership (KIP-447, through :mod:`broker.transport._fencing`): the
+  offsets go to Kafka in TxnOffsetCommit v3/v4 with the consumer's generation, member id and
+  group instance id, so the group coordinator refuses them from a worker the group has
+  expelled (stalled past ``session_timeout_ms``, say) or moved past; the transaction then
+  aborts, the batch is rewound and ``commit`` raises :class:`PartitionsRevoked`, never a
+  duplicate. A worker whose aiokafka has already dropped its membership (a refused heartbeat)
+  does not try: without a generation, Kafka would take the offsets unchecked, as from a client
+  older than KIP-447. The membership is read when the commit starts, under the lock: a
+  rebalance cannot change it before the commit ends (its revocation waits for the lock), only
+  an expulsion can, which is what the coordinator checks. A transaction that consumes nothing
+  (due escalations, audit checkpoints) commits one assigned partition's committed offset
+  again, unchanged, so that it is checked the same way;
+- stable offsets (KIP-447): every committed-offset fetch (after an assignment, and for a
+  rewind) is OffsetFetch v7 with ``require_stable``, so while another worker's transaction
+  holding offsets for a partition is pending, the new owner gets no offset and reads nothing
+  from it; it starts once that transaction has committed (from its offsets) or aborted (from
+  the ones before). This covers the zombie whose offsets were accepted before it was expelled:
+  its commit may still land, and the new owner starts after it;
 - cancellation safety: the commit-or-abort sequence runs in a task shielded from the caller's
   cancellation, and ``close`` waits for it, so SIGTERM mid-commit leaves a finished or aborted
   transaction, never a half-written one;
@@ -46,18 +64,20 @@ What it guarantees:
 
 What it does not give, and why that is acceptable:
 
-- KIP-447 group-metadata fencing: aiokafka's ``send_offsets_to_transaction`` takes only a group
-  id, not the consumer's generation and member id, so the group coordinator cannot reject an
-  offset commit from a worker the group has already expelled (say, one stalled past
-  ``session_timeout_ms``). Such a worker learns of it from its next heartbeat, when aiokafka
-  calls the revocation callback and the stale-batch rule stops it; until then (at most about
-  ``heartbeat_interval_ms`` after it resumes) a commit it already started can still land, and
-  records its successor also processed would be delivered twice. Fencing by transactional id
-  covers the same worker restarted (keep ``worker_id`` stable per deployment slot), not two
-  different workers. Closing the gap fully needs KIP-447 in the client, or one transactional
-  id per input partition (the pre-KIP-447 pattern), which aiokafka's one-producer design makes
-  costly; we accept the residual window and keep batches short against
-  ``max_poll_interval_ms`` and the session timeout.
+- fencing through aiokafka's own API: it has none for KIP-447, so the transport replaces two
+  methods of its own clients' internals (the producer's TxnOffsetCommit and the consumer's
+  offset fetch; see :mod:`broker.transport._fencing`). ``start`` checks that aiokafka is the
+  0.14 series and that those internals are as they were written against, and refuses to start
+  otherwise, rather than commit unfenced after an upgrade. A broker older than Kafka 2.5 (no
+  TxnOffsetCommit v3, no OffsetFetch v7) fails every commit loudly instead of falling back.
+- fencing a worker with nothing to fence by: a transaction that consumes nothing from a
+  worker with no assigned partition, or none with a committed offset yet, carries no offsets
+  and is not checked (only the transactional id fences it, against the same worker
+  restarted). Escalations follow the assignment, so such a worker has none of another
+  worker's to duplicate.
+- waiting without end: a new owner's first fetch waits as long as the pending transaction,
+  which Kafka aborts after ``transaction_timeout_ms`` if its producer never ends it; until
+  then those partitions are not read. A rewind's fetch gives up after ``commit_timeout_s``.
 - a clean recovery from every failure: after a failed transaction (including one whose
   ``commit_transaction`` timed out with an unknown outcome) the producer is replaced by a new
   one with the same transactional id, which makes the coordinator finish the old transaction,
@@ -89,6 +109,14 @@ from broker.transport._errors import (
     TransportClosed,
     TransportError,
     Unavailable,
+)
+from broker.transport._fencing import (
+    GroupMemberFenced,
+    MemberGroupId,
+    check_aiokafka,
+    fence_producer,
+    group_metadata,
+    require_stable_offsets,
 )
 from broker.transport._ledger import Ledger
 from broker.transport._memory import INGRESS_PATTERN, partition_for
@@ -134,6 +162,11 @@ def translate(exc: BaseException) -> TransportError:
     if isinstance(exc, TransportError):
         return exc
     name = type(exc).__name__
+    if isinstance(exc, GroupMemberFenced):
+        return PartitionsRevoked(
+            f"{exc.code}: the group coordinator refused this worker's offsets (generation "
+            f"{exc.member.generation_id}); the group has moved on without it"
+        )
     if isinstance(exc, _FENCED):
         return ProducerFenced(f"{name}: a newer worker holds this transactional id")
     if isinstance(exc, _UNAUTHORIZED):
@@ -271,6 +304,10 @@ class KafkaTransport(ResourceBase):
         self._producer: AIOKafkaProducer | None = None
         self._lock = asyncio.Lock()
         self._ledger = Ledger()
+        #: Committed offsets of assigned partitions as this worker last committed or read
+        #: them, to carry its membership in transactions that consume nothing; forgotten at
+        #: every revocation and failed commit (a lost commit reply leaves them unknown).
+        self._committed: dict[TopicPartition, int] = {}
         self._assignment: frozenset[TopicPartition] = frozenset()
         self._generation = 0
         #: Why the subscribed topics are not co-partitioned, as of the last assignment.
@@ -322,6 +359,7 @@ class KafkaTransport(ResourceBase):
         if self._state != "new":
             raise TransportClosed("a transport starts once")
         self._state = "open"
+        check_aiokafka()  # before any client exists: no unfenced commit on an aiokafka it moved
         # The producer first: its InitProducerId fences a zombie with the same transactional
         # id (and aborts its open transaction) before this worker joins the group.
         self._producer = self._new_producer()
@@ -329,6 +367,8 @@ class KafkaTransport(ResourceBase):
         with _translated():
             await self._producer.start()
             await self._consumer.start()
+            # Its group coordinator exists from start(); it fetches offsets once subscribed.
+            require_stable_offsets(self._consumer)
             listener = _Listener(self)
             if self._topics is not None:
                 self._consumer.subscribe(topics=list(self._topics), listener=listener)
@@ -413,7 +453,7 @@ class KafkaTransport(ResourceBase):
         )
 
     def _new_producer(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(
+        producer = AIOKafkaProducer(
             # One batch per partition per transaction (see _send_batched): room for a poll's
             # worth of 1 KiB records, well under Kafka's default 1 MiB message.max.bytes.
             **({"max_batch_size": 512 * 1024} | self._producer_options),
@@ -423,6 +463,8 @@ class KafkaTransport(ResourceBase):
             acks="all",
             transaction_timeout_ms=self._transaction_timeout_ms,
         )
+        fence_producer(producer)
+        return producer
 
     async def _commit(self, outputs: Sequence[Outgoing], consumed: Sequence[Record]) -> None:
         async with self._lock:
@@ -432,23 +474,51 @@ class KafkaTransport(ResourceBase):
             except PartitionsRevoked:
                 self._rewind_to_first_polled(consumer)
                 raise
+            member = group_metadata(consumer)
+            if member is None and (offsets or self._assignment):
+                # aiokafka dropped the membership (a heartbeat was refused): the group has
+                # expelled this worker, and its revocation comes with the rejoin.
+                self._rewind_to_first_polled(consumer)
+                raise PartitionsRevoked("this worker is no longer a member of its group")
             began = False
             try:
                 async with asyncio.timeout(self._commit_timeout_s):
+                    # The offsets the group coordinator checks the membership against.
+                    fenced = offsets or await self._unchanged_offset(consumer)
                     await producer.begin_transaction()
                     began = True
                     await _send_batched(producer, outputs, self._compressed, self._codec)
-                    if offsets:
+                    if fenced and member is not None:
                         await producer.flush()  # see the module docs: not during a produce
                         await producer.send_offsets_to_transaction(
-                            {KafkaTopicPartition(*tp): o for tp, o in offsets.items()},
-                            self.group_id,
+                            {KafkaTopicPartition(*tp): o for tp, o in fenced.items()},
+                            MemberGroupId(member),  # KIP-447: the coordinator checks it
                         )
                     await producer.commit_transaction()
             except Exception as exc:
+                self._committed.clear()
                 error = await self._recover(consumer, producer, translate(exc), began)
                 raise error from exc
+            self._committed.update(fenced)
             self._ledger.committed(offsets)
+
+    async def _unchanged_offset(self, consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
+        """For a transaction that consumes nothing (escalations, audit checkpoints), one
+        assigned partition's committed offset, committed again unchanged: without offsets the
+        group coordinator has no membership to check, and an expelled worker's transaction
+        would land. Empty if there is no assigned partition with a committed offset (then
+        there is nothing of another worker's to duplicate either: escalations follow the
+        assignment)."""
+        for tp in sorted(self._assignment):
+            if tp in self._committed:
+                return {tp: self._committed[tp]}
+        for tp in sorted(self._assignment)[:1]:  # one round trip at most
+            with _translated():
+                offset = await consumer.committed(KafkaTopicPartition(*tp))
+            if offset is not None:
+                self._committed[tp] = offset
+                return {tp: offset}
+        return {}
 
     async def _recover(
         self,
@@ -547,6 +617,7 @@ class KafkaTransport(ResourceBase):
                 self._epoch += 1
                 self._generation += 1
             self._ledger.revoked(partitions)
+            self._committed.clear()
             self._assignment = frozenset()
 
 

@@ -59,13 +59,15 @@ class KafkaHarness:
             await consumer.stop()
         return group
 
-    def worker(self, group_id: str, name: str) -> KafkaTransport:
+    def worker(
+        self, group_id: str, name: str, consumer_options: dict[str, int] = FAST_GROUP
+    ) -> KafkaTransport:
         return KafkaTransport(
             self.broker,
             worker_id=f"{group_id.removeprefix('tiaki-broker-')}-{name}",
             group_id=group_id,
             topics=[self.input_topic],
-            consumer_options=FAST_GROUP,
+            consumer_options=consumer_options,
         )
 
     def publisher(self) -> KafkaPublisher:
