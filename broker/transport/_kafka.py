@@ -192,6 +192,19 @@ def _translated() -> Iterator[None]:
         raise translate(exc) from exc
 
 
+def _sender_failure(producer: AIOKafkaProducer) -> BaseException | None:
+    """What stopped the producer's sender task, if it has stopped: a fenced producer (a newer
+    worker with this transactional id) ends it, and aiokafka then answers every transactional
+    call, such as adding the offsets, with ``IllegalOperation``, which would hide the fencing
+    and send the recovery down the path that replaces the producer: that would fence the
+    newer worker in turn."""
+    task = producer._sender.sender_task
+    if task is None or not task.done() or task.cancelled():
+        return None
+    failure: BaseException | None = task.exception()
+    return failure
+
+
 def _retrieve(future: asyncio.Future[Any]) -> None:
     """Mark a delivery's outcome as seen: the transaction's outcome is what gets reported."""
     if not future.cancelled():
@@ -497,7 +510,8 @@ class KafkaTransport(ResourceBase):
                     await producer.commit_transaction()
             except Exception as exc:
                 self._committed.clear()
-                error = await self._recover(consumer, producer, translate(exc), began)
+                cause = _sender_failure(producer) or exc
+                error = await self._recover(consumer, producer, translate(cause), began)
                 raise error from exc
             self._committed.update(fenced)
             self._ledger.committed(offsets)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+from types import SimpleNamespace
+from typing import Any, cast
+
 import pytest
 from aiokafka import errors as kafka_errors
 
@@ -12,7 +16,7 @@ from broker.transport import (
     TransportError,
     Unavailable,
 )
-from broker.transport._kafka import translate
+from broker.transport._kafka import _sender_failure, translate
 
 
 @pytest.mark.parametrize(
@@ -35,3 +39,26 @@ def test_translate(raw: BaseException, expected: type[TransportError], retriable
     error = translate(raw)
     assert type(error) is expected
     assert error.retriable is retriable
+
+
+async def test_a_dead_sender_names_why_the_producer_refuses_everything() -> None:
+    """A fenced producer's sender task ends with ProducerFenced, and aiokafka then answers
+    every transactional call with IllegalOperation; the recovery must see the fencing (and
+    keep the producer), not an IllegalOperation (and replace it, fencing the newer worker)."""
+
+    async def fenced() -> None:
+        raise kafka_errors.ProducerFenced()
+
+    async def alive() -> None:
+        await asyncio.sleep(10)
+
+    sender = SimpleNamespace(sender_task=None)  # aiokafka's Sender, as far as it is read
+    producer = cast(Any, SimpleNamespace(_sender=sender))
+    assert _sender_failure(producer) is None  # not started
+    sender.sender_task = asyncio.ensure_future(fenced())
+    await asyncio.sleep(0)
+    failure = _sender_failure(producer)
+    assert type(translate(failure or Exception())) is ProducerFenced
+    running = sender.sender_task = asyncio.ensure_future(alive())
+    assert _sender_failure(producer) is None
+    running.cancel()
