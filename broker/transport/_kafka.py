@@ -188,7 +188,9 @@ def _translated() -> Iterator[None]:
         yield
     except (kafka_errors.KafkaError, kafka_errors.IllegalOperation) as exc:
         raise translate(exc) from exc
-    except kafka_errors.ConsumerStoppedError as exc:
+    except (kafka_errors.ConsumerStoppedError, TimeoutError) as exc:
+        # TimeoutError: a bounded wait inside ran out (asyncio.timeout), such as a committed
+        # offset fetch held by another worker's pending transaction (require_stable).
         raise translate(exc) from exc
 
 

@@ -16,7 +16,7 @@ from broker.transport import (
     TransportError,
     Unavailable,
 )
-from broker.transport._kafka import _sender_failure, translate
+from broker.transport._kafka import _sender_failure, _translated, translate
 
 
 @pytest.mark.parametrize(
@@ -62,3 +62,12 @@ async def test_a_dead_sender_names_why_the_producer_refuses_everything() -> None
     running = sender.sender_task = asyncio.ensure_future(alive())
     assert _sender_failure(producer) is None
     running.cancel()
+
+
+async def test_a_bounded_wait_that_runs_out_is_a_retriable_transport_error() -> None:
+    """The waits the transport bounds itself (a committed-offset fetch held by another
+    worker's pending transaction, say) end as Unavailable, never a bare TimeoutError."""
+    with pytest.raises(Unavailable) as raised, _translated():
+        async with asyncio.timeout(0.01):
+            await asyncio.sleep(1)
+    assert raised.value.retriable
