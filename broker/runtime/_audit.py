@@ -225,24 +225,35 @@ def decision_audit(
     ``subjects`` are the event's subject references when the caller has them already.
     """
     header = event.get("header") or {}
-    sharing = header.get("sharing") or {}
-    justification, accountable = stated_grounds(event)
     record = audit_base(ctx, "decision", now, new_id or uuid.uuid4())
     record |= {
         "event_id": str(header.get("event_id")),
         "event_type": event_type,
         "schema_fingerprint": schema_fingerprint.hex(),
-        "case_ref": case_ref(ctx.subject_key, str(header.get("case_id", ""))),
         "source_agency": source,
-        "consent": sharing.get("consent"),
-        "justification_ref": grounds_ref(ctx.subject_key, "justification", justification),
-        "accountable_ref": grounds_ref(ctx.subject_key, "accountable", accountable),
+        **decision_facts(ctx, event),
         "subject_refs": list(subjects)
         if subjects is not None
         else subject_refs(ctx.subject_key, event),
         "decisions": [dict(d) for d in decisions],
     }
     return record
+
+
+def decision_facts(ctx: AuditContext, event: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a decision record that the event itself gives, beyond its id and type:
+    its case reference, the consent it states, and keyed hashes of the grounds the discloser
+    stated (FVA-07). :func:`decision_audit` and the broker's pipeline, which writes the same
+    record without building it (``RecordParts.decision``), both take them from here."""
+    header = event.get("header") or {}
+    sharing = header.get("sharing") or {}
+    justification, accountable = stated_grounds(event)
+    return {
+        "case_ref": case_ref(ctx.subject_key, str(header.get("case_id", ""))),
+        "consent": sharing.get("consent"),
+        "justification_ref": grounds_ref(ctx.subject_key, "justification", justification),
+        "accountable_ref": grounds_ref(ctx.subject_key, "accountable", accountable),
+    }
 
 
 def audited_pairs(record: Mapping[str, Any]) -> Iterator[tuple[str | None, str | None]]:
