@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from broker.codec import Schema, record_finder
+from broker.codec._finder import Finder
 from broker.policy import stated_grounds
 from broker.runtime._intake import Rejected
 
@@ -64,11 +66,7 @@ def _identifiers(node: Any, out: set[tuple[str, str]]) -> None:
     """
     kind = type(node)
     if kind is dict:
-        scheme = node.get("scheme")
-        if "issuer" in node and type(scheme) is str:
-            value = node.get("value")
-            if type(value) is str:
-                out.add((scheme, value))
+        _identifier(node, out)
         for child in node.values():
             kind = type(child)
             if kind is dict or kind is list:
@@ -82,11 +80,39 @@ def _identifiers(node: Any, out: set[tuple[str, str]]) -> None:
         _identifiers(dict(node), out)
 
 
-def subject_refs(key: bytes, event: Mapping[str, Any]) -> list[str]:
-    """Sorted, distinct subject references of everyone an event identifies."""
+def _identifier(node: Mapping[str, Any], out: set[tuple[str, str]]) -> None:
+    """Add ``node``'s (scheme, value) if it is a PersonIdentifier: it has an issuer, and its
+    scheme and value are text."""
+    scheme = node.get("scheme")
+    if "issuer" in node and type(scheme) is str:
+        value = node.get("value")
+        if type(value) is str:
+            out.add((scheme, value))
+
+
+def subject_refs(
+    key: bytes, event: Mapping[str, Any], identifiers: Sequence[Mapping[str, Any]] | None = None
+) -> list[str]:
+    """Sorted, distinct subject references of everyone an event identifies: found by walking
+    the event, or in ``identifiers``, its records that have an ``issuer`` found from its
+    schema (:func:`identifier_finder`)."""
     pairs: set[tuple[str, str]] = set()
-    _identifiers(event if type(event) is dict else dict(event), pairs)
+    if identifiers is None:
+        _identifiers(event if type(event) is dict else dict(event), pairs)
+    else:
+        for node in identifiers:
+            _identifier(node, pairs)
     return sorted({subject_ref(key, scheme, value) for scheme, value in pairs})
+
+
+def identifier_finder(schema: Schema) -> Finder | None:
+    """The finder (:func:`broker.codec.record_finder`) of the records with an ``issuer``
+    (PersonIdentifier) in an event decoded with ``schema``; None if there is none (the
+    event is walked)."""
+    return record_finder(schema, _ISSUER)
+
+
+_ISSUER = frozenset({"issuer"})
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ from broker.runtime._audit import (
     AuditContext,
     audit_base,
     decision_facts,
+    identifier_finder,
     quarantine_audit,
     quarantined_record,
     subject_refs,
@@ -289,7 +290,9 @@ class Pipeline:
             quarantined = self._quarantine(record, rejected, now)
             return replace(quarantined, outputs=outputs + quarantined.outputs)
         if verdicts:
-            refs = subject_refs(self._subject_key, admitted.event)
+            finder = None if admitted.shape is None else identifier_finder(admitted.shape)
+            found = None if finder is None else finder(admitted.event)
+            refs = subject_refs(self._subject_key, admitted.event, found)
             outputs.append(self._decision_audit(admitted, verdicts, now, refs))
             head = self._parts.shared_head(
                 event_id=admitted.event_id,
