@@ -25,6 +25,7 @@ from broker.codec._errors import (
     SchemaError,
     UnknownSchema,
 )
+from broker.codec._finder import record_finder
 from broker.codec._json import from_json, to_json
 from broker.codec._load import SchemaSet, load_schemas
 from broker.codec._model import (
@@ -57,6 +58,7 @@ __all__ = [
     "flatten_fields",
     "from_json",
     "load_schemas",
+    "record_finder",
     "to_json",
     "validate",
 ]

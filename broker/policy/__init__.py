@@ -44,6 +44,7 @@ from broker.policy._model import (
     RequestKind,
     Rule,
     Trigger,
+    signal_finder,
     stated_grounds,
 )
 from broker.policy._pseudonym import Pseudonymiser
@@ -100,6 +101,7 @@ __all__ = [
     "policy_hash",
     "run_scenarios",
     "sign_policy",
+    "signal_finder",
     "simulate",
     "stated_grounds",
     "verify_approvals",

@@ -9,14 +9,17 @@ explanation (rule ids, reason codes, LAW.md references) and an action for every 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from broker.codec import record_finder
+
 if TYPE_CHECKING:
-    from broker.codec import SchemaSet
+    from broker.codec import Schema, SchemaSet
+    from broker.codec._finder import Finder
     from broker.policy._fields import FieldPlan
     from broker.registry import Registry
 
@@ -416,6 +419,7 @@ class DecisionInput:
         request: RequestFacts | None = None,
         case_risk: str = "unknown",
         leads: Iterable[str] = (),
+        signals: Sequence[Mapping[str, Any]] | None = None,
     ) -> tuple[dict[str, Any], frozenset[str]]:
         """What every recipient's input for one event shares, and the agencies the event is
         addressed to; see :meth:`for_one`. The broker's decider and ``tiaki policy test``
@@ -427,10 +431,12 @@ class DecisionInput:
         asked and for whom (the request it is, or the ``request`` it answers). ``case_risk``
         (the meeting's tier) is raised by the event's own risk, never lowered. ``leads`` (the
         case's lead agencies) are addressees of a case record that names none of its own.
+        ``signals`` are the record's records that :func:`derived_values` reads, if the caller
+        has them (:func:`signal_finder`).
         """
         header = record.get("header") or {}
         sharing = header.get("sharing") or {}
-        derived = derived_values(record, at=at, request=request)
+        derived = derived_values(record, at=at, request=request, signals=signals)
         common: dict[str, Any] = {
             "event_type": str(header.get("event_type", "")),
             "source": str(header.get("source_agency", "")),
@@ -541,13 +547,28 @@ _LEAF_TYPES = frozenset({str, int, float, bool, bytes, type(None), dt.datetime, 
 _WATCHED_NAMES = frozenset(_WATCHED)
 
 
+def signal_finder(schema: Schema) -> Finder | None:
+    """The finder (:func:`broker.codec.record_finder`) of the records outside the header that
+    :func:`derived_values` reads, in an event decoded with ``schema``; None if there is none
+    (the record is walked)."""
+    return record_finder(schema, _WATCHED_NAMES, _HEADER)
+
+
+#: What derived_values leaves out of its walk.
+_HEADER = frozenset({"header"})
+
+
 def higher_risk(a: str, b: str) -> str:
     """The higher of two risk levels (``unknown`` lowest)."""
     return a if _RISK_ORDER.get(a, 0) >= _RISK_ORDER.get(b, 0) else b
 
 
 def derived_values(
-    record: Mapping[str, Any], *, at: dt.date, request: RequestFacts | None = None
+    record: Mapping[str, Any],
+    *,
+    at: dt.date,
+    request: RequestFacts | None = None,
+    signals: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """What the broker computes from the event itself rather than reading from its header.
 
@@ -568,13 +589,21 @@ def derived_values(
       accountable role, neither null nor blank (a request may state either in its own
       ``justification`` and ``accountable_role`` instead); ``child_reason_stated``: it gives a
       non-blank ``child_not_consulted_reason``.
+
+    The values are read from the records outside the header that hold a watched field: found
+    by walking the record, or ``signals``, the same records found from its schema
+    (:func:`signal_finder`).
     """
     header = record.get("header") or {}
     sharing = header.get("sharing") or {}
     occurred = header.get("occurred_at")
     day = occurred.date() if isinstance(occurred, dt.datetime) else at
     found = _Signals(day)
-    found.walk({k: v for k, v in record.items() if k != "header"})
+    if signals is None:
+        found.walk({k: v for k, v in record.items() if k != "header"})
+    else:
+        for node in signals:
+            found.visit(node)
     if sharing.get("child_consulted") in CHILD_CONSULTED_OK:
         found.child = True
     if sharing.get("contains_maori_data"):

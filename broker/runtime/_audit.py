@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from broker.codec import Schema, record_finder
+from broker.codec._finder import Finder
 from broker.policy import stated_grounds
 from broker.runtime._intake import Rejected
 
@@ -64,11 +66,7 @@ def _identifiers(node: Any, out: set[tuple[str, str]]) -> None:
     """
     kind = type(node)
     if kind is dict:
-        scheme = node.get("scheme")
-        if "issuer" in node and type(scheme) is str:
-            value = node.get("value")
-            if type(value) is str:
-                out.add((scheme, value))
+        _identifier(node, out)
         for child in node.values():
             kind = type(child)
             if kind is dict or kind is list:
@@ -82,11 +80,39 @@ def _identifiers(node: Any, out: set[tuple[str, str]]) -> None:
         _identifiers(dict(node), out)
 
 
-def subject_refs(key: bytes, event: Mapping[str, Any]) -> list[str]:
-    """Sorted, distinct subject references of everyone an event identifies."""
+def _identifier(node: Mapping[str, Any], out: set[tuple[str, str]]) -> None:
+    """Add ``node``'s (scheme, value) if it is a PersonIdentifier: it has an issuer, and its
+    scheme and value are text."""
+    scheme = node.get("scheme")
+    if "issuer" in node and type(scheme) is str:
+        value = node.get("value")
+        if type(value) is str:
+            out.add((scheme, value))
+
+
+def subject_refs(
+    key: bytes, event: Mapping[str, Any], identifiers: Sequence[Mapping[str, Any]] | None = None
+) -> list[str]:
+    """Sorted, distinct subject references of everyone an event identifies: found by walking
+    the event, or in ``identifiers``, its records that have an ``issuer`` found from its
+    schema (:func:`identifier_finder`)."""
     pairs: set[tuple[str, str]] = set()
-    _identifiers(event if type(event) is dict else dict(event), pairs)
+    if identifiers is None:
+        _identifiers(event if type(event) is dict else dict(event), pairs)
+    else:
+        for node in identifiers:
+            _identifier(node, pairs)
     return sorted({subject_ref(key, scheme, value) for scheme, value in pairs})
+
+
+def identifier_finder(schema: Schema) -> Finder | None:
+    """The finder (:func:`broker.codec.record_finder`) of the records with an ``issuer``
+    (PersonIdentifier) in an event decoded with ``schema``; None if there is none (the
+    event is walked)."""
+    return record_finder(schema, _ISSUER)
+
+
+_ISSUER = frozenset({"issuer"})
 
 
 @dataclass(frozen=True)
@@ -225,24 +251,35 @@ def decision_audit(
     ``subjects`` are the event's subject references when the caller has them already.
     """
     header = event.get("header") or {}
-    sharing = header.get("sharing") or {}
-    justification, accountable = stated_grounds(event)
     record = audit_base(ctx, "decision", now, new_id or uuid.uuid4())
     record |= {
         "event_id": str(header.get("event_id")),
         "event_type": event_type,
         "schema_fingerprint": schema_fingerprint.hex(),
-        "case_ref": case_ref(ctx.subject_key, str(header.get("case_id", ""))),
         "source_agency": source,
-        "consent": sharing.get("consent"),
-        "justification_ref": grounds_ref(ctx.subject_key, "justification", justification),
-        "accountable_ref": grounds_ref(ctx.subject_key, "accountable", accountable),
+        **decision_facts(ctx, event),
         "subject_refs": list(subjects)
         if subjects is not None
         else subject_refs(ctx.subject_key, event),
         "decisions": [dict(d) for d in decisions],
     }
     return record
+
+
+def decision_facts(ctx: AuditContext, event: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of a decision record that the event itself gives, beyond its id and type:
+    its case reference, the consent it states, and keyed hashes of the grounds the discloser
+    stated (FVA-07). :func:`decision_audit` and the broker's pipeline, which writes the same
+    record without building it (``RecordParts.decision``), both take them from here."""
+    header = event.get("header") or {}
+    sharing = header.get("sharing") or {}
+    justification, accountable = stated_grounds(event)
+    return {
+        "case_ref": case_ref(ctx.subject_key, str(header.get("case_id", ""))),
+        "consent": sharing.get("consent"),
+        "justification_ref": grounds_ref(ctx.subject_key, "justification", justification),
+        "accountable_ref": grounds_ref(ctx.subject_key, "accountable", accountable),
+    }
 
 
 def audited_pairs(record: Mapping[str, Any]) -> Iterator[tuple[str | None, str | None]]:

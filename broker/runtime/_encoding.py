@@ -72,6 +72,32 @@ _AUDIT_DIRECT = {
 _AUDIT_SCALAR_RUNS = (1, 3, 5, 8)
 #: The run of the lists of rule ids, reason codes, obligations and the field-action map.
 _AUDIT_LISTS_RUN = 6
+#: A decision record's lists run, all empty, and the key it is kept by (as _decision_head
+#: builds it).
+_EMPTY_LISTS: dict[str, Any] = {
+    "rule_ids": [],
+    "reason_codes": [],
+    "obligations": [],
+    "field_actions": {},
+}
+_NO_LISTS = (_AUDIT_LISTS_RUN, (), (), (), ())
+#: The fields of the scalar runs, in the order RecordParts.decision writes their values.
+_DECISION_RUNS = {
+    1: ("recorded_at", "action"),
+    3: ("event_type", "schema_fingerprint"),
+    5: (
+        "actor",
+        "source_agency",
+        "recipient",
+        "outcome",
+        "route",
+        "legal_basis",
+        "purpose",
+        "consent",
+        "person_told",
+    ),
+    8: ("policy_hash", "detail", "justification_ref", "accountable_ref"),
+}
 
 
 class _PartCache:
@@ -106,6 +132,9 @@ class RecordParts:
             "field_actions",
         ):
             raise ValueError(f"{audit.label}: the lists are not where RecordParts expects them")
+        for index, names in _DECISION_RUNS.items():
+            if self._head.fields[index] != names:
+                raise ValueError(f"{audit.label}: part {index} is not {names}")
         self._scalar_runs = [(i, itemgetter(*self._head.fields[i])) for i in _AUDIT_SCALAR_RUNS]
         self._runs = _PartCache()
         self._entry = ArrayItems(audit, "decisions")
@@ -172,6 +201,56 @@ class RecordParts:
                 runs[8],
             )
         )
+
+    def decision(
+        self,
+        verdicts: Sequence[Verdict],
+        *,
+        audit_id: uuid.UUID,
+        recorded_at: datetime,
+        event_id: str,
+        event_type: str,
+        schema_fingerprint: str,
+        case_ref: str,
+        actor: str,
+        source_agency: str,
+        consent: str | None,
+        subject_refs: Sequence[str],
+        policy_hash: str | None,
+        justification_ref: str | None,
+        accountable_ref: str | None,
+    ) -> bytes:
+        """What :meth:`decision_record` writes for the decision audit record with these
+        values (:func:`~broker.runtime._audit.decision_audit`'s fields; every other field of
+        a decision record is empty), without building the record first: the broker writes one
+        per event, and building it cost as much as encoding it."""
+        run = self._decision_run
+        return b"".join(
+            (
+                string_of(str(audit_id)),
+                run(1, (recorded_at, "decision")),
+                nullable_string_of(event_id),
+                run(3, (event_type, schema_fingerprint)),
+                nullable_string_of(case_ref),
+                run(5, (actor, source_agency, None, None, None, None, None, consent, None)),
+                run(_AUDIT_LISTS_RUN, _NO_LISTS),
+                array_of([string_of(ref) for ref in subject_refs]),
+                run(8, (policy_hash, None, justification_ref, accountable_ref)),
+                array_of([self._entry_of(v) for v in verdicts]),
+            )
+        )
+
+    def _decision_run(self, index: int, key: tuple[Any, ...]) -> bytes:
+        """Run ``index`` of :meth:`decision`, kept under the key :meth:`_decision_head` uses
+        for the same values (``key`` holds the run's fields in schema order)."""
+        part = self._runs.get((index, key), None)
+        if part is None:
+            fields = self._head.fields[index]
+            values = (
+                _EMPTY_LISTS if index == _AUDIT_LISTS_RUN else dict(zip(fields, key, strict=True))
+            )
+            part = self._run(index, key, values)
+        return part
 
     def _run(self, index: int, key: Hashable, record: Mapping[str, Any]) -> bytes:
         part = self._runs.get((index, key), None)

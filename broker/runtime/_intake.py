@@ -71,6 +71,9 @@ class Accepted:
     schema: Schema
     event: dict[str, Any]
     opened: Opened
+    #: The schema the event was decoded as (the newest version of the writer's name), whose
+    #: shape it has; None when that is not known (an event built by hand).
+    shape: Schema | None = None
 
     @property
     def event_id(self) -> str:
@@ -167,9 +170,10 @@ class Intake:
             event_type = schema.short_name
             if schema.kind != "event":
                 raise NotAnEvent(f"schema {schema.label} is a shared type, not an event")
-            event = self._schemas.decode(opened.payload, opened.schema_fingerprint)
+            shape = self._schemas.latest(schema.name)
+            event = self._schemas.decode(opened.payload, opened.schema_fingerprint, shape)
             _check_header(event, opened, source, schema)
-            return Accepted(source, schema, event, opened)
+            return Accepted(source, schema, event, opened, shape)
         except (IntakeError, EnvelopeError, CodecError) as exc:
             return Rejected(exc.quarantine_reason, str(exc), source_id, event_id, event_type)
 

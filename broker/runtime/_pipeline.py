@@ -56,7 +56,8 @@ from broker.policy import json_value
 from broker.runtime._audit import (
     AuditContext,
     audit_base,
-    decision_audit,
+    decision_facts,
+    identifier_finder,
     quarantine_audit,
     quarantined_record,
     subject_refs,
@@ -289,7 +290,9 @@ class Pipeline:
             quarantined = self._quarantine(record, rejected, now)
             return replace(quarantined, outputs=outputs + quarantined.outputs)
         if verdicts:
-            refs = subject_refs(self._subject_key, admitted.event)
+            finder = None if admitted.shape is None else identifier_finder(admitted.shape)
+            found = None if finder is None else finder(admitted.event)
+            refs = subject_refs(self._subject_key, admitted.event, found)
             outputs.append(self._decision_audit(admitted, verdicts, now, refs))
             head = self._parts.shared_head(
                 event_id=admitted.event_id,
@@ -399,18 +402,23 @@ class Pipeline:
     def _decision_audit(
         self, admitted: Accepted, verdicts: Sequence[Verdict], now: datetime, refs: list[str]
     ) -> Outgoing:
-        record = decision_audit(
-            self._context(),
-            event=admitted.event,
+        """The decision audit record :func:`decision_audit` gives, written from its parts."""
+        context = self._context()
+        facts = decision_facts(context, admitted.event)
+        value = self._parts.decision(
+            verdicts,
+            audit_id=uuid.uuid4(),
+            recorded_at=now,
+            event_id=admitted.event_id,  # the header's, as intake checked
             event_type=admitted.event_type,
-            schema_fingerprint=admitted.schema.fingerprint,
-            source=admitted.source.id,
-            decisions=(),  # written by RecordParts, from cached entries
-            now=now,
-            subjects=refs,
+            schema_fingerprint=admitted.schema.fingerprint_hex,
+            actor=context.actor,
+            source_agency=admitted.source.id,
+            subject_refs=refs,
+            policy_hash=context.policy_hash,
+            **facts,
         )
-        value = self._parts.decision_record(record, verdicts)
-        return Outgoing(AUDIT, audit_key(record), value, self._audit_headers)
+        return Outgoing(AUDIT, audit_key(facts), value, self._audit_headers)
 
     def _deliver(
         self,

@@ -17,7 +17,14 @@ from typing import Any
 
 import structlog
 
-from broker.policy import Decision, DecisionInput, Engine, Pseudonymiser, apply_field_plan
+from broker.policy import (
+    Decision,
+    DecisionInput,
+    Engine,
+    Pseudonymiser,
+    apply_field_plan,
+    signal_finder,
+)
 from broker.policy import Outcome as PolicyOutcome
 from broker.policy._model import RequestFacts
 from broker.runtime._cases import CaseMembership
@@ -91,6 +98,7 @@ class PolicyDecider:
         case_id = str(event["header"]["case_id"])
         # The engine names event types in full (``nz.tiaki.TaskEvent``), as the header does.
         candidates = engine.candidates(accepted.schema.name, accepted.source.id)
+        finder = None if accepted.shape is None else signal_finder(accepted.shape)
         common, addressees = DecisionInput.shared_values(
             event,
             at=now.date(),
@@ -98,6 +106,7 @@ class PolicyDecider:
             request=self._request(accepted),
             case_risk=self._cases.risk(case_id),
             leads=self._cases.leads(case_id),
+            signals=None if finder is None else finder(event),
         )
         members = self._cases.members(case_id)  # once, not a look-up per candidate
         participation = tuple(r in members for r in candidates)

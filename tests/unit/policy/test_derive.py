@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.codec import flatten_fields, from_json, load_schemas
+from broker.codec import Schema, decode, encode, flatten_fields, from_json, load_schemas
 from broker.policy import (
     DecisionInput,
     Engine,
@@ -30,7 +30,9 @@ from broker.policy._model import (
     REQUESTER_ROLES,
     RISK_LEVELS,
     derived_values,
+    signal_finder,
 )
+from tests.unit.codec.test_properties import _records
 from tests.unit.policy.conftest import SCHEMAS, copy_policies
 
 AT = dt.date(2025, 3, 5)
@@ -263,3 +265,21 @@ def test_pa05_a_request_for_the_person_using_violence_never_gets_contact_or_loca
     decision = engine.decide(inp)
     leaked = _released_classes(engine, name, decision) & {"contact", "location"}
     assert not leaked, (decision.outcome, decision.rule_ids)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [v for s in SCHEMA_SET.events() for v in SCHEMA_SET.versions(s.name)],
+    ids=lambda s: s.label,
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), at=st.dates())
+def test_the_signals_found_from_the_schema_derive_what_the_walk_derives(
+    schema: Schema, data: st.DataObject, at: dt.date
+) -> None:
+    """The broker reads the records derived_values needs through the schema's finder
+    (signal_finder) rather than walking the event: the same values, for any decoded event."""
+    record = decode(encode(schema, data.draw(_records(schema))), schema)
+    finder = signal_finder(schema)
+    assert finder is not None
+    assert derived_values(record, at=at, signals=finder(record)) == derived_values(record, at=at)

@@ -7,21 +7,24 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from hypothesis import given
+import pytest
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from broker.codec import decode, encode, from_json, load_schemas
+from broker.codec import Schema, decode, encode, from_json, load_schemas
 from broker.runtime import Rejected
 from broker.runtime._audit import (
     AuditContext,
     decision_audit,
     decision_entry,
     grounds_ref,
+    identifier_finder,
     quarantine_audit,
     quarantined_record,
     subject_ref,
     subject_refs,
 )
+from tests.unit.codec.test_properties import _records
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMAS = load_schemas(ROOT / "schemas")
@@ -185,3 +188,22 @@ def test_every_identifier_is_referenced_once() -> None:
     refs = subject_refs(CTX.subject_key, event)
     assert len(refs) == len(set(refs))
     assert all(len(r) == 64 for r in refs)
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [v for s in SCHEMAS.events() for v in SCHEMAS.versions(s.name)],
+    ids=lambda s: s.label,
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_identifiers_found_from_the_schema_give_the_walk_s_subject_refs(
+    schema: Schema, data: st.DataObject
+) -> None:
+    """The pipeline hashes the identifiers the schema's finder (identifier_finder) finds
+    rather than walking the event: the same references, for any decoded event."""
+    record = decode(encode(schema, data.draw(_records(schema))), schema)
+    finder = identifier_finder(schema)
+    assert finder is not None
+    walked = subject_refs(CTX.subject_key, record)
+    assert subject_refs(CTX.subject_key, record, finder(record)) == walked

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 
 from broker.codec import InvalidRecord, encode
 from broker.runtime import Outcome, Verdict
+from broker.runtime._audit import AuditContext, audit_base
 from broker.runtime._encoding import RecordParts
 from tests.unit.runtime.test_intake import SCHEMAS
 
@@ -157,3 +159,53 @@ def test_a_decision_head_of_the_wrong_types_is_refused_as_a_whole_encode_refuses
             encode(AUDIT, good | {name: bad, "decisions": []})
         with pytest.raises(InvalidRecord):
             parts.decision_record(good | {name: bad}, [])
+
+
+all_verdicts = st.builds(
+    Verdict,
+    recipient=st.sampled_from(["police", "msd"]),
+    outcome=st.sampled_from(list(Outcome)),
+    rule_ids=st.sampled_from([("R-a",), ("default-deny",)]),
+    reason_codes=st.sampled_from([(), ("no_permit",)]),
+    route=st.sampled_from([None, "fva_s20"]),
+    legal_basis=st.sampled_from([None, "FVA s20"]),
+    purpose=st.sampled_from([None, "fv_plan_or_response"]),
+    obligations=st.sampled_from([(), ("tell_victim_when_safe",)]),
+    field_actions=st.sampled_from([{}, {"header.case_id": "keep", "plan_id": "drop"}]),
+    body=st.sampled_from([None, {"plan_id": "p"}]),
+)
+decisions = st.fixed_dictionaries(
+    {
+        "audit_id": st.uuids(),
+        "recorded_at": st.sampled_from(TIMES),
+        "event_id": st.text(max_size=40),
+        "event_type": st.sampled_from(["SafetyPlanUpdate", "TaskEvent"]),
+        "schema_fingerprint": st.sampled_from(["ab" * 32, "cd" * 32]),
+        "case_ref": st.text(max_size=70),
+        "actor": st.sampled_from(["broker", "reviewer"]),
+        "source_agency": st.sampled_from(["safe-whanau", "police"]),
+        "consent": st.sampled_from([None, "given", "refused"]),
+        "subject_refs": st.lists(st.text(max_size=70), max_size=3),
+        "policy_hash": st.sampled_from([None, "cd" * 32]),
+        "justification_ref": st.one_of(st.none(), st.text(max_size=70)),
+        "accountable_ref": st.one_of(st.none(), st.text(max_size=70)),
+    }
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(decisions, st.lists(all_verdicts, max_size=4)), min_size=1, max_size=6))
+def test_decision_records_written_directly_are_the_record_built_whole(
+    run: list[tuple[dict[str, Any], list[Verdict]]],
+) -> None:
+    """RecordParts.decision, which the pipeline calls with decision_audit's values, writes
+    what decision_record writes for decision_audit's record (its other fields empty), with
+    the caches the two share in any state."""
+    parts = RecordParts(AUDIT, SHARED)
+    for values, verdicts in run:
+        context = AuditContext(b"k" * 32, values["policy_hash"], values["actor"])
+        record = audit_base(context, "decision", values["recorded_at"], values["audit_id"])
+        record |= {k: v for k, v in values.items() if k not in ("audit_id", "recorded_at")}
+        expected = parts.decision_record(record, verdicts)
+        assert parts.decision(verdicts, **values) == expected
+        assert parts.decision([], **values) == encode(AUDIT, record)
