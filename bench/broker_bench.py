@@ -573,13 +573,25 @@ class Assigned(Timed):
             print(json.dumps(progress), flush=True)
 
 
+#: ``--commit-interval-ms``: the workers' commit interval, if not ``tiaki broker run``'s default.
+commit_interval_ms: int | None = None
+
+
+def service_options() -> Any:
+    """``tiaki broker run``'s options, with ``--commit-interval-ms`` if given."""
+    from broker.runtime._service import ServiceOptions
+
+    if commit_interval_ms is None:
+        return ServiceOptions()
+    return ServiceOptions(commit_interval_ms=commit_interval_ms)
+
+
 def service_worker(transport: Any, pipeline: Any, metrics: Any) -> Any:
     """A :class:`Worker` with the batch size, poll timeout and commit interval ``tiaki broker
-    run`` uses."""
-    from broker.runtime._service import ServiceOptions
+    run`` uses (the interval as ``--commit-interval-ms`` says)."""
     from broker.runtime._worker import Worker
 
-    options = ServiceOptions()
+    options = service_options()
     return Worker(
         transport,
         pipeline,
@@ -600,6 +612,8 @@ async def drain_child(config: dict[str, Any]) -> None:
     from broker.runtime._service import settle_heap
     from broker.transport import KafkaTransport
 
+    global commit_interval_ms
+    commit_interval_ms = config["commit_interval_ms"]
     env = Env(**{k: Path(v) for k, v in config["env"].items()})
     pipeline: Any
     if config["pass_through"]:
@@ -656,6 +670,7 @@ async def drain_workers(
             "share": partitions // workers,
             "pass_through": bool(pass_through),
             "outputs": list(pass_through),
+            "commit_interval_ms": commit_interval_ms,
         }
         children.append(
             await asyncio.create_subprocess_exec(
@@ -1119,10 +1134,10 @@ async def run(
     env: Env, n: int, profile_full: bool, workers: int, partitions: int, latency: bool
 ) -> None:
     from broker.platform import egress, ingress
-    from broker.runtime._service import ServiceOptions, settle_heap
+    from broker.runtime._service import settle_heap
     from broker.runtime._worker import Worker
 
-    options = ServiceOptions()
+    options = service_options()
     source, outputs = ingress(SOURCE), [egress(r) for r in RECIPIENTS]
     events = Events(env.keys)
     pipeline, metrics, cases = real_pipeline(env)
@@ -1413,6 +1428,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--drain-only", action="store_true", help="the throughput drains, no latency runs"
     )
+    parser.add_argument(
+        "--commit-interval-ms",
+        type=int,
+        help="the workers' commit interval (default: tiaki broker run's); the latency target "
+        "is this plus 50 ms",
+    )
     parser.add_argument("--latency-client", help=argparse.SUPPRESS)
     parser.add_argument("--drain-worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1429,6 +1450,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.drain_worker:
         asyncio.run(drain_child(json.loads(args.drain_worker)))
         return 0
+    if args.commit_interval_ms is not None and not 0 <= args.commit_interval_ms <= 10_000:
+        parser.error("--commit-interval-ms must be from 0 to 10000")
+    global commit_interval_ms
+    commit_interval_ms = args.commit_interval_ms
     if args.workers < 1 or args.partitions < 1 or args.partitions % args.workers:
         parser.error("--partitions must be a positive multiple of --workers")
     if args.profile and importlib.util.find_spec("pyinstrument") is None:
