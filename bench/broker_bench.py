@@ -389,8 +389,8 @@ async def drain_b0r_plain_eos(
             opened = time.monotonic()
             offsets: dict[KafkaTopicPartition, OffsetAndMetadata] = {}
             count = 0
-            while time.monotonic() - opened < interval_ms / 1000 and copied + count < n:
-                batches = await consumer.getmany(timeout_ms=interval_ms, max_records=500)
+            while copied + count < n:  # one poll at least, then until the interval ends
+                batches = await consumer.getmany(timeout_ms=max(1, interval_ms), max_records=500)
                 for tp, messages in batches.items():
                     if messages and not first:
                         first = time.perf_counter()
@@ -400,6 +400,8 @@ async def drain_b0r_plain_eos(
                         count += 1
                     if messages:
                         offsets[tp] = OffsetAndMetadata(messages[-1].offset + 1, "")
+                if time.monotonic() - opened >= interval_ms / 1000:
+                    break
             await producer.flush()
             if offsets:
                 await producer.send_offsets_to_transaction(offsets, group)
