@@ -18,7 +18,7 @@ from broker.runtime import Intake, Outcome, Pipeline
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._service import seen_events
 from broker.runtime._worker import Worker
-from broker.transport import InMemoryCluster, Outgoing, Record
+from broker.transport import InMemoryCluster, Outgoing, Record, TransportError
 from tests.unit.runtime.test_intake import NOW, REGISTRY, SCHEMAS
 from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider, verdict
 
@@ -389,3 +389,41 @@ async def test_a_record_after_a_quiet_interval_and_a_full_batch_do_not_wait(
     assert began[0][0] - published[0] < 0.5  # not held for the 2 s interval
     assert [n for _, n in began] == [1, 5, 5, 5]
     assert began[-1][0] - published[1] < 1.0  # full batches: no interval between them
+
+
+async def test_a_failed_poll_is_survived_and_loses_or_repeats_nothing() -> None:
+    """A poll that fails with a retriable error (a seek that ran out of time, Kafka away)
+    does not stop the worker: what it took since the last commit is thrown away and polled
+    again, and each event is delivered and audited once, none quarantined as a replay."""
+    cluster, harness, worker, metrics = setup(max_batch=5)
+    cluster.delay_commits(0.003)  # so some polls fail while a commit is in flight
+    await publish(cluster, harness, good=40, bad=0)
+    stop = asyncio.Event()
+    async with worker:
+        serving = asyncio.create_task(worker.serve(stop))
+        failures = 0
+        for _ in range(3000):
+            await asyncio.sleep(0.001)
+            records = worker.statistics().records
+            if failures < 4 and records >= failures * 8:
+                failures += 1
+                cluster.fail_next_poll()
+            if records >= 40:
+                break
+        stop.set()
+        await asyncio.wait_for(serving, 5)
+    counts = await topic_counts(cluster)
+    assert failures == 4
+    assert worker.statistics().records == 40
+    assert counts["tiaki.egress.oranga-tamariki"] == 40
+    assert counts["tiaki.audit"] == 40
+    value = metrics.registry.get_sample_value
+    assert value("tiaki_quarantined_total", {"reason": "replayed"}) is None
+
+
+async def test_a_poll_that_cannot_be_retried_stops_the_worker() -> None:
+    cluster, _, worker, _ = setup()
+    cluster.fail_next_poll(TransportError("refused", retriable=False))
+    async with worker:
+        with pytest.raises(TransportError, match="refused"):
+            await asyncio.wait_for(worker.serve(asyncio.Event()), 5)
