@@ -10,8 +10,10 @@ import os
 import pytest
 from prometheus_client import CollectorRegistry
 
+from bench import broker_bench
 from bench.broker_bench import Assigned, PassThrough, Phases, Timed, cpu_seconds, offline
 from broker.runtime._metrics import BrokerMetrics
+from broker.runtime._service import ServiceOptions
 from broker.runtime._worker import Worker
 from broker.transport import InMemoryCluster
 from tests.unit.runtime.test_intake import NOW, REGISTRY
@@ -140,3 +142,21 @@ async def test_a_scale_out_worker_fetches_only_once_it_holds_its_share_and_repor
     assert progress["committed"] == 5
     assert progress["last"] >= progress["first"] > 0
     assert progress["cpu"] >= 0
+
+
+def test_a_bad_commit_interval_is_one_line_and_a_good_one_reaches_the_workers(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with pytest.raises(SystemExit) as raised:
+        broker_bench.main(["--commit-interval-ms", "-5"])
+    assert raised.value.code == 2
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .endswith("--commit-interval-ms must be from 0 to 10000")
+    )
+    monkeypatch.setattr(broker_bench, "commit_interval_ms", 75)
+    assert broker_bench.service_options().commit_interval_ms == 75
+    monkeypatch.setattr(broker_bench, "commit_interval_ms", None)
+    assert broker_bench.service_options().commit_interval_ms == ServiceOptions().commit_interval_ms
