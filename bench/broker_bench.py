@@ -871,6 +871,7 @@ async def latency_client(config: dict[str, Any]) -> dict[str, Any]:
     await producer.start()
     receivers = [asyncio.create_task(receive(r, c)) for r, c in consumers.items()]
     lag_max = 0
+    cpu_began = cpu_seconds()  # from the first send: the sealing above is untimed
     try:
         start = time.monotonic_ns() + 50_000_000
         interval = 1e9 / rate
@@ -892,6 +893,7 @@ async def latency_client(config: dict[str, Any]) -> dict[str, Any]:
                 await done.wait()
     finally:
         done.set()
+        client_cpu = cpu_seconds() - cpu_began
         await asyncio.gather(*receivers, return_exceptions=True)
         await producer.stop()
         for c in consumers.values():
@@ -920,6 +922,9 @@ async def latency_client(config: dict[str, Any]) -> dict[str, Any]:
         "rate": rate,
         "sent": count,
         "send_seconds": sent_seconds,
+        # This process's CPU per event sent (generator, three receivers, their Kafka clients):
+        # on this machine it shares the two cores with the worker and the Kafka node.
+        "client_cpu_ms": client_cpu / count * 1000,
         "send_lag_max_ms": lag_max / 1e6,
         "delivered": sum(received.values()),
         "expected": total,
@@ -1363,7 +1368,10 @@ async def latency_phase(
     (worker0, kafka0), (worker1, kafka1) = timed.cpu_first, timed.cpu_last
     per = 1000 / max(1, timed.committed_since_first)  # ms per record, first fetch to last commit
     kafka = f", Kafka node {(kafka1 - kafka0) * per:.2f} ms" if env.kafka_pid is not None else ""
-    print(f"          CPU per event: worker process {(worker1 - worker0) * per:.2f} ms{kafka}")
+    print(
+        f"          CPU per event: worker process {(worker1 - worker0) * per:.2f} ms{kafka}, "
+        f"load generator and receivers {result['client_cpu_ms']:.2f} ms"
+    )
     assert timed.stamps is not None
     phases = Phases.of(result["arrivals"], timed.stamps)
     if phases is not None:
