@@ -91,6 +91,20 @@ _NO_TAGS: dict[int, bytes] = {}
 
 # --- wire structures (TxnOffsetCommit 28, OffsetFetch 9), flexible versions ---------------------
 
+
+def _per_partition(*fields: tuple[str, Any]) -> tuple[str, Any]:
+    """The ``topics`` field these messages share: per topic its name and its partitions,
+    each partition holding ``fields`` (and, as every flexible structure, tagged fields)."""
+    return (
+        "topics",
+        CompactArray(
+            ("name", CompactString("utf-8")),
+            ("partitions", CompactArray(*fields, ("tags", TaggedFields))),
+            ("tags", TaggedFields),
+        ),
+    )
+
+
 _TXN_OFFSET_COMMIT_REQUEST = Schema(
     ("transactional_id", CompactString("utf-8")),
     ("group_id", CompactString("utf-8")),
@@ -99,43 +113,18 @@ _TXN_OFFSET_COMMIT_REQUEST = Schema(
     ("generation_id", Int32),
     ("member_id", CompactString("utf-8")),
     ("group_instance_id", CompactString("utf-8")),  # nullable
-    (
-        "topics",
-        CompactArray(
-            ("name", CompactString("utf-8")),
-            (
-                "partitions",
-                CompactArray(
-                    ("partition_index", Int32),
-                    ("committed_offset", Int64),
-                    ("committed_leader_epoch", Int32),
-                    ("committed_metadata", CompactString("utf-8")),  # nullable
-                    ("tags", TaggedFields),
-                ),
-            ),
-            ("tags", TaggedFields),
-        ),
+    _per_partition(
+        ("partition_index", Int32),
+        ("committed_offset", Int64),
+        ("committed_leader_epoch", Int32),
+        ("committed_metadata", CompactString("utf-8")),  # nullable
     ),
     ("tags", TaggedFields),
 )
 
 _TXN_OFFSET_COMMIT_RESPONSE = Schema(
     ("throttle_time_ms", Int32),
-    (
-        "topics",
-        CompactArray(
-            ("name", CompactString("utf-8")),
-            (
-                "partitions",
-                CompactArray(
-                    ("partition_index", Int32),
-                    ("error_code", Int16),
-                    ("tags", TaggedFields),
-                ),
-            ),
-            ("tags", TaggedFields),
-        ),
-    ),
+    _per_partition(("partition_index", Int32), ("error_code", Int16)),
     ("tags", TaggedFields),
 )
 
@@ -181,23 +170,12 @@ _OFFSET_FETCH_REQUEST = Schema(
 
 _OFFSET_FETCH_RESPONSE = Schema(
     ("throttle_time_ms", Int32),
-    (
-        "topics",
-        CompactArray(
-            ("name", CompactString("utf-8")),
-            (
-                "partitions",
-                CompactArray(
-                    ("partition_index", Int32),
-                    ("committed_offset", Int64),
-                    ("committed_leader_epoch", Int32),
-                    ("metadata", CompactString("utf-8")),  # nullable
-                    ("error_code", Int16),
-                    ("tags", TaggedFields),
-                ),
-            ),
-            ("tags", TaggedFields),
-        ),
+    _per_partition(
+        ("partition_index", Int32),
+        ("committed_offset", Int64),
+        ("committed_leader_epoch", Int32),
+        ("metadata", CompactString("utf-8")),  # nullable
+        ("error_code", Int16),
     ),
     ("error_code", Int16),
     ("tags", TaggedFields),
