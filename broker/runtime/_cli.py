@@ -21,6 +21,8 @@ from broker.runtime._demo import run_demo
 from broker.runtime._release import bundle
 from broker.runtime._service import (
     COMMIT_INTERVAL_MS,
+    MAX_BATCH,
+    MAX_COMMIT_INTERVAL_MS,
     ServiceOptions,
     install_stop_signals,
     serve,
@@ -50,7 +52,7 @@ def run(
         ),
     ] = None,
     max_batch: Annotated[
-        int, typer.Option(help="Most ingress records per transaction.", min=1, max=10_000)
+        int, typer.Option(help="Most ingress records per transaction.", min=1, max=MAX_BATCH)
     ] = 500,
     commit_interval_ms: Annotated[
         int,
@@ -58,7 +60,7 @@ def run(
             help="Shortest time between the starts of two transactions (ms); a record waits "
             "for at most this, or the transaction ahead, before its own.",
             min=0,
-            max=10_000,
+            max=MAX_COMMIT_INTERVAL_MS,
         ),
     ] = COMMIT_INTERVAL_MS,
 ) -> None:

@@ -57,6 +57,10 @@ log = structlog.get_logger("tiaki.broker")
 
 #: The default commit interval (``tiaki broker run --commit-interval-ms``).
 COMMIT_INTERVAL_MS = 40
+#: The longest commit interval and the largest batch a worker takes (``tiaki broker run``'s
+#: bounds): a record waits for up to the interval, and a batch is processed before its commit.
+MAX_COMMIT_INTERVAL_MS = 10_000
+MAX_BATCH = 10_000
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,13 @@ class ServiceOptions:
     commit_interval_ms: int = COMMIT_INTERVAL_MS
 
     def __post_init__(self) -> None:
+        if not 0 <= self.commit_interval_ms <= MAX_COMMIT_INTERVAL_MS:
+            raise ConfigError(
+                f"commit interval {self.commit_interval_ms} ms: must be from 0 to "
+                f"{MAX_COMMIT_INTERVAL_MS}"
+            )
+        if not 1 <= self.max_batch <= MAX_BATCH:
+            raise ConfigError(f"batch size {self.max_batch}: must be from 1 to {MAX_BATCH}")
         if f"{BROKER_GROUP_PREFIX}-{self.worker_id}".startswith(ACT_PREFIX):
             raise ConfigError(
                 f"worker id {self.worker_id!r}: ids starting 'act-' are the review and "
