@@ -46,6 +46,9 @@ broker principal's client settings and the same topics:
   *processed* (poll to the start of the record's transaction: processing its batch, waiting
   for the transaction ahead), *commit* (as the worker saw it end) and *after* (commit end to
   the last receipt), as p50s and as means over the slowest 1 %.
+  When a rate misses the latency target, a bisection (``SEARCH_STEPS`` more runs, one each,
+  printed as ``search``) between the fastest rate that met it, or none, and the slowest that
+  missed prints the highest rate at which it held: an absolute figure for this machine.
 
 Before anything is timed, one untimed pass-through drain warms the new Kafka node up (its JIT
 compiler takes about a third of a core in the first minutes), and before the latency runs
@@ -94,7 +97,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -124,6 +127,8 @@ WARMUP_SECONDS = 1.0
 WARMUP_MIN_RUNS = 3
 WARMUP_RUNS = 6
 WARMUP_SETTLED = 0.9
+#: Bisection steps for the highest rate that meets the latency target, when a rate missed it.
+SEARCH_STEPS = 4
 #: Wall-clock limits (seconds) so one run stays within a few minutes.
 DRAIN_LIMIT = 60.0
 FULL_LIMIT = 150.0
@@ -1289,20 +1294,65 @@ async def run(
     # CPU per event and the p50 falling run by run for two minutes or more).
     previous = None
     for attempt in range(WARMUP_RUNS):
-        p50 = await latency_phase(
+        p50, _ = await latency_phase(
             env, options, pipeline, metrics, cases, full.rate * 0.5, 0.5, label="warm-up"
         )
         settled = previous is not None and p50 > previous * WARMUP_SETTLED
         if settled and attempt + 1 >= WARMUP_MIN_RUNS:
             break
         previous = p50
+    p99s = {}
     for fraction in RATES:
-        await latency_phase(env, options, pipeline, metrics, cases, full.rate * fraction, fraction)
+        _, p99s[fraction] = await latency_phase(
+            env, options, pipeline, metrics, cases, full.rate * fraction, fraction
+        )
     # The same rate through a pass-through worker: what Kafka, transactions and the client
     # cost on this machine at that rate, without the pipeline.
     await latency_phase(
         env, options, PassThrough(outputs), metrics, cases, full.rate * 0.5, 0.5, label="B0R-EOS"
     )
+    target = commit_interval + 50
+    missed = [f for f in RATES if p99s[f] > target]
+    if missed:
+        # Below which rate does the target hold here? Bisection between the fastest rate that
+        # met it (or none) and the slowest that missed, one run per step.
+        async def p99_at(fraction: float) -> float:
+            _, p99 = await latency_phase(
+                env, options, pipeline, metrics, cases, full.rate * fraction, fraction, "search"
+            )
+            return p99
+
+        met = max((f for f in RATES if p99s[f] <= target and f < min(missed)), default=0.0)
+        low, high = await highest_meeting(p99_at, met, min(missed), target, SEARCH_STEPS)
+        found = (
+            f"{full.rate * low:,.0f} events/s ({low:.1%} of the drain's maximum)"
+            if low
+            else f"none of the rates tried (down to {full.rate * high:,.0f} events/s)"
+        )
+        print(
+            f"  highest rate meeting p99 <= {target} ms, by bisection (one run per step): "
+            f"{found}; missed at {full.rate * high:,.0f} events/s"
+        )
+
+
+async def highest_meeting(
+    p99_at: Callable[[float], Awaitable[float]],
+    met: float,
+    missed: float,
+    target: float,
+    steps: int,
+) -> tuple[float, float]:
+    """Bisect between a load that met ``target`` (``met``; 0.0 if none did) and one that
+    missed it: ``steps`` runs of ``p99_at``, each halving the gap. Returns the highest load
+    seen to meet it (or ``met``) and the lowest seen to miss it."""
+    low, high = met, missed
+    for _ in range(steps):
+        middle = (low + high) / 2
+        if await p99_at(middle) <= target:
+            low = middle
+        else:
+            high = middle
+    return low, high
 
 
 async def latency_phase(
@@ -1314,9 +1364,9 @@ async def latency_phase(
     rate: float,
     fraction: float,
     label: str = "full",
-) -> float:
+) -> tuple[float, float]:
     """One open-loop run at ``rate`` through a fresh worker (its own group, at the end);
-    prints its figures and returns its p50 (ms)."""
+    prints its figures and returns its p50 and p99 (ms)."""
     from broker.platform import ingress
     from broker.transport import KafkaTransport
 
@@ -1346,7 +1396,7 @@ async def latency_phase(
     stats = worker.statistics()
     txns = max(1, stats.batches)
     verdict = ""
-    if fraction == 0.5 and label == "full":
+    if (fraction == 0.5 and label == "full") or label == "search":
         ok = result["p99"] <= commit_interval + 50
         verdict = f"  (target p99 <= {commit_interval + 50} ms: {'MET' if ok else 'MISSED'})"
     print(
@@ -1376,8 +1426,7 @@ async def latency_phase(
     phases = Phases.of(result["arrivals"], timed.stamps)
     if phases is not None:
         print(f"          phases per event ({phases.events:,}): {phases.summary()}")
-    p50: float = result["p50"]
-    return p50
+    return float(result["p50"]), float(result["p99"])
 
 
 def offline(n: int, warm: int = 200) -> None:
@@ -1460,8 +1509,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.drain_worker:
         asyncio.run(drain_child(json.loads(args.drain_worker)))
         return 0
-    if args.commit_interval_ms is not None and not 0 <= args.commit_interval_ms <= 10_000:
-        parser.error("--commit-interval-ms must be from 0 to 10000")
+    from broker.runtime._service import MAX_COMMIT_INTERVAL_MS
+
+    if args.commit_interval_ms is not None and not (
+        0 <= args.commit_interval_ms <= MAX_COMMIT_INTERVAL_MS
+    ):
+        parser.error(f"--commit-interval-ms must be from 0 to {MAX_COMMIT_INTERVAL_MS}")
     global commit_interval_ms
     commit_interval_ms = args.commit_interval_ms
     if args.workers < 1 or args.partitions < 1 or args.partitions % args.workers:

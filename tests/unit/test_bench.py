@@ -160,3 +160,31 @@ def test_a_bad_commit_interval_is_one_line_and_a_good_one_reaches_the_workers(
     assert broker_bench.service_options().commit_interval_ms == 75
     monkeypatch.setattr(broker_bench, "commit_interval_ms", None)
     assert broker_bench.service_options().commit_interval_ms == ServiceOptions().commit_interval_ms
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.3, 0.49])
+async def test_the_rate_search_closes_in_on_where_the_target_stops_holding(
+    threshold: float,
+) -> None:
+    """p99 grows with the load and crosses the target at ``threshold``: the bisection brackets
+    it within the gap left after its steps, and runs exactly that many steps."""
+    tried: list[float] = []
+
+    async def p99_at(fraction: float) -> float:
+        tried.append(fraction)
+        return 50.0 + 100.0 * fraction / threshold  # 150 ms exactly at the threshold
+
+    low, high = await broker_bench.highest_meeting(p99_at, 0.0, 0.5, 150.0, 6)
+    assert len(tried) == 6
+    assert low <= threshold < high
+    assert high - low == pytest.approx(0.5 / 2**6)
+    assert max(f for f in tried if f <= threshold) == low  # the last step that met it
+
+
+async def test_the_rate_search_reports_none_met_when_every_step_misses() -> None:
+    async def always_missed(fraction: float) -> float:
+        return 1_000.0
+
+    low, high = await broker_bench.highest_meeting(always_missed, 0.0, 0.25, 90.0, 4)
+    assert low == 0.0
+    assert high == pytest.approx(0.25 / 16)
