@@ -1,0 +1,159 @@
+"""The systemd units in ``deploy/systemd`` run the commands they mean to, with the options they
+mean to, and give a stopping broker the time its own timeouts need."""
+
+from __future__ import annotations
+
+import inspect
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import adapters._cli as adapter_cli
+import broker.runtime._cli as broker_cli
+from broker._cli import main
+from broker._errors import TiakiError
+from broker._settings import Settings
+from broker.runtime._service import GRACE_SECONDS, ServiceOptions
+from broker.transport import KafkaTransport
+
+UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
+BROKER = UNITS / "tiaki-broker@.service"
+ADAPTER = UNITS / "tiaki-adapter@.service"
+
+
+def unit(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A unit file's sections, each key with every value it is given (systemd allows a key
+    more than once)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            current = sections.setdefault(line[1:-1], {})
+            continue
+        assert current is not None, f"{path.name}: {line!r} outside a section"
+        key, _, value = line.partition("=")
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def env_file(path: Path) -> dict[str, str]:
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs if not k.lstrip().startswith("#")}
+
+
+def command_line(path: Path, instance: str, env: Mapping[str, str]) -> list[str]:
+    """``ExecStart`` as systemd would run it for ``instance``, ``${VAR}`` from ``env``."""
+    (line,) = unit(path)["Service"]["ExecStart"]
+    line = line.replace("%i", instance)
+    line = re.sub(r"\$\{(\w+)\}", lambda m: env[m.group(1)], line)
+    return shlex.split(line)
+
+
+class Captured(TiakiError):
+    """Raised in place of starting the service."""
+
+
+def started_with(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Any:
+    """Run ``tiaki`` on ``argv`` up to the point where the service would begin; return what it
+    would have begun with (the broker's options; the adapter's agency and configuration)."""
+    seen: list[Any] = []
+
+    def options(**kwargs: Any) -> None:
+        seen.append(ServiceOptions(**kwargs))
+        raise Captured("captured")
+
+    def load(config: Path, agency: str, settings: Settings) -> None:
+        seen.append((agency, config))
+        raise Captured("captured")
+
+    monkeypatch.setattr(broker_cli, "ServiceOptions", options)
+    monkeypatch.setattr(adapter_cli, "_load", load)
+    assert main(argv) == 1  # the capture, reported as an error like any other
+    assert len(seen) == 1, "the command never reached the service"
+    return seen[0]
+
+
+def test_a_broker_instance_runs_as_the_worker_its_name_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = env_file(UNITS / "broker-1.env.example")
+    argv = command_line(BROKER, "1", env)
+    assert argv[0] == "/opt/tiaki/.venv/bin/tiaki"
+    options = started_with(monkeypatch, argv[1:])
+    assert options == ServiceOptions(worker_id="1", metrics_port=int(env["TIAKI_METRICS_PORT"]))
+
+
+def test_an_adapter_instance_runs_for_the_agency_its_name_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    argv = command_line(ADAPTER, "corrections", {})
+    assert argv[0] == "/opt/tiaki/.venv/bin/tiaki"
+    agency, config = started_with(monkeypatch, argv[1:])
+    assert (agency, config) == ("corrections", Path("/etc/tiaki/adapters/corrections.yaml"))
+
+
+def test_systemd_waits_for_a_stopping_broker_as_long_as_its_own_timeouts() -> None:
+    """SIGTERM: the worker stops after the batch in flight, or is cancelled after
+    GRACE_SECONDS; then the transport waits up to its close timeout for a commit or abort.
+    Killing it sooner would leave that transaction to its restart to end."""
+    close = inspect.signature(KafkaTransport).parameters["close_timeout_s"].default
+    service = unit(BROKER)["Service"]
+    assert int(service["TimeoutStopSec"][0]) >= GRACE_SECONDS + close + 10
+    assert service["KillMode"] == ["mixed"]  # SIGTERM to the worker, not its whole group
+
+
+@pytest.mark.parametrize("path", [BROKER, ADAPTER], ids=lambda p: p.name)
+def test_units_restart_run_unprivileged_and_keep_their_files_private(path: Path) -> None:
+    service = unit(path)["Service"]
+    assert service["Restart"] == ["always"]
+    assert service["User"] != ["root"]
+    assert service["UMask"] == ["0077"]  # keys and the outbox are written here
+    assert service["NoNewPrivileges"] == ["yes"]
+    assert service["ProtectSystem"] == ["strict"]
+    assert service["StateDirectory"] == ["tiaki"]
+    assert service["EnvironmentFile"][0] == "/etc/tiaki/tiaki.env"
+
+
+def test_the_shared_environment_is_tiakis_own_settings() -> None:
+    env = env_file(UNITS / "tiaki.env.example")
+    assert set(env) <= {
+        "TIAKI_HOME",
+        "TIAKI_REGISTRY",
+        "TIAKI_KAFKA_PORT",
+        "TIAKI_CONTROLLER_PORT",
+        "TIAKI_SCHEMAS",
+        "TIAKI_POLICIES",
+    }
+    settings = Settings.from_env(env)
+    assert settings.home == Path("/var/lib/tiaki")  # the units' StateDirectory
+    assert settings.policies_dir == Path(env["TIAKI_POLICIES"])
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="needs systemd-analyze")
+def test_systemd_reads_the_units_without_complaint(tmp_path: Path) -> None:
+    """``systemd-analyze verify``, with the program path pointed at this checkout's ``tiaki``
+    (it checks that the program exists): no unknown key, no value it cannot parse."""
+    tiaki = Path(sys.executable).parent / "tiaki"
+    for path in (BROKER, ADAPTER):
+        text = path.read_text().replace("/opt/tiaki/.venv/bin/tiaki", str(tiaki))
+        (tmp_path / path.name).write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", BROKER.name, ADAPTER.name],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == ""
