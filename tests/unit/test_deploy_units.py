@@ -116,6 +116,7 @@ def test_systemd_waits_for_a_stopping_broker_as_long_as_its_own_timeouts() -> No
 def test_units_restart_run_unprivileged_and_keep_their_files_private(path: Path) -> None:
     service = unit(path)["Service"]
     assert service["Restart"] == ["always"]
+    assert unit(path)["Unit"]["StartLimitIntervalSec"] == ["0"]  # and never gives up
     assert service["User"] != ["root"]
     assert service["UMask"] == ["0077"]  # keys and the outbox are written here
     assert service["NoNewPrivileges"] == ["yes"]
