@@ -214,21 +214,15 @@ class Worker:
                         "poll failed; polling again from the last commit",
                         error_type=type(exc).__name__,
                     )
-                    if inflight is not None:
-                        self._settle(inflight.batch, await inflight.task)
-                        inflight = None
-                    await self._forget()
-                    taken = _Taken()
+                    await self._abandon(inflight)
+                    inflight, taken = None, _Taken()
                     self._stale = True
                     continue
             elif inflight is not None:
                 await asyncio.wait([inflight.task])  # full: wait for the transaction ahead
             if self._transport.assignment_generation() != self._generation:
-                if inflight is not None:
-                    self._settle(inflight.batch, await inflight.task)
-                    inflight = None
-                await self._forget()  # what we hold was polled before the rebalance
-                taken = _Taken()
+                await self._abandon(inflight)  # what we hold was polled before the rebalance
+                inflight, taken = None, _Taken()
                 self._assigned()
                 continue
             if records:
@@ -316,6 +310,13 @@ class Worker:
                 continue
             self._stale = False
             return True
+
+    async def _abandon(self, inflight: _InFlight | None) -> None:
+        """Let the transaction in flight, if any, end and settle it; then throw away what was
+        processed since the last commit, and rewind to it."""
+        if inflight is not None:
+            self._settle(inflight.batch, await inflight.task)
+        await self._forget()
 
     async def _forget(self) -> None:
         """Throw away every record processed since the last commit, and rewind to it."""
