@@ -186,11 +186,14 @@ def _translated() -> Iterator[None]:
     """Raise aiokafka's errors as :class:`TransportError`; let programming errors through."""
     try:
         yield
-    except (kafka_errors.KafkaError, kafka_errors.IllegalOperation) as exc:
-        raise translate(exc) from exc
-    except (kafka_errors.ConsumerStoppedError, TimeoutError) as exc:
-        # TimeoutError: a bounded wait inside ran out (asyncio.timeout), such as a committed
-        # offset fetch held by another worker's pending transaction (require_stable).
+    except (
+        kafka_errors.KafkaError,
+        kafka_errors.IllegalOperation,
+        kafka_errors.ConsumerStoppedError,
+        # A bounded wait inside ran out (asyncio.timeout), such as a committed offset fetch
+        # held by another worker's pending transaction (require_stable).
+        TimeoutError,
+    ) as exc:
         raise translate(exc) from exc
 
 
