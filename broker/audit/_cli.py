@@ -110,13 +110,31 @@ def _subject_key(settings: Settings) -> bytes:
 
 
 def person_ref(key: bytes, person: str) -> str:
-    """The keyed hash of ``SCHEME:VALUE``; the identifier itself goes no further."""
-    from broker.runtime._audit import subject_ref  # the one definition the broker hashes with
+    """The keyed hash of ``SCHEME:VALUE`` (``agency_local:ISSUER:VALUE`` for an agency's own
+    id); the identifier itself goes no further. The scheme is one the schema names, in any
+    case (``NHI`` is ``nhi``): a scheme no event can carry would match nobody, and an empty
+    answer must mean nobody received anything, not a typo."""
+    # The one definition the broker hashes with.
+    from broker.runtime._audit import LOCAL, SCHEMES, subject_ref
 
     scheme, sep, value = person.partition(":")
-    if not sep or not scheme.strip() or not value.strip():
+    scheme = scheme.strip().lower()
+    if not sep or not scheme or not value.strip():
         raise QueryError("a person is given as SCHEME:VALUE, e.g. NHI:ZZZ0016")
-    return subject_ref(key, scheme.strip(), value)
+    if scheme not in SCHEMES:
+        raise QueryError(
+            f"unknown identifier scheme {scheme!r}: one of {', '.join(SCHEMES)} "
+            "(any case), e.g. NHI:ZZZ0016"
+        )
+    issuer = None
+    if scheme == LOCAL:
+        issuer, sep, value = value.partition(":")
+        if not sep or not issuer.strip() or not value.strip():
+            raise QueryError(
+                "an agency's own id is given as agency_local:ISSUER:VALUE, "
+                "e.g. agency_local:police:12345"
+            )
+    return subject_ref(key, scheme, value, issuer)
 
 
 def _time(text: str | None, name: str) -> int | None:

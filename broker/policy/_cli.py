@@ -28,6 +28,7 @@ from broker.policy._sign import (
     verify_approvals,
 )
 from broker.policy._simulate import decisions_for, diff, input_for, load_events, simulate
+from broker.policy._store import MINIMUM_APPROVALS
 
 app = typer.Typer(
     help="Sharing policies: validate, test, explain, simulate, diff, sign, verify.",
@@ -328,14 +329,12 @@ def verify(
     except PolicyValidationError as exc:
         _print_errors(exc)
         raise typer.Exit(1) from None
+    required = max(policy.required_approvals, MINIMUM_APPROVALS)  # as the broker counts
     approved = verify_approvals(
-        engine.policy_hash,
-        policy.required_approvals,
-        load_approvals(policy.approvals_folder),
-        officers,
+        engine.policy_hash, required, load_approvals(policy.approvals_folder), officers
     )
     if not approved:  # pragma: no cover - verify_approvals raises first
         raise ApprovalError("no approvals")
     print(
-        f"ok: {engine.policy_hash} approved by {', '.join(approved)} ({len(approved)} of {policy.required_approvals} required)"
+        f"ok: {engine.policy_hash} approved by {', '.join(approved)} ({len(approved)} of {required} required)"
     )

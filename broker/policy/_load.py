@@ -66,6 +66,8 @@ _SETTINGS_KEYS = {
     "approvals",
     "roster",
 }
+#: A permit's ``purpose`` that matches every stated purpose, ``unknown`` included.
+ANY_PURPOSE = "any"
 _VOCAB_KEYS = {"purposes", "routes", "legal_bases", "obligations", "reasons", "queues", "law"}
 _RULE_KEYS = {
     "id",
@@ -387,7 +389,13 @@ class _RuleReader:
                 (node, "legal_basis"),
                 f"unknown legal basis '{legal_basis}'{suggest(legal_basis, vocab.legal_bases)}",
             )
-        purposes = reader.words(node, "purpose", vocab.purposes, "purpose")
+        if node.get("purpose") == ANY_PURPOSE and effect is Effect.PERMIT:
+            # Whatever purpose the source states, or none: for a route whose law asks for
+            # none (a report of concern, OTA s15: anyone may report, and it always reaches
+            # Oranga Tamariki). Written out, so no permit forgets its purpose by omission.
+            purposes = None
+        else:
+            purposes = reader.words(node, "purpose", vocab.purposes, "purpose")
         if effect is Effect.PERMIT:
             if "legal_basis" not in node:
                 reader.error_at(

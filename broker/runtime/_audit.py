@@ -37,8 +37,33 @@ def _keyed_hash(key: bytes, message: bytes) -> str:
     return mac.hexdigest()
 
 
-def subject_ref(key: bytes, scheme: str, value: str) -> str:
-    """The keyed hash that stands for one identifier in the audit log."""
+#: The identifier schemes (``PersonIdentifier.scheme``'s symbols, schemas/types): a test holds
+#: the two together, so a query can refuse a scheme no event can carry.
+SCHEMES = (
+    "nhi",
+    "police_nia",
+    "ot_client",
+    "corrections_prn",
+    "msd_client",
+    "nsn",
+    "agency_local",
+    "synthetic",
+    "unknown",
+)
+#: The scheme whose values mean something only with their issuer: two agencies' local ids
+#: with the same value are two people, so the issuer is part of the reference.
+LOCAL = "agency_local"
+
+
+def subject_ref(key: bytes, scheme: str, value: str, issuer: str | None = None) -> str:
+    """The keyed hash that stands for one identifier in the audit log.
+
+    The scheme is compared as the schema spells it (lower case: ``NHI`` and ``nhi`` are one
+    scheme), the value without surrounding blanks and in upper case; ``issuer`` counts for
+    an ``agency_local`` identifier only (the agency's registry id, lower case)."""
+    scheme = scheme.strip().lower()
+    if scheme == LOCAL:
+        scheme = f"{LOCAL}\x1f{(issuer or '').strip().lower()}"
     return _keyed_hash(key, f"{scheme}\x1f{value.strip().upper()}".encode())
 
 
@@ -58,8 +83,8 @@ def case_ref(key: bytes, case_id: str) -> str:
     return _keyed_hash(key, b"case\x1f" + case_id.encode())
 
 
-def _identifiers(node: Any, out: set[tuple[str, str]]) -> None:
-    """Add every (scheme, value) pair of a PersonIdentifier anywhere in a decoded event.
+def _identifiers(node: Any, out: set[tuple[str, str, str | None]]) -> None:
+    """Add every (scheme, value, issuer) of a PersonIdentifier anywhere in a decoded event.
 
     A plain recursion over the dicts and lists fastavro decodes to (not a generator, and
     exact type checks): it runs on every event, over every field.
@@ -80,14 +105,15 @@ def _identifiers(node: Any, out: set[tuple[str, str]]) -> None:
         _identifiers(dict(node), out)
 
 
-def _identifier(node: Mapping[str, Any], out: set[tuple[str, str]]) -> None:
-    """Add ``node``'s (scheme, value) if it is a PersonIdentifier: it has an issuer, and its
-    scheme and value are text."""
+def _identifier(node: Mapping[str, Any], out: set[tuple[str, str, str | None]]) -> None:
+    """Add ``node``'s (scheme, value, issuer) if it is a PersonIdentifier: it has an issuer,
+    and its scheme and value are text (the issuer only of an ``agency_local`` one)."""
     scheme = node.get("scheme")
     if "issuer" in node and type(scheme) is str:
         value = node.get("value")
         if type(value) is str:
-            out.add((scheme, value))
+            issuer = node["issuer"] if scheme == LOCAL else None
+            out.add((scheme, value, issuer if type(issuer) is str else None))
 
 
 def subject_refs(
@@ -96,13 +122,13 @@ def subject_refs(
     """Sorted, distinct subject references of everyone an event identifies: found by walking
     the event, or in ``identifiers``, its records that have an ``issuer`` found from its
     schema (:func:`identifier_finder`)."""
-    pairs: set[tuple[str, str]] = set()
+    found: set[tuple[str, str, str | None]] = set()
     if identifiers is None:
-        _identifiers(event if type(event) is dict else dict(event), pairs)
+        _identifiers(event if type(event) is dict else dict(event), found)
     else:
         for node in identifiers:
-            _identifier(node, pairs)
-    return sorted({subject_ref(key, scheme, value) for scheme, value in pairs})
+            _identifier(node, found)
+    return sorted({subject_ref(key, *identifier) for identifier in found})
 
 
 def identifier_finder(schema: Schema) -> Finder | None:

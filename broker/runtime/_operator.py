@@ -145,11 +145,11 @@ class OperatorAct:
     async def commit(self, outputs: list[Outgoing], now: datetime) -> None:
         """Write ``outputs`` in one transaction, their audit records chained and signed in it.
 
-        Each act is an audit chain of its own, named ``tiaki-broker-<queue>-<random>``: one
+        Each act is an audit chain of its own, named ``tiaki-broker-<queue>-<128 random bits>``: one
         writer, one transaction, signed at once (``every_records=1``), so nothing is left
         unsigned. (The transactional id, shared by every act on the queue, would not do: two
         acts would each start the same chain afresh.)"""
-        chain = f"{BROKER_GROUP_PREFIX}-{self.queue}-{uuid.uuid4().hex[:8]}"
+        chain = f"{BROKER_GROUP_PREFIX}-{self.queue}-{uuid.uuid4().hex}"  # 128 bits: never twice
         outputs = AuditChainer(chain, self._ring, every_records=1).seal(outputs, now)
         producer = self._producer
         try:

@@ -54,7 +54,8 @@ PERSON = "NHI:ZZZ0016"
 
 
 def person_ref() -> str:
-    return subject_ref(SUBJECT_KEY, "NHI", "ZZZ0016")
+    # As the broker writes it: the scheme as the event carries it (the schema's enum symbol).
+    return subject_ref(SUBJECT_KEY, "nhi", "ZZZ0016")
 
 
 def audit_record(schemas: SchemaSet, n: int, now: datetime) -> dict[str, Any]:

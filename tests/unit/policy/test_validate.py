@@ -45,6 +45,15 @@ CASES = [
         "unknown purpose 'victim_protektion' (did you mean 'victim_protection'?)",
     ),
     (
+        # ``any`` stands alone: inside a list it would read as one purpose among others.
+        "any among purposes",
+        FVA,
+        "purpose: victim_protection\n",
+        "purpose: [victim_protection, any]\n",
+        "any]",
+        "unknown purpose 'any'",
+    ),
+    (
         "misspelt agency",
         FVA,
         "{agency: corrections,",

@@ -11,9 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from broker.audit import QueryError
+from broker.audit._cli import person_ref
 from broker.codec import Schema, decode, encode, from_json, load_schemas
 from broker.runtime import Rejected
 from broker.runtime._audit import (
+    SCHEMES,
     AuditContext,
     decision_audit,
     decision_entry,
@@ -181,6 +184,61 @@ def test_subject_refs_are_keyed_and_stable(scheme: str, value: str) -> None:
     assert one != subject_ref(b"key-two-synthetic", scheme, value)
     assert len(one) == 64
     assert all(c in "0123456789abcdef" for c in one)
+
+
+def test_the_schemes_are_the_schema_s() -> None:
+    identifier = SCHEMAS.latest("PersonIdentifier").definition
+    scheme = next(f for f in identifier["fields"] if f["name"] == "scheme")
+    assert tuple(scheme["type"]["symbols"]) == SCHEMES
+
+
+def _nhi_event(value: str) -> dict:  # type: ignore[type-arg]
+    return {
+        "people": [
+            {
+                "person": {
+                    "identifiers": [
+                        {"scheme": "nhi", "value": value, "issuer": None},
+                        {"scheme": "agency_local", "value": "12345", "issuer": "police"},
+                    ]
+                }
+            }
+        ]
+    }
+
+
+def test_a_person_given_as_the_docs_show_is_found() -> None:
+    # The broker hashes the scheme as the event carries it (``nhi``); compliance types
+    # ``NHI:ZZZ0016`` (docs/compliance.md). Both name one person.
+    refs = subject_refs(CTX.subject_key, _nhi_event("zzz0016"))
+    for typed in ("NHI:ZZZ0016", "nhi:zzz0016", " Nhi : ZZZ0016 "):
+        assert person_ref(CTX.subject_key, typed) in refs, typed
+    local = person_ref(CTX.subject_key, "agency_local:Police:12345")
+    assert local in refs
+    assert person_ref(CTX.subject_key, "agency_local:msd:12345") not in refs
+
+
+def test_agency_local_ids_of_different_issuers_are_different_people() -> None:
+    key = CTX.subject_key
+    police = subject_ref(key, "agency_local", "12345", "police")
+    assert police != subject_ref(key, "agency_local", "12345", "msd")
+    assert police == subject_ref(key, "AGENCY_LOCAL", " 12345 ", "Police")
+    # The issuer counts for agency-local ids only.
+    assert subject_ref(key, "nhi", "ZZZ0016", "police") == subject_ref(key, "nhi", "ZZZ0016")
+
+
+@pytest.mark.parametrize(
+    ("typed", "message"),
+    [
+        ("NHX:ZZZ0016", "unknown identifier scheme 'nhx'"),
+        ("ZZZ0016", "SCHEME:VALUE"),
+        ("nhi:", "SCHEME:VALUE"),
+        ("agency_local:12345", "agency_local:ISSUER:VALUE"),
+    ],
+)
+def test_a_person_no_event_can_carry_is_refused(typed: str, message: str) -> None:
+    with pytest.raises(QueryError, match=message):
+        person_ref(CTX.subject_key, typed)
 
 
 def test_every_identifier_is_referenced_once() -> None:

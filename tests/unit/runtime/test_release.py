@@ -9,7 +9,14 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from broker._errors import ConfigError
-from broker.policy import PolicyStore, load_roster
+from broker.policy import (
+    ApprovalError,
+    PolicyStore,
+    load_policy_set,
+    load_roster,
+    policy_hash,
+    sign_policy,
+)
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._policy_watch import PolicyWatcher
 from broker.runtime._release import (
@@ -77,3 +84,43 @@ def test_watcher_swaps_valid_bundles_and_refuses_others(
     assert value("tiaki_policy_rejected_total", {"reason": "ApprovalError"}) == 1
     assert value("tiaki_policy_rejected_total", {"reason": "ConfigError"}) == 1
     assert list(tmp_path.iterdir()) == []  # each bundle's folder is gone once it was read
+
+
+def _signed_by_one(release: tuple[Path, Path], tmp_path: Path, asks: int) -> Path:
+    """A copy of the release that asks for ``asks`` approvals, signed by one officer only."""
+    folder, _ = release
+    copy = stage_release(folder, folder.parent / "schemas", tmp_path / "one-officer")
+    settings = copy / "policy.yaml"
+    settings.write_text(
+        settings.read_text().replace("required_approvals: 2", f"required_approvals: {asks}")
+    )
+    for old in (copy / "approvals").glob("*.json"):
+        old.unlink()
+    digest = policy_hash(load_policy_set(copy))
+    officers = folder.parent.parent / "officers"
+    sign_policy(
+        digest, "dev-officer-a", officers / "dev-officer-a.key", copy / "approvals", now=NOW
+    )
+    return copy
+
+
+def test_a_set_cannot_lower_its_own_quorum(release: tuple[Path, Path], tmp_path: Path) -> None:
+    # One trusted officer signs a set that says one approval is enough: refused, whether a
+    # set is running or not (the deployment's minimum is two).
+    _, roster = release
+    lowered = _signed_by_one(release, tmp_path, asks=1)
+    with pytest.raises(ApprovalError, match="1 of 2 required"):
+        PolicyStore(load_roster(roster)).load(lowered)
+    store = PolicyStore(load_roster(roster))
+    running = store.load(release[0])
+    assert store.load(lowered) is running
+    assert isinstance(store.last_error, ApprovalError)
+    # A deployment that configures a minimum of one accepts it.
+    assert PolicyStore(load_roster(roster), minimum_approvals=1).load(lowered).policy_hash
+
+
+def test_the_quorum_is_the_highest_of_asked_minimum_and_running() -> None:
+    store = PolicyStore(())
+    assert store.quorum(1) == 2
+    assert store.quorum(3) == 3
+    assert PolicyStore((), minimum_approvals=1).quorum(1) == 1
