@@ -9,9 +9,10 @@ it in memory for records whose state records may never have been committed, and 
 failed from the worker's side may still have committed (a lost reply). So before it processes
 anything again the worker re-reads that state from the state topics (``refresh``, the same
 re-read a rebalance triggers), which hold exactly what committed either way. While the re-read
-fails (Kafka away) the worker processes nothing and retries. After a crash, a restarted worker
-resumes at the last committed offsets and the aborted transaction's outputs were never visible
-to read-committed consumers.
+fails (Kafka away) the worker processes nothing and retries; a rewind to the committed offsets
+that failed, and the audit chain's resync, are part of it and retried the same way. After a
+crash, a restarted worker resumes at the last committed offsets and the aborted transaction's
+outputs were never visible to read-committed consumers.
 
 Rebalances are seen through the transport's assignment generation, which changes on every
 assignment, even one that gives back the same partitions.
@@ -137,6 +138,9 @@ class Worker:
         self._generation = 0  # the transports count assignments from 1
         #: Whether the shared state must be re-read before anything is processed.
         self._stale = False
+        #: Whether the transport must still be rewound to the last commit (it failed, Kafka
+        #: away): part of the re-read, before anything is polled.
+        self._rewind_due = False
         #: Chains each transaction's audit records (issue 7); see broker.runtime._chaining.
         self._chain = chain
 
@@ -282,13 +286,18 @@ class Worker:
         log.info("partitions assigned", count=len(self._transport.assignment()))
 
     async def _refreshed(self, stop: asyncio.Event | None) -> bool:
-        """Re-read the shared state; True once it is fresh. A retriable failure (Kafka away)
-        is logged and retried, with a growing pause, until it succeeds or ``stop`` is set
-        (without ``stop``, tried once); the worker processes nothing meanwhile. Anything else
-        is raised: the worker cannot go on (as at start-up)."""
+        """Re-read the shared state, after the rewind that failed before (if one did) and
+        the audit chain's resync (if it is stale); True once it is fresh. A retriable failure
+        (Kafka away) is logged and retried, with a growing pause, until it succeeds or
+        ``stop`` is set (without ``stop``, tried once); the worker processes nothing
+        meanwhile. Anything else is raised: the worker cannot go on (as at start-up)."""
         delay, longest = REFRESH_RETRY_S
         while True:
             try:
+                if self._rewind_due:
+                    await self._rewind()
+                if self._chain is not None and self._chain.stale:
+                    await self._chain.resync()
                 if self._refresh is not None:
                     await self._refresh()
             except TransportError as exc:
@@ -319,9 +328,22 @@ class Worker:
         await self._forget()
 
     async def _forget(self) -> None:
-        """Throw away every record processed since the last commit, and rewind to it."""
+        """Throw away every record processed since the last commit, and rewind to it. If
+        the rewind fails with a retriable error (Kafka away), the state is stale and its
+        re-read tries the rewind again first: nothing is polled until it has worked."""
         self._pipeline.aborted()
+        try:
+            await self._rewind()
+        except TransportError as exc:
+            if not exc.retriable:
+                raise
+            self._stale = True
+            log.warning("rewind failed; processing waits for it", error_type=type(exc).__name__)
+
+    async def _rewind(self) -> None:
+        self._rewind_due = True
         await self._transport.rewind()
+        self._rewind_due = False
 
     async def _take(self, records: Sequence[Record], taken: _Taken, *, yielding: bool) -> None:
         """Run the pipeline over ``records``, adding them and their results to ``taken``."""
@@ -346,7 +368,9 @@ class Worker:
         audit chain's links; None if there is nothing to commit."""
         chain = self._chain
         if chain is not None and chain.stale:
-            await chain.resync()  # at start, and after a commit whose outcome is unknown
+            # Done by the re-read after a commit whose outcome is unknown; here only if this
+            # worker closes a transaction before its first assignment.
+            await chain.resync()
         now = self._clock()
         escalations = self._pipeline.escalations(now, self._transport.assignment())
         if not taken.records and not escalations and not (chain is not None and chain.due(now)):

@@ -4,8 +4,13 @@ A :class:`KafkaTransport` is one broker worker: an ``AIOKafkaConsumer`` in the g
 (read-committed, no auto-commit, subscribed to a topic list or to ``^tiaki\\.ingress\\..*``) and
 a transactional ``AIOKafkaProducer`` whose id is ``tiaki-broker-<worker_id>``. ``commit`` runs
 ``begin_transaction``, one record batch per output partition, waits for their delivery, then
-``send_offsets_to_transaction`` and ``commit_transaction``; on any failure it aborts, rewinds the
-consumer and raises a :class:`TransportError`.
+``send_offsets_to_transaction`` and ``commit_transaction``; on any failure, a batch Kafka
+refused included, it aborts, rewinds the consumer and raises a :class:`TransportError`.
+
+Why each delivery is checked: aiokafka fails a batch that Kafka refuses for good
+(``MESSAGE_TOO_LARGE``, ``INVALID_TXN_STATE``, ``CORRUPT_MESSAGE``) only on that batch's
+future; ``flush`` and ``commit_transaction`` succeed all the same, and the transaction would
+commit its offsets without the record.
 
 Why the offsets wait for the records: Kafka 3.6 and later verify each transactional produce
 with the transaction coordinator (KIP-890, ``transaction.partition.verification.enable``, on by
@@ -25,10 +30,14 @@ What it guarantees:
   outputs;
 - no transaction is in flight when partitions are revoked: ``commit`` and the rebalance
   listener share one lock, so a rebalance waits for the commit (or abort) to finish first;
+  and one that takes the lock first refuses the commit (:class:`PartitionsRevoked`): the
+  commit begins only if the assignment generation is still the one ``commit`` was called
+  under, so a transaction made for partitions that left (its escalations, say) never lands;
 - a batch polled before a rebalance is never committed after it: the first commit after a
   revocation with outstanding records raises :class:`PartitionsRevoked` and rewinds (see
   :mod:`broker.transport._ledger` for why the whole batch goes); records a poll fetched across
-  a rebalance are dropped and re-fetched from the committed offsets;
+  a rebalance are dropped and re-fetched from the committed offsets (a seek there that fails
+  is tried again before the next poll reads anything, and by every rewind);
 - case ownership: the consumer uses the range assignor (aiokafka's default, round-robin,
   would split partition p of two ingress topics across workers), which ``consumer_options``
   cannot change; at every assignment the subscribed topics' partition counts are compared and
@@ -103,6 +112,7 @@ from aiokafka.record.default_records import DefaultRecordBatch
 
 from broker.platform import BROKER_GROUP_PREFIX, PLAIN_TOPICS, Profile
 from broker.transport._errors import (
+    CommitFailed,
     NotAuthorized,
     PartitionsRevoked,
     ProducerFenced,
@@ -211,7 +221,8 @@ def _sender_failure(producer: AIOKafkaProducer) -> BaseException | None:
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark a delivery's outcome as seen: the transaction's outcome is what gets reported."""
+    """Mark a delivery's outcome as seen, for a transaction that failed before ``_commit``
+    read it (the transaction's error is what gets reported then)."""
     if not future.cancelled():
         future.exception()
 
@@ -327,6 +338,10 @@ class KafkaTransport(ResourceBase):
         #: every revocation and failed commit (a lost commit reply leaves them unknown).
         self._committed: dict[TopicPartition, int] = {}
         self._assignment: frozenset[TopicPartition] = frozenset()
+        #: Partitions whose consumer position is in doubt (a rewind or a poll across a
+        #: rebalance could not seek them): sought to their committed offsets before the next
+        #: poll reads anything.
+        self._misplaced: set[TopicPartition] = set()
         self._generation = 0
         #: Why the subscribed topics are not co-partitioned, as of the last assignment.
         self.copartitioning: str | None = None
@@ -422,19 +437,19 @@ class KafkaTransport(ResourceBase):
 
     async def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
         consumer, _ = self._check_open()
+        if self._misplaced:  # a seek failed: nothing is read until it has worked
+            await self._place(consumer)
         epoch = self._epoch
         with _translated():
             batches = await consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
         if self._epoch != epoch:
             # Partitions were revoked while we waited. Drop what came back and put the
             # partitions we (again) own at their committed offsets, whichever assignment
-            # the records were fetched under.
-            # Not under the lock: a second rebalance may be waiting for it.
-            with _translated():
-                async with asyncio.timeout(self._commit_timeout_s):
-                    for tp in batches:
-                        if (tp.topic, tp.partition) in self._assignment:
-                            await self._seek_committed(consumer, tp)
+            # the records were fetched under (so never at the first offset returned).
+            # Noted before any await: if a seek fails, the consumer stands past records the
+            # ledger never saw, and the next poll or rewind must seek again.
+            self._misplaced.update((tp.topic, tp.partition) for tp in batches)
+            await self._place(consumer)
             return []
         records = [_record(m) for messages in batches.values() for m in messages]
         self._ledger.polled(records)
@@ -446,7 +461,11 @@ class KafkaTransport(ResourceBase):
             raise self._broken
         if not outputs and not consumed:
             return
-        task = asyncio.ensure_future(self._commit(list(outputs), list(consumed)))
+        # The generation the caller made the batch under (no await since it could look): a
+        # revocation already waiting for the lock would otherwise run first, and a transaction
+        # of escalations alone would then commit with no offsets to be fenced by.
+        generation = self._generation
+        task = asyncio.ensure_future(self._commit(list(outputs), list(consumed), generation))
         # If the caller is cancelled, the commit or abort still runs to the end; close()
         # waits for it through the lock. Retrieve its outcome so it is never "unhandled".
         task.add_done_callback(lambda t: t.cancelled() or t.exception())
@@ -484,10 +503,14 @@ class KafkaTransport(ResourceBase):
         fence_producer(producer)
         return producer
 
-    async def _commit(self, outputs: Sequence[Outgoing], consumed: Sequence[Record]) -> None:
+    async def _commit(
+        self, outputs: Sequence[Outgoing], consumed: Sequence[Record], generation: int
+    ) -> None:
         async with self._lock:
             consumer, producer = self._check_open()
             try:
+                if self._generation != generation:
+                    raise PartitionsRevoked("partitions changed hands before the commit began")
                 offsets = self._ledger.to_commit(consumed, self._assignment)
             except PartitionsRevoked:
                 self._rewind_to_first_polled(consumer)
@@ -505,9 +528,13 @@ class KafkaTransport(ResourceBase):
                     fenced = offsets or await self._unchanged_offset(consumer)
                     await producer.begin_transaction()
                     began = True
-                    await _send_batched(producer, outputs, self._compressed, self._codec)
+                    deliveries = await _send_batched(
+                        producer, outputs, self._compressed, self._codec
+                    )
+                    # Before the offsets (see the module docs: not during a produce), and
+                    # before the commit, which would commit without a refused batch.
+                    await _delivered(deliveries)
                     if fenced and member is not None:
-                        await producer.flush()  # see the module docs: not during a produce
                         await producer.send_offsets_to_transaction(
                             {KafkaTopicPartition(*tp): o for tp, o in fenced.items()},
                             MemberGroupId(member),  # KIP-447: the coordinator checks it
@@ -611,11 +638,18 @@ class KafkaTransport(ResourceBase):
 
     async def _rewind_to_committed(self, consumer: AIOKafkaConsumer) -> None:
         """Seek every partition with outstanding records to its committed offset."""
+        self._misplaced.update(self._ledger.rewind())
+        await self._place(consumer)
+
+    async def _place(self, consumer: AIOKafkaConsumer) -> None:
+        """Seek every partition whose position is in doubt to its committed offset; those a
+        failure (raised) leaves unsought stay in doubt, for the next poll or rewind."""
         with _translated():
             async with asyncio.timeout(self._commit_timeout_s):
-                for tp in self._ledger.rewind():
+                for tp in sorted(self._misplaced):
                     if tp in self._assignment:
                         await self._seek_committed(consumer, KafkaTopicPartition(*tp))
+                    self._misplaced.discard(tp)
 
     def _rewind_to_first_polled(self, consumer: AIOKafkaConsumer) -> None:
         for (topic, partition), offset in self._ledger.rewind().items():
@@ -636,6 +670,8 @@ class KafkaTransport(ResourceBase):
                 self._epoch += 1
                 self._generation += 1
             self._ledger.revoked(partitions)
+            # aiokafka puts partitions it assigns again at their committed offsets itself.
+            self._misplaced -= partitions
             self._committed.clear()
             self._assignment = frozenset()
 
@@ -795,9 +831,10 @@ async def _send_batched(
     outputs: Sequence[Outgoing],
     compressed: Collection[str] = (),
     codec: int = 0,
-) -> None:
+) -> list[asyncio.Future[Any]]:
     """Send ``outputs`` as one record batch per partition, each in the order given; batches
     for a topic in ``compressed`` are compressed with ``codec`` (a record-batch codec number).
+    Returns the batches' delivery futures, for :func:`_delivered`.
 
     ``producer.send`` costs tens of microseconds of Python per record (a future, a partitioner
     call, an accumulator lookup); filling a batch builder per partition and handing it over
@@ -822,6 +859,7 @@ async def _send_batched(
             partition = spread.get(out.topic, 0) % count
             spread[out.topic] = partition + 1
         by_partition.setdefault((out.topic, partition), []).append(out)
+    deliveries: list[asyncio.Future[Any]] = []
     for (topic, partition), records in by_partition.items():
         builder = _builder(producer, codec if topic in compressed else 0)
         batch = builder()
@@ -830,10 +868,11 @@ async def _send_batched(
             if batch.append(key=out.key, value=out.value, timestamp=None, headers=headers) is None:
                 # Full (append closed it). A new builder always takes its first record, so
                 # a record larger than a batch still goes, in a batch of its own.
-                await _submit(producer, batch, topic, partition)
+                deliveries.append(await _submit(producer, batch, topic, partition))
                 batch = builder()
                 batch.append(key=out.key, value=out.value, timestamp=None, headers=headers)
-        await _submit(producer, batch, topic, partition)
+        deliveries.append(await _submit(producer, batch, topic, partition))
+    return deliveries
 
 
 def _builder(producer: AIOKafkaProducer, codec: int) -> Callable[[], Any]:
@@ -849,7 +888,42 @@ def _builder(producer: AIOKafkaProducer, codec: int) -> Callable[[], Any]:
     return lambda: BatchBuilder(accumulator._batch_size, codec, is_transactional=transactional)
 
 
-async def _submit(producer: AIOKafkaProducer, batch: Any, topic: str, partition: int) -> None:
+async def _submit(
+    producer: AIOKafkaProducer, batch: Any, topic: str, partition: int
+) -> asyncio.Future[Any]:
     batch.close()  # so no ``send`` can add to it behind our back
-    delivery = await producer.send_batch(batch, topic, partition=partition)
+    delivery: asyncio.Future[Any] = await producer.send_batch(batch, topic, partition=partition)
     delivery.add_done_callback(_retrieve)
+    return delivery
+
+
+#: Produce errors about the records themselves: the same records would be refused again, so
+#: retrying the transaction cannot help (the worker stops and says so rather than loop).
+_REFUSED_RECORDS = (
+    kafka_errors.MessageSizeTooLargeError,
+    kafka_errors.RecordListTooLargeError,
+    kafka_errors.CorruptRecordException,
+    kafka_errors.InvalidTimestampError,
+)
+
+
+async def _delivered(deliveries: Sequence[asyncio.Future[Any]]) -> None:
+    """Wait until Kafka has answered for every batch of ``deliveries``; raise the first
+    refusal as a :class:`TransportError` (the transaction must then abort, not commit).
+
+    Fencing, ACLs and timeouts translate as anywhere else. A refusal of the records
+    themselves (:data:`_REFUSED_RECORDS`) is not retriable; any other, such as
+    ``INVALID_TXN_STATE``, is :class:`CommitFailed`, which a replaced producer may not meet."""
+    if deliveries:
+        await asyncio.wait(deliveries)
+    for delivery in deliveries:
+        exc = delivery.exception() if not delivery.cancelled() else asyncio.CancelledError()
+        if exc is None:
+            continue
+        refused = f"{type(exc).__name__}: Kafka refused a batch of the transaction"
+        error = translate(exc)
+        if isinstance(exc, _REFUSED_RECORDS):
+            error = TransportError(refused, retriable=False)
+        elif type(error) is TransportError:
+            error = CommitFailed(refused)
+        raise error from exc

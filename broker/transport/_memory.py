@@ -17,8 +17,11 @@ What it models, because the pipeline depends on it:
 - fencing: starting a worker with a transactional id that a live worker holds fences the old
   one, whose next commit raises :class:`ProducerFenced`;
 - fault injection: :meth:`InMemoryCluster.fail_next_commit`, :meth:`~InMemoryCluster.fail_next_poll`,
-  :meth:`~InMemoryCluster.deny_writes`, and :meth:`~InMemoryCluster.delay_commits` (commits
-  that take a while, as Kafka's round trips do, so a worker's polls overlap them).
+  :meth:`~InMemoryCluster.deny_writes`, :meth:`~InMemoryCluster.refuse_next_produce` (Kafka
+  refusing one record of a transaction, which must abort it), and
+  :meth:`~InMemoryCluster.delay_commits` (commits that take a while, as Kafka's round trips
+  do, so a worker's polls overlap them; a rebalance during the wait refuses the commit, as
+  the aiokafka transport's lock does).
 
 It is single-event-loop and not thread-safe; past its optional delay, a commit has no
 ``await`` inside, so no rebalance can observe a half-done transaction.
@@ -51,6 +54,7 @@ from broker.platform import (
 from broker.transport._errors import (
     CommitFailed,
     NotAuthorized,
+    PartitionsRevoked,
     ProducerFenced,
     TransportClosed,
     TransportError,
@@ -109,6 +113,7 @@ class InMemoryCluster:
         self._logs: dict[str, list[list[_Entry]]] = {}
         self._groups: dict[str, _Group] = {}
         self._denied: set[str] = set()
+        self._refusals: dict[str, list[TransportError]] = {}
         self._txn_holders: dict[str, InMemoryTransport] = {}
         self._commit_failures: list[TransportError] = []
         self._poll_failures: list[TransportError] = []
@@ -165,6 +170,18 @@ class InMemoryCluster:
     def fail_next_poll(self, error: TransportError | None = None) -> None:
         """Make the next poll by any worker raise ``error`` (default: a retriable one)."""
         self._poll_failures.append(error or TransportError("injected poll failure", retriable=True))
+
+    def refuse_next_produce(self, topic: str, error: TransportError | None = None) -> None:
+        """Make Kafka refuse the next record a transaction writes to ``topic`` (by default as
+        too large, which no retry mends): that transaction aborts and raises ``error``, and
+        none of it is visible, the other records and the offsets included."""
+        self._refusals.setdefault(topic, []).append(
+            error
+            or TransportError(
+                "MessageSizeTooLargeError: Kafka refused a batch of the transaction",
+                retriable=False,
+            )
+        )
 
     def delay_commits(self, seconds: float) -> None:
         """Make every commit wait ``seconds`` before it lands or fails."""
@@ -288,6 +305,8 @@ class InMemoryCluster:
         if self._commit_failures:
             return self._commit_failures.pop(0)
         for out in outputs:
+            if self._refusals.get(out.topic):
+                return self._refusals[out.topic].pop(0)
             if out.topic in self._denied:
                 return NotAuthorized(f"{out.topic}: writes refused; transaction aborted")
         return None
@@ -420,10 +439,13 @@ class InMemoryTransport(ResourceBase):
             raise ProducerFenced(f"transactional id {self.transactional_id} was taken over")
         if not outputs and not consumed:
             return
+        generation = self._generation
         if self._cluster._commit_delay_s:
             await asyncio.sleep(self._cluster._commit_delay_s)
             self._check_open()
         try:
+            if self._generation != generation:
+                raise PartitionsRevoked("partitions changed hands before the commit began")
             offsets = self._ledger.to_commit(consumed, self._assignment)
             failure = self._cluster._take_commit_failure(outputs)
             if failure is not None:

@@ -81,7 +81,10 @@ class TransactionalTransport(AsyncResource, Protocol):
     async def commit(self, outputs: Sequence[Outgoing], consumed: Sequence[Record]) -> None:
         """Produce ``outputs`` and commit ``consumed`` (the highest offset + 1 per partition) in
         one transaction. On failure nothing is visible, every record polled since the last
-        successful commit will be polled again, and a :class:`TransportError` is raised."""
+        successful commit will be polled again, and a :class:`TransportError` is raised: a
+        record Kafka refuses fails the whole transaction, and partitions changing hands
+        between this call and the transaction's start refuse it
+        (:class:`PartitionsRevoked`)."""
         ...
 
     def assignment(self) -> frozenset[TopicPartition]:

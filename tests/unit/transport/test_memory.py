@@ -3,6 +3,8 @@ pattern subscriptions, Kafka's partitioner, provisioned topics, offsets with mar
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
@@ -12,6 +14,7 @@ from broker.transport import (
     InMemoryCluster,
     NotAuthorized,
     Outgoing,
+    PartitionsRevoked,
     ProducerFenced,
     TransportError,
     Unavailable,
@@ -113,3 +116,40 @@ async def test_every_assignment_is_a_new_generation_even_with_the_same_partition
             assert a.assignment() != before
         assert a.assignment() == before
         assert a.assignment_generation() >= generation + 2
+
+
+async def test_a_refused_produce_aborts_the_whole_transaction() -> None:
+    """Kafka refusing one record (too large) must abort the transaction: neither the other
+    records nor the offsets commit, and the batch is polled again."""
+    cluster = InMemoryCluster.provisioned(["police", "msd"])
+    msd = egress("msd")
+    async with cluster.publisher() as pub, cluster.worker("g", "w") as worker:
+        await pub.publish(POLICE, b"case", b"1")
+        batch = await worker.poll(10, 0)
+        cluster.refuse_next_produce(msd)
+        with pytest.raises(TransportError) as raised:
+            await worker.commit(
+                [Outgoing(AUDIT, b"case", b"a"), Outgoing(msd, b"case", b"x")], batch
+            )
+        assert not raised.value.retriable  # the same record would be refused again
+        assert cluster.committed("g") == {}
+        again = await worker.poll(10, 0)
+        assert [r.offset for r in again] == [r.offset for r in batch]
+    async with cluster.reader() as reader:
+        assert await reader.read_all(AUDIT) == []
+        assert await reader.read_all(msd) == []
+
+
+async def test_a_rebalance_while_a_commit_waits_refuses_it() -> None:
+    """A commit made for the partitions a worker had must not land once they changed hands,
+    even one that consumes nothing (escalations), which the ledger cannot refuse."""
+    cluster = InMemoryCluster.provisioned(["police", "msd"])
+    cluster.delay_commits(0.05)
+    async with cluster.worker("g", "w1") as worker:
+        commit = asyncio.ensure_future(worker.commit([Outgoing(AUDIT, b"req", b"escalated")], []))
+        await asyncio.sleep(0)
+        async with cluster.worker("g", "w2"):
+            with pytest.raises(PartitionsRevoked):
+                await commit
+    async with cluster.reader() as reader:
+        assert await reader.read_all(AUDIT) == []
