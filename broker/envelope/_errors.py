@@ -16,7 +16,7 @@ to quarantine under the class's ``quarantine_reason`` and never matches on messa
     │   ├── BadSignature          bad_signature           Ed25519 signature did not verify
     │   ├── Replayed              replayed                event id already seen from this source
     │   │   └── Stale             stale                   too old (or too far ahead) to prove fresh
-    │   └── KeyUnusable           key_unusable
+    │   └── KeyUnusable           key_unusable            HPKE refuses the key (low-order, other suite)
     │       ├── UnknownKey        unknown_key             no such key (or data key not announced)
     │       ├── KeyRevoked        key_revoked
     │       └── KeyExpired        key_expired

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import ed25519, mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from broker.envelope._errors import BadSignature, KeyStoreError, Tampered
+from broker.envelope._errors import BadSignature, KeyStoreError, KeyUnusable, Tampered
 
 #: ``random(n)`` returns ``n`` unpredictable bytes; production passes :func:`os.urandom`.
 Random: TypeAlias = Callable[[int], bytes]
@@ -172,14 +172,23 @@ def derive_public(algorithm: Algorithm, private: bytes) -> bytes:
 def wrap(
     suite: Suite, recipient: PublicKey, data_key: bytes, info: bytes, ops: PublicKeyOps
 ) -> bytes:
-    """HPKE-seal ``data_key`` to ``recipient``; ``info`` binds the context."""
+    """HPKE-seal ``data_key`` to ``recipient``; ``info`` binds the context.
+
+    Raises :class:`KeyUnusable` for a recipient key HPKE cannot seal to: one of another suite
+    (``TypeError``), or a public key the key agreement refuses, such as a low-order X25519
+    point, whose shared secret would be all zeros (``ValueError``). Either is a fault of that
+    one key, not of the sender's set-up, so :meth:`Sealer.seal` raises only envelope errors
+    and the runtime holds what was for that recipient instead of stopping.
+    """
     if isinstance(recipient, ed25519.Ed25519PublicKey):
         raise KeyStoreError("a signing key cannot receive a wrapped data key")
     ops.wraps += 1
     try:
         return _HPKE[suite].encrypt(data_key, recipient, info=info)
     except TypeError:
-        raise KeyStoreError(f"recipient key does not fit suite {suite.value}") from None
+        raise KeyUnusable(f"recipient key does not fit suite {suite.value}") from None
+    except ValueError:
+        raise KeyUnusable("recipient key refused by the key agreement") from None
 
 
 def unwrap(

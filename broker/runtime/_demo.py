@@ -54,13 +54,14 @@ from adapters import (
 from adapters._config import WebhookSourceConfig
 from broker._settings import Settings
 from broker.codec import decode, load_schemas
-from broker.envelope import KeyStore, Opener, Sealer, init_dev_keys
+from broker.envelope import KeyStore, init_dev_keys
 from broker.platform import BROKER_GROUP_PREFIX, Profile, ingress, load_profile
 from broker.platform._profiles import profile_path
 from broker.platform._topics import BROKER, REVIEW, STATE_REQUESTS
 from broker.policy import PolicyStore, load_roster
 from broker.registry import load_registry
 from broker.runtime._operator import OperatorAct, operator_audit_context
+from broker.runtime._pipeline import broker_opener, broker_sealer
 from broker.runtime._release import approve_as_dev_officers, dev_officers, stage_release
 from broker.runtime._review import decide, read_queue
 from broker.runtime._service import ServiceOptions, serve
@@ -738,7 +739,7 @@ class _Day:
     async def _approve_held(self, act: OperatorAct, ring: Any, schemas: Any, now: Any) -> None:
         """The reviewer's act: every held item of the demo's, decided as it stands once the
         act holds the review queue."""
-        queue = read_queue(await act.read(REVIEW), Opener(BROKER, ring), schemas, now)
+        queue = read_queue(await act.read(REVIEW), broker_opener(ring), schemas, now)
         mine = [i for i in queue.values() if str(i.shared["event_id"]) in self.ids]
         self.result.held = sum(not i.disclosed for i in mine)
         self.result.after_disclosure = sum(i.disclosed for i in mine)
@@ -753,7 +754,7 @@ class _Day:
                 reviewer=REVIEWER,
                 justification="Synthetic: relevant and necessary for the ISR safety plan.",
                 now=now,
-                sealer=Sealer(BROKER, ring),
+                sealer=broker_sealer(ring),
                 schemas=schemas,
                 context=context,
             )

@@ -42,6 +42,7 @@ from broker.platform._topics import ACT_PREFIX, BROKER, BROKER_GROUP_PREFIX
 from broker.registry import load_registry
 from broker.runtime._audit import AuditContext
 from broker.runtime._chaining import AuditChainer
+from broker.runtime._pipeline import broker_opener, broker_sealer
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import secret_paths
 from broker.transport import KafkaReader, Outgoing, Record
@@ -66,10 +67,10 @@ class BrokerTools:
         self.profile = load_profile(profile_path(self.settings.profiles_dir, BROKER))
 
     def opener(self) -> Opener:
-        return Opener(BROKER, self.ring)
+        return broker_opener(self.ring)  # quarantined records may exceed 1 MiB
 
     def sealer(self) -> Sealer:
-        return Sealer(BROKER, self.ring)
+        return broker_sealer(self.ring)
 
     def read(self, topic: str) -> list[Record]:
         """Every record on ``topic`` (read-committed)."""
@@ -148,19 +149,26 @@ class OperatorAct:
         Each act is an audit chain of its own, named ``tiaki-broker-<queue>-<128 random bits>``: one
         writer, one transaction, signed at once (``every_records=1``), so nothing is left
         unsigned. (The transactional id, shared by every act on the queue, would not do: two
-        acts would each start the same chain afresh.)"""
+        acts would each start the same chain afresh.)
+
+        Every record's delivery is awaited before the commit: aiokafka fails a record Kafka
+        refuses (``MESSAGE_TOO_LARGE``, say) only on its own future and commits the rest, so
+        a refusal aborts the act instead (nothing of it is written)."""
         chain = f"{BROKER_GROUP_PREFIX}-{self.queue}-{uuid.uuid4().hex}"  # 128 bits: never twice
         outputs = AuditChainer(chain, self._ring, every_records=1).seal(outputs, now)
         producer = self._producer
         try:
             async with producer.transaction():
+                deliveries: list[asyncio.Future[object]] = []
                 for out in outputs:
                     delivery = await producer.send(
                         out.topic, out.value, key=out.key, headers=list(out.headers)
                     )
-                    # The commit reports how the transaction ended; a delivery that failed
-                    # with it needs no report of its own (asyncio would print one).
+                    # Read below; if the transaction fails first, its error is the report,
+                    # and the delivery needs none of its own (asyncio would print one).
                     delivery.add_done_callback(_retrieve)
+                    deliveries.append(delivery)
+                await _delivered(deliveries)  # raised inside: the transaction aborts
         except (KafkaError, IllegalOperation) as exc:
             if isinstance(exc, _FENCED) or isinstance(_fatal_error(producer), _FENCED):
                 raise ActInterrupted(
@@ -189,6 +197,16 @@ def _fatal_error(producer: AIOKafkaProducer) -> BaseException | None:
     if manager is not None and manager.is_fatal_error() and manager._transaction_waiter.done():
         failed = manager._transaction_waiter.exception() or failed
     return failed
+
+
+async def _delivered(deliveries: list[asyncio.Future[object]]) -> None:
+    """Wait until Kafka has answered for every record; raise the first refusal."""
+    if deliveries:
+        await asyncio.wait(deliveries)
+    for delivery in deliveries:
+        failed = delivery.exception() if not delivery.cancelled() else None
+        if failed is not None:
+            raise failed
 
 
 def _retrieve(delivery: asyncio.Future[object]) -> None:

@@ -14,8 +14,14 @@ membership refused     as rejected at intake, reason ``unauthorised_membership``
 policy failed          ``tiaki.dlq`` (reason ``policy_error``) + audit: fail closed; the
                        state records above still go (the event's facts stand)
 decided                one audit record (action ``decision``) listing the decision about
-                       every candidate recipient, then per recipient:
+                       every candidate recipient as carried out (below), then per recipient:
 share                  ``tiaki.egress.<recipient>`` (SharedEvent sealed to the recipient)
+share, undeliverable   as review, and its entry in the audit record says so: outcome
+                       ``review``, first reason ``recipient_key_unusable`` (no usable key to
+                       seal to: revoked, expired, refused) or ``output_oversized`` (a record
+                       the egress topic would refuse); a person releases it once the cause
+                       is fixed, or declines it. Its review-afterwards copy is not written:
+                       the held item is the one review item of the pair
 share, reviewed        as share, + ``tiaki.review`` (the same SharedEvent sealed to the broker,
 afterwards             header ``tiaki-review-kind: after_disclosure``): obligation
                        ``review_within_24h``, a disclosure in imminent danger goes at once and a
@@ -23,6 +29,9 @@ afterwards             header ``tiaki-review-kind: after_disclosure``): obligati
 review                 ``tiaki.review`` (SharedEvent sealed to the broker, recipient in the
                        header)
 deny                   nothing beyond its entry in the audit record (outcome, reasons)
+held item too large    as rejected at intake, reason ``oversized``: a review item (of either
+                       kind above) that ``tiaki.review`` would refuse; the state records
+                       still go, as for a policy failure
 =====================  ===================================================================
 
 Egress and review records are keyed by case id, so one case stays ordered on one partition.
@@ -40,7 +49,15 @@ from typing import Any
 import structlog
 
 from broker.codec import Schema, SchemaSet, encode
-from broker.envelope import EnvelopeError, Kind, Sealer
+from broker.envelope import (
+    EnvelopeConfig,
+    EnvelopeError,
+    KeyRing,
+    Kind,
+    Opener,
+    Oversized,
+    Sealer,
+)
 from broker.platform._topics import (
     AUDIT,
     BROKER,
@@ -97,6 +114,53 @@ REVIEW_KIND_HEADER = "tiaki-review-kind"
 AFTER_DISCLOSURE = "after_disclosure"
 
 POLICY_ERROR = "policy_error"
+#: Quarantine reason of an event with a review item too large for ``tiaki.review``.
+OVERSIZED = Oversized.quarantine_reason
+#: Reason codes put first on the verdict of a share held instead of delivered, so the audit
+#: record and ``tiaki_held_for_review_total{reason}`` (the first reason) say why.
+RECIPIENT_KEY_UNUSABLE = "recipient_key_unusable"
+OUTPUT_OVERSIZED = "output_oversized"
+
+#: The largest record the broker writes to ``tiaki.egress.<agency>`` and ``tiaki.review``:
+#: the egress topics' ``max.message.bytes`` (broker/platform/_plan.py), which is also the
+#: producer's ``max_request_size``; ``tiaki.review`` has no override, so Kafka's default
+#: ``message.max.bytes`` (1,048,588) applies there and the producer's limit is the lower.
+MAX_EGRESS_BYTES = 1_048_576
+MAX_REVIEW_BYTES = 1_048_576
+#: Room kept below those limits for what Kafka wraps a record in: the record batch header
+#: (61 bytes) and the record's framing (at most 21 bytes, and a length per key, header and
+#: value), which :func:`_record_bytes` does not count.
+RECORD_FRAMING = 256
+
+
+#: The largest payload the broker seals to itself: a quarantined record on ``tiaki.dlq``
+#: (an ingress record of up to 1 MiB, which intake checks, wrapped with where it came from and
+#: why), whose topic takes 2 MiB; 16 KiB are left for the wrapper and the envelope's header and
+#: announcement. Egress and review records have their own, lower limits, checked above.
+BROKER_MAX_PAYLOAD = 2 * 1024 * 1024 - 16 * 1024
+
+
+def broker_sealer(ring: KeyRing) -> Sealer:
+    """The broker's :class:`Sealer`: it seals quarantined records of any size intake let
+    through (the envelope's default limit, 4 KiB under 1 MiB, would refuse the largest and
+    stop the worker on them)."""
+    return Sealer(BROKER, ring, config=EnvelopeConfig(max_payload=BROKER_MAX_PAYLOAD))
+
+
+def broker_opener(ring: KeyRing) -> Opener:
+    """An :class:`Opener` for what the broker sealed to itself (``tiaki.dlq``,
+    ``tiaki.review``), as large as :func:`broker_sealer` seals."""
+    return Opener(BROKER, ring, max_payload=BROKER_MAX_PAYLOAD)
+
+
+class _TooLargeToHold(Exception):
+    """A review item larger than ``tiaki.review`` takes: the event goes to quarantine."""
+
+
+def _record_bytes(output: Outgoing) -> int:
+    """The bytes of ``output`` Kafka counts against a topic's limit, but for its framing."""
+    size = len(output.value) + len(output.key or b"")
+    return size + sum(len(name.encode()) + len(value) for name, value in output.headers)
 
 
 def _refused(admitted: Accepted, exc: MembershipRefused) -> Rejected:
@@ -194,8 +258,13 @@ class Pipeline:
         subject_key: bytes,
         cases: CaseMembership | None = None,
         requests: RequestBook | None = None,
+        max_egress_bytes: int = MAX_EGRESS_BYTES,
+        max_review_bytes: int = MAX_REVIEW_BYTES,
     ) -> None:
         self._intake = intake
+        #: The largest egress and review records produced, framing room included.
+        self._max_egress = max_egress_bytes - RECORD_FRAMING
+        self._max_review = max_review_bytes - RECORD_FRAMING
         self._decider = decider
         self._sealer = sealer
         self._audit_schema = schemas.latest("AuditRecord")
@@ -293,7 +362,6 @@ class Pipeline:
             finder = None if admitted.shape is None else identifier_finder(admitted.shape)
             found = None if finder is None else finder(admitted.event)
             refs = subject_refs(self._subject_key, admitted.event, found)
-            outputs.append(self._decision_audit(admitted, verdicts, now, refs))
             head = self._parts.shared_head(
                 event_id=admitted.event_id,
                 event_type=admitted.event_type,
@@ -302,8 +370,29 @@ class Pipeline:
                 shared_at=now,
             )
             bodies: dict[int, bytes] = {}  # body_json parts: recipients alike share one body
-            for verdict in verdicts:
-                outputs += self._deliver(admitted, verdict, now, head, bodies, refs)
+            # The deliveries are made first, so the audit record (written before them) says
+            # what was done: a share that could not be delivered was held instead.
+            carried_out: list[Verdict] = []
+            deliveries: list[Outgoing] = []
+            try:
+                for verdict in verdicts:
+                    done, delivered = self._deliver(admitted, verdict, now, head, bodies, refs)
+                    carried_out.append(done)
+                    deliveries += delivered
+            except _TooLargeToHold:
+                rejected = Rejected(
+                    OVERSIZED,
+                    "a record for a recipient is larger than tiaki.review takes",
+                    admitted.source.id,
+                    admitted.event_id,
+                    admitted.event_type,
+                )
+                # As for a policy failure: the facts stand, nothing is disclosed.
+                quarantined = self._quarantine(record, rejected, now)
+                return replace(quarantined, outputs=outputs + quarantined.outputs)
+            verdicts = carried_out
+            outputs.append(self._decision_audit(admitted, verdicts, now, refs))
+            outputs += deliveries
         return Processed(outputs, admitted.source.id, admitted.event_type, None, tuple(verdicts))
 
     def _quarantine(self, record: Record, rejected: Rejected, now: datetime) -> Processed:
@@ -428,34 +517,55 @@ class Pipeline:
         head: bytes,
         bodies: dict[int, bytes],
         refs: list[str],
-    ) -> list[Outgoing]:
-        """The records that carry ``verdict``'s minimised event: none for a deny, the egress
-        record for a share (and its review copy if the share must be reviewed afterwards),
-        the held item for a review."""
+    ) -> tuple[Verdict, list[Outgoing]]:
+        """``verdict`` as carried out, and the records that carry its minimised event: none
+        for a deny, the egress record for a share (and its review copy if the share must be
+        reviewed afterwards), the held item for a review.
+
+        A share that cannot be delivered is held instead, and its verdict becomes a review
+        whose first reason says why: ``recipient_key_unusable`` if it cannot be sealed to the
+        recipient (a key revoked, expired or refused), ``output_oversized`` if the egress
+        topic would refuse the record. Nothing is lost and nothing stops: a person releases
+        it once the key is fixed (the release seals to the key current then), or declines it.
+        Raises :class:`_TooLargeToHold` if a review item is too large for ``tiaki.review``.
+        """
         if verdict.outcome is Outcome.DENY or verdict.body is None:
-            return []
+            return verdict, []
         body = bodies.get(id(verdict.body))
         if body is None:
             body = bodies[id(verdict.body)] = self._parts.body(body_json(verdict.body))
         shared = self._parts.shared_event(head, verdict, body)
         if verdict.outcome is not Outcome.SHARE:
-            return [self._held(admitted, verdict, now, shared, refs)]
+            return verdict, [self._held(admitted, verdict, now, shared, refs)]
         topic = egress(verdict.recipient)
-        sealed = self._sealer.seal(
-            shared,
-            kind=Kind.EGRESS,
-            topic=topic,
-            recipient=verdict.recipient,
-            event_id=admitted.event_id,
-            schema_fingerprint=self._shared_schema.fingerprint,
-            now=now,
+        try:
+            sealed = self._sealer.seal(
+                shared,
+                kind=Kind.EGRESS,
+                topic=topic,
+                recipient=verdict.recipient,
+                event_id=admitted.event_id,
+                schema_fingerprint=self._shared_schema.fingerprint,
+                now=now,
+            )
+        except EnvelopeError as exc:
+            reason = OUTPUT_OVERSIZED if isinstance(exc, Oversized) else RECIPIENT_KEY_UNUSABLE
+            error_type = type(exc).__name__
+        else:
+            delivered = Outgoing(topic, _case_key(admitted), sealed)
+            if _record_bytes(delivered) <= self._max_egress:
+                outputs = [delivered]
+                if REVIEW_AFTER_DISCLOSURE in verdict.obligations:
+                    # LAW.md: in imminent danger the disclosure goes at once and a person
+                    # reviews it within 24 hours; the review queue holds the copy they read.
+                    outputs.append(self._held(admitted, verdict, now, shared, refs, disclosed=True))
+                return verdict, outputs
+            reason, error_type = OUTPUT_OVERSIZED, Oversized.__name__
+        log.warning("share held for review", agency=verdict.recipient, error_type=error_type)
+        held = replace(
+            verdict, outcome=Outcome.REVIEW, reason_codes=(reason, *verdict.reason_codes)
         )
-        outputs = [Outgoing(topic, _case_key(admitted), sealed)]
-        if REVIEW_AFTER_DISCLOSURE in verdict.obligations:
-            # LAW.md: in imminent danger the disclosure goes at once and a person reviews it
-            # within 24 hours; the review queue holds the copy that person reads.
-            outputs.append(self._held(admitted, verdict, now, shared, refs, disclosed=True))
-        return outputs
+        return held, [self._held(admitted, held, now, shared, refs)]
 
     def _held(
         self,
@@ -468,7 +578,8 @@ class Pipeline:
         disclosed: bool = False,
     ) -> Outgoing:
         """The item on ``tiaki.review`` for ``verdict``, sealed to the broker: held for a person
-        before release, or (``disclosed``) the copy of a share for its review afterwards."""
+        before release, or (``disclosed``) the copy of a share for its review afterwards.
+        Raises :class:`_TooLargeToHold` if ``tiaki.review`` would refuse it."""
         deadline = int((now + REVIEW_WINDOW).timestamp() * 1000)
         headers: Headers = (
             (RECIPIENT_HEADER, verdict.recipient.encode()),
@@ -478,16 +589,22 @@ class Pipeline:
         )
         if disclosed:
             headers += ((REVIEW_KIND_HEADER, AFTER_DISCLOSURE.encode()),)
-        sealed = self._sealer.seal(
-            shared,
-            kind=Kind.HOLD,
-            topic=REVIEW,
-            recipient=BROKER,
-            event_id=admitted.event_id,
-            schema_fingerprint=self._shared_schema.fingerprint,
-            now=now,
-        )
-        return Outgoing(REVIEW, _case_key(admitted), sealed, headers)
+        try:
+            sealed = self._sealer.seal(
+                shared,
+                kind=Kind.HOLD,
+                topic=REVIEW,
+                recipient=BROKER,
+                event_id=admitted.event_id,
+                schema_fingerprint=self._shared_schema.fingerprint,
+                now=now,
+            )
+        except Oversized:
+            raise _TooLargeToHold() from None
+        held = Outgoing(REVIEW, _case_key(admitted), sealed, headers)
+        if _record_bytes(held) > self._max_review:
+            raise _TooLargeToHold()
+        return held
 
 
 def _case_key(admitted: Accepted) -> bytes:
