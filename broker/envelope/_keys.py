@@ -41,6 +41,7 @@ revoked        no                                    no
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -108,6 +109,41 @@ _PURPOSE_OF = {
 }
 _SHORT = {Purpose.ENCRYPTION: "enc", Purpose.SIGNING: "sig"}
 
+#: The small-order points of Curve25519 (libsodium's list), as X25519 public keys with the
+#: top bit cleared (X25519 ignores it). The shared secret with any of them is all zeros,
+#: whatever the other side's private key: an agency document carrying one would make every
+#: record sealed to it (X25519 alone) readable by anyone.
+_X25519_SMALL_ORDER = frozenset(
+    bytes.fromhex(h)
+    for h in (
+        "0000000000000000000000000000000000000000000000000000000000000000",  # 0
+        "0100000000000000000000000000000000000000000000000000000000000000",  # 1
+        "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800",  # order 8
+        "5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157",  # order 8
+        "ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p - 1
+        "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p (= 0)
+        "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f",  # p + 1 (= 1)
+    )
+)
+_X25519_BYTES = 32
+
+
+def _small_order_x25519(algorithm: Algorithm, public: bytes) -> bool:
+    """True if the X25519 key (alone, or the X25519 half of a hybrid, which comes last) is
+    a small-order point, which no honest key generation makes."""
+    if algorithm is Algorithm.ED25519:
+        return False
+    point = bytearray(public[-_X25519_BYTES:])
+    point[-1] &= 0x7F
+    return bytes(point) in _X25519_SMALL_ORDER
+
+
+def key_id_pattern(owner: str) -> re.Pattern[str]:
+    """Key ids ``owner`` may use: ``<owner>.<enc|sig>.<UTC time>.<8 hex>`` (see
+    :func:`new_key_id`). The owner is the whole of what comes before the last three parts,
+    so one key set's id can never be another's."""
+    return re.compile(re.escape(owner) + r"\.(enc|sig)\.[0-9]{8}T[0-9]{6}Z\.[0-9a-f]{8}")
+
 
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
@@ -117,11 +153,11 @@ def unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _time(value: datetime) -> str:
+def format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _parse_time(text: str) -> datetime:
+def parse_time(text: str) -> datetime:
     value = datetime.fromisoformat(text)
     if value.tzinfo is None:
         raise ValueError("time without a zone")
@@ -180,13 +216,13 @@ class KeyInfo:
             "key_id": self.key_id,
             "purpose": self.purpose.value,
             "algorithm": self.algorithm.value,
-            "created_at": _time(self.created_at),
-            "not_after": _time(self.not_after),
+            "created_at": format_time(self.created_at),
+            "not_after": format_time(self.not_after),
             "state": self.state.value,
             "public_key": b64(self.public),
         }
         if self.revoked_at is not None:
-            doc["revoked_at"] = _time(self.revoked_at)
+            doc["revoked_at"] = format_time(self.revoked_at)
         if self.reason is not None:
             doc["reason"] = self.reason
         return doc
@@ -200,11 +236,11 @@ class KeyInfo:
                 owner=owner,
                 purpose=Purpose(doc["purpose"]),
                 algorithm=Algorithm(doc["algorithm"]),
-                created_at=_parse_time(doc["created_at"]),
-                not_after=_parse_time(doc["not_after"]),
+                created_at=parse_time(doc["created_at"]),
+                not_after=parse_time(doc["not_after"]),
                 state=KeyState(doc["state"]),
                 public=unb64(doc["public_key"]),
-                revoked_at=_parse_time(revoked_at) if revoked_at else None,
+                revoked_at=parse_time(revoked_at) if revoked_at else None,
                 reason=doc.get("reason"),
             )
         except (KeyError, ValueError, TypeError) as exc:
@@ -213,8 +249,22 @@ class KeyInfo:
             raise KeyStoreError(
                 f"key {info.key_id}: {info.algorithm.value} is not for {info.purpose.value}"
             )
+        # A key id names its key set: a document may not carry (and so replace) another's key.
+        match = key_id_pattern(owner).fullmatch(info.key_id)
+        if match is None or match.group(1) != _SHORT[info.purpose]:
+            raise KeyStoreError(
+                f"key {info.key_id!r} in key set {owner!r}: {info.purpose.value} keys of"
+                f" {owner!r} need an id {owner}.{_SHORT[info.purpose]}.<UTC time>.<8 hex>"
+            )
         p.load_public(info.algorithm, info.public)  # refuse a malformed public key early
+        if _small_order_x25519(info.algorithm, info.public):
+            raise KeyStoreError(f"key {info.key_id}: the X25519 public key is a small-order point")
         return info
+
+
+def _identity(info: KeyInfo) -> tuple[str, Purpose, Algorithm, bytes]:
+    """What a key id stands for, which no later document may change."""
+    return info.owner, info.purpose, info.algorithm, info.public
 
 
 def new_key_id(owner: str, purpose: Purpose, now: datetime, random: p.Random) -> str:
@@ -267,6 +317,9 @@ class KeyRing:
         self._keys[info.key_id] = info
         self._public.pop(info.key_id, None)
         self.generation += 1
+
+    def __contains__(self, key_id: object) -> bool:
+        return key_id in self._keys
 
     def get(self, key_id: str) -> KeyInfo:
         info = self._keys.get(key_id)
@@ -383,15 +436,19 @@ class KeyRing:
         """Take in what changed in ``fresh`` (the key folder read again): new keys (with their
         private halves where ``fresh`` holds them) and changed states (rotation, revocation).
         Returns (changed, refused): a revoked key stays revoked whatever ``fresh`` says
-        (revocation is final; a document that un-revokes one is stale or tampered with).
-        Keys missing from ``fresh`` are kept: a key set is never shrunk by a read."""
+        (revocation is final; a document that un-revokes one is stale or tampered with), and
+        a key id keeps its owner, purpose, algorithm and public key (a document that changes
+        them is not describing the same key). Keys missing from ``fresh`` are kept: a key set
+        is never shrunk by a read."""
         changed: list[KeyInfo] = []
         refused: list[KeyInfo] = []
         for info in fresh.keys(None):  # every key set
             old = self._keys.get(info.key_id)
             if old == info:
                 continue
-            if old is not None and old.state is KeyState.REVOKED:
+            if old is not None and (
+                old.state is KeyState.REVOKED or _identity(old) != _identity(info)
+            ):
                 refused.append(info)
                 continue
             private = None

@@ -8,6 +8,7 @@ Layout (``Settings.keys_dir``, by default ``.tiaki/keys``, which git ignores)::
       private/                     0700
         <key_ref>/                 0700
           <key_id>.json            0600  one private key
+      revoked.jsonl                0600  every revocation seen, one JSON line each, append-only
 
 ``key_ref`` is the agency registry's ``keys`` field, by default the agency id; the broker's key
 set is ``broker``. A public document::
@@ -27,16 +28,30 @@ only its own ``private/<key_ref>/`` and the broker only ``private/broker/``. A p
 folder that group or others can read is refused, as ssh refuses such keys. Writes are atomic
 and whole (every byte to a temporary file, fsync, rename, fsync the folder); a write the disk
 cannot take raises :class:`KeyStoreError` and leaves the old file, never a truncated key.
+
+Revocation is final, and a public document alone cannot keep it so: a stale or rolled-back
+copy says the key is active. So every revocation saved (``tiaki keys revoke``) or taken in by
+a running broker (``refresh_keys``) is also appended to ``revoked.jsonl``, by key id and by a
+SHA-256 fingerprint of the public key, and every read applies it: a listed key is revoked
+whatever its document says, and so is the same public key under another key id of the same
+key set. A line::
+
+    {"format": "tiaki.revoked-key/v1", "key_id": "...", "owner": "police",
+     "public_sha256": "<hex>", "revoked_at": "...Z", "reason": "compromised"}
+
+A last line without its newline (a crash mid-append) is ignored; any other unreadable line
+refuses the whole folder, as a revocation that cannot be read must not be dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import stat
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -52,12 +67,15 @@ from broker.envelope._keys import (
     KeyState,
     Purpose,
     b64,
+    format_time,
+    parse_time,
     unb64,
 )
 from broker.envelope._primitives import Algorithm
 
 PUBLIC_FORMAT = "tiaki.public-keys/v1"
 PRIVATE_FORMAT = "tiaki.private-key/v1"
+REVOKED_FORMAT = "tiaki.revoked-key/v1"
 
 #: What ``tiaki keys init`` creates for every key set.
 DEV_ALGORITHMS = (Algorithm.ED25519, Algorithm.X25519, Algorithm.MLKEM768_X25519)
@@ -111,6 +129,55 @@ def _check_private_mode(path: Path) -> None:
         raise KeyStoreError(f"{path}: permissions {mode:04o} are too open (need 0600 or 0700)")
 
 
+def fingerprint(public: bytes) -> str:
+    """The fingerprint a revocation is also recorded under: SHA-256 of the raw public key."""
+    return hashlib.sha256(public).hexdigest()
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """One line of ``revoked.jsonl``."""
+
+    key_id: str
+    owner: str
+    public_sha256: str
+    revoked_at: datetime
+    reason: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": REVOKED_FORMAT,
+            "key_id": self.key_id,
+            "owner": self.owner,
+            "public_sha256": self.public_sha256,
+            "revoked_at": format_time(self.revoked_at),
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Revocations:
+    """The revocation list, looked up by key id and by (owner, public key fingerprint): the
+    fingerprint is matched only within its own key set, so one key set's document cannot
+    revoke another's key by listing that key's public bytes as its own, revoked."""
+
+    by_id: Mapping[str, Revocation]
+    by_public: Mapping[tuple[str, str], Revocation]
+
+    def apply(self, info: KeyInfo) -> KeyInfo:
+        """``info``, revoked if its id or its public key is listed and it is not already."""
+        if info.state is KeyState.REVOKED:
+            return info
+        listed = self.by_id.get(info.key_id) or self.by_public.get(
+            (info.owner, fingerprint(info.public))
+        )
+        if listed is None:
+            return info
+        return replace(
+            info, state=KeyState.REVOKED, revoked_at=listed.revoked_at, reason=listed.reason
+        )
+
+
 @dataclass(frozen=True)
 class KeyStore:
     """A key folder; see the module docstring for the layout."""
@@ -144,42 +211,171 @@ class KeyStore:
         *,
         private_for: Iterable[str] | None = (),
     ) -> KeyRing:
-        """Read key sets into a :class:`KeyRing`.
+        """Read key sets into a :class:`KeyRing`; raise :class:`KeyStoreError` if any document
+        is refused (what a start and the command-line tools want: all or nothing).
 
         ``principals`` maps each principal to its key set (agency id to ``key_ref``); every
         key set named there must exist. Key sets in the folder but not named are loaded too.
         ``private_for`` names the key sets whose private keys this process may hold (``None``:
         every one present, for development tools).
         """
+        ring, refused = self.load_each(principals, private_for=private_for)
+        if refused:
+            raise next(iter(refused.values()))
+        return ring
+
+    def load_each(
+        self,
+        principals: Mapping[str, str] | None = None,
+        *,
+        private_for: Iterable[str] | None = (),
+        apply_revoked: bool = True,
+    ) -> tuple[KeyRing, dict[str, KeyStoreError]]:
+        """Read each key set on its own: the ring of those that could be read, and why each
+        other one was refused, by ``key_ref`` (missing key sets of ``principals`` first).
+
+        A key set is taken whole or not at all: a document with one bad entry, a key id that
+        is not its owner's or is already taken, or a private key that cannot be read refuses
+        that key set only, so one agency's broken document cannot keep another's revocation
+        from a running broker (``refresh_keys``). Every key set has ``revoked.jsonl`` applied;
+        a revocation list that cannot be read raises :class:`KeyStoreError` (``apply_revoked=False``
+        reads the documents alone, for a caller that already holds what the list said).
+        """
+        revocations = self.revocations() if apply_revoked else Revocations({}, {})
         ring = KeyRing()
+        refused: dict[str, KeyStoreError] = {}
         refs = set(self.key_refs())
         for principal, ref in (principals or {}).items():
             ring.bind(principal, ref)
             if ref not in refs:
-                raise KeyStoreError(
-                    f"no public keys for {principal!r} at {self.public_path(ref)}"
-                    " (run 'tiaki keys init')"
+                refused.setdefault(
+                    ref,
+                    KeyStoreError(
+                        f"no public keys for {principal!r} at {self.public_path(ref)}"
+                        " (run 'tiaki keys init')"
+                    ),
                 )
+        wanted = refs if private_for is None else set(private_for)
         for ref in sorted(refs):
-            doc = _read_json(self.public_path(ref))
-            if doc.get("format") != PUBLIC_FORMAT or doc.get("owner") != ref:
-                raise KeyStoreError(
-                    f"{self.public_path(ref)}: not a {PUBLIC_FORMAT} document for {ref!r}"
+            try:
+                keys = [revocations.apply(info) for info in self._read_public(ref)]
+                for info in keys:
+                    if info.key_id in ring:
+                        raise KeyStoreError(
+                            f"{self.public_path(ref)}: key {info.key_id} is already in key set"
+                            f" {ring.get(info.key_id).owner!r}"
+                        )
+                part = KeyRing()  # the key set alone, so a refusal leaves nothing behind
+                for info in keys:
+                    path = self.private_path(ref, info.key_id)
+                    private = None
+                    if ref in wanted and path.exists():
+                        private = self._read_private(path, info)
+                    part.add(info, private)
+            except KeyStoreError as exc:
+                refused[ref] = exc
+                continue
+            for info in keys:
+                held = part.has_private(info.key_id)
+                ring.add(info, part.private_bytes(info.key_id) if held else None)
+        return ring, refused
+
+    # -- revocations ---------------------------------------------------------------------------
+
+    @property
+    def revoked_path(self) -> Path:
+        return self.root / "revoked.jsonl"
+
+    def revocations(self) -> Revocations:
+        """Read ``revoked.jsonl`` (see the module docstring); empty if there is none."""
+        path = self.revoked_path
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            text = ""
+        except OSError as exc:
+            raise KeyStoreError(f"{path}: {exc.strerror}") from None
+        lines = text.split("\n")[:-1]  # a last line without its newline is a torn append
+        by_id: dict[str, Revocation] = {}
+        by_public: dict[tuple[str, str], Revocation] = {}
+        for number, line in enumerate(lines, 1):
+            try:
+                doc = json.loads(line)
+                if doc["format"] != REVOKED_FORMAT:
+                    raise ValueError(doc["format"])
+                entry = Revocation(
+                    key_id=str(doc["key_id"]),
+                    owner=str(doc["owner"]),
+                    public_sha256=str(doc["public_sha256"]),
+                    revoked_at=parse_time(doc["revoked_at"]),
+                    reason=None if doc.get("reason") is None else str(doc["reason"]),
                 )
-            entries = doc.get("keys")
-            if not isinstance(entries, list):
-                raise KeyStoreError(f"{self.public_path(ref)}: 'keys' must be a list")
-            for entry in entries:
-                if not isinstance(entry, dict):
-                    raise KeyStoreError(f"{self.public_path(ref)}: each key must be an object")
-                ring.add(KeyInfo.from_json(ref, entry))
-        wanted = set(refs) if private_for is None else set(private_for)
-        for ref in sorted(wanted & refs):
-            for info in ring.keys(ref):
-                path = self.private_path(ref, info.key_id)
-                if path.exists():
-                    ring.add(info, self._read_private(path, info))
-        return ring
+            except (KeyError, ValueError, TypeError):
+                raise KeyStoreError(f"{path}: line {number} is not a revocation") from None
+            by_id.setdefault(entry.key_id, entry)
+            by_public.setdefault((entry.owner, entry.public_sha256), entry)
+        return Revocations(by_id, by_public)
+
+    def record_revoked(self, keys: Iterable[KeyInfo]) -> list[KeyInfo]:
+        """Append to ``revoked.jsonl`` every revoked key in ``keys`` not listed yet (by key id);
+        return those appended. Raises :class:`KeyStoreError` if the list cannot be written."""
+        listed = self.revocations().by_id
+        new = [k for k in keys if k.state is KeyState.REVOKED and k.key_id not in listed]
+        if not new:
+            return []
+        lines = b"".join(
+            json.dumps(
+                Revocation(
+                    key_id=k.key_id,
+                    owner=k.owner,
+                    public_sha256=fingerprint(k.public),
+                    # A document may omit when; the key was revoked no earlier than made.
+                    revoked_at=k.revoked_at or k.created_at,
+                    reason=k.reason,
+                ).to_json(),
+                ensure_ascii=False,
+            ).encode()
+            + b"\n"
+            for k in new
+        )
+        path = self.revoked_path
+        try:
+            _mkdir(self.root)
+            created = not path.exists()
+            if not created:  # cut a torn last line, or the next line would be appended to it
+                data = path.read_bytes()
+                if data and not data.endswith(b"\n"):
+                    os.truncate(path, data.rfind(b"\n") + 1)
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                write_all(fd, lines)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                fsync_dir(self.root)
+        except OSError as exc:
+            raise KeyStoreError(f"{path}: cannot record a revocation: {exc.strerror}") from None
+        return new
+
+    def _read_public(self, ref: str) -> list[KeyInfo]:
+        """The keys of one public document, checked; :class:`KeyStoreError` if any is not."""
+        path = self.public_path(ref)
+        doc = _read_json(path)
+        if doc.get("format") != PUBLIC_FORMAT or doc.get("owner") != ref:
+            raise KeyStoreError(f"{path}: not a {PUBLIC_FORMAT} document for {ref!r}")
+        entries = doc.get("keys")
+        if not isinstance(entries, list):
+            raise KeyStoreError(f"{path}: 'keys' must be a list")
+        keys: dict[str, KeyInfo] = {}
+        for entry in entries:
+            if not isinstance(entry, dict):
+                raise KeyStoreError(f"{path}: each key must be an object")
+            info = KeyInfo.from_json(ref, entry)
+            if info.key_id in keys:
+                raise KeyStoreError(f"{path}: key {info.key_id} is listed twice")
+            keys[info.key_id] = info
+        return list(keys.values())
 
     def _read_private(self, path: Path, info: KeyInfo) -> bytes:
         _check_private_mode(path.parent)
@@ -199,7 +395,8 @@ class KeyStore:
     # -- writing -----------------------------------------------------------------------------
 
     def save(self, ring: KeyRing, owners: Iterable[str] | None = None) -> None:
-        """Write the public documents of ``owners`` (default: all) and any private keys held."""
+        """Write the public documents of ``owners`` (default: all) and any private keys held,
+        and record their revoked keys in ``revoked.jsonl``."""
         _mkdir(self.root)
         _mkdir(self.public_dir)
         for owner in ring.owners() if owners is None else owners:
@@ -213,6 +410,7 @@ class KeyStore:
                 "keys": [info.to_json() for info in keys],
             }
             _write(self.public_path(owner), _dump(doc), 0o644)
+            self.record_revoked(keys)
 
     def _write_private(self, owner: str, info: KeyInfo, private: bytes) -> None:
         path = self.private_path(owner, info.key_id)

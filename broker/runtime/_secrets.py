@@ -8,6 +8,11 @@ must not each make one. So the secret is written whole to a temporary file and f
 hard-linked into place (which fails if another worker got there first, whose secret is then
 read instead), and the folder is fsynced: the secret's path either does not exist or holds the
 whole secret, durably.
+
+Owner-only means checked, not just made so: a secret file that group or others may read, or
+that sits in a folder they may read, is refused at every start (as the key store refuses such
+private keys, and ssh such keys), so a copy restored with the wrong mode or a folder opened up
+by hand is noticed instead of quietly shared.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from pathlib import Path
 
 from broker._durable import fsync_dir, write_all
@@ -24,15 +30,31 @@ _BYTES = 32
 
 
 def shared_secret(path: Path) -> bytes:
-    """The secret in ``path``; create it (0600, in a 0700 folder) if it does not exist yet."""
+    """The secret in ``path``; create it (0600, in a 0700 folder) if it does not exist yet.
+
+    Raises :class:`ConfigError` if the file or its folder is open to group or others.
+    """
+    if not path.exists():
+        _create(path, secrets.token_bytes(_BYTES))
+    _check_owner_only(path.parent, 0o700)
+    _check_owner_only(path, 0o600)
     try:
         data = path.read_bytes()
-    except FileNotFoundError:
-        _create(path, secrets.token_bytes(_BYTES))
-        data = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read a broker secret: {exc.strerror}") from None
     if len(data) < _BYTES:
         raise ConfigError(f"{path}: a broker secret needs {_BYTES} bytes")
     return data
+
+
+def _check_owner_only(path: Path, wanted: int) -> None:
+    """Refuse ``path`` if group or others have any permission on it."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    if mode & 0o077:
+        raise ConfigError(
+            f"{path}: permissions {mode:04o} are too open for a broker secret"
+            f" (set {wanted:04o}: chmod {wanted:o} {path})"
+        )
 
 
 def _create(path: Path, secret: bytes) -> None:

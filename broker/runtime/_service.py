@@ -28,7 +28,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from broker._errors import ConfigError
 from broker._settings import Settings
 from broker.codec import Schema, SchemaSet, decode, load_schemas
-from broker.envelope import KeyRing, KeyStore, KeyStoreError, Opener, ReplayCache, Sealer
+from broker.envelope import KeyRing, KeyStore, KeyStoreError, Opener, ReplayCache
 from broker.platform._profiles import load_profile, profile_path
 from broker.platform._topics import (
     ACT_PREFIX,
@@ -45,7 +45,7 @@ from broker.runtime._cases import CaseMembership
 from broker.runtime._chaining import AuditChainer
 from broker.runtime._intake import Intake
 from broker.runtime._metrics import BrokerMetrics, observe_keys, observe_lag
-from broker.runtime._pipeline import SCHEMA_HEADER, Pipeline
+from broker.runtime._pipeline import SCHEMA_HEADER, Pipeline, broker_sealer
 from broker.runtime._policy import PolicyDecider
 from broker.runtime._policy_watch import PolicyWatcher
 from broker.runtime._requests import RequestBook
@@ -250,7 +250,7 @@ async def serve(
             registry=registry, schemas=schemas, opener=Opener(BROKER, ring, replay=replay)
         ),
         decider=decider,
-        sealer=Sealer(BROKER, ring),
+        sealer=broker_sealer(ring),
         schemas=schemas,
         subject_key=audit_key,
         cases=cases,
@@ -293,20 +293,48 @@ async def serve(
 KEYS_SECONDS = 5.0
 
 
-def refresh_keys(store: KeyStore, principals: Mapping[str, str], ring: KeyRing) -> None:
+def refresh_keys(
+    store: KeyStore, principals: Mapping[str, str], ring: KeyRing
+) -> dict[str, KeyStoreError]:
     """Take in rotations and revocations from the key folder (``tiaki keys rotate | revoke``)
-    without a restart: a revoked agency key is refused from the next record on. A folder that
-    cannot be read keeps the keys in force; a document that would un-revoke a key is refused."""
+    without a restart: a revoked agency key is refused from the next record on.
+
+    Each key set is read on its own (:meth:`KeyStore.load_each`): a document that cannot be
+    read or is refused keeps that key set's keys in force and nothing else, so one agency's
+    broken document never holds back another's revocation. A document that would un-revoke a
+    key, or change what a key id stands for, is refused key by key. Every revocation in force
+    is then recorded in the folder's revocation list (``KeyStore.record_revoked``), which
+    every later read applies. Returns the refused key sets with why, by ``key_ref``.
+    """
     try:
-        fresh = store.load(principals, private_for=[BROKER])
+        fresh, refused = store.load_each(principals, private_for=[BROKER])
     except KeyStoreError as exc:
-        log.warning("key folder unreadable; keys in force kept", error=str(exc))
-        return
-    changed, refused = ring.update_from(fresh)
+        # Only the revocation list itself raises. What it held is in force in ``ring`` already
+        # (never un-revoked by a read), so the documents' own revocations still go in.
+        log.warning("revocation list unreadable", error_type=type(exc).__name__, error=str(exc))
+        fresh, refused = store.load_each(principals, private_for=[BROKER], apply_revoked=False)
+    for ref, error in refused.items():
+        log.warning(
+            "key document refused; its key set's keys in force kept",
+            agency=ref,
+            error_type=type(error).__name__,
+            error=str(error),
+        )
+    changed, kept = ring.update_from(fresh)
     for info in changed:
         log.info("key updated", key_id=info.key_id, agency=info.owner, key_state=info.state.value)
-    for info in refused:
-        log.warning("key document would un-revoke a key; kept revoked", key_id=info.key_id)
+    for info in kept:
+        log.warning(
+            "key document would un-revoke a key or change it; kept as it was",
+            key_id=info.key_id,
+            agency=info.owner,
+        )
+    # Written down, so a restart with a rolled-back document cannot bring a revoked key back.
+    try:
+        store.record_revoked(ring.keys(None))
+    except KeyStoreError as exc:
+        log.warning("revocation not recorded", error_type=type(exc).__name__, error=str(exc))
+    return refused
 
 
 async def follow_keys(

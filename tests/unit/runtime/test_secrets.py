@@ -53,5 +53,24 @@ def test_a_failed_write_leaves_no_secret_and_no_partial_file(
 def test_a_short_secret_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "audit-subject.key"
     path.write_bytes(b"short")
+    path.chmod(0o600)
     with pytest.raises(ConfigError, match="needs 32 bytes"):
         shared_secret(path)
+
+
+@pytest.mark.parametrize(("file_mode", "folder_mode"), [(0o644, 0o700), (0o600, 0o755)])
+def test_a_secret_open_to_others_is_refused_naming_the_mode_to_set(
+    tmp_path: Path, file_mode: int, folder_mode: int
+) -> None:
+    """An existing secret is read only if it and its folder are owner-only, as the key store
+    reads private keys: a copy restored 0644 must stop the start, not be shared quietly."""
+    folder = tmp_path / "broker-secrets"
+    folder.mkdir()
+    path = folder / "audit-subject.key"
+    path.write_bytes(b"S" * 32)
+    os.chmod(path, file_mode)
+    os.chmod(folder, folder_mode)
+    with pytest.raises(ConfigError, match=r"permissions 0(644|755) are too open") as caught:
+        shared_secret(path)
+    wanted, where = ("600", path) if file_mode != 0o600 else ("700", folder)
+    assert f"chmod {wanted} {where}" in str(caught.value)
