@@ -39,6 +39,7 @@ from broker.audit._errors import (
     IndexFailure,
     LogTampered,
     QueryError,
+    RevokedKey,
 )
 from broker.audit._index import (
     Access,
@@ -96,6 +97,7 @@ __all__ = [
     "PostgresDatabase",
     "Query",
     "QueryError",
+    "RevokedKey",
     "Row",
     "SqliteDatabase",
     "VerifyReport",

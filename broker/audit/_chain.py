@@ -55,13 +55,22 @@ CHECKPOINT_EVERY = timedelta(seconds=10)
 
 _U16 = struct.Struct(">H")
 _U64 = struct.Struct(">Q")
+#: The largest chain name and schema header (bytes) and the seqs a link can encode.
+MAX_FIELD_BYTES = 0xFFFF
+SEQ_LIMIT = 1 << 64
 
 Headers = tuple[tuple[str, bytes], ...]
 
 
 def link_hash(chain: str, seq: int, prev: bytes, schema: bytes, value: bytes) -> bytes:
-    """The link of record ``seq`` of ``chain``; see the module docstring."""
+    """The link of record ``seq`` of ``chain``; see the module docstring.
+
+    Raises :class:`AuditError` if a field does not fit its length prefix (a name or schema
+    over :data:`MAX_FIELD_BYTES`, a seq outside ``0 <= seq <`` :data:`SEQ_LIMIT`).
+    """
     name = chain.encode()
+    if len(name) > MAX_FIELD_BYTES or len(schema) > MAX_FIELD_BYTES or not 0 <= seq < SEQ_LIMIT:
+        raise AuditError("chain field out of range for a link")
     return hashlib.sha256(
         LINK_CONTEXT
         + _U16.pack(len(name))

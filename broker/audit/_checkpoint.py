@@ -7,6 +7,10 @@ link itself (so a verifier holding the log checks it in one comparison). It is p
 seen a checkpoint, the broker's operator cannot rewrite what it covers without the rewrite
 showing against the agency's copy.
 
+A checkpoint is trusted only while its key is: once the key is revoked, its checkpoints raise
+:class:`~broker.audit.RevokedKey` and the verifier treats them as distrusted, not tampered
+with (the table in :func:`verify_checkpoint` gives every check and how it is read).
+
 Checkpoint (version 1)
 ----------------------
 
@@ -35,7 +39,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from broker.audit._chain import ChainHead
-from broker.audit._errors import BadCheckpoint
+from broker.audit._errors import BadCheckpoint, RevokedKey
 from broker.audit._merkle import HASH_BYTES
 from broker.envelope import Algorithm, EnvelopeError, KeyRing, KeyState, Purpose
 
@@ -128,6 +132,10 @@ def parse_checkpoint(data: bytes) -> tuple[Checkpoint, bytes, bytes]:
     body, signature = data[:pos], data[pos:]
     if len(signature) != SIGNATURE_BYTES:
         raise BadCheckpoint("malformed checkpoint")
+    try:
+        signed_at = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):  # a u64 of ms reaches past year 9999
+        raise BadCheckpoint("malformed checkpoint") from None
     checkpoint = Checkpoint(
         chain=names[0],
         signer=names[1],
@@ -135,7 +143,7 @@ def parse_checkpoint(data: bytes) -> tuple[Checkpoint, bytes, bytes]:
         size=size,
         root=root,
         head=head,
-        signed_at=datetime.fromtimestamp(ms / 1000, tz=UTC),
+        signed_at=signed_at,
         encoded=data,
     )
     return checkpoint, body, signature
@@ -144,8 +152,22 @@ def parse_checkpoint(data: bytes) -> tuple[Checkpoint, bytes, bytes]:
 def verify_checkpoint(data: bytes, ring: KeyRing, *, signer: str) -> Checkpoint:
     """Verify a checkpoint signed by ``signer``; return it, or raise :class:`BadCheckpoint`.
 
-    The key must be a signing key of ``signer``, valid when it signed and never revoked (a
-    revoked key's past signatures are distrusted, as for batch statements).
+    The checks, in order, and what a failure means to :func:`~broker.audit.verify_log`:
+
+    ===========================================  ====================  ==================
+    check                                        raises                the verifier reads
+    ===========================================  ====================  ==================
+    well-formed, signed by ``signer``            ``BadCheckpoint``     tampering
+    the key is a signing key of ``signer``       ``BadCheckpoint``     tampering
+    the signature verifies under that key        ``BadCheckpoint``     tampering
+    the key has not been revoked                 :class:`RevokedKey`   distrusted
+    the key was valid when it signed             ``BadCheckpoint``     tampering
+    ===========================================  ====================  ==================
+
+    The signature is checked before revocation so that altered bytes read as tampering even
+    under a revoked key. A revoked key's signatures are distrusted whatever time they claim
+    (as for batch statements): whoever made the key revoke it may hold it, so the claimed time
+    means nothing either.
     """
     checkpoint, body, signature = parse_checkpoint(data)
     if checkpoint.signer != signer:
@@ -156,10 +178,6 @@ def verify_checkpoint(data: bytes, ring: KeyRing, *, signer: str) -> Checkpoint:
         info = ring.get(checkpoint.key_id)
         if info.owner != ring.key_set_of(signer) or info.purpose is not Purpose.SIGNING:
             raise BadCheckpoint("checkpoint key is not a signing key of its signer")
-        if info.state is KeyState.REVOKED:
-            raise BadCheckpoint("checkpoint key is revoked")
-        if not info.created_at <= checkpoint.signed_at < info.not_after:
-            raise BadCheckpoint("checkpoint key was not valid when it signed")
         public = ring.public_key(checkpoint.key_id)
     except EnvelopeError:
         raise BadCheckpoint("checkpoint key unknown") from None
@@ -169,4 +187,8 @@ def verify_checkpoint(data: bytes, ring: KeyRing, *, signer: str) -> Checkpoint:
         public.verify(signature, CHECKPOINT_CONTEXT + body)
     except InvalidSignature:
         raise BadCheckpoint("checkpoint signature does not verify") from None
+    if info.state is KeyState.REVOKED:
+        raise RevokedKey("checkpoint key is revoked")
+    if not info.created_at <= checkpoint.signed_at < info.not_after:
+        raise BadCheckpoint("checkpoint key was not valid when it signed")
     return checkpoint

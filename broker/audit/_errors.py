@@ -4,13 +4,16 @@
     └── AuditError                 anything the audit tools refuse to do
         ├── LogTampered            the log or a checkpoint fails verification (names where)
         ├── BadCheckpoint          a checkpoint is malformed or its signature does not verify
+        │   └── RevokedKey         ...or it verifies, but under a key since revoked (distrusted)
         ├── InconsistentTrees      a consistency or inclusion proof does not hold
         ├── IndexFailure           the index database cannot be opened, read or written
         └── QueryError             a query's arguments are invalid (bad identifier, bad time)
 
 Security checks say little (as the envelope's do): ``LogTampered`` names the first bad
 *position* (``partition P offset O`` or ``chain C seq S``) and what kind of check failed, never
-any record content.
+any record content. :class:`RevokedKey` is the one :class:`BadCheckpoint` that is *not* evidence
+of tampering: revoking a key withdraws trust from everything it signed, so the verifier counts
+such a checkpoint as distrusted (it vouches for nothing) instead of failing the log.
 """
 
 from __future__ import annotations
@@ -33,6 +36,14 @@ class LogTampered(AuditError):
 
 class BadCheckpoint(AuditError):
     """A checkpoint is malformed, signed by a key that may not sign it, or its signature fails."""
+
+
+class RevokedKey(BadCheckpoint):
+    """A checkpoint's signature verifies, but its key has since been revoked.
+
+    Distrusted rather than tampered with: the checkpoint vouches for nothing, so the records it
+    covers count as unsigned until a checkpoint under a trusted key covers them.
+    """
 
 
 class InconsistentTrees(AuditError):

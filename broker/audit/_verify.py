@@ -13,6 +13,7 @@ What each tampering looks like to it, and the position it names:
 tampering                  detected as (position)
 =========================  ===============================================================
 a byte changed             the record no longer matches its link (``partition P offset O``)
+malformed chain headers    ``malformed chain headers`` (``partition P offset O``)
 a record deleted           a seq is missing (``chain C seq S``, with the next record's place)
 a record inserted          not chained, a duplicate seq, or a prev that does not follow
 a record moved or swapped  out of chain order within its partition (the earlier place)
@@ -23,6 +24,13 @@ a signature replaced       the checkpoint does not verify (``tiaki.checkpoints p
 Checks run in that order and the first failure raises :class:`LogTampered`: a verifier's job
 is to say *that* and *where*, and a later failure may only be a consequence of the first.
 Records after a chain's last checkpoint are chained but not yet signed; the report counts them.
+
+A checkpoint (or a witness's) whose signature verifies under a key that has since been revoked
+is not tampering but *distrusted*: revoking the key withdrew trust from everything it signed.
+The verifier skips it (it vouches for nothing, so a chain counts as signed only up to its newest
+trusted checkpoint) and lists its position in :attr:`VerifyReport.distrusted`. Any other
+checkpoint failure (bad signature, wrong signer or key, key not valid when it signed) is
+:class:`LogTampered`; see :func:`~broker.audit.verify_checkpoint` for the order of the checks.
 """
 
 from __future__ import annotations
@@ -35,13 +43,15 @@ from broker.audit._chain import (
     CHAIN_HEADER,
     GENESIS,
     LINK_HEADER,
+    MAX_FIELD_BYTES,
     PREV_HEADER,
     SCHEMA_HEADER,
     SEQ_HEADER,
+    SEQ_LIMIT,
     link_hash,
 )
 from broker.audit._checkpoint import CHECKPOINT_HEADER, Checkpoint, verify_checkpoint
-from broker.audit._errors import BadCheckpoint, InconsistentTrees, LogTampered
+from broker.audit._errors import BadCheckpoint, InconsistentTrees, LogTampered, RevokedKey
 from broker.audit._log import LogEntry
 from broker.audit._merkle import (
     HASH_BYTES,
@@ -75,10 +85,15 @@ class ChainSummary:
 
 @dataclass(frozen=True)
 class VerifyReport:
+    """What a verified log holds. ``checkpoints`` and ``witnesses`` count the trusted ones;
+    ``distrusted`` names (by position, ``witness N`` for a witness's) every checkpoint whose
+    signature verifies under a key since revoked: each vouches for nothing."""
+
     records: int
     checkpoints: int
     witnesses: int
     chains: tuple[ChainSummary, ...]
+    distrusted: tuple[str, ...] = ()
 
     @property
     def unsigned(self) -> int:
@@ -92,14 +107,23 @@ def read_link(entry: LogEntry) -> Link:
     )
     if chain is None or seq is None or prev is None or link is None:
         raise LogTampered(entry.position, "record is not chained")
+    schema = entry.header(SCHEMA_HEADER) or b""
     try:
         name, number = chain.decode(), int(seq)
         prev_hash, link_bytes = bytes.fromhex(prev.decode()), bytes.fromhex(link.decode())
-    except ValueError:
+    except ValueError:  # also UnicodeDecodeError, and int()'s limit on digits
         raise LogTampered(entry.position, "malformed chain headers") from None
-    if number < 0 or len(prev_hash) != HASH_BYTES or len(link_bytes) != HASH_BYTES:
+    # Each field must fit the link's encoding, and the seq must be written as the writer
+    # writes it (so one record cannot carry two spellings of its place in the chain).
+    if (
+        len(chain) > MAX_FIELD_BYTES
+        or len(schema) > MAX_FIELD_BYTES
+        or not 0 <= number < SEQ_LIMIT
+        or str(number).encode() != seq
+        or len(prev_hash) != HASH_BYTES
+        or len(link_bytes) != HASH_BYTES
+    ):
         raise LogTampered(entry.position, "malformed chain headers")
-    schema = entry.header(SCHEMA_HEADER) or b""
     if link_hash(name, number, prev_hash, schema, entry.value) != link_bytes:
         raise LogTampered(entry.position, "record does not match its link (altered)")
     return Link(name, number, prev_hash, link_bytes, entry)
@@ -182,9 +206,13 @@ def verify_log(
     """Verify the whole log; return what it holds, or raise :class:`LogTampered`."""
     chains = _chains(audit)
     signed: list[tuple[Checkpoint, str]] = []
+    distrusted: list[str] = []
     for entry in sorted(checkpoints, key=lambda e: (e.partition, e.offset)):
         try:
             checkpoint = verify_checkpoint(entry.value, ring, signer=signer)
+        except RevokedKey:
+            distrusted.append(entry.position)
+            continue
         except BadCheckpoint as exc:
             raise LogTampered(entry.position, str(exc)) from None
         marked = entry.header(CHECKPOINT_HEADER)
@@ -195,6 +223,8 @@ def verify_log(
     for number, data in enumerate(witnesses, start=1):
         try:
             saved.append((verify_checkpoint(data, ring, signer=signer), f"witness {number}"))
+        except RevokedKey:
+            distrusted.append(f"witness {number}")
         except BadCheckpoint as exc:
             raise LogTampered(f"witness {number}", str(exc)) from None
 
@@ -233,4 +263,4 @@ def verify_log(
         )
         for name, links in chains.items()
     )
-    return VerifyReport(len(audit), len(signed), len(saved), summaries)
+    return VerifyReport(len(audit), len(signed), len(saved), summaries, tuple(distrusted))

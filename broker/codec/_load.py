@@ -27,7 +27,14 @@ from fastavro.schema import to_parsing_canonical_form
 from broker._yaml import SourceError, parse_json, read_text
 from broker.codec._codec import decode
 from broker.codec._errors import SchemaError, UnknownSchema
-from broker.codec._model import NAMESPACE, Schema, SchemaKind, Vocabulary
+from broker.codec._model import (
+    NAMESPACE,
+    Schema,
+    SchemaKind,
+    Vocabulary,
+    find_recursion,
+    recursion_message,
+)
 from broker.codec._types import NAMED, PRIMITIVES, collect_names
 
 USES = "tiaki.uses"
@@ -119,7 +126,8 @@ class SchemaSet:
 def load_schemas(folder: Path) -> SchemaSet:
     """Load, lint, expand, parse and fingerprint every schema under ``folder``.
 
-    Raises :class:`SchemaError` naming the file (and field) at the first fault.
+    Raises :class:`SchemaError` naming the file (and field) at the first fault; a recursive
+    named type is refused, naming the file and the type.
     """
     vocabulary = _load_vocabulary(folder / "vocabulary.json")
     sources = _read_sources(folder)
@@ -294,6 +302,12 @@ def _build(
         canonical = to_parsing_canonical_form(parsed)
     except Exception as exc:  # fastavro raises several types for a bad schema; translate them all
         raise SchemaError(f"{source.path}: not a valid Avro schema: {exc}") from None
+    names = collect_names(definition)
+    # Avro allows a type to contain itself; the field model cannot give the fields inside it
+    # their own paths and classes, so a policy would act on the whole nested record at once.
+    cycle = find_recursion(definition, names)
+    if cycle is not None:
+        raise SchemaError(f"{source.path}: {recursion_message(cycle)}")
     return Schema(
         name=source.name,
         version=source.version,
@@ -304,7 +318,7 @@ def _build(
         fingerprint=hashlib.sha256(canonical.encode("utf-8")).digest(),
         path=source.path,
         practice_step=source.raw.get(PRACTICE_STEP),
-        names=collect_names(definition),
+        names=names,
     )
 
 

@@ -8,6 +8,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from broker.codec._errors import SchemaError
 from broker.codec._types import Names, describe, resolve
 
 NAMESPACE = "nz.tiaki"
@@ -99,13 +100,61 @@ def flatten_fields(schema: Schema) -> tuple[FieldInfo, ...]:
     """Return every field of ``schema`` at every depth, in declaration order.
 
     A field whose type is a record appears itself (``leaf=False``) and is followed by its
-    children. Recursive types are expanded once per path.
+    children. A recursive type raises :class:`SchemaError` (the loader refuses one first):
+    flattened, its nested fields could only be one leaf, and a policy's action on that leaf
+    would reach every class inside it, so the model fails closed instead.
     """
     out: list[FieldInfo] = []
     if schema.definition.get("type") not in ("record", "error"):
         return ()  # an enum or fixed has no fields
-    _flatten(schema.definition, schema.names, "", (), out, frozenset())
+    cycle = find_recursion(schema.definition, schema.names)
+    if cycle is not None:
+        raise SchemaError(f"{schema.path}: {recursion_message(cycle)}")
+    _flatten(schema.definition, schema.names, "", (), out)
     return tuple(out)
+
+
+def find_recursion(node: Any, names: Names) -> tuple[str, ...] | None:
+    """The first cycle of named types in ``node`` (``(A, B, A)``: A contains B contains A), or
+    ``None`` if no named type contains itself at any depth."""
+    done: set[str] = set()
+
+    def walk(node: Any, stack: tuple[str, ...]) -> tuple[str, ...] | None:
+        node = resolve(node, names)
+        if isinstance(node, list):
+            branches: list[Any] = node
+        elif isinstance(node, Mapping) and node.get("type") in ("record", "error"):
+            name = str(node["name"])
+            if name in stack:
+                return (*stack[stack.index(name) :], name)
+            if name in done:
+                return None
+            branches = [fld["type"] for fld in node["fields"]]
+            stack = (*stack, name)
+        elif isinstance(node, Mapping) and node.get("type") == "array":
+            branches = [node["items"]]
+        elif isinstance(node, Mapping) and node.get("type") == "map":
+            branches = [node["values"]]
+        else:
+            return None
+        for branch in branches:
+            cycle = walk(branch, stack)
+            if cycle is not None:
+                return cycle
+        if isinstance(node, Mapping) and node.get("type") in ("record", "error"):
+            done.add(str(node["name"]))
+        return None
+
+    return walk(node, ())
+
+
+def recursion_message(cycle: tuple[str, ...]) -> str:
+    """How errors name a recursive type: ``type nz.tiaki.P is recursive (P -> P)``."""
+    chain = " -> ".join(name.rpartition(".")[2] for name in cycle)
+    return (
+        f"type {cycle[0]} is recursive ({chain}); recursive types are not supported "
+        "(the policy engine could not classify the fields nested inside them)"
+    )
 
 
 def field_classifications(schema: Schema) -> tuple[tuple[str, str], ...]:
@@ -119,19 +168,13 @@ def _flatten(
     prefix: str,
     inherited: tuple[str, ...],
     out: list[FieldInfo],
-    active: frozenset[str],
 ) -> None:
-    active = active | {str(record["name"])}
     for fld in record["fields"]:
         path = f"{prefix}{fld['name']}"
         node, suffix, nullable = _unwrap(fld["type"], names)
         classification = str(fld.get("classification", ""))
         nested = (
-            node
-            if isinstance(node, Mapping)
-            and node.get("type") in ("record", "error")
-            and node["name"] not in active
-            else None
+            node if isinstance(node, Mapping) and node.get("type") in ("record", "error") else None
         )
         out.append(
             FieldInfo(
@@ -145,7 +188,7 @@ def _flatten(
             )
         )
         if nested is not None:
-            _flatten(nested, names, f"{path}{suffix}.", (*inherited, classification), out, active)
+            _flatten(nested, names, f"{path}{suffix}.", (*inherited, classification), out)
 
 
 def _unwrap(node: Any, names: Names) -> tuple[Any, str, bool]:

@@ -17,6 +17,7 @@ from broker.audit import (
     LogEntry,
     latest_heads,
     leaf_hash,
+    link_hash,
     read_link,
     root_of,
 )
@@ -93,3 +94,16 @@ def test_checkpoint_cadence_by_count_and_by_age() -> None:
 def test_reset_refuses_another_chain() -> None:
     with pytest.raises(AuditError):
         ChainWriter(ChainHead("a")).reset(ChainHead("b"))
+
+
+@pytest.mark.parametrize(
+    ("chain", "seq", "schema"),
+    [("c" * 65_536, 0, b""), ("c", 2**64, b""), ("c", -1, b""), ("c", 0, b"s" * 65_536)],
+)
+def test_a_field_that_does_not_fit_its_prefix_is_an_audit_error(
+    chain: str, seq: int, schema: bytes
+) -> None:
+    """Never a struct.error or OverflowError: the writer and the verifier both see AuditError."""
+    with pytest.raises(AuditError, match="out of range"):
+        link_hash(chain, seq, GENESIS, schema, b"v")
+    assert link_hash("c" * 65_535, 2**64 - 1, GENESIS, b"s" * 65_535, b"v")

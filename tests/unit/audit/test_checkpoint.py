@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
+import struct
 from datetime import timedelta
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from broker.audit import BadCheckpoint, parse_checkpoint, sign_checkpoint, verify_checkpoint
+from broker.audit import (
+    BadCheckpoint,
+    RevokedKey,
+    parse_checkpoint,
+    sign_checkpoint,
+    verify_checkpoint,
+)
+from broker.audit._checkpoint import CHECKPOINT_CONTEXT
 from broker.envelope import KeyRing
 
 from .conftest import T0, make_ring
@@ -42,8 +53,57 @@ def test_a_revoked_key_is_refused() -> None:
     data = signed(ring)
     key_id = parse_checkpoint(data)[0].key_id
     ring.revoke(key_id, T0 + timedelta(hours=1), "compromised")
-    with pytest.raises(BadCheckpoint, match="revoked"):
+    with pytest.raises(RevokedKey, match="revoked"):
         verify_checkpoint(data, ring, signer="broker")
+
+
+def test_an_altered_checkpoint_under_a_revoked_key_is_still_a_bad_signature() -> None:
+    """Revocation distrusts what a key signed; it does not excuse bytes changed since."""
+    ring = make_ring()
+    data = bytearray(signed(ring))
+    ring.revoke(parse_checkpoint(bytes(data))[0].key_id, T0 + timedelta(hours=1), "compromised")
+    data[-1] ^= 0x01
+    with pytest.raises(BadCheckpoint, match="signature") as caught:
+        verify_checkpoint(bytes(data), ring, signer="broker")
+    assert not isinstance(caught.value, RevokedKey)
+
+
+def test_a_signed_time_past_year_9999_is_malformed_not_a_crash() -> None:
+    """A u64 of milliseconds can name no datetime; signed or not, it is a malformed checkpoint."""
+    ring = make_ring()
+    checkpoint, body, _ = parse_checkpoint(signed(ring))
+    body = body[:-8] + struct.pack(">Q", 2**64 - 1)
+    private = ring.private_key(checkpoint.key_id)
+    data = body + private.sign(CHECKPOINT_CONTEXT + body)
+    with pytest.raises(BadCheckpoint, match="malformed"):
+        verify_checkpoint(data, ring, signer="broker")
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cut=st.integers(0, 200),
+    flips=st.lists(st.tuples(st.integers(0, 199), st.integers(1, 255)), max_size=4),
+    tail=st.binary(max_size=80),
+)
+def test_any_mangled_checkpoint_is_only_ever_a_bad_checkpoint(
+    cut: int, flips: list[tuple[int, int]], tail: bytes
+) -> None:
+    data = bytearray(signed(_FUZZ_RING)[:cut] + tail)
+    for at, mask in flips:
+        if at < len(data):
+            data[at] ^= mask
+    with contextlib.suppress(BadCheckpoint):  # anything else escaping fails the test
+        verify_checkpoint(bytes(data), _FUZZ_RING, signer="broker")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_arbitrary_bytes_are_only_ever_a_bad_checkpoint(data: bytes) -> None:
+    with pytest.raises(BadCheckpoint):
+        verify_checkpoint(data, _FUZZ_RING, signer="broker")
+
+
+_FUZZ_RING = make_ring()
 
 
 def test_unknown_key_and_truncation_are_refused(ring: KeyRing) -> None:

@@ -5,24 +5,36 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
+import random
+from datetime import timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.audit import (
     CHAIN_HEADER,
+    CHECKPOINT_HEADER,
+    CHECKPOINT_TOPIC,
     LINK_HEADER,
+    PREV_HEADER,
     SEQ_HEADER,
+    Frontier,
     LogEntry,
     LogTampered,
     dump_lines,
+    leaf_hash,
     load_lines,
     read_link,
+    sign_checkpoint,
     verify_log,
 )
-from broker.codec import SchemaSet
-from broker.envelope import KeyRing
+from broker.audit._chain import SCHEMA_HEADER
+from broker.codec import SchemaSet, load_schemas
+from broker.envelope import KeyRing, Purpose
 
-from .conftest import SyntheticLog, build_log
+from .conftest import ROOT, T0, SyntheticLog, build_log, make_ring
 
 
 @pytest.fixture
@@ -252,3 +264,165 @@ def test_malformed_export_is_an_error() -> None:
     with pytest.raises(AuditError, match="line 2"):
         load_lines(['{"format": "tiaki-audit-export/1"}', '{"topic": 1}'])
     assert base64  # imported for readers composing their own fixtures
+
+
+def with_header(entry: LogEntry, name: str, value: bytes) -> LogEntry:
+    headers = tuple((k, value if k == name else v) for k, v in entry.headers)
+    if name not in dict(entry.headers):
+        headers += ((name, value),)
+    return dataclasses.replace(entry, headers=headers)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        (CHAIN_HEADER, b"x" * 70_000),  # longer than the link's u16 length prefix
+        (CHAIN_HEADER, b"\xff\xfe"),  # not UTF-8
+        (SEQ_HEADER, str(2**64).encode()),  # beyond the link's u64
+        (SEQ_HEADER, b"-1"),
+        (SEQ_HEADER, b"00"),  # not as the writer writes it
+        (SEQ_HEADER, b"9" * 5000),  # more digits than int() accepts
+        (PREV_HEADER, b"ab"),
+        (SCHEMA_HEADER, b"s" * 70_000),
+    ],
+)
+def test_malformed_chain_headers_are_named_not_a_crash(
+    log: SyntheticLog, ring: KeyRing, name: str, value: bytes
+) -> None:
+    victim = in_order(log.audit)[3]
+    tampered = [with_header(e, name, value) if e is victim else e for e in log.audit]
+    with pytest.raises(LogTampered) as caught:
+        verify_log(tampered, log.checkpoints, ring)
+    assert caught.value.position == victim.position
+    assert caught.value.reason == "malformed chain headers"
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    name=st.sampled_from([CHAIN_HEADER, SEQ_HEADER, PREV_HEADER, LINK_HEADER, SCHEMA_HEADER]),
+    value=st.one_of(
+        st.binary(max_size=80),
+        st.integers(-(2**70), 2**70).map(lambda n: str(n).encode()),
+        st.text(max_size=40).map(str.encode),
+    ),
+)
+def test_any_chain_header_is_only_ever_read_or_tampered(name: str, value: bytes) -> None:
+    entry = fuzz_entry()
+    try:
+        read_link(with_header(entry, name, value))
+    except LogTampered as exc:  # anything else escaping fails the test
+        position = exc.position
+    else:
+        position = entry.position
+    assert position == entry.position
+
+
+def chain_links(log: SyntheticLog) -> dict[str, list[bytes]]:
+    """Every chain's links in seq order."""
+    links: dict[str, dict[int, bytes]] = {}
+    for entry in log.audit:
+        link = read_link(entry)
+        links.setdefault(link.chain, {})[link.seq] = link.link
+    return {chain: [by_seq[s] for s in sorted(by_seq)] for chain, by_seq in links.items()}
+
+
+def revoke_and_resign(ring: KeyRing, log: SyntheticLog, sizes: dict[str, int]) -> list[LogEntry]:
+    """Revoke the broker's signing key an hour after the log began, and sign checkpoints of
+    the first ``sizes[chain]`` records of each chain with the key that replaces it."""
+    later = T0 + timedelta(hours=1)
+    old = next(k for k in ring.keys("broker") if k.purpose is Purpose.SIGNING)
+    ring.rotate("broker", later, random.Random(3).randbytes)
+    ring.revoke(old.key_id, later, "suspected compromise")
+    links = chain_links(log)
+    fresh = []
+    for offset, (chain, size) in enumerate(sorted(sizes.items()), start=1000):
+        frontier = Frontier()
+        for link in links[chain][:size]:
+            frontier.append(leaf_hash(link))
+        data = sign_checkpoint(
+            ring,
+            "broker",
+            chain=chain,
+            size=size,
+            root=frontier.root(),
+            head=links[chain][size - 1],
+            now=later + timedelta(minutes=1),
+        )
+        header = ((CHECKPOINT_HEADER, chain.encode()),)
+        fresh.append(LogEntry(CHECKPOINT_TOPIC, 0, offset, b"", data, header, 0))
+    return fresh
+
+
+def test_checkpoints_under_a_revoked_key_are_distrusted_not_tampering(
+    schemas: SchemaSet,
+) -> None:
+    """After the broker's key is revoked, its checkpoints vouch for nothing: the log still
+    verifies, every record reads as unsigned, and each such checkpoint is named."""
+    ring = make_ring()
+    log = build_log(ring, schemas)
+    revoke_and_resign(ring, log, {})
+    report = verify_log(log.audit, log.checkpoints, ring)
+    assert report.checkpoints == 0
+    assert report.distrusted == tuple(c.position for c in in_order(log.checkpoints))
+    assert report.unsigned == 60
+    assert all(c.signed == 0 for c in report.chains)
+
+
+def test_records_count_as_signed_again_once_the_new_key_covers_them(schemas: SchemaSet) -> None:
+    ring = make_ring()
+    log = build_log(ring, schemas)
+    fresh = revoke_and_resign(ring, log, {"tiaki-broker-0": 32, "tiaki-broker-1": 10})
+    report = verify_log(log.audit, log.checkpoints + fresh, ring)
+    assert report.checkpoints == 2
+    assert len(report.distrusted) == len(log.checkpoints)
+    assert {c.chain: c.signed for c in report.chains} == {
+        "tiaki-broker-0": 32,
+        "tiaki-broker-1": 10,
+    }
+    assert report.unsigned == 18
+
+
+def test_a_new_keys_checkpoint_still_catches_truncation_after_revocation(
+    schemas: SchemaSet,
+) -> None:
+    ring = make_ring()
+    log = build_log(ring, schemas)
+    fresh = revoke_and_resign(ring, log, {"tiaki-broker-0": 32})
+    last = max(
+        (e for e in log.audit if read_link(e).chain == "tiaki-broker-0"),
+        key=lambda e: read_link(e).seq,
+    )
+    cut = [e for e in log.audit if e is not last]
+    with pytest.raises(LogTampered, match="truncated"):
+        verify_log(cut, log.checkpoints + fresh, ring)
+
+
+def test_a_witness_checkpoint_under_a_revoked_key_counts_for_nothing(schemas: SchemaSet) -> None:
+    ring = make_ring()
+    log = build_log(ring, schemas)
+    saved = [c.value for c in log.checkpoints[:2]]
+    fresh = revoke_and_resign(ring, log, {"tiaki-broker-0": 32, "tiaki-broker-1": 28})
+    report = verify_log(log.audit, log.checkpoints + fresh, ring, witnesses=saved)
+    assert report.witnesses == 0
+    assert report.distrusted[-2:] == ("witness 1", "witness 2")
+    assert report.unsigned == 0
+
+
+def test_an_altered_checkpoint_under_a_revoked_key_is_still_tampering(
+    schemas: SchemaSet,
+) -> None:
+    ring = make_ring()
+    log = build_log(ring, schemas)
+    revoke_and_resign(ring, log, {})
+    victim = log.checkpoints[1]
+    forged = dataclasses.replace(victim, value=victim.value[:-64] + bytes(64))
+    with pytest.raises(LogTampered) as caught:
+        verify_log(log.audit, [forged if c is victim else c for c in log.checkpoints], ring)
+    assert caught.value.position == victim.position
+    assert "signature" in caught.value.reason
+
+
+@functools.cache
+def fuzz_entry() -> LogEntry:
+    """One chained record for the fuzz test (hypothesis runs it many times per fixture)."""
+    return build_log(make_ring(), load_schemas(ROOT / "schemas"), records=3, chains=1).audit[0]
