@@ -30,7 +30,7 @@ ConfigFile = Annotated[
 
 
 def _load(config: Path, agency: str | None, settings: Settings) -> AdapterConfig:
-    loaded = load_config(config)
+    loaded = load_config(config, home=settings.home, schemas=load_schemas(settings.schemas_dir))
     if agency is not None and agency != loaded.agency:
         raise AdapterConfigError(
             f"{config}:1:1: the configuration is for {loaded.agency!r}, not {agency!r}"

@@ -28,19 +28,22 @@
 
 Every fault is reported as ``file:line:column: reason``, ranges included, so what ``tiaki
 adapter check`` accepts ``run`` can use: retry delays at most a day (``86400``), ports ``0`` to
-``65535`` (``listen``, ``metrics_port``, a webhook sink's URL).
+``65535`` (``listen``, ``metrics_port``, a webhook sink's URL), a CSV source's
+``event_type`` (required, and an event schema), and its template (readable, a JSON object).
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from adapters._errors import AdapterConfigError
 from broker._yaml import SourceError, load_yaml, locate
+from broker.codec import SchemaSet
 
 MAX_PORT = 65535
 MAX_DELAY_S = 86400.0
@@ -58,6 +61,12 @@ class FolderSourceConfig(_Strict):
     template: str | None = None
     columns: dict[str, str] = Field(default_factory=dict)
     interval_s: float = Field(default=1.0, gt=0, le=3600)
+
+    @model_validator(mode="after")
+    def _csv_names_its_event_type(self) -> FolderSourceConfig:
+        if self.format == "csv" and not self.event_type:
+            raise ValueError("a CSV folder source needs an event_type (a row does not say)")
+        return self
 
 
 class WebhookSourceConfig(_Strict):
@@ -139,8 +148,32 @@ class AdapterConfig(_Strict):
         )
 
 
-def load_config(path: Path) -> AdapterConfig:
-    """Read and validate ``path``; :class:`AdapterConfigError` as ``file:line:column: reason``."""
+def read_template(path: Path) -> dict[str, Any]:
+    """A CSV source's template: a JSON object; :class:`AdapterConfigError` naming ``path``."""
+    try:
+        template = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AdapterConfigError(
+            f"{path}: cannot read the CSV template: {exc.strerror or exc}"
+        ) from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deeply
+        reason = str(exc) if not isinstance(exc, RecursionError) else "nested too deeply"
+        raise AdapterConfigError(f"{path}: the CSV template is not JSON: {reason}") from None
+    if not isinstance(template, dict):
+        raise AdapterConfigError(f"{path}: the CSV template must be a JSON object")
+    return template
+
+
+def load_config(
+    path: Path, *, home: Path | None = None, schemas: SchemaSet | None = None
+) -> AdapterConfig:
+    """Read and validate ``path``; :class:`AdapterConfigError` as ``file:line:column: reason``.
+
+    Given ``home`` and ``schemas``, also what ``run`` needs beyond the file's shape: each
+    folder source's ``event_type`` names an event schema, and its CSV template (``{home}``
+    filled in) is readable JSON. ``tiaki adapter check`` and ``run`` both pass them, so a
+    configuration ``check`` accepts is one ``run`` can start with.
+    """
     try:
         data = load_yaml(path)
     except SourceError as exc:
@@ -161,7 +194,31 @@ def load_config(path: Path) -> AdapterConfig:
         raise AdapterConfigError(
             f"{path}:{line}:{column}: config_dir: set by the loader, not the file"
         )
-    return config.model_copy(update={"config_dir": path.parent.absolute()})
+    config = config.model_copy(update={"config_dir": path.parent.absolute()})
+    if schemas is not None:
+        events = {name for e in schemas.events() for name in (e.name, e.short_name)}
+        for index, source in enumerate(config.sources):
+            if (
+                isinstance(source, FolderSourceConfig)
+                and source.event_type is not None
+                and source.event_type not in events
+            ):
+                line, column = locate(data, ["sources", index, "event_type"])
+                raise AdapterConfigError(
+                    f"{path}:{line}:{column}: sources.{index}.event_type: "
+                    f"no event schema named {source.event_type!r}"
+                )
+    if home is not None:
+        for index, source in enumerate(config.sources):
+            if isinstance(source, FolderSourceConfig) and source.template:
+                try:
+                    read_template(config.path(source.template, home))
+                except AdapterConfigError as exc:
+                    line, column = locate(data, ["sources", index, "template"])
+                    raise AdapterConfigError(
+                        f"{path}:{line}:{column}: sources.{index}.template: {exc}"
+                    ) from None
+    return config
 
 
 #: pydantic puts the discriminator's chosen class name in error locations; drop it.

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from adapters._config import (
     StdoutSinkConfig,
     WebhookSinkConfig,
     WebhookSourceConfig,
+    read_template,
 )
 from adapters._connection import Connection, KafkaConnection
 from adapters._errors import AdapterConfigError
@@ -90,15 +90,9 @@ class Adapter:
             if isinstance(source, FolderSourceConfig):
                 template = None
                 if source.template:
-                    template_path = config.path(source.template, home)
-                    try:
-                        template = json.loads(template_path.read_text())
-                    except (OSError, ValueError) as exc:
-                        raise AdapterConfigError(
-                            f"{template_path}: cannot read the CSV template: {exc}"
-                        ) from None
-                sources.append(
-                    FolderSource(
+                    template = read_template(config.path(source.template, home))
+                try:
+                    folder = FolderSource(
                         config.agency,
                         config.path(source.path, home),
                         format=source.format,
@@ -107,7 +101,9 @@ class Adapter:
                         columns=source.columns,
                         interval_s=source.interval_s,
                     )
-                )
+                except ValueError as exc:  # load_config checks this first; this is the backstop
+                    raise AdapterConfigError(f"folder source {source.path}: {exc}") from None
+                sources.append(folder)
             elif isinstance(source, WebhookSourceConfig):
                 host, _, port = source.listen.rpartition(":")
                 sources.append(WebhookSource(config.agency, host, int(port), source.path))
@@ -157,5 +153,10 @@ class Adapter:
 def serve_metrics(port: int) -> AdapterMetrics:
     """Adapter metrics on ``127.0.0.1:port`` (its own registry)."""
     metrics = AdapterMetrics(CollectorRegistry())
-    start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    try:
+        start_http_server(port, addr="127.0.0.1", registry=metrics.registry)
+    except OSError as exc:  # the port taken, most likely: say which setting to change
+        raise AdapterConfigError(
+            f"cannot serve metrics on 127.0.0.1:{port} (metrics_port): {exc.strerror or exc}"
+        ) from None
     return metrics

@@ -1,12 +1,13 @@
 """The ``tiaki`` command line.
 
 Each package contributes a Typer sub-application; this module only assembles them and turns
-errors into one-line messages. A deliberate :class:`~broker._errors.TiakiError` or a bad
-argument never shows a traceback.
+errors into one-line messages. A deliberate :class:`~broker._errors.TiakiError`, a bad
+argument or an :class:`OSError` (a folder not writable, a port taken) never shows a traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import typer
@@ -65,7 +66,25 @@ def main(argv: list[str] | None = None) -> int:
     except TiakiError as exc:
         print(f"tiaki: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:
+        # The system said no (a folder not writable, a port taken, a disk full): what it
+        # said, and where, in one line. Commands that can say more catch it themselves.
+        print(f"tiaki: error: {os_error_line(exc)}", file=sys.stderr)
+        return 1
     return result if isinstance(result, int) else 0
+
+
+def os_error_line(exc: OSError) -> str:
+    """``<what>: <strerror> (<path>)`` for an :class:`OSError` no command caught."""
+    if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+        what = "cannot listen on the port (is another process using it?)"
+    elif exc.filename is not None:
+        what = "cannot use a file or folder"
+    else:
+        what = "the system refused"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    paths = [str(p) for p in (exc.filename, exc.filename2) if p is not None]
+    return f"{what}: {reason}" + (f" ({' -> '.join(paths)})" if paths else "")
 
 
 def run() -> None:

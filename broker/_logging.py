@@ -94,17 +94,57 @@ def _safe(key: str, value: Any) -> bool:
     return key in _NO_PATTERN or not (isinstance(value, str) and _PERSONAL.search(value))
 
 
+class _StdlibHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root logger's handler :func:`configure_logging` installs (and replaces)."""
+
+
 def configure_logging(stream: TextIO | None = None, level: int = logging.INFO) -> None:
-    """JSON logs, one object per line, scrubbed, to ``stream`` (default stderr)."""
+    """JSON logs, one object per line, scrubbed, to ``stream`` (default stderr).
+
+    Libraries log through the standard library (aiokafka's retries and connection errors):
+    the root logger gets a handler that runs their records through the same processors,
+    scrubber included, so every line on stderr is a scrubbed JSON object. Calling this
+    again replaces that handler; handlers others put on the root logger are left alone.
+    """
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            scrub_personal_information,
-            structlog.processors.JSONRenderer(),
-        ],
+        processors=[*shared, scrub_personal_information, structlog.processors.JSONRenderer()],
         wrapper_class=structlog.make_filtering_bound_logger(level),
         logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+    handler = _StdlibHandler(stream or sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            # A record's message is its "event"; its extra attributes are not carried over
+            # (the scrubber would drop them anyway), nor its exception's traceback text,
+            # which may quote a record: only the exception's type, a safe key, is kept.
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, _error_type],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                scrub_personal_information,
+                structlog.processors.JSONRenderer(),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def _error_type(
+    logger: Any, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """A standard-library record's exception, as ``error_type`` (its class name) only."""
+    event_dict.pop("exc_info", None)  # the traceback, rendered or not, stays out
+    record = event_dict.get("_record")
+    exc_info = getattr(record, "exc_info", None)
+    if exc_info and exc_info[0] is not None:
+        event_dict["error_type"] = exc_info[0].__name__
+    return event_dict

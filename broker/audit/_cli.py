@@ -16,8 +16,10 @@ witness            an agency saves the checkpoints it can see, to check the log 
 
 Every read of the audit data (query, subject-report, export, verify, index) is recorded in
 the index's chained access log with the operator's identity (``--operator`` or
-``TIAKI_OPERATOR``). A person is given as ``SCHEME:VALUE`` (``NHI:ZZZ0016``); it is hashed
-with the deployment's subject key at once, and only the hash is logged, stored or printed.
+``TIAKI_OPERATOR``); verify and export, which read the topic and not the index, record it
+when an index exists and never make one (without one they say so on stderr). A person is
+given as ``SCHEME:VALUE`` (``NHI:ZZZ0016``); it is hashed with the deployment's subject key
+at once, and only the hash is logged, stored or printed.
 """
 
 from __future__ import annotations
@@ -92,12 +94,51 @@ def _index(
     since a mistyped path would otherwise be a new, empty index, and an empty answer to "who
     received what" that is not true. Commands that only record their access may make it."""
     target = db if db is not None else settings.home / "audit" / "index.sqlite"
-    text = str(target)
-    if existing and not text.startswith(("postgresql://", "postgres://")):
-        path = Path(text.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise AuditError(f"no audit index at {path} (build it with 'tiaki audit index')")
+    if existing:
+        missing = _missing_index(settings, db)
+        if missing is not None:
+            raise AuditError(f"no audit index at {missing} (build it with 'tiaki audit index')")
     return AuditIndex.open(target, load_schemas(settings.schemas_dir), rebuild=rebuild)
+
+
+def _missing_index(settings: Settings, db: str | None) -> Path | None:
+    """The SQLite path at ``--db`` (or the default) if no index is there, else None. A
+    PostgreSQL URL is taken as existing: opening it finds out."""
+    text = str(db if db is not None else settings.home / "audit" / "index.sqlite")
+    if text.startswith(("postgresql://", "postgres://")):
+        return None
+    path = Path(text.removeprefix("sqlite:///"))
+    return None if path.is_file() else path
+
+
+def _record_if_indexed(
+    settings: Settings,
+    db: str | None,
+    *,
+    operator: str,
+    command: str,
+    query: dict[str, Any],
+    results: int,
+    now: datetime,
+) -> None:
+    """Record a ``verify`` or ``export`` run in the access log of the index that exists.
+    Neither needs the index (both read the topic), so neither makes one: a new, empty index
+    would make ``query`` answer "nobody" instead of refusing. Without an index, say on
+    stderr (one line) that this run is not in any access log."""
+    missing = _missing_index(settings, db)
+    if missing is not None:
+        if query.get("outcome") == "error":  # nothing was read; the error is the one line
+            return
+        print(
+            f"tiaki: note: no audit index at {missing}, so this {command} is not in an access "
+            "log (build one with 'tiaki audit index')",
+            file=sys.stderr,
+        )
+        return
+    with _index(settings, db, existing=True) as index:
+        index.record_access(
+            operator=operator, command=command, query=query, results=results, now=now
+        )
 
 
 def _subject_key(settings: Settings) -> bytes:
@@ -266,18 +307,19 @@ def verify_command(
         print(f"tiaki: audit log does NOT verify: {exc}", file=sys.stderr)
         raise typer.Exit(1) from None
     finally:
-        with _index(settings, db) as index:
-            index.record_access(
-                operator=operator,
-                command="verify",
-                query={
-                    "source": "file" if source else "kafka",
-                    "witnesses": len(saved),
-                    "outcome": outcome,
-                },
-                results=records,
-                now=_now(),
-            )
+        _record_if_indexed(
+            settings,
+            db,
+            operator=operator,
+            command="verify",
+            query={
+                "source": "file" if source else "kafka",
+                "witnesses": len(saved),
+                "outcome": outcome,
+            },
+            results=records,
+            now=_now(),
+        )
     print(
         f"audit log verifies: {report.records} records in {len(report.chains)} chains, "
         f"{report.checkpoints} signed checkpoints, {report.witnesses} witness checkpoints"
@@ -289,6 +331,11 @@ def verify_command(
     if report.unsigned:
         print(
             f"  {report.unsigned} records are after their chain's last checkpoint (chained, not yet signed)"
+        )
+    if report.distrusted:
+        print(
+            f"  {len(report.distrusted)} checkpoints are signed by a revoked key and vouch for "
+            f"nothing: {', '.join(report.distrusted)}"
         )
 
 
@@ -316,9 +363,12 @@ def witness_command(
     )
     known = set(_load_witness(out)) if out.exists() else set()
     fresh = [e.value for e in entries if e.value not in known]
-    with out.open("a") as handle:
-        for value in fresh:
-            handle.write(json.dumps({"checkpoint": base64.b64encode(value).decode()}) + "\n")
+    try:
+        with out.open("a") as handle:
+            for value in fresh:
+                handle.write(json.dumps({"checkpoint": base64.b64encode(value).decode()}) + "\n")
+    except OSError as exc:
+        raise AuditError(f"cannot write the witness file {out}: {exc.strerror or exc}") from None
     print(f"saved {len(fresh)} new checkpoints ({len(known) + len(fresh)} in {out})")
 
 
@@ -354,7 +404,13 @@ def query_command(
     since: Annotated[str | None, typer.Option("--since", help="ISO 8601, inclusive.")] = None,
     until: Annotated[str | None, typer.Option("--until", help="ISO 8601, exclusive.")] = None,
     limit: Annotated[
-        int, typer.Option("--limit", help="Most rows to print.", min=1, max=MAX_LIMIT)
+        int,
+        typer.Option(
+            "--limit",
+            help="Most rows to print (a note on stderr says when reached).",
+            min=1,
+            max=MAX_LIMIT,
+        ),
     ] = 1000,
     fmt: Format = "table",
     db: Db = None,
@@ -380,6 +436,12 @@ def query_command(
             operator=operator, command="query", query=q.described(), results=len(rows), now=_now()
         )
     _emit(fmt, QUERY_COLUMNS, [_row_doc(r) for r in rows])
+    if len(rows) >= limit:  # a silent cut would read as "that is everyone"
+        print(
+            f"tiaki: note: stopped at --limit {limit} rows; there may be more "
+            f"(raise --limit, up to {MAX_LIMIT:,}, or narrow the filters)",
+            file=sys.stderr,
+        )
 
 
 def _row_doc(row: Row) -> dict[str, Any]:
@@ -506,14 +568,15 @@ def export_command(
                 handle.write(line + "\n")
     except OSError as exc:
         raise AuditError(f"cannot write {out}: {exc.strerror}") from None
-    with _index(settings, db) as index:
-        index.record_access(
-            operator=operator,
-            command="export",
-            query={"out": out.name},
-            results=len(audit) + len(checkpoints),
-            now=now,
-        )
+    _record_if_indexed(
+        settings,
+        db,
+        operator=operator,
+        command="export",
+        query={"out": out.name},
+        results=len(audit) + len(checkpoints),
+        now=now,
+    )
     print(f"exported {len(audit)} audit records and {len(checkpoints)} checkpoints to {out}")
 
 

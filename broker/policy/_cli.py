@@ -15,6 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
+from broker._settings import Settings
 from broker.policy._engine import Engine, compile_policy
 from broker.policy._errors import ApprovalError, PolicyValidationError, ScenarioFailure
 from broker.policy._load import load_policy_set
@@ -318,23 +319,42 @@ def verify(
     folder: Annotated[Path, _FOLDER] = Path("policies"),
     roster: Annotated[
         Path | None,
-        typer.Option("--roster", help="Trusted officers (default: the set's own roster file)."),
+        typer.Option(
+            "--roster",
+            help="Trusted officers (default: the deployment's, TIAKI_HOME/officers/roster.yaml, "
+            "as 'tiaki broker run' trusts).",
+        ),
     ] = None,
 ) -> None:
-    """Refuse a set without its required approvals by officers on the trusted roster."""
+    """Refuse a set without its required approvals by officers on the trusted roster.
+
+    The roster is never the set's own ``officers.yaml``: that file is not covered by the
+    policy hash, so whoever could edit the set could name themselves its officers.
+    """
+    if roster is None:
+        roster = Settings.from_env().home / "officers" / "roster.yaml"
+        if not roster.is_file():
+            raise ApprovalError(
+                f"no trusted roster at {roster} (the one 'tiaki broker run' trusts); "
+                "pass --roster FILE with the officers your brokers trust"
+            )
     engine = _engine(folder)
     policy = engine.policy
     try:
-        officers = load_roster(roster or policy.roster_path)
+        officers = load_roster(roster)
     except PolicyValidationError as exc:
         _print_errors(exc)
         raise typer.Exit(1) from None
     required = max(policy.required_approvals, MINIMUM_APPROVALS)  # as the broker counts
-    approved = verify_approvals(
-        engine.policy_hash, required, load_approvals(policy.approvals_folder), officers
-    )
+    try:
+        approved = verify_approvals(
+            engine.policy_hash, required, load_approvals(policy.approvals_folder), officers
+        )
+    except ApprovalError as exc:
+        raise ApprovalError(f"{exc} (trusted roster: {roster})") from None
     if not approved:  # pragma: no cover - verify_approvals raises first
         raise ApprovalError("no approvals")
     print(
-        f"ok: {engine.policy_hash} approved by {', '.join(approved)} ({len(approved)} of {required} required)"
+        f"ok: {engine.policy_hash} approved by {', '.join(approved)} "
+        f"({len(approved)} of {required} required; trusted roster: {roster})"
     )

@@ -98,14 +98,17 @@ def generate_officer_key(out: Path) -> str:
     """
     if out.exists():
         raise ApprovalError(f"{out}: a key is already there; not overwriting it")
-    out.parent.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as exc:  # nothing written yet: nothing to clean up
+        raise ApprovalError(f"cannot write the key to {out}: {exc.strerror or exc}") from None
     with os.fdopen(fd, "wb") as handle:
         handle.write(pem)
     public = key.public_key().public_bytes(

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from broker._errors import ConfigError, TiakiError
 from broker._logging import configure_logging
 from broker._settings import Settings
 from broker.platform._profiles import load_profile, profile_path
@@ -86,23 +87,54 @@ def run(
     asyncio.run(main())
 
 
+def check_release(release: Path, roster: Path) -> str:
+    """Load ``release`` as a broker would (valid, and approved by enough officers on
+    ``roster``); return its policy hash, or raise a one-line :class:`ConfigError`.
+
+    ``tiaki.policy`` is compacted under one key, so whatever is published replaces the last
+    approved release there for good; a worker would refuse a bad one, but the good one is
+    gone. So nothing the broker would refuse is published.
+    """
+    policies = release / "policies"
+    if not policies.is_dir():
+        raise ConfigError(f"{release}: not a policy release (no policies/ folder in it)")
+    store = PolicyStore(load_roster(roster))
+    try:
+        engine = store.load(policies)
+    except TiakiError as exc:
+        raise ConfigError(f"{release}: not published, the broker would refuse it: {exc}") from None
+    except Exception as exc:  # whatever a candidate raises, the broker refuses (PolicyStore)
+        raise ConfigError(
+            f"{release}: not published, the broker would refuse it: {type(exc).__name__}: {exc}"
+        ) from None
+    return engine.policy_hash
+
+
 @app.command("publish-policy")
 def publish_policy(
     release: Annotated[
         Path, typer.Argument(help="An approved release folder (policies/ and schemas/).")
     ],
+    roster: Annotated[
+        Path | None,
+        typer.Option(
+            help="The privacy officers the brokers trust (default: .tiaki/officers/roster.yaml)."
+        ),
+    ] = None,
 ) -> None:
-    """Publish a policy release to tiaki.policy (as admin); every broker worker verifies it."""
+    """Publish a policy release to tiaki.policy (as admin), only if it is valid and approved
+    by officers on the trusted roster; every broker worker verifies it again."""
     settings = Settings.from_env()
-    profile = load_profile(profile_path(settings.profiles_dir, ADMIN))
+    digest = check_release(release, roster or settings.home / "officers" / "roster.yaml")
     data = bundle(release)
+    profile = load_profile(profile_path(settings.profiles_dir, ADMIN))
 
     async def main() -> None:
         async with KafkaPublisher(profile) as publisher:
             await publisher.publish(POLICY, b"policy", data)
 
     asyncio.run(main())
-    print(f"published {len(data)} bytes to {POLICY}")
+    print(f"published policy {digest[:16]} ({len(data)} bytes) to {POLICY}")
 
 
 def demo_command(

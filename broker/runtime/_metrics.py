@@ -14,6 +14,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from broker.envelope import KeyRing, KeyState
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+#: Every ``result`` of ``tiaki_transactions_total`` (the worker counts each).
+TRANSACTION_RESULTS = ("committed", "aborted")
 _EVAL_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2)
 
 
@@ -108,6 +110,11 @@ class BrokerMetrics:
             ["result"],
             registry=registry,
         )
+        # A labelled counter exports nothing until a label value is first used, and the
+        # TiakiBrokerDown alert is absent(tiaki_transactions_total): an idle, healthy worker
+        # must export the series from the start (at 0), or the alert fires on it.
+        for result in TRANSACTION_RESULTS:
+            self.transactions.labels(result)
         self.state_refresh_failures = Counter(
             "tiaki_state_refresh_failures",
             "Failed re-reads of the state topics (after a rebalance or a failed commit); the "

@@ -60,12 +60,18 @@ def approve_as_dev_officers(policy_folder: Path, officers: Path, now: dt.datetim
 
 
 def bundle(release: Path) -> bytes:
-    """A release folder as one bundle record."""
-    files = {
-        str(path.relative_to(release)): path.read_text(encoding="utf-8")
-        for path in sorted(release.rglob("*"))
-        if path.is_file()
-    }
+    """A release folder as one bundle record; a file that is not UTF-8 text is refused with
+    a :class:`ConfigError` naming it (a bundle carries text, and a release holds no other)."""
+    files: dict[str, str] = {}
+    for path in sorted(release.rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            files[str(path.relative_to(release))] = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise ConfigError(
+                f"{path}: not UTF-8 text; a policy release holds only text files"
+            ) from None
     return json.dumps({"format": BUNDLE_FORMAT, "files": files}, sort_keys=True).encode()
 
 

@@ -88,3 +88,92 @@ def test_exit_code_of_a_command_is_kept(
     monkeypatch.setenv("TIAKI_KAFKA_PORT", "39193")
     assert main(["kafka", "status"]) == 1
     assert capsys.readouterr().out == "stopped\n"
+
+
+# -- the system says no: one line naming what and where, never a traceback ------------------
+
+
+def _one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err
+    assert err.count("\n") == 1, err
+    return err
+
+
+def test_keys_init_in_an_unusable_home_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Caught at the top: broker/envelope/_store.py raises the OSError itself."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    monkeypatch.setenv("TIAKI_HOME", str(blocker / "home"))
+    err = _one_line(["keys", "init"], capsys)
+    assert err.startswith("tiaki: error: cannot use a file or folder: Not a directory (")
+    assert str(blocker) in err
+
+
+def test_an_os_error_names_what_why_and_where() -> None:
+    import errno
+
+    from broker._cli import os_error_line
+
+    denied = PermissionError(errno.EACCES, "Permission denied", "/srv/tiaki/keys")
+    assert os_error_line(denied) == (
+        "cannot use a file or folder: Permission denied (/srv/tiaki/keys)"
+    )
+    taken = OSError(errno.EADDRINUSE, "Address already in use")
+    assert os_error_line(taken) == (
+        "cannot listen on the port (is another process using it?): Address already in use"
+    )
+
+
+def test_a_taken_port_from_any_command_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As ``tiaki broker run`` meets its metrics port taken (its service is not changed)."""
+    import errno
+
+    import broker.policy._cli as policy_cli
+
+    def taken(_out: Path) -> str:
+        raise OSError(errno.EADDRINUSE, "Address already in use")
+
+    monkeypatch.setattr(policy_cli, "generate_officer_key", taken)
+    err = _one_line(["policy", "keygen", "--officer", "a", "--out", "k"], capsys)
+    assert err == (
+        "tiaki: error: cannot listen on the port (is another process using it?): "
+        "Address already in use\n"
+    )
+
+
+def test_policy_keygen_to_an_unwritable_place_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    out = blocker / "officers" / "a.key"
+    err = _one_line(["policy", "keygen", "--officer", "a", "--out", str(out)], capsys)
+    assert err == f"tiaki: error: cannot write the key to {out}: Not a directory\n"
+
+
+def test_adapter_metrics_port_taken_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setenv("TIAKI_HOME", str(tmp_path))
+    monkeypatch.setenv("TIAKI_REGISTRY", str(root / "policies" / "agencies.yaml"))
+    monkeypatch.setenv("TIAKI_SCHEMAS", str(root / "schemas"))
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen()
+        port = blocker.getsockname()[1]
+        config = tmp_path / "adapter.yaml"
+        config.write_text(f"agency: police\nmetrics_port: {port}\n")
+        err = _one_line(["adapter", "run", "--agency", "police", "--config", str(config)], capsys)
+    assert err.startswith(
+        f"tiaki: error: cannot serve metrics on 127.0.0.1:{port} (metrics_port): "
+    )

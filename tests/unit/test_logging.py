@@ -68,3 +68,47 @@ def test_key_ids_are_kept_only_in_the_format_tiaki_makes_them() -> None:
     assert scrub_personal_information(None, "info", {"key_id": kept})["key_id"] == kept
     for forged in (CANARIES["name"], f"{CANARIES['nhi']}.sig.20261201T120439Z.1a2b3c4d", 7):
         assert scrub_personal_information(None, "info", {"key_id": forged})["key_id"] == SCRUBBED
+
+
+def test_standard_library_records_come_out_as_scrubbed_json() -> None:
+    """aiokafka logs through the standard library: its lines must be JSON and scrubbed too."""
+    import logging
+
+    stream = io.StringIO()
+    configure_logging(stream)
+    try:
+        library = logging.getLogger("aiokafka.consumer.group_coordinator")
+        library.warning("Heartbeat failed for group %s", "tiaki-broker")
+        library.error("could not deliver to %s", CANARIES["email"])
+        try:
+            raise ValueError(CANARIES["address"])
+        except ValueError:
+            library.exception("failed on %s", "ingress")
+        library.debug("below the level: not written")
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    finally:
+        configure_logging()  # put the handler back on stderr
+    assert [line["level"] for line in lines] == ["warning", "error", "error"]
+    assert lines[0]["event"] == "Heartbeat failed for group tiaki-broker"
+    assert lines[0]["logger"] == "aiokafka.consumer.group_coordinator"
+    assert "timestamp" in lines[0]
+    assert lines[1]["event"] == SCRUBBED
+    assert lines[2]["error_type"] == "ValueError"
+    assert "exc_info" not in lines[2]
+    text = stream.getvalue()
+    for canary in CANARIES.values():
+        assert canary not in text
+
+
+def test_configuring_again_replaces_the_standard_library_handler() -> None:
+    import logging
+
+    first, second = io.StringIO(), io.StringIO()
+    configure_logging(first)
+    configure_logging(second)
+    try:
+        logging.getLogger("aiokafka").warning("once")
+    finally:
+        configure_logging()
+    assert first.getvalue() == ""
+    assert len(second.getvalue().splitlines()) == 1

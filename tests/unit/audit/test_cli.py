@@ -53,11 +53,13 @@ def test_verify_names_the_first_bad_position(
     path = export(home / "cut.jsonl", entries)
     assert main(["audit", "verify", "--file", str(path)]) == 1
     link = read_link(victim)
-    err = capsys.readouterr().err
-    assert err.startswith(
+    failure, *rest = capsys.readouterr().err.splitlines()
+    assert failure.startswith(
         f"tiaki: audit log does NOT verify: chain {link.chain} seq {link.seq}: missing"
     )
-    assert err.count("\n") == 1
+    assert [line.split(",")[0] for line in rest] == [  # no index here: the run says so
+        f"tiaki: note: no audit index at {home / 'audit' / 'index.sqlite'}"
+    ]
 
 
 def test_index_query_report_and_access_log(
@@ -154,3 +156,82 @@ def test_no_operator_no_access(
     monkeypatch.delenv("TIAKI_OPERATOR")
     assert main(["audit", "query"]) == 2
     assert "--operator" in capsys.readouterr().err
+
+
+def test_verify_and_export_never_make_an_index(
+    home: Path,
+    log: SyntheticLog,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """verify and export record their run in an index that exists; with none they say so on
+    stderr and make none, so a later query is refused rather than answering "nobody"."""
+    import broker.audit._cli as audit_cli
+
+    index = home / "audit" / "index.sqlite"
+    path = export(home / "log.jsonl", log.audit + log.checkpoints)
+    assert main(["audit", "verify", "--file", str(path)]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith(f"tiaki: note: no audit index at {index}, so this verify is not")
+    assert err.count("\n") == 1
+    assert not index.exists()
+
+    async def settled(*_args: object, **_kwargs: object) -> tuple[object, ...]:
+        return log.audit, log.checkpoints, None
+
+    monkeypatch.setattr(audit_cli, "load_profile", lambda _path: None)
+    monkeypatch.setattr(audit_cli, "verify_live", settled)
+    assert main(["audit", "export", "--out", str(home / "copy.jsonl")]) == 0
+    assert "so this export is not in an access log" in capsys.readouterr().err
+    assert not index.exists()
+
+    assert main(["audit", "query", "--person", PERSON]) == 1
+    assert "no audit index at" in capsys.readouterr().err
+    assert not index.exists()
+
+    assert main(["audit", "index", "--file", str(path)]) == 0
+    assert main(["audit", "verify", "--file", str(path)]) == 0
+    assert main(["audit", "export", "--out", str(home / "copy.jsonl")]) == 0
+    capsys.readouterr()
+    assert main(["audit", "access-log", "--format", "json"]) == 0
+    commands = [a["command"] for a in json.loads(capsys.readouterr().out)]
+    assert commands == ["index", "verify", "export"]
+
+
+def test_query_says_when_it_stopped_at_the_limit(
+    home: Path, log: SyntheticLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = export(home / "log.jsonl", log.audit + log.checkpoints)
+    assert main(["audit", "index", "--file", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["audit", "query", "--person", PERSON, "--format", "json", "--limit", "5"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 5
+    assert captured.err.startswith("tiaki: note: stopped at --limit 5 rows; there may be more")
+    assert captured.err.count("\n") == 1
+
+    assert main(["audit", "query", "--person", PERSON, "--format", "json"]) == 0
+    captured = capsys.readouterr()
+    assert len(json.loads(captured.out)) == 12
+    assert captured.err == ""
+
+
+def test_witness_to_an_unwritable_file_is_one_line(
+    home: Path,
+    log: SyntheticLog,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import broker.audit._cli as audit_cli
+
+    async def checkpoints(*_args: object) -> list[LogEntry]:
+        return log.checkpoints
+
+    monkeypatch.setattr(audit_cli, "load_profile", lambda _path: None)
+    monkeypatch.setattr(audit_cli, "read_topic", checkpoints)
+    blocker = home / "a-file"
+    blocker.write_text("")
+    out = blocker / "witness.jsonl"
+    assert main(["audit", "witness", "--profile", "police", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"tiaki: error: cannot write the witness file {out}: Not a directory\n"

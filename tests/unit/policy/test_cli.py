@@ -151,8 +151,18 @@ def _officers(tmp_path: Path, policy_copy: Path, names: list[str]) -> dict[str, 
         public = generate_officer_key(key)
         keys[name] = key
         entries.append(f"  - name: {name}\n    public_key: {public}\n")
-    (policy_copy / "officers.yaml").write_text("officers:\n" + "".join(entries))
+    roster = "officers:\n" + "".join(entries)
+    (policy_copy / "officers.yaml").write_text(roster)
+    # ...and the deployment's trusted roster, which `policy verify` checks against by default
+    (tmp_path / ".tiaki" / "officers" / "roster.yaml").write_text(roster)
     return keys
+
+
+@pytest.fixture(autouse=True)
+def home(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """TIAKI_HOME in the test's folder, so no test reads the developer's .tiaki."""
+    monkeypatch.setenv("TIAKI_HOME", str(tmp_path / ".tiaki"))
+    return tmp_path / ".tiaki"
 
 
 def test_sign_and_verify_need_the_required_approvals(
@@ -167,7 +177,10 @@ def test_sign_and_verify_need_the_required_approvals(
     assert "has 1 of 2 required approvals" in capsys.readouterr().err
     assert main(["policy", "sign", folder, "--officer", "ben", "--key", str(keys["ben"])]) == 0
     assert main(["policy", "verify", folder]) == 0
-    assert "approved by aroha, ben (2 of 2 required)" in capsys.readouterr().out
+    roster = tmp_path / ".tiaki" / "officers" / "roster.yaml"
+    assert capsys.readouterr().out.endswith(
+        f"approved by aroha, ben (2 of 2 required; trusted roster: {roster})\n"
+    )
     # Any change to the policy makes the approvals stale.
     rules = policy_copy / "rules" / "50-ipp11.yaml"
     rules.write_text(rules.read_text().replace("risk: keep", "narrative: keep"))
@@ -234,8 +247,38 @@ def test_the_store_swaps_only_to_an_approved_set(tmp_path: Path, policy_copy: Pa
     assert store.last_error is None
 
 
-def test_the_shipped_set_is_unsigned(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["policy", "verify", str(POLICIES)]) == 1
+def test_the_sets_own_roster_is_not_trusted_by_default(
+    tmp_path: Path, policy_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """officers.yaml in the set is not covered by its hash: whoever replaces it with their
+    own officers and signs must still fail against the deployment's roster."""
+    _officers(tmp_path, policy_copy, ["aroha", "ben"])  # the trusted roster in TIAKI_HOME
+    # Intruders with the same names replace the set's officers.yaml with their own keys.
+    intruders = _officers(tmp_path / "intruders", policy_copy, ["aroha", "ben"])
+    for name, key in intruders.items():
+        assert main(["policy", "sign", str(policy_copy), "--officer", name, "--key", str(key)]) == 0
+    assert main(["policy", "verify", str(policy_copy)]) == 1
+    err = capsys.readouterr().err
+    assert "does not verify" in err or "0 of 2" in err, err
+    assert f"(trusted roster: {tmp_path / '.tiaki' / 'officers' / 'roster.yaml'})" in err
+    assert err.count("\n") == 1
+
+
+def test_verify_without_a_trusted_roster_refuses(
+    home: Path, policy_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["policy", "verify", str(policy_copy)]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"tiaki: error: no trusted roster at {home / 'officers' / 'roster.yaml'} (the one "
+        "'tiaki broker run' trusts); pass --roster FILE with the officers your brokers trust\n"
+    )
+
+
+def test_the_shipped_set_is_unsigned(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    nobody = tmp_path / "roster.yaml"
+    nobody.write_text("officers: []\n")
+    assert main(["policy", "verify", str(POLICIES), "--roster", str(nobody)]) == 1
     err = capsys.readouterr().err
     assert "0 of 2 required approvals" in err
     assert err.count("\n") == 1

@@ -39,3 +39,27 @@ def test_lag_gauge_follows_the_assignment() -> None:
     assert (
         value("tiaki_consumer_lag_records", {"topic": "tiaki.ingress.msd", "partition": "2"}) == 3
     )
+
+
+def test_a_fresh_worker_exports_its_transaction_series() -> None:
+    """TiakiBrokerDown is absent(tiaki_transactions_total): an idle, healthy worker must export
+    the series (at 0) before its first transaction, or the alert fires on it."""
+    registry = CollectorRegistry()
+    BrokerMetrics(registry)
+    for result in ("committed", "aborted"):
+        value = registry.get_sample_value("tiaki_transactions_total", {"result": result})
+        assert value == 0.0
+
+
+def test_every_series_an_absent_alert_watches_exists_from_the_start() -> None:
+    """Any alert written as absent(metric) must find ``metric`` on a fresh worker."""
+    import re
+    from pathlib import Path
+
+    alerts = Path(__file__).resolve().parents[3] / "deploy" / "prometheus" / "alerts.yml"
+    watched = re.findall(r"absent\(\s*([a-z_:]+)", alerts.read_text())
+    assert watched
+    registry = CollectorRegistry()
+    BrokerMetrics(registry)
+    exported = {s.name for m in registry.collect() for s in m.samples}
+    assert set(watched) <= exported

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -124,3 +125,92 @@ def test_the_quorum_is_the_highest_of_asked_minimum_and_running() -> None:
     assert store.quorum(1) == 2
     assert store.quorum(3) == 3
     assert PolicyStore((), minimum_approvals=1).quorum(1) == 1
+
+
+def test_bundle_refuses_a_file_that_is_not_text(release: tuple[Path, Path], tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "release"
+    shutil.copytree(release[0].parent, copy)
+    (copy / "policies" / "logo.png").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ConfigError, match=r"logo\.png: not UTF-8 text"):
+        bundle(copy)
+
+
+class _Publisher:
+    """Stands in for KafkaPublisher: keeps what would have been published."""
+
+    sent: ClassVar[list[tuple[str, bytes, bytes]]] = []
+
+    def __init__(self, _profile: object) -> None:
+        pass
+
+    async def __aenter__(self) -> _Publisher:
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        pass
+
+    async def publish(self, topic: str, key: bytes, value: bytes) -> None:
+        self.sent.append((topic, key, value))
+
+
+@pytest.fixture
+def publish(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, bytes, bytes]]:
+    """``tiaki broker publish-policy`` with Kafka faked; returns what reached the topic."""
+    import broker.runtime._cli as runtime_cli
+
+    monkeypatch.setenv("TIAKI_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(runtime_cli, "KafkaPublisher", _Publisher)
+    monkeypatch.setattr(runtime_cli, "load_profile", lambda _path: None)
+    sent: list[tuple[str, bytes, bytes]] = []
+    monkeypatch.setattr(_Publisher, "sent", sent)
+    return sent
+
+
+def test_publish_policy_publishes_only_what_a_broker_would_load(
+    release: tuple[Path, Path],
+    publish: list[tuple[str, bytes, bytes]],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import shutil
+
+    from broker._cli import main
+
+    folder, roster = release
+    home = tmp_path / "home"
+
+    def refused(argv: list[str], message: str) -> None:
+        assert main(["broker", "publish-policy", *argv]) == 1
+        err = capsys.readouterr().err
+        assert message in err, err
+        assert err.count("\n") == 1
+        assert "Traceback" not in err
+        assert publish == []
+
+    # a missing folder is not an empty release
+    refused([str(tmp_path / "nowhere"), "--roster", str(roster)], "not a policy release")
+    # no trusted roster in TIAKI_HOME
+    refused([str(folder.parent)], "roster.yaml")
+    # approved, but not by the officers on the trusted roster (same names, other keys)
+    (home / "officers").mkdir(parents=True)
+    dev_officers(tmp_path).replace(home / "officers" / "roster.yaml")
+    refused([str(folder.parent)], "the broker would refuse it")
+    # not approved at all
+    unapproved = tmp_path / "unapproved"
+    shutil.copytree(folder.parent, unapproved)
+    for signature in (unapproved / "policies" / "approvals").iterdir():
+        signature.unlink()
+    refused([str(unapproved), "--roster", str(roster)], "the broker would refuse it")
+    # valid and approved, but carrying a binary file
+    binary = tmp_path / "binary"
+    shutil.copytree(folder.parent, binary)
+    (binary / "notes.bin").write_bytes(b"\xff\xfe\x00")
+    refused([str(binary), "--roster", str(roster)], "notes.bin: not UTF-8 text")
+
+    assert main(["broker", "publish-policy", str(folder.parent), "--roster", str(roster)]) == 0
+    assert capsys.readouterr().out.startswith("published policy ")
+    [(topic, key, value)] = publish
+    assert (topic, key) == ("tiaki.policy", b"policy")
+    assert value == bundle(folder.parent)
