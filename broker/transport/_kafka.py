@@ -716,14 +716,24 @@ class KafkaPublisher(ResourceBase):
 class KafkaReader(ResourceBase):
     """Reads whole topics read-committed, with no consumer group; see :class:`Reader`.
 
-    A read ends when every partition reached the end offset taken at its start; ``timeout_s``
-    bounds it (then :class:`Unavailable`).
+    A read ends when every partition reached its *high watermark* as of the read's start,
+    every transaction open then having ended: a read-committed consumer's own end offsets are
+    last stable offsets, which stop short of a transaction still in flight. A worker that takes
+    partitions over reads the state topics this way, so a transaction its predecessor (or a
+    zombie of it) committed just before the handover is in what it reads, not lost behind the
+    last stable offset while the new owner processes on state without it (a recipient that had
+    just left a case would still be in it). The high watermarks come from a second, read-
+    uncommitted consumer used for nothing else. ``timeout_s`` bounds a read (then
+    :class:`Unavailable`; the worker's state re-read tries again, and a transaction Kafka has
+    not ended within its timeout is aborted by then).
     """
 
     def __init__(self, profile: Profile, *, timeout_s: float = 30.0) -> None:
         self._profile = profile
         self._timeout_s = timeout_s
         self._consumer: AIOKafkaConsumer | None = None
+        #: Read-uncommitted, for high watermarks only: it never fetches.
+        self._marks: AIOKafkaConsumer | None = None
         self._state = "new"
 
     async def start(self) -> None:
@@ -738,16 +748,24 @@ class KafkaReader(ResourceBase):
             # A start offset that retention has since deleted reads on from the log's start.
             auto_offset_reset="earliest",
         )
+        self._marks = AIOKafkaConsumer(
+            **self._profile.aiokafka_kwargs(),
+            group_id=None,
+            isolation_level="read_uncommitted",
+            enable_auto_commit=False,
+        )
         with _translated():
             await self._consumer.start()
+            await self._marks.start()
 
     async def close(self) -> None:
         if self._state == "closed":
             return
         self._state = "closed"
-        if self._consumer is not None:
-            with _translated():
-                await asyncio.shield(self._consumer.stop())
+        for consumer in (self._consumer, self._marks):
+            if consumer is not None:
+                with _translated():
+                    await asyncio.shield(consumer.stop())
 
     async def read_all(self, topic: str) -> list[Record]:
         return await self.read_from(topic, {})
@@ -800,9 +818,10 @@ class KafkaReader(ResourceBase):
         for tp in partitions:
             if start.get(tp.partition, 0) > 0:
                 consumer.seek(tp, start[tp.partition])
-        # With read_committed these are last stable offsets: nothing beyond them is committed
-        # yet, and transaction markers below them are skipped, so positions reach them.
-        ends = await consumer.end_offsets(partitions)
+        # High watermarks (see the class docs): a read-committed consumer's position passes
+        # committed records, aborted ones and transaction markers alike, so it reaches each
+        # one once the transactions open now have ended.
+        ends = await self._high_watermarks(partitions)
         records: list[Record] = []
         while pending := [tp for tp in partitions if await consumer.position(tp) < ends[tp]]:
             if limit is not None and len(records) >= limit:
@@ -813,6 +832,15 @@ class KafkaReader(ResourceBase):
         # No unsubscribe(): after a manual assign() it leaves aiokafka's stop() hanging; the
         # next read assigns afresh anyway.
         return records
+
+    async def _high_watermarks(
+        self, partitions: Sequence[KafkaTopicPartition]
+    ) -> dict[KafkaTopicPartition, int]:
+        marks = self._marks
+        if marks is None:
+            raise TransportClosed("reader is not open")
+        found: dict[KafkaTopicPartition, int] = await marks.end_offsets(partitions)
+        return found
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[KafkaTopicPartition]:
