@@ -70,6 +70,12 @@ _PERSONAL = re.compile(
 )
 
 
+def looks_personal(text: str) -> bool:
+    """Whether ``text`` holds something the scrubber would take for personal information (an
+    NHI number, an e-mail address, a phone number or another long run of digits)."""
+    return _PERSONAL.search(text) is not None
+
+
 def scrub_personal_information(
     logger: Any, method: str, event_dict: MutableMapping[str, Any]
 ) -> MutableMapping[str, Any]:

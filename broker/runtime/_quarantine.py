@@ -38,12 +38,14 @@ from rich.console import Console
 from rich.table import Table
 
 from broker._errors import TiakiError
+from broker._logging import looks_personal
 from broker.codec import CodecError, SchemaSet, decode
 from broker.envelope import BROKER, EnvelopeError, Kind, Opener, Sealer
 from broker.platform._topics import DLQ, ingress_agency
 from broker.runtime._audit import AuditContext, audit_base
 from broker.runtime._operator import BrokerTools
 from broker.runtime._pipeline import REASON_HEADER, audit_output, sealed_for_broker
+from broker.runtime._review import UNSAFE_REASONS
 from broker.transport import Outgoing, Record
 
 #: Reason shown for a quarantine record that itself does not open (it was not written by
@@ -186,6 +188,8 @@ def resolve(
         )
     if not justification.strip():
         raise QuarantineError("a resolution needs a justification (recorded on the audit log)")
+    if looks_personal(justification):
+        raise QuarantineError(UNSAFE_REASONS)
     schema = schemas.latest("QuarantineResolution")
     doc = {
         "dlq_partition": entry.partition,

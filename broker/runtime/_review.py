@@ -47,6 +47,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from broker._errors import TiakiError
+from broker._logging import looks_personal
 from broker.codec import SchemaSet, decode, encode
 from broker.envelope import Kind, Opener, Sealer
 from broker.platform._topics import BROKER, REVIEW, egress
@@ -84,6 +85,15 @@ _AFTER_DISCLOSURE_AUDIT = {
     "approve": ("upheld", "disclosure_upheld"),
     "decline": ("unjustified", "disclosure_unjustified"),
 }
+
+
+#: Why reasons that look like they identify someone are refused: the audit log keeps them in
+#: clear (compliance reads them there), and it must never identify a person.
+UNSAFE_REASONS = (
+    "the justification looks like it holds a personal identifier (an NHI number, an e-mail "
+    "address, a phone number or another long run of digits); it goes to the audit log in "
+    "clear, so state the reasons without identifying anyone"
+)
 
 
 class ReviewError(TiakiError):
@@ -167,6 +177,8 @@ def decide(
         )
     if verdict != "escalate" and not justification.strip():
         raise ReviewError("a review decision needs a justification (FVA s24: reasons are recorded)")
+    if looks_personal(justification):
+        raise ReviewError(UNSAFE_REASONS)
     decision_schema = schemas.latest("ReviewDecision")
     decision = {
         "review_id": item.review_id,

@@ -142,6 +142,8 @@ def test_a_resolution_needs_a_known_outcome_a_name_and_reasons() -> None:
         resolution(harness, entry, operator="  ")
     with pytest.raises(QuarantineError, match="needs a justification"):
         resolution(harness, entry, justification="")
+    with pytest.raises(QuarantineError, match="looks like it holds a personal identifier"):
+        resolution(harness, entry, justification="resent after calling 021 555 0199")
 
 
 def test_the_first_resolution_of_a_record_stands_and_a_broken_one_is_listed() -> None:

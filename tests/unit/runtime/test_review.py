@@ -158,6 +158,21 @@ def test_decline_needs_reasons_and_releases_nothing() -> None:
     assert sorted(o.topic for o in outputs) == ["tiaki.audit", "tiaki.review"]
 
 
+@pytest.mark.parametrize(
+    "reasons",
+    [
+        "Jane Citizen (NHI ZZZ0016) now at the refuge",
+        "spoke to her on 021 555 0199",
+        "confirmed with jane.citizen@example.org",
+    ],
+)
+def test_reasons_that_identify_someone_are_refused(reasons: str) -> None:
+    # The audit log keeps a reviewer's reasons in clear; it must never identify a person.
+    harness, records = held()
+    with pytest.raises(ReviewError, match="looks like it holds a personal identifier"):
+        carry_out(harness, records, "approve", justification=reasons)
+
+
 def test_overdue_items_escalate_and_can_still_be_decided() -> None:
     harness, records = held()
     (item,) = queue(harness, records, timedelta(hours=25)).values()
