@@ -121,6 +121,13 @@ class BrokerMetrics:
             "worker processes nothing until one succeeds.",
             registry=registry,
         )
+        self.key_documents_refused = Gauge(
+            "tiaki_key_documents_refused",
+            "1 for each key set whose public key document the last key refresh refused (its "
+            "keys in force are kept, rotations and revocations in it are not taken in): alert.",
+            ["agency"],
+            registry=registry,
+        )
         self.ingress_copartitioned = Gauge(
             "tiaki_ingress_copartitioned",
             "1 if the subscribed ingress topics all have the same partition count, 0 if not "

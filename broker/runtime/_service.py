@@ -281,7 +281,8 @@ async def serve(
     background = BackgroundTasks(stop)
     background.start("policy", watcher.follow(profile, stop))
     background.start("observer", _observe(metrics, ring, transport, stop))
-    background.start("keys", follow_keys(keystore, principals, ring, stop))
+    observe_refused(metrics, principals, {})  # every key set's series, from the start
+    background.start("keys", follow_keys(keystore, principals, ring, stop, metrics))
     try:
         await worker.run(stop)
     finally:
@@ -338,13 +339,29 @@ def refresh_keys(
 
 
 async def follow_keys(
-    store: KeyStore, principals: Mapping[str, str], ring: KeyRing, stop: asyncio.Event
+    store: KeyStore,
+    principals: Mapping[str, str],
+    ring: KeyRing,
+    stop: asyncio.Event,
+    metrics: BrokerMetrics | None = None,
 ) -> None:
+    """:func:`refresh_keys` every few seconds until ``stop``; ``tiaki_key_documents_refused``
+    says which key sets' documents the last refresh refused."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), KEYS_SECONDS)
         if not stop.is_set():
-            refresh_keys(store, principals, ring)
+            refused = refresh_keys(store, principals, ring)
+            if metrics is not None:
+                observe_refused(metrics, principals, refused)
+
+
+def observe_refused(
+    metrics: BrokerMetrics, principals: Mapping[str, str], refused: Mapping[str, object]
+) -> None:
+    """Set ``tiaki_key_documents_refused`` for every key set: 1 if refused, else 0."""
+    for ref in sorted(set(principals.values()) | set(refused)):
+        metrics.key_documents_refused.labels(ref).set(1 if ref in refused else 0)
 
 
 #: How often the consumer-lag and key-age gauges are refreshed.

@@ -8,10 +8,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from broker.envelope import Algorithm, KeyRevoked, KeyStore, KeyStoreError, KeyUse, Purpose
 from broker.envelope._store import init_dev_keys
-from broker.runtime._service import refresh_keys
+from broker.runtime._metrics import BrokerMetrics
+from broker.runtime._service import observe_refused, refresh_keys
 
 T0 = datetime(2025, 6, 1, 9, 0, tzinfo=UTC)
 PRINCIPALS = {"police": "police", "corrections": "corrections", "broker": "broker"}
@@ -48,6 +50,15 @@ def test_a_revocation_applies_while_another_key_sets_document_is_broken(
         ring.accepted(police.key_id, "police", Purpose.SIGNING, now)
     assert ring.keys("corrections") == corrections  # the broken key set's keys stay in force
     assert all(k.allows(KeyUse.ACCEPT, now) for k in corrections)
+
+    # Operators see which key set's document is refused, and that the others are not.
+    metrics = BrokerMetrics(CollectorRegistry())
+    observe_refused(metrics, PRINCIPALS, refused)
+    value = metrics.registry.get_sample_value
+    assert value("tiaki_key_documents_refused", {"agency": "corrections"}) == 1
+    assert value("tiaki_key_documents_refused", {"agency": "police"}) == 0
+    observe_refused(metrics, PRINCIPALS, {})  # fixed: back to 0
+    assert value("tiaki_key_documents_refused", {"agency": "corrections"}) == 0
 
 
 def test_a_revocation_taken_in_live_outlasts_a_rolled_back_document(tmp_path: Path) -> None:
