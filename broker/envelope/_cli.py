@@ -7,6 +7,7 @@ registry; the layout is described in :mod:`broker.envelope._store`.
 from __future__ import annotations
 
 import os
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
@@ -123,10 +124,21 @@ def revoke(
         str, typer.Option("--reason", help="Why (recorded in the public document).")
     ] = "unspecified",
 ) -> None:
-    """Revoke KEY_ID: it will be refused for sealing, opening, signing and verifying."""
+    """Revoke KEY_ID: it will be refused for sealing, opening, signing and verifying.
+
+    Each key set is read on its own: another agency's broken document never stands in the way
+    of a revocation (in an incident, it must always be possible)."""
     settings = Settings.from_env()
     store = KeyStore(settings.keys_dir)
-    ring = store.load()
+    ring, refused = store.load_each()
+    owner = key_id.partition(".")[0]
+    if owner in refused:
+        raise KeyStoreError(
+            f"cannot revoke {key_id}: {owner}'s key document is refused ({refused[owner]}); "
+            "fix or restore it, then revoke"
+        )
     info = ring.revoke(key_id, _now(), reason)
     store.save(ring, [info.owner])
     print(f"{info.key_id} revoked")
+    for ref, error in sorted(refused.items()):
+        print(f"tiaki: note: {ref}'s key document is refused: {error}", file=sys.stderr)

@@ -113,3 +113,23 @@ def test_private_keys_readable_by_others_are_refused(home: Path) -> None:
     victim = next((keys / "private" / "police").glob("*.json"))
     victim.chmod(0o644)
     assert main(["keys", "rotate", "police"]) == 1
+
+
+def test_a_revocation_goes_through_while_another_agency_s_document_is_broken(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "init"]) == 0
+    store = KeyStore(Settings.from_env().keys_dir)
+    police = store.load().keys("police")[0].key_id
+    store.public_path("corrections").write_text("{not json")  # someone else's broken document
+    capsys.readouterr()
+    assert main(["keys", "revoke", police, "--reason", "compromised"]) == 0
+    captured = capsys.readouterr()
+    assert f"{police} revoked" in captured.out
+    assert "corrections's key document is refused" in captured.err
+    ring, refused = KeyStore(store.root).load_each()
+    assert ring.get(police).state is KeyState.REVOKED
+    assert list(refused) == ["corrections"]
+    # A key of the broken key set itself cannot be revoked until its document is fixed.
+    assert main(["keys", "revoke", "corrections.sig.20250101T000000Z.0123abcd"]) == 1
+    assert "corrections's key document is refused" in capsys.readouterr().err
