@@ -39,6 +39,7 @@ Egress and review records are keyed by case id, so one case stays ordered on one
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Collection, Mapping, Sequence
@@ -595,7 +596,7 @@ class Pipeline:
                 kind=Kind.HOLD,
                 topic=REVIEW,
                 recipient=BROKER,
-                event_id=admitted.event_id,
+                event_id=held_binding(headers),
                 schema_fingerprint=self._shared_schema.fingerprint,
                 now=now,
             )
@@ -605,6 +606,33 @@ class Pipeline:
         if _record_bytes(held) > self._max_review:
             raise _TooLargeToHold()
         return held
+
+
+#: The headers of a held item that say what it is; :func:`held_binding` seals them in.
+_BOUND_HEADERS = (
+    REVIEW_ID_HEADER,
+    RECIPIENT_HEADER,
+    DEADLINE_HEADER,
+    SUBJECTS_HEADER,
+    REVIEW_KIND_HEADER,
+)
+
+
+def held_binding(headers: Headers) -> str:
+    """What a held item's envelope authenticates as its event id: its review id, then a
+    digest of the headers that say who it is for, until when, about whom and of which kind.
+
+    Kafka headers are not sealed, and a held item's are what a release acts on: whoever can
+    write ``tiaki.review`` (Kafka's operators) could otherwise copy an item with another
+    recipient in its header, and a reviewer's approval would release one agency's minimised
+    record to another. :func:`broker.runtime._review.read_queue` refuses an item whose
+    headers do not give the id its envelope carries."""
+    found = dict(headers)
+    digest = hashlib.sha256()
+    for name in _BOUND_HEADERS:
+        value = found.get(name, b"")
+        digest.update(len(value).to_bytes(4, "big") + value)
+    return f"{found.get(REVIEW_ID_HEADER, b'').decode(errors='replace')}#{digest.hexdigest()[:32]}"
 
 
 def _case_key(admitted: Accepted) -> bytes:

@@ -37,19 +37,27 @@ subject report counts a review ``approve`` as a disclosure, and this one is alre
 the decision that shared it.
 
 Nothing is ever closed silently: an item leaves the queue only by a person's decision.
+
+A held item's headers (review id, recipient, deadline, subjects, kind) are what a decision acts
+on, and Kafka does not seal headers: the envelope's event id binds them
+(:func:`broker.runtime._pipeline.held_binding`), and :func:`read_queue` never lists an item
+whose headers were changed on the way, so nobody who can only write ``tiaki.review`` (Kafka's
+operators) can send one agency's minimised record to another through a reviewer's approval.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import structlog
+
 from broker._errors import TiakiError
 from broker._logging import looks_personal
 from broker.codec import SchemaSet, decode, encode
-from broker.envelope import Kind, Opener, Sealer
+from broker.envelope import Kind, Opened, Opener, Sealer
 from broker.platform._topics import BROKER, REVIEW, egress
 from broker.runtime._audit import AuditContext, audit_base, case_ref
 from broker.runtime._pipeline import (
@@ -60,9 +68,12 @@ from broker.runtime._pipeline import (
     REVIEW_KIND_HEADER,
     SUBJECTS_HEADER,
     audit_output,
+    held_binding,
     sealed_for_broker,
 )
 from broker.transport import Outgoing, Record
+
+log = structlog.get_logger("tiaki.broker")
 
 DECISION_HEADER = "tiaki-review-decision"
 
@@ -142,6 +153,15 @@ def read_queue(
                 item.decisions.append(decision)
                 item.state = item.transitions[item.state].get(decision["decision"], item.state)
             continue
+        if opened.event_id != held_binding(record.headers) and not _legacy(opened, headers):
+            # Its headers (recipient, deadline, kind, subjects) are not the ones it was sealed
+            # with: changed on Kafka. Never acted on; the audit log has its decision.
+            log.warning(
+                "review item's headers do not match its envelope; ignored",
+                partition=record.partition,
+                offset=record.offset,
+            )
+            continue
         review_id = headers[REVIEW_ID_HEADER].decode()
         items[review_id] = HeldItem(
             review_id=review_id,
@@ -153,6 +173,14 @@ def read_queue(
             disclosed=headers.get(REVIEW_KIND_HEADER) == AFTER_DISCLOSURE.encode(),
         )
     return items
+
+
+def _legacy(opened: Opened, headers: Mapping[str, bytes]) -> bool:
+    """An item held before 7 December 2026, sealed with its event id alone: its headers were
+    not bound then (see :func:`broker.runtime._pipeline.held_binding`), and are taken as they
+    are. A bound item cannot pass for one: its envelope's id is the bound one."""
+    review_id = headers.get(REVIEW_ID_HEADER, b"").decode(errors="replace")
+    return "#" not in opened.event_id and review_id.partition("/")[0] == opened.event_id
 
 
 def decide(

@@ -116,20 +116,28 @@ def test_each_review_action_names_the_people_the_holding_decision_named() -> Non
     assert audit["subject_refs"] == decision["subject_refs"]
 
 
+def legacy(harness: Harness, record: Record, drop: str | None = None) -> Record:
+    """``record`` as the broker held items before 7 December 2026: sealed with the event id
+    alone (its headers not bound), without the header ``drop``."""
+    opened = Opener("broker", harness.ring).open(
+        record.value, topic="tiaki.review", now=NOW, kind=Kind.HOLD, source="broker"
+    )
+    value = harness.pipeline._sealer.seal(
+        opened.payload,
+        kind=Kind.HOLD,
+        topic="tiaki.review",
+        recipient="broker",
+        event_id=opened.event_id.partition("/")[0],
+        schema_fingerprint=opened.schema_fingerprint,
+        now=NOW,
+    )
+    headers = tuple((k, v) for k, v in record.headers if k != drop)
+    return Record(record.topic, record.partition, record.offset, record.key, value, headers, 0)
+
+
 def test_an_item_held_before_subjects_were_recorded_gives_actions_naming_nobody() -> None:
     harness, records = held()
-    old = [
-        Record(
-            r.topic,
-            r.partition,
-            r.offset,
-            r.key,
-            r.value,
-            tuple((k, v) for k, v in r.headers if k != "tiaki-subjects"),
-            r.timestamp_ms,
-        )
-        for r in records
-    ]
+    old = [legacy(harness, r, drop="tiaki-subjects") for r in records]
     (audit,) = [
         decode(o.value, SCHEMAS.latest("AuditRecord"))
         for o in carry_out(harness, old, "approve")
@@ -268,3 +276,31 @@ def test_an_overdue_review_after_disclosure_escalates_then_is_decided_without_se
     assert not any(o.topic.startswith("tiaki.egress.") for o in outputs)
     records += as_records([o for o in outputs if o.topic == "tiaki.review"])
     assert next(iter(queue(harness, records).values())).state == "upheld"
+
+
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [
+        ("tiaki-recipient", b"corrections"),
+        ("tiaki-review-id", None),  # the review id's recipient part
+        ("tiaki-deadline", b"99999999999999"),
+        ("tiaki-subjects", b""),
+        ("tiaki-review-kind", b"after_disclosure"),
+    ],
+)
+def test_an_item_whose_headers_were_changed_on_kafka_is_never_acted_on(
+    header: str, value: bytes | None
+) -> None:
+    """Kafka headers are not sealed: someone who can write tiaki.review could copy a held item
+    with another recipient, and an approval would release msd's minimised record to them."""
+    harness, (record,) = held()
+    headers = dict(record.headers)
+    if value is None:
+        value = headers[header].replace(b"/msd", b"/corrections")
+    headers[header] = value
+    changed = Record(record.topic, 0, 1, record.key, record.value, tuple(headers.items()), 0)
+    # Never listed, so never approved (nor can it pass for an item held before headers were
+    # bound: its envelope carries the bound id).
+    assert queue(harness, [changed]) == {}
+    (item,) = queue(harness, [record]).values()
+    assert item.recipient == "msd"
