@@ -26,6 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from broker._errors import ConfigError
 
+#: Each setting and the environment variable that sets it.
+_VARIABLES = {
+    "home": "TIAKI_HOME",
+    "registry": "TIAKI_REGISTRY",
+    "kafka_port": "TIAKI_KAFKA_PORT",
+    "controller_port": "TIAKI_CONTROLLER_PORT",
+    "schemas_dir": "TIAKI_SCHEMAS",
+    "policies_dir": "TIAKI_POLICIES",
+}
+
 
 class Settings(BaseModel):
     """Frozen settings for one invocation."""
@@ -57,14 +67,7 @@ class Settings(BaseModel):
         """Build settings from ``TIAKI_*`` variables; raise :class:`ConfigError` on bad values."""
         env = os.environ if environ is None else environ
         raw: dict[str, str] = {}
-        for key, var in (
-            ("home", "TIAKI_HOME"),
-            ("registry", "TIAKI_REGISTRY"),
-            ("kafka_port", "TIAKI_KAFKA_PORT"),
-            ("controller_port", "TIAKI_CONTROLLER_PORT"),
-            ("schemas_dir", "TIAKI_SCHEMAS"),
-            ("policies_dir", "TIAKI_POLICIES"),
-        ):
+        for key, var in _VARIABLES.items():
             if var in env:
                 raw[key] = env[var]
         try:
@@ -72,4 +75,10 @@ class Settings(BaseModel):
         except ValidationError as exc:
             first = exc.errors()[0]
             name = str(first["loc"][0]) if first["loc"] else "settings"
-            raise ConfigError(f"invalid setting {name}: {first['msg']}") from None
+            # Name what the user set: the variable, and the value it holds.
+            if name in _VARIABLES:
+                given = raw.get(name)
+                where = _VARIABLES[name] + (f"={given!r}" if given is not None else "")
+            else:
+                where = name
+            raise ConfigError(f"invalid setting {where}: {first['msg']}") from None

@@ -20,6 +20,7 @@ from broker.policy._engine import Engine, compile_policy
 from broker.policy._errors import ApprovalError, PolicyValidationError, ScenarioFailure
 from broker.policy._load import load_policy_set
 from broker.policy._model import Decision
+from broker.policy._reader import suggest
 from broker.policy._scenarios import load_scenarios, run_scenarios
 from broker.policy._sign import (
     generate_officer_key,
@@ -134,6 +135,11 @@ def explain(
 ) -> None:
     """One event and one recipient: which rules matched, the decision, and the action per field."""
     engine = _engine(folder)
+    agencies = [a.id for a in engine.policy.registry.agencies]
+    if recipient not in agencies:
+        raise typer.BadParameter(
+            f"unknown agency {recipient!r}{suggest(recipient, agencies)}", param_hint="--recipient"
+        )
     items = load_events(event, engine.policy.schemas)
     if not items:
         raise typer.BadParameter(f"{event}: no event in the file")
