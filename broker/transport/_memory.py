@@ -435,8 +435,7 @@ class InMemoryTransport(ResourceBase):
 
     async def commit(self, outputs: Sequence[Outgoing], consumed: Sequence[Record]) -> None:
         self._check_open()
-        if self._fenced:
-            raise ProducerFenced(f"transactional id {self.transactional_id} was taken over")
+        self._check_not_fenced()
         if not outputs and not consumed:
             return
         generation = self._generation
@@ -444,6 +443,7 @@ class InMemoryTransport(ResourceBase):
             await asyncio.sleep(self._cluster._commit_delay_s)
             self._check_open()
         try:
+            self._check_not_fenced()  # taken over while committing: Kafka fences the EndTxn
             if self._generation != generation:
                 raise PartitionsRevoked("partitions changed hands before the commit began")
             offsets = self._ledger.to_commit(consumed, self._assignment)
@@ -462,6 +462,10 @@ class InMemoryTransport(ResourceBase):
         group = self._cluster._groups[self.group_id]
         group.committed.update(offsets)
         self._ledger.committed(offsets)
+
+    def _check_not_fenced(self) -> None:
+        if self._fenced:
+            raise ProducerFenced(f"transactional id {self.transactional_id} was taken over")
 
     async def rewind(self) -> None:
         self._check_open()

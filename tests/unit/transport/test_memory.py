@@ -153,3 +153,26 @@ async def test_a_rebalance_while_a_commit_waits_refuses_it() -> None:
                 await commit
     async with cluster.reader() as reader:
         assert await reader.read_all(AUDIT) == []
+
+
+async def test_a_worker_taken_over_while_its_commit_is_in_flight_commits_nothing() -> None:
+    """As on Kafka: the newer worker's InitProducerId aborts the open transaction, and the old
+    one's EndTxn is fenced."""
+    cluster = InMemoryCluster(partitions=1)
+    cluster.create_topic("tiaki.ingress.a")
+    cluster.create_topic("tiaki.egress.b")
+    async with cluster.publisher() as publisher:
+        await publisher.publish("tiaki.ingress.a", b"k", b"v")
+    old = cluster.worker(worker_id="0")
+    await old.start()
+    await old.commit([], await old.poll(10, 10))
+    cluster.delay_commits(0.05)
+    commit = asyncio.create_task(old.commit([Outgoing("tiaki.egress.b", b"k", b"out")], []))
+    await asyncio.sleep(0.01)
+    new = cluster.worker(worker_id="0")  # the same transactional id
+    await new.start()
+    with pytest.raises(ProducerFenced):
+        await commit
+    async with cluster.reader() as reader:
+        assert await reader.read_all("tiaki.egress.b") == []
+    await new.close()
