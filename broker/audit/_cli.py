@@ -562,21 +562,34 @@ def export_command(
         print(f"tiaki: warning: the audit log does NOT verify: {exc}", file=sys.stderr)
         audit, checkpoints = asyncio.run(read_log(connection))
     now = _now()
+    # Written aside and put in place only once the access is recorded: an export whose
+    # recording failed is not left behind, unrecorded.
+    partial = out.with_name(out.name + ".partial")
     try:
-        with out.open("w") as handle:
+        with partial.open("w") as handle:
             for line in dump_lines(audit + checkpoints, exported_at=now.isoformat()):
                 handle.write(line + "\n")
     except OSError as exc:
+        partial.unlink(missing_ok=True)
         raise AuditError(f"cannot write {out}: {exc.strerror}") from None
-    _record_if_indexed(
-        settings,
-        db,
-        operator=operator,
-        command="export",
-        query={"out": out.name},
-        results=len(audit) + len(checkpoints),
-        now=now,
-    )
+    try:
+        _record_if_indexed(
+            settings,
+            db,
+            operator=operator,
+            command="export",
+            query={"out": out.name},
+            results=len(audit) + len(checkpoints),
+            now=now,
+        )
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    try:
+        partial.replace(out)
+    except OSError as exc:
+        partial.unlink(missing_ok=True)
+        raise AuditError(f"cannot write {out}: {exc.strerror}") from None
     print(f"exported {len(audit)} audit records and {len(checkpoints)} checkpoints to {out}")
 
 

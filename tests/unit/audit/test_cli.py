@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from broker._cli import main
-from broker.audit import LogEntry, dump_lines, read_link
+from broker.audit import AuditError, LogEntry, dump_lines, read_link
 from broker.codec import SchemaSet
 from broker.envelope import KeyRing, KeyStore
 
@@ -235,3 +235,26 @@ def test_witness_to_an_unwritable_file_is_one_line(
     assert main(["audit", "witness", "--profile", "police", "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert err == f"tiaki: error: cannot write the witness file {out}: Not a directory\n"
+
+
+def test_an_export_whose_access_cannot_be_recorded_is_not_left_behind(
+    home: Path,
+    log: SyntheticLog,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import broker.audit._cli as audit_cli
+
+    async def settled(*_args: object, **_kwargs: object) -> tuple[object, ...]:
+        return log.audit, log.checkpoints, None
+
+    def unrecordable(*_args: object, **_kwargs: object) -> None:
+        raise AuditError("the access log cannot be written")
+
+    monkeypatch.setattr(audit_cli, "load_profile", lambda _path: None)
+    monkeypatch.setattr(audit_cli, "verify_live", settled)
+    monkeypatch.setattr(audit_cli, "_record_if_indexed", unrecordable)
+    out = home / "copy.jsonl"
+    assert main(["audit", "export", "--out", str(out)]) == 1
+    assert "the access log cannot be written" in capsys.readouterr().err
+    assert list(home.glob("copy.jsonl*")) == []
