@@ -47,6 +47,7 @@ def load_registry(path: Path) -> Registry:
 
 def _check_references(path: Path, data: Any, registry: Registry) -> None:
     seen: dict[str, int] = {}
+    key_sets: dict[str, int] = {}
     regions = set(registry.regions) | {NATIONAL}
     for index, agency in enumerate(registry.agencies):
         if agency.id in seen:
@@ -58,6 +59,18 @@ def _check_references(path: Path, data: Any, registry: Registry) -> None:
                 f"duplicate agency id {agency.id!r} (first at agencies[{seen[agency.id]}])",
             )
         seen[agency.id] = index
+        holder = key_sets.setdefault(agency.key_ref, index)
+        if holder != index:
+            # Two agencies on one key set: each could open what is sealed to the other, and
+            # sign as the other.
+            line, column = locate(data, ("agencies", index, "keys" if agency.keys else "id"))
+            raise RegistryError(
+                path,
+                line,
+                column,
+                f"key set {agency.key_ref!r} is already agencies[{holder}]'s: every agency "
+                "has a key set of its own",
+            )
         if agency.region not in regions:
             line, column = locate(data, ("agencies", index, "region"))
             known = ", ".join(sorted(regions))

@@ -97,8 +97,10 @@ class Agency(BaseModel):
     coordinates_cases: bool = False
     #: ISO 3166 country where the agency holds data (IPP 12: overseas disclosure needs a basis).
     country: str = Field(default="NZ", pattern=r"^[A-Z]{2}$")
-    #: Reference into the key registry; defaults to the agency id.
-    keys: str | None = None
+    #: Reference into the key registry (the agency's key set); defaults to the agency id.
+    #: Never one of Tiaki's own principals' (``broker``: the agency would be given the
+    #: broker's keys), and never another agency's (the loader checks).
+    keys: AgencyId | None = None
 
     @field_validator("statutory")
     @classmethod
@@ -114,6 +116,8 @@ class Agency(BaseModel):
     def _check(self) -> Agency:
         if self.id in RESERVED_PRINCIPALS:
             raise ValueError(f"id {self.id!r} is reserved for Tiaki's own principals")
+        if self.keys in RESERVED_PRINCIPALS:
+            raise ValueError(f"keys {self.keys!r} is reserved for Tiaki's own principals")
         if self.kind is AgencyKind.REGIONAL_HUB and self.region == NATIONAL:
             raise ValueError("a regional hub needs a region, not 'national'")
         return self

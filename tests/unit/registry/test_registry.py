@@ -117,6 +117,30 @@ def test_duplicate_id_names_the_first(tmp_path: Path) -> None:
         load_registry(path)
 
 
+def test_an_agency_may_not_share_another_s_key_set(tmp_path: Path) -> None:
+    # Two agencies on one key set could each open what is sealed to the other.
+    other = GOOD_AGENCY.replace("id: police", "id: safe-whanau").replace(
+        "    kind: police\n", "    kind: police\n    keys: police\n"
+    )
+    path = write(tmp_path, GOOD_AGENCY + other)
+    with pytest.raises(
+        RegistryError, match=r"agencies.yaml:15:5: key set 'police' is already agencies\[0\]'s"
+    ):
+        load_registry(path)
+
+
+@pytest.mark.parametrize(
+    ("keys", "reason"),
+    [("broker", "reserved for Tiaki's own principals"), ("../evil", "should match pattern")],
+)
+def test_an_agency_s_key_set_is_its_own(tmp_path: Path, keys: str, reason: str) -> None:
+    path = write(
+        tmp_path, GOOD_AGENCY.replace("    kind: police\n", f"    kind: police\n    keys: {keys}\n")
+    )
+    with pytest.raises(RegistryError, match=reason):
+        load_registry(path)
+
+
 def test_regional_hub_needs_a_region(tmp_path: Path) -> None:
     path = write(tmp_path, GOOD_AGENCY.replace("kind: police", "kind: regional_hub"))
     with pytest.raises(RegistryError, match="a regional hub needs a region"):
