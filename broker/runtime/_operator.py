@@ -25,7 +25,6 @@ Either way, at most one of two acts on the same state commits.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -38,14 +37,14 @@ from broker._settings import Settings
 from broker.codec import load_schemas
 from broker.envelope import KeyRing, KeyStore, Opener, Sealer
 from broker.platform._profiles import Profile, load_profile, profile_path
-from broker.platform._topics import ACT_PREFIX, BROKER, BROKER_GROUP_PREFIX
+from broker.platform._topics import ACT_PREFIX, BROKER
 from broker.registry import load_registry
 from broker.runtime._audit import AuditContext
 from broker.runtime._chaining import AuditChainer
 from broker.runtime._pipeline import broker_opener, broker_sealer
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import secret_paths
-from broker.transport import KafkaReader, Outgoing, Record
+from broker.transport import KafkaReader, Outgoing, Reader, Record, TransportError
 
 T = TypeVar("T")
 
@@ -116,11 +115,20 @@ class OperatorAct:
     entering it fences every other act on the queue; then :meth:`read` the queue and
     :meth:`commit` what the act writes, in one transaction."""
 
-    def __init__(self, profile: Profile, ring: KeyRing, *, queue: str) -> None:
+    def __init__(
+        self,
+        profile: Profile,
+        ring: KeyRing,
+        *,
+        queue: str,
+        reader: Callable[[], Reader] | None = None,
+    ) -> None:
         self.queue = queue
         self.transactional_id = f"{ACT_PREFIX}{queue}"
         self._profile = profile
         self._ring = ring
+        #: Reads the queue's chain head (``tiaki.state.chains``); Kafka's, unless given.
+        self._reader = reader if reader is not None else lambda: KafkaReader(profile)
         self._producer = AIOKafkaProducer(
             **profile.aiokafka_kwargs(), transactional_id=self.transactional_id
         )
@@ -146,16 +154,32 @@ class OperatorAct:
     async def commit(self, outputs: list[Outgoing], now: datetime) -> None:
         """Write ``outputs`` in one transaction, their audit records chained and signed in it.
 
-        Each act is an audit chain of its own, named ``tiaki-broker-<queue>-<128 random bits>``: one
-        writer, one transaction, signed at once (``every_records=1``), so nothing is left
-        unsigned. (The transactional id, shared by every act on the queue, would not do: two
-        acts would each start the same chain afresh.)
+        Every act on a queue continues one audit chain, named after the queue's transactional
+        id (``tiaki-broker-act-<queue>``), each act's records signed at once
+        (``every_records=1``): an act deleted from the log leaves a gap in it, which the
+        verifier names. The chain's head is read from ``tiaki.state.chains`` here, after this
+        act fenced every other one on the queue (entering it), and written back in the same
+        transaction; an act that starts later fences this one, so two acts never extend one
+        head twice. (Until 7 December 2026 each act was a one-record chain of its own, which
+        could be deleted with its checkpoint and leave nothing to see; those chains still
+        verify.)
 
         Every record's delivery is awaited before the commit: aiokafka fails a record Kafka
         refuses (``MESSAGE_TOO_LARGE``, say) only on its own future and commits the rest, so
         a refusal aborts the act instead (nothing of it is written)."""
-        chain = f"{BROKER_GROUP_PREFIX}-{self.queue}-{uuid.uuid4().hex}"  # 128 bits: never twice
-        outputs = AuditChainer(chain, self._ring, every_records=1).seal(outputs, now)
+        chainer = AuditChainer(
+            self.transactional_id,
+            self._ring,
+            reader=self._reader,
+            every_records=1,
+        )
+        try:
+            await chainer.resync()
+        except TransportError as exc:
+            raise TiakiError(
+                f"could not read the {self.queue} audit chain's head: {type(exc).__name__}"
+            ) from None
+        outputs = chainer.seal(outputs, now)
         producer = self._producer
         try:
             async with producer.transaction():

@@ -11,11 +11,14 @@ import pytest
 from aiokafka import errors as kafka_errors
 
 from broker._errors import TiakiError
+from broker.audit import LogEntry, read_link
+from broker.platform._topics import AUDIT, STATE_CHAINS
 from broker.runtime._operator import OperatorAct
-from broker.transport import Outgoing
+from broker.runtime._pipeline import SCHEMA_HEADER
+from broker.transport import InMemoryCluster, Outgoing
 from tests.unit.audit.conftest import make_ring
 
-NOW = datetime(2026, 3, 1, tzinfo=UTC)
+NOW = datetime(2026, 3, 2, 10, 0, tzinfo=UTC)  # the test ring's keys are valid then
 
 
 class FakeProducer:
@@ -25,11 +28,15 @@ class FakeProducer:
     def __init__(self, refusal: BaseException | None) -> None:
         self.refusal = refusal
         self.calls: list[str] = []
+        self.sent: list[Outgoing] = []
         self._sender = SimpleNamespace(sender_task=None)
         self._txn_manager = None
 
-    async def send(self, topic: str, value: bytes, **_: Any) -> asyncio.Future[object]:
+    async def send(
+        self, topic: str, value: bytes, *, key: bytes | None = None, headers: Any = ()
+    ) -> asyncio.Future[object]:
         self.calls.append("send")
+        self.sent.append(Outgoing(topic, key, value, tuple(headers)))
         loop = asyncio.get_running_loop()
         delivery = loop.create_future()
         refusal = self.refusal
@@ -53,9 +60,14 @@ class FakeProducer:
         return Transaction()
 
 
-def act_with(producer: FakeProducer) -> OperatorAct:
+def act_with(
+    producer: FakeProducer, cluster: InMemoryCluster | None = None, ring: Any = None
+) -> OperatorAct:
     profile: Any = SimpleNamespace(aiokafka_kwargs=lambda: {"bootstrap_servers": "localhost:1"})
-    act = OperatorAct(profile, make_ring(), queue="review")
+    if cluster is None:
+        cluster = InMemoryCluster()
+        cluster.create_topic(STATE_CHAINS)
+    act = OperatorAct(profile, ring or make_ring(), queue="review", reader=cluster.reader)
     act._producer._closed = True  # never started; replaced by the fake
     act._producer = producer  # type: ignore[assignment]
     return act
@@ -73,3 +85,27 @@ async def test_an_act_whose_records_are_delivered_commits() -> None:
     producer = FakeProducer(None)
     await act_with(producer).commit([Outgoing("tiaki.egress.msd", b"k", b"v")], NOW)
     assert producer.calls[-1] == "commit"
+
+
+async def test_acts_on_a_queue_continue_one_chain() -> None:
+    """An act deleted from the log leaves a gap: each act extends the queue's one chain, from
+    the head the act before it committed (each used to be a one-record chain of its own)."""
+    cluster = InMemoryCluster()
+    cluster.create_topic(STATE_CHAINS)
+    ring = make_ring()
+    links = []
+    for _ in range(2):
+        producer = FakeProducer(None)
+        audit = Outgoing(AUDIT, b"k", b"an act's audit record", ((SCHEMA_HEADER, b"f"),))
+        await act_with(producer, cluster, ring).commit([audit], NOW)
+        assert producer.calls[-1] == "commit"
+        (chained,) = [o for o in producer.sent if o.topic == AUDIT]
+        entry = LogEntry(AUDIT, 0, len(links), chained.key, chained.value, chained.headers, 0)
+        links.append(read_link(entry))
+        async with cluster.publisher() as publisher:  # what Kafka committed
+            for out in producer.sent:
+                if out.topic == STATE_CHAINS:
+                    await publisher.publish(out.topic, out.key, out.value)
+    assert [link.chain for link in links] == ["tiaki-broker-act-review"] * 2
+    assert [link.seq for link in links] == [0, 1]
+    assert links[1].prev == links[0].link
