@@ -64,7 +64,7 @@ def test_bad_setting_is_one_line(
     assert main(["kafka", "status"]) == 1
     assert (
         capsys.readouterr().err
-        == "tiaki: error: invalid setting kafka_port: Input should be a valid integer, unable to parse string as an integer\n"
+        == "tiaki: error: invalid setting TIAKI_KAFKA_PORT='not-a-port': Input should be a valid integer, unable to parse string as an integer\n"
     )
 
 

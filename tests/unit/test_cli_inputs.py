@@ -425,11 +425,3 @@ def test_explain_for_an_unknown_agency_names_it_with_a_suggestion(
     err = one_line(["policy", "explain", str(EXAMPLE), "--recipient", "polce"], capsys)
     assert "unknown agency 'polce' (did you mean 'police'?)" in err
 
-
-def test_a_bad_environment_setting_names_the_variable_and_its_value(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    monkeypatch.setenv("TIAKI_HOME", str(tmp_path))
-    monkeypatch.setenv("TIAKI_KAFKA_PORT", "abc")
-    err = one_line(["keys", "list"], capsys)
-    assert "invalid setting TIAKI_KAFKA_PORT='abc'" in err
