@@ -424,4 +424,3 @@ def test_explain_for_an_unknown_agency_names_it_with_a_suggestion(
     # It used to answer "deny (unknown_recipient)" with exit 0: a typo read as a decision.
     err = one_line(["policy", "explain", str(EXAMPLE), "--recipient", "polce"], capsys)
     assert "unknown agency 'polce' (did you mean 'police'?)" in err
-
