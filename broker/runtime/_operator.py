@@ -25,6 +25,7 @@ Either way, at most one of two acts on the same state commits.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import IllegalOperation, InvalidProducerEpoch, KafkaError, ProducerFenced
 
 from broker._errors import TiakiError
+from broker._logging import configure_logging
 from broker._settings import Settings
 from broker.codec import load_schemas
 from broker.envelope import KeyRing, KeyStore, Opener, Sealer
@@ -55,9 +57,12 @@ class ActInterrupted(TiakiError):
 
 
 class BrokerTools:
-    """The broker's schemas, keys and Kafka profile, from the environment's settings."""
+    """The broker's schemas, keys and Kafka profile, from the environment's settings, for the
+    operator commands: they print their answers on stdout, so their log (warnings and worse,
+    scrubbed JSON) goes to stderr."""
 
     def __init__(self) -> None:
+        configure_logging(level=logging.WARNING)
         self.settings = Settings.from_env()
         registry = load_registry(self.settings.registry)
         self.schemas = load_schemas(self.settings.schemas_dir)
