@@ -31,17 +31,20 @@ _CLUSTER = "kafka-cluster"
 
 @dataclass(frozen=True, order=True)
 class Acl:
-    """One ALLOW ACL for any host. Tiaki never uses DENY: absence is denial."""
+    """One ALLOW ACL. Tiaki never uses DENY (absence is denial) and grants only for any host
+    (``*``); a cluster's ACL for one host is read with that host, so it can be told apart."""
 
     principal: str
     resource_type: str  # TOPIC, GROUP, CLUSTER, TRANSACTIONAL_ID
     resource_name: str
     pattern: str  # LITERAL or PREFIXED
     operation: str  # READ, WRITE, CREATE, DELETE, ALTER, DESCRIBE, ALTER_CONFIGS, ...
+    host: str = "*"
 
     def __str__(self) -> str:
         star = "*" if self.pattern == "PREFIXED" else ""
-        return f"{self.principal} {self.operation} {self.resource_type.lower()} {self.resource_name}{star}"
+        text = f"{self.principal} {self.operation} {self.resource_type.lower()} {self.resource_name}{star}"
+        return text if self.host == "*" else f"{text} from {self.host}"
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,9 @@ class TopicSpec:
     partitions: int
     replication: int
     config: Mapping[str, str] = field(default_factory=dict)
+    #: Records carry a key whose partition matters (a case or request id): adding partitions
+    #: would move keys, so :func:`diff` never grows such a topic. Unknown means keyed.
+    keyed: bool = True
 
 
 @dataclass(frozen=True)
@@ -122,9 +128,9 @@ def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> Desi
 
     topics: dict[str, TopicSpec] = {}
 
-    def topic(name: str, cls: str, count: int = partitions) -> None:
+    def topic(name: str, cls: str, count: int = partitions, keyed: bool = True) -> None:
         config = dict(classes[cls]) | {"min.insync.replicas": min_isr}
-        topics[name] = TopicSpec(name, count, replication, config)
+        topics[name] = TopicSpec(name, count, replication, config, keyed)
 
     for agency in registry.agencies:
         topic(t.ingress(agency.id), "ingress")
@@ -138,9 +144,12 @@ def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> Desi
     topic(t.STATE_REQUESTS, "compacted")
     topic(t.POLICY, "compacted", 1)
     topic(t.STATE_CHAINS, "compacted", 1)
-    topic(t.STATE_SEEN, "seen", 1)
+    # Ingress, egress, review, quarantine and audit records are keyed by case (or request) so
+    # that one case stays in order on one partition; the state topics by case or request id.
+    # Only these two are not: seen records carry no key, checkpoints one per writer (chain).
+    topic(t.STATE_SEEN, "seen", 1, keyed=False)
     # Checkpoints are the witnesses' copy of the audit log's heads: kept as long as the log.
-    topic(t.CHECKPOINTS, "audit", 1)
+    topic(t.CHECKPOINTS, "audit", 1, keyed=False)
 
     acls: set[Acl] = set()
 
@@ -191,11 +200,31 @@ def admin_acls() -> frozenset[Acl]:
     )
 
 
+def _why_not_grown(spec: TopicSpec) -> str | None:
+    """Why adding partitions to ``spec``'s topic would corrupt it, or None if it would not.
+
+    A record's partition is its key's hash modulo the count, so a new count moves most keys.
+    Compaction works per partition: a moved key keeps its last record on the old partition
+    for ever, and a rebuild (partition by partition, last wins) can apply that stale record
+    over the newer one, giving a removed agency back its membership or reopening a closed
+    case. On a keyed topic a case's later records would land on another partition than its
+    earlier ones, and be read out of order.
+    """
+    if "compact" in spec.config.get("cleanup.policy", ""):
+        return "compacted, and a key moved to a new partition would leave its stale record behind"
+    if spec.keyed:
+        return (
+            "keyed by case or request, and new partitions would split a case's records out of order"
+        )
+    return None
+
+
 def diff(desired: DesiredState, actual: ActualState, protected: Iterable[str] = ()) -> list[Change]:
     """Changes that take ``actual`` to ``desired``. ``protected`` users are never removed.
 
     Topics are created, grown and reconfigured but never deleted or shrunk: they hold data,
-    so an unexpected one is reported for a person to decide.
+    so an unexpected one is reported for a person to decide. A compacted or keyed topic is
+    not grown either (see :func:`_why_not_grown`); that too is reported.
     """
     changes: list[Change] = []
     for name, spec in sorted(desired.topics.items()):
@@ -210,7 +239,17 @@ def diff(desired: DesiredState, actual: ActualState, protected: Iterable[str] = 
             )
             continue
         count, config = actual.topics[name]
-        if count < spec.partitions:
+        refusal = _why_not_grown(spec)
+        if count < spec.partitions and refusal:
+            changes.append(
+                Change(
+                    "warn",
+                    "topic",
+                    name,
+                    f"has {count} partitions, fewer than {spec.partitions}; not grown: {refusal}",
+                )
+            )
+        elif count < spec.partitions:
             changes.append(
                 Change("alter", "topic", name, f"partitions {count} -> {spec.partitions}")
             )

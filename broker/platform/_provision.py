@@ -3,8 +3,9 @@
 :func:`provision` reads the cluster, works out the changes with the pure
 :func:`broker.platform._plan.diff`, and (unless ``dry_run``) applies them. Running it twice
 changes nothing the second time. It manages only what is Tiaki's: users it knows (from the
-registry or a profile it wrote) and ACLs on ``tiaki*`` resources or held by those users, so
-it is safe to point at a cluster shared with other systems.
+registry or a profile it wrote), and ACLs held by those users or by every user (``User:*``)
+or on a resource pattern that can match a Tiaki topic, group or transactional id (see
+:func:`_managed`), so it is safe to point at a cluster shared with other systems.
 """
 
 from __future__ import annotations
@@ -141,9 +142,11 @@ class ClusterAdmin:
                 b.name,
                 b.resource_pattern_type.name,
                 b.operation.name,
+                b.host,
             )
             for b in bindings
-            if b.permission_type == AclPermissionType.ALLOW and b.host == "*"
+            # Every ALLOW, whatever its host: one for a single host grants as much from there.
+            if b.permission_type == AclPermissionType.ALLOW
         )
         return ActualState(
             {name: (count, configs[name]) for name, count in counts.items()}, frozenset(users), acls
@@ -234,22 +237,59 @@ def _binding(acl: Acl, cls: Any = AclBinding) -> Any:
         acl.resource_name,
         ResourcePatternType[acl.pattern],
         acl.principal,
-        "*",
+        acl.host,
         AclOperation[acl.operation],
         AclPermissionType.ALLOW,
     )
 
 
+#: Kafka's principal for every user: an ACL for it grants Tiaki's principals too.
+_ANY_USER = "User:*"
+
+
+#: Every Tiaki topic, and the broker's groups and transactional ids, start with this; any
+#: other resource named so is taken for Tiaki's too.
+_TIAKI = "tiaki"
+#: The resource types whose names Tiaki's clients use: an ACL on a pattern that merely could
+#: cover one of Tiaki's names (``*``, ``t``) grants access to it.
+_NAMED = ("TOPIC", "GROUP", "TRANSACTIONAL_ID")
+
+
+def _can_match(acl: Acl, desired: DesiredState) -> bool:
+    """Whether ``acl``'s resource pattern covers some name of a Tiaki topic, group or id.
+
+    A literal ``*`` covers every name; a prefixed pattern covers a Tiaki name if it is a
+    prefix of one (``t``, ``tiaki.``, ``pol`` for ``police.`` groups) or one is a prefix of it
+    (``tiaki.egress.``).
+    """
+    name = acl.resource_name
+    if acl.resource_type not in _NAMED:
+        return name.startswith(_TIAKI)
+    prefixes = [_TIAKI]
+    if acl.resource_type == "GROUP":
+        prefixes += [t.group_prefix(p) for p in desired.principals]
+    if acl.pattern == "LITERAL":
+        return name == "*" or name.startswith(tuple(prefixes))
+    return any(p.startswith(name) or name.startswith(p) for p in prefixes)
+
+
 def _managed(state: ActualState, desired: DesiredState, profiles_dir: Path) -> ActualState:
-    """Restrict ``state`` to what Tiaki manages, so other systems' users and ACLs are left alone."""
+    """Restrict ``state`` to what Tiaki manages, so other systems' users and ACLs are left alone.
+
+    An ACL is Tiaki's if it is held by a Tiaki user or by every user, or if its resource
+    pattern can match a Tiaki topic, group or transactional id: any of these can grant access
+    to Tiaki's data, so one the registry does not call for is listed and removed.
+    """
     known = set(desired.principals) | {p.stem for p in profiles_dir.glob("*.json")}
+    # Users are removed only for an ACL naming a Tiaki resource outright: a user of another
+    # system who was granted ``*`` loses that ACL, not its credentials.
     holders = {
         a.principal.removeprefix("User:") for a in state.acls if a.resource_name.startswith("tiaki")
     }
     users = frozenset(u for u in state.principals if u in known or u in holders)
-    managed_users = {t.user(u) for u in users | set(desired.principals)}
+    managed_users = {t.user(u) for u in users | set(desired.principals)} | {_ANY_USER}
     acls = frozenset(
-        a for a in state.acls if a.resource_name.startswith("tiaki") or a.principal in managed_users
+        a for a in state.acls if a.principal in managed_users or _can_match(a, desired)
     )
     return ActualState(state.topics, users, acls)
 

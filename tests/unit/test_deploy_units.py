@@ -1,5 +1,7 @@
 """The systemd units in ``deploy/systemd`` run the commands they mean to, with the options they
-mean to, and give a stopping broker the time its own timeouts need."""
+mean to, give a stopping broker the time its own timeouts need, and keep each adapter to its own
+agency's files: no adapter runs as the broker or can read the broker's state (keys of every
+agency's ingress, every profile), as the trust model allows no one party the whole picture."""
 
 from __future__ import annotations
 
@@ -51,6 +53,42 @@ def env_file(path: Path) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs if not k.lstrip().startswith("#")}
 
 
+#: Where each ``EnvironmentFile=`` of the units comes from in this folder, by instance.
+EXAMPLES = {
+    "/etc/tiaki/tiaki.env": "tiaki.env.example",
+    "/etc/tiaki/broker-%i.env": "broker-%i.env.example",
+}
+
+
+def environment(path: Path, instance: str) -> dict[str, str]:
+    """The environment systemd gives ``instance`` of the unit, with the example files in place
+    of ``/etc/tiaki``: ``Environment=`` first, then each ``EnvironmentFile=`` in order, a file's
+    setting overriding ``Environment=`` (systemd.exec(5))."""
+    service = unit(path)["Service"]
+    env: dict[str, str] = {}
+    for value in service.get("Environment", []):
+        for assignment in shlex.split(value.replace("%i", instance)):
+            key, _, val = assignment.partition("=")
+            env[key] = val
+    for name in service.get("EnvironmentFile", []):
+        optional = name.startswith("-")
+        example = UNITS / EXAMPLES[name.removeprefix("-")].replace("%i", instance)
+        if example.exists() or not optional:
+            env.update(env_file(example))
+    return env
+
+
+def state_directories(path: Path, instance: str) -> list[Path]:
+    """The unit's ``StateDirectory=`` folders, as absolute paths (a system unit's are under
+    ``/var/lib``)."""
+    service = unit(path)["Service"]
+    return [
+        Path("/var/lib") / name.replace("%i", instance)
+        for value in service.get("StateDirectory", [])
+        for name in value.split()
+    ]
+
+
 def command_line(path: Path, instance: str, env: Mapping[str, str]) -> list[str]:
     """``ExecStart`` as systemd would run it for ``instance``, ``${VAR}`` from ``env``."""
     (line,) = unit(path)["Service"]["ExecStart"]
@@ -65,7 +103,8 @@ class Captured(TiakiError):
 
 def started_with(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Any:
     """Run ``tiaki`` on ``argv`` up to the point where the service would begin; return what it
-    would have begun with (the broker's options; the adapter's agency and configuration)."""
+    would have begun with (the broker's options; the adapter's agency, configuration and
+    TIAKI_HOME)."""
     seen: list[Any] = []
 
     def options(**kwargs: Any) -> None:
@@ -73,7 +112,7 @@ def started_with(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Any:
         raise Captured("captured")
 
     def load(config: Path, agency: str, settings: Settings) -> None:
-        seen.append((agency, config))
+        seen.append((agency, config, settings.home))
         raise Captured("captured")
 
     monkeypatch.setattr(broker_cli, "ServiceOptions", options)
@@ -86,20 +125,31 @@ def started_with(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Any:
 def test_a_broker_instance_runs_as_the_worker_its_name_says(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    env = env_file(UNITS / "broker-1.env.example")
+    env = environment(BROKER, "1")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     argv = command_line(BROKER, "1", env)
     assert argv[0] == "/opt/tiaki/.venv/bin/tiaki"
     options = started_with(monkeypatch, argv[1:])
     assert options == ServiceOptions(worker_id="1", metrics_port=int(env["TIAKI_METRICS_PORT"]))
 
 
-def test_an_adapter_instance_runs_for_the_agency_its_name_says(
+def test_an_adapter_instance_runs_for_the_agency_its_name_says_in_its_own_home(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    argv = command_line(ADAPTER, "corrections", {})
+    """Through the real CLI with the unit's environment: the agency, its configuration, and a
+    TIAKI_HOME that is this instance's own state directory (so the configuration's default
+    ``{home}/profiles/{agency}.json``, ``{home}/keys`` and ``{home}/adapters/{agency}`` are
+    its own), not the broker's."""
+    env = environment(ADAPTER, "corrections")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    argv = command_line(ADAPTER, "corrections", env)
     assert argv[0] == "/opt/tiaki/.venv/bin/tiaki"
-    agency, config = started_with(monkeypatch, argv[1:])
+    agency, config, home = started_with(monkeypatch, argv[1:])
     assert (agency, config) == ("corrections", Path("/etc/tiaki/adapters/corrections.yaml"))
+    assert home == Path("/var/lib/tiaki-adapter/corrections")
+    assert state_directories(ADAPTER, "corrections") == [home]
 
 
 def test_systemd_waits_for_a_stopping_broker_as_long_as_its_own_timeouts() -> None:
@@ -121,8 +171,58 @@ def test_units_restart_run_unprivileged_and_keep_their_files_private(path: Path)
     assert service["UMask"] == ["0077"]  # keys and the outbox are written here
     assert service["NoNewPrivileges"] == ["yes"]
     assert service["ProtectSystem"] == ["strict"]
-    assert service["StateDirectory"] == ["tiaki"]
+    assert service["StateDirectoryMode"] == ["0700"]
     assert service["EnvironmentFile"][0] == "/etc/tiaki/tiaki.env"
+
+
+@pytest.mark.parametrize(("path", "instance"), [(BROKER, "1"), (ADAPTER, "police")])
+def test_each_unit_works_in_its_own_state_directory(path: Path, instance: str) -> None:
+    """TIAKI_HOME, after systemd has applied every environment file, is the unit's own state
+    directory (systemd creates it, owned by the unit's user, mode 0700)."""
+    home = Settings.from_env(environment(path, instance)).home
+    assert state_directories(path, instance) == [home]
+
+
+def test_each_adapter_instance_runs_as_its_own_user_in_its_own_directory() -> None:
+    """Not the broker's user, and not another agency's: a user named by the instance, and a
+    state directory of its own, beside the broker's rather than inside it."""
+    adapter, broker = unit(ADAPTER)["Service"], unit(BROKER)["Service"]
+    assert adapter["User"] == ["tiaki-%i"]
+    assert adapter["Group"] == ["tiaki-%i"]
+    assert adapter["User"] != broker["User"]
+    assert adapter["StateDirectory"] == ["tiaki-adapter/%i"]
+    police, corrections = (state_directories(ADAPTER, a) for a in ("police", "corrections"))
+    assert police != corrections
+    (broker_state,) = state_directories(BROKER, "1")
+    for (own,) in (police, corrections):
+        assert not own.is_relative_to(broker_state)
+        assert not broker_state.is_relative_to(own)
+
+
+def test_no_adapter_can_read_the_brokers_state() -> None:
+    """The broker's state (every agency's profile, the admin and compliance profiles, the
+    broker's private keys) is 0700 to the broker's own user, which no adapter runs as, and
+    is hidden from every adapter outright, so even a loosened mode cannot expose it."""
+    adapter, broker = unit(ADAPTER)["Service"], unit(BROKER)["Service"]
+    (broker_state,) = state_directories(BROKER, "1")
+    assert broker["StateDirectoryMode"] == ["0700"]
+    assert broker["User"] not in (["root"], adapter["User"])
+    hidden = [
+        Path(p.removeprefix("-"))
+        for value in adapter.get("InaccessiblePaths", [])
+        for p in value.split()
+    ]
+    assert any(broker_state.is_relative_to(p) for p in hidden), hidden
+    assert broker_state != Path("/var/lib")  # hiding it must not hide all of /var/lib
+    # and the adapter's own home is not under what is hidden
+    (own,) = state_directories(ADAPTER, "police")
+    assert not any(own.is_relative_to(p) for p in hidden)
+
+
+def test_the_shared_environment_sets_no_home() -> None:
+    """tiaki.env is read by broker and adapters alike, after each unit's Environment=: a
+    TIAKI_HOME there would point every adapter at the broker's state."""
+    assert "TIAKI_HOME" not in env_file(UNITS / "tiaki.env.example")
 
 
 def test_the_shared_environment_is_tiakis_own_settings() -> None:
@@ -136,7 +236,6 @@ def test_the_shared_environment_is_tiakis_own_settings() -> None:
         "TIAKI_POLICIES",
     }
     settings = Settings.from_env(env)
-    assert settings.home == Path("/var/lib/tiaki")  # the units' StateDirectory
     assert settings.policies_dir == Path(env["TIAKI_POLICIES"])
 
 

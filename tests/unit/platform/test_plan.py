@@ -10,8 +10,14 @@ from hypothesis import strategies as st
 from broker.platform import (
     AUDIT,
     CHECKPOINTS,
+    DLQ,
+    REVIEW,
+    STATE_CASES,
+    STATE_REQUESTS,
+    STATE_SEEN,
     ActualState,
     DesiredState,
+    TopicSpec,
     desired_state,
     diff,
     egress,
@@ -97,6 +103,18 @@ def test_diff_of_a_matching_cluster_is_empty() -> None:
     assert diff(state, as_actual(state)) == []
 
 
+def test_an_acl_for_one_host_is_told_apart_and_named_with_its_host() -> None:
+    state = desired_state(REGISTRY, brokers=1)
+    granted = Acl("User:police", "TOPIC", egress("police"), "LITERAL", "READ")
+    assert granted in state.acls
+    one_host = Acl("User:police", "TOPIC", egress("police"), "LITERAL", "READ", "10.0.0.5")
+    actual = as_actual(state)
+    changes = diff(state, ActualState(actual.topics, actual.principals, actual.acls | {one_host}))
+    assert [str(c) for c in changes] == [
+        f"- acl User:police READ topic {egress('police')} from 10.0.0.5: not granted by the registry"
+    ]
+
+
 def test_diff_removes_extras_but_keeps_protected_users_and_never_deletes_topics() -> None:
     state = desired_state(REGISTRY, brokers=1)
     extra = Acl("User:police", "TOPIC", egress("msd"), "LITERAL", "READ")
@@ -114,14 +132,36 @@ def test_diff_removes_extras_but_keeps_protected_users_and_never_deletes_topics(
     ]
 
 
-def test_diff_reports_config_drift_and_missing_partitions() -> None:
+def test_diff_reports_config_drift_and_grows_an_unkeyed_topic() -> None:
     state = desired_state(REGISTRY, brokers=1)
+    unkeyed = TopicSpec("tiaki.unkeyed", 3, 1, {"cleanup.policy": "delete"}, keyed=False)
+    state = DesiredState(dict(state.topics) | {unkeyed.name: unkeyed}, state.principals, state.acls)
     actual = as_actual(state)
     topics = dict(actual.topics)
-    topics[AUDIT] = (1, {**topics[AUDIT][1], "retention.ms": "1000"})
+    topics[AUDIT] = (3, {**topics[AUDIT][1], "retention.ms": "1000"})
+    topics[unkeyed.name] = (1, dict(unkeyed.config))
     changes = [str(c) for c in diff(state, ActualState(topics, actual.principals, actual.acls))]
-    assert "~ topic tiaki.audit: partitions 1 -> 3" in changes
+    assert "~ topic tiaki.unkeyed: partitions 1 -> 3" in changes
     assert any(c.startswith("~ topic tiaki.audit: retention.ms 1000 -> ") for c in changes)
+
+
+def test_only_unkeyed_topics_are_marked_so() -> None:
+    topics = desired_state(REGISTRY, brokers=1).topics
+    assert {n for n, s in topics.items() if not s.keyed} == {STATE_SEEN, CHECKPOINTS}
+
+
+def test_diff_never_grows_a_compacted_or_keyed_topic() -> None:
+    # Provisioned with 3 partitions, then `tiaki provision --partitions 4`: a case key would
+    # move partition, leaving a stale compacted record (a removed member, an open case) behind
+    # or splitting a case's ingress records out of order.
+    actual = as_actual(desired_state(REGISTRY, brokers=1, partitions=3))
+    changes = diff(desired_state(REGISTRY, brokers=1, partitions=4), actual)
+    assert not [c for c in changes if c.action != "warn"]
+    refused = {c.subject: c.detail for c in changes}
+    for name in (STATE_CASES, STATE_REQUESTS):
+        assert refused[name].startswith("has 3 partitions, fewer than 4; not grown: compacted")
+    for name in (ingress("police"), egress("msd"), REVIEW, DLQ, AUDIT):
+        assert refused[name].startswith("has 3 partitions, fewer than 4; not grown: keyed by case")
 
 
 @given(st.sets(st.sampled_from(REGISTRY.ids), min_size=1))
