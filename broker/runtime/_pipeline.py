@@ -11,6 +11,8 @@ rejected at intake     ``tiaki.dlq`` (the record kept whole, sealed to the broke
 membership changed     ``tiaki.state.cases`` (the case's CaseMembership), before deciding
 membership refused     as rejected at intake, reason ``unauthorised_membership``: the sender
                        may not change what the event would change (``_cases.py``)
+request id in use      as rejected at intake, reason ``request_id_in_use``: another agency's
+                       request holds the id (``_requests.py``); nothing is routed
 policy failed          ``tiaki.dlq`` (reason ``policy_error``) + audit: fail closed; the
                        state records above still go (the event's facts stand)
 decided                one audit record (action ``decision``) listing the decision about
@@ -84,7 +86,7 @@ from broker.runtime._cases import CaseMembership, MembershipRefused
 from broker.runtime._decide import Decider, Outcome, Verdict
 from broker.runtime._encoding import RecordParts
 from broker.runtime._intake import Accepted, Intake, Rejected
-from broker.runtime._requests import RequestBook
+from broker.runtime._requests import RequestBook, RequestIdInUse
 from broker.transport import Headers, Outgoing, Record, TopicPartition
 
 log = structlog.get_logger("tiaki.broker")
@@ -164,8 +166,9 @@ def _record_bytes(output: Outgoing) -> int:
     return size + sum(len(name.encode()) + len(value) for name, value in output.headers)
 
 
-def _refused(admitted: Accepted, exc: MembershipRefused) -> Rejected:
-    """The quarantine of an admitted event whose sender may not change what it would change."""
+def _refused(admitted: Accepted, exc: MembershipRefused | RequestIdInUse) -> Rejected:
+    """The quarantine of an admitted event whose sender may not change what it would change
+    (a case's membership, or a request another agency made)."""
     return Rejected(
         exc.quarantine_reason,
         str(exc),
@@ -340,7 +343,10 @@ class Pipeline:
         if state is not None:
             value = encode(self._cases_schema, state)
             outputs.append(Outgoing(STATE_CASES, state["case_id"].encode(), value))
-        request = self.requests.apply(admitted.event_type, admitted.event, record.partition)
+        try:
+            request = self.requests.apply(admitted.event_type, admitted.event, record.partition)
+        except RequestIdInUse as exc:  # a request changes no membership: nothing to keep
+            return self._quarantine(record, _refused(admitted, exc), now)
         if request is not None:
             outputs.append(self._request_state(request))
         try:

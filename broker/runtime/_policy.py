@@ -75,15 +75,24 @@ class PolicyDecider:
         InformationResponse's ``request_id``, or any event whose header's ``correlation_id``
         names a request (a record supplied under an OTA s66 requirement, say). The answer
         goes back to the requester, filtered like any disclosure (FVA s20/s24), and carries
-        the request's requester role and on whose behalf it was made."""
+        the request's requester role and on whose behalf it was made.
+
+        Only an answer from one of the request's holders, about the request's case, carries
+        them: a request id is guessable, and an agency that was not asked, or an event on
+        another case, must not be addressed to the requester (or borrow its s66 authority)
+        by naming it. Such an event is decided with no request facts."""
         if self._requests is None:
             return None
         event = accepted.event
+        header = event["header"]
+        case_id = str(header["case_id"])
         ids = [event.get("request_id")] if accepted.event_type == "InformationResponse" else []
-        ids.append(event["header"].get("correlation_id"))
+        ids.append(header.get("correlation_id"))
         for request_id in ids:
             if request_id is not None:
-                facts = self._requests.facts(str(request_id))
+                facts = self._requests.facts(
+                    str(request_id), case_id=case_id, sender=accepted.source.id
+                )
                 if facts is not None:
                     return facts
         return None

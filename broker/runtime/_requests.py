@@ -28,9 +28,19 @@ Records written before ``RequestState`` v2 name no partition: the owner of parti
 the requester's topic escalates those, and the first response to one records the partition
 it came in on.
 
-A request id is the requester's own: another agency that sends a request with an id already
-in the book does not take the request over (its answers would go to the newcomer); the book
-keeps the first, and the newcomer's request is routed by policy but not tracked (logged).
+A request id is the requester's own. Another agency that sends a request with an id already
+in the book is refused (:class:`RequestIdInUse`, quarantine reason ``request_id_in_use``):
+the answers to that id go to the first requester, so the newcomer's request is neither
+routed nor tracked, and its sender learns why from its refusal notice. The requester itself
+may send its own id again; the book then takes the newer request.
+
+An answer carries the request's facts (who asked, in what role, on whose behalf; the policy
+addresses the answer to the requester) only if it comes from one of the request's holders
+and is about the request's case (:meth:`RequestBook.facts`): an agency that was not asked,
+or an event on another case that names the id, gets no request facts, and the shipped
+policy then denies it. ``RequestState`` v2 has no case id, so the case is kept in memory:
+a book rebuilt from the state topic learns a request's case from the first holder event
+that names the request, as it learns the partition of a record older than v2.
 """
 
 from __future__ import annotations
@@ -38,17 +48,21 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-import structlog
-
+from broker._errors import TiakiError
 from broker.platform._topics import ingress
 from broker.policy._model import RequestFacts
 
-log = structlog.get_logger("tiaki.broker")
-
 #: The partition whose owner escalates a request recorded without one (before RequestState v2).
 LEGACY_PARTITION = 0
+
+
+class RequestIdInUse(TiakiError):
+    """An information request names a request id another agency's request already holds.
+    Nothing was changed; the pipeline quarantines the request."""
+
+    quarantine_reason: ClassVar[str] = "request_id_in_use"
 
 
 @dataclass
@@ -65,6 +79,9 @@ class _Request:
     escalated: set[str] = field(default_factory=set)
     #: The ingress partition the request belongs to; None for a record older than v2.
     partition: int | None = None
+    #: The case the request is about; None in a book rebuilt from the state topic (RequestState
+    #: v2 has no case id) until a holder's event naming the request says which.
+    case_id: str | None = None
 
     def owned_by(self, assignment: Collection[tuple[str, int]]) -> bool:
         """Whether the worker assigned ``assignment`` escalates this request."""
@@ -83,6 +100,7 @@ class _Request:
             "escalated": sorted(self.escalated),
             "respond_by": self.respond_by,
             "partition": self.partition,
+            "case_id": self.case_id,
         }
 
 
@@ -109,13 +127,17 @@ class RequestBook:
                 set(s["answered"]),
                 set(s["escalated"]),
                 s.get("partition"),
+                s.get("case_id"),  # absent from RequestState v1 and v2 records
             )
 
     def apply(
         self, event_type: str, event: Mapping[str, Any], partition: int | None = None
     ) -> dict[str, Any] | None:
         """Update from one admitted event, read from ``partition`` of its ingress topic; the
-        request's new state record, or None."""
+        request's new state record, or None.
+
+        Raises :class:`RequestIdInUse`, changing nothing, for a request whose id another
+        agency's request holds."""
         if event_type == "InformationRequest":
             header = event["header"]
             request = _Request(
@@ -127,17 +149,17 @@ class RequestBook:
                 str(event.get("requester_role") or "unknown"),
                 str(event.get("on_behalf_of") or "unknown"),
                 partition=partition,
+                case_id=str(header["case_id"]),
             )
             known = self._requests.get(request.request_id)
+            # Before the retry check: another agency's event with the same event id is no retry.
+            if known is not None and known.requester != request.requester:
+                raise RequestIdInUse(
+                    "request id is already used by another agency's request; "
+                    "use a request id of your own"
+                )
             if known is not None and known.event_id == request.event_id:
                 return None  # the same request again (a retried batch)
-            if known is not None and known.requester != request.requester:
-                log.warning(
-                    "request id already used by another agency; request not tracked",
-                    requester=request.requester,
-                    tracked_for=known.requester,
-                )
-                return None
             self._requests[request.request_id] = request
             return request.state()
         if event_type == "InformationResponse":
@@ -156,10 +178,18 @@ class RequestBook:
         request = self._requests.get(request_id)
         return request.requester if request is not None else None
 
-    def facts(self, request_id: str) -> RequestFacts | None:
-        """The requester, its role and on whose behalf, for request ``request_id``."""
+    def facts(self, request_id: str, *, case_id: str, sender: str) -> RequestFacts | None:
+        """The requester, its role and on whose behalf, for an event from ``sender`` about case
+        ``case_id`` that answers request ``request_id``; None unless ``sender`` is one of the
+        request's holders and the case is the request's (see the module docs). A request whose
+        case the book does not know (rebuilt from the state topic) takes ``case_id`` from the
+        first holder event that names it."""
         request = self._requests.get(request_id)
-        if request is None:
+        if request is None or sender not in request.holders:
+            return None
+        if request.case_id is None:
+            request.case_id = case_id
+        elif request.case_id != case_id:
             return None
         return RequestFacts(request.requester, request.requester_role, request.on_behalf_of)
 

@@ -252,7 +252,7 @@ def test_the_request_book_keeps_role_and_behalf_across_a_restart() -> None:
     assert state is not None
     again = RequestBook()
     again.load([state])
-    facts = again.facts("SYN-REQ-0001")
+    facts = again.facts("SYN-REQ-0001", case_id="SYN-CASE-0001", sender="police")
     assert facts is not None
     assert (facts.requester, facts.requester_role, facts.on_behalf_of) == (
         "msd",

@@ -7,8 +7,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from broker.codec import from_json, load_schemas
-from broker.runtime._requests import RequestBook
+from broker.runtime._requests import RequestBook, RequestIdInUse
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMAS = load_schemas(ROOT / "schemas")
@@ -65,13 +67,15 @@ def _another_agency(request: dict[str, Any], agency: str, event_id: str) -> dict
     return request | {"header": header}
 
 
-def test_a_request_id_reused_by_another_agency_does_not_take_the_request_over() -> None:
-    """Request ids are the requester's own; Health sending one MSD already uses must not
-    redirect the answer (the policy asks the book who the requester was)."""
+def test_a_request_id_reused_by_another_agency_is_refused() -> None:
+    """Request ids are the requester's own; Health sending one MSD already uses is refused
+    (quarantined as ``request_id_in_use``) and must not redirect the answer."""
     book = RequestBook()
     book.apply("InformationRequest", REQUEST, 1)
     other = _another_agency(REQUEST, "health-nz", "00000000-0000-4000-8000-0000000000ff")
-    assert book.apply("InformationRequest", other, 2) is None
+    with pytest.raises(RequestIdInUse) as refused:
+        book.apply("InformationRequest", other, 2)
+    assert refused.value.quarantine_reason == "request_id_in_use"
     assert book.requester("SYN-REQ-0001") == "msd"
     assert [r["partition"] for r in book.open_requests()] == [1]
     # The requester itself may make the request again (a new event: the book takes it).
@@ -123,8 +127,8 @@ def test_a_v1_state_record_is_read_by_its_writer_schema() -> None:
     state = book.apply("InformationRequest", REQUEST, 2)
     assert state is not None
     v2_only = {"partition", "requester_role", "on_behalf_of"}
-    old = encode(v1, {k: v for k, v in state.items() if k not in v2_only})
-    new = encode(v2, state)
+    old = encode(v1, {k: v for k, v in state.items() if k not in v2_only | {"case_id"}})
+    new = encode(v2, {k: v for k, v in state.items() if k != "case_id"})  # v3's
     records = [
         Record("tiaki.state.requests", 0, 0, b"r", old, (), 0),
         Record(

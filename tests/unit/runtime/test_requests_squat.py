@@ -1,0 +1,147 @@
+"""Request-id squatting: an id is its first requester's, and only a holder answering on the
+request's case carries the request's facts (who asked, in what role, on whose behalf)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from broker.codec import decode, encode
+from broker.runtime import Accepted, Outcome, Verdict
+from broker.runtime._cases import CaseMembership
+from broker.runtime._pipeline import REASON_HEADER
+from broker.runtime._requests import RequestBook, RequestIdInUse
+from tests.unit.runtime.test_intake import NOW, SCHEMAS
+from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider, sealed_example
+from tests.unit.runtime.test_policy_decider import _decide, _example
+
+AUDIT = SCHEMAS.latest("AuditRecord")
+HEALTH = [{"agency_id": "health-nz", "team": None, "contact_role": None}]
+S66_ID = "SYN-REQ-0066"
+
+
+def _s66(agency: str, role: str, event_id: str) -> dict[str, Any]:
+    request = _example("InformationRequest")
+    request["header"] |= {"source_agency": agency, "event_id": event_id}
+    request.update(
+        request_id=S66_ID,
+        legal_route="ota_s66",
+        requester_role=role,
+        on_behalf_of="child",
+        holders=HEALTH,
+    )
+    return request
+
+
+def _notes(source: str = "health-nz", case_id: str = "SYN-CASE-0001") -> dict[str, Any]:
+    """Health's records supplied under the s66 requirement ``S66_ID``."""
+    notes = _example("HealthScreeningOutcome")
+    notes["header"] |= {"correlation_id": S66_ID, "source_agency": source, "case_id": case_id}
+    notes["header"]["sharing"].update(purpose="care_and_protection", legal_route="ota_s66")
+    notes["patient"]["person"]["date_of_birth"] = datetime(2019, 5, 1).date()
+    return notes
+
+
+POLICE = _s66("police", "constable", "00000000-0000-4000-8000-0000000000aa")
+OT = _s66("oranga-tamariki", "ot_chief_executive_delegate", "00000000-0000-4000-8000-0000000000bb")
+
+
+def test_a_request_id_another_agency_holds_is_quarantined_and_routed_nowhere() -> None:
+    decided: list[str] = []
+
+    class Recording(ScriptedDecider):
+        def decide(self, accepted: Accepted, now: datetime) -> Sequence[Verdict]:
+            decided.append(accepted.source.id)
+            return []
+
+    harness = Harness(Recording())
+    fields = {"request_id": S66_ID, "legal_route": "ota_s66", "holders": HEALTH}
+    squat = sealed_example(harness, "InformationRequest", "police", **fields)
+    assert harness.pipeline.process(squat, NOW).quarantine_reason is None
+    clash = sealed_example(harness, "InformationRequest", "oranga-tamariki", **fields)
+    processed = harness.pipeline.process(clash, NOW)
+    assert processed.quarantine_reason == "request_id_in_use"
+    assert [o.topic for o in processed.outputs] == [
+        "tiaki.dlq",
+        "tiaki.audit",
+        "tiaki.egress.oranga-tamariki",
+    ]
+    assert dict(processed.outputs[0].headers)[REASON_HEADER] == b"request_id_in_use"
+    audit = decode(processed.outputs[1].value, AUDIT)
+    assert (audit["action"], audit["reason_codes"]) == ("quarantine", ["request_id_in_use"])
+    assert audit["source_agency"] == "oranga-tamariki"
+    notice = harness.open_for(
+        "oranga-tamariki", "tiaki.egress.oranga-tamariki", processed.outputs[2].value
+    )
+    assert notice["reason"] == "request_id_in_use"
+    assert "police" not in notice["detail"]  # the refusal says little
+    assert decided == ["police"]  # OT's request was never decided, so never routed
+    assert harness.pipeline.requests.requester(S66_ID) == "police"
+    # Police may send its own id again: a new request, tracked, no quarantine.
+    again = sealed_example(harness, "InformationRequest", "police", **fields)
+    assert harness.pipeline.process(again, NOW).quarantine_reason is None
+
+
+def test_health_answers_a_squatted_id_only_as_the_squatters_own_request_allows() -> None:
+    book = RequestBook()
+    assert book.apply("InformationRequest", POLICE, 0) is not None
+    with pytest.raises(RequestIdInUse):
+        book.apply("InformationRequest", OT, 0)
+    # The same event id from another agency is no retried batch either.
+    with pytest.raises(RequestIdInUse):
+        book.apply("InformationRequest", _s66("oranga-tamariki", "x", POLICE["header"]["event_id"]))
+    assert book.requester(S66_ID) == "police"
+    verdicts = _decide("HealthScreeningOutcome", _notes(), CaseMembership(), book)
+    # Police's own s66 requirement (a constable may make one) is answered to Police...
+    assert verdicts["police"].rule_ids[0] == "ota-s66-requirement"
+    # ...and nothing reaches Oranga Tamariki under s66: its request was refused, not tracked.
+    assert verdicts["oranga-tamariki"].outcome is Outcome.DENY
+    assert [h for _, h in book.overdue(datetime(2100, 1, 1, tzinfo=UTC))] == ["health-nz"]
+
+
+@pytest.mark.parametrize(
+    ("source", "case_id"),
+    [("msd", "SYN-CASE-0001"), ("health-nz", "SYN-CASE-0002")],
+    ids=["not-a-holder", "another-case"],
+)
+def test_an_event_naming_a_request_carries_its_facts_only_from_a_holder_on_its_case(
+    source: str, case_id: str
+) -> None:
+    book = RequestBook()
+    book.apply("InformationRequest", OT, 0)
+    assert book.facts(S66_ID, case_id=case_id, sender=source) is None
+    verdicts = _decide("HealthScreeningOutcome", _notes(source, case_id), CaseMembership(), book)
+    assert verdicts["oranga-tamariki"].outcome is Outcome.DENY
+    # The holder answering on the request's case still reaches the requester.
+    legit = _decide("HealthScreeningOutcome", _notes(), CaseMembership(), book)
+    assert legit["oranga-tamariki"].outcome is Outcome.SHARE
+    assert legit["oranga-tamariki"].rule_ids[0] == "ota-s66-requirement"
+
+
+def test_a_rebuilt_book_keeps_the_request_s_case() -> None:
+    """RequestState v3 records the case: a worker that rebuilds the book from the state topic
+    gives an event on another case no facts from the first event on."""
+    state = RequestBook().apply("InformationRequest", OT, 0)
+    assert state is not None
+    schema = SCHEMAS.latest("RequestState")
+    book = RequestBook()
+    book.load([decode(encode(schema, state), schema)])
+    assert book.facts(S66_ID, case_id="SYN-CASE-0002", sender="health-nz") is None
+    assert book.facts(S66_ID, case_id="SYN-CASE-0001", sender="health-nz") is not None
+
+
+def test_a_rebuilt_book_learns_the_case_from_the_first_holder_event() -> None:
+    """RequestState v2 records have no case id: after a restart the first holder event
+    naming the request fixes its case, and an event on another case then carries no facts."""
+    state = RequestBook().apply("InformationRequest", OT, 0)
+    assert state is not None
+    book = RequestBook()
+    book.load([{k: v for k, v in state.items() if k != "case_id"}])
+    assert book.facts(S66_ID, case_id="SYN-CASE-0001", sender="msd") is None
+    facts = book.facts(S66_ID, case_id="SYN-CASE-0001", sender="health-nz")
+    assert facts is not None
+    assert facts.requester == "oranga-tamariki"
+    assert book.facts(S66_ID, case_id="SYN-CASE-0002", sender="health-nz") is None
