@@ -19,8 +19,11 @@ is back. Guarantees, stated exactly:
   the same event id. The broker's replay check quarantines that copy as ``replayed`` while it
   remembers the event id (24 hours, same worker); in any case the receiving adapters drop it
   by idempotency key. So delivery to a *handler* is once; Kafka may hold a duplicate record.
-* publishing an event id already in the outbox (sent or not, for ``keep_sent``) is a no-op,
-  so a source that re-reads a file after a crash does not publish it twice.
+* publishing an event id already in the outbox (sent or not, for ``keep_sent``) with the same
+  content is a no-op, so a source that re-reads a file after a crash does not publish it
+  twice; with other content it raises :class:`InvalidEvent`;
+* a row that can never be sealed (too large for an envelope) moves to the dead letters, so
+  it does not hold up the rows behind it; a key problem keeps every row waiting.
 
 Receiving (:meth:`AdapterClient.receive`, :meth:`AdapterClient.run`): each record is opened
 and verified, decoded into a :class:`~adapters.Received` and given to the handler. Its
@@ -38,6 +41,7 @@ import contextlib
 import copy
 import dataclasses
 import datetime as dt
+import hashlib
 import inspect
 import json
 import traceback
@@ -55,8 +59,17 @@ from adapters._errors import InvalidEvent
 from adapters._events import Received
 from adapters._metrics import AdapterMetrics
 from adapters._state import Parked, Pending, StateStore
-from broker.codec import CodecError, SchemaSet, decode, encode, from_json, load_schemas
-from broker.envelope import BROKER, EnvelopeError, KeyRing, KeyStore, Kind, Opener, Sealer
+from broker.codec import CodecError, Schema, SchemaSet, decode, encode, from_json, load_schemas
+from broker.envelope import (
+    BROKER,
+    EnvelopeError,
+    KeyRing,
+    KeyStore,
+    KeyUnusable,
+    Kind,
+    Opener,
+    Sealer,
+)
 from broker.platform import egress, group_prefix, ingress, load_profile
 from broker.transport import Publisher, Record, ResourceBase, TransportError
 
@@ -99,6 +112,11 @@ def _detail(exc: Exception) -> str:
     """The handler's exception with its traceback, for the dead letter's ``.detail`` file."""
     return "".join(traceback.format_exception(exc))[-_MAX_DETAIL:]
 
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+#: How long (seconds) an idle sender sleeps before it looks at the clock again.
+_IDLE_WAKE_S = 60.0
 
 #: How much of a traceback a ``.detail`` file keeps (its end: the exception and where).
 _MAX_DETAIL = 64 * 1024
@@ -174,7 +192,8 @@ class AdapterClient(ResourceBase):
     :class:`~adapters.InMemoryConnection` in tests). ``state_dir`` holds the outbox database
     and the dead-letter folder; ``None`` keeps state in memory (tests only: not durable).
     ``clock`` is injected so tests never wait for a retry delay. ``send_in_background=False``
-    leaves sending to explicit :meth:`send_pending` calls (deterministic tests).
+    leaves sending to explicit :meth:`send_pending` calls (deterministic tests). Sent event
+    ids and handled keys older than ``keep_sent`` are forgotten every ``prune_every``.
     """
 
     def __init__(
@@ -191,6 +210,7 @@ class AdapterClient(ResourceBase):
         metrics: AdapterMetrics | None = None,
         send_in_background: bool = True,
         keep_sent: dt.timedelta = dt.timedelta(days=30),
+        prune_every: dt.timedelta = dt.timedelta(hours=1),
     ) -> None:
         self.agency = agency
         self.group_id = group_id or f"{group_prefix(agency)}adapter"
@@ -209,6 +229,8 @@ class AdapterClient(ResourceBase):
         )
         self._background = send_in_background
         self._keep_sent = keep_sent
+        self._prune_every = prune_every
+        self._next_prune: dt.datetime | None = None
         self._counts = _Counts()
         self._publisher: Publisher | None = None
         self._feed: Feed | None = None
@@ -246,7 +268,7 @@ class AdapterClient(ResourceBase):
     # -- lifecycle -----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._state.prune(_ms(self._clock() - self._keep_sent))
+        self._prune_if_due()
         if self.metrics is not None:
             self.metrics.outbox_pending.set(self._state.pending_count())
         if self._background:
@@ -267,6 +289,16 @@ class AdapterClient(ResourceBase):
                     await asyncio.shield(resource.close())
         self._publisher = self._feed = None
         self._state.close()
+
+    def _prune_if_due(self) -> None:
+        """Forget sent event ids and handled keys older than ``keep_sent``, at start and then
+        every ``prune_every`` (by the injected clock) from the send and receive loops, so the
+        state file of an adapter that runs for months stays the size of 30 days."""
+        now = self._clock()
+        if self._next_prune is not None and now < self._next_prune:
+            return
+        self._next_prune = now + self._prune_every
+        self._state.prune(_ms(now - self._keep_sent))
 
     def statistics(self) -> ClientStatistics:
         c = self._counts
@@ -295,7 +327,8 @@ class AdapterClient(ResourceBase):
         ``source_agency`` (this agency), ``occurred_at`` and ``recorded_at`` (now) are filled
         in when absent (or null; an empty ``event_id`` too). Raises :class:`InvalidEvent`
         if the document or its header is not an object, if the event does not match its
-        schema or claims another source; nothing is stored then.
+        schema, claims another source, is larger encoded than the sealer's ``max_payload``,
+        or reuses a known event id with other content; nothing is stored then.
         """
         now = self._clock()
         if not isinstance(document, Mapping):
@@ -316,6 +349,7 @@ class AdapterClient(ResourceBase):
             header["event_id"] = str(uuid.uuid4())
         header.setdefault("event_type", f"nz.tiaki.{event_type}")
         header["source_agency"] = self.agency
+        filled = [name for name in ("occurred_at", "recorded_at") if name not in header]
         header.setdefault("occurred_at", _iso(now))
         header.setdefault("recorded_at", _iso(now))
         for optional in ("source_reference", "correlation_id", "sharing"):
@@ -328,10 +362,28 @@ class AdapterClient(ResourceBase):
             raise InvalidEvent(f"{event_type}: {exc}") from None
         except RecursionError:
             raise InvalidEvent(f"{event_type}: nested too deeply") from None
+        limit = self._sealer.config.max_payload
+        if len(payload) > limit:
+            raise InvalidEvent(
+                f"{event_type}: the event is {len(payload)} bytes encoded, more than the"
+                f" {limit} bytes an envelope carries"
+            )
         event_id = str(header["event_id"])
-        if self._state.enqueue(
-            event_id, event_type, str(header["case_id"]), schema.fingerprint, payload, _ms(now)
-        ):
+        outcome = self._state.enqueue(
+            event_id,
+            event_type,
+            str(header["case_id"]),
+            schema.fingerprint,
+            payload,
+            _ms(now),
+            self._content_hash(schema, doc, filled, payload),
+        )
+        if outcome == "different":
+            raise InvalidEvent(
+                f"{event_type}: event id {event_id} was published before with other content;"
+                " give changed content a new event id"
+            )
+        if outcome == "stored":
             self._counts.accepted += 1
             if self.metrics is not None:
                 self.metrics.accepted.labels(event_type).inc()
@@ -339,11 +391,28 @@ class AdapterClient(ResourceBase):
         self._wake.set()
         return event_id
 
+    @staticmethod
+    def _content_hash(
+        schema: Schema, doc: dict[str, Any], filled: list[str], payload: bytes
+    ) -> bytes:
+        """SHA-256 of the event as the caller gave it: the times ``publish`` filled in with
+        "now" are hashed as a fixed time, so a source reading the same export again after a
+        crash (same id, same content, a later "now") is the no-op it was."""
+        if filled:
+            header = dict(doc["header"])
+            for name in filled:
+                header[name] = _iso(_EPOCH)
+            payload = encode(schema, from_json(schema, {**doc, "header": header}))
+        return hashlib.sha256(schema.fingerprint + payload).digest()
+
     async def send_pending(self, limit: int | None = None) -> int:
         """Send outbox rows oldest first until it is empty, ``limit`` is reached or Kafka
-        fails; return how many were sent. Never raises for Kafka being unavailable."""
+        fails; return how many were sent (a row moved to the dead letters counts towards
+        ``limit``, not the result). Never raises for Kafka being unavailable."""
         sent = 0
+        before = self._counts.sent
         async with self._send_lock:
+            self._prune_if_due()
             while limit is None or sent < limit:
                 batch = self._state.pending(limit=100)
                 if not batch:
@@ -352,9 +421,9 @@ class AdapterClient(ResourceBase):
                     if limit is not None and sent >= limit:
                         break
                     if not await self._send(row):
-                        return sent
+                        return self._counts.sent - before
                     sent += 1
-        return sent
+        return self._counts.sent - before
 
     async def _send(self, row: Pending) -> bool:
         now = self._clock()
@@ -378,10 +447,10 @@ class AdapterClient(ResourceBase):
                 now=now,
             )
             await self._publisher.publish(ingress(self.agency), row.case_id.encode(), sealed)
-        except EnvelopeError as exc:
+        except KeyUnusable as exc:
             # A key problem (expired, revoked, the broker's key unknown) needs a person; the
             # event waits in the outbox and is sent once the keys are fixed and the adapter
-            # restarted.
+            # restarted. It is the same for every row, so nothing is gained by skipping one.
             self._counts.last_send_error = type(exc).__name__
             log.error(
                 "cannot seal; event kept in the outbox",
@@ -390,6 +459,12 @@ class AdapterClient(ResourceBase):
                 error_type=type(exc).__name__,
             )
             return False
+        except EnvelopeError as exc:
+            # Anything else (the payload too large for an envelope, a row stored before
+            # publish checked the size) fails the same way for this row on every attempt:
+            # move it aside so the rows behind it are not stuck for ever.
+            self._unsendable(row, exc)
+            return True
         except TransportError as exc:
             self._state.attempted(row.seq)
             self._counts.last_send_error = type(exc).__name__
@@ -410,6 +485,39 @@ class AdapterClient(ResourceBase):
             self.metrics.outbox_pending.dec()
         return True
 
+    def _unsendable(self, row: Pending, exc: EnvelopeError) -> None:
+        """Move an outbox row that can never be sealed to the dead-letter folder (its unsealed
+        payload as ``<id>.unsent``), then out of the outbox: a crash in between leaves both."""
+        reason = f"cannot seal: {exc.quarantine_reason}"
+        self.dead_letters.put_unsent(
+            DeadLetter(
+                event_id=row.event_id,
+                event_type=row.event_type,
+                source_agency=self.agency,
+                topic=ingress(self.agency),
+                partition=-1,
+                offset=-1,
+                attempts=row.attempts,
+                reason=reason,
+                dead_lettered_at=_iso(self._clock()),
+            ),
+            row.payload,
+            f"schema fingerprint {row.fingerprint.hex()}; payload {len(row.payload)} bytes\n",
+        )
+        self._state.drop(row.seq)
+        self._counts.dead_lettered += 1
+        self._counts.last_send_error = type(exc).__name__
+        log.error(
+            "cannot seal; event moved to the dead letters",
+            agency=self.agency,
+            event_id=row.event_id,
+            event_type=row.event_type,
+            error_type=type(exc).__name__,
+        )
+        if self.metrics is not None:
+            self.metrics.dead_lettered.inc()
+            self.metrics.outbox_pending.dec()
+
     async def _drop_publisher(self) -> None:
         publisher, self._publisher = self._publisher, None
         if publisher is not None:
@@ -429,7 +537,9 @@ class AdapterClient(ResourceBase):
                 backoff = min(backoff * 2, max_backoff)
             else:
                 backoff = first_backoff
-                await self._wake.wait()
+                # Wake at least now and then with nothing to send, to prune (see above).
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), _IDLE_WAKE_S)
 
     async def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until the outbox is empty; :class:`TimeoutError` if it is not within
@@ -462,6 +572,7 @@ class AdapterClient(ResourceBase):
             await self._drop_feed()
             return 0
         self._counts.polls += 1
+        self._prune_if_due()
         self._counts.idle_polls = 0 if records else self._counts.idle_polls + 1
         for record in records:
             await self._deliver(record, handler)

@@ -57,6 +57,18 @@ class DeadLetters:
         write_private(target, json.dumps(asdict(letter), indent=2, sort_keys=True).encode() + b"\n")
         return target
 
+    def put_unsent(self, letter: DeadLetter, payload: bytes, detail: str) -> Path:
+        """Keep an event of this agency's own that could never be sealed (too large for an
+        envelope): its unsealed Avro payload as ``<id>.unsent``, as the outbox held it (so
+        ``0600`` and as sensitive as the outbox), ``detail`` naming its schema fingerprint."""
+        self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        stem = letter.event_id.replace("/", "_")
+        write_private(self.path / f"{stem}.detail", detail.encode("utf-8", "replace"))
+        write_private(self.path / f"{stem}.unsent", payload)
+        target = self.path / f"{stem}.json"
+        write_private(target, json.dumps(asdict(letter), indent=2, sort_keys=True).encode() + b"\n")
+        return target
+
     def has(self, event_id: str) -> bool:
         return (self.path / f"{event_id.replace('/', '_')}.json").exists()
 
@@ -95,7 +107,7 @@ class DeadLetters:
 
     def remove(self, event_id: str) -> None:
         stem = event_id.replace("/", "_")
-        for suffix in (".json", ".sealed", ".detail"):
+        for suffix in (".json", ".sealed", ".unsent", ".detail"):
             (self.path / f"{stem}{suffix}").unlink(missing_ok=True)
 
 

@@ -82,13 +82,31 @@ class StdoutSink:
         stream.flush()
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow no redirect: urllib would re-send a 301/302/303 as a ``GET`` without the body,
+    and the page it lands on (a login page) answering 200 would count as delivered."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> None:
+        return None  # urllib then raises HTTPError with the 3xx status
+
+
 class WebhookSink:
-    """``POST`` the document as JSON to ``url`` with an ``Idempotency-Key`` header; any status
-    other than 2xx (or no answer within ``timeout_s``) is a failure to retry."""
+    """``POST`` the document as JSON to ``url`` with an ``Idempotency-Key`` header; only a 2xx
+    answer to that ``POST`` is a delivery. Redirects are not followed: a 3xx, like any other
+    status or no answer within ``timeout_s``, is a failure to retry."""
 
     def __init__(self, url: str, timeout_s: float = 10.0) -> None:
         self.url = url
         self.timeout_s = timeout_s
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
 
     async def deliver(self, event: Received) -> None:
         await asyncio.to_thread(self._post, event)
@@ -101,7 +119,7 @@ class WebhookSink:
             method="POST",
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:  # noqa: S310 - as above
+            with self._opener.open(request, timeout=self.timeout_s) as response:
                 if not 200 <= response.status < 300:
                     raise SinkFailed(f"webhook answered {response.status}")
         except urllib.error.HTTPError as exc:

@@ -50,7 +50,7 @@ from typing import Any, Protocol
 
 import structlog
 
-from adapters._errors import AdapterConfigError, InvalidEvent, SourceRejected
+from adapters._errors import AdapterConfigError, InvalidEvent, OutboxError, SourceRejected
 from adapters._private_files import write_private
 
 log = structlog.get_logger("tiaki.adapter.source")
@@ -109,7 +109,17 @@ def deeper_than(value: Any, limit: int) -> bool:
 
 
 def stable_event_id(agency: str, name: str, digest: str, index: int) -> str:
-    return str(uuid.uuid5(_NAMESPACE, f"{agency}/{name}/{digest}/{index}"))
+    """The event id of item ``index`` of the file ``name`` with content hash ``digest``.
+
+    A UUIDv5 over the name's bytes as the file system holds them (``os.fsencode``): a name
+    that is not valid UTF-8 (a Latin-1 name written through a file share) cannot be encoded
+    as text, and a UTF-8 name gives the same bytes, so the same id, as before.
+    """
+    name_bytes = b"/".join(
+        (agency.encode(), os.fsencode(name), digest.encode(), str(index).encode())
+    )
+    sha = hashlib.sha1(_NAMESPACE.bytes + name_bytes, usedforsecurity=False).digest()
+    return str(uuid.UUID(bytes=sha[:16], version=5))
 
 
 def _with_event_id(doc: dict[str, Any], event_id: str) -> dict[str, Any]:
@@ -217,6 +227,11 @@ class FolderSource:
                 file.unlink()
                 result.rejected += 1
                 continue
+            except Exception as exc:  # no file, whatever is in it, stops the source
+                self._reject(kept + file.name, data, _unexpected(exc))
+                file.unlink()
+                result.rejected += 1
+                continue
             for index, (line, item) in enumerate(items):
                 try:
                     event_type, doc = event_of(item, self.event_type)
@@ -225,8 +240,15 @@ class FolderSource:
                     )
                     await publish(event_type, doc)
                     result.published += 1
-                except (SourceRejected, InvalidEvent) as exc:
-                    reason = exc.reason if isinstance(exc, SourceRejected) else str(exc)
+                except OutboxError:
+                    raise  # the outbox failed, not the item: the file stays to be read again
+                except Exception as exc:  # no item, whatever its shape, stops the source
+                    if isinstance(exc, SourceRejected):
+                        reason = exc.reason
+                    elif isinstance(exc, InvalidEvent):
+                        reason = str(exc)
+                    else:
+                        reason = _unexpected(exc)
                     self._reject_item(kept + file.stem, index, line, item, reason)
                     result.rejected += 1
             self.done.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -294,6 +316,12 @@ class FolderSource:
         where = f"line {line}: " if self.format == "csv" else f"item {index + 1}: "
         write_private(self.rejected / f"{name}.reason", f"{where}{reason}\n".encode())
         log.warning("source item rejected", agency=self.agency, reason="invalid_event")
+
+
+def _unexpected(exc: Exception) -> str:
+    """The reason kept for an item or file that failed in a way no check foresaw: the
+    exception's type only (its message may quote the export's content)."""
+    return f"{type(exc).__name__}: cannot be read as an event (message not kept)"
 
 
 def _stamp(ns: int) -> str:

@@ -12,7 +12,9 @@ What the tables hold, and why:
     Events accepted by :meth:`AdapterClient.publish` and not yet acknowledged by Kafka, in
     the order they were accepted (``seq``). The payload is the agency's own event as Avro,
     not sealed: it is sealed when it is sent, so an outbox that waited out a long outage does
-    not send records the broker would refuse as stale. The file is ``0600`` in a ``0700``
+    not send records the broker would refuse as stale. ``content_hash`` (SHA-256 of what the
+    caller gave, see :meth:`AdapterClient.publish`) stays after sending, so an event id reused
+    with other content is refused while the id is known. The file is ``0600`` in a ``0700``
     folder; protect it like the case system it came from. Sent rows keep their event id (not
     the payload) for ``keep_sent`` so publishing the same event id again is a no-op.
 ``handled``
@@ -30,6 +32,7 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from adapters._errors import OutboxError
 from broker.transport import Record
@@ -44,7 +47,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload BLOB,
     accepted_ms INTEGER NOT NULL,
     sent_ms INTEGER,
-    attempts INTEGER NOT NULL DEFAULT 0
+    attempts INTEGER NOT NULL DEFAULT 0,
+    content_hash BLOB
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE sent_ms IS NULL;
 CREATE TABLE IF NOT EXISTS handled (
@@ -129,8 +133,17 @@ class StateStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
+            self._migrate()
         except (OSError, sqlite3.Error) as exc:
             raise OutboxError(f"{path}: cannot open the adapter's state: {exc}") from None
+
+    def _migrate(self) -> None:
+        """Bring a state file of an older SDK up to this schema. Adding a nullable column is
+        a change of SQLite's schema record only (no row is rewritten); rows stored before it
+        have no content hash, and their event ids keep the old rule (a reuse is a no-op)."""
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
+        if "content_hash" not in columns:
+            self._db.execute("ALTER TABLE outbox ADD COLUMN content_hash BLOB")
 
     def close(self) -> None:
         self._db.close()
@@ -158,15 +171,24 @@ class StateStore:
         fingerprint: bytes,
         payload: bytes,
         now_ms: int,
-    ) -> bool:
-        """Store an event to send; False (and nothing stored) if its id is already known."""
+        content_hash: bytes | None = None,
+    ) -> Literal["stored", "same", "different"]:
+        """Store an event to send: ``"stored"``; or, its id already known, nothing stored and
+        ``"same"`` (the same content hash, or a row without one) or ``"different"``."""
         with self._tx() as db:
             cursor = db.execute(
                 "INSERT OR IGNORE INTO outbox (event_id, event_type, case_id, fingerprint,"
-                " payload, accepted_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                (event_id, event_type, case_id, fingerprint, payload, now_ms),
+                " payload, accepted_ms, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (event_id, event_type, case_id, fingerprint, payload, now_ms, content_hash),
             )
-            return cursor.rowcount == 1
+            if cursor.rowcount == 1:
+                return "stored"
+            (known,) = db.execute(
+                "SELECT content_hash FROM outbox WHERE event_id = ?", (event_id,)
+            ).fetchone()
+        if known is None or content_hash is None or known == content_hash:
+            return "same"
+        return "different"
 
     def pending(self, limit: int = 100) -> list[Pending]:
         """The oldest unsent events, in the order they were accepted."""
@@ -188,6 +210,11 @@ class StateStore:
                 "UPDATE outbox SET sent_ms = ?, payload = NULL, fingerprint = NULL WHERE seq = ?",
                 (now_ms, seq),
             )
+
+    def drop(self, seq: int) -> None:
+        """Forget an unsent row (it was moved to the dead letters)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM outbox WHERE seq = ? AND sent_ms IS NULL", (seq,))
 
     def attempted(self, seq: int) -> None:
         with self._tx() as db:

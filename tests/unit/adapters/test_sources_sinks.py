@@ -346,3 +346,41 @@ def test_dead_letters_command_reports_unreadable_files_in_one_line_each(
     assert "CANARY" not in captured.out
     assert all((folder / name).read_bytes() == data for name, data in foreign.items())
     assert DeadLetters(folder).list() == [good]
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+async def test_webhook_sink_does_not_follow_a_redirect(status: int) -> None:
+    """An SSO proxy sending an expired session to its login page: the page's 200 (to the GET
+    urllib would send) is not a delivery."""
+    seen: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append("POST")
+            self.send_response(status)
+            self.send_header("Location", "/login")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            seen.append("GET")
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        sink = WebhookSink(f"http://127.0.0.1:{server.server_address[1]}/tiaki", timeout_s=5)
+        with pytest.raises(SinkFailed, match=f"webhook answered {status}"):
+            await sink.deliver(received())
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+    assert seen == ["POST"]
