@@ -10,7 +10,17 @@ A record read from ``tiaki.ingress.<A>`` is admitted only if every check holds, 
 4. the writer schema is known and is an event (``unknown_schema``, ``not_an_event``);
 5. the payload is exactly one valid Avro record (``malformed_avro``);
 6. the event's own header agrees with the envelope: same event id, same source agency, same
-   event type (``header_mismatch``).
+   event type (``header_mismatch``);
+7. the record is where the case's other events are: its Kafka key is the header's case id (as
+   UTF-8, the key the adapters send with) and, when the topic's partition count is known, its
+   partition is the one Kafka's default partitioner gives that key (``key_mismatch``).
+
+Why 7: the sending agency chooses a record's key and partition, and a worker holds the state of
+the cases whose partitions it owns (membership, requests; see :mod:`broker.runtime._cases`).
+A record placed elsewhere would be decided by a worker that does not own its case, on that
+worker's stale copy of it, and the whole-state record it wrote would overwrite the owner's
+newer one on the compacted state topic. Without the partition count (``partitions`` not given,
+or it returns None) only the key is checked.
 
 Anything else is :class:`Rejected` with its reason code, never an exception: the runtime writes
 it to quarantine and an audit record, and the stream goes on. Nothing is dropped.
@@ -18,6 +28,7 @@ it to quarantine and an audit record, and the stream goes on. Nothing is dropped
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Protocol
@@ -27,6 +38,7 @@ from broker.codec import CodecError, Schema, SchemaSet
 from broker.envelope import EnvelopeError, Kind, Opened, Opener
 from broker.platform._topics import ingress_agency
 from broker.registry import Agency, Registry
+from broker.transport import partition_for
 
 #: Default largest ingress record accepted (matches the topic's ``max.message.bytes``).
 MAX_RECORD_BYTES = 1_048_576
@@ -37,6 +49,10 @@ class IncomingRecord(Protocol):
 
     @property
     def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes: ...
 
@@ -61,6 +77,12 @@ class NotAnEvent(IntakeError):
 
 class HeaderMismatch(IntakeError):
     quarantine_reason = "header_mismatch"
+
+
+class KeyMismatch(IntakeError):
+    """The record is not keyed, or not partitioned, as its case's events are."""
+
+    quarantine_reason = "key_mismatch"
 
 
 @dataclass(frozen=True)
@@ -96,7 +118,11 @@ class Rejected:
 
 
 class Intake:
-    """Admit or reject ingress records. One per worker (the opener's replay cache is stateful)."""
+    """Admit or reject ingress records. One per worker (the opener's replay cache is stateful).
+
+    ``partitions`` gives an ingress topic's partition count, or None while it is unknown (the
+    running broker asks its transport); without it, a record's partition is not checked.
+    """
 
     def __init__(
         self,
@@ -105,11 +131,13 @@ class Intake:
         schemas: SchemaSet,
         opener: Opener,
         max_record_bytes: int = MAX_RECORD_BYTES,
+        partitions: Callable[[str], int | None] | None = None,
     ) -> None:
         self._agencies = {a.id: a for a in registry.agencies}
         self._schemas = schemas
         self._opener = opener
         self._max = max_record_bytes
+        self._partitions = partitions
         #: (source, event id) pairs the replay cache learnt since the last commit.
         self._uncommitted: list[tuple[str, str]] = []
         #: Records admitted before ``_uncommitted[0]`` (committed or aborted): marks count
@@ -173,9 +201,19 @@ class Intake:
             shape = self._schemas.latest(schema.name)
             event = self._schemas.decode(opened.payload, opened.schema_fingerprint, shape)
             _check_header(event, opened, source, schema)
+            self._check_placement(record, event)
             return Accepted(source, schema, event, opened, shape)
         except (IntakeError, EnvelopeError, CodecError) as exc:
             return Rejected(exc.quarantine_reason, str(exc), source_id, event_id, event_type)
+
+    def _check_placement(self, record: IncomingRecord, event: dict[str, Any]) -> None:
+        # The details name no key, case id or partition: they come from the sender's record.
+        case_id = (event.get("header") or {}).get("case_id")
+        if not isinstance(case_id, str) or record.key != case_id.encode():
+            raise KeyMismatch("the record's key is not the case id its header names")
+        count = self._partitions(record.topic) if self._partitions is not None else None
+        if count and record.partition != partition_for(record.key, count):
+            raise KeyMismatch("the record is on another partition than its case id's")
 
 
 def _check_header(event: dict[str, Any], opened: Opened, source: Agency, schema: Schema) -> None:

@@ -245,9 +245,15 @@ async def serve(
     replay.seed(state.seen, datetime.now(UTC))
     settle_heap()
     decider = PolicyDecider(engine, Pseudonymiser(pseudonym_key), cases, requests)
+    transport = KafkaTransport(profile, worker_id=options.worker_id)
     pipeline = Pipeline(
+        # A record keyed or partitioned unlike its case's events is refused (key_mismatch):
+        # it would reach a worker that does not own its case.
         intake=Intake(
-            registry=registry, schemas=schemas, opener=Opener(BROKER, ring, replay=replay)
+            registry=registry,
+            schemas=schemas,
+            opener=Opener(BROKER, ring, replay=replay),
+            partitions=transport.partition_count,
         ),
         decider=decider,
         sealer=broker_sealer(ring),
@@ -261,7 +267,6 @@ async def serve(
     watcher = PolicyWatcher(store, metrics)
     if options.metrics_port is not None:
         start_http_server(options.metrics_port, addr="127.0.0.1", registry=metrics.registry)
-    transport = KafkaTransport(profile, worker_id=options.worker_id)
     # The chain is named by the transactional id, which Kafka lets one producer use at a time.
     chain = AuditChainer(transport.transactional_id, ring, reader=lambda: KafkaReader(profile))
 

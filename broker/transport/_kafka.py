@@ -355,6 +355,14 @@ class KafkaTransport(ResourceBase):
     def assignment_generation(self) -> int:
         return self._generation
 
+    def partition_count(self, topic: str) -> int | None:
+        """How many partitions ``topic`` has, as the consumer's metadata says (what the assignor
+        used), or None if that is not known (not started, or a topic it has not seen)."""
+        consumer = self._consumer
+        if consumer is None:
+            return None
+        return len(consumer._client.cluster.partitions_for_topic(topic) or ()) or None
+
     def _assigned(self, partitions: frozenset[TopicPartition]) -> None:
         self._assignment = partitions
         self._generation += 1

@@ -26,10 +26,16 @@ EPISODE = SCHEMAS.latest("FamilyHarmEpisodeReport")
 TOPIC = "tiaki.ingress.police"
 
 
+#: The case id of the example events, and so the key their records are sent with.
+CASE_ID = "SYN-CASE-0001"
+
+
 @dataclass(frozen=True)
 class Record:
     topic: str
     value: bytes
+    key: bytes | None = CASE_ID.encode()
+    partition: int = 0
 
 
 def make_ring() -> KeyRing:
