@@ -16,7 +16,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -236,10 +236,19 @@ class BrokerEnv:
             for key, value in sealer_values:
                 await publisher.publish(ingress(agency), key, value)
 
-    async def publish_raw(self, agency: str, values: list[bytes]) -> None:
+    async def publish_raw(
+        self,
+        agency: str,
+        values: list[bytes],
+        key: bytes = b"SYN-RAW",
+        keys: Mapping[bytes, bytes] | None = None,
+    ) -> None:
+        """Publish record values as they are, keyed ``key`` (or, per value, by ``keys``): the
+        broker admits a record only if it is keyed by its case id (``key_mismatch``)."""
         async with KafkaPublisher(self.cluster.profile(agency)) as publisher:
             for value in values:
-                await publisher.publish(ingress(agency), b"SYN-RAW", value)
+                own = key if keys is None else keys.get(value, key)
+                await publisher.publish(ingress(agency), own, value)
 
     async def received(self, agency: str) -> list[dict[str, Any]]:
         """Every SharedEvent this environment's broker put on ``agency``'s egress topic,

@@ -174,6 +174,9 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
             fresh(),
             sealed_at=dt.datetime.now(dt.UTC) + dt.timedelta(days=1),
         ),
+        # A good record not keyed by its case id (every other one here is keyed SYN-RAW but
+        # fails an earlier check): the worker that gets it does not own the case.
+        env.seal("police", "FamilyHarmEpisodeReport", fresh()),
     ]
     expected = [
         "malformed_envelope",
@@ -187,12 +190,14 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
         "wrong_topic",
         "wrong_kind",
         "stale",
+        "key_mismatch",
     ]
     metric_before = quarantined_total(env.metrics())
     # Positions, not a count: the topic has several partitions, and read_all lists them one
     # after another, so new records do not all come after the old ones.
     before = {(r.partition, r.offset) for r in await quarantine_records(env)}
-    await env.publish_raw("police", bad)
+    # The good record (and its replay) keyed by its case id, as an adapter keys it.
+    await env.publish_raw("police", bad, keys={sealed: good["header"]["case_id"].encode()})
     # The broker may still be quarantining what earlier modules left on the shared ingress
     # topics (an adapter test's deliberate duplicate, say), so this test's records are picked
     # out of the quarantine by the bytes they keep.
@@ -206,7 +211,7 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
             break
         await asyncio.sleep(1)
     reasons = [reason_of(r) for r in ours]
-    assert sorted(reasons) == sorted(expected)  # eleven kinds, each with its own reason code
+    assert sorted(reasons) == sorted(expected)  # twelve kinds, each with its own reason code
     # The quarantine metric agrees with the topic: counted per reason, once per record, for
     # everything this broker quarantined since (read until both have caught up).
     while True:
@@ -487,7 +492,8 @@ async def test_a_replay_after_a_broker_restart_is_quarantined_not_delivered_twic
     ids = {doc["header"]["event_id"] for _, doc in items}
     sealed = [env.seal("police", event_type, doc) for event_type, doc in items]
     before = {(r.partition, r.offset) for r in await quarantine_records(env)}
-    await env.publish_raw("police", sealed)
+    case_key = items[0][1]["header"]["case_id"].encode()
+    await env.publish_raw("police", sealed, key=case_key)
     assert await delivered(env, ids, sum(map(len, expected.values()))) == expected
 
     assert env.stop_all() == [0]
@@ -499,7 +505,7 @@ async def test_a_replay_after_a_broker_restart_is_quarantined_not_delivered_twic
         assert asyncio.get_running_loop().time() < deadline, "the broker did not restart"
         await asyncio.sleep(0.2)
 
-    await env.publish_raw("police", sealed)  # the same three records again
+    await env.publish_raw("police", sealed, key=case_key)  # the same three records again
     copies = set(sealed)
     while True:
         window = [r for r in await quarantine_records(env) if (r.partition, r.offset) not in before]
