@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from pathlib import Path
 
 
@@ -32,3 +33,10 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def open_to_others(path: Path) -> int | None:
+    """``path``'s permission bits if group or others have any permission on it, else None:
+    private keys and secrets must be the owner's alone (as ssh insists for its keys)."""
+    mode = stat.S_IMODE(path.stat().st_mode)
+    return mode if mode & 0o077 else None

@@ -49,14 +49,13 @@ import contextlib
 import hashlib
 import json
 import os
-import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from broker._durable import fsync_dir, write_all
+from broker._durable import fsync_dir, open_to_others, write_all
 from broker.envelope import _primitives as p
 from broker.envelope._errors import KeyStoreError
 from broker.envelope._keys import (
@@ -124,8 +123,8 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _check_private_mode(path: Path) -> None:
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
+    mode = open_to_others(path)
+    if mode is not None:
         raise KeyStoreError(f"{path}: permissions {mode:04o} are too open (need 0600 or 0700)")
 
 

@@ -38,9 +38,9 @@ An answer carries the request's facts (who asked, in what role, on whose behalf;
 addresses the answer to the requester) only if it comes from one of the request's holders
 and is about the request's case (:meth:`RequestBook.facts`): an agency that was not asked,
 or an event on another case that names the id, gets no request facts, and the shipped
-policy then denies it. ``RequestState`` v2 has no case id, so the case is kept in memory:
-a book rebuilt from the state topic learns a request's case from the first holder event
-that names the request, as it learns the partition of a record older than v2.
+policy then denies it. ``RequestState`` v3 records the case; a book rebuilt from older
+records learns a request's case from the first holder event that names the request, as it
+learns the partition of a record older than v2.
 """
 
 from __future__ import annotations
@@ -79,8 +79,8 @@ class _Request:
     escalated: set[str] = field(default_factory=set)
     #: The ingress partition the request belongs to; None for a record older than v2.
     partition: int | None = None
-    #: The case the request is about; None in a book rebuilt from the state topic (RequestState
-    #: v2 has no case id) until a holder's event naming the request says which.
+    #: The case the request is about; None in a book rebuilt from records older than
+    #: RequestState v3 until a holder's event naming the request says which.
     case_id: str | None = None
 
     def owned_by(self, assignment: Collection[tuple[str, int]]) -> bool:

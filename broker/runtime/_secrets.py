@@ -20,10 +20,9 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
-import stat
 from pathlib import Path
 
-from broker._durable import fsync_dir, write_all
+from broker._durable import fsync_dir, open_to_others, write_all
 from broker._errors import ConfigError
 
 _BYTES = 32
@@ -49,8 +48,8 @@ def shared_secret(path: Path) -> bytes:
 
 def _check_owner_only(path: Path, wanted: int) -> None:
     """Refuse ``path`` if group or others have any permission on it."""
-    mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
+    mode = open_to_others(path)
+    if mode is not None:
         raise ConfigError(
             f"{path}: permissions {mode:04o} are too open for a broker secret"
             f" (set {wanted:04o}: chmod {wanted:o} {path})"
