@@ -352,19 +352,8 @@ class Pipeline:
         try:
             verdicts = self._decider.decide(admitted, now)
         except Exception as exc:  # fail closed: a policy fault withholds everything, loses nothing
-            rejected = Rejected(
-                POLICY_ERROR,
-                f"policy evaluation failed: {type(exc).__name__}",
-                admitted.source.id,
-                admitted.event_id,
-                admitted.event_type,
-            )
-            # The event is authenticated and its facts stand (an agency joined or left, a
-            # request was made): the state change it caused is kept, and its state records go
-            # with the quarantine, so the state topics say what memory says. Only disclosure
-            # is withheld; a request whose holders never got it escalates at its deadline.
-            quarantined = self._quarantine(record, rejected, now)
-            return replace(quarantined, outputs=outputs + quarantined.outputs)
+            detail = f"policy evaluation failed: {type(exc).__name__}"
+            return self._withheld(record, admitted, POLICY_ERROR, detail, outputs, now)
         if verdicts:
             finder = None if admitted.shape is None else identifier_finder(admitted.shape)
             found = None if finder is None else finder(admitted.event)
@@ -387,20 +376,32 @@ class Pipeline:
                     carried_out.append(done)
                     deliveries += delivered
             except _TooLargeToHold:
-                rejected = Rejected(
-                    OVERSIZED,
-                    "a record for a recipient is larger than tiaki.review takes",
-                    admitted.source.id,
-                    admitted.event_id,
-                    admitted.event_type,
-                )
-                # As for a policy failure: the facts stand, nothing is disclosed.
-                quarantined = self._quarantine(record, rejected, now)
-                return replace(quarantined, outputs=outputs + quarantined.outputs)
+                detail = "a record for a recipient is larger than tiaki.review takes"
+                return self._withheld(record, admitted, OVERSIZED, detail, outputs, now)
             verdicts = carried_out
             outputs.append(self._decision_audit(admitted, verdicts, now, refs))
             outputs += deliveries
         return Processed(outputs, admitted.source.id, admitted.event_type, None, tuple(verdicts))
+
+    def _withheld(
+        self,
+        record: Record,
+        admitted: Accepted,
+        reason: str,
+        detail: str,
+        kept: list[Outgoing],
+        now: datetime,
+    ) -> Processed:
+        """The quarantine of an admitted event whose disclosure is withheld (a policy fault, a
+        review item too large to hold). The event is authenticated and its facts stand (an
+        agency joined or left, a request was made): the state change it caused is kept, and
+        its state records (``kept``) go with the quarantine, so the state topics say what
+        memory says. A request whose holders never got it escalates at its deadline."""
+        rejected = Rejected(
+            reason, detail, admitted.source.id, admitted.event_id, admitted.event_type
+        )
+        quarantined = self._quarantine(record, rejected, now)
+        return replace(quarantined, outputs=kept + quarantined.outputs)
 
     def _quarantine(self, record: Record, rejected: Rejected, now: datetime) -> Processed:
         kept = quarantined_record(
