@@ -91,7 +91,13 @@ class Change:
 
 def _topic_classes(retention_days: Mapping[str, int]) -> dict[str, dict[str, str]]:
     def delete(days: int) -> dict[str, str]:
-        return {"cleanup.policy": "delete", "retention.ms": str(days * DAY_MS)}
+        # Time alone removes records: a cluster-wide log.retention.bytes must not cut the
+        # audit log (or anything not yet read) short, so the size limit is pinned off.
+        return {
+            "cleanup.policy": "delete",
+            "retention.ms": str(days * DAY_MS),
+            "retention.bytes": "-1",
+        }
 
     return {
         "ingress": delete(retention_days["ingress"]) | {"max.message.bytes": "1048576"},

@@ -14,9 +14,13 @@ case (``lead`` or ``allocation:lead``):
 event                                 who may send it        effect on the case
 ====================================  =====================  ====================================
 CaseAllocation joined / lead_assigned  coordinator            agency gains ``allocation:<role>``
-/ lead_transferred
+CaseAllocation lead_transferred       coordinator            agency gains ``allocation:<role>``;
+                                                             if that is ``lead``, every other
+                                                             lead's lead grounds become
+                                                             ``allocation:participant``
 CaseAllocation left                   coordinator, itself    agency loses every ``allocation:*``
-                                                             ground (withdrawing narrows sharing)
+                                                             ground and ``lead`` (withdrawing
+                                                             narrows sharing)
 CaseAllocation case_closed            coordinator            case closed: nobody participates
 TaskEvent assigned                    coordinator, lead      ``assigned_to`` gains ``task:<id>``
 TaskEvent accepted                    itself, for a task     none: it holds ``task:<id>`` already
@@ -25,11 +29,18 @@ TaskEvent declined                    itself                 ``assigned_to`` los
 TaskEvent completed                   itself                 no change (the agency worked the case)
 TaskEvent overdue                     itself, coordinator,   no change (the meeting checks that
                                       lead                   tasks get done)
-SafetyAssessmentMeetingOutcome        coordinator            ``lead_agency`` gains ``lead``; the
+SafetyAssessmentMeetingOutcome        coordinator            ``lead_agency`` gains ``lead``, every
+                                                             other lead's lead grounds become
+                                                             ``allocation:participant``; the
                                                              case's risk tier becomes the
                                                              meeting's ``risk_tier``
 CaseAllocation / TaskEvent unknown    anyone                 no change (a newer writer's action)
 ====================================  =====================  ====================================
+
+A case has one lead once the meeting names one or the lead is transferred: the agency that
+led before stops being lead (it may no longer assign tasks, and rules for the lead no longer
+reach it) but stays a participant, so a handover does not cut it off mid-task, until it
+leaves. ``lead_assigned`` adds a lead beside any other (joint leads).
 
 "Assigned to it" means the agency holds ``task:<id>``: a coordinator or the lead assigned it
 and it has not declined it since, so an agency cannot assign itself a task by sending
@@ -182,10 +193,15 @@ class CaseMembership:
         if event_type == "CaseAllocation":
             agency, action = event["agency"]["agency_id"], event["action"]
             if action in _JOIN:
-                members.setdefault(agency, set()).add(f"allocation:{event['participation_role']}")
+                ground = f"allocation:{event['participation_role']}"
+                if action == "lead_transferred" and ground in _LEAD_GROUNDS:
+                    _demote_leads(members, keep=agency)
+                members.setdefault(agency, set()).add(ground)
             elif action == "left":
                 members[agency] = {
-                    g for g in members.get(agency, set()) if not g.startswith("allocation:")
+                    g
+                    for g in members.get(agency, set())
+                    if not g.startswith("allocation:") and g not in _LEAD_GROUNDS
                 }
             elif action == "case_closed":
                 self._closed.add(case_id)
@@ -196,7 +212,9 @@ class CaseMembership:
             elif event["transition"] == "declined":
                 members.get(agency, set()).discard(ground)
         elif event_type == "SafetyAssessmentMeetingOutcome":
-            members.setdefault(event["lead_agency"]["agency_id"], set()).add("lead")
+            lead = event["lead_agency"]["agency_id"]
+            _demote_leads(members, keep=lead)
+            members.setdefault(lead, set()).add("lead")
             self._risk[case_id] = str(event.get("risk_tier", "unknown"))
         if self._snapshot(case_id) == before:
             return None
@@ -216,6 +234,15 @@ class CaseMembership:
             self.risk(case_id),
             frozenset((a, frozenset(g)) for a, g in grounds.items() if g),
         )
+
+
+def _demote_leads(members: dict[str, set[str]], keep: str) -> None:
+    """Every agency but ``keep`` that leads the case (``members``) stops leading it and stays
+    a participant."""
+    for agency, grounds in members.items():
+        if agency != keep and grounds & _LEAD_GROUNDS:
+            grounds -= _LEAD_GROUNDS
+            grounds.add("allocation:participant")
 
 
 def _action_and_subject(event_type: str, event: Mapping[str, Any]) -> tuple[str, str | None]:

@@ -94,6 +94,8 @@ class AuditChainer:
         sealed: list[Outgoing] = []
         for out in outputs:
             if out.topic == AUDIT:
+                if out.value is None:  # the audit topic keeps everything; nothing retracts
+                    raise ValueError("an audit record cannot be a tombstone")
                 schema = dict(out.headers).get(SCHEMA_HEADER, b"")
                 out = Outgoing(
                     out.topic,

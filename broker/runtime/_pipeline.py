@@ -162,7 +162,7 @@ class _TooLargeToHold(Exception):
 
 def _record_bytes(output: Outgoing) -> int:
     """The bytes of ``output`` Kafka counts against a topic's limit, but for its framing."""
-    size = len(output.value) + len(output.key or b"")
+    size = len(output.value or b"") + len(output.key or b"")
     return size + sum(len(name.encode()) + len(value) for name, value in output.headers)
 
 
@@ -354,10 +354,15 @@ class Pipeline:
         except Exception as exc:  # fail closed: a policy fault withholds everything, loses nothing
             detail = f"policy evaluation failed: {type(exc).__name__}"
             return self._withheld(record, admitted, POLICY_ERROR, detail, outputs, now)
+        finder = None if admitted.shape is None else identifier_finder(admitted.shape)
+        found = None if finder is None else finder(admitted.event)
+        refs = subject_refs(self._subject_key, admitted.event, found)
+        # The deliveries are made first, so the audit record (written before them) says what
+        # was done: a share that could not be delivered was held instead. An event no rule
+        # could send anywhere has no verdicts, and its decision (to nobody) is audited too.
+        carried_out: list[Verdict] = []
+        deliveries: list[Outgoing] = []
         if verdicts:
-            finder = None if admitted.shape is None else identifier_finder(admitted.shape)
-            found = None if finder is None else finder(admitted.event)
-            refs = subject_refs(self._subject_key, admitted.event, found)
             head = self._parts.shared_head(
                 event_id=admitted.event_id,
                 event_type=admitted.event_type,
@@ -366,10 +371,6 @@ class Pipeline:
                 shared_at=now,
             )
             bodies: dict[int, bytes] = {}  # body_json parts: recipients alike share one body
-            # The deliveries are made first, so the audit record (written before them) says
-            # what was done: a share that could not be delivered was held instead.
-            carried_out: list[Verdict] = []
-            deliveries: list[Outgoing] = []
             try:
                 for verdict in verdicts:
                     done, delivered = self._deliver(admitted, verdict, now, head, bodies, refs)
@@ -378,10 +379,9 @@ class Pipeline:
             except _TooLargeToHold:
                 detail = "a record for a recipient is larger than tiaki.review takes"
                 return self._withheld(record, admitted, OVERSIZED, detail, outputs, now)
-            verdicts = carried_out
-            outputs.append(self._decision_audit(admitted, verdicts, now, refs))
-            outputs += deliveries
-        return Processed(outputs, admitted.source.id, admitted.event_type, None, tuple(verdicts))
+        outputs.append(self._decision_audit(admitted, carried_out, now, refs))
+        outputs += deliveries
+        return Processed(outputs, admitted.source.id, admitted.event_type, None, tuple(carried_out))
 
     def _withheld(
         self,

@@ -240,11 +240,10 @@ class InMemoryCluster:
             partition = self._choose(out.topic, out.key)
             log = self._logs[out.topic][partition]
             offset = self._next_offset(log)
-            log.append(_Entry(offset, out.key, out.value, out.headers, now, visible))
+            value = out.value if out.value is not None else b""  # a tombstone reads as b""
+            log.append(_Entry(offset, out.key, value, out.headers, now, visible))
             touched.add((out.topic, partition))
-            written.append(
-                Record(out.topic, partition, offset, out.key, out.value, out.headers, now)
-            )
+            written.append(Record(out.topic, partition, offset, out.key, value, out.headers, now))
         for topic, partition in sorted(touched):
             log = self._logs[topic][partition]
             log.append(_Entry(self._next_offset(log), None, b"", (), now, visible=False))
@@ -258,9 +257,10 @@ class InMemoryCluster:
         partition = self._choose(out.topic, out.key)
         log = self._logs[out.topic][partition]
         offset = self._next_offset(log)
-        log.append(_Entry(offset, out.key, out.value, out.headers, now, visible=True))
+        value = out.value if out.value is not None else b""
+        log.append(_Entry(offset, out.key, value, out.headers, now, visible=True))
         self._notify()
-        return Record(out.topic, partition, offset, out.key, out.value, out.headers, now)
+        return Record(out.topic, partition, offset, out.key, value, out.headers, now)
 
     def _notify(self) -> None:
         self._changed.set()

@@ -30,15 +30,19 @@ class Record:
 
 @dataclass(frozen=True, slots=True)
 class Outgoing:
-    """A record to produce; the partition follows from the key (Kafka's murmur2 partitioner)."""
+    """A record to produce; the partition follows from the key (Kafka's murmur2 partitioner).
+
+    A ``value`` of None is a tombstone (a compacted topic then forgets the key); it is read
+    back, as every transport reads a null value, as ``b""``."""
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None
     headers: Headers = ()
 
     def __repr__(self) -> str:
-        return f"Outgoing({self.topic}, {len(self.value)} bytes)"
+        size = "tombstone" if self.value is None else f"{len(self.value)} bytes"
+        return f"Outgoing({self.topic}, {size})"
 
 
 class AsyncResource(Protocol):

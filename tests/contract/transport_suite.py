@@ -170,6 +170,21 @@ class TransportContract:
             assert all(r.value.startswith(b"second-") for r in second)
             assert not mine(harness, await successor.poll(max_records=100, timeout_ms=300))
 
+    async def test_a_tombstone_is_committed_and_read_back_empty(self, harness: Harness) -> None:
+        """A null value (a compacted topic's deletion of its key) goes in a transaction like
+        any record and is read as ``b""``, so state loaders can tell it apart."""
+        group = await harness.new_group()
+        await publish(harness, [(b"k-tomb", b"in")])
+        tag = ((TOKEN_HEADER, harness.token),)
+        async with harness.worker(group, "a") as worker:
+            batch = await drain(harness, worker, 1)
+            outputs = [Outgoing(harness.output_topic, b"k-tomb", b"kept", tag)]
+            await worker.commit(
+                [*outputs, Outgoing(harness.output_topic, b"k-tomb", None, tag)], batch
+            )
+        written = await read_outputs(harness, 2)
+        assert [(r.key, r.value) for r in written] == [(b"k-tomb", b"kept"), (b"k-tomb", b"")]
+
     async def test_failed_commit_is_invisible_and_records_come_again(
         self, harness: Harness
     ) -> None:

@@ -98,6 +98,14 @@ def test_state_and_policy_topics_are_compacted() -> None:
     assert int(topics[AUDIT].config["retention.ms"]) >= 7 * 365 * 86_400_000
 
 
+def test_only_time_removes_records_from_delete_topics() -> None:
+    """A cluster's log.retention.bytes must not cut the audit log (or unread records) short."""
+    topics = desired_state(REGISTRY, brokers=1).topics
+    deleting = [t for t in topics.values() if t.config["cleanup.policy"] == "delete"]
+    assert AUDIT in {t.name for t in deleting}
+    assert {t.config.get("retention.bytes") for t in deleting} == {"-1"}
+
+
 def test_diff_of_a_matching_cluster_is_empty() -> None:
     state = desired_state(REGISTRY, brokers=1)
     assert diff(state, as_actual(state)) == []

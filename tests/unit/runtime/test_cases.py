@@ -350,3 +350,44 @@ def test_replaying_and_rebuilding_give_the_same_membership(stream: list[Sent]) -
     rebuilt = CaseMembership()
     rebuilt.load(states)
     assert view(rebuilt) == view(live)
+
+
+# The lead changes hands (review of 7 December): the agency that led before stops leading.
+
+
+def test_a_transferred_lead_stops_leading_and_stays_a_participant() -> None:
+    cases = CaseMembership()
+    send(cases, COORDINATOR, meeting("safe-whanau", "high"))
+    send(cases, COORDINATOR, allocation("te-whare-tiaki", "lead_transferred", "lead"))
+    assert cases.leads("SYN-C1") == {"te-whare-tiaki"}
+    assert cases.participates("SYN-C1", "safe-whanau")  # a handover does not cut it off
+    with pytest.raises(MembershipRefused, match="the case's lead agency"):
+        send(cases, "safe-whanau", task("msd", "assigned"))
+    send(cases, "te-whare-tiaki", task("msd", "assigned"))
+    send(cases, "safe-whanau", allocation("safe-whanau", "left"))
+    assert not cases.participates("SYN-C1", "safe-whanau")
+
+
+def test_a_meeting_naming_another_lead_replaces_the_old_one() -> None:
+    cases = CaseMembership()
+    send(cases, COORDINATOR, allocation("safe-whanau", "lead_assigned", "lead"))
+    send(cases, COORDINATOR, meeting("te-whare-tiaki", "medium"))
+    assert cases.leads("SYN-C1") == {"te-whare-tiaki"}
+    with pytest.raises(MembershipRefused):
+        send(cases, "safe-whanau", task("msd", "assigned"))
+    rebuilt = CaseMembership()
+    state = send(cases, COORDINATOR, meeting("safe-whanau", "high"))
+    assert state is not None
+    rebuilt.load([state])
+    assert rebuilt.leads("SYN-C1") == cases.leads("SYN-C1") == {"safe-whanau"}
+    assert rebuilt.members("SYN-C1") == {"safe-whanau", "te-whare-tiaki"}
+
+
+def test_joint_leads_stay_joint_and_a_lead_that_leaves_is_gone() -> None:
+    cases = CaseMembership()
+    send(cases, COORDINATOR, meeting("safe-whanau", "high"))
+    send(cases, COORDINATOR, allocation("te-whare-tiaki", "lead_assigned", "lead"))
+    assert cases.leads("SYN-C1") == {"safe-whanau", "te-whare-tiaki"}
+    send(cases, "safe-whanau", allocation("safe-whanau", "left"))  # its meeting lead too
+    assert cases.leads("SYN-C1") == {"te-whare-tiaki"}
+    assert not cases.participates("SYN-C1", "safe-whanau")

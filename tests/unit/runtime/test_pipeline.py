@@ -531,3 +531,17 @@ def test_body_json_is_json_dumps_with_the_broker_options(body: Any) -> None:
         body, default=hook, sort_keys=True, separators=(",", ":"), ensure_ascii=False
     )
     assert body_json(body) == expected
+
+
+def test_an_event_no_rule_could_send_anywhere_still_has_its_decision_audited() -> None:
+    """No candidate recipients is a decision too (to share with nobody): every admitted event
+    has its decision audit record, with the event's case and subjects, so compliance finds it."""
+    harness = Harness(ScriptedDecider([]))
+    processed = harness.pipeline.process(harness.record(), NOW)
+    assert [o.topic for o in processed.outputs] == ["tiaki.audit"]
+    audit = decode(processed.outputs[0].value, AUDIT)
+    assert (audit["action"], audit["decisions"]) == ("decision", [])
+    assert audit["event_type"] == "FamilyHarmEpisodeReport"
+    assert audit["case_ref"] is not None
+    assert audit["subject_refs"]
+    assert (processed.verdicts, processed.quarantine_reason) == ((), None)
