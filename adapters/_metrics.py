@@ -62,3 +62,9 @@ class AdapterMetrics:
             ["reason"],
             registry=registry,
         )
+        # At 0 from the start: TiakiAdapterRecordsRefused is an increase() alert, which never
+        # sees a series' first sample, so the first refusal of a kind would go unnoticed.
+        from broker.runtime._metrics import quarantine_reasons
+
+        for reason in quarantine_reasons():
+            self.refused.labels(reason)

@@ -6,7 +6,7 @@ ids, reason codes), never from a record, so no metric can carry personal informa
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -17,6 +17,27 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0
 #: Every ``result`` of ``tiaki_transactions_total`` (the worker counts each).
 TRANSACTION_RESULTS = ("committed", "aborted")
 _EVAL_BUCKETS = (1e-6, 2.5e-6, 5e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 1e-3, 1e-2)
+
+
+def quarantine_reasons() -> tuple[str, ...]:
+    """Every reason code a record can be quarantined under: each refusal's
+    ``quarantine_reason`` (envelope, codec, intake, membership, requests) and a policy fault's.
+
+    Exported at 0 from the start (``BrokerMetrics``, and the adapters' refusal counter): an
+    ``increase()`` alert never sees the first sample of a new series, so a counter that
+    appeared with its first quarantine would miss the first forged record."""
+    from broker._errors import TiakiError
+    from broker.runtime import _cases, _intake, _pipeline, _requests  # noqa: F401  (the classes)
+
+    found = {_pipeline.POLICY_ERROR}
+    todo: list[type] = [TiakiError]
+    while todo:
+        cls = todo.pop()
+        todo += cls.__subclasses__()
+        reason = cls.__dict__.get("quarantine_reason")
+        if isinstance(reason, str):
+            found.add(reason)
+    return tuple(sorted(found))
 
 
 class BrokerMetrics:
@@ -48,6 +69,8 @@ class BrokerMetrics:
             ["reason"],
             registry=registry,
         )
+        for reason in quarantine_reasons():  # at 0 from the start (see quarantine_reasons)
+            self.quarantined.labels(reason)
         self.held_for_review = Counter(
             "tiaki_held_for_review",
             "Decisions held for review by a person, by recipient and the reason it was held.",
@@ -140,6 +163,16 @@ class BrokerMetrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000),
             registry=registry,
         )
+
+    def expect_recipients(self, recipients: Iterable[str]) -> None:
+        """Export ``tiaki_held_for_review_total`` at 0 for each of ``recipients`` (the
+        registry's agencies) with the reasons a share is held undeliverable, which the
+        TiakiSharesHeldUndeliverable alert watches with ``increase()``."""
+        from broker.runtime._pipeline import OUTPUT_OVERSIZED, RECIPIENT_KEY_UNUSABLE
+
+        for recipient in recipients:
+            for reason in (RECIPIENT_KEY_UNUSABLE, OUTPUT_OVERSIZED):
+                self.held_for_review.labels(recipient, reason)
 
 
 def observe_keys(metrics: BrokerMetrics, ring: KeyRing, now: datetime) -> None:

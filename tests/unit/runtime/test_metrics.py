@@ -63,3 +63,30 @@ def test_every_series_an_absent_alert_watches_exists_from_the_start() -> None:
     BrokerMetrics(registry)
     exported = {s.name for m in registry.collect() for s in m.samples}
     assert set(watched) <= exported
+
+
+def test_alerted_series_are_exported_at_zero_before_the_first_event() -> None:
+    """``increase()`` never sees a series' first sample: a quarantine reason or an
+    undeliverable hold that only appeared with its first event would not raise its alert."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from broker.runtime._metrics import BrokerMetrics
+
+    metrics = BrokerMetrics(CollectorRegistry())
+    metrics.expect_recipients(["corrections"])
+    text = generate_latest(metrics.registry).decode()
+    for reason in ("tampered", "key_revoked", "wrong_topic", "wrong_kind", "header_mismatch"):
+        assert f'tiaki_quarantined_total{{reason="{reason}"}} 0.0' in text
+    assert 'tiaki_quarantined_total{reason="request_id_in_use"} 0.0' in text
+    held = 'tiaki_held_for_review_total{reason="recipient_key_unusable",recipient="corrections"}'
+    assert f"{held} 0.0" in text
+
+
+def test_an_adapter_exports_every_refusal_reason_at_zero() -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from adapters._metrics import AdapterMetrics
+
+    text = generate_latest(AdapterMetrics(CollectorRegistry()).registry).decode()
+    assert 'tiaki_adapter_refused_total{reason="tampered"} 0.0' in text
+    assert 'tiaki_adapter_refused_total{reason="key_mismatch"} 0.0' in text
