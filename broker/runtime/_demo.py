@@ -700,6 +700,8 @@ class _Day:
             records = await reader.read_all(STATE_REQUESTS)
         latest: dict[str, dict[str, Any]] = {}
         for record in records:
+            if not record.value:  # a retired request's tombstone
+                continue
             state = decode(record.value, schemas.latest("RequestState"))
             if str(state["event_id"]) in self.ids:
                 latest[str(state["request_id"])] = state

@@ -76,6 +76,7 @@ from broker.policy import json_value
 from broker.runtime._audit import (
     AuditContext,
     audit_base,
+    case_ref,
     decision_facts,
     identifier_finder,
     quarantine_audit,
@@ -86,7 +87,7 @@ from broker.runtime._cases import CaseMembership, MembershipRefused
 from broker.runtime._decide import Decider, Outcome, Verdict
 from broker.runtime._encoding import RecordParts
 from broker.runtime._intake import Accepted, Intake, Rejected
-from broker.runtime._requests import RequestBook, RequestIdInUse
+from broker.runtime._requests import RETIRED, RequestBook, RequestIdInUse, retired_record
 from broker.transport import Headers, Outgoing, Record, TopicPartition
 
 log = structlog.get_logger("tiaki.broker")
@@ -291,7 +292,8 @@ class Pipeline:
         )
         self._seen_schema = schemas.latest("SeenEvents")
         self.requests = requests if requests is not None else RequestBook()
-        #: (request id, holder) pairs escalated since the last commit, undone on abort.
+        #: (request id, holder) pairs escalated since the last commit, and (request id,
+        #: RETIRED) for requests retired since, undone on abort.
         self._escalated: list[tuple[str, str]] = []
         self._escalations_settled = 0  # escalations before _escalated[0], for marks
 
@@ -344,7 +346,9 @@ class Pipeline:
             value = encode(self._cases_schema, state)
             outputs.append(Outgoing(STATE_CASES, state["case_id"].encode(), value))
         try:
-            request = self.requests.apply(admitted.event_type, admitted.event, record.partition)
+            request = self.requests.apply(
+                admitted.event_type, admitted.event, record.partition, now
+            )
         except RequestIdInUse as exc:  # a request changes no membership: nothing to keep
             return self._quarantine(record, _refused(admitted, exc), now)
         if request is not None:
@@ -480,20 +484,36 @@ class Pipeline:
         """Requests a holder has not answered by their deadline: each escalates once (FVA s24:
         no request ends silently), by the worker that owns it (with ``assignment``, this
         worker's partitions, only those it owns; see broker.runtime._requests). The caller
-        commits these records or calls ``aborted``."""
+        commits these records or calls ``aborted``.
+
+        The same worker retires its requests past their retention (``REQUEST_RETENTION``):
+        the record that retires one (:func:`retired_record`) follows its escalations, if any.
+        A retirement is undone on abort like an escalation: it is kept in ``_escalated`` as
+        the pair (request id, ``RETIRED``), and the book keeps the request aside until the
+        pass after its transaction settles."""
+        self.requests.forget_retired({r for r, holder in self._escalated if holder == RETIRED})
+        lapsed = self.requests.lapse(now, assignment)
         outputs: list[Outgoing] = []
-        for state, holder in self.requests.overdue(now, assignment):
+        context = self._context()
+        for state, holder in lapsed.escalated:
             self._escalated.append((str(state["request_id"]), holder))
             outputs.append(self._request_state(state))
-            audit = audit_base(self._context(), "escalation", now) | {
+            case_id = state["case_id"]  # None in a book rebuilt from records older than v3
+            audit = audit_base(context, "escalation", now) | {
                 "event_id": state["event_id"],
                 "event_type": "InformationRequest",
+                "case_ref": None if case_id is None else case_ref(context.subject_key, case_id),
                 "source_agency": state["requester"],
                 "recipient": holder,
                 "outcome": "escalated",
                 "reason_codes": ["request_unanswered"],
             }
+            # Keyed by the case reference (audit_key), beside the case's decisions; by the
+            # request id when the case is unknown.
             outputs.append(self._audit(audit, str(state["request_id"]).encode()))
+        for request_id in lapsed.retired:
+            self._escalated.append((request_id, RETIRED))
+            outputs.append(retired_record(request_id))
         return outputs
 
     def _decision_audit(

@@ -13,6 +13,20 @@ asked      ``respond_by`` passes              escalated (audit: action escalatio
 escalated  InformationResponse from holder    answered (late; the escalation stays audited)
 =========  =================================  ============================================
 
+A request whose every holder has answered or been escalated is *retired*
+:data:`REQUEST_RETENTION` after the later of its ``respond_by`` and the moment its last holder
+answered or was escalated (``settled_at``, RequestState v4; a record older than v4 counts
+from ``respond_by``), so a request settled late still keeps the whole period. The worker that
+owns it (below) forgets it and writes a tombstone for its id to ``tiaki.state.requests``
+(:func:`retired_record`), in a pass and transaction like its escalations, and undoes that if
+the transaction aborts; other workers forget it when they next read the topic. Why keep it
+that long: an escalated holder may still answer, and a late answer is routed on the request's
+facts (who asked, in what role, on whose behalf), which only the book holds. Why not for
+ever: the book is in every worker's memory and the compacted topic keeps the last record of
+every request ever made, so both would only grow. After retirement a late answer finds no
+request and carries no request facts, so the shipped policy denies it (audited as any
+decision), and the id is free for a new request, from any agency.
+
 Routing itself is policy: the request and each response go wherever the rules permit. This
 module only keeps the book, written to the compacted ``tiaki.state.requests`` topic in the
 same transaction as the event that changed it, and rebuilt by a worker when it starts, when
@@ -28,11 +42,20 @@ Records written before ``RequestState`` v2 name no partition: the owner of parti
 the requester's topic escalates those, and the first response to one records the partition
 it came in on.
 
+Escalation and retirement run on every transaction, so their cost must not grow with the
+book: each request's next deadline (``respond_by`` while a holder has not answered or been
+escalated, then ``respond_by`` plus the retention) sits in a min-heap per owner (requester's
+ingress topic, partition), and a pass pops only what is due in the heaps this worker owns.
+An entry whose request has gone, or whose deadline or owner has changed since it was pushed,
+is skipped when it comes up.
+
 A request id is the requester's own. Another agency that sends a request with an id already
 in the book is refused (:class:`RequestIdInUse`, quarantine reason ``request_id_in_use``):
 the answers to that id go to the first requester, so the newcomer's request is neither
 routed nor tracked, and its sender learns why from its refusal notice. The requester itself
-may send its own id again; the book then takes the newer request.
+may send its own id again (a new event id); the book then takes the newer request, keeping
+what the holders it still names have done (answered, or been escalated): holders it no
+longer names are dropped, and holders it adds start unanswered.
 
 An answer carries the request's facts (who asked, in what role, on whose behalf; the policy
 addresses the answer to the requester) only if it comes from one of the request's holders
@@ -45,17 +68,29 @@ learns the partition of a record older than v2.
 
 from __future__ import annotations
 
+import heapq
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from broker._errors import TiakiError
-from broker.platform._topics import ingress
+from broker.platform._topics import STATE_REQUESTS, ingress
 from broker.policy._model import RequestFacts
+from broker.transport import Outgoing
 
 #: The partition whose owner escalates a request recorded without one (before RequestState v2).
 LEGACY_PARTITION = 0
+#: How long a request whose holders have all answered or been escalated is kept for late
+#: answers, from the later of its ``respond_by`` and that moment, before it is retired (see
+#: the module docs).
+REQUEST_RETENTION = timedelta(days=90)
+#: Stands for a holder in the (request id, holder) pairs of :meth:`RequestBook.unescalate`:
+#: the request's retirement, not an escalation, is undone. No agency id has a NUL in it.
+RETIRED = "\0retired"
+
+#: Which worker escalates and retires a request: (requester's ingress topic, partition).
+_Owner = tuple[str, int]
 
 
 class RequestIdInUse(TiakiError):
@@ -63,6 +98,14 @@ class RequestIdInUse(TiakiError):
     Nothing was changed; the pipeline quarantines the request."""
 
     quarantine_reason: ClassVar[str] = "request_id_in_use"
+
+
+def retired_record(request_id: str) -> Outgoing:
+    """The record on ``tiaki.state.requests`` that retires request ``request_id``: a tombstone
+    (a null value), so compaction forgets the id's earlier states and, after the topic's
+    ``delete.retention.ms``, the tombstone itself. A reader gets its value as ``b""``, which
+    :meth:`RequestBook.load` (through the state loader) reads as the request's end."""
+    return Outgoing(STATE_REQUESTS, request_id.encode(), None)
 
 
 @dataclass
@@ -82,11 +125,34 @@ class _Request:
     #: The case the request is about; None in a book rebuilt from records older than
     #: RequestState v3 until a holder's event naming the request says which.
     case_id: str | None = None
+    #: When the last holder answered or was escalated; None while one waits, and in a record
+    #: older than RequestState v4 (retired from ``respond_by`` then).
+    settled_at: datetime | None = None
 
-    def owned_by(self, assignment: Collection[tuple[str, int]]) -> bool:
-        """Whether the worker assigned ``assignment`` escalates this request."""
+    def owner(self) -> _Owner:
+        """The (topic, partition) whose worker escalates and retires this request."""
         partition = LEGACY_PARTITION if self.partition is None else self.partition
-        return (ingress(self.requester), partition) in assignment
+        return ingress(self.requester), partition
+
+    def waiting(self) -> set[str]:
+        """The holders that have neither answered nor been escalated."""
+        return self.holders - self.answered - self.escalated
+
+    def deadline(self) -> datetime:
+        """When something is next due: escalation while a holder is waiting, else retirement
+        (:data:`REQUEST_RETENTION` after the later of ``respond_by`` and ``settled_at``)."""
+        if self.waiting():
+            return self.respond_by
+        settled = self.respond_by if self.settled_at is None else self.settled_at
+        return max(self.respond_by, settled) + REQUEST_RETENTION
+
+    def settle(self, now: datetime | None) -> None:
+        """Record when the last holder was settled: ``now`` if none waits (and it was not
+        settled already), None again if one does (an escalation undone, a holder added)."""
+        if self.waiting():
+            self.settled_at = None
+        elif self.settled_at is None:
+            self.settled_at = now
 
     def state(self) -> dict[str, Any]:
         return {
@@ -101,7 +167,18 @@ class _Request:
             "respond_by": self.respond_by,
             "partition": self.partition,
             "case_id": self.case_id,
+            "settled_at": self.settled_at,
         }
+
+
+@dataclass(frozen=True)
+class Lapsed:
+    """What one :meth:`RequestBook.lapse` pass did, in the order its records must be written."""
+
+    #: (the request's new state, holder) for each holder escalated.
+    escalated: list[tuple[dict[str, Any], str]]
+    #: The ids of the requests retired (after their escalations, if any, in the same pass).
+    retired: list[str]
 
 
 class RequestBook:
@@ -109,14 +186,33 @@ class RequestBook:
 
     def __init__(self) -> None:
         self._requests: dict[str, _Request] = {}
+        #: Per owner, a min-heap of (deadline, request id); entries go stale (see the docs).
+        self._heaps: dict[_Owner, list[tuple[datetime, str]]] = {}
+        #: The live entry of each request: its owner and deadline when it was last pushed.
+        self._scheduled: dict[str, tuple[_Owner, datetime]] = {}
+        self._entries = 0  # in every heap, stale ones included
+        #: Requests retired by a pass whose transaction may not have committed yet, kept so
+        #: that :meth:`unescalate` can bring them back; see :meth:`forget_retired`.
+        self._retiring: dict[str, _Request] = {}
 
     def replace(self, other: RequestBook) -> None:
         """Take ``other``'s state as this one's (after re-reading the state topic)."""
         self._requests = other._requests
+        self._heaps = other._heaps
+        self._scheduled = other._scheduled
+        self._entries = other._entries
+        self._retiring = {}
 
-    def load(self, states: Iterable[Mapping[str, Any]]) -> None:
+    def load(self, states: Iterable[Mapping[str, Any] | str]) -> None:
+        """Take in state records, oldest first. A request id instead of a record (a
+        retirement, read from ``tiaki.state.requests``'s empty value) forgets that request;
+        a later record for the id brings it back."""
         for s in states:
-            self._requests[s["request_id"]] = _Request(
+            if isinstance(s, str):
+                self._requests.pop(s, None)
+                self._scheduled.pop(s, None)
+                continue
+            request = _Request(
                 s["request_id"],
                 s["requester"],
                 s["event_id"],
@@ -128,13 +224,29 @@ class RequestBook:
                 set(s["escalated"]),
                 s.get("partition"),
                 s.get("case_id"),  # absent from RequestState v1 and v2 records
+                _utc_or_none(s.get("settled_at")),  # absent before v4
             )
+            self._requests[request.request_id] = request
+            # Pushed in bulk, heapified below: a start reads every request there is.
+            slot = request.owner(), request.deadline()
+            if self._scheduled.get(request.request_id) != slot:
+                self._scheduled[request.request_id] = slot
+                self._heaps.setdefault(slot[0], []).append((slot[1], request.request_id))
+                self._entries += 1
+        for heap in self._heaps.values():
+            heapq.heapify(heap)
+        self._compact()
 
     def apply(
-        self, event_type: str, event: Mapping[str, Any], partition: int | None = None
+        self,
+        event_type: str,
+        event: Mapping[str, Any],
+        partition: int | None = None,
+        now: datetime | None = None,
     ) -> dict[str, Any] | None:
-        """Update from one admitted event, read from ``partition`` of its ingress topic; the
-        request's new state record, or None.
+        """Update from one admitted event, read from ``partition`` of its ingress topic at
+        ``now``; the request's new state record, or None. (Without ``now`` a request settled
+        by this event is retired from its ``respond_by``, as one read from a v3 record.)
 
         Raises :class:`RequestIdInUse`, changing nothing, for a request whose id another
         agency's request holds."""
@@ -160,7 +272,14 @@ class RequestBook:
                 )
             if known is not None and known.event_id == request.event_id:
                 return None  # the same request again (a retried batch)
+            if known is not None:  # sent again: what the holders still named did stands
+                request.answered = known.answered & request.holders
+                request.escalated = known.escalated & request.holders
+                request.settled_at = known.settled_at
+                request.settle(now)
             self._requests[request.request_id] = request
+            self._schedule(request)
+            self._compact()
             return request.state()
         if event_type == "InformationResponse":
             asked = self._requests.get(str(event["request_id"]))
@@ -168,8 +287,11 @@ class RequestBook:
             if asked is None or holder not in asked.holders or holder in asked.answered:
                 return None
             asked.answered.add(holder)
+            asked.settle(now)
             if asked.partition is None:
                 asked.partition = partition  # a record older than v2: learn where it lives
+            self._schedule(asked)
+            self._compact()
             return asked.state()
         return None
 
@@ -193,33 +315,112 @@ class RequestBook:
             return None
         return RequestFacts(request.requester, request.requester_role, request.on_behalf_of)
 
+    def lapse(self, now: datetime, assignment: Collection[tuple[str, int]] | None = None) -> Lapsed:
+        """Escalate every holder that has neither answered nor been escalated by its request's
+        ``respond_by``, and retire every request whose holders have all answered or been
+        escalated :data:`REQUEST_RETENTION` before ``now``. With ``assignment`` (this worker's
+        partitions), only the requests it owns (see the module docs); without, every one.
+
+        A retired request is kept aside until :meth:`forget_retired`, so that
+        :meth:`unescalate` can bring it back (pair it with :data:`RETIRED`)."""
+        return self._lapse(now, assignment, retire=True)
+
     def overdue(
         self, now: datetime, assignment: Collection[tuple[str, int]] | None = None
     ) -> list[tuple[dict[str, Any], str]]:
         """Mark every unanswered, not yet escalated holder past its deadline as escalated;
         return (the request's new state, holder) for each. With ``assignment`` (this worker's
-        partitions), only the requests it owns (see the module docs); without, every one."""
-        out = []
-        for request in self._requests.values():
-            if now < request.respond_by:
-                continue
-            if assignment is not None and not request.owned_by(assignment):
-                continue
-            for holder in sorted(request.holders - request.answered - request.escalated):
-                request.escalated.add(holder)
-                out.append((request.state(), holder))
-        return out
+        partitions), only the requests it owns (see the module docs); without, every one.
+        Retires nothing (:meth:`lapse` does both)."""
+        return self._lapse(now, assignment, retire=False).escalated
+
+    def _lapse(
+        self, now: datetime, assignment: Collection[tuple[str, int]] | None, *, retire: bool
+    ) -> Lapsed:
+        escalated: list[tuple[dict[str, Any], str]] = []
+        retired: list[str] = []
+        kept: list[_Request] = []  # due for retirement, not retired in this pass
+        owners = self._heaps.keys() if assignment is None else assignment
+        for owner in list(owners):
+            heap = self._heaps.get(owner)
+            while heap and heap[0][0] <= now:
+                due, request_id = heapq.heappop(heap)
+                self._entries -= 1
+                request = self._requests.get(request_id)
+                if request is None or self._scheduled.get(request_id) != (owner, due):
+                    continue  # stale: the request has gone, or its deadline or owner changed
+                del self._scheduled[request_id]
+                for holder in sorted(request.waiting()):
+                    request.escalated.add(holder)
+                    request.settle(now)  # with the last holder: its retirement counts from now
+                    escalated.append((request.state(), holder))
+                if now < request.deadline():  # its retirement, nobody waiting now
+                    self._schedule(request)
+                elif retire:
+                    del self._requests[request_id]
+                    self._retiring[request_id] = request
+                    retired.append(request_id)
+                else:
+                    kept.append(request)
+        for request in kept:
+            self._schedule(request)
+        self._compact()
+        return Lapsed(escalated, retired)
 
     def unescalate(self, pairs: Iterable[tuple[str, str]]) -> None:
-        """Undo escalations whose records were never committed (they will be made again)."""
+        """Undo escalations, and retirements (holder :data:`RETIRED`), whose records were never
+        committed (they will be made again). A retired request whose id has been taken since
+        stays retired (the state is re-read after an abort in any case)."""
+        pairs = list(pairs)
+        for request_id, holder in pairs:  # first: a retired request's escalations come back
+            if holder == RETIRED:
+                request = self._retiring.pop(request_id, None)
+                if request is not None and request_id not in self._requests:
+                    self._requests[request_id] = request
+                    self._schedule(request)
         for request_id, holder in pairs:
             request = self._requests.get(request_id)
-            if request is not None:
+            if holder != RETIRED and request is not None and holder in request.escalated:
                 request.escalated.discard(holder)
+                request.settle(None)  # a holder waits again
+                self._schedule(request)
+        self._compact()
+
+    def forget_retired(self, pending: Collection[str]) -> None:
+        """Drop the requests kept aside for :meth:`unescalate` but those in ``pending``, whose
+        retirements have not yet committed."""
+        for request_id in [r for r in self._retiring if r not in pending]:
+            del self._retiring[request_id]
 
     def open_requests(self) -> list[dict[str, Any]]:
         return [r.state() for r in self._requests.values() if r.holders - r.answered]
 
+    def _schedule(self, request: _Request) -> None:
+        """Push ``request``'s next deadline, unless the entry in force says it already."""
+        slot = request.owner(), request.deadline()
+        if self._scheduled.get(request.request_id) == slot:
+            return
+        self._scheduled[request.request_id] = slot
+        heapq.heappush(self._heaps.setdefault(slot[0], []), (slot[1], request.request_id))
+        self._entries += 1
+
+    def _compact(self) -> None:
+        """Rebuild the heaps from the entries in force once stale ones are most of them (a
+        request's deadline changes a few times, and a heap this worker does not own is never
+        popped): amortised, a constant per push. Not during a pass, which holds a heap."""
+        if self._entries <= 2 * len(self._scheduled) + 1024:
+            return
+        heaps: dict[_Owner, list[tuple[datetime, str]]] = {}
+        for request_id, (owner, due) in self._scheduled.items():
+            heaps.setdefault(owner, []).append((due, request_id))
+        for heap in heaps.values():
+            heapq.heapify(heap)
+        self._heaps, self._entries = heaps, len(self._scheduled)
+
 
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)

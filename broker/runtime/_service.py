@@ -133,7 +133,7 @@ async def rebuild_state(
             start = await reader.offsets_at(STATE_SEEN, seen_since_ms)
         seen_records = await reader.read_from(STATE_SEEN, start)
     cases.load(decode(r.value, schemas.latest("CaseMembership")) for r in case_records)
-    requests.load(state_records(request_records, schemas, "RequestState"))
+    requests.load(request_states(request_records, schemas))
     return BrokerState(cases, requests, seen_events(seen_records, schemas))
 
 
@@ -143,16 +143,38 @@ def state_records(
     """State records of type ``name``, read as its newest version: each record's writer is
     the schema its ``tiaki-schema`` header names, or for a record without one (written
     before the header, so before any second version) the first version."""
+    return map(_state_reader(schemas, name), records)
+
+
+def request_states(records: Iterable[Record], schemas: SchemaSet) -> Iterator[dict[str, Any] | str]:
+    """``tiaki.state.requests`` as :meth:`RequestBook.load` takes it, oldest first: each
+    record's ``RequestState`` (as :func:`state_records` reads it), or for a record with an
+    empty value (a retired request; the reader gives a tombstone's null value as ``b""``
+    too) its key, the request id the book then forgets. An empty value without a key retires
+    nothing and is skipped."""
+    read = _state_reader(schemas, "RequestState")
+    for record in records:
+        if record.value:
+            yield read(record)
+        elif record.key is not None:
+            yield record.key.decode(errors="replace")
+
+
+def _state_reader(schemas: SchemaSet, name: str) -> Callable[[Record], dict[str, Any]]:
+    """Reads one state record of type ``name``, as :func:`state_records` says."""
     latest, first = schemas.latest(name), schemas.versions(name)[0]
     writers: dict[bytes, Schema] = {}
-    for record in records:
+
+    def read(record: Record) -> dict[str, Any]:
         header = dict(record.headers).get(SCHEMA_HEADER)
         writer = first
         if header is not None:
             writer = writers.get(header) or writers.setdefault(
                 header, schemas.by_fingerprint(bytes.fromhex(header.decode("ascii")))
             )
-        yield decode(record.value, writer, latest)
+        return decode(record.value, writer, latest)
+
+    return read
 
 
 def state_refresh(
@@ -264,6 +286,7 @@ async def serve(
     )
     metrics = BrokerMetrics(CollectorRegistry())
     metrics.policy_version.labels(engine().policy_hash).set(1)
+    metrics.expect_recipients(registry.ids)
     watcher = PolicyWatcher(store, metrics)
     if options.metrics_port is not None:
         start_http_server(options.metrics_port, addr="127.0.0.1", registry=metrics.registry)

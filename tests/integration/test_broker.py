@@ -16,7 +16,7 @@ import pytest
 from broker._settings import Settings
 from broker.codec import decode, from_json
 from broker.envelope import Algorithm, KeyStore, Kind, Opener, Purpose, Sealer
-from broker.platform import AUDIT, DLQ, POLICY, REVIEW
+from broker.platform import AUDIT, DLQ, POLICY, REVIEW, STATE_REQUESTS
 from broker.policy import PolicyStore, Pseudonymiser, load_roster
 from broker.runtime import Accepted, Outcome
 from broker.runtime._audit import AuditContext, audited_pairs
@@ -250,6 +250,43 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
         kept = entries[(record.partition, record.offset)]
         notice = notices[(kept["source_partition"], kept["source_offset"])]
         assert notice["reason"] == reason_of(record)
+
+
+async def test_a_request_id_another_agency_holds_is_refused(env: BrokerEnv) -> None:
+    """Request ids are their requester's: a second agency's request under an id in the book
+    is quarantined as ``request_id_in_use`` and its sender told, on real Kafka too."""
+    case, request_id = f"SYN-CASE-{uuid.uuid4().hex[:8]}", f"SYN-REQ-{uuid.uuid4().hex[:8]}"
+    first = example("InformationRequest", case_id=case, source_agency="msd")
+    first["request_id"] = request_id
+    await env.publish("msd", [("InformationRequest", first)])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while request_id.encode() not in {r.key for r in await env.read("broker", STATE_REQUESTS)}:
+        assert loop.time() < deadline, "the first request never reached the request book"
+        await asyncio.sleep(1)
+
+    second = example("InformationRequest", case_id=case, source_agency="oranga-tamariki")
+    second["request_id"] = request_id
+    await env.publish("oranga-tamariki", [("InformationRequest", second)])
+    event_id = second["header"]["event_id"]
+    while True:
+        notices = [
+            n
+            for n in await egress_refusals(env.cluster, env.ring, "oranga-tamariki")
+            if n["event_id"] == event_id
+        ]
+        if notices or loop.time() > deadline:
+            break
+        await asyncio.sleep(1)
+    assert [n["reason"] for n in notices] == ["request_id_in_use"]
+    # The book still names the first requester: its record was not overwritten.
+    states = [
+        decode(r.value, SCHEMAS.latest("RequestState"))
+        for r in await env.read("broker", STATE_REQUESTS)
+        if r.key == request_id.encode() and r.value
+    ]
+    assert states  # the request, then its escalation (the example's respond_by is past)
+    assert {s["requester"] for s in states} == {"msd"}
 
 
 async def quarantine_records(env: BrokerEnv) -> list[Record]:
