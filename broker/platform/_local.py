@@ -38,10 +38,13 @@ from typing import Any
 from broker._errors import MissingToolError, PlatformError
 from broker.platform._secrets import new_password, private_dir, read_json, write_secret_json
 from broker.platform._tls import (
+    CA_MARGIN,
     NODE_PRINCIPAL,
     TlsPaths,
+    certificate_expires,
     make_tls_material,
     node_certificate_expires,
+    renew_node_certificate,
     write_tls_material,
 )
 
@@ -160,13 +163,23 @@ class LocalKafka:
             write_secret_json(self.credentials_file, dict(creds))
         return creds
 
-    def ensure_tls(self, now: dt.datetime) -> None:
-        """Create the CA and node certificate, or renew them when the node's is near expiry."""
-        if self.tls.node_keystore.exists() and self.tls.ca_cert.exists():
-            expires = node_certificate_expires(self.tls.node_keystore.read_bytes())
-            if expires - now > dt.timedelta(days=7):
-                return
-        write_tls_material(self.tls, make_tls_material(now))
+    def ensure_tls(self, now: dt.datetime) -> str | None:
+        """Create the CA and node certificate, or renew the node's when near expiry; what
+        was done, for ``up`` to report, or None. A renewal keeps the CA (every client's copy
+        of ``ca.pem`` stays valid) unless the CA itself would expire before the new node
+        certificate: then both are made anew, and clients need the new ``ca.pem``."""
+        tls = self.tls
+        if not (tls.node_keystore.exists() and tls.ca_cert.exists()):
+            write_tls_material(tls, make_tls_material(now))
+            return f"made a local CA and node certificate in {tls.ca_cert.parent}"
+        if node_certificate_expires(tls.node_keystore.read_bytes()) - now > dt.timedelta(days=7):
+            return None
+        ca_cert = tls.ca_cert.read_bytes()
+        if tls.ca_key.exists() and certificate_expires(ca_cert) - now > CA_MARGIN:
+            write_tls_material(tls, renew_node_certificate(ca_cert, tls.ca_key.read_bytes(), now))
+            return "renewed the node certificate under the same local CA"
+        write_tls_material(tls, make_tls_material(now))
+        return f"the local CA was near expiry: made a new one; give every client {tls.ca_cert}"
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -312,7 +325,9 @@ class LocalKafka:
         private_dir(self.folder)
         if self.assemble():
             steps.append(f"assembled Kafka {KAFKA_VERSION} from Maven Central into {self.lib}")
-        self.ensure_tls(now or dt.datetime.now(dt.UTC))
+        renewed = self.ensure_tls(now or dt.datetime.now(dt.UTC))
+        if renewed is not None:
+            steps.append(renewed)
         creds = self.credentials()
         self.logs.mkdir(parents=True, exist_ok=True)
         self.properties.write_text(self.server_properties(creds[INTERNAL_USER]))

@@ -24,6 +24,17 @@ NODE_PRINCIPAL = f"User:CN={NODE_COMMON_NAME}"
 
 _CA_DAYS = 3650
 _NODE_DAYS = 397
+#: A renewal keeps the CA while it outlives a new node certificate by this much.
+CA_MARGIN = dt.timedelta(days=_NODE_DAYS + 30)
+_CA_NAME = x509.Name(
+    [
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tiaki local development"),
+        x509.NameAttribute(NameOID.COMMON_NAME, "Tiaki local CA"),
+    ]
+)
+_PEM = serialization.Encoding.PEM
+_PKCS8 = serialization.PrivateFormat.PKCS8
+_PLAIN = serialization.NoEncryption()
 
 
 @dataclass(frozen=True)
@@ -51,17 +62,11 @@ def make_tls_material(
 ) -> TlsMaterial:
     """Create a fresh CA and a node certificate for ``hosts`` valid from ``now``."""
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name(
-        [
-            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Tiaki local development"),
-            x509.NameAttribute(NameOID.COMMON_NAME, "Tiaki local CA"),
-        ]
-    )
     start = now - dt.timedelta(minutes=5)
     ca_cert = (
         x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
+        .subject_name(_CA_NAME)
+        .issuer_name(_CA_NAME)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
@@ -86,7 +91,22 @@ def make_tls_material(
         )
         .sign(ca_key, hashes.SHA256())
     )
+    ca_key_pem = ca_key.private_bytes(_PEM, _PKCS8, _PLAIN)
+    return renew_node_certificate(ca_cert.public_bytes(_PEM), ca_key_pem, now, hosts)
 
+
+def renew_node_certificate(
+    ca_cert_pem: bytes,
+    ca_key_pem: bytes,
+    now: dt.datetime,
+    hosts: tuple[str, ...] = ("127.0.0.1", "localhost"),
+) -> TlsMaterial:
+    """A new node key and certificate for ``hosts``, valid from ``now``, issued by the CA
+    given: every client's copy of the CA certificate (``ssl_cafile``) stays valid."""
+    ca_cert = x509.load_pem_x509_certificate(ca_cert_pem)
+    ca_key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError("the local CA key is not an EC key")
     node_key = ec.generate_private_key(ec.SECP256R1())
     names: list[x509.GeneralName] = []
     for host in hosts:
@@ -94,14 +114,15 @@ def make_tls_material(
             names.append(x509.IPAddress(ipaddress.ip_address(host)))
         except ValueError:
             names.append(x509.DNSName(host))
+    start = now - dt.timedelta(minutes=5)
     node_cert = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, NODE_COMMON_NAME)]))
-        .issuer_name(ca_name)
+        .issuer_name(ca_cert.subject)
         .public_key(node_key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(start)
-        .not_valid_after(now + dt.timedelta(days=_NODE_DAYS))
+        .not_valid_after(min(now + dt.timedelta(days=_NODE_DAYS), ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.SubjectAlternativeName(names), critical=False)
         .add_extension(
@@ -115,24 +136,25 @@ def make_tls_material(
         )
         .sign(ca_key, hashes.SHA256())
     )
-
-    pkcs8 = serialization.PrivateFormat.PKCS8
-    plain = serialization.NoEncryption()
-    pem = serialization.Encoding.PEM
     return TlsMaterial(
-        ca_cert_pem=ca_cert.public_bytes(pem),
-        ca_key_pem=ca_key.private_bytes(pem, pkcs8, plain),
+        ca_cert_pem=ca_cert_pem,
+        ca_key_pem=ca_key_pem,
         node_keystore_pem=(
-            node_key.private_bytes(pem, pkcs8, plain)
-            + node_cert.public_bytes(pem)
-            + ca_cert.public_bytes(pem)
+            node_key.private_bytes(_PEM, _PKCS8, _PLAIN)
+            + node_cert.public_bytes(_PEM)
+            + ca_cert_pem
         ),
     )
 
 
+def certificate_expires(cert_pem: bytes) -> dt.datetime:
+    """The ``not_valid_after`` of the (first) certificate in ``cert_pem``."""
+    return x509.load_pem_x509_certificates(cert_pem)[0].not_valid_after_utc
+
+
 def node_certificate_expires(keystore_pem: bytes) -> dt.datetime:
     """The ``not_valid_after`` of the node certificate in a PEM key store."""
-    return x509.load_pem_x509_certificates(keystore_pem)[0].not_valid_after_utc
+    return certificate_expires(keystore_pem)
 
 
 def write_tls_material(paths: TlsPaths, material: TlsMaterial) -> None:

@@ -79,3 +79,40 @@ def test_status_of_a_stopped_node(tmp_path: Path) -> None:
     assert not status.running
     assert status.pid is None
     assert kafka(tmp_path).down() == "not running"
+
+
+def test_renewing_the_node_certificate_keeps_the_ca_clients_trust(tmp_path: Path) -> None:
+    """Every adapter and tool holds a copy of ca.pem (ssl_cafile): a renewal that made a new
+    CA would cut them all off from Kafka at once."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    node = kafka(tmp_path)
+    start = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    assert node.ensure_tls(start) is not None  # made
+    ca = node.tls.ca_cert.read_bytes()
+    first = node.tls.node_keystore.read_bytes()
+    assert node.ensure_tls(start + dt.timedelta(days=300)) is None  # not yet due
+    renewal = start + dt.timedelta(days=395)
+    assert node.ensure_tls(renewal) == "renewed the node certificate under the same local CA"
+    assert node.tls.ca_cert.read_bytes() == ca
+    renewed = node.tls.node_keystore.read_bytes()
+    assert renewed != first
+    cert = x509.load_pem_x509_certificates(renewed)[0]
+    cert.verify_directly_issued_by(x509.load_pem_x509_certificate(ca))
+    assert cert.not_valid_before_utc <= renewal < cert.not_valid_after_utc
+
+
+def test_a_ca_near_its_own_expiry_is_made_anew_and_said(tmp_path: Path) -> None:
+    import datetime as dt
+
+    node = kafka(tmp_path)
+    start = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    node.ensure_tls(start)
+    ca = node.tls.ca_cert.read_bytes()
+    late = start + dt.timedelta(days=3650 - 100)  # the node's due, the CA outlives it too little
+    done = node.ensure_tls(late)
+    assert done is not None
+    assert "give every client" in done
+    assert node.tls.ca_cert.read_bytes() != ca
