@@ -5,10 +5,14 @@ A profile has exactly the keys ``bootstrap_servers``, ``security_protocol``,
 any aiokafka client connects with::
 
     profile = json.loads(path.read_text())
-    ssl_context = aiokafka.helpers.create_ssl_context(cafile=profile.pop("ssl_cafile"))
+    cafile = path.parent / profile.pop("ssl_cafile")  # relative: beside the profile
+    ssl_context = aiokafka.helpers.create_ssl_context(cafile=cafile)
     AIOKafkaConsumer(..., ssl_context=ssl_context, **profile)
 
-Profiles hold secrets: their folder is ``0700`` and each file ``0600``.
+Profiles hold secrets: their folder is ``0700`` and each file ``0600``. A relative
+``ssl_cafile`` names a file beside the profile: ``tiaki provision`` writes the cluster's CA
+certificate as ``ca.pem`` in the profiles folder and the profiles it writes name it so, which
+lets an agency's profile and ``ca.pem`` be copied into the adapter's own directory as they are.
 """
 
 from __future__ import annotations
@@ -81,10 +85,17 @@ def load_profile(path: Path) -> Profile:
     if data is None:
         raise ConfigError(f"{path}: no such profile (run `tiaki kafka up` and `tiaki provision`)")
     try:
-        return Profile.model_validate(data)
+        profile = Profile.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
         raise ConfigError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+    if not Path(profile.ssl_cafile).is_absolute():  # beside the profile (see the module docs)
+        profile = profile.model_copy(update={"ssl_cafile": str(path.parent / profile.ssl_cafile)})
+    return profile
+
+
+#: The name of the CA certificate ``tiaki provision`` writes beside the profiles it writes.
+CA_BESIDE = "ca.pem"
 
 
 def save_profile(path: Path, profile: Profile) -> None:

@@ -49,7 +49,13 @@ from broker.platform._plan import (
     desired_state,
     diff,
 )
-from broker.platform._profiles import Profile, load_profile, profile_path, save_profile
+from broker.platform._profiles import (
+    CA_BESIDE,
+    Profile,
+    load_profile,
+    profile_path,
+    save_profile,
+)
 from broker.platform._secrets import new_password
 from broker.registry import Registry
 
@@ -347,15 +353,33 @@ def provision(
     admin.remove_acls(c.acl for c in changes if c.kind == "acl" and c.action == "remove" and c.acl)
     admin.add_acls(c.acl for c in changes if c.kind == "acl" and c.action == "add" and c.acl)
 
+    ca_beside = _copy_ca(admin_profile, profiles_dir)
     for name in sorted(desired.principals):
         path = profile_path(profiles_dir, name)
         if name in passwords or not path.exists():
             password = passwords.get(name) or admin_profile.sasl_plain_password
-            save_profile(path, _profile_for(admin_profile, name, password))
+            profile = _profile_for(admin_profile, name, password)
+            save_profile(path, profile.model_copy(update={"ssl_cafile": ca_beside}))
             report.profiles.append(path)
     for name in removed:
         profile_path(profiles_dir, name).unlink(missing_ok=True)
     return report
+
+
+def _copy_ca(admin_profile: Profile, profiles_dir: Path) -> str:
+    """Write the admin profile's CA certificate as ``ca.pem`` in ``profiles_dir`` (again on
+    every run, so a new CA reaches it) and return the name the profiles written beside it
+    use for it: relative, so a profile and ``ca.pem`` copied together still connect."""
+    source = Path(admin_profile.ssl_cafile)
+    target = profiles_dir / CA_BESIDE
+    if source.resolve() != target.resolve():
+        data = source.read_bytes()
+        if not target.exists() or target.read_bytes() != data:
+            partial = target.with_suffix(".pem.partial")
+            partial.write_bytes(data)
+            partial.chmod(0o644)  # a certificate, public; its folder is 0700
+            partial.replace(target)
+    return CA_BESIDE
 
 
 def _existing_password(profiles_dir: Path, name: str, admin_profile: Profile) -> str | None:

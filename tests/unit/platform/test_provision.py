@@ -198,3 +198,29 @@ def test_a_matching_cluster_reads_back_as_the_plan(tmp_path: Path) -> None:
     state = fake_cluster(fake).read_state({})
     assert state.acls == fake.state.acls
     assert all(isinstance(a, Acl) and a.host == "*" for a in state.acls)
+
+
+def test_profiles_name_a_ca_beside_them_so_they_can_be_copied_with_it(tmp_path: Path) -> None:
+    """An adapter runs in its own directory and cannot read the admin's CA path: provision
+    writes ca.pem beside the profiles, which name it relatively."""
+    import json
+
+    from broker.platform import load_profile
+
+    ca = tmp_path / "cluster-ca.pem"
+    ca.write_bytes(b"-----BEGIN CERTIFICATE-----\nsynthetic\n-----END CERTIFICATE-----\n")
+    admin = ADMIN.model_copy(update={"ssl_cafile": str(ca)})
+    profiles = tmp_path / "profiles"
+    profiles.mkdir(mode=0o700)
+    provision(REGISTRY, admin, profiles, admin=fake_cluster(FakeAdmin([])))
+    assert (profiles / "ca.pem").read_bytes() == ca.read_bytes()
+    written = json.loads((profiles / "police.json").read_text())
+    assert written["ssl_cafile"] == "ca.pem"
+    elsewhere = tmp_path / "adapter" / "profiles"  # copied together, as docs/operations.md says
+    elsewhere.mkdir(parents=True)
+    for name in ("police.json", "ca.pem"):
+        (elsewhere / name).write_bytes((profiles / name).read_bytes())
+    assert load_profile(elsewhere / "police.json").ssl_cafile == str(elsewhere / "ca.pem")
+    ca.write_bytes(b"a new CA")
+    provision(REGISTRY, admin, profiles, admin=fake_cluster(FakeAdmin([])))
+    assert (profiles / "ca.pem").read_bytes() == b"a new CA"  # every run copies it again
