@@ -700,9 +700,11 @@ class _Day:
             records = await reader.read_all(STATE_REQUESTS)
         latest: dict[str, dict[str, Any]] = {}
         for record in records:
-            if not record.value:  # a retired request's tombstone
+            if not record.value:  # a tombstone
                 continue
             state = decode(record.value, schemas.latest("RequestState"))
+            if state.get("retired"):
+                continue
             if str(state["event_id"]) in self.ids:
                 latest[str(state["request_id"])] = state
         for request_id, state in sorted(latest.items()):

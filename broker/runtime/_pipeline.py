@@ -87,7 +87,7 @@ from broker.runtime._cases import CaseMembership, MembershipRefused
 from broker.runtime._decide import Decider, Outcome, Verdict
 from broker.runtime._encoding import RecordParts
 from broker.runtime._intake import Accepted, Intake, Rejected
-from broker.runtime._requests import RETIRED, RequestBook, RequestIdInUse, retired_record
+from broker.runtime._requests import RETIRED, RequestBook, RequestIdInUse
 from broker.transport import Headers, Outgoing, Record, TopicPartition
 
 log = structlog.get_logger("tiaki.broker")
@@ -487,7 +487,7 @@ class Pipeline:
         commits these records or calls ``aborted``.
 
         The same worker retires its requests past their retention (``REQUEST_RETENTION``):
-        the record that retires one (:func:`retired_record`) follows its escalations, if any.
+        the state record that retires one (``retired``) follows its escalations, if any.
         A retirement is undone on abort like an escalation: it is kept in ``_escalated`` as
         the pair (request id, ``RETIRED``), and the book keeps the request aside until the
         pass after its transaction settles."""
@@ -511,9 +511,9 @@ class Pipeline:
             # Keyed by the case reference (audit_key), beside the case's decisions; by the
             # request id when the case is unknown.
             outputs.append(self._audit(audit, str(state["request_id"]).encode()))
-        for request_id in lapsed.retired:
+        for request_id, retirement in zip(lapsed.retired, lapsed.retirements, strict=True):
             self._escalated.append((request_id, RETIRED))
-            outputs.append(retired_record(request_id))
+            outputs.append(self._request_state(retirement))
         return outputs
 
     def _decision_audit(

@@ -17,15 +17,19 @@ A request whose every holder has answered or been escalated is *retired*
 :data:`REQUEST_RETENTION` after the later of its ``respond_by`` and the moment its last holder
 answered or was escalated (``settled_at``, RequestState v4; a record older than v4 counts
 from ``respond_by``), so a request settled late still keeps the whole period. The worker that
-owns it (below) forgets it and writes a tombstone for its id to ``tiaki.state.requests``
-(:func:`retired_record`), in a pass and transaction like its escalations, and undoes that if
+owns it (below) forgets it and writes its retirement record (``retired``, RequestState v4) to
+``tiaki.state.requests``, in a pass and transaction like its escalations, and undoes that if
 the transaction aborts; other workers forget it when they next read the topic. Why keep it
 that long: an escalated holder may still answer, and a late answer is routed on the request's
 facts (who asked, in what role, on whose behalf), which only the book holds. Why not for
 ever: the book is in every worker's memory and the compacted topic keeps the last record of
-every request ever made, so both would only grow. After retirement a late answer finds no
-request and carries no request facts, so the shipped policy denies it (audited as any
-decision), and the id is free for a new request, from any agency.
+every request ever made. After retirement a late answer finds no request and carries no
+request facts, so the shipped policy denies it (audited as any decision). The id stays its
+requester's: another agency's request under it is still refused (a freed id would let that
+agency's request collect late answers meant for the first requester), and the requester may
+make a new request under it. What a retired request leaves is its id, requester, deadline,
+partition and settling time: a few dozen bytes per request ever made, in memory and on the
+topic (a tombstone, an empty value, would end even that reservation; nothing writes one).
 
 Routing itself is policy: the request and each response go wherever the rules permit. This
 module only keeps the book, written to the compacted ``tiaki.state.requests`` topic in the
@@ -53,9 +57,10 @@ A request id is the requester's own. Another agency that sends a request with an
 in the book is refused (:class:`RequestIdInUse`, quarantine reason ``request_id_in_use``):
 the answers to that id go to the first requester, so the newcomer's request is neither
 routed nor tracked, and its sender learns why from its refusal notice. The requester itself
-may send its own id again (a new event id); the book then takes the newer request, keeping
-what the holders it still names have done (answered, or been escalated): holders it no
-longer names are dropped, and holders it adds start unanswered.
+may send its own id again (a new event id); the book then takes the newer request. About the
+same case, it keeps what the holders it still names have done (answered, or been escalated):
+holders it no longer names are dropped, and holders it adds start unanswered. About another
+case, it is a new request (nobody has answered it).
 
 An answer carries the request's facts (who asked, in what role, on whose behalf; the policy
 addresses the answer to the requester) only if it comes from one of the request's holders
@@ -75,9 +80,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 from broker._errors import TiakiError
-from broker.platform._topics import STATE_REQUESTS, ingress
+from broker.platform._topics import ingress
 from broker.policy._model import RequestFacts
-from broker.transport import Outgoing
 
 #: The partition whose owner escalates a request recorded without one (before RequestState v2).
 LEGACY_PARTITION = 0
@@ -98,14 +102,6 @@ class RequestIdInUse(TiakiError):
     Nothing was changed; the pipeline quarantines the request."""
 
     quarantine_reason: ClassVar[str] = "request_id_in_use"
-
-
-def retired_record(request_id: str) -> Outgoing:
-    """The record on ``tiaki.state.requests`` that retires request ``request_id``: a tombstone
-    (a null value), so compaction forgets the id's earlier states and, after the topic's
-    ``delete.retention.ms``, the tombstone itself. A reader gets its value as ``b""``, which
-    :meth:`RequestBook.load` (through the state loader) reads as the request's end."""
-    return Outgoing(STATE_REQUESTS, request_id.encode(), None)
 
 
 @dataclass
@@ -168,6 +164,20 @@ class _Request:
             "partition": self.partition,
             "case_id": self.case_id,
             "settled_at": self.settled_at,
+            "retired": False,
+        }
+
+    def retirement(self) -> dict[str, Any]:
+        """The state record that retires this request: the id stays its requester's, and
+        nothing else of the request is kept (no holders, role or case)."""
+        return self.state() | {
+            "requester_role": "unknown",
+            "on_behalf_of": "unknown",
+            "holders": [],
+            "answered": [],
+            "escalated": [],
+            "case_id": None,
+            "retired": True,
         }
 
 
@@ -179,6 +189,8 @@ class Lapsed:
     escalated: list[tuple[dict[str, Any], str]]
     #: The ids of the requests retired (after their escalations, if any, in the same pass).
     retired: list[str]
+    #: The state record that retires each of them (:meth:`_Request.retirement`), in order.
+    retirements: list[dict[str, Any]] = field(default_factory=list)
 
 
 class RequestBook:
@@ -194,6 +206,8 @@ class RequestBook:
         #: Requests retired by a pass whose transaction may not have committed yet, kept so
         #: that :meth:`unescalate` can bring them back; see :meth:`forget_retired`.
         self._retiring: dict[str, _Request] = {}
+        #: Retired request ids and their requesters: an id stays its requester's for good.
+        self._retired: dict[str, str] = {}
 
     def replace(self, other: RequestBook) -> None:
         """Take ``other``'s state as this one's (after re-reading the state topic)."""
@@ -202,16 +216,25 @@ class RequestBook:
         self._scheduled = other._scheduled
         self._entries = other._entries
         self._retiring = {}
+        self._retired = other._retired
 
     def load(self, states: Iterable[Mapping[str, Any] | str]) -> None:
-        """Take in state records, oldest first. A request id instead of a record (a
-        retirement, read from ``tiaki.state.requests``'s empty value) forgets that request;
-        a later record for the id brings it back."""
+        """Take in state records, oldest first. A retirement record (``retired``) ends the
+        request and keeps its id reserved to its requester; a request id instead of a record
+        (a tombstone, read from ``tiaki.state.requests``'s empty value) forgets the id
+        altogether. A later record for the id brings the request back."""
         for s in states:
             if isinstance(s, str):
                 self._requests.pop(s, None)
                 self._scheduled.pop(s, None)
+                self._retired.pop(s, None)
                 continue
+            if s.get("retired"):
+                self._requests.pop(s["request_id"], None)
+                self._scheduled.pop(s["request_id"], None)
+                self._retired[s["request_id"]] = s["requester"]
+                continue
+            self._retired.pop(s["request_id"], None)
             request = _Request(
                 s["request_id"],
                 s["requester"],
@@ -264,19 +287,22 @@ class RequestBook:
                 case_id=str(header["case_id"]),
             )
             known = self._requests.get(request.request_id)
+            owner = known.requester if known is not None else self._retired.get(request.request_id)
             # Before the retry check: another agency's event with the same event id is no retry.
-            if known is not None and known.requester != request.requester:
+            if owner is not None and owner != request.requester:
                 raise RequestIdInUse(
                     "request id is already used by another agency's request; "
                     "use a request id of your own"
                 )
             if known is not None and known.event_id == request.event_id:
                 return None  # the same request again (a retried batch)
-            if known is not None:  # sent again: what the holders still named did stands
+            if known is not None and known.case_id in (None, request.case_id):
+                # Sent again about its case: what the holders it still names did stands.
                 request.answered = known.answered & request.holders
                 request.escalated = known.escalated & request.holders
                 request.settled_at = known.settled_at
                 request.settle(now)
+            self._retired.pop(request.request_id, None)  # its own id, for a new request
             self._requests[request.request_id] = request
             self._schedule(request)
             self._compact()
@@ -339,6 +365,7 @@ class RequestBook:
     ) -> Lapsed:
         escalated: list[tuple[dict[str, Any], str]] = []
         retired: list[str] = []
+        retirements: list[dict[str, Any]] = []
         kept: list[_Request] = []  # due for retirement, not retired in this pass
         owners = self._heaps.keys() if assignment is None else assignment
         for owner in list(owners):
@@ -359,13 +386,15 @@ class RequestBook:
                 elif retire:
                     del self._requests[request_id]
                     self._retiring[request_id] = request
+                    self._retired[request_id] = request.requester
                     retired.append(request_id)
+                    retirements.append(request.retirement())
                 else:
                     kept.append(request)
         for request in kept:
             self._schedule(request)
         self._compact()
-        return Lapsed(escalated, retired)
+        return Lapsed(escalated, retired, retirements)
 
     def unescalate(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Undo escalations, and retirements (holder :data:`RETIRED`), whose records were never
@@ -377,6 +406,7 @@ class RequestBook:
                 request = self._retiring.pop(request_id, None)
                 if request is not None and request_id not in self._requests:
                     self._requests[request_id] = request
+                    self._retired.pop(request_id, None)
                     self._schedule(request)
         for request_id, holder in pairs:
             request = self._requests.get(request_id)

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 from typing import Any
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,6 @@ from broker.runtime._requests import (
     RETIRED,
     RequestBook,
     RequestIdInUse,
-    retired_record,
 )
 from broker.runtime._service import rebuild_state, request_states
 from broker.transport import InMemoryCluster, Record
@@ -359,16 +359,12 @@ def test_a_retirement_read_back_forgets_the_request_until_it_is_made_again() -> 
     assert back.requester("SYN-REQ-0001") == "msd"
 
 
-def test_the_state_topic_s_empty_value_is_read_as_a_retirement() -> None:
+def test_the_state_topic_s_empty_value_forgets_the_id_altogether() -> None:
+    """A tombstone (nothing writes one; an operator could, to end a retired id's
+    reservation) is read as the id's end."""
     book = RequestBook()
     state = book.apply("InformationRequest", REQUEST, 0)
     assert state is not None
-    retired = retired_record("SYN-REQ-0001")
-    assert (retired.topic, retired.key, retired.value) == (  # a tombstone: compaction forgets
-        "tiaki.state.requests",
-        b"SYN-REQ-0001",
-        None,
-    )
     topic = "tiaki.state.requests"
     header = ((SCHEMA_HEADER, STATE.fingerprint_hex.encode()),)
     records = [
@@ -408,7 +404,11 @@ def test_the_pipeline_writes_a_retirement_and_undoes_it_on_abort() -> None:
     retire = due + REQUEST_RETENTION
     assert pipeline.escalations(retire - timedelta(seconds=1)) == []
     outputs = pipeline.escalations(retire)
-    assert outputs == [retired_record("SYN-REQ-0001")]
+    assert [(o.topic, o.key) for o in outputs] == [("tiaki.state.requests", b"SYN-REQ-0001")]
+    assert outputs[0].value is not None
+    record = decode(outputs[0].value, STATE)
+    assert (record["retired"], record["requester"], record["holders"]) == (True, "msd", [])
+    assert (record["case_id"], record["requester_role"]) == (None, "unknown")  # nothing kept
     assert pipeline.requests.requester("SYN-REQ-0001") is None
     settled = pipeline.mark()[1]
     pipeline.aborted()
@@ -438,7 +438,8 @@ async def test_a_worker_retires_a_request_on_the_state_topic_after_a_failed_comm
         assert n.requests.requester("SYN-REQ-0001") == "msd"  # the retirement was undone
         await steps(n.worker, 1)  # the re-read, and the retirement again
     records = await read(cluster, "tiaki.state.requests")
-    assert [(r.key, r.value) for r in records[-1:]] == [(b"SYN-REQ-0001", b"")]
+    assert [r.key for r in records[-1:]] == [b"SYN-REQ-0001"]
+    assert decode(records[-1].value, STATE)["retired"] is True
     assert n.requests.requester("SYN-REQ-0001") is None
     fresh = await rebuild_state(cluster.reader(), SCHEMAS)
     assert fresh.requests.requester("SYN-REQ-0001") is None
@@ -521,3 +522,47 @@ def test_an_escalation_of_a_request_whose_case_is_unknown_names_none() -> None:
     audit = next(o for o in harness.pipeline.escalations(DUE) if o.topic == "tiaki.audit")
     assert decode(audit.value, AUDIT)["case_ref"] is None
     assert audit.key == b"SYN-REQ-0001"
+
+
+# -- 4. a retired id stays its requester's (review of 7 December) -----------------------------
+
+
+def test_a_retired_id_is_refused_to_another_agency_so_late_answers_cannot_reach_it() -> None:
+    """Were the id free after retirement, another agency's request under it, on the same case
+    and naming the same holder, would collect that holder's late answer to the first one."""
+    book = RequestBook()
+    book.apply("InformationRequest", REQUEST, 0)
+    lapsed = book.lapse(DUE)  # police escalated, the request settled
+    assert len(lapsed.escalated) == 1
+    retired = book.lapse(RETIRE)
+    assert retired.retired == ["SYN-REQ-0001"]
+    squat = REQUEST | {"header": REQUEST["header"] | {"source_agency": "oranga-tamariki"}}
+    squat["header"] = squat["header"] | {"event_id": "00000000-0000-4000-8000-0000000000ff"}
+    with pytest.raises(RequestIdInUse):
+        book.apply("InformationRequest", squat, 0)
+    case = str(REQUEST["header"]["case_id"])
+    assert book.facts("SYN-REQ-0001", case_id=case, sender="police") is None
+    rebuilt = RequestBook()  # the reservation survives a restart, from the retirement record
+    rebuilt.load([retired.retirements[0]])
+    with pytest.raises(RequestIdInUse):
+        rebuilt.apply("InformationRequest", squat, 0)
+    again = REQUEST | {
+        "header": REQUEST["header"] | {"event_id": "00000000-0000-4000-8000-0000000000fe"}
+    }
+    state = rebuilt.apply("InformationRequest", again, 0)  # its requester may use it again
+    assert state is not None
+    assert (state["answered"], state["escalated"], state["retired"]) == ([], [], False)
+
+
+def test_a_request_sent_again_about_another_case_starts_afresh() -> None:
+    book = RequestBook()
+    book.apply("InformationRequest", REQUEST, 0)
+    book.apply("InformationResponse", RESPONSE, 0, NOW)
+    other = REQUEST | {
+        "header": REQUEST["header"]
+        | {"case_id": "SYN-CASE-0999", "event_id": "00000000-0000-4000-8000-0000000000fd"}
+    }
+    state = book.apply("InformationRequest", other, 1)
+    assert state is not None
+    assert (state["answered"], state["settled_at"]) == ([], None)  # nobody answered this one
+    assert len(book.lapse(DUE).escalated) == 1
