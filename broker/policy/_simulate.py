@@ -45,6 +45,9 @@ class Change:
     new: str
 
 
+_EXPECTED = "a JSON list, JSON lines, a YAML list, or a folder of .json files"
+
+
 def load_events(path: Path, schemas: SchemaSet) -> list[SimEvent]:
     """Read events from ``path`` (see module docs); :class:`PolicyError` naming the item."""
     items: list[tuple[str, Any]] = []
@@ -75,6 +78,8 @@ def load_events(path: Path, schemas: SchemaSet) -> list[SimEvent]:
                 for n, line in enumerate(text.splitlines(), 1)
                 if line.strip()
             ]
+    if not items:  # an empty file or folder, or the wrong path: saying nothing would mislead
+        raise PolicyError(f"{path}: no events (expected {_EXPECTED})")
     return [_event(label, item, schemas) for label, item in items]
 
 

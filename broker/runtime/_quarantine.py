@@ -43,6 +43,7 @@ from broker.codec import CodecError, SchemaSet, decode
 from broker.envelope import BROKER, EnvelopeError, Kind, Opener, Sealer
 from broker.platform._topics import DLQ, ingress_agency
 from broker.runtime._audit import AuditContext, audit_base
+from broker.runtime._metrics import quarantine_reasons
 from broker.runtime._operator import BrokerTools
 from broker.runtime._pipeline import REASON_HEADER, audit_output, sealed_for_broker
 from broker.runtime._review import UNSAFE_REASONS
@@ -234,6 +235,10 @@ def list_command(
     state; and a count per reason. Never their content."""
     if fmt not in FORMATS:
         raise TiakiError(f"--format must be one of {', '.join(FORMATS)}")
+    if reason is not None and reason not in quarantine_reasons():
+        raise TiakiError(
+            f"--reason: no reason code {reason!r}; one of {', '.join(quarantine_reasons())}"
+        )
     tools = BrokerTools()
     entries = read_quarantine(tools.read(DLQ), tools.opener(), tools.schemas, datetime.now(UTC))
     if reason is not None:

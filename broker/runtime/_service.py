@@ -137,21 +137,12 @@ async def rebuild_state(
     return BrokerState(cases, requests, seen_events(seen_records, schemas))
 
 
-def state_records(
-    records: Iterable[Record], schemas: SchemaSet, name: str
-) -> Iterator[dict[str, Any]]:
-    """State records of type ``name``, read as its newest version: each record's writer is
-    the schema its ``tiaki-schema`` header names, or for a record without one (written
-    before the header, so before any second version) the first version."""
-    return map(_state_reader(schemas, name), records)
-
-
 def request_states(records: Iterable[Record], schemas: SchemaSet) -> Iterator[dict[str, Any] | str]:
     """``tiaki.state.requests`` as :meth:`RequestBook.load` takes it, oldest first: each
-    record's ``RequestState`` (as :func:`state_records` reads it), or for a record with an
-    empty value (a retired request; the reader gives a tombstone's null value as ``b""``
-    too) its key, the request id the book then forgets. An empty value without a key retires
-    nothing and is skipped."""
+    record's ``RequestState`` (:func:`_state_reader`), or for a record with an empty value (a
+    tombstone: the reader gives a null value as ``b""``; the broker writes none, an operator
+    could, to end a retired id's reservation) its key, the request id the book then forgets.
+    An empty value without a key is skipped."""
     read = _state_reader(schemas, "RequestState")
     for record in records:
         if record.value:
@@ -161,7 +152,9 @@ def request_states(records: Iterable[Record], schemas: SchemaSet) -> Iterator[di
 
 
 def _state_reader(schemas: SchemaSet, name: str) -> Callable[[Record], dict[str, Any]]:
-    """Reads one state record of type ``name``, as :func:`state_records` says."""
+    """Reads one state record of type ``name`` as its newest version: each record's writer is
+    the schema its ``tiaki-schema`` header names, or for a record without one (written
+    before the header, so before any second version) the first version."""
     latest, first = schemas.latest(name), schemas.versions(name)[0]
     writers: dict[bytes, Schema] = {}
 

@@ -424,3 +424,33 @@ def test_explain_for_an_unknown_agency_names_it_with_a_suggestion(
     # It used to answer "deny (unknown_recipient)" with exit 0: a typo read as a decision.
     err = one_line(["policy", "explain", str(EXAMPLE), "--recipient", "polce"], capsys)
     assert "unknown agency 'polce' (did you mean 'police'?)" in err
+
+
+# -- inputs that would otherwise answer with nothing ------------------------------------------
+
+
+@pytest.mark.usefixtures("cached_engine")
+@pytest.mark.parametrize("content", ["", "[]\n", "\n\n"])
+def test_simulating_no_events_is_an_error_not_silence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    empty = tmp_path / "events.json"
+    empty.write_text(content)
+    assert one_line(["policy", "simulate", str(empty)], capsys).startswith(
+        f"tiaki: error: {empty}: no events"
+    )
+    folder = tmp_path / "none"
+    folder.mkdir()
+    assert "no events" in one_line(["policy", "simulate", str(folder)], capsys)
+
+
+def test_an_unknown_quarantine_reason_is_refused_before_connecting(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_kafka(*_: object, **__: object) -> None:
+        raise AssertionError("connected to Kafka for a reason that cannot match")
+
+    monkeypatch.setattr("broker.runtime._quarantine.BrokerTools", no_kafka)
+    err = one_line(["quarantine", "list", "--reason", "tamperd"], capsys)
+    assert "--reason: no reason code 'tamperd'; one of " in err
+    assert "tampered" in err
