@@ -53,9 +53,10 @@ def init(
     settings = Settings.from_env()
     store = KeyStore(settings.keys_dir)
     refs = set(_principals(settings).values())
-    outcome = init_dev_keys(
-        store, refs, now=_now(), random=os.urandom, force=force, validity=timedelta(days=days)
-    )
+    with store.locked():
+        outcome = init_dev_keys(
+            store, refs, now=_now(), random=os.urandom, force=force, validity=timedelta(days=days)
+        )
     counts = {
         word: sum(1 for v in outcome.values() if v == word)
         for word in ("created", "kept", "replaced")
@@ -109,10 +110,11 @@ def rotate(
     owner = _principals(settings).get(name, name)
     if owner not in store.key_refs():
         raise KeyStoreError(f"no key set {owner!r} in {store.root}")
-    ring = store.load(private_for=[owner])
     purposes = purposes_of(purpose) if purpose else purposes_of(["encryption", "signing"])
-    new = ring.rotate(owner, _now(), os.urandom, timedelta(days=days), purposes)
-    store.save(ring, [owner])
+    with store.locked():  # read, change and write as one, against a revoke at the same time
+        ring = store.load(private_for=[owner])
+        new = ring.rotate(owner, _now(), os.urandom, timedelta(days=days), purposes)
+        store.save(ring, [owner])
     for info in new:
         print(f"{info.key_id} ({info.purpose.value}, {info.algorithm.value}) is now active")
 
@@ -130,15 +132,16 @@ def revoke(
     of a revocation (in an incident, it must always be possible)."""
     settings = Settings.from_env()
     store = KeyStore(settings.keys_dir)
-    ring, refused = store.load_each()
-    owner = key_id.partition(".")[0]
-    if owner in refused:
-        raise KeyStoreError(
-            f"cannot revoke {key_id}: {owner}'s key document is refused ({refused[owner]}); "
-            "fix or restore it, then revoke"
-        )
-    info = ring.revoke(key_id, _now(), reason)
-    store.save(ring, [info.owner])
+    with store.locked():  # read, change and write as one, against a rotation at the same time
+        ring, refused = store.load_each()
+        owner = key_id.partition(".")[0]
+        if owner in refused:
+            raise KeyStoreError(
+                f"cannot revoke {key_id}: {owner}'s key document is refused "
+                f"({refused[owner]}); fix or restore it, then revoke"
+            )
+        info = ring.revoke(key_id, _now(), reason)
+        store.save(ring, [info.owner])
     print(f"{info.key_id} revoked")
     for ref, error in sorted(refused.items()):
         print(f"tiaki: note: {ref}'s key document is refused: {error}", file=sys.stderr)

@@ -9,6 +9,7 @@ Layout (``Settings.keys_dir``, by default ``.tiaki/keys``, which git ignores)::
         <key_ref>/                 0700
           <key_id>.json            0600  one private key
       revoked.jsonl                0600  every revocation seen, one JSON line each, append-only
+      .lock                        0600  held by ``tiaki keys`` while it changes documents
 
 ``key_ref`` is the agency registry's ``keys`` field, by default the agency id; the broker's key
 set is ``broker``. A public document::
@@ -46,10 +47,11 @@ refuses the whole folder, as a revocation that cannot be read must not be droppe
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -196,6 +198,23 @@ class KeyStore:
 
     def private_path(self, key_ref: str, key_id: str) -> Path:
         return self.private_dir / key_ref / f"{key_id}.json"
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the folder's write lock (an exclusive ``flock`` on ``.lock``): ``tiaki keys
+        init | rotate | revoke`` each read, change and write the documents under it, so two
+        run at once (a scheduled rotation and an incident's revocation) cannot lose each
+        other's write. Readers need no lock: every write is an atomic rename."""
+        _mkdir(self.root)
+        try:
+            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise KeyStoreError(f"{self.root}: cannot lock: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # and with it the lock
 
     def key_refs(self) -> list[str]:
         if not self.public_dir.is_dir():

@@ -133,3 +133,46 @@ def test_a_revocation_goes_through_while_another_agency_s_document_is_broken(
     # A key of the broken key set itself cannot be revoked until its document is fixed.
     assert main(["keys", "revoke", "corrections.sig.20250101T000000Z.0123abcd"]) == 1
     assert "corrections's key document is refused" in capsys.readouterr().err
+
+
+def test_a_revocation_during_a_rotation_is_not_lost_from_the_document(
+    home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Both read the key set's document, change it and write it back: without the folder's
+    lock the rotation, writing last, would put back the key the revocation had just revoked."""
+    import threading
+
+    from broker.envelope import KeyRing
+
+    assert main(["keys", "init"]) == 0
+    store = KeyStore(Settings.from_env().keys_dir)
+    victim = next(k.key_id for k in store.load().keys("corrections"))
+    rotating, release = threading.Event(), threading.Event()
+    rotate = KeyRing.rotate
+
+    def slow_rotate(self: KeyRing, *args: object, **kwargs: object) -> object:
+        rotating.set()
+        assert release.wait(10)
+        return rotate(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(KeyRing, "rotate", slow_rotate)
+    codes: dict[str, int] = {}
+    rotation = threading.Thread(
+        target=lambda: codes.update(rotate=main(["keys", "rotate", "corrections"]))
+    )
+    revocation = threading.Thread(
+        target=lambda: codes.update(revoke=main(["keys", "revoke", victim, "--reason", "test"]))
+    )
+    rotation.start()
+    assert rotating.wait(10)
+    revocation.start()
+    revocation.join(0.5)
+    assert revocation.is_alive()  # waiting for the rotation's lock, not writing beside it
+    release.set()
+    rotation.join(10)
+    revocation.join(10)
+    assert codes == {"rotate": 0, "revoke": 0}
+    document = json.loads(store.public_path("corrections").read_text())
+    states = {k["key_id"]: k["state"] for k in document["keys"]}
+    assert states[victim] == "revoked"
+    assert sum(state == "active" for state in states.values()) >= 2  # the rotation's new keys
