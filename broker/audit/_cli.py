@@ -284,6 +284,13 @@ def verify_command(
         list[Path] | None,
         typer.Option("--witness", help="Checkpoints an agency saved (tiaki audit witness)."),
     ] = None,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Also exit 1 if a chain has no checkpoint at all (nothing vouches for it).",
+        ),
+    ] = False,
 ) -> None:
     """Verify every chain and checkpoint; exit 1 naming the first bad position."""
     settings = _settings()
@@ -302,6 +309,8 @@ def verify_command(
             audit, _, report = asyncio.run(verify_live(connection, ring, witnesses=saved))
             records = len(audit)
         outcome = "ok"
+        if strict and any(c.signed == 0 for c in report.chains):
+            outcome = "failed (--strict): a chain has no checkpoint"
     except LogTampered as exc:
         outcome = "failed"
         print(f"tiaki: audit log does NOT verify: {exc}", file=sys.stderr)
@@ -332,6 +341,23 @@ def verify_command(
         print(
             f"  {report.unsigned} records are after their chain's last checkpoint (chained, not yet signed)"
         )
+    unvouched = [c.chain for c in report.chains if c.signed == 0]
+    if unvouched:
+        # The log cannot tell a chain the broker never signed (a worker stopped for good
+        # within its first checkpoint interval) from one written by someone who can write
+        # tiaki.audit, or one whose checkpoints were all deleted: say so, and let --strict
+        # (run when the broker has been up for more than a checkpoint interval) fail on it.
+        print(
+            f"  {len(unvouched)} chains have no checkpoint at all, so nothing vouches for "
+            f"their records: {', '.join(unvouched)}",
+            file=sys.stderr if strict else sys.stdout,
+        )
+        if strict:
+            print(
+                "tiaki: audit log does NOT verify (--strict): a chain has no checkpoint",
+                file=sys.stderr,
+            )
+            raise typer.Exit(1)
     if report.distrusted:
         print(
             f"  {len(report.distrusted)} checkpoints are signed by a revoked key and vouch for "

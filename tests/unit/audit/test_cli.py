@@ -258,3 +258,22 @@ def test_an_export_whose_access_cannot_be_recorded_is_not_left_behind(
     assert main(["audit", "export", "--out", str(out)]) == 1
     assert "the access log cannot be written" in capsys.readouterr().err
     assert list(home.glob("copy.jsonl*")) == []
+
+
+def test_a_chain_no_checkpoint_vouches_for_is_named_and_fails_strict(
+    home: Path, log: SyntheticLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A whole chain's checkpoints deleted (or a chain invented by someone who can write
+    tiaki.audit) still chains: the log alone cannot call it tampering, but it must not pass
+    unremarked, and --strict fails on it."""
+    stripped = [c for c in log.checkpoints if c.key != b"tiaki-broker-1"]
+    path = export(home / "stripped.jsonl", log.audit + stripped)
+    assert main(["audit", "verify", "--file", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 chains have no checkpoint at all, so nothing vouches for their records: " in out
+    assert out.rstrip().endswith("tiaki-broker-1")
+    assert main(["audit", "verify", "--file", str(path), "--strict"]) == 1
+    assert "does NOT verify (--strict)" in capsys.readouterr().err
+    whole = export(home / "whole.jsonl", log.audit + log.checkpoints)
+    assert main(["audit", "verify", "--file", str(whole), "--strict"]) == 0
+    assert "no checkpoint at all" not in capsys.readouterr().out
