@@ -51,6 +51,7 @@ import fcntl
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -204,14 +205,23 @@ class KeyStore:
         """Hold the folder's write lock (an exclusive ``flock`` on ``.lock``): ``tiaki keys
         init | rotate | revoke`` each read, change and write the documents under it, so two
         run at once (a scheduled rotation and an incident's revocation) cannot lose each
-        other's write. Readers need no lock: every write is an atomic rename."""
+        other's write. Readers need no lock: every write is an atomic rename. (``flock`` on a
+        network file system mounted without locking only excludes commands on one machine.)"""
         _mkdir(self.root)
         try:
             fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise KeyStoreError(f"{self.root}: cannot lock: {exc.strerror}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # say why nothing happens yet, then wait
+                print(
+                    f"tiaki: note: waiting for {self.root / '.lock'}: another `tiaki keys` "
+                    "command is changing the key documents",
+                    file=sys.stderr,
+                )
+                fcntl.flock(fd, fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)  # and with it the lock

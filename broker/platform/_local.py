@@ -38,10 +38,9 @@ from typing import Any
 from broker._errors import MissingToolError, PlatformError
 from broker.platform._secrets import new_password, private_dir, read_json, write_secret_json
 from broker.platform._tls import (
-    CA_MARGIN,
     NODE_PRINCIPAL,
     TlsPaths,
-    certificate_expires,
+    ca_problem,
     make_tls_material,
     node_certificate_expires,
     renew_node_certificate,
@@ -164,22 +163,30 @@ class LocalKafka:
         return creds
 
     def ensure_tls(self, now: dt.datetime) -> str | None:
-        """Create the CA and node certificate, or renew the node's when near expiry; what
-        was done, for ``up`` to report, or None. A renewal keeps the CA (every client's copy
-        of ``ca.pem`` stays valid) unless the CA itself would expire before the new node
-        certificate: then both are made anew, and clients need the new ``ca.pem``."""
+        """Create the CA and node certificate, or renew the node's when near expiry (or
+        missing); what was done, for ``up`` to report, or None. The node's certificate is
+        issued under the existing CA whenever that CA can issue it (:func:`ca_problem`), so
+        the copies of ``ca.pem`` clients hold stay valid; otherwise both are made anew, and
+        the message says what clients need."""
         tls = self.tls
-        if not (tls.node_keystore.exists() and tls.ca_cert.exists()):
+        if tls.node_keystore.exists() and tls.ca_cert.exists():
+            expires = node_certificate_expires(tls.node_keystore.read_bytes())
+            if expires - now > dt.timedelta(days=7):
+                return None
+        if tls.ca_cert.exists():
+            ca_cert = tls.ca_cert.read_bytes()
+            ca_key = tls.ca_key.read_bytes() if tls.ca_key.exists() else b""
+            problem = ca_problem(ca_cert, ca_key, now) if ca_key else "its key is missing"
+            if problem is None:
+                write_tls_material(tls, renew_node_certificate(ca_cert, ca_key, now))
+                return "issued a new node certificate under the same local CA"
             write_tls_material(tls, make_tls_material(now))
-            return f"made a local CA and node certificate in {tls.ca_cert.parent}"
-        if node_certificate_expires(tls.node_keystore.read_bytes()) - now > dt.timedelta(days=7):
-            return None
-        ca_cert = tls.ca_cert.read_bytes()
-        if tls.ca_key.exists() and certificate_expires(ca_cert) - now > CA_MARGIN:
-            write_tls_material(tls, renew_node_certificate(ca_cert, tls.ca_key.read_bytes(), now))
-            return "renewed the node certificate under the same local CA"
+            return (
+                f"made a new local CA ({problem}): run `tiaki provision`, then give every "
+                "adapter the new profiles/ca.pem"
+            )
         write_tls_material(tls, make_tls_material(now))
-        return f"the local CA was near expiry: made a new one; give every client {tls.ca_cert}"
+        return f"made a local CA and node certificate in {tls.ca_cert.parent}"
 
     # -- configuration ------------------------------------------------------------------------
 

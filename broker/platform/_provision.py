@@ -80,7 +80,14 @@ class ClusterAdmin:
     def __init__(self, profile: Profile, timeout: float = _TIMEOUT) -> None:
         config: dict[str, str | int | float | bool] = dict(profile.librdkafka())
         config["socket.timeout.ms"] = int(timeout * 1000)
-        self._admin = AdminClient(config)
+        try:
+            self._admin = AdminClient(config)
+        except KafkaException as exc:  # e.g. a CA file librdkafka cannot read
+            error = exc.args[0] if exc.args else exc
+            reason = getattr(error, "str", lambda: str(error))()
+            raise ProvisionError(
+                f"cannot connect as {profile.sasl_plain_username}: {reason}"
+            ) from None
         self._timeout = timeout
 
     def _wait(self, what: str, future: Any) -> Any:
@@ -310,6 +317,7 @@ def provision(
     admin: ClusterAdmin | None = None,
 ) -> ProvisionReport:
     """Reconcile the cluster behind ``admin_profile`` with ``registry``; write profiles."""
+    ca = _read_ca(admin_profile)  # before anything changes: the profiles need it
     admin = admin or ClusterAdmin(admin_profile)
     desired = desired_state(registry, admin.broker_count(), partitions)
     tracked = {name: spec.config.keys() for name, spec in desired.topics.items()}
@@ -353,7 +361,7 @@ def provision(
     admin.remove_acls(c.acl for c in changes if c.kind == "acl" and c.action == "remove" and c.acl)
     admin.add_acls(c.acl for c in changes if c.kind == "acl" and c.action == "add" and c.acl)
 
-    ca_beside = _copy_ca(admin_profile, profiles_dir)
+    ca_beside = _copy_ca(ca, admin_profile, profiles_dir)
     for name in sorted(desired.principals):
         path = profile_path(profiles_dir, name)
         if name in passwords or not path.exists():
@@ -366,19 +374,30 @@ def provision(
     return report
 
 
-def _copy_ca(admin_profile: Profile, profiles_dir: Path) -> str:
-    """Write the admin profile's CA certificate as ``ca.pem`` in ``profiles_dir`` (again on
-    every run, so a new CA reaches it) and return the name the profiles written beside it
-    use for it: relative, so a profile and ``ca.pem`` copied together still connect."""
+def _read_ca(admin_profile: Profile) -> bytes:
+    """The admin profile's CA certificate, or :class:`ProvisionError` in one line."""
+    try:
+        return Path(admin_profile.ssl_cafile).read_bytes()
+    except OSError as exc:
+        raise ProvisionError(
+            f"the admin profile's ssl_cafile {admin_profile.ssl_cafile}: {exc.strerror}"
+            " (it must be the CA certificate file)"
+        ) from None
+
+
+def _copy_ca(data: bytes, admin_profile: Profile, profiles_dir: Path) -> str:
+    """Write the admin profile's CA certificate (``data``) as ``ca.pem`` in ``profiles_dir``
+    (again on every run, so a new CA reaches it) and return the name the profiles written
+    beside it use for it: relative, so a profile and ``ca.pem`` copied together still
+    connect."""
     source = Path(admin_profile.ssl_cafile)
     target = profiles_dir / CA_BESIDE
-    if source.resolve() != target.resolve():
-        data = source.read_bytes()
-        if not target.exists() or target.read_bytes() != data:
-            partial = target.with_suffix(".pem.partial")
-            partial.write_bytes(data)
-            partial.chmod(0o644)  # a certificate, public; its folder is 0700
-            partial.replace(target)
+    stale = not target.exists() or target.read_bytes() != data
+    if source.resolve() != target.resolve() and stale:
+        partial = target.with_suffix(".pem.partial")
+        partial.write_bytes(data)
+        partial.chmod(0o644)  # a certificate, public; its folder is 0700
+        partial.replace(target)
     return CA_BESIDE
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,14 +158,44 @@ def node_certificate_expires(keystore_pem: bytes) -> dt.datetime:
     return certificate_expires(keystore_pem)
 
 
+def ca_problem(ca_cert_pem: bytes, ca_key_pem: bytes, now: dt.datetime) -> str | None:
+    """Why this CA cannot issue a renewed node certificate, or None if it can: its key must
+    be the certificate's, and it must outlive a new node certificate (:data:`CA_MARGIN`)."""
+    try:
+        cert = x509.load_pem_x509_certificate(ca_cert_pem)
+        key = serialization.load_pem_private_key(ca_key_pem, password=None)
+    except ValueError:
+        return "its certificate or key does not parse"
+    raw = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*raw) != cert.public_key().public_bytes(*raw):
+        return "its key is not its certificate's"
+    if cert.not_valid_after_utc - now <= CA_MARGIN:
+        return "it would expire before a new node certificate"
+    return None
+
+
 def write_tls_material(paths: TlsPaths, material: TlsMaterial) -> None:
-    """Write the material; private keys readable by their owner only."""
+    """Write the material, each file whole (a temporary file renamed into place), private
+    keys readable by their owner only. A file that already holds the same bytes is left as
+    it is (a renewal never rewrites the CA key), and the CA key goes before the CA
+    certificate: an interrupted write leaves at worst a key that is not its certificate's,
+    which :func:`ca_problem` notices, never a truncated key."""
     paths.ca_cert.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    paths.ca_cert.write_bytes(material.ca_cert_pem)
-    for path, data in (
-        (paths.ca_key, material.ca_key_pem),
-        (paths.node_keystore, material.node_keystore_pem),
+    for path, data, mode in (
+        (paths.ca_key, material.ca_key_pem, 0o600),
+        (paths.node_keystore, material.node_keystore_pem, 0o600),
+        (paths.ca_cert, material.ca_cert_pem, 0o644),
     ):
-        path.touch(mode=0o600, exist_ok=True)
-        path.chmod(0o600)
-        path.write_bytes(data)
+        if path.exists() and path.read_bytes() == data:
+            continue
+        partial = path.with_name(f".{path.name}.partial")
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(partial, path)

@@ -235,10 +235,9 @@ def list_command(
     state; and a count per reason. Never their content."""
     if fmt not in FORMATS:
         raise TiakiError(f"--format must be one of {', '.join(FORMATS)}")
-    if reason is not None and reason not in quarantine_reasons():
-        raise TiakiError(
-            f"--reason: no reason code {reason!r}; one of {', '.join(quarantine_reasons())}"
-        )
+    listed = (*quarantine_reasons(), UNREADABLE)  # UNREADABLE: a record without its header
+    if reason is not None and reason not in listed:
+        raise TiakiError(f"--reason: no reason code {reason!r}; one of {', '.join(sorted(listed))}")
     tools = BrokerTools()
     entries = read_quarantine(tools.read(DLQ), tools.opener(), tools.schemas, datetime.now(UTC))
     if reason is not None:

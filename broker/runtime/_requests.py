@@ -27,8 +27,8 @@ every request ever made. After retirement a late answer finds no request and car
 request facts, so the shipped policy denies it (audited as any decision). The id stays its
 requester's: another agency's request under it is still refused (a freed id would let that
 agency's request collect late answers meant for the first requester), and the requester may
-make a new request under it. What a retired request leaves is its id, requester, deadline,
-partition and settling time: a few dozen bytes per request ever made, in memory and on the
+make a new request under it. What a retired request leaves is its id, requester, event id,
+deadline, partition and settling time: a few dozen bytes per request ever made, in memory and on the
 topic (a tombstone, an empty value, would end even that reservation; nothing writes one).
 
 Routing itself is policy: the request and each response go wherever the rules permit. This

@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker._cli import main
+from broker._errors import TiakiError
 from broker.policy import Engine, compile_policy, load_policy_set
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -454,3 +455,10 @@ def test_an_unknown_quarantine_reason_is_refused_before_connecting(
     err = one_line(["quarantine", "list", "--reason", "tamperd"], capsys)
     assert "--reason: no reason code 'tamperd'; one of " in err
     assert "tampered" in err
+
+    def reached(*_: object, **__: object) -> None:
+        raise TiakiError("reached Kafka")
+
+    monkeypatch.setattr("broker.runtime._quarantine.BrokerTools", reached)
+    for listed in ("unreadable", "request_id_in_use"):  # the list's own labels pass
+        assert "reached Kafka" in one_line(["quarantine", "list", "--reason", listed], capsys)

@@ -95,7 +95,7 @@ def test_renewing_the_node_certificate_keeps_the_ca_clients_trust(tmp_path: Path
     first = node.tls.node_keystore.read_bytes()
     assert node.ensure_tls(start + dt.timedelta(days=300)) is None  # not yet due
     renewal = start + dt.timedelta(days=395)
-    assert node.ensure_tls(renewal) == "renewed the node certificate under the same local CA"
+    assert node.ensure_tls(renewal) == "issued a new node certificate under the same local CA"
     assert node.tls.ca_cert.read_bytes() == ca
     renewed = node.tls.node_keystore.read_bytes()
     assert renewed != first
@@ -114,5 +114,44 @@ def test_a_ca_near_its_own_expiry_is_made_anew_and_said(tmp_path: Path) -> None:
     late = start + dt.timedelta(days=3650 - 100)  # the node's due, the CA outlives it too little
     done = node.ensure_tls(late)
     assert done is not None
-    assert "give every client" in done
+    assert "it would expire before a new node certificate" in done
+    assert "run `tiaki provision`, then give every adapter the new profiles/ca.pem" in done
+    assert node.tls.ca_cert.read_bytes() != ca
+
+
+def test_a_lost_node_key_store_is_reissued_under_the_same_ca(tmp_path: Path) -> None:
+    import datetime as dt
+
+    node = kafka(tmp_path)
+    start = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    node.ensure_tls(start)
+    ca, ca_key = node.tls.ca_cert.read_bytes(), node.tls.ca_key.read_bytes()
+    node.tls.node_keystore.unlink()
+    assert node.ensure_tls(start) == "issued a new node certificate under the same local CA"
+    assert (node.tls.ca_cert.read_bytes(), node.tls.ca_key.read_bytes()) == (ca, ca_key)
+
+
+@pytest.mark.parametrize("spoil", ["missing", "another"])
+def test_a_ca_whose_key_is_lost_or_not_its_own_is_made_anew_and_said(
+    tmp_path: Path, spoil: str
+) -> None:
+    """An interrupted write, or a hand-copied key, must not give a node certificate that
+    does not verify against ca.pem; the message says why and what clients need."""
+    import datetime as dt
+
+    from broker.platform._tls import make_tls_material
+
+    node = kafka(tmp_path)
+    start = dt.datetime(2026, 12, 1, tzinfo=dt.UTC)
+    node.ensure_tls(start)
+    ca = node.tls.ca_cert.read_bytes()
+    node.tls.node_keystore.unlink()
+    if spoil == "missing":
+        node.tls.ca_key.unlink()
+    else:
+        node.tls.ca_key.write_bytes(make_tls_material(start).ca_key_pem)
+    done = node.ensure_tls(start)
+    assert done is not None
+    why = "its key is missing" if spoil == "missing" else "its key is not its certificate's"
+    assert done.startswith(f"made a new local CA ({why})")
     assert node.tls.ca_cert.read_bytes() != ca

@@ -224,3 +224,22 @@ def test_profiles_name_a_ca_beside_them_so_they_can_be_copied_with_it(tmp_path: 
     ca.write_bytes(b"a new CA")
     provision(REGISTRY, admin, profiles, admin=fake_cluster(FakeAdmin([])))
     assert (profiles / "ca.pem").read_bytes() == b"a new CA"  # every run copies it again
+
+
+def test_an_unreadable_ca_stops_provision_before_it_changes_the_cluster(tmp_path: Path) -> None:
+    """Profiles need the CA: reading it after resetting passwords left principals whose new
+    passwords no profile held, reset again by every run."""
+    from broker._errors import ProvisionError
+
+    class Watched(FakeAdmin):
+        touched = False
+
+        def alter_user_scram_credentials(self, changes: list[Any]) -> dict[Any, Future[Any]]:
+            Watched.touched = True
+            return super().alter_user_scram_credentials(changes)
+
+    admin = ADMIN.model_copy(update={"ssl_cafile": str(tmp_path / "no-such-ca.pem")})
+    with pytest.raises(ProvisionError, match=r"ssl_cafile .*no-such-ca\.pem"):
+        provision(REGISTRY, admin, tmp_path, admin=fake_cluster(Watched([])))
+    assert not Watched.touched
+    assert not list(tmp_path.glob("*.json"))
