@@ -511,8 +511,8 @@ class Pipeline:
             # Keyed by the case reference (audit_key), beside the case's decisions; by the
             # request id when the case is unknown.
             outputs.append(self._audit(audit, str(state["request_id"]).encode()))
-        for request_id, retirement in zip(lapsed.retired, lapsed.retirements, strict=True):
-            self._escalated.append((request_id, RETIRED))
+        for retirement in lapsed.retirements:
+            self._escalated.append((str(retirement["request_id"]), RETIRED))
             outputs.append(self._request_state(retirement))
         return outputs
 

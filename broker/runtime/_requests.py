@@ -187,10 +187,14 @@ class Lapsed:
 
     #: (the request's new state, holder) for each holder escalated.
     escalated: list[tuple[dict[str, Any], str]]
-    #: The ids of the requests retired (after their escalations, if any, in the same pass).
-    retired: list[str]
-    #: The state record that retires each of them (:meth:`_Request.retirement`), in order.
-    retirements: list[dict[str, Any]] = field(default_factory=list)
+    #: The state record that retires each request retired (:meth:`_Request.retirement`),
+    #: written after the pass's escalations.
+    retirements: list[dict[str, Any]]
+
+    @property
+    def retired(self) -> list[str]:
+        """The ids of the requests retired, in order."""
+        return [str(r["request_id"]) for r in self.retirements]
 
 
 class RequestBook:
@@ -349,24 +353,8 @@ class RequestBook:
 
         A retired request is kept aside until :meth:`forget_retired`, so that
         :meth:`unescalate` can bring it back (pair it with :data:`RETIRED`)."""
-        return self._lapse(now, assignment, retire=True)
-
-    def overdue(
-        self, now: datetime, assignment: Collection[tuple[str, int]] | None = None
-    ) -> list[tuple[dict[str, Any], str]]:
-        """Mark every unanswered, not yet escalated holder past its deadline as escalated;
-        return (the request's new state, holder) for each. With ``assignment`` (this worker's
-        partitions), only the requests it owns (see the module docs); without, every one.
-        Retires nothing (:meth:`lapse` does both)."""
-        return self._lapse(now, assignment, retire=False).escalated
-
-    def _lapse(
-        self, now: datetime, assignment: Collection[tuple[str, int]] | None, *, retire: bool
-    ) -> Lapsed:
         escalated: list[tuple[dict[str, Any], str]] = []
-        retired: list[str] = []
         retirements: list[dict[str, Any]] = []
-        kept: list[_Request] = []  # due for retirement, not retired in this pass
         owners = self._heaps.keys() if assignment is None else assignment
         for owner in list(owners):
             heap = self._heaps.get(owner)
@@ -383,18 +371,13 @@ class RequestBook:
                     escalated.append((request.state(), holder))
                 if now < request.deadline():  # its retirement, nobody waiting now
                     self._schedule(request)
-                elif retire:
+                else:
                     del self._requests[request_id]
                     self._retiring[request_id] = request
                     self._retired[request_id] = request.requester
-                    retired.append(request_id)
                     retirements.append(request.retirement())
-                else:
-                    kept.append(request)
-        for request in kept:
-            self._schedule(request)
         self._compact()
-        return Lapsed(escalated, retired, retirements)
+        return Lapsed(escalated, retirements)
 
     def unescalate(self, pairs: Iterable[tuple[str, str]]) -> None:
         """Undo escalations, and retirements (holder :data:`RETIRED`), whose records were never

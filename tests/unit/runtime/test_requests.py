@@ -37,29 +37,29 @@ def test_answered_request_never_escalates() -> None:
     answered = book.apply("InformationResponse", RESPONSE)
     assert answered is not None
     assert answered["answered"] == ["police"]
-    assert book.overdue(DUE + timedelta(days=3)) == []
+    assert book.lapse(DUE + timedelta(days=3)).escalated == []
     assert book.open_requests() == []
 
 
 def test_unanswered_request_escalates_once_and_an_abort_undoes_it() -> None:
     book = RequestBook()
     book.apply("InformationRequest", REQUEST)
-    assert book.overdue(DUE - timedelta(minutes=1)) == []
-    first = book.overdue(DUE)
+    assert book.lapse(DUE - timedelta(minutes=1)).escalated == []
+    first = book.lapse(DUE).escalated
     assert [(s["escalated"], holder) for s, holder in first] == [(["police"], "police")]
-    assert book.overdue(DUE + timedelta(hours=1)) == []  # once
+    assert book.lapse(DUE + timedelta(hours=1)).escalated == []  # once
     book.unescalate([("SYN-REQ-0001", "police")])  # its transaction aborted
-    assert len(book.overdue(DUE + timedelta(hours=1))) == 1  # so it is made again
+    assert len(book.lapse(DUE + timedelta(hours=1)).escalated) == 1  # so it is made again
 
 
 def test_book_rebuilds_from_its_state_records() -> None:
     book = RequestBook()
     states = [book.apply("InformationRequest", REQUEST)]
-    states += [s for s, _ in book.overdue(DUE)]
+    states += [s for s, _ in book.lapse(DUE).escalated]
     rebuilt = RequestBook()
     rebuilt.load([s for s in states if s is not None])
     assert rebuilt.open_requests() == book.open_requests()
-    assert rebuilt.overdue(DUE + timedelta(days=1)) == []  # already escalated
+    assert rebuilt.lapse(DUE + timedelta(days=1)).escalated == []  # already escalated
 
 
 def _another_agency(request: dict[str, Any], agency: str, event_id: str) -> dict[str, Any]:
@@ -89,10 +89,15 @@ def test_only_the_owner_of_the_requests_partition_escalates_it() -> None:
     book = RequestBook()
     book.apply("InformationRequest", REQUEST, 2)
     assert (
-        book.overdue(DUE, frozenset({("tiaki.ingress.msd", 0), ("tiaki.ingress.police", 2)})) == []
+        book.lapse(
+            DUE, frozenset({("tiaki.ingress.msd", 0), ("tiaki.ingress.police", 2)})
+        ).escalated
+        == []
     )
-    assert book.overdue(DUE, frozenset({("tiaki.ingress.police", 2)})) == []  # not msd's topic
-    owned = book.overdue(DUE, frozenset({("tiaki.ingress.msd", 2)}))
+    assert (
+        book.lapse(DUE, frozenset({("tiaki.ingress.police", 2)})).escalated == []
+    )  # not msd's topic
+    owned = book.lapse(DUE, frozenset({("tiaki.ingress.msd", 2)})).escalated
     assert [(s["partition"], holder) for s, holder in owned] == [(2, "police")]
 
 
@@ -105,8 +110,8 @@ def test_a_record_older_than_v2_is_escalated_by_the_owner_of_partition_0_until_a
     legacy = {k: v for k, v in state.items() if k != "partition"}
     old = RequestBook()
     old.load([legacy])
-    assert old.overdue(DUE, frozenset({("tiaki.ingress.msd", 1)})) == []
-    assert len(old.overdue(DUE, frozenset({("tiaki.ingress.msd", 0)}))) == 1
+    assert old.lapse(DUE, frozenset({("tiaki.ingress.msd", 1)})).escalated == []
+    assert len(old.lapse(DUE, frozenset({("tiaki.ingress.msd", 0)})).escalated) == 1
     answered = RequestBook()
     answered.load([legacy])
     learned = answered.apply("InformationResponse", RESPONSE, 2)

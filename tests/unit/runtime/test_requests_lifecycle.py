@@ -91,11 +91,11 @@ def test_a_pass_looks_only_at_the_requests_that_are_due() -> None:
         book.apply("InformationRequest", later, 0)
     book.apply("InformationRequest", REQUEST, 0)
     guarded = book._requests = _Guarded(book._requests)
-    assert [(s["request_id"], h) for s, h in book.overdue(DUE, {(MSD, 0)})] == [
+    assert [(s["request_id"], h) for s, h in book.lapse(DUE, {(MSD, 0)}).escalated] == [
         ("SYN-REQ-0001", "police")
     ]
     assert guarded.gets == 1
-    assert book.overdue(DUE + timedelta(hours=1)) == []
+    assert book.lapse(DUE + timedelta(hours=1)).escalated == []
     assert guarded.gets == 1  # nothing is due: nothing is looked at
 
 
@@ -293,7 +293,7 @@ def test_a_request_escalated_late_is_kept_a_whole_retention_after_its_escalation
     still has the whole retention to answer late."""
     book = RequestBook()
     book.apply("InformationRequest", REQUEST, 0)
-    assert book.overdue(RETIRE) != []  # overdue() escalates and retires nothing
+    assert book.lapse(RETIRE).escalated != []  # escalated now: not retired in this pass
     book.unescalate([("SYN-REQ-0001", "police")])
     lapsed = book.lapse(RETIRE)
     assert [(s["escalated"], h) for s, h in lapsed.escalated] == [(["police"], "police")]
@@ -453,13 +453,13 @@ def test_a_request_sent_again_keeps_what_the_holders_it_still_names_did() -> Non
     book = RequestBook()
     book.apply("InformationRequest", _request(["police", "health-nz"]), 0)
     book.apply("InformationResponse", _answer("police"), 0)
-    assert [h for _, h in book.overdue(DUE)] == ["health-nz"]
+    assert [h for _, h in book.lapse(DUE).escalated] == ["health-nz"]
     again = book.apply(
         "InformationRequest", _request(["police", "health-nz", "corrections"], "again-1"), 0
     )
     assert again is not None
     assert (again["answered"], again["escalated"]) == (["police"], ["health-nz"])
-    assert [h for _, h in book.overdue(DUE)] == ["corrections"]
+    assert [h for _, h in book.lapse(DUE).escalated] == ["corrections"]
     narrowed = book.apply("InformationRequest", _request(["corrections"], "again-2"), 0)
     assert narrowed is not None
     assert (narrowed["holders"], narrowed["answered"], narrowed["escalated"]) == (
@@ -474,11 +474,11 @@ def test_a_request_sent_again_with_a_later_deadline_escalates_at_that_one() -> N
     book.apply("InformationRequest", REQUEST, 0)
     later = _request(["police"], "again-1") | {"respond_by": DUE + timedelta(days=2)}
     book.apply("InformationRequest", later, 0)
-    assert book.overdue(DUE + timedelta(days=1)) == []
-    assert len(book.overdue(DUE + timedelta(days=2))) == 1
+    assert book.lapse(DUE + timedelta(days=1)).escalated == []
+    assert len(book.lapse(DUE + timedelta(days=2)).escalated) == 1
     sooner = _request(["corrections"], "again-2") | {"respond_by": DUE - timedelta(days=1)}
     book.apply("InformationRequest", sooner, 0)
-    assert [h for _, h in book.overdue(DUE - timedelta(days=1))] == ["corrections"]
+    assert [h for _, h in book.lapse(DUE - timedelta(days=1)).escalated] == ["corrections"]
 
 
 def test_a_v1_record_escalates_on_the_partition_a_response_teaches_it() -> None:
@@ -488,8 +488,8 @@ def test_a_v1_record_escalates_on_the_partition_a_response_teaches_it() -> None:
     old = RequestBook()
     old.load([{k: v for k, v in state.items() if k != "partition"}])
     old.apply("InformationResponse", _answer("police"), 2)
-    assert old.overdue(DUE, {(MSD, 0)}) == []  # no longer partition 0's
-    assert [h for _, h in old.overdue(DUE, {(MSD, 2)})] == ["health-nz"]
+    assert old.lapse(DUE, {(MSD, 0)}).escalated == []  # no longer partition 0's
+    assert [h for _, h in old.lapse(DUE, {(MSD, 2)}).escalated] == ["health-nz"]
 
 
 # -- the escalation's audit record -------------------------------------------------------------

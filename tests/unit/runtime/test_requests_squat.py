@@ -99,7 +99,7 @@ def test_health_answers_a_squatted_id_only_as_the_squatters_own_request_allows()
     assert verdicts["police"].rule_ids[0] == "ota-s66-requirement"
     # ...and nothing reaches Oranga Tamariki under s66: its request was refused, not tracked.
     assert verdicts["oranga-tamariki"].outcome is Outcome.DENY
-    assert [h for _, h in book.overdue(datetime(2100, 1, 1, tzinfo=UTC))] == ["health-nz"]
+    assert [h for _, h in book.lapse(datetime(2100, 1, 1, tzinfo=UTC)).escalated] == ["health-nz"]
 
 
 @pytest.mark.parametrize(

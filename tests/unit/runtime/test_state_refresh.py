@@ -250,7 +250,7 @@ async def test_a_redone_batch_writes_the_state_records_the_aborted_one_lost() ->
     assert OT in membership(n.cases)
     await same_as_topics(cluster, n)
     fresh = await rebuild_state(cluster.reader(), SCHEMAS)
-    assert len(fresh.requests.overdue(NOW + timedelta(days=3))) == 1  # the request survived
+    assert len(fresh.requests.lapse(NOW + timedelta(days=3)).escalated) == 1  # it survived
 
 
 @pytest.mark.parametrize(
