@@ -4,6 +4,7 @@ configuration loader and the command line's one-line errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import shutil
@@ -171,12 +172,31 @@ async def test_folder_and_stdout_sinks_write_one_document_per_event(tmp_path: Pa
     assert json.loads(out.getvalue())["idempotency_key"] == event.event_id
 
 
+class _Quiet(BaseHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A local HTTP server answering with ``handler``, its /tiaki URL, stopped afterwards."""
+    server = HTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/tiaki"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
 @pytest.fixture
 def webhook_receiver() -> Iterator[tuple[str, list[tuple[str, dict[str, Any]]], list[int]]]:
     got: list[tuple[str, dict[str, Any]]] = []
     statuses = [503, 200]
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(_Quiet):
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             status = statuses.pop(0) if statuses else 200
@@ -185,18 +205,8 @@ def webhook_receiver() -> Iterator[tuple[str, list[tuple[str, dict[str, Any]]], 
             self.send_response(status)
             self.end_headers()
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/tiaki", got, statuses
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving(Handler) as url:
+        yield url, got, statuses
 
 
 async def test_webhook_sink_fails_on_non_2xx_and_sends_an_idempotency_key(
@@ -354,7 +364,7 @@ async def test_webhook_sink_does_not_follow_a_redirect(status: int) -> None:
     urllib would send) is not a delivery."""
     seen: list[str] = []
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(_Quiet):
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers["Content-Length"]))
             seen.append("POST")
@@ -369,18 +379,8 @@ async def test_webhook_sink_does_not_follow_a_redirect(status: int) -> None:
             self.send_header("Content-Length", "0")
             self.end_headers()
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = HTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        sink = WebhookSink(f"http://127.0.0.1:{server.server_address[1]}/tiaki", timeout_s=5)
+    with serving(Handler) as url:
+        sink = WebhookSink(url, timeout_s=5)
         with pytest.raises(SinkFailed, match=f"webhook answered {status}"):
             await sink.deliver(received())
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
     assert seen == ["POST"]

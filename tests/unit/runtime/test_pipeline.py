@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from broker.codec import decode, encode, from_json
 from broker.envelope import Algorithm, EnvelopeError, Kind, Opener, ReplayCache, Sealer
-from broker.platform import ingress
+from broker.platform import egress, ingress
 from broker.runtime import Accepted, Decider, Intake, Outcome, Pipeline, Verdict
 from broker.runtime._audit import audited_pairs, grounds_ref
 from broker.runtime._pipeline import (
@@ -26,6 +26,7 @@ from broker.runtime._pipeline import (
     REVIEW_ID_HEADER,
     REVIEW_KIND_HEADER,
     SUBJECTS_HEADER,
+    Processed,
     body_json,
 )
 from broker.transport import Record
@@ -399,6 +400,23 @@ def sealed_example(harness: Harness, event_type: str, source: str, **fields: Any
     return Record(ingress(source), 0, harness.offset, b"SYN-CASE-0001", value, (), 0)
 
 
+def refused_and_told(
+    harness: Harness, processed: Processed, reason: str, sender: str
+) -> dict[str, Any]:
+    """Assert ``processed`` is an admitted event refused for ``reason``: kept whole in
+    quarantine, audited as a quarantine from ``sender``, and ``sender`` told on its egress
+    topic; return the refusal notice, opened."""
+    assert processed.quarantine_reason == reason
+    assert [o.topic for o in processed.outputs] == ["tiaki.dlq", "tiaki.audit", egress(sender)]
+    assert dict(processed.outputs[0].headers)[REASON_HEADER] == reason.encode()
+    audit = decode(processed.outputs[1].value, AUDIT)
+    assert (audit["action"], audit["reason_codes"]) == ("quarantine", [reason])
+    assert audit["source_agency"] == sender
+    notice = harness.open_for(sender, egress(sender), processed.outputs[2].value)
+    assert notice["reason"] == reason
+    return notice
+
+
 def test_an_unauthorised_membership_event_is_quarantined_and_changes_nothing() -> None:
     """Corrections allocating itself to a case (review-policy s3 (b)) is refused: quarantined
     with its own reason, audited, reported to Corrections, never decided or shared, and it
@@ -415,18 +433,7 @@ def test_an_unauthorised_membership_event_is_quarantined_and_changes_nothing() -
         harness, "CaseAllocation", "corrections", agency={"agency_id": "corrections"}
     )
     processed = harness.pipeline.process(forged, NOW)
-    assert processed.quarantine_reason == "unauthorised_membership"
-    assert [o.topic for o in processed.outputs] == [
-        "tiaki.dlq",
-        "tiaki.audit",
-        "tiaki.egress.corrections",
-    ]
-    assert dict(processed.outputs[0].headers)[REASON_HEADER] == b"unauthorised_membership"
-    audit = decode(processed.outputs[1].value, AUDIT)
-    assert (audit["action"], audit["reason_codes"]) == ("quarantine", ["unauthorised_membership"])
-    assert audit["source_agency"] == "corrections"
-    notice = harness.open_for("corrections", "tiaki.egress.corrections", processed.outputs[2].value)
-    assert notice["reason"] == "unauthorised_membership"
+    notice = refused_and_told(harness, processed, "unauthorised_membership", "corrections")
     assert "only a coordinating agency" in notice["detail"]
     assert decided == []
     assert not harness.pipeline.cases.participates("SYN-CASE-0001", "corrections")

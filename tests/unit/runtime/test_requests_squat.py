@@ -12,10 +12,14 @@ import pytest
 from broker.codec import decode, encode
 from broker.runtime import Accepted, Outcome, Verdict
 from broker.runtime._cases import CaseMembership
-from broker.runtime._pipeline import REASON_HEADER
 from broker.runtime._requests import RequestBook, RequestIdInUse
 from tests.unit.runtime.test_intake import NOW, SCHEMAS
-from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider, sealed_example
+from tests.unit.runtime.test_pipeline import (
+    Harness,
+    ScriptedDecider,
+    refused_and_told,
+    sealed_example,
+)
 from tests.unit.runtime.test_policy_decider import _decide, _example
 
 AUDIT = SCHEMAS.latest("AuditRecord")
@@ -63,20 +67,7 @@ def test_a_request_id_another_agency_holds_is_quarantined_and_routed_nowhere() -
     assert harness.pipeline.process(squat, NOW).quarantine_reason is None
     clash = sealed_example(harness, "InformationRequest", "oranga-tamariki", **fields)
     processed = harness.pipeline.process(clash, NOW)
-    assert processed.quarantine_reason == "request_id_in_use"
-    assert [o.topic for o in processed.outputs] == [
-        "tiaki.dlq",
-        "tiaki.audit",
-        "tiaki.egress.oranga-tamariki",
-    ]
-    assert dict(processed.outputs[0].headers)[REASON_HEADER] == b"request_id_in_use"
-    audit = decode(processed.outputs[1].value, AUDIT)
-    assert (audit["action"], audit["reason_codes"]) == ("quarantine", ["request_id_in_use"])
-    assert audit["source_agency"] == "oranga-tamariki"
-    notice = harness.open_for(
-        "oranga-tamariki", "tiaki.egress.oranga-tamariki", processed.outputs[2].value
-    )
-    assert notice["reason"] == "request_id_in_use"
+    notice = refused_and_told(harness, processed, "request_id_in_use", "oranga-tamariki")
     assert "police" not in notice["detail"]  # the refusal says little
     assert decided == ["police"]  # OT's request was never decided, so never routed
     assert harness.pipeline.requests.requester(S66_ID) == "police"
