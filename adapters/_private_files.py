@@ -12,28 +12,13 @@ a sink raises, so the SDK does not mark the event handled nor commit its offset.
 
 from __future__ import annotations
 
-import contextlib
-import os
 from pathlib import Path
 
-from broker._durable import fsync_dir, write_all
+from broker._durable import replace_whole
 
 
 def write_private(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` (``0600``, its folder ``0700`` if new): all of it, or raise
     :class:`OSError` and leave ``path`` as it was."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        try:
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(path.parent)
+    replace_whole(path, data, 0o600)

@@ -5,11 +5,13 @@ Two steps every such write shares. ``os.write`` may write fewer bytes than asked
 full disk, past a file size limit), so :func:`write_all` calls it until every byte is written,
 and treats a write that takes nothing without an error as a full disk (``ENOSPC``). A rename or
 link into place is durable only once its folder is fsynced (:func:`fsync_dir`). Each caller
-writes to a temporary name, fsyncs it, puts it in place, then fsyncs the folder.
+writes to a temporary name, fsyncs it, puts it in place, then fsyncs the folder; most do all
+of that through :func:`replace_whole`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import stat
@@ -24,6 +26,27 @@ def write_all(fd: int, data: bytes) -> None:
         if written <= 0:  # a write that takes nothing and reports no error: treat as full
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         view = view[written:]
+
+
+def replace_whole(path: Path, data: bytes, mode: int) -> None:
+    """Replace ``path`` with ``data`` (permission bits ``mode``), whole or not at all: every
+    byte to ``.<name>.tmp`` beside it, fsync, rename into place, fsync the folder. On any
+    failure raise :class:`OSError`, remove the temporary file and leave ``path`` as it was."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.fchmod(fd, mode)
+            write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -58,7 +58,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from broker._durable import fsync_dir, open_to_others, write_all
+from broker._durable import fsync_dir, open_to_others, replace_whole, write_all
 from broker.envelope import _primitives as p
 from broker.envelope._errors import KeyStoreError
 from broker.envelope._keys import (
@@ -92,20 +92,9 @@ def _write(path: Path, data: bytes, mode: int) -> None:
     """Write all of ``data`` (``os.write`` may write less than asked on a nearly full disk, so
     loop), fsync, rename into place, fsync the folder; on any failure raise
     :class:`KeyStoreError` and leave ``path`` as it was (never a truncated key file)."""
-    tmp = path.with_name(f".{path.name}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(fd, mode)
-            write_all(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        replace_whole(path, data, mode)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise KeyStoreError(f"{path}: cannot write: {exc.strerror}") from None
 
 

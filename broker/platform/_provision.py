@@ -37,6 +37,7 @@ from confluent_kafka.admin import (
     UserScramCredentialUpsertion,
 )
 
+from broker._durable import replace_whole
 from broker._errors import ProvisionError
 from broker.platform import _topics as t
 from broker.platform._local import INTERNAL_USER, LocalKafka
@@ -394,10 +395,7 @@ def _copy_ca(data: bytes, admin_profile: Profile, profiles_dir: Path) -> str:
     target = profiles_dir / CA_BESIDE
     stale = not target.exists() or target.read_bytes() != data
     if source.resolve() != target.resolve() and stale:
-        partial = target.with_suffix(".pem.partial")
-        partial.write_bytes(data)
-        partial.chmod(0o644)  # a certificate, public; its folder is 0700
-        partial.replace(target)
+        replace_whole(target, data, 0o644)  # a certificate, public; its folder is 0700
     return CA_BESIDE
 
 

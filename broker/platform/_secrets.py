@@ -7,12 +7,11 @@ there is no moment at which another user could read them.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from pathlib import Path
 from typing import Any
 
-from broker._durable import fsync_dir
+from broker._durable import replace_whole
 
 
 def new_password() -> str:
@@ -32,15 +31,8 @@ def write_secret_json(path: Path, data: dict[str, Any]) -> None:
     old file or the new one, never an empty one (a lost password would lock its principal
     out until it is provisioned again)."""
     private_dir(path.parent)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2, sort_keys=True)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    text = json.dumps(data, indent=2, sort_keys=True) + "\n"
+    replace_whole(path, text.encode("utf-8"), 0o600)
 
 
 def read_json(path: Path) -> dict[str, Any] | None:

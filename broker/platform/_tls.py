@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from broker._durable import replace_whole
 
 #: Subject CN of the node certificate; Kafka names the controller-listener principal after it.
 NODE_COMMON_NAME = "tiaki-kafka-node"
@@ -148,14 +149,9 @@ def renew_node_certificate(
     )
 
 
-def certificate_expires(cert_pem: bytes) -> dt.datetime:
-    """The ``not_valid_after`` of the (first) certificate in ``cert_pem``."""
-    return x509.load_pem_x509_certificates(cert_pem)[0].not_valid_after_utc
-
-
 def node_certificate_expires(keystore_pem: bytes) -> dt.datetime:
     """The ``not_valid_after`` of the node certificate in a PEM key store."""
-    return certificate_expires(keystore_pem)
+    return x509.load_pem_x509_certificates(keystore_pem)[0].not_valid_after_utc
 
 
 def ca_problem(ca_cert_pem: bytes, ca_key_pem: bytes, now: dt.datetime) -> str | None:
@@ -186,16 +182,5 @@ def write_tls_material(paths: TlsPaths, material: TlsMaterial) -> None:
         (paths.node_keystore, material.node_keystore_pem, 0o600),
         (paths.ca_cert, material.ca_cert_pem, 0o644),
     ):
-        if path.exists() and path.read_bytes() == data:
-            continue
-        partial = path.with_name(f".{path.name}.partial")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(partial, path)
+        if not (path.exists() and path.read_bytes() == data):
+            replace_whole(path, data, mode)
