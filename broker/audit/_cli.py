@@ -309,7 +309,8 @@ def verify_command(
             audit, _, report = asyncio.run(verify_live(connection, ring, witnesses=saved))
             records = len(audit)
         outcome = "ok"
-        if strict and any(c.signed == 0 for c in report.chains):
+        unvouched = [c.chain for c in report.chains if c.signed == 0]
+        if strict and unvouched:
             outcome = "failed (--strict): a chain has no checkpoint"
     except LogTampered as exc:
         outcome = "failed"
@@ -341,7 +342,6 @@ def verify_command(
         print(
             f"  {report.unsigned} records are after their chain's last checkpoint (chained, not yet signed)"
         )
-    unvouched = [c.chain for c in report.chains if c.signed == 0]
     if unvouched:
         # The log cannot tell a chain the broker never signed (a worker stopped for good
         # within its first checkpoint interval) from one written by someone who can write

@@ -139,35 +139,26 @@ async def rebuild_state(
 
 def request_states(records: Iterable[Record], schemas: SchemaSet) -> Iterator[dict[str, Any] | str]:
     """``tiaki.state.requests`` as :meth:`RequestBook.load` takes it, oldest first: each
-    record's ``RequestState`` (:func:`_state_reader`), or for a record with an empty value (a
+    record's ``RequestState`` read as the newest version (its writer is the schema its
+    ``tiaki-schema`` header names, or for a record without one, written before the header and
+    so before any second version, the first version); or for a record with an empty value (a
     tombstone: the reader gives a null value as ``b""``; the broker writes none, an operator
     could, to end a retired id's reservation) its key, the request id the book then forgets.
     An empty value without a key is skipped."""
-    read = _state_reader(schemas, "RequestState")
-    for record in records:
-        if record.value:
-            yield read(record)
-        elif record.key is not None:
-            yield record.key.decode(errors="replace")
-
-
-def _state_reader(schemas: SchemaSet, name: str) -> Callable[[Record], dict[str, Any]]:
-    """Reads one state record of type ``name`` as its newest version: each record's writer is
-    the schema its ``tiaki-schema`` header names, or for a record without one (written
-    before the header, so before any second version) the first version."""
-    latest, first = schemas.latest(name), schemas.versions(name)[0]
+    latest, first = schemas.latest("RequestState"), schemas.versions("RequestState")[0]
     writers: dict[bytes, Schema] = {}
-
-    def read(record: Record) -> dict[str, Any]:
+    for record in records:
+        if not record.value:
+            if record.key is not None:
+                yield record.key.decode(errors="replace")
+            continue
         header = dict(record.headers).get(SCHEMA_HEADER)
         writer = first
         if header is not None:
             writer = writers.get(header) or writers.setdefault(
                 header, schemas.by_fingerprint(bytes.fromhex(header.decode("ascii")))
             )
-        return decode(record.value, writer, latest)
-
-    return read
+        yield decode(record.value, writer, latest)
 
 
 def state_refresh(
