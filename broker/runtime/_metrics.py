@@ -157,6 +157,13 @@ class BrokerMetrics:
             "(then a case's events may reach two workers: alert).",
             registry=registry,
         )
+        self.egress_topic_missing = Gauge(
+            "tiaki_egress_topic_missing",
+            "1 while Kafka has no egress topic for this agency (or hides it from the broker): "
+            "shares for it are held, not delivered, until it is provisioned (alert).",
+            ["agency"],
+            registry=registry,
+        )
         self.batch_records = Histogram(
             "tiaki_batch_records",
             "Ingress records per transaction.",
@@ -168,11 +175,12 @@ class BrokerMetrics:
         """Export ``tiaki_held_for_review_total`` at 0 for each of ``recipients`` (the
         registry's agencies) with the reasons a share is held undeliverable, which the
         TiakiSharesHeldUndeliverable alert watches with ``increase()``."""
-        from broker.runtime._pipeline import OUTPUT_OVERSIZED, RECIPIENT_KEY_UNUSABLE
+        from broker.runtime._pipeline import UNDELIVERABLE
 
         for recipient in recipients:
-            for reason in (RECIPIENT_KEY_UNUSABLE, OUTPUT_OVERSIZED):
+            for reason in UNDELIVERABLE:
                 self.held_for_review.labels(recipient, reason)
+            self.egress_topic_missing.labels(recipient).set(0)
 
 
 def observe_keys(metrics: BrokerMetrics, ring: KeyRing, now: datetime) -> None:

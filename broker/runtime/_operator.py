@@ -171,7 +171,8 @@ class OperatorAct:
 
         Every record's delivery is awaited before the commit: aiokafka fails a record Kafka
         refuses (``MESSAGE_TOO_LARGE``, say) only on its own future and commits the rest, so
-        a refusal aborts the act instead (nothing of it is written)."""
+        a refusal aborts the act instead (nothing of it is written). An act that would write
+        a topic Kafka lacks is refused before it begins, naming the topic."""
         chainer = AuditChainer(
             self.transactional_id,
             self._ring,
@@ -179,11 +180,22 @@ class OperatorAct:
             every_records=1,
         )
         try:
+            async with self._reader() as reader:
+                missing = await reader.missing_topics({out.topic for out in outputs})
             await chainer.resync()
         except TransportError as exc:
             raise TiakiError(
-                f"could not read the {self.queue} audit chain's head: {type(exc).__name__}"
+                f"could not read the {self.queue} audit chain's head and the topics this act "
+                f"writes: {type(exc).__name__}"
             ) from None
+        if missing:
+            # A produce to a missing topic would wait out the producer's metadata timeout
+            # and then fail the act: say which topic, now (a release to an agency whose
+            # egress topic was never provisioned, say).
+            raise TiakiError(
+                f"Kafka has no {', '.join(sorted(missing))}: nothing of this act was written; "
+                "run `tiaki provision`, then act again"
+            )
         outputs = chainer.seal(outputs, now)
         producer = self._producer
         try:

@@ -20,8 +20,9 @@ decided                one audit record (action ``decision``) listing the decisi
 share                  ``tiaki.egress.<recipient>`` (SharedEvent sealed to the recipient)
 share, undeliverable   as review, and its entry in the audit record says so: outcome
                        ``review``, first reason ``recipient_key_unusable`` (no usable key to
-                       seal to: revoked, expired, refused) or ``output_oversized`` (a record
-                       the egress topic would refuse); a person releases it once the cause
+                       seal to: revoked, expired, refused), ``output_oversized`` (a record
+                       the egress topic would refuse) or ``recipient_topic_missing`` (Kafka
+                       has no egress topic for it); a person releases it once the cause
                        is fixed, or declines it. Its review-afterwards copy is not written:
                        the held item is the one review item of the pair
 share, reviewed        as share, + ``tiaki.review`` (the same SharedEvent sealed to the broker,
@@ -124,6 +125,11 @@ OVERSIZED = Oversized.quarantine_reason
 #: record and ``tiaki_held_for_review_total{reason}`` (the first reason) say why.
 RECIPIENT_KEY_UNUSABLE = "recipient_key_unusable"
 OUTPUT_OVERSIZED = "output_oversized"
+RECIPIENT_TOPIC_MISSING = "recipient_topic_missing"
+#: The reasons a permitted share is held undeliverable, for metrics and alerts.
+UNDELIVERABLE = (RECIPIENT_KEY_UNUSABLE, OUTPUT_OVERSIZED, RECIPIENT_TOPIC_MISSING)
+#: The log's error type for a share or notice not written because its topic is missing.
+TOPIC_MISSING = "TopicMissing"
 
 #: The largest record the broker writes to ``tiaki.egress.<agency>`` and ``tiaki.review``:
 #: the egress topics' ``max.message.bytes`` (broker/platform/_plan.py), which is also the
@@ -292,6 +298,12 @@ class Pipeline:
         )
         self._seen_schema = schemas.latest("SeenEvents")
         self.requests = requests if requests is not None else RequestBook()
+        #: Agencies whose egress topic Kafka lacks (or hides from the broker), as the service
+        #: last saw the cluster (``watch_egress``). A share for one is held, reason
+        #: ``recipient_topic_missing``, and no refusal notice is written to one: a produce to
+        #: a missing topic fails its whole transaction only after the producer's metadata
+        #: wait, again on every retry, and sharing with every agency would stop behind it.
+        self.unreachable: frozenset[str] = frozenset()
         #: (request id, holder) pairs escalated since the last commit, and (request id,
         #: RETIRED) for requests retired since, undone on abort.
         self._escalated: list[tuple[str, str]] = []
@@ -430,12 +442,16 @@ class Pipeline:
     def _refusal_notice(self, record: Record, rejected: Rejected, now: datetime) -> Outgoing | None:
         """A RefusalNotice for the agency that wrote ``record``: its ingress topic says who
         (only that agency may write there), whatever the record itself claims. None for a
-        record from elsewhere or from an agency not in the registry (a stray topic has no
+        record from elsewhere, from an agency not in the registry (a stray topic has no
         egress topic to write to, and a produce to a missing topic would abort every
-        transaction), or for an agency the broker has no current key for (the quarantine and
-        its audit record still say everything)."""
+        transaction) or from one whose egress topic is missing (:attr:`unreachable`), or for
+        an agency the broker has no current key for (the quarantine and its audit record
+        still say everything)."""
         agency = ingress_agency(record.topic)
         if agency is None or not self._intake.knows(agency):
+            return None
+        if agency in self.unreachable:
+            log.warning("refusal notice not sent", agency=agency, error_type=TOPIC_MISSING)
             return None
         notice = {
             "topic": record.topic,
@@ -553,8 +569,9 @@ class Pipeline:
         A share that cannot be delivered is held instead, and its verdict becomes a review
         whose first reason says why: ``recipient_key_unusable`` if it cannot be sealed to the
         recipient (a key revoked, expired or refused), ``output_oversized`` if the egress
-        topic would refuse the record. Nothing is lost and nothing stops: a person releases
-        it once the key is fixed (the release seals to the key current then), or declines it.
+        topic would refuse the record, ``recipient_topic_missing`` if Kafka has no egress
+        topic for it. Nothing is lost and nothing stops: a person releases it once the cause
+        is fixed (the release seals to the key current then), or declines it.
         Raises :class:`_TooLargeToHold` if a review item is too large for ``tiaki.review``.
         """
         if verdict.outcome is Outcome.DENY or verdict.body is None:
@@ -565,35 +582,46 @@ class Pipeline:
         shared = self._parts.shared_event(head, verdict, body)
         if verdict.outcome is not Outcome.SHARE:
             return verdict, [self._held(admitted, verdict, now, shared, refs)]
-        topic = egress(verdict.recipient)
+        delivered = self._egress_record(admitted, verdict.recipient, shared, now)
+        if isinstance(delivered, Outgoing):
+            outputs = [delivered]
+            if REVIEW_AFTER_DISCLOSURE in verdict.obligations:
+                # LAW.md: in imminent danger the disclosure goes at once and a person
+                # reviews it within 24 hours; the review queue holds the copy they read.
+                outputs.append(self._held(admitted, verdict, now, shared, refs, disclosed=True))
+            return verdict, outputs
+        reason, error_type = delivered
+        log.warning("share held for review", agency=verdict.recipient, error_type=error_type)
+        held = replace(
+            verdict, outcome=Outcome.REVIEW, reason_codes=(reason, *verdict.reason_codes)
+        )
+        return held, [self._held(admitted, held, now, shared, refs)]
+
+    def _egress_record(
+        self, admitted: Accepted, recipient: str, shared: bytes, now: datetime
+    ) -> Outgoing | tuple[str, str]:
+        """The record delivering ``shared`` to ``recipient``, or why there can be none: the
+        reason a share is held instead, and the error's type for the log."""
+        if recipient in self.unreachable:
+            return RECIPIENT_TOPIC_MISSING, TOPIC_MISSING
+        topic = egress(recipient)
         try:
             sealed = self._sealer.seal(
                 shared,
                 kind=Kind.EGRESS,
                 topic=topic,
-                recipient=verdict.recipient,
+                recipient=recipient,
                 event_id=admitted.event_id,
                 schema_fingerprint=self._shared_schema.fingerprint,
                 now=now,
             )
         except EnvelopeError as exc:
             reason = OUTPUT_OVERSIZED if isinstance(exc, Oversized) else RECIPIENT_KEY_UNUSABLE
-            error_type = type(exc).__name__
-        else:
-            delivered = Outgoing(topic, _case_key(admitted), sealed)
-            if _record_bytes(delivered) <= self._max_egress:
-                outputs = [delivered]
-                if REVIEW_AFTER_DISCLOSURE in verdict.obligations:
-                    # LAW.md: in imminent danger the disclosure goes at once and a person
-                    # reviews it within 24 hours; the review queue holds the copy they read.
-                    outputs.append(self._held(admitted, verdict, now, shared, refs, disclosed=True))
-                return verdict, outputs
-            reason, error_type = OUTPUT_OVERSIZED, Oversized.__name__
-        log.warning("share held for review", agency=verdict.recipient, error_type=error_type)
-        held = replace(
-            verdict, outcome=Outcome.REVIEW, reason_codes=(reason, *verdict.reason_codes)
-        )
-        return held, [self._held(admitted, held, now, shared, refs)]
+            return reason, type(exc).__name__
+        delivered = Outgoing(topic, _case_key(admitted), sealed)
+        if _record_bytes(delivered) > self._max_egress:
+            return OUTPUT_OVERSIZED, Oversized.__name__
+        return delivered
 
     def _held(
         self,

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,11 +32,17 @@ from broker.envelope import KeyRing, KeyStore, KeyStoreError, Opener, ReplayCach
 from broker.platform._profiles import load_profile, profile_path
 from broker.platform._topics import (
     ACT_PREFIX,
+    AUDIT,
     BROKER,
     BROKER_GROUP_PREFIX,
+    CHECKPOINTS,
+    DLQ,
+    REVIEW,
     STATE_CASES,
+    STATE_CHAINS,
     STATE_REQUESTS,
     STATE_SEEN,
+    egress,
 )
 from broker.policy import Engine, PolicyError, PolicyStore, Pseudonymiser
 from broker.registry import load_registry
@@ -51,7 +57,14 @@ from broker.runtime._policy_watch import PolicyWatcher
 from broker.runtime._requests import RequestBook
 from broker.runtime._secrets import shared_secret
 from broker.runtime._worker import Worker
-from broker.transport import KafkaReader, KafkaTransport, Reader, Record
+from broker.transport import (
+    KafkaReader,
+    KafkaTransport,
+    Reader,
+    Record,
+    TransactionalTransport,
+    TransportError,
+)
 
 log = structlog.get_logger("tiaki.broker")
 
@@ -241,6 +254,7 @@ async def serve(
     profile = load_profile(profile_path(settings.profiles_dir, BROKER))
     audit_key, pseudonym_key = (shared_secret(p) for p in secret_paths(settings))
 
+    unreachable = await check_topics(KafkaReader(profile), registry.ids)
     replay = ReplayCache()
 
     def seen_since_ms() -> int:
@@ -271,6 +285,7 @@ async def serve(
     metrics = BrokerMetrics(CollectorRegistry())
     metrics.policy_version.labels(engine().policy_hash).set(1)
     metrics.expect_recipients(registry.ids)
+    note_unreachable(pipeline, metrics, registry.ids, unreachable)
     watcher = PolicyWatcher(store, metrics)
     if options.metrics_port is not None:
         start_http_server(options.metrics_port, addr="127.0.0.1", registry=metrics.registry)
@@ -295,11 +310,95 @@ async def serve(
     background.start("observer", _observe(metrics, ring, transport, stop))
     observe_refused(metrics, principals, {})  # every key set's series, from the start
     background.start("keys", follow_keys(keystore, principals, ring, stop, metrics))
+    background.start("egress", watch_egress(transport, pipeline, metrics, registry.ids, stop))
     try:
         await worker.run(stop)
     finally:
         await background.join()
     background.check()
+
+
+#: The topics a worker's transactions write besides the egress topics: without any one of
+#: them no transaction can commit, so a worker refuses to start.
+WRITTEN_TOPICS = (
+    AUDIT,
+    REVIEW,
+    DLQ,
+    STATE_CASES,
+    STATE_REQUESTS,
+    STATE_SEEN,
+    STATE_CHAINS,
+    CHECKPOINTS,
+)
+
+
+async def check_topics(reader: Reader, agencies: Collection[str]) -> frozenset[str]:
+    """The agencies among ``agencies`` whose egress topic Kafka lacks (or hides from the
+    broker); a :class:`ConfigError` naming any of :data:`WRITTEN_TOPICS` that it lacks."""
+    egress_of = {egress(agency): agency for agency in agencies}
+    async with reader:
+        missing = await reader.missing_topics([*WRITTEN_TOPICS, *egress_of])
+    platform = [topic for topic in WRITTEN_TOPICS if topic in missing]
+    if platform:
+        raise ConfigError(
+            f"Kafka has no {', '.join(platform)} (or the broker may not see it): "
+            "run `tiaki provision`, then start the broker"
+        )
+    return frozenset(egress_of[topic] for topic in missing)
+
+
+def note_unreachable(
+    pipeline: Pipeline,
+    metrics: BrokerMetrics,
+    agencies: Iterable[str],
+    unreachable: frozenset[str],
+) -> None:
+    """Hold every share for the ``unreachable`` agencies from now on (their egress topics are
+    missing), deliver to the others again; log each change and set
+    ``tiaki_egress_topic_missing``."""
+    before, pipeline.unreachable = pipeline.unreachable, unreachable
+    for agency in agencies:
+        metrics.egress_topic_missing.labels(agency).set(1 if agency in unreachable else 0)
+    if unreachable - before:
+        log.error(
+            "egress topics missing: shares for these agencies are held for review until "
+            "`tiaki provision` creates their topics",
+            agency=",".join(sorted(unreachable - before)),
+        )
+    if before - unreachable:
+        log.info(
+            "egress topics found: shares for these agencies are delivered again (release "
+            "the ones held meanwhile with tiaki review approve)",
+            agency=",".join(sorted(before - unreachable)),
+        )
+
+
+#: How often a worker asks Kafka which egress topics exist.
+EGRESS_SECONDS = 15.0
+
+
+async def watch_egress(
+    transport: TransactionalTransport,
+    pipeline: Pipeline,
+    metrics: BrokerMetrics,
+    agencies: Collection[str],
+    stop: asyncio.Event,
+    every: float = EGRESS_SECONDS,
+) -> None:
+    """Follow which of ``agencies`` have an egress topic (:func:`note_unreachable`). A topic
+    deleted while the worker runs fails the transactions that write it until the next look
+    (they are retried; nothing is lost); one created is written from the next look on."""
+    egress_of = {egress(agency): agency for agency in agencies}
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), every)
+        if stop.is_set():
+            return
+        try:
+            missing = await transport.missing_topics(egress_of)
+        except TransportError:  # not started yet, or Kafka unreachable: the worker says so
+            continue
+        note_unreachable(pipeline, metrics, agencies, frozenset(egress_of[t] for t in missing))
 
 
 #: How often the key folder is read again for rotations and revocations.

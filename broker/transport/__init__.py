@@ -11,6 +11,7 @@ The interface (:mod:`broker.transport._types`)::
         async def poll(max_records, timeout_ms) -> list[Record]
         async def commit(outputs: Sequence[Outgoing], consumed: Sequence[Record]) -> None
         def assignment() -> frozenset[tuple[str, int]]
+        async def missing_topics(topics) -> frozenset[str]   # absent or not visible to it
 
     class Publisher:                    # idempotent producer: adapters, tests
         async def publish(topic, key, value, headers=()) -> Record
@@ -18,6 +19,7 @@ The interface (:mod:`broker.transport._types`)::
         async def read_all(topic) -> list[Record]
         async def read_from(topic, start, limit=None) -> list[Record]   # from offsets
         async def offsets_at(topic, timestamp_ms) -> dict[int, int]     # where a time starts
+        async def missing_topics(topics) -> frozenset[str]
 
 ``poll`` returns committed records only (read-committed) from the partitions the consumer group
 assigned to this worker, in offset order per partition. ``commit`` is one Kafka transaction:

@@ -380,6 +380,10 @@ class KafkaTransport(ResourceBase):
                 problem=self.copartitioning,
             )
 
+    async def missing_topics(self, topics: Collection[str]) -> frozenset[str]:
+        _, producer = self._check_open()
+        return await _missing(producer.client, topics)
+
     async def lag(self) -> dict[TopicPartition, int]:
         """Records waiting on each assigned partition: the high watermark the last fetch saw,
         minus this worker's position (for the consumer-lag metric; no network round trip)."""
@@ -796,6 +800,9 @@ class KafkaReader(ResourceBase):
         records.sort(key=lambda r: (r.partition, r.offset))
         return records
 
+    async def missing_topics(self, topics: Collection[str]) -> frozenset[str]:
+        return await _missing(self._open_consumer()._client, topics)
+
     async def offsets_at(self, topic: str, timestamp_ms: int) -> dict[int, int]:
         consumer = self._open_consumer()
         try:
@@ -849,6 +856,14 @@ class KafkaReader(ResourceBase):
             raise TransportClosed("reader is not open")
         found: dict[KafkaTopicPartition, int] = await marks.end_offsets(partitions)
         return found
+
+
+async def _missing(client: Any, topics: Collection[str]) -> frozenset[str]:
+    """Those of ``topics`` not in a fresh metadata response for every topic: absent, or not
+    described to this principal (Kafka lists only the topics it may describe)."""
+    with _translated():
+        cluster = await client.fetch_all_metadata()  # a new ClusterMetadata: the client's own
+    return frozenset(t for t in topics if not cluster.partitions_for_topic(t))
 
 
 async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[KafkaTopicPartition]:

@@ -34,7 +34,7 @@ import contextlib
 import itertools
 import re
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aiokafka.partitioner import murmur2
@@ -150,6 +150,16 @@ class InMemoryCluster:
     def topics(self) -> dict[str, int]:
         """Every topic and its partition count."""
         return {name: len(parts) for name, parts in self._logs.items()}
+
+    def delete_topic(self, name: str) -> None:
+        """Delete ``name`` and everything on it, as ``kafka-topics --delete`` would."""
+        self._logs.pop(name, None)
+
+    def missing(self, topics: Collection[str]) -> frozenset[str]:
+        """Those of ``topics`` that do not exist and would not be made by a first write."""
+        if self.auto_create:
+            return frozenset()
+        return frozenset(topics).difference(self._logs)
 
     def end_offsets(self, topic: str) -> dict[int, int]:
         """The next offset of each partition (the high-water mark)."""
@@ -377,6 +387,10 @@ class InMemoryTransport(ResourceBase):
         if self._state != "open":
             raise TransportClosed(f"worker {self.worker_id} is {self._state}")
 
+    async def missing_topics(self, topics: Collection[str]) -> frozenset[str]:
+        self._check_open()
+        return self._cluster.missing(topics)
+
     async def poll(self, max_records: int, timeout_ms: int) -> list[Record]:
         self._check_open()
         loop = asyncio.get_running_loop()
@@ -516,6 +530,11 @@ class InMemoryReader(ResourceBase):
 
     async def read_all(self, topic: str) -> list[Record]:
         return await self.read_from(topic, {})
+
+    async def missing_topics(self, topics: Collection[str]) -> frozenset[str]:
+        if not self._open:
+            raise TransportClosed("reader is not open")
+        return self._cluster.missing(topics)
 
     async def offsets_at(self, topic: str, timestamp_ms: int) -> dict[int, int]:
         if not self._open:

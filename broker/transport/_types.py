@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -102,6 +102,11 @@ class TransactionalTransport(AsyncResource, Protocol):
         in which time another worker may have owned them and committed state for them."""
         ...
 
+    async def missing_topics(self, topics: Collection[str]) -> frozenset[str]:
+        """Those of ``topics`` Kafka does not have, or will not show this principal (no ACL
+        on them): a transaction that writes one cannot commit. Asks the cluster afresh."""
+        ...
+
     async def rewind(self) -> None:
         """Forget every record polled since the last successful commit and go back to the
         committed offsets, so each of them is polled again. For a caller that polls while a
@@ -141,4 +146,8 @@ class Reader(AsyncResource, Protocol):
         """Per partition, the offset of the first record stamped at or after ``timestamp_ms``
         (the end of the partition if there is none): where :meth:`read_from` starts to read
         what was written since then."""
+        ...
+
+    async def missing_topics(self, topics: Collection[str]) -> frozenset[str]:
+        """As :meth:`TransactionalTransport.missing_topics`."""
         ...

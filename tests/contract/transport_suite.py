@@ -185,6 +185,18 @@ class TransportContract:
         written = await read_outputs(harness, 2)
         assert [(r.key, r.value) for r in written] == [(b"k-tomb", b"kept"), (b"k-tomb", b"")]
 
+    async def test_missing_topics_names_only_the_absent_ones(self, harness: Harness) -> None:
+        """The broker holds shares for an agency whose egress topic is missing rather than
+        write there (a transaction writing a missing topic cannot commit): both clients can
+        tell which topics a cluster lacks."""
+        absent = f"tiaki.egress.synthetic-absent-{harness.token.decode()[:8]}"
+        async with harness.worker(await harness.new_group(), "a") as worker:
+            asked = [harness.input_topic, harness.output_topic, absent]
+            assert await worker.missing_topics(asked) == {absent}
+            assert await worker.missing_topics([]) == frozenset()
+        async with harness.reader() as reader:
+            assert await reader.missing_topics([harness.output_topic, absent]) == {absent}
+
     async def test_failed_commit_is_invisible_and_records_come_again(
         self, harness: Harness
     ) -> None:

@@ -78,8 +78,10 @@ def test_alerted_series_are_exported_at_zero_before_the_first_event() -> None:
     for reason in ("tampered", "key_revoked", "wrong_topic", "wrong_kind", "header_mismatch"):
         assert f'tiaki_quarantined_total{{reason="{reason}"}} 0.0' in text
     assert 'tiaki_quarantined_total{reason="request_id_in_use"} 0.0' in text
-    held = 'tiaki_held_for_review_total{reason="recipient_key_unusable",recipient="corrections"}'
-    assert f"{held} 0.0" in text
+    for reason in ("recipient_key_unusable", "output_oversized", "recipient_topic_missing"):
+        held = f'tiaki_held_for_review_total{{reason="{reason}",recipient="corrections"}}'
+        assert f"{held} 0.0" in text
+    assert 'tiaki_egress_topic_missing{agency="corrections"} 0.0' in text
 
 
 def test_an_adapter_exports_every_refusal_reason_at_zero() -> None:

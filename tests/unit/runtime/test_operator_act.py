@@ -109,3 +109,20 @@ async def test_acts_on_a_queue_continue_one_chain() -> None:
     assert [link.chain for link in links] == ["tiaki-broker-act-review"] * 2
     assert [link.seq for link in links] == [0, 1]
     assert links[1].prev == links[0].link
+
+
+async def test_an_act_that_would_write_a_missing_topic_is_refused_before_it_begins() -> None:
+    """Releasing a held share to an agency whose egress topic was never provisioned would
+    wait out the producer's metadata timeout and then fail: the act says why at once."""
+    cluster = InMemoryCluster(auto_create=False)
+    for topic in (STATE_CHAINS, AUDIT, "tiaki.review"):
+        cluster.create_topic(topic)
+    producer = FakeProducer(None)
+    outputs = [Outgoing("tiaki.egress.msd", b"k", b"v"), Outgoing(AUDIT, b"k", b"a")]
+    with pytest.raises(TiakiError) as refused:
+        await act_with(producer, cluster).commit(outputs, NOW)
+    assert str(refused.value) == (
+        "Kafka has no tiaki.egress.msd: nothing of this act was written; "
+        "run `tiaki provision`, then act again"
+    )
+    assert producer.calls == []

@@ -271,3 +271,53 @@ def test_the_largest_record_intake_refuses_is_quarantined_and_opens_again() -> N
             schema_fingerprint=opened.schema_fingerprint,
             now=NOW,
         )
+
+
+def test_a_recipient_without_an_egress_topic_is_held_and_the_others_still_go() -> None:
+    """Kafka has no ``tiaki.egress.corrections`` (provision never ran for it, or it was
+    deleted): a transaction writing there could not commit, and every agency's sharing would
+    wait behind it. The share is held for a person instead, with its reason."""
+    harness = Harness(
+        ScriptedDecider(
+            [verdict("oranga-tamariki", Outcome.SHARE), verdict("corrections", Outcome.SHARE)]
+        )
+    )
+    harness.pipeline.unreachable = frozenset({"corrections"})
+    with structlog.testing.capture_logs() as logs:
+        processed = harness.pipeline.process(harness.record(), NOW)
+
+    assert [o.topic for o in processed.outputs] == [
+        "tiaki.audit",
+        "tiaki.egress.oranga-tamariki",
+        "tiaki.review",
+    ]
+    (held,) = [o for o in processed.outputs if o.topic == "tiaki.review"]
+    assert dict(held.headers)[RECIPIENT_HEADER] == b"corrections"
+    assert REVIEW_KIND_HEADER not in dict(held.headers)  # held: approving releases it
+    assert [
+        (d["recipient"], d["outcome"], d["reason_codes"][0])
+        for d in decision_of(processed)["decisions"]
+    ] == [
+        ("oranga-tamariki", "share", "test"),
+        ("corrections", "review", "recipient_topic_missing"),
+    ]
+    (warning,) = [e for e in logs if e["log_level"] == "warning"]
+    assert warning == {
+        "event": "share held for review",
+        "log_level": "warning",
+        "agency": "corrections",
+        "error_type": "TopicMissing",
+    }
+
+    # Once the topic is there again, the next event's share goes.
+    harness.pipeline.unreachable = frozenset()
+    again = harness.pipeline.process(harness.record(), NOW)
+    assert "tiaki.egress.corrections" in [o.topic for o in again.outputs]
+
+
+def test_no_refusal_notice_is_written_to_a_sender_without_an_egress_topic() -> None:
+    harness = Harness(ScriptedDecider())
+    harness.pipeline.unreachable = frozenset({"police"})
+    processed = harness.pipeline.process(harness.record(b"\x01garbage"), NOW)
+    assert [o.topic for o in processed.outputs] == ["tiaki.dlq", "tiaki.audit"]
+    assert processed.quarantine_reason == "malformed_envelope"
