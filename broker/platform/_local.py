@@ -26,6 +26,7 @@ import datetime as dt
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -262,6 +263,24 @@ class LocalKafka:
             ["java", "-cp", f"{self.lib}/*", *args], capture_output=True, text=True, check=False
         )
 
+    def _java_secretly(self, main_class: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """Run ``main_class`` with ``args`` passed in a Java argument file (``@file``), not on
+        the command line, which every local user can read (``ps``, ``/proc/<pid>/cmdline``).
+        The file is made ``0600`` in the node's private folder and removed afterwards."""
+        for arg in args:
+            if any(c in arg for c in '"\\\n\r'):
+                raise PlatformError(
+                    "an argument for the Kafka tool holds a quote, backslash or line break"
+                )
+        path = private_dir(self.folder) / f".args-{secrets.token_hex(8)}"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                file.write("".join(f'"{arg}"\n' for arg in (main_class, *args)))
+            return self._java(f"@{path}")
+        finally:
+            path.unlink(missing_ok=True)
+
     def format_storage(self, creds: dict[str, str]) -> bool:
         """Format the KRaft log directory with the bootstrap SCRAM users; True if it had to."""
         if (self.data / "meta.properties").exists():
@@ -273,7 +292,6 @@ class LocalKafka:
         if cluster.returncode != 0 or not cluster_id:
             raise PlatformError(f"kafka StorageTool random-uuid failed: {_last_line(cluster)}")
         args = [
-            "kafka.tools.StorageTool",
             "format",
             "-t",
             cluster_id,
@@ -283,7 +301,7 @@ class LocalKafka:
         ]
         for user, password in creds.items():
             args += ["--add-scram", f"{SCRAM_MECHANISM}=[name={user},password={password}]"]
-        result = self._java(*args)
+        result = self._java_secretly("kafka.tools.StorageTool", *args)
         if result.returncode != 0:
             raise PlatformError(f"kafka StorageTool format failed: {_last_line(result)}")
         return True

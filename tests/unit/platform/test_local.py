@@ -155,3 +155,47 @@ def test_a_ca_whose_key_is_lost_or_not_its_own_is_made_anew_and_said(
     why = "its key is missing" if spoil == "missing" else "its key is not its certificate's"
     assert done.startswith(f"made a new local CA ({why})")
     assert node.tls.ca_cert.read_bytes() != ca
+
+
+def test_bootstrap_passwords_never_reach_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Formatting the node's storage with its SCRAM users passes their passwords in a private
+    argument file: a process's command line is readable by every local user."""
+    import os
+    import stat
+    import subprocess
+
+    node = kafka(tmp_path)
+    creds = {"internal": "synthetic-pw-internal-0001", "admin": "synthetic-pw-admin-0002"}
+    calls: list[tuple[list[str], str, int]] = []
+
+    def run(argv: list[str], **_: object) -> subprocess.CompletedProcess[str]:
+        argfiles = [a[1:] for a in argv if a.startswith("@")]
+        text, mode = "", 0
+        for name in argfiles:
+            text += Path(name).read_text()
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+        calls.append((argv, text, mode))
+        out = "synthetic-cluster-id\n" if "random-uuid" in argv else ""
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr("broker.platform._local.subprocess.run", run)
+    node.folder.mkdir(parents=True)
+    assert node.format_storage(creds)
+    (argv, text, mode), *_ = [c for c in calls if "random-uuid" not in c[0]]
+    for password in creds.values():
+        assert not any(password in arg for arg in argv)
+        assert password in text
+    assert mode == 0o600
+    assert '"kafka.tools.StorageTool"\n"format"\n' in text
+    assert '"--add-scram"\n"SCRAM-SHA-512=[name=admin,password=synthetic-pw-admin-0002]"\n' in text
+    assert [p.name for p in node.folder.iterdir() if p.name.startswith(".args-")] == []
+
+
+def test_a_password_the_argument_file_cannot_hold_is_refused(tmp_path: Path) -> None:
+    from broker._errors import PlatformError
+
+    node = kafka(tmp_path)
+    with pytest.raises(PlatformError, match="quote, backslash or line break"):
+        node._java_secretly("kafka.tools.StorageTool", 'pass"word')
