@@ -18,7 +18,7 @@ from rich.table import Table
 from broker._settings import Settings
 from broker.envelope._errors import KeyStoreError
 from broker.envelope._keys import BROKER
-from broker.envelope._store import KeyStore, init_dev_keys, purposes_of
+from broker.envelope._store import LOCK_WAIT_S, KeyStore, init_dev_keys, purposes_of
 from broker.registry import load_registry
 
 app = typer.Typer(help="Keys: create development keys, rotate, revoke.", no_args_is_help=True)
@@ -35,6 +35,17 @@ def _now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+#: ``--wait``: how long a command waits for another ``tiaki keys`` command to finish.
+Wait = Annotated[
+    float,
+    typer.Option(
+        "--wait",
+        min=0,
+        max=86_400,
+        help="Seconds to wait for another `tiaki keys` command changing the keys; then fail.",
+    ),
+]
+
 #: The longest validity a key may be given (ten years): keys are rotated well before, and a
 #: validity past the year 9999 cannot even be written down.
 MAX_DAYS = 3653
@@ -48,12 +59,13 @@ def init(
     days: Annotated[
         int, typer.Option("--days", min=1, max=MAX_DAYS, help="Validity of each key.")
     ] = 365,
+    wait: Wait = LOCK_WAIT_S,
 ) -> None:
     """Generate development keys for every agency in the registry and for the broker."""
     settings = Settings.from_env()
     store = KeyStore(settings.keys_dir)
     refs = set(_principals(settings).values())
-    with store.locked():
+    with store.locked(wait):
         outcome = init_dev_keys(
             store, refs, now=_now(), random=os.urandom, force=force, validity=timedelta(days=days)
         )
@@ -103,6 +115,7 @@ def rotate(
     days: Annotated[
         int, typer.Option("--days", min=1, max=MAX_DAYS, help="Validity of the new keys.")
     ] = 365,
+    wait: Wait = LOCK_WAIT_S,
 ) -> None:
     """Create new current keys for NAME; the old ones become retiring."""
     settings = Settings.from_env()
@@ -111,7 +124,7 @@ def rotate(
     if owner not in store.key_refs():
         raise KeyStoreError(f"no key set {owner!r} in {store.root}")
     purposes = purposes_of(purpose) if purpose else purposes_of(["encryption", "signing"])
-    with store.locked():  # read, change and write as one, against a revoke at the same time
+    with store.locked(wait):  # read, change and write as one, against a revoke at the same time
         ring = store.load(private_for=[owner])
         new = ring.rotate(owner, _now(), os.urandom, timedelta(days=days), purposes)
         store.save(ring, [owner])
@@ -125,6 +138,7 @@ def revoke(
     reason: Annotated[
         str, typer.Option("--reason", help="Why (recorded in the public document).")
     ] = "unspecified",
+    wait: Wait = LOCK_WAIT_S,
 ) -> None:
     """Revoke KEY_ID: it will be refused for sealing, opening, signing and verifying.
 
@@ -132,7 +146,7 @@ def revoke(
     of a revocation (in an incident, it must always be possible)."""
     settings = Settings.from_env()
     store = KeyStore(settings.keys_dir)
-    with store.locked():  # read, change and write as one, against a rotation at the same time
+    with store.locked(wait):  # read, change and write as one, against a rotation at the same time
         ring, refused = store.load_each()
         owner = key_id.partition(".")[0]
         if owner in refused:

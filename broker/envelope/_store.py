@@ -52,6 +52,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
@@ -81,6 +82,21 @@ REVOKED_FORMAT = "tiaki.revoked-key/v1"
 
 #: What ``tiaki keys init`` creates for every key set.
 DEV_ALGORITHMS = (Algorithm.ED25519, Algorithm.X25519, Algorithm.MLKEM768_X25519)
+
+
+#: How long ``tiaki keys`` waits for another ``tiaki keys`` command's lock (``--wait``), and
+#: how often it tries it meanwhile.
+LOCK_WAIT_S = 120.0
+LOCK_POLL_S = 0.1
+
+
+def _try_lock(fd: int) -> bool:
+    """Take the exclusive ``flock`` on ``fd`` if no one holds it; whether it was taken."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
 
 
 def _mkdir(path: Path) -> None:
@@ -190,27 +206,38 @@ class KeyStore:
         return self.private_dir / key_ref / f"{key_id}.json"
 
     @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
         """Hold the folder's write lock (an exclusive ``flock`` on ``.lock``): ``tiaki keys
         init | rotate | revoke`` each read, change and write the documents under it, so two
         run at once (a scheduled rotation and an incident's revocation) cannot lose each
         other's write. Readers need no lock: every write is an atomic rename. (``flock`` on a
-        network file system mounted without locking only excludes commands on one machine.)"""
+        network file system mounted without locking only excludes commands on one machine.)
+
+        Waits at most ``wait_s`` seconds for another command to let go, then raises
+        :class:`KeyStoreError` naming the lock: a command stuck while holding it (a hung
+        disk, a stopped terminal) must not hold an incident's revocation for ever unseen."""
         _mkdir(self.root)
+        path = self.root / ".lock"
         try:
-            fd = os.open(self.root / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         except OSError as exc:
             raise KeyStoreError(f"{self.root}: cannot lock: {exc.strerror}") from None
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:  # say why nothing happens yet, then wait
+            if not _try_lock(fd):  # say why nothing happens yet, then wait
                 print(
-                    f"tiaki: note: waiting for {self.root / '.lock'}: another `tiaki keys` "
-                    "command is changing the key documents",
+                    f"tiaki: note: waiting up to {wait_s:g} s for {path}: another `tiaki "
+                    "keys` command is changing the key documents",
                     file=sys.stderr,
                 )
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                deadline = time.monotonic() + wait_s
+                while not _try_lock(fd):
+                    if time.monotonic() >= deadline:
+                        raise KeyStoreError(
+                            f"{path}: another `tiaki keys` command has held it for over "
+                            f"{wait_s:g} s; nothing was changed. Find it (fuser {path}) and "
+                            "let it finish or stop it, then run this again"
+                        )
+                    time.sleep(LOCK_POLL_S)
             yield
         finally:
             os.close(fd)  # and with it the lock

@@ -176,3 +176,34 @@ def test_a_revocation_during_a_rotation_is_not_lost_from_the_document(
     states = {k["key_id"]: k["state"] for k in document["keys"]}
     assert states[victim] == "revoked"
     assert sum(state == "active" for state in states.values()) >= 2  # the rotation's new keys
+
+
+def test_a_command_stuck_holding_the_lock_holds_no_one_for_ever(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A `tiaki keys` command stuck while holding the folder's lock (a hung disk, a stopped
+    terminal) used to make every later one wait without end, an incident's revocation too."""
+    import fcntl
+    import os
+
+    assert main(["keys", "init"]) == 0
+    store = KeyStore(Settings.from_env().keys_dir)
+    victim = next(k.key_id for k in store.load().keys("corrections"))
+    before = store.public_path("corrections").read_bytes()
+    capsys.readouterr()
+    stuck = os.open(store.root / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(stuck, fcntl.LOCK_EX)
+        assert main(["keys", "revoke", victim, "--reason", "test", "--wait", "0.3"]) == 1
+    finally:
+        os.close(stuck)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("tiaki: note: waiting up to 0.3 s for ")
+    assert err[-1].endswith(
+        "another `tiaki keys` command has held it for over 0.3 s; nothing was changed. "
+        f"Find it (fuser {store.root / '.lock'}) and let it finish or stop it, then run this again"
+    )
+    assert store.public_path("corrections").read_bytes() == before
+    # Once it has let go, the revocation goes through.
+    assert main(["keys", "revoke", victim, "--reason", "test", "--wait", "0.3"]) == 0
+    assert store.load().get(victim).state is KeyState.REVOKED
