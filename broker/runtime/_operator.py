@@ -180,9 +180,10 @@ class OperatorAct:
             every_records=1,
         )
         try:
+            await chainer.resync()
+            outputs = chainer.seal(outputs, now)  # with the chain's head and checkpoint
             async with self._reader() as reader:
                 missing = await reader.missing_topics({out.topic for out in outputs})
-            await chainer.resync()
         except TransportError as exc:
             raise TiakiError(
                 f"could not read the {self.queue} audit chain's head and the topics this act "
@@ -196,7 +197,6 @@ class OperatorAct:
                 f"Kafka has no {', '.join(sorted(missing))}: nothing of this act was written; "
                 "run `tiaki provision`, then act again"
             )
-        outputs = chainer.seal(outputs, now)
         producer = self._producer
         try:
             async with producer.transaction():

@@ -63,6 +63,7 @@ from broker.transport import (
     Reader,
     Record,
     TransactionalTransport,
+    TransportClosed,
     TransportError,
 )
 
@@ -389,6 +390,7 @@ async def watch_egress(
     deleted while the worker runs fails the transactions that write it until the next look
     (they are retried; nothing is lost); one created is written from the next look on."""
     egress_of = {egress(agency): agency for agency in agencies}
+    failing = False
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), every)
@@ -396,8 +398,17 @@ async def watch_egress(
             return
         try:
             missing = await transport.missing_topics(egress_of)
-        except TransportError:  # not started yet, or Kafka unreachable: the worker says so
+        except TransportClosed:  # the worker has not started its transport yet
             continue
+        except TransportError as exc:  # keep what was last seen; say so once per run
+            if not failing:
+                log.warning(
+                    "egress topics not looked up: the last look stands until one succeeds",
+                    error_type=type(exc).__name__,
+                )
+            failing = True
+            continue
+        failing = False
         note_unreachable(pipeline, metrics, agencies, frozenset(egress_of[t] for t in missing))
 
 

@@ -381,8 +381,10 @@ class KafkaTransport(ResourceBase):
             )
 
     async def missing_topics(self, topics: Collection[str]) -> frozenset[str]:
-        _, producer = self._check_open()
-        return await _missing(producer.client, topics)
+        # The consumer's client: the producer is replaced after a failed transaction, and a
+        # look on the stopped one would open a connection nothing closes.
+        consumer, _ = self._check_open()
+        return await _missing(consumer._client, topics)
 
     async def lag(self) -> dict[TopicPartition, int]:
         """Records waiting on each assigned partition: the high watermark the last fetch saw,

@@ -12,7 +12,7 @@ from aiokafka import errors as kafka_errors
 
 from broker._errors import TiakiError
 from broker.audit import LogEntry, read_link
-from broker.platform._topics import AUDIT, STATE_CHAINS
+from broker.platform._topics import AUDIT, CHECKPOINTS, STATE_CHAINS
 from broker.runtime._operator import OperatorAct
 from broker.runtime._pipeline import SCHEMA_HEADER
 from broker.transport import InMemoryCluster, Outgoing
@@ -118,11 +118,19 @@ async def test_an_act_that_would_write_a_missing_topic_is_refused_before_it_begi
     for topic in (STATE_CHAINS, AUDIT, "tiaki.review"):
         cluster.create_topic(topic)
     producer = FakeProducer(None)
-    outputs = [Outgoing("tiaki.egress.msd", b"k", b"v"), Outgoing(AUDIT, b"k", b"a")]
+    audit = Outgoing(AUDIT, b"k", b"an act's audit record", ((SCHEMA_HEADER, b"f"),))
     with pytest.raises(TiakiError) as refused:
-        await act_with(producer, cluster).commit(outputs, NOW)
+        await act_with(producer, cluster).commit(
+            [Outgoing("tiaki.egress.msd", b"k", b"v"), audit], NOW
+        )
+    # The topics the act's chain adds (its checkpoint) are looked for too.
     assert str(refused.value) == (
-        "Kafka has no tiaki.egress.msd: nothing of this act was written; "
+        "Kafka has no tiaki.checkpoints, tiaki.egress.msd: nothing of this act was written; "
         "run `tiaki provision`, then act again"
     )
     assert producer.calls == []
+
+    cluster.create_topic(CHECKPOINTS)
+    cluster.create_topic("tiaki.egress.msd")
+    await act_with(producer, cluster).commit([Outgoing("tiaki.egress.msd", b"k", b"v"), audit], NOW)
+    assert producer.calls[-1] == "commit"

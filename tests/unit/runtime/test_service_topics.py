@@ -11,7 +11,8 @@ import structlog
 from prometheus_client import CollectorRegistry, generate_latest
 
 from broker._errors import ConfigError
-from broker.platform import CHECKPOINTS, STATE_CHAINS, egress
+from broker.platform import CHECKPOINTS, POLICY, STATE_CHAINS, egress
+from broker.platform._topics import PLATFORM_TOPICS
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._service import (
     WRITTEN_TOPICS,
@@ -19,7 +20,7 @@ from broker.runtime._service import (
     note_unreachable,
     watch_egress,
 )
-from broker.transport import InMemoryCluster
+from broker.transport import InMemoryCluster, Unavailable
 from tests.unit.adapters.conftest import eventually
 from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider
 
@@ -49,6 +50,12 @@ async def test_the_agencies_without_an_egress_topic_are_found_at_start() -> None
     cluster = provisioned(egress("msd"))
     assert await check_topics(cluster.reader(), AGENCIES) == {"msd"}
     assert await check_topics(provisioned().reader(), AGENCIES) == frozenset()
+
+
+def test_every_platform_topic_a_worker_writes_is_looked_for() -> None:
+    """The platform topics are all written by workers except ``tiaki.policy`` (the admin
+    publishes it, workers read it): a topic added to the platform is looked for too."""
+    assert set(WRITTEN_TOPICS) == set(PLATFORM_TOPICS) - {POLICY}
 
 
 @pytest.mark.parametrize("topic", WRITTEN_TOPICS)
@@ -119,3 +126,40 @@ async def test_the_watch_waits_out_a_transport_that_is_not_open() -> None:
         await eventually(lambda: not pipeline.unreachable)
     stop.set()
     await asyncio.wait_for(watching, 1)
+
+
+async def test_a_run_of_failed_looks_is_logged_once_and_changes_nothing() -> None:
+    """Kafka's metadata unanswered: the agencies held stay held (the last look stands), and
+    the worker says once why no `egress topics found` comes."""
+
+    class Flaky:
+        def __init__(self) -> None:
+            self.answers: list[frozenset[str] | Exception] = [
+                Unavailable("metadata"),
+                Unavailable("metadata"),
+                frozenset(),
+            ]
+
+        async def missing_topics(self, topics: object) -> frozenset[str]:
+            answer = self.answers.pop(0) if len(self.answers) > 1 else self.answers[0]
+            if isinstance(answer, Exception):
+                raise answer
+            return answer
+
+    flaky = Flaky()
+    pipeline = Harness(ScriptedDecider()).pipeline
+    pipeline.unreachable = frozenset({"msd"})
+    stop = asyncio.Event()
+    metrics = BrokerMetrics(CollectorRegistry())
+    with structlog.testing.capture_logs() as logs:
+        watching = asyncio.create_task(
+            watch_egress(flaky, pipeline, metrics, AGENCIES, stop, every=0.01)  # type: ignore[arg-type]
+        )
+        await eventually(lambda: len(flaky.answers) == 1)
+        await eventually(lambda: not pipeline.unreachable)
+        stop.set()
+        await asyncio.wait_for(watching, 1)
+    assert [(e["log_level"], e.get("error_type"), e.get("agency")) for e in logs] == [
+        ("warning", "Unavailable", None),
+        ("info", None, "msd"),
+    ]
