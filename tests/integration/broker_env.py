@@ -107,6 +107,13 @@ class BrokerEnv:
     metrics_ports: dict[str, int] = field(default_factory=dict)
     #: Exit codes of the broker processes, once :meth:`running` has stopped them.
     exit_codes: list[int] = field(default_factory=list)
+    #: This environment's own log folder: the home is the session's, shared by every module,
+    #: and a line another module's broker wrote must not satisfy this one's wait.
+    log_dir: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_dir = self.home / "broker-logs" / uuid.uuid4().hex[:8]
+        self.log_dir.mkdir(parents=True)
 
     @classmethod
     def prepare(cls, cluster: Cluster) -> BrokerEnv:
@@ -146,7 +153,9 @@ class BrokerEnv:
             environment.exit_codes = environment.stop_all(stop_signal)
 
     def start(self, worker_id: str = "0", wait: bool = True) -> subprocess.Popen[bytes]:
-        log = (self.home / f"broker-{worker_id}.log").open("ab")
+        path = self._log_path(worker_id)
+        since = path.stat().st_size if path.exists() else 0  # a restart's own lines only
+        log = path.open("ab")
         self.metrics_ports[worker_id] = port = free_port()
         process = subprocess.Popen(
             [
@@ -170,19 +179,32 @@ class BrokerEnv:
         log.close()
         self.processes.append(process)
         if wait:
-            self.wait_for_log(worker_id, "worker started", process)
+            self.wait_for_log(worker_id, "worker started", process, since=since)
         return process
 
-    def log_lines(self, worker_id: str = "0") -> list[str]:
-        path = self.home / f"broker-{worker_id}.log"
-        return path.read_text(errors="replace").splitlines() if path.exists() else []
+    def _log_path(self, worker_id: str) -> Path:
+        return self.log_dir / f"broker-{worker_id}.log"
+
+    def log_lines(self, worker_id: str = "0", since: int = 0) -> list[str]:
+        """Lines worker ``worker_id`` of this environment logged, from byte ``since`` on."""
+        path = self._log_path(worker_id)
+        if not path.exists():
+            return []
+        with path.open("rb") as file:
+            file.seek(since)
+            return file.read().decode(errors="replace").splitlines()
 
     def wait_for_log(
-        self, worker_id: str, text: str, process: subprocess.Popen[bytes], timeout: float = 60
+        self,
+        worker_id: str,
+        text: str,
+        process: subprocess.Popen[bytes],
+        timeout: float = 60,
+        since: int = 0,
     ) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if any(text in line for line in self.log_lines(worker_id)):
+            if any(text in line for line in self.log_lines(worker_id, since)):
                 return
             if process.poll() is not None:
                 raise AssertionError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
+import os
 import subprocess
 import uuid
 from collections import Counter
@@ -18,11 +19,11 @@ from broker.codec import decode, from_json
 from broker.envelope import Algorithm, KeyStore, Kind, Opener, Purpose, Sealer
 from broker.platform import AUDIT, DLQ, POLICY, REVIEW, STATE_REQUESTS
 from broker.policy import PolicyStore, Pseudonymiser, load_roster
-from broker.runtime import Accepted, Outcome
+from broker.runtime import MAX_RECORD_BYTES, Accepted, Outcome
 from broker.runtime._audit import AuditContext, audited_pairs
 from broker.runtime._cases import CaseMembership
 from broker.runtime._operator import ActInterrupted, OperatorAct
-from broker.runtime._pipeline import body_json
+from broker.runtime._pipeline import body_json, broker_opener
 from broker.runtime._policy import PolicyDecider
 from broker.runtime._quarantine import RESOLUTION_HEADER
 from broker.runtime._release import bundle
@@ -252,6 +253,38 @@ async def test_bad_inputs_land_in_quarantine_with_their_reasons(env: BrokerEnv) 
         assert notice["reason"] == reason_of(record)
 
 
+async def test_the_largest_record_an_ingress_topic_takes_is_quarantined_whole(
+    env: BrokerEnv,
+) -> None:
+    """The quarantine wraps what it keeps (reason, origin, the broker's envelope), so the
+    largest record Kafka accepts on an ingress topic makes a larger record on ``tiaki.dlq``
+    (which takes 2 MiB). It lands there whole and the stream goes on: a refusal here would
+    stop the worker on the same record after every restart."""
+    garbage = b"\x01" + os.urandom(MAX_RECORD_BYTES - 200)  # what the ingress topic takes
+    follower = example("FamilyHarmEpisodeReport", source_agency="police")
+    before = {(r.partition, r.offset) for r in await quarantine_records(env)}
+    await env.publish_raw("police", [garbage], key=b"SYN-LARGEST")
+    await env.publish("police", [("FamilyHarmEpisodeReport", follower)])
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 60
+    while True:
+        new = [r for r in await quarantine_records(env) if (r.partition, r.offset) not in before]
+        kept = [r for r in new if quarantined_value(env, r) == garbage]
+        audit = [
+            decode(r.value, SCHEMAS.latest("AuditRecord"))
+            for r in await env.read("compliance", AUDIT)
+        ]
+        decided = [a for a in audit if a["event_id"] == follower["header"]["event_id"]]
+        if (kept and decided) or loop.time() > deadline:
+            break
+        await asyncio.sleep(1)
+    (record,) = kept
+    assert reason_of(record) == "malformed_envelope"
+    assert len(record.value) > MAX_RECORD_BYTES  # larger than any ingress or egress record
+    assert decided, "the event after it was decided: the worker went on"
+    assert env.processes[0].poll() is None
+
+
 async def test_a_request_id_another_agency_holds_is_refused(env: BrokerEnv) -> None:
     """Request ids are their requester's: a second agency's request under an id in the book
     is quarantined as ``request_id_in_use`` and its sender told, on real Kafka too."""
@@ -300,7 +333,7 @@ def reason_of(record: Record) -> str:
 
 def quarantined_value(env: BrokerEnv, record: Record) -> bytes:
     """The ingress bytes a quarantine record keeps (it is sealed to the broker)."""
-    opened = Opener("broker", env.ring).open(
+    opened = broker_opener(env.ring).open(  # as the quarantine tools open it
         record.value, topic=DLQ, now=dt.datetime.now(dt.UTC), kind=Kind.HOLD, source="broker"
     )
     kept: bytes = decode(opened.payload, SCHEMAS.latest("QuarantinedRecord"))["value"]
