@@ -309,12 +309,17 @@ class LocalKafka:
     # -- process ------------------------------------------------------------------------------
 
     def pid(self) -> int | None:
-        """The pid of the running node, or None (a stale pid file is removed)."""
+        """The pid of the running node, or None (a stale or nonsensical pid file is removed).
+
+        Only a process id proper is believed: ``down`` signals it, and ``kill(-1)`` signals
+        every process the caller may signal (as root, the whole machine), ``kill(0)`` the
+        caller's own process group, and pid 1 is init."""
         try:
-            pid = int(self.pid_file.read_text().strip())
-        except (FileNotFoundError, ValueError):
+            text = self.pid_file.read_text(errors="replace").strip()
+        except FileNotFoundError:
             return None
-        if not _alive(pid) or not _is_kafka(pid):
+        pid = int(text) if text.isascii() and text.isdigit() and len(text) <= 7 else 0
+        if not 1 < pid <= MAX_PID or not _alive(pid) or not _is_kafka(pid):
             self.pid_file.unlink(missing_ok=True)
             return None
         return pid
@@ -482,11 +487,15 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: Linux's largest possible process id (``PID_MAX_LIMIT``, 2^22).
+MAX_PID = 4_194_304
+
+
 def _is_kafka(pid: int) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return True  # no /proc: trust the pid file
+        return not Path("/proc/self").exists()  # no /proc at all: trust the pid file
     return b"kafka.Kafka" in cmdline
 
 

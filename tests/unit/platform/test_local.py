@@ -199,3 +199,28 @@ def test_a_password_the_argument_file_cannot_hold_is_refused(tmp_path: Path) -> 
     node = kafka(tmp_path)
     with pytest.raises(PlatformError, match="quote, backslash or line break"):
         node._java_secretly("kafka.tools.StorageTool", 'pass"word')
+
+
+@pytest.mark.parametrize(
+    "text", ["-1", "0", "1", "99999999999999999999", "4194305", "\xff", "9" * 5000]
+)
+def test_a_nonsensical_pid_file_is_never_signalled(tmp_path: Path, text: str) -> None:
+    """`tiaki kafka down` signals the pid in the file: -1 would be every process the caller
+    may signal (as root, the machine), 0 its own group, 1 init; a huge number used to raise
+    OverflowError. None is believed, and the file is removed."""
+    node = kafka(tmp_path)
+    node.pid_file.parent.mkdir(parents=True)
+    node.pid_file.write_text(text + "\n", errors="surrogateescape")
+    assert node.pid() is None
+    assert node.status().running is False
+    assert node.down() == "not running"
+    assert not node.pid_file.exists()
+
+
+def test_a_pid_of_a_process_that_is_not_kafka_is_not_believed(tmp_path: Path) -> None:
+    import os
+
+    node = kafka(tmp_path)
+    node.pid_file.parent.mkdir(parents=True)
+    node.pid_file.write_text(f"{os.getpid()}\n")  # alive, but pytest, not Kafka
+    assert node.pid() is None
