@@ -48,10 +48,18 @@ app.add_typer(adapter_app, name="adapter")
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the process exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    for position, arg in enumerate(args, 1):
+        # Python keeps bytes that are not UTF-8 as lone surrogates, which fail later at the
+        # first write (a key document, the audit index) with a traceback, and may lose the
+        # act (a revocation's reason): refuse them before anything runs.
+        if not arg.isascii() and any("\ud800" <= c <= "\udfff" for c in arg):
+            print(f"tiaki: argument {position} is not UTF-8 text", file=sys.stderr)
+            return 2
     command = typer.main.get_command(app)
     try:
         # Without standalone mode, a command's ``raise typer.Exit(n)`` comes back as the value.
-        result = command.main(args=argv, prog_name="tiaki", standalone_mode=False)
+        result = command.main(args=list(args), prog_name="tiaki", standalone_mode=False)
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.Abort:

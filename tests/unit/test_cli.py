@@ -177,3 +177,22 @@ def test_adapter_metrics_port_taken_is_one_line(
     assert err.startswith(
         f"tiaki: error: cannot serve metrics on 127.0.0.1:{port} (metrics_port): "
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["keys", "revoke", "police.sig.20250101T000000Z.0123abcd", "--reason", "\udcff"],
+        ["audit", "query", "--operator", "\udcff"],
+        ["policy", "validate", "policies-\udcfe"],
+    ],
+)
+def test_an_argument_that_is_not_utf8_is_refused_before_anything_runs(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates (``$'\\xff'`` in a shell):
+    they used to fail at the first write, a revocation's reason in the key document or the
+    operator's name in the audit index, with a traceback and the act lost."""
+    assert main(argv) == 2
+    position = next(i for i, a in enumerate(argv, 1) if not a.isascii())
+    assert capsys.readouterr().err == f"tiaki: argument {position} is not UTF-8 text\n"
