@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from adapters._private_files import write_private
+from broker._yaml import SourceError, parse_json
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ class DeadLetters:
         unreadable: list[tuple[Path, str]] = []
         for path in sorted(self.path.glob("*.json")):
             try:
-                letters.append(_letter(path.read_bytes()))
+                letters.append(_letter(path, path.read_bytes()))
             except OSError as exc:
                 unreadable.append((path, f"cannot read: {exc.strerror}"))
             except ValueError as exc:
@@ -111,12 +112,12 @@ class DeadLetters:
             (self.path / f"{stem}{suffix}").unlink(missing_ok=True)
 
 
-def _letter(data: bytes) -> DeadLetter:
-    """A dead letter from its JSON file; :class:`ValueError` saying what is wrong, without
-    any of the file's content."""
+def _letter(path: Path, data: bytes) -> DeadLetter:
+    """A dead letter from its JSON file ``path``, which held ``data``; :class:`ValueError`
+    saying what is wrong, without any of the file's content."""
     try:
-        doc: Any = json.loads(data)
-    except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+        doc: Any = parse_json(path, data.decode("utf-8"))
+    except (UnicodeDecodeError, SourceError):  # also nested too deeply, an endless number
         raise ValueError("not valid JSON") from None
     if not isinstance(doc, dict):
         raise ValueError("not a dead letter (not a JSON object)")

@@ -8,19 +8,26 @@ points at ``file:line:column`` in the text the privacy officer is looking at.
 cannot be read, or is not UTF-8, is a :class:`SourceError` at the first bad byte's line and
 column, never a ``UnicodeDecodeError``. :func:`load_yaml` and :func:`parse_json` refuse a file
 whose lists and mappings nest more than :data:`MAX_DEPTH` levels deep (:func:`too_deep`), so
-the readers that walk what they parsed recursively never meet a ``RecursionError``.
+the readers that walk what they parsed recursively never meet a ``RecursionError``; they also
+refuse, at its line and column, a decimal integer longer than Python converts
+(``sys.get_int_max_str_digits()``, 4300 digits by default), where ``int()`` raises a bare
+``ValueError``. A reader of a JSON file should go through :func:`parse_json` (:func:`load_json`
+for a whole file) rather than ``json.loads`` alone, so a hostile file is its one-line error,
+never a traceback.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
-from ruamel.yaml.constructor import RoundTripConstructor
+from ruamel.yaml.constructor import ConstructorError, RoundTripConstructor
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 from ruamel.yaml.reader import ReaderError
 
@@ -49,6 +56,18 @@ class _TextTimestamps(RoundTripConstructor):
 _TextTimestamps.add_constructor(
     "tag:yaml.org,2002:timestamp", RoundTripConstructor.construct_yaml_str
 )
+
+
+def _construct_int(constructor: RoundTripConstructor, node: Any) -> Any:
+    """ruamel's integer; one longer than Python converts is a :class:`ConstructorError` at
+    the node (``int()`` itself raises a bare ``ValueError``, with no line or column)."""
+    try:
+        return RoundTripConstructor.construct_yaml_int(constructor, node)
+    except ValueError:
+        raise ConstructorError(problem=_too_long(), problem_mark=node.start_mark) from None
+
+
+_TextTimestamps.add_constructor("tag:yaml.org,2002:int", _construct_int)
 
 
 #: How deeply a file may nest lists and mappings. Tiaki's own files need fewer than ten
@@ -102,16 +121,48 @@ def too_deep(node: Any, limit: int = MAX_DEPTH) -> Any:
 
 def parse_json(path: Path, text: str, line: int = 1) -> Any:
     """JSON from ``text``, which starts at ``line`` of ``path``; :class:`SourceError` at the
-    fault, or if lists and objects nest more than :data:`MAX_DEPTH` levels deep."""
+    fault, if lists and objects nest more than :data:`MAX_DEPTH` levels deep, or at an integer
+    longer than Python converts."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise SourceError(path, line + exc.lineno - 1, exc.colno, f"bad JSON: {exc.msg}") from None
     except RecursionError:  # deeper than even the parser allows
         raise SourceError(path, line, 1, f"bad JSON: {_TOO_DEEP}") from None
+    except ValueError:  # the one other: int() refusing a number too long to convert
+        at_line, column = _long_integer(text)
+        raise SourceError(path, line + at_line - 1, column, f"bad JSON: {_too_long()}") from None
     if too_deep(data) is not None:
         raise SourceError(path, line, 1, f"bad JSON: {_TOO_DEEP}")
     return data
+
+
+def load_json(path: Path) -> Any:
+    """The JSON file at ``path`` (:func:`read_text`, then :func:`parse_json`);
+    :class:`SourceError` if it cannot be read, is not UTF-8 or is not acceptable JSON."""
+    return parse_json(path, read_text(path))
+
+
+#: A JSON string (skipped) or number: its whole part, fraction and exponent. Only a number
+#: with neither fraction nor exponent is an integer (the others are floats, with no limit).
+_JSON_NUMBER = re.compile(r'"(?:[^"\\]|\\.)*"|-?([0-9]+)(\.[0-9]+)?([eE][-+]?[0-9]+)?')
+
+
+def _long_integer(text: str) -> tuple[int, int]:
+    """The 1-based (line, column) of the first integer in JSON ``text`` longer than Python
+    converts, or (1, 1). The JSON parser stops there without saying where; all before it
+    parsed, so its strings are whole and the scan cannot mistake a string's digits."""
+    limit = sys.get_int_max_str_digits()
+    for match in _JSON_NUMBER.finditer(text):
+        digits, fraction, exponent = match.groups()
+        if limit and digits and fraction is None and exponent is None and len(digits) > limit:
+            at = match.start()
+            return text.count("\n", 0, at) + 1, at - (text.rfind("\n", 0, at) + 1) + 1
+    return 1, 1
+
+
+def _too_long() -> str:
+    return f"an integer of more than {sys.get_int_max_str_digits()} digits"
 
 
 def load_yaml(path: Path) -> Any:

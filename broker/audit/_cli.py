@@ -37,7 +37,7 @@ from typing import Annotated, Any
 import typer
 
 from broker._settings import Settings
-from broker._yaml import SourceError, read_text
+from broker._yaml import SourceError, parse_json, read_text
 from broker.audit._errors import AuditError, LogTampered, QueryError
 from broker.audit._index import AuditIndex, Query, Row
 from broker.audit._kafka import index_live, read_log, read_topic, verify_live
@@ -76,6 +76,9 @@ Format = Annotated[str, typer.Option("--format", help="table, csv or json.")]
 FORMATS = ("table", "csv", "json")
 #: The most rows ``query`` prints; SQLite takes a 64-bit LIMIT, and no reader wants more.
 MAX_LIMIT = 1_000_000
+#: The most decoding processes ``index`` starts: each is a whole interpreter with the
+#: schemas, and past the machine's cores more only compete for them.
+MAX_WORKERS = 64
 
 
 def _now() -> datetime:
@@ -198,7 +201,7 @@ def _read(
             lines = read_text(source).splitlines()
         except SourceError as exc:  # unreadable, or not UTF-8
             raise AuditError(str(exc)) from None
-        entries = load_lines(lines)
+        entries = load_lines(lines, source)
         return (
             [e for e in entries if e.topic == AUDIT_TOPIC],
             [e for e in entries if e.topic == CHECKPOINT_TOPIC],
@@ -247,7 +250,13 @@ def index_command(
     source: FromFile = None,
     profile: ProfileName = COMPLIANCE,
     workers: Annotated[
-        int, typer.Option("--workers", help="Processes decoding records (1: in this one).")
+        int,
+        typer.Option(
+            "--workers",
+            help="Processes decoding records (1: in this one).",
+            min=1,
+            max=MAX_WORKERS,
+        ),
     ] = 1,
 ) -> None:
     """Index the audit topic (or an export) into the audit index; resumes where it stopped."""
@@ -369,9 +378,12 @@ def _load_witness(path: Path) -> list[bytes]:
     import base64
 
     try:
-        docs = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        lines = read_text(path).splitlines()
+        docs = [parse_json(path, line, n) for n, line in enumerate(lines, 1) if line.strip()]
         return [base64.b64decode(d["checkpoint"]) for d in docs]
-    except (OSError, ValueError, KeyError, TypeError):
+    except SourceError as exc:  # unreadable, not UTF-8, bad JSON, nested too deeply
+        raise AuditError(f"{exc} (not a witness file)") from None
+    except (ValueError, KeyError, TypeError):
         raise AuditError(f"{path}: not a witness file") from None
 
 

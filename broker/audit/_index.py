@@ -57,6 +57,9 @@ log = structlog.get_logger("tiaki.audit")
 
 #: A record id is its position packed into one integer: unique, and ordered like the topic.
 _PARTITION_SHIFT = 1 << 40
+#: So a record id fits a signed 64-bit column, a partition is below 2**23 (and an offset
+#: below 2**40): other positions (a hand-made export's) are refused, never wrapped or merged.
+_MAX_PARTITION = 1 << 23
 
 #: The index's table layout; an index of another layout is rebuilt from the topic
 #: (:meth:`AuditIndex.open` with ``rebuild``), never read.
@@ -332,6 +335,21 @@ def _ms(value: Any) -> int:
     if isinstance(value, datetime):
         return int(value.timestamp() * 1000)
     return int(value)
+
+
+def _number(value: Any) -> int | None:
+    """A stored integer, or None if the database holds something else there (a value altered
+    by hand: SQLite keeps text in an INTEGER column)."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+#: What every "rebuild the index" message adds: rebuilding loses no record of who read it.
+_KEPT = "(its access log is kept)"
 
 
 def _json(value: Any) -> str:
@@ -738,19 +756,23 @@ class AuditIndex:
             if "records" in tables:  # an index already: of which layout (0: from before)
                 db.execute("CREATE TABLE IF NOT EXISTS layout (version INTEGER NOT NULL)")
                 found = db.execute("SELECT version FROM layout")
-                layout = int(found[0][0]) if found else 0
-                if layout != LAYOUT and not rebuild:
+                layout = _number(found[0][0]) if found else 0
+                if layout is None and not rebuild:  # altered by hand, or by a disk fault
+                    raise IndexFailure(
+                        "the audit index is damaged (its layout version is not a number): run "
+                        f"`tiaki audit index` to rebuild it from the audit topic {_KEPT}"
+                    )
+                if layout is not None and layout != LAYOUT and not rebuild:
                     raise IndexFailure(
                         f"the audit index has layout {layout} and this Tiaki reads layout "
                         f"{LAYOUT}: run `tiaki audit index` to rebuild it from the audit "
-                        "topic (its access log is kept)"
+                        f"topic {_KEPT}"
                     )
                 damaged = layout == LAYOUT and self._values_short()
                 if damaged and not rebuild:
                     raise IndexFailure(
                         "the audit index's value log is shorter than its records say: run "
-                        "`tiaki audit index` to rebuild it from the audit topic (its access "
-                        "log is kept)"
+                        f"`tiaki audit index` to rebuild it from the audit topic {_KEPT}"
                     )
                 if layout != LAYOUT or damaged:
                     for table in _DERIVED:
@@ -769,7 +791,10 @@ class AuditIndex:
         if values is None:
             return False
         found = self._db.execute("SELECT end_offset FROM value_log")
-        return bool(found) and int(found[0][0]) > values.size()
+        if not found:
+            return False
+        end = _number(found[0][0])
+        return end is None or end > values.size()  # not a number: damaged all the same
 
     def close(self) -> None:
         if self._pool is not None:
@@ -805,6 +830,12 @@ class AuditIndex:
             return 0
         upto: dict[int, int] = {}
         for entry in todo:
+            if not (0 <= entry.partition < _MAX_PARTITION and 0 <= entry.offset < _PARTITION_SHIFT):
+                raise IndexFailure(
+                    f"{entry.position}: beyond what the index can hold (a record id packs a "
+                    f"partition below 2^{_MAX_PARTITION.bit_length() - 1} and an offset below "
+                    f"2^{_PARTITION_SHIFT.bit_length() - 1})"
+                )
             upto[entry.partition] = max(upto.get(entry.partition, 0), entry.offset + 1)
         with self._db.transaction():
             if workers <= 1:
@@ -1010,7 +1041,12 @@ class AuditIndex:
         at = _ms(now)
         with self._db.transaction():
             last = self._db.execute("SELECT seq, link FROM access_log ORDER BY seq DESC LIMIT 1")
-            seq, prev = (int(last[0][0]) + 1, str(last[0][1])) if last else (0, "0" * 64)
+            seq, prev = 0, "0" * 64
+            if last:
+                top = _number(last[0][0])
+                if top is None:
+                    raise LogTampered("access log", "last entry altered (its seq is not a number)")
+                seq, prev = top + 1, str(last[0][1])
             link = access_link(seq, prev, at, operator, command, text, results)
             self._db.execute(
                 "INSERT INTO access_log VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1030,23 +1066,24 @@ class AuditIndex:
             rows
         ):
             where = f"access log seq {expected}"
-            if int(seq) != expected:
+            if _number(seq) != expected:
                 raise LogTampered(where, "missing")
+            at, results = _number(at), _number(results)
+            if at is None or results is None:  # SQLite keeps text in an integer column
+                raise LogTampered(where, "entry altered (not a number where one belongs)")
             if (
                 stored_prev != prev
-                or access_link(int(seq), prev, int(at), operator, command, query, int(results))
-                != link
+                or access_link(expected, prev, at, operator, command, query, results) != link
             ):
                 raise LogTampered(where, "entry altered or out of chain")
             prev = link
-            out.append(
-                Access(
-                    int(seq),
-                    datetime.fromtimestamp(int(at) / 1000, UTC),
-                    operator,
-                    command,
-                    json.loads(query),
-                    int(results),
-                )
-            )
+            # The chain is not keyed: a consistent rewrite can still hold what does not read.
+            try:
+                when = datetime.fromtimestamp(at / 1000, UTC)
+                described = json.loads(query)
+            except (TypeError, ValueError, OverflowError, OSError, RecursionError):
+                raise LogTampered(
+                    where, "entry altered (its time or query does not read)"
+                ) from None
+            out.append(Access(expected, when, operator, command, described, results))
         return out

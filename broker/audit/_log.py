@@ -15,7 +15,9 @@ import base64
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
+from broker._yaml import SourceError, parse_json
 from broker.audit._errors import AuditError
 
 EXPORT_FORMAT = "tiaki-audit-export/1"
@@ -73,32 +75,50 @@ def dump_lines(entries: Iterable[LogEntry], *, exported_at: str) -> Iterator[str
         )
 
 
-def load_lines(lines: Iterable[str]) -> list[LogEntry]:
-    """Read an export file back; a malformed line is an error naming the line."""
+def load_lines(lines: Iterable[str], source: Path | None = None) -> list[LogEntry]:
+    """Read an export file back; a malformed line is an error naming the line (and the file,
+    ``source``, if given). A record is malformed if it is not what :func:`dump_lines` writes
+    of a record Kafka could hold: a partition an int32 and an offset an int64, both not
+    negative, and a timestamp an int64."""
+    where = f"{source}: " if source is not None else ""
+    name = source if source is not None else Path("export")
     entries: list[LogEntry] = []
     it = iter(lines)
     try:
-        first = json.loads(next(it))
-    except (StopIteration, ValueError):
-        raise AuditError("not a Tiaki audit export (empty or unreadable first line)") from None
+        first = parse_json(name, next(it))
+    except (StopIteration, SourceError):
+        raise AuditError(
+            f"{where}not a Tiaki audit export (empty or unreadable first line)"
+        ) from None
     if not isinstance(first, dict) or first.get("format") != EXPORT_FORMAT:
-        raise AuditError(f"not a Tiaki audit export (expected format {EXPORT_FORMAT})")
+        raise AuditError(f"{where}not a Tiaki audit export (expected format {EXPORT_FORMAT})")
     for number, line in enumerate(it, start=2):
         if not line.strip():
             continue
+        bad = f"{where}export line {number}: malformed record"
         try:
-            doc = json.loads(line)
-            entries.append(
-                LogEntry(
-                    topic=str(doc["topic"]),
-                    partition=int(doc["partition"]),
-                    offset=int(doc["offset"]),
-                    key=None if doc["key"] is None else base64.b64decode(doc["key"]),
-                    value=base64.b64decode(doc["value"]),
-                    headers=tuple((str(k), base64.b64decode(v)) for k, v in doc["headers"]),
-                    timestamp_ms=int(doc["timestamp_ms"]),
-                )
+            doc = parse_json(name, line, number)
+            entry = LogEntry(
+                topic=str(doc["topic"]),
+                partition=int(doc["partition"]),
+                offset=int(doc["offset"]),
+                key=None if doc["key"] is None else base64.b64decode(doc["key"]),
+                value=base64.b64decode(doc["value"]),
+                headers=tuple((str(k), base64.b64decode(v)) for k, v in doc["headers"]),
+                timestamp_ms=int(doc["timestamp_ms"]),
             )
-        except (ValueError, KeyError, TypeError):
-            raise AuditError(f"export line {number}: malformed record") from None
+        except SourceError as exc:  # bad JSON, nested too deeply, an endless integer
+            raise AuditError(f"{bad} ({exc.reason})") from None
+        except (ValueError, KeyError, TypeError, OverflowError):  # Overflow: int(1e400)
+            raise AuditError(bad) from None
+        if not (0 <= entry.partition < _INT32 and 0 <= entry.offset < _INT64):
+            raise AuditError(f"{bad} (partition or offset out of range)")
+        if not -_INT64 <= entry.timestamp_ms < _INT64:
+            raise AuditError(f"{bad} (timestamp out of range)")
+        entries.append(entry)
     return entries
+
+
+#: Kafka's partitions are 32-bit and its offsets and timestamps 64-bit signed integers.
+_INT32 = 1 << 31
+_INT64 = 1 << 63

@@ -158,9 +158,16 @@ def format_time(value: datetime) -> str:
 
 
 def parse_time(text: str) -> datetime:
+    """A time with its zone; :class:`ValueError` if it has none, or if in UTC it falls outside
+    years 1 to 9999 (``0001-01-01T00:00:00+14:00``): such a time parses, but every later
+    conversion (:func:`format_time`, on each save) raises ``OverflowError``."""
     value = datetime.fromisoformat(text)
     if value.tzinfo is None:
         raise ValueError("time without a zone")
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("time out of range in UTC") from None
     return value
 
 

@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from broker._durable import fsync_dir, open_to_others, replace_whole, write_all
+from broker._yaml import SourceError, load_json, parse_json
 from broker.envelope import _primitives as p
 from broker.envelope._errors import KeyStoreError
 from broker.envelope._keys import (
@@ -119,12 +120,13 @@ def _dump(doc: Mapping[str, Any]) -> bytes:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """The JSON object at ``path``. Anything wrong with the file (unreadable, not UTF-8, bad
+    JSON, nested too deeply, an endless number) is a :class:`KeyStoreError`, so it refuses
+    that key set only (:meth:`KeyStore.load_each`)."""
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise KeyStoreError(f"{path}: {exc.strerror}") from None
-    except ValueError:
-        raise KeyStoreError(f"{path}: not valid JSON") from None
+        doc = load_json(path)
+    except SourceError as exc:
+        raise KeyStoreError(str(exc)) from None
     if not isinstance(doc, dict):
         raise KeyStoreError(f"{path}: expected a JSON object")
     return doc
@@ -334,17 +336,19 @@ class KeyStore:
         """Read ``revoked.jsonl`` (see the module docstring); empty if there is none."""
         path = self.revoked_path
         try:
-            text = path.read_text(encoding="utf-8")
+            data = path.read_bytes()
         except FileNotFoundError:
-            text = ""
+            data = b""
         except OSError as exc:
             raise KeyStoreError(f"{path}: {exc.strerror}") from None
-        lines = text.split("\n")[:-1]  # a last line without its newline is a torn append
+        # A last line without its newline is a torn append, which may end inside a character:
+        # lines are split as bytes and decoded one by one.
+        lines = data.split(b"\n")[:-1]
         by_id: dict[str, Revocation] = {}
         by_public: dict[tuple[str, str], Revocation] = {}
         for number, line in enumerate(lines, 1):
             try:
-                doc = json.loads(line)
+                doc = parse_json(path, line.decode("utf-8"), number)
                 if doc["format"] != REVOKED_FORMAT:
                     raise ValueError(doc["format"])
                 entry = Revocation(
@@ -354,7 +358,7 @@ class KeyStore:
                     revoked_at=parse_time(doc["revoked_at"]),
                     reason=None if doc.get("reason") is None else str(doc["reason"]),
                 )
-            except (KeyError, ValueError, TypeError):
+            except (SourceError, KeyError, ValueError, TypeError):  # UnicodeDecodeError too
                 raise KeyStoreError(f"{path}: line {number} is not a revocation") from None
             by_id.setdefault(entry.key_id, entry)
             by_public.setdefault((entry.owner, entry.public_sha256), entry)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from broker._durable import replace_whole
+from broker._yaml import SourceError, parse_json
 
 
 def new_password() -> str:
@@ -36,11 +37,17 @@ def write_secret_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
-    """The JSON object at ``path``, or None if the file does not exist."""
+    """The JSON object at ``path``, or None if the file does not exist; :class:`ValueError`
+    if it is not UTF-8 or not JSON (nested too deeply, or with an integer too long to
+    convert, included: :func:`~broker._yaml.parse_json`), which callers report naming it."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         return None
+    try:
+        data = parse_json(path, text)
+    except SourceError as exc:
+        raise ValueError(exc.reason) from None
     if not isinstance(data, dict):
         return None
     return data

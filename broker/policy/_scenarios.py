@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +44,7 @@ from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+from broker._yaml import SourceError, load_json
 from broker.codec import CodecError, from_json, validate
 from broker.policy._context import value_problem
 from broker.policy._engine import Engine
@@ -324,9 +324,9 @@ class _ScenarioReader:
         could receive."""
         path = self.examples / f"{name}.json"
         try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            self.reader.error((case, "event"), f"cannot read example {path}: {exc}")
+            document = load_json(path)
+        except SourceError as exc:  # unreadable, not UTF-8, bad JSON, nested too deeply
+            self.reader.error((case, "event"), f"cannot read example {exc}")
             return {}
         if isinstance(document, dict):  # an older version: the fields its writers knew
             names = {info.path for info in schema.fields}

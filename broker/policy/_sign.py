@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
+from broker._yaml import SourceError, load_json
 from broker.policy._errors import ApprovalError, PolicySourceError, PolicyValidationError
 from broker.policy._model import Officer
 from broker.policy._reader import Reader
@@ -145,7 +146,7 @@ def load_approvals(folder: Path) -> list[Approval]:
     out = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = load_json(path)
             out.append(
                 Approval(
                     officer=str(data["officer"]),
@@ -154,7 +155,9 @@ def load_approvals(folder: Path) -> list[Approval]:
                     signature=base64.b64decode(data["signature"], validate=True),
                 )
             )
-        except (OSError, ValueError, KeyError, TypeError, binascii.Error):
+        except SourceError as exc:  # unreadable, not UTF-8, bad JSON, nested too deeply
+            raise ApprovalError(f"{exc} (not a readable approval)") from None
+        except (ValueError, KeyError, TypeError, binascii.Error):
             raise ApprovalError(f"{path}: not a readable approval") from None
     return out
 
