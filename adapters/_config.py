@@ -39,7 +39,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from adapters._errors import AdapterConfigError
 from broker._yaml import SourceError, load_yaml, locate
@@ -49,16 +57,28 @@ MAX_PORT = 65535
 MAX_DELAY_S = 86400.0
 
 
+def _no_nul(value: str) -> str:
+    # No file system takes a NUL in a path, and Python refuses one with a bare ValueError when
+    # ``run`` opens it: refuse it here, so what ``check`` accepts ``run`` can open.
+    if "\0" in value:
+        raise ValueError("a path cannot hold a NUL character")
+    return value
+
+
+#: A file or folder path from the configuration (``{home}`` and the like still unfilled).
+PathText = Annotated[str, AfterValidator(_no_nul)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class FolderSourceConfig(_Strict):
     kind: Literal["folder"]
-    path: str
+    path: PathText
     format: Literal["json", "csv"] = "json"
     event_type: str | None = None
-    template: str | None = None
+    template: PathText | None = None
     columns: dict[str, str] = Field(default_factory=dict)
     interval_s: float = Field(default=1.0, gt=0, le=3600)
 
@@ -84,7 +104,7 @@ class WebhookSourceConfig(_Strict):
 
 class FolderSinkConfig(_Strict):
     kind: Literal["folder"]
-    path: str
+    path: PathText
 
 
 class WebhookSinkConfig(_Strict):
@@ -127,10 +147,11 @@ class AdapterConfig(_Strict):
     """A validated configuration; paths still hold ``{home}`` until :meth:`path`."""
 
     agency: str = Field(pattern=r"^[a-z0-9][a-z0-9-]*$")
-    profile: str = "{home}/profiles/{agency}.json"
-    keys: str = "{home}/keys"
-    key_ref: str | None = None
-    state: str = "{home}/adapters/{agency}"
+    profile: PathText = "{home}/profiles/{agency}.json"
+    keys: PathText = "{home}/keys"
+    #: Names the key set's files in ``keys``, so it is a name like ``agency``, not a path.
+    key_ref: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9-]*$")
+    state: PathText = "{home}/adapters/{agency}"
     metrics_port: int = Field(default=0, ge=0, le=65535)
     retry: RetryConfig = Field(default_factory=RetryConfig)
     sources: list[SourceConfig] = Field(default_factory=list)

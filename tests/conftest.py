@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
 import pytest
+import structlog
+
+from broker._logging import _StdlibHandler
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,3 +31,16 @@ def pytest_configure(config: pytest.Config) -> None:
     # A CI time-out or `timeout` sends SIGTERM: turn it into an interrupt so session fixtures
     # still stop the Kafka and broker processes they started.
     signal.signal(signal.SIGTERM, _interrupt)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_found() -> Iterator[None]:
+    """Put logging back after each test. A command run in a test may call
+    ``configure_logging()``, which binds log output to the stream of that moment (pytest's
+    capture, closed when the test ends): a later test's log line would then fail with
+    ``I/O operation on closed file``, depending on which tests ran before it."""
+    yield
+    structlog.reset_defaults()
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, _StdlibHandler)]:
+        root.removeHandler(handler)

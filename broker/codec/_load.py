@@ -1,4 +1,4 @@
-"""Reading the schema folder: pinned references, lint, parsing and fingerprints.
+"""Reading the schema folder: shape, pinned references, lint, parsing and fingerprints.
 
 Layout (see ``schemas/README.md``)::
 
@@ -203,9 +203,11 @@ def _read_sources(folder: Path) -> dict[tuple[str, int], _Source]:
 
 
 def _check_identity(path: Path, raw: Any, dir_name: str) -> None:
-    if not isinstance(raw, dict) or raw.get("type") not in NAMED:
+    kind = raw.get("type") if isinstance(raw, dict) else None
+    if not isinstance(kind, str) or kind not in NAMED:
         raise SchemaError(f"{path}: a schema file holds one named type (record or enum)")
-    name = str(raw.get("name", ""))
+    _check_shape(path, raw)
+    name = str(raw["name"])
     namespace = raw.get("namespace")
     full = name if "." in name else f"{namespace}.{name}"
     if full != f"{NAMESPACE}.{dir_name}":
@@ -215,10 +217,152 @@ def _check_identity(path: Path, raw: Any, dir_name: str) -> None:
         )
     uses = raw.get(USES, {})
     if not isinstance(uses, dict) or not all(
-        isinstance(k, str) and k.startswith(f"{NAMESPACE}.") and isinstance(v, int) and v >= 1
+        isinstance(k, str)
+        and k.startswith(f"{NAMESPACE}.")
+        and isinstance(v, int)
+        and not isinstance(v, bool)
+        and v >= 1
         for k, v in uses.items()
     ):
         raise SchemaError(f"{path}: '{USES}' maps full type names to versions (integers from 1)")
+
+
+# -- shape ------------------------------------------------------------------------------------
+
+#: An Avro name (specification, "Names"); a full name joins them with dots. Field paths join
+#: field names with ``.``, ``[]`` and ``{}``, so a field name holding one would be ambiguous.
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_FULL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
+_TYPE_WORDS = ", ".join(("record", "enum", "fixed", "array", "map", "a primitive"))
+
+
+def _check_shape(path: Path, raw: Mapping[str, Any]) -> None:
+    """Check that every node of ``raw`` has the JSON shape Avro gives it, before anything reads it.
+
+    The lint, the expander, fastavro and every walker after them index schemas as Avro says they
+    look (a field has a ``type``, ``symbols`` is a list of names, a name is a string). A file
+    that does not is refused here, as :class:`SchemaError` naming the file and where in it
+    (``fields[1].type``), rather than as a ``KeyError`` or ``TypeError`` from whichever walker
+    met it first.
+    """
+    _shape_named(path, raw, "")
+
+
+def _at(where: str, key: str | int) -> str:
+    if isinstance(key, int):
+        return f"{where}[{key}]"
+    return f"{where}.{key}" if where else key
+
+
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind[0] in "aeiou" else f"a {kind}"
+
+
+def _shape_error(path: Path, where: str, reason: str) -> SchemaError:
+    return SchemaError(f"{path}: {where or 'schema'}: {reason}")
+
+
+def _json_kind(value: Any) -> str:
+    """How JSON names the kind of ``value``, for messages that must not quote it."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def _shape_names(path: Path, node: Mapping[str, Any], key: str, where: str, full: bool) -> None:
+    """``node[key]`` (when given) is a list of names: aliases, or an enum's symbols."""
+    if key not in node:
+        return
+    values = node[key]
+    pattern = _FULL_NAME if full else _NAME
+    if not isinstance(values, list) or not all(
+        isinstance(v, str) and pattern.fullmatch(v) for v in values
+    ):
+        raise _shape_error(path, _at(where, key), "must be a list of Avro names")
+
+
+def _shape_type(path: Path, node: Any, where: str) -> None:
+    if isinstance(node, str):
+        if not node:
+            raise _shape_error(path, where, "a type name cannot be empty")
+    elif isinstance(node, list):
+        for index, branch in enumerate(node):
+            _shape_type(path, branch, _at(where, index))
+    elif isinstance(node, Mapping):
+        if "type" not in node:
+            raise _shape_error(path, where, "a type object needs 'type'")
+        kind = node["type"]
+        if not isinstance(kind, str) or kind not in (*PRIMITIVES, *NAMED, "array", "map"):
+            raise _shape_error(
+                path,
+                _at(where, "type"),
+                f"must be {_TYPE_WORDS} (a named type is referred to by its name, a string)",
+            )
+        if kind in NAMED:
+            _shape_named(path, node, where)
+        elif kind in ("array", "map"):
+            inner = "items" if kind == "array" else "values"
+            if inner not in node:
+                raise _shape_error(path, where, f"{_a(kind)} needs '{inner}'")
+            _shape_type(path, node[inner], _at(where, inner))
+        elif "logicalType" in node and not isinstance(node["logicalType"], str):
+            raise _shape_error(path, _at(where, "logicalType"), "must be a string")
+    else:
+        raise _shape_error(
+            path,
+            where,
+            f"a type is a name, a union (list) or an object, not {_json_kind(node)}",
+        )
+
+
+def _shape_named(path: Path, node: Mapping[str, Any], where: str) -> None:
+    kind = node["type"]
+    name = node.get("name")
+    if not isinstance(name, str) or not _FULL_NAME.fullmatch(name):
+        raise _shape_error(path, _at(where, "name"), f"{_a(kind)} needs a 'name' (an Avro name)")
+    namespace = node.get("namespace", "")
+    if not isinstance(namespace, str) or (namespace and not _FULL_NAME.fullmatch(namespace)):
+        raise _shape_error(path, _at(where, "namespace"), "must be dotted Avro names")
+    _shape_names(path, node, "aliases", where, full=True)
+    if kind in ("record", "error"):
+        fields = node.get("fields")
+        if not isinstance(fields, list):
+            raise _shape_error(path, _at(where, "fields"), f"{_a(kind)} needs a list of fields")
+        seen: set[str] = set()
+        for index, fld in enumerate(fields):
+            at = _at(_at(where, "fields"), index)
+            if not isinstance(fld, Mapping):
+                raise _shape_error(path, at, f"a field is an object, not {_json_kind(fld)}")
+            field_name = fld.get("name")
+            if not isinstance(field_name, str) or not _NAME.fullmatch(field_name):
+                raise _shape_error(
+                    path, _at(at, "name"), "a field needs a 'name' (letters, digits, '_')"
+                )
+            if field_name in seen:
+                raise _shape_error(path, _at(at, "name"), f"a second field named {field_name!r}")
+            seen.add(field_name)
+            if "type" not in fld:
+                raise _shape_error(path, at, f"field {field_name!r} needs 'type'")
+            _shape_type(path, fld["type"], _at(at, "type"))
+            _shape_names(path, fld, "aliases", at, full=False)
+    elif "fields" in node:  # the lint and the expander would walk them as a record's
+        raise _shape_error(path, _at(where, "fields"), f"{_a(kind)} has no fields")
+    if kind == "enum":
+        if not isinstance(node.get("symbols"), list):
+            raise _shape_error(path, _at(where, "symbols"), "an enum needs a list of symbols")
+        _shape_names(path, node, "symbols", where, full=False)
+        if "default" in node and node["default"] not in node["symbols"]:
+            raise _shape_error(path, _at(where, "default"), "must be one of the enum's symbols")
+    elif kind == "fixed":
+        size = node.get("size")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise _shape_error(path, _at(where, "size"), "a fixed needs a 'size' (0 or more)")
 
 
 # -- lint -------------------------------------------------------------------------------------
@@ -229,7 +373,7 @@ def _lint(source: _Source, vocabulary: Vocabulary) -> None:
     raw, path = source.raw, source.path
     if source.kind == "event":
         step = raw.get(PRACTICE_STEP)
-        if step not in vocabulary.practice_steps:
+        if not isinstance(step, str) or step not in vocabulary.practice_steps:
             known = ", ".join(vocabulary.practice_steps)
             raise SchemaError(f"{path}: '{PRACTICE_STEP}' must be one of: {known}")
         fields = raw.get("fields") if raw.get("type") == "record" else None
@@ -258,7 +402,7 @@ def _lint_named(node: Mapping[str, Any], path: Path, where: str, vocabulary: Voc
         if not isinstance(fld.get("doc"), str) or not fld["doc"].strip():
             raise SchemaError(f"{path}: field '{field_path}': missing 'doc'")
         classification = fld.get("classification")
-        if classification not in vocabulary.classifications:
+        if not isinstance(classification, str) or classification not in vocabulary.classifications:
             known = ", ".join(vocabulary.classifications)
             raise SchemaError(
                 f"{path}: field '{field_path}': classification {classification!r} "

@@ -17,10 +17,11 @@ lets an agency's profile and ``ca.pem`` be copied into the adapter's own directo
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from broker._errors import ConfigError
 from broker.platform._secrets import read_json, write_secret_json
@@ -35,17 +36,51 @@ PROFILE_KEYS = (
 )
 
 
+#: One ``bootstrap_servers`` entry as both Kafka clients read it: a host name or IPv4 address,
+#: or an IPv6 address in brackets, with an optional port (the clients default to 9092).
+_SERVER = re.compile(r"(?:[A-Za-z0-9_.-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?")
+MAX_PORT = 65535
+
+
 class Profile(BaseModel):
-    """A principal's connection settings; ``aiokafka_kwargs`` and ``librdkafka`` adapt them."""
+    """A principal's connection settings; ``aiokafka_kwargs`` and ``librdkafka`` adapt them.
+
+    Each field is checked when a profile is read, so a hand-edited profile fails as one line
+    naming the file and the field rather than as a ``ValueError`` from inside aiokafka when a
+    command first connects. ``sasl_mechanism`` is one that uses the profile's user name and
+    password: aiokafka's others (GSSAPI, OAUTHBEARER) need settings a profile does not carry.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     bootstrap_servers: str
-    security_protocol: str = "SASL_SSL"
-    sasl_mechanism: str = "SCRAM-SHA-512"
+    security_protocol: Literal["SASL_SSL", "SASL_PLAINTEXT", "SSL", "PLAINTEXT"] = "SASL_SSL"
+    sasl_mechanism: Literal["SCRAM-SHA-512", "SCRAM-SHA-256", "PLAIN"] = "SCRAM-SHA-512"
     sasl_plain_username: str
     sasl_plain_password: str
     ssl_cafile: str
+
+    @field_validator("bootstrap_servers")
+    @classmethod
+    def _servers_parse(cls, servers: str) -> str:
+        if not servers.strip():
+            raise ValueError("names no server (host:port, comma-separated)")
+        entries = [entry.strip() for entry in servers.split(",")]
+        for entry in entries:
+            match = _SERVER.fullmatch(entry)
+            if match is None or not 1 <= int(match.group(1) or 9092) <= MAX_PORT:
+                raise ValueError(
+                    f"{entry!r} is not host:port (comma-separated; a port is 1 to {MAX_PORT}, "
+                    "an IPv6 address is in brackets)"
+                )
+        return servers
+
+    @field_validator("ssl_cafile")
+    @classmethod
+    def _cafile_is_a_path(cls, cafile: str) -> str:
+        if not cafile or "\0" in cafile:
+            raise ValueError("must name the CA certificate file (and hold no NUL character)")
+        return cafile
 
     def __repr__(self) -> str:  # never print the password
         return f"Profile({self.sasl_plain_username}@{self.bootstrap_servers})"
@@ -87,8 +122,10 @@ def load_profile(path: Path) -> Profile:
     try:
         profile = Profile.model_validate(data)
     except ValidationError as exc:
+        # The field and why; pydantic's messages never quote the value (a password, maybe).
         first = exc.errors()[0]
-        raise ConfigError(f"{path}: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        reason = first["msg"].removeprefix("Value error, ")  # pydantic's prefix for our checks
+        raise ConfigError(f"{path}: {'.'.join(map(str, first['loc']))}: {reason}") from None
     if not Path(profile.ssl_cafile).is_absolute():  # beside the profile (see the module docs)
         profile = profile.model_copy(update={"ssl_cafile": str(path.parent / profile.ssl_cafile)})
     return profile

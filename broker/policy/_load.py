@@ -176,18 +176,28 @@ class _Loader:
             reader.error((settings, "required_approvals"), "required_approvals must be 1 or more")
             approvals = 1
 
-        def where(key: str, default: str) -> Path:
+        def where(key: str, default: str) -> Path | None:
             value = reader.text(settings, key, "policy.yaml") or default
+            # No file system takes a NUL in a path, and Python refuses one with a bare
+            # ValueError: refuse it here, at the value, like any other bad setting.
+            if "\0" in value:
+                reader.error((settings, key), f"'{key}' must be a path without NUL characters")
+                return None
             return (self.folder / value).resolve()
 
         registry = self._registry(where("registry", "agencies.yaml"))
         schemas = self._schemas(where("schemas", "../schemas"), reader, settings)
         vocabulary = self._vocabulary(where("vocabulary", "vocabulary.yaml"))
-        if registry is None or schemas is None or vocabulary is None:
-            return None
         rules_folder = where("rules", "rules")
+        if registry is None or schemas is None or vocabulary is None or rules_folder is None:
+            return None
         rules = _RuleReader(vocabulary, registry, schemas, self.errors).read_folder(rules_folder)
         _check_shadowed(rules, registry, self.errors)
+        tests = where("tests", "tests")
+        approvals_folder = where("approvals", "approvals")
+        roster = where("roster", "officers.yaml")
+        if tests is None or approvals_folder is None or roster is None:
+            return None
         return PolicySet(
             folder=self.folder,
             name=name,
@@ -197,19 +207,25 @@ class _Loader:
             rules=tuple(rules),
             registry=registry,
             schemas=schemas,
-            tests_folder=where("tests", "tests"),
-            approvals_folder=where("approvals", "approvals"),
-            roster_path=where("roster", "officers.yaml"),
+            tests_folder=tests,
+            approvals_folder=approvals_folder,
+            roster_path=roster,
         )
 
-    def _registry(self, path: Path) -> Registry | None:
+    def _registry(self, path: Path | None) -> Registry | None:
+        if path is None:  # refused where it was given
+            return None
         try:
             return load_registry(path)
         except RegistryError as exc:
             self.errors.append(PolicySourceError(exc.path, exc.line, exc.column, exc.reason))
             return None
 
-    def _schemas(self, path: Path, reader: Reader, settings: CommentedMap) -> SchemaSet | None:
+    def _schemas(
+        self, path: Path | None, reader: Reader, settings: CommentedMap
+    ) -> SchemaSet | None:
+        if path is None:  # refused where it was given
+            return None
         try:
             return load_schemas(path)
         except CodecError as exc:
@@ -217,7 +233,9 @@ class _Loader:
             reader.error(spot, f"schemas: {exc}")
             return None
 
-    def _vocabulary(self, path: Path) -> PolicyVocabulary | None:
+    def _vocabulary(self, path: Path | None) -> PolicyVocabulary | None:
+        if path is None:  # refused where it was given
+            return None
         reader = Reader(path, self.errors)
         data = reader.load()
         if data is None:
