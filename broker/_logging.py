@@ -54,6 +54,8 @@ SAFE_KEYS = frozenset(
         "key_id",  # only in the format Tiaki makes key ids in (below)
         "key_state",
         "task",  # a broker background task: a fixed word in Tiaki's code
+        "layout",  # the audit index's table layout: a number in Tiaki's code
+        "layout_was",
     }
 )
 

@@ -66,6 +66,9 @@ _MAX_PARTITION = 1 << 23
 LAYOUT = 3
 #: Tables derived from the topic, dropped when an index is rebuilt (the access log is not).
 _DERIVED = ("records", "decisions", "subjects", "positions", "value_log")
+#: The tables every layout of the index has had: a database with a ``records`` table and
+#: not all of these is someone else's, never rebuilt (its tables would be dropped).
+_CORE = frozenset({"records", "decisions", "subjects", "positions", "access_log"})
 
 #: Tables; ``{pk}`` is the clustered-key clause (SQLite: ``WITHOUT ROWID``, so the subject
 #: and decision tables are each one B-tree, not a table and an index).
@@ -202,6 +205,31 @@ class Database(Protocol):
     def close(self) -> None: ...
 
 
+def _refuse_foreign(tables: set[str]) -> None:
+    """Refuse a database with a ``records`` table that is not an index (someone else's,
+    given to ``--db`` by mistake): rebuilding it would drop that table. Every layout of the
+    index has had all of :data:`_CORE`."""
+    if "records" in tables and not _CORE.issubset(tables):
+        raise IndexFailure(
+            "the database given has a records table but is not a Tiaki audit index (it lacks "
+            f"{', '.join(sorted(_CORE - tables))}): nothing was changed; give the index a "
+            "file or database of its own"
+        )
+
+
+def _sqlite_tables(path: Path) -> set[str]:
+    """The tables of the SQLite file at ``path``, read without changing it (no mode, journal
+    or side file): an empty set if it does not exist yet."""
+    if not path.exists() or path.stat().st_size == 0:
+        return set()
+    conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
+    try:
+        names = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+    finally:
+        conn.close()
+    return {str(name) for (name,) in names}
+
+
 def _owner_only(path: Path) -> None:
     """Create ``path`` as ``0600`` if it does not exist, and make it ``0600`` if it does (an
     index made before this rule, under a ``022`` umask, was ``0644``). No umask change: that
@@ -232,6 +260,7 @@ class SqliteDatabase:
 
     def __init__(self, path: Path) -> None:
         try:
+            _refuse_foreign(_sqlite_tables(path))  # before anything here changes the file
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             _owner_only(path)  # before SQLite creates it, so its side files follow its mode
             self.values: ValueLog | None = ValueLog(path.with_name(path.name + ".values"))
@@ -753,6 +782,7 @@ class AuditIndex:
         db = self._db
         with db.transaction():
             tables = {str(name) for (name,) in db.execute(db.ddl["tables"])}
+            _refuse_foreign(tables)
             if "records" in tables:  # an index already: of which layout (0: from before)
                 db.execute("CREATE TABLE IF NOT EXISTS layout (version INTEGER NOT NULL)")
                 found = db.execute("SELECT version FROM layout")

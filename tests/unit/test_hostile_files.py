@@ -374,3 +374,35 @@ def test_index_workers_are_bounded(
     path = _export(audit_home / "log.jsonl", log.audit)
     err = one_line(["audit", "index", "--file", str(path), "--workers", workers], capsys)
     assert "--workers" in err
+
+
+def test_another_applications_database_is_never_rebuilt(
+    audit_home: Path, log: SyntheticLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`tiaki audit index --db` given someone else's SQLite file (a typo) that happens to
+    have a ``records`` table: taken for an index of layout 0, its table was dropped."""
+    foreign = audit_home / "other-application.sqlite"
+    with sqlite3.connect(foreign) as conn:
+        conn.execute("CREATE TABLE records (name TEXT)")
+        conn.execute("INSERT INTO records VALUES ('synthetic row')")
+    conn.close()
+    foreign.chmod(0o644)
+    before = foreign.read_bytes()
+    export = _export(audit_home / "log.jsonl", log.audit + log.checkpoints)
+    err = one_line(["audit", "index", "--db", str(foreign), "--file", str(export)], capsys)
+    assert err.strip().endswith(
+        "the database given has a records table but is not a Tiaki audit index (it lacks "
+        "access_log, decisions, positions, subjects): nothing was changed; give the index a "
+        "file or database of its own"
+    )
+    with sqlite3.connect(foreign) as conn:
+        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        rows = conn.execute("SELECT name FROM records").fetchall()
+    conn.close()
+    assert tables == {"records"}
+    assert rows == [("synthetic row",)]
+    assert sorted(p.name for p in foreign.parent.iterdir() if p.name.startswith("other")) == [
+        "other-application.sqlite"
+    ]
+    assert foreign.stat().st_mode & 0o777 == 0o644  # not narrowed, not switched to WAL
+    assert foreign.read_bytes() == before

@@ -112,3 +112,10 @@ def test_configuring_again_replaces_the_standard_library_handler() -> None:
         configure_logging()
     assert first.getvalue() == ""
     assert len(second.getvalue().splitlines()) == 1
+
+
+def test_the_index_rebuild_warning_keeps_its_layouts() -> None:
+    """`audit index rebuilt` says from which layout to which: numbers Tiaki makes, which the
+    scrubber used to blank."""
+    entry = {"event": "audit index rebuilt", "layout_was": 0, "layout": 4}
+    assert scrub_personal_information(None, "warning", dict(entry)) == entry
