@@ -347,6 +347,14 @@ class AdapterClient(ResourceBase):
             raise InvalidEvent(f"{event_type}: source_agency must be {self.agency!r}")
         if header.get("event_id") in (None, ""):
             header["event_id"] = str(uuid.uuid4())
+        else:
+            # The envelope carries the id as given and the payload its canonical form: an
+            # upper-case, braced or urn:uuid: GUID (SQL Server, .NET) would differ between
+            # the two (the broker refuses that as header_mismatch) and be three events here.
+            try:
+                header["event_id"] = str(uuid.UUID(str(header["event_id"])))
+            except ValueError:
+                raise InvalidEvent(f"{event_type}: header.event_id is not a UUID") from None
         header.setdefault("event_type", f"nz.tiaki.{event_type}")
         header["source_agency"] = self.agency
         filled = [name for name in ("occurred_at", "recorded_at") if name not in header]

@@ -45,12 +45,15 @@ def _parse(logical: str, value: Any, path: str) -> Any:
             parsed = dt.datetime.fromisoformat(value)
             if parsed.tzinfo is None:
                 raise ValueError("naive timestamp")
+            # Avro keeps the instant, in UTC: a time that parses with its offset but falls
+            # outside years 1 to 9999 in UTC (9999-12-31T23:59:59-01:00) cannot be encoded.
+            parsed.astimezone(dt.UTC)
             return parsed
         if logical == "date":
             return dt.date.fromisoformat(value)
         if logical == "uuid":
             return uuid.UUID(value)
-    except ValueError:
+    except (ValueError, OverflowError):
         raise InvalidRecord(f"field '{path}': not a valid {logical}") from None
     return value
 

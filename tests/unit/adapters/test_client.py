@@ -424,3 +424,29 @@ async def test_a_handler_exception_message_never_reaches_the_reason(
 
 def _files_holding(folder: Path, needle: bytes) -> list[str]:
     return [p.name for p in folder.rglob("*") if p.is_file() and needle in p.read_bytes()]
+
+
+async def test_a_guid_in_any_spelling_is_one_event_under_its_canonical_id(
+    connection: InMemoryConnection, cluster: InMemoryCluster, clock: FakeClock, tmp_path: Path
+) -> None:
+    """SQL Server and .NET write GUIDs upper-case or braced. The envelope used to carry the
+    id as given and the payload its canonical form, which the broker refuses as
+    ``header_mismatch``; and each spelling was an event of its own."""
+    canonical = "5f0c6a0e-7d3b-4c1e-9a55-0123456789ab"
+    spellings = [canonical.upper(), "{" + canonical + "}", "urn:uuid:" + canonical]
+    doc = example("FamilyHarmEpisodeReport", source_agency="police")
+    async with make_client("police", connection, clock, tmp_path) as client:
+        for spelling in spellings:
+            doc["header"]["event_id"] = spelling
+            assert await client.publish("FamilyHarmEpisodeReport", doc) == canonical
+        assert client.statistics().pending == 1
+        doc["header"]["event_id"] = "not-a-guid"
+        with pytest.raises(InvalidEvent, match="event_id is not a UUID"):
+            await client.publish("FamilyHarmEpisodeReport", doc)
+        assert await client.send_pending() == 1
+    assert await ingress_ids(cluster, "police") == [canonical]
+    async with cluster.reader() as reader:
+        (record,) = await reader.read_all(ingress("police"))
+    opened = Opener("broker", RING).open(record.value, topic=record.topic, now=clock())
+    event = decode(opened.payload, SCHEMAS.latest("FamilyHarmEpisodeReport"))
+    assert str(event["header"]["event_id"]) == opened.event_id == canonical

@@ -129,3 +129,17 @@ def test_unresolvable_schemas_raise_incompatible(schemas: SchemaSet, schema_dir:
     payload = encode(writer, _example(schemas, schema_dir, "TaskEvent"))
     with pytest.raises(IncompatibleSchema):
         decode(payload, writer, schemas.latest("CaseAllocation"))
+
+
+@pytest.mark.parametrize("when", ["9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+01:00"])
+def test_a_time_outside_utc_years_is_an_invalid_record(
+    schemas: SchemaSet, schema_dir: Path, when: str
+) -> None:
+    """It parses with its offset, but Avro keeps the instant in UTC, where it does not exist:
+    the adapter accepted it and the broker quarantined it as malformed (an OverflowError)."""
+    document = json.loads(
+        (schema_dir / "examples" / "FamilyHarmEpisodeReport.json").read_text(encoding="utf-8")
+    )
+    document["header"]["occurred_at"] = when
+    with pytest.raises(InvalidRecord, match=r"'header\.occurred_at': not a valid timestamp"):
+        from_json(schemas.latest("FamilyHarmEpisodeReport"), document)
