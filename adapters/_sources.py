@@ -9,6 +9,14 @@ outbox. Nothing is lost on bad input:
   not an object, a wrong type anywhere), is written to ``<folder>/rejected/`` with a
   ``.reason`` file (``line N: why``); the valid items of the same file are still published,
   the scan goes on with the next item and file, and the file itself moves to ``done/``;
+  a file with more than :data:`MAX_REJECTED_ITEMS` bad items keeps that many one by one and
+  is then kept whole, once, with the count of bad items as its reason;
+* a JSON object that names a key twice, or a CSV header that names a column twice, is
+  rejected (with the file) rather than read as "the last one wins";
+* a file the adapter cannot read or move (no permission, a full disk) is left where it is for
+  the next scan, with a warning naming the error's type; a file replaced (the documented
+  ``os.replace`` of a new export) or removed while it was being published is not moved: the
+  next scan reads what is there then (see :meth:`FolderSource._retire`);
 * a webhook body that is not a valid event is answered ``400``/``422`` with the reason, so
   the caller still holds it.
 
@@ -17,7 +25,9 @@ export file's modification time (UTC, to the microsecond) and the first 16 hex d
 content's SHA-256, ``<time>-<hash>-<file name>`` (``...-<stem>.item<N>.json`` for one item),
 so a case system that writes ``export.json`` every hour keeps every hour's file and rejected
 items, and the folders list in the order the files were written. A file read again after a
-crash gets the same names, so its rejected items are not kept twice.
+crash gets the same names, so its rejected items are not kept twice. A file name longer than
+:data:`NAME_PART_MAX` bytes is shortened there to its start, ``~`` and a hash of the whole
+name, so the name always fits the file system's limit (255 bytes) and the file can be moved.
 
 Event ids are stable: an item without ``header.event_id`` gets one derived from the agency,
 the file name, the file's content hash and the item's position (UUID 5), so a file read
@@ -38,6 +48,7 @@ import contextlib
 import copy
 import csv
 import datetime as dt
+import errno
 import hashlib
 import io
 import json
@@ -64,6 +75,24 @@ MAX_BODY = 1024 * 1024
 #: How deeply an export may nest lists and objects (the schemas need a handful of levels);
 #: deeper input is rejected before anything recursive (copying, encoding) can overflow.
 MAX_DEPTH = 64
+#: Longest file-name part, in bytes, of a name in ``done/`` or ``rejected/``: with the
+#: ``<time>-<hash>-`` prefix (41), an item's ``.item<N>.json``, ``.reason`` and the ``.<name>.tmp``
+#: a durable write goes through, a name stays well inside the file systems' 255 bytes.
+NAME_PART_MAX = 120
+#: Bad items of one file kept one by one; past this the file is kept whole, once, so a small
+#: file of many bad items (10 KB of ``[1,1,...]``) cannot make thousands of fsynced files.
+MAX_REJECTED_ITEMS = 100
+#: Items handled between yields to the event loop, so a long file does not stall the webhook
+#: or receiving while it is read.
+YIELD_EVERY = 16
+#: Seconds a webhook caller has to send a whole request (and to take the answer); a caller
+#: that is idle or trickles bytes is answered ``408`` and disconnected.
+READ_TIMEOUT_S = 30.0
+#: Webhook connections served at once; one more is answered ``503`` and closed, so callers
+#: cannot use up the file descriptors the folder source and the outbox need.
+MAX_CONNECTIONS = 64
+#: Header lines a webhook request may have.
+MAX_HEADERS = 100
 
 
 class Source(Protocol):
@@ -151,11 +180,61 @@ def _cell(text: str) -> Any:
     if text == "":
         return None
     if text[0] in '[{"' or text in ("true", "false", "null"):
-        with contextlib.suppress(ValueError, RecursionError):
-            value = json.loads(text)
+        with contextlib.suppress(ValueError, RecursionError):  # _DuplicateKey too: text
+            value = json.loads(text, object_pairs_hook=_unique_keys)
             if not deeper_than(value, MAX_DEPTH):
                 return value
     return text
+
+
+class _DuplicateKey(ValueError):
+    """A JSON object names a key twice (``json`` would keep the last silently)."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` that refuses an object naming a key twice."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKey("an object names the same key twice")
+    return obj
+
+
+def _bounded(name: str) -> str:
+    """``name`` if it has at most :data:`NAME_PART_MAX` bytes, else its start, ``~``, 16 hex
+    digits of the SHA-256 of the whole name and its suffix: still recognisable, distinct for
+    distinct names, and short enough that the names built from it fit ``NAME_MAX``."""
+    raw = os.fsencode(name)
+    if len(raw) <= NAME_PART_MAX:
+        return name
+    suffix = os.fsencode(Path(name).suffix)[:16]
+    tag = b"~" + hashlib.sha256(raw).hexdigest()[:16].encode()
+    room = NAME_PART_MAX - len(tag) - len(suffix)
+    head = raw[:room]
+    for cut in range(4):  # end on a whole character when the name is UTF-8
+        with contextlib.suppress(UnicodeDecodeError):
+            raw[: room - cut].decode()
+            head = raw[: room - cut]
+            break
+    return os.fsdecode(head + tag + suffix)
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    """Whether two stats are of the same file with the same content (as far as the file
+    system tells: an ``os.replace`` gives a new inode, a rewrite in place a new size or
+    modification time)."""
+    return (a.st_dev, a.st_ino, a.st_size, a.st_mtime_ns) == (
+        b.st_dev,
+        b.st_ino,
+        b.st_size,
+        b.st_mtime_ns,
+    )
+
+
+def _error_code(exc: OSError) -> str:
+    """An OS error as its type and errno name (``PermissionError/EACCES``): never its
+    message, which names the path."""
+    code = errno.errorcode.get(exc.errno, "") if exc.errno else ""
+    return f"{type(exc).__name__}/{code}" if code else type(exc).__name__
 
 
 @dataclass
@@ -191,6 +270,9 @@ class FolderSource:
         self.interval_s = interval_s
         self.done = path / "done"
         self.rejected = path / "rejected"
+        # Names of files left for the next scan after an OS error, so each is warned about
+        # once, not every interval (in memory only: never logged).
+        self._failing: set[str] = set()
 
     async def run(self, publish: PublishFn, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -199,60 +281,38 @@ class FolderSource:
                 await asyncio.wait_for(stop.wait(), self.interval_s)
 
     def _files(self) -> list[Path]:
-        if not self.path.is_dir():
+        try:
+            if not self.path.is_dir():
+                return []
+            return sorted(
+                p
+                for p in self.path.glob(f"*.{self.format}")
+                if p.is_file()
+                and not p.name.startswith(".")
+                and not p.name.endswith(_SKIP_SUFFIXES)
+            )
+        except OSError as exc:  # the folder itself unreadable: try again next interval
+            self._left(".", exc)
             return []
-        return sorted(
-            p
-            for p in self.path.glob(f"*.{self.format}")
-            if p.is_file() and not p.name.startswith(".") and not p.name.endswith(_SKIP_SUFFIXES)
-        )
 
     async def scan(self, publish: PublishFn) -> ScanResult:
-        """Read every complete file once (oldest name first); return what happened."""
+        """Read every complete file once (oldest name first); return what happened.
+
+        Only an outbox failure raises: an OS error on one file (it cannot be read, ``done/``
+        cannot be written, the disk is full) leaves that file for the next scan and the scan
+        goes on, so no file stops the adapter. A file left half-way is read again whole:
+        its events keep their ids (so are not sent twice) and its rejected items their names.
+        """
         result = ScanResult()
         for file in self._files():
             try:
-                with file.open("rb") as handle:
-                    data = handle.read()
-                    written_ns = os.fstat(handle.fileno()).st_mtime_ns
-            except FileNotFoundError:  # moved away since the listing: not ours any more
-                continue
-            result.files += 1
-            digest = hashlib.sha256(data).hexdigest()
-            kept = f"{_stamp(written_ns)}-{digest[:16]}-"
-            try:
-                items = self._items(file, data)
-            except SourceRejected as exc:
-                self._reject(kept + file.name, data, exc.reason)
-                file.unlink()
-                result.rejected += 1
-                continue
-            except Exception as exc:  # no file, whatever is in it, stops the source
-                self._reject(kept + file.name, data, _unexpected(exc))
-                file.unlink()
-                result.rejected += 1
-                continue
-            for index, (line, item) in enumerate(items):
-                try:
-                    event_type, doc = event_of(item, self.event_type)
-                    doc = _with_event_id(
-                        doc, stable_event_id(self.agency, file.name, digest, index)
-                    )
-                    await publish(event_type, doc)
-                    result.published += 1
-                except OutboxError:
-                    raise  # the outbox failed, not the item: the file stays to be read again
-                except Exception as exc:  # no item, whatever its shape, stops the source
-                    if isinstance(exc, SourceRejected):
-                        reason = exc.reason
-                    elif isinstance(exc, InvalidEvent):
-                        reason = str(exc)
-                    else:
-                        reason = _unexpected(exc)
-                    self._reject_item(kept + file.stem, index, line, item, reason)
-                    result.rejected += 1
-            self.done.mkdir(parents=True, exist_ok=True, mode=0o700)
-            file.replace(self.done / (kept + file.name))
+                await self._scan_file(file, publish, result)
+            except OutboxError:
+                raise  # the outbox failed, not the file: it stays to be read again
+            except OSError as exc:
+                self._left(file.name, exc)
+            else:
+                self._failing.discard(file.name)
         if result.files:
             log.info(
                 "folder scanned",
@@ -261,6 +321,105 @@ class FolderSource:
                 quarantined=result.rejected,
             )
         return result
+
+    def _left(self, name: str, exc: OSError) -> None:
+        """Warn (once per file) that a file is left for the next scan; the error's type and
+        errno only, as its message names the path."""
+        if name not in self._failing:
+            self._failing.add(name)
+            log.warning(
+                "source file left for the next scan", agency=self.agency, error=_error_code(exc)
+            )
+
+    async def _scan_file(self, file: Path, publish: PublishFn, result: ScanResult) -> None:
+        try:
+            with file.open("rb") as handle:
+                data = handle.read()
+                seen = os.fstat(handle.fileno())
+        except FileNotFoundError:  # moved away since the listing: not ours any more
+            return
+        result.files += 1
+        digest = hashlib.sha256(data).hexdigest()
+        kept = f"{_stamp(seen.st_mtime_ns)}-{digest[:16]}-"
+        name = _bounded(file.name)
+        try:
+            items = self._items(file, data)
+        except Exception as exc:  # no file, whatever is in it, stops the source
+            reason = exc.reason if isinstance(exc, SourceRejected) else _unexpected(exc)
+            self._reject(kept + name, data, reason)
+            # Retired through a hidden name (never read, never listed as rejected) so that a
+            # file replaced meanwhile is given back rather than deleted; see _retire.
+            hidden = self.rejected / f".{kept}{name}.read"
+            if self._retire(file, seen, hidden):
+                hidden.unlink()
+            result.rejected += 1
+            return
+        bad = 0
+        for index, (line, item) in enumerate(items):
+            if index % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)  # let the webhook and receiving run meanwhile
+            try:
+                event_type, doc = event_of(item, self.event_type)
+                doc = _with_event_id(doc, stable_event_id(self.agency, file.name, digest, index))
+                await publish(event_type, doc)
+                result.published += 1
+            except OutboxError:
+                raise  # the outbox failed, not the item: the file stays to be read again
+            except Exception as exc:  # no item, whatever its shape, stops the source
+                if isinstance(exc, SourceRejected):
+                    reason = exc.reason
+                elif isinstance(exc, InvalidEvent):
+                    reason = str(exc)
+                else:
+                    reason = _unexpected(exc)
+                bad += 1
+                if bad <= MAX_REJECTED_ITEMS:
+                    self._reject_item(kept + Path(name).stem, index, line, item, reason)
+                result.rejected += 1
+        if bad > MAX_REJECTED_ITEMS:
+            self._reject(
+                kept + name,
+                data,
+                f"{bad} of {len(items)} items are not valid events; the first "
+                f"{MAX_REJECTED_ITEMS} are kept one by one with their reasons, this file "
+                "holds them all",
+                code="too_many_invalid_items",
+            )
+        self.done.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._retire(file, seen, self.done / (kept + name))
+
+    def _retire(self, file: Path, seen: os.stat_result, target: Path) -> bool:
+        """Move ``file``, read as ``seen`` (the open file's ``fstat``), to ``target``, but only
+        if it is still the file read; return whether it moved.
+
+        The documented way to export is to write ``a.json.tmp`` and ``os.replace`` it onto
+        ``a.json``. Done while ``a.json`` was being published, that leaves new, unpublished
+        content under the name, and moving it to ``done/`` would lose it without a trace. So
+        the path is compared (inode, size, modification time) with what was read: changed, or
+        gone, it is not touched, and the next scan reads what is there then. This was chosen
+        over claiming the file by renaming it before reading: a claimed file left by a crash
+        would need a recovery step, and an unreadable one would hide under its claim name;
+        the check needs neither. The stat and the move are one synchronous step (no
+        ``await``), so only a replacement in those microseconds can slip in; it is caught
+        after the move (the moved file is not the one read) and given back under its name
+        with ``os.link``, which never overwrites a newer export (failing that, under a new
+        name the next scan reads, as new content is new events anyway).
+        """
+        try:
+            if not _same_file(os.stat(file), seen):
+                return False  # replaced: the next scan publishes the new content
+            os.replace(file, target)
+        except FileNotFoundError:  # removed since it was read: nothing is left to move
+            return False
+        moved = os.stat(target)
+        if _same_file(moved, seen):
+            return True
+        try:
+            os.link(target, file)
+        except OSError:
+            os.link(target, file.with_name(f"{uuid.uuid4().hex[:12]}-{_bounded(file.name)}"))
+        target.unlink()
+        return False
 
     def _items(self, file: Path, data: bytes) -> list[tuple[int, Any]]:
         """(line, item) pairs; :class:`SourceRejected` if the file as a whole is unreadable."""
@@ -271,11 +430,13 @@ class FolderSource:
         if self.format == "json":
             too_deep = f"nested more than {MAX_DEPTH} levels deep"
             try:
-                parsed = json.loads(text)
+                parsed = json.loads(text, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as exc:
                 raise SourceRejected(
                     f"line {exc.lineno} column {exc.colno}: bad JSON: {exc.msg}"
                 ) from None
+            except _DuplicateKey as exc:
+                raise SourceRejected(f"bad JSON: {exc}") from None
             except RecursionError:
                 raise SourceRejected(too_deep) from None
             # The list of items is one level; each item may nest MAX_DEPTH more.
@@ -285,6 +446,9 @@ class FolderSource:
         reader = csv.DictReader(io.StringIO(text))
         if not reader.fieldnames:
             raise SourceRejected("line 1: a CSV export needs a header row")
+        twice = sorted({c for c in reader.fieldnames if reader.fieldnames.count(c) > 1})
+        if twice:  # DictReader would keep the last column's cell silently
+            raise SourceRejected(f"line 1: the header names {', '.join(twice)} twice")
         unknown = [c for c in self.columns if c not in reader.fieldnames]
         if unknown:
             raise SourceRejected(f"line 1: missing columns {', '.join(sorted(unknown))}")
@@ -302,10 +466,12 @@ class FolderSource:
             raise SourceRejected(f"line {reader.line_num}: bad CSV: {exc}") from None
         return items
 
-    def _reject(self, name: str, data: bytes, reason: str) -> None:
+    def _reject(
+        self, name: str, data: bytes, reason: str, *, code: str = "unreadable_file"
+    ) -> None:
         write_private(self.rejected / name, data)
         write_private(self.rejected / f"{name}.reason", f"{reason}\n".encode())
-        log.warning("source file rejected", agency=self.agency, reason="unreadable_file")
+        log.warning("source file rejected", agency=self.agency, reason=code)
 
     def _reject_item(self, stem: str, index: int, line: int, item: Any, reason: str) -> None:
         name = f"{stem}.item{index + 1}.json"
@@ -343,42 +509,57 @@ class WebhookSource:
     """``POST <path>`` with one event as JSON (either form :func:`event_of` accepts).
 
     Answers ``202 {"event_id": ...}`` once the event is in the outbox, ``400`` for a body
-    that is not JSON, ``422`` for an invalid event, ``404``/``405``/``413`` otherwise. A
-    caller that retries should send ``header.event_id`` so a retry is not a second event.
+    that is not JSON (or whose object names a key twice), ``422`` for an invalid event,
+    ``404``/``405``/``413``/``431`` otherwise; ``408`` to a caller that has not sent its whole
+    request within ``read_timeout_s`` (:data:`READ_TIMEOUT_S`), and ``503`` to a connection
+    beyond ``max_connections`` (:data:`MAX_CONNECTIONS`) open at once, so idle or trickling
+    callers can neither hold connections for ever nor use up the process's file descriptors.
+    A caller that retries should send ``header.event_id`` so a retry is not a second event.
     Bind it to loopback or put it behind the agency's own TLS proxy: it does no
     authentication itself.
     """
 
-    def __init__(self, agency: str, host: str, port: int, path: str = "/events") -> None:
+    def __init__(
+        self,
+        agency: str,
+        host: str,
+        port: int,
+        path: str = "/events",
+        *,
+        read_timeout_s: float = READ_TIMEOUT_S,
+        max_connections: int = MAX_CONNECTIONS,
+    ) -> None:
         self.agency = agency
         self.host = host
         self.port = port
         self.path = path
+        self.read_timeout_s = read_timeout_s
+        self.max_connections = max_connections
         self.bound = asyncio.Event()
 
     async def run(self, publish: PublishFn, stop: asyncio.Event) -> None:
+        active = 0
+
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal active
+            if active >= self.max_connections:
+                log.warning("webhook connection refused", agency=self.agency, reason="busy")
+                await self._answer(writer, 503, {"error": "too many connections; retry later"})
+                return
+            active += 1
             try:
-                status, body = await self._exchange(reader, publish)
-            except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-                status, body = 400, {"error": "malformed HTTP request"}
-            payload = json.dumps(body).encode()
-            reason = {
-                202: "Accepted",
-                400: "Bad Request",
-                404: "Not Found",
-                405: "Method Not Allowed",
-                413: "Payload Too Large",
-                422: "Unprocessable Entity",
-            }.get(status, "Error")
-            writer.write(
-                f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
-                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
-                + payload
-            )
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
-            writer.close()
+                try:
+                    status, body = await self._exchange(reader, publish)
+                except TimeoutError:
+                    status, body = (
+                        408,
+                        {"error": f"send the request within {self.read_timeout_s} s"},
+                    )
+                except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+                    status, body = 400, {"error": "malformed HTTP request"}
+                await self._answer(writer, status, body)
+            finally:
+                active -= 1
 
         try:
             server = await asyncio.start_server(serve, self.host, self.port)
@@ -391,28 +572,65 @@ class WebhookSource:
         async with server:
             await stop.wait()
 
+    async def _answer(
+        self, writer: asyncio.StreamWriter, status: int, body: dict[str, Any]
+    ) -> None:
+        """Send the answer and close; a caller that does not take it within the deadline is
+        cut off (the connection aborted), so it cannot hold the connection either."""
+        payload = json.dumps(body).encode()
+        reason = {
+            202: "Accepted",
+            400: "Bad Request",
+            404: "Not Found",
+            405: "Method Not Allowed",
+            408: "Request Timeout",
+            413: "Payload Too Large",
+            422: "Unprocessable Entity",
+            431: "Request Header Fields Too Large",
+            503: "Service Unavailable",
+        }.get(status, "Error")
+        writer.write(
+            f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n".encode()
+            + payload
+        )
+        try:
+            await asyncio.wait_for(writer.drain(), self.read_timeout_s)
+        except TimeoutError:
+            writer.transport.abort()
+        except ConnectionError:
+            pass
+        writer.close()
+
     async def _exchange(
         self, reader: asyncio.StreamReader, publish: PublishFn
     ) -> tuple[int, dict[str, Any]]:
-        request = (await reader.readline()).decode("latin-1").split()
-        headers: dict[str, str] = {}
-        while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
-            name, _, value = line.decode("latin-1").partition(":")
-            headers[name.strip().lower()] = value.strip()
-        if len(request) < 2:
-            return 400, {"error": "malformed HTTP request"}
-        method, target = request[0], request[1]
-        if target.split("?")[0] != self.path:
-            return 404, {"error": f"post events to {self.path}"}
-        if method != "POST":
-            return 405, {"error": "use POST"}
-        length = int(headers.get("content-length", "0"))
-        if length > MAX_BODY:
-            return 413, {"error": f"at most {MAX_BODY} bytes"}
-        data = await reader.readexactly(length)
+        # The deadline covers reading the request only: publishing is the outbox's business,
+        # and cancelling it half-way would answer a caller whose event may be stored.
+        async with asyncio.timeout(self.read_timeout_s):
+            request = (await reader.readline()).decode("latin-1").split()
+            headers: dict[str, str] = {}
+            while (line := await reader.readline()) not in (b"\r\n", b"\n", b""):
+                if len(headers) >= MAX_HEADERS:
+                    return 431, {"error": f"at most {MAX_HEADERS} header lines"}
+                name, _, value = line.decode("latin-1").partition(":")
+                headers[name.strip().lower()] = value.strip()
+            if len(request) < 2:
+                return 400, {"error": "malformed HTTP request"}
+            method, target = request[0], request[1]
+            if target.split("?")[0] != self.path:
+                return 404, {"error": f"post events to {self.path}"}
+            if method != "POST":
+                return 405, {"error": "use POST"}
+            length = int(headers.get("content-length", "0"))
+            if length > MAX_BODY:
+                return 413, {"error": f"at most {MAX_BODY} bytes"}
+            data = await reader.readexactly(length)
         try:
-            item = json.loads(data)
+            item = json.loads(data, object_pairs_hook=_unique_keys)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return 400, {"error": f"bad JSON: {exc}"}
+        except _DuplicateKey as exc:
             return 400, {"error": f"bad JSON: {exc}"}
         except RecursionError:
             return 422, {"error": f"nested more than {MAX_DEPTH} levels deep"}
