@@ -79,6 +79,10 @@ MAX_DEPTH = 64
 #: ``<time>-<hash>-`` prefix (41), an item's ``.item<N>.json``, ``.reason`` and the ``.<name>.tmp``
 #: a durable write goes through, a name stays well inside the file systems' 255 bytes.
 NAME_PART_MAX = 120
+#: The largest folder export read (64 MiB: tens of thousands of events). A file is read whole
+#: into memory, so a larger one (a mistaken dump) could exhaust it and stop the adapter on the
+#: same file after every restart: it is moved to ``rejected/`` unread, with its reason.
+MAX_FILE_BYTES = 64 * 1024 * 1024
 #: Bad items of one file kept one by one; past this the file is kept whole, once, so a small
 #: file of many bad items (10 KB of ``[1,1,...]``) cannot make thousands of fsynced files.
 MAX_REJECTED_ITEMS = 100
@@ -258,9 +262,11 @@ class FolderSource:
         template: Mapping[str, Any] | None = None,
         columns: Mapping[str, str] | None = None,
         interval_s: float = 1.0,
+        max_file_bytes: int = MAX_FILE_BYTES,
     ) -> None:
         if format == "csv" and not event_type:
             raise ValueError("a CSV folder source needs an event_type")
+        self.max_file_bytes = max_file_bytes
         self.agency = agency
         self.path = path
         self.format = format
@@ -332,11 +338,15 @@ class FolderSource:
             )
 
     async def _scan_file(self, file: Path, publish: PublishFn, result: ScanResult) -> None:
+        limit = self.max_file_bytes
         try:
             with file.open("rb") as handle:
-                data = handle.read()
                 seen = os.fstat(handle.fileno())
+                data = handle.read(limit + 1) if seen.st_size <= limit else b""
         except FileNotFoundError:  # moved away since the listing: not ours any more
+            return
+        if seen.st_size > limit or len(data) > limit:  # (or it grew while being read)
+            self._reject_oversized(file, seen, result)
             return
         result.files += 1
         digest = hashlib.sha256(data).hexdigest()
@@ -387,6 +397,23 @@ class FolderSource:
             )
         self.done.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._retire(file, seen, self.done / (kept + name))
+
+    def _reject_oversized(self, file: Path, seen: os.stat_result, result: ScanResult) -> None:
+        """Move a file larger than :attr:`max_file_bytes` to ``rejected/`` as it is, unread
+        (so under its time and size rather than a hash of its content), with its reason. A
+        file still growing is left for the next scan (:meth:`_retire`)."""
+        result.files += 1
+        self.rejected.mkdir(parents=True, exist_ok=True, mode=0o700)
+        name = f"{_stamp(seen.st_mtime_ns)}-{seen.st_size}-bytes-{_bounded(file.name)}"
+        if not self._retire(file, seen, self.rejected / name):
+            return
+        reason = (
+            f"the file is {seen.st_size} bytes, more than the {self.max_file_bytes} a folder "
+            "export may be: split it into smaller files"
+        )
+        write_private(self.rejected / f"{name}.reason", f"{reason}\n".encode())
+        log.warning("source file rejected", agency=self.agency, reason="oversized_file")
+        result.rejected += 1
 
     def _retire(self, file: Path, seen: os.stat_result, target: Path) -> bool:
         """Move ``file``, read as ``seen`` (the open file's ``fstat``), to ``target``, but only

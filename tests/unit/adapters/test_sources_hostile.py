@@ -260,3 +260,27 @@ async def test_the_webhook_refuses_connections_beyond_its_cap(tmp_path: Path) ->
             await asyncio.sleep(0.05)
     assert refused.split(b" ", 2)[1] == b"503"
     assert answer.split(b" ", 2)[1] == b"202"
+
+
+async def test_a_file_larger_than_the_limit_is_rejected_unread_and_the_rest_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder export is read whole into memory: a mistaken multi-gigabyte dump would
+    exhaust it and stop the adapter on the same file after every restart. It is moved to
+    ``rejected/`` as it is, unread, with its reason."""
+    folder = _exports(tmp_path)
+    big = json.dumps([json.loads(_good()) for _ in range(40)])
+    (folder / "a-dump.json").write_text(big)
+    (folder / "b.json").write_text(_good())
+    async with _client(tmp_path) as client:
+        source = FolderSource("police", folder, max_file_bytes=len(_good()) * 4)
+        with capture_logs() as logs:
+            result = await source.scan(client.publish)
+    assert (result.files, result.published, result.rejected) == (2, 1, 1)
+    assert _left(folder) == []
+    (kept,) = [n for n in os.listdir(folder / "rejected") if not n.endswith(".reason")]
+    assert kept.endswith(f"-{len(big)}-bytes-a-dump.json")
+    assert (folder / "rejected" / kept).read_text() == big  # moved whole, not rewritten
+    reason = (folder / "rejected" / f"{kept}.reason").read_text()
+    assert reason.startswith(f"the file is {len(big)} bytes, more than the ")
+    assert [e["reason"] for e in logs if e["event"] == "source file rejected"] == ["oversized_file"]
