@@ -224,7 +224,7 @@ def _sqlite_tables(path: Path) -> set[str]:
         return set()
     conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
     try:
-        names = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        names = conn.execute(SqliteDatabase.ddl["tables"]).fetchall()
     finally:
         conn.close()
     return {str(name) for (name,) in names}

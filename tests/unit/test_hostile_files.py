@@ -34,6 +34,7 @@ from broker.policy import (
     load_scenarios,
 )
 from tests.unit.audit.conftest import SUBJECT_KEY, SyntheticLog, build_log, make_ring
+from tests.unit.test_cli_inputs import one_line
 
 ROOT = Path(__file__).resolve().parents[2]
 REGISTRY = ROOT / "policies" / "agencies.yaml"
@@ -41,16 +42,6 @@ REGISTRY = ROOT / "policies" / "agencies.yaml"
 DEEP = "[" * 100_000
 #: A decimal integer longer than ``int()`` converts by default (4300 digits).
 ENDLESS = "9" * 5000
-
-
-def one_line(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
-    """Run ``tiaki argv``; assert it failed with one line on stderr and no traceback."""
-    code = main(argv)
-    err = capsys.readouterr().err
-    assert code != 0, err
-    assert "Traceback" not in err, err
-    assert err.count("\n") == 1, err
-    return err
 
 
 # -- the one safe parse -------------------------------------------------------------------------
