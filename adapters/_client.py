@@ -648,7 +648,11 @@ class AdapterClient(ResourceBase):
         notice = self.schemas.latest("RefusalNotice")
         if opened.schema_fingerprint == notice.fingerprint:
             return decode(opened.payload, notice)
-        shared = decode(opened.payload, self.schemas.latest("SharedEvent"))
+        # By the writer its envelope names (records outlive SharedEvent versions), read as
+        # the newest: a record from before v2 has no decided_at.
+        shared = self.schemas.decode(
+            opened.payload, opened.schema_fingerprint, self.schemas.latest("SharedEvent")
+        )
         return Received.from_shared(shared, json.loads(shared["body_json"]))
 
     def _refused(self, notice: Mapping[str, Any]) -> None:

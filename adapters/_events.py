@@ -45,6 +45,15 @@ class Received:
     policy_hash: str
     shared_at: dt.datetime
     body: Mapping[str, Any] = field(repr=False)  # personal data: never in a repr or a log
+    #: When the broker decided to share it; ``None`` means when it was shared. Later than
+    #: ``shared_at`` never; earlier when a person released it from review, in which case
+    #: events of its case decided after it may have arrived first: order by this time.
+    decided_at: dt.datetime | None = None
+
+    @property
+    def released_late(self) -> bool:
+        """Held for review and released by a person after it was decided."""
+        return self.decided_at is not None and self.decided_at < self.shared_at
 
     @property
     def idempotency_key(self) -> str:
@@ -68,9 +77,7 @@ class Received:
 
     @classmethod
     def from_shared(cls, shared: Mapping[str, Any], body: Mapping[str, Any]) -> Received:
-        shared_at = shared["shared_at"]
-        if isinstance(shared_at, dt.datetime) and shared_at.tzinfo is None:
-            shared_at = shared_at.replace(tzinfo=dt.UTC)
+        shared_at, decided_at = (_utc(shared.get(name)) for name in ("shared_at", "decided_at"))
         return cls(
             event_id=str(shared["event_id"]),
             event_type=str(shared["event_type"]),
@@ -84,7 +91,15 @@ class Received:
             policy_hash=str(shared.get("policy_hash") or ""),
             shared_at=shared_at,
             body=body,
+            decided_at=decided_at or shared_at,  # records before SharedEvent v2 have none
         )
+
+
+def _utc(moment: Any) -> Any:
+    """fastavro's datetimes are UTC already; a naive one is taken as UTC."""
+    if isinstance(moment, dt.datetime) and moment.tzinfo is None:
+        return moment.replace(tzinfo=dt.UTC)
+    return moment
 
 
 def _iso(moment: dt.datetime) -> str:

@@ -3,7 +3,13 @@
 Each sink gets every event the policies let the agency see, as one JSON document::
 
     {"event_id", "event_type", "source_agency", "route", "legal_basis", "purpose",
-     "obligations", "rule_ids", "field_actions", "shared_at", "idempotency_key", "body"}
+     "obligations", "rule_ids", "field_actions", "shared_at", "decided_at",
+     "released_late", "idempotency_key", "body"}
+
+``decided_at`` is when the broker decided to share the event, ``shared_at`` when it was sent;
+they differ only for an event held for review that a person released later
+(``released_late``), which can arrive after later events of its case: order by
+``decided_at``.
 
 Sinks must be idempotent by ``idempotency_key``: an event may be handed over again after a
 crash. A sink that fails raises, and the SDK retries the event (then dead-letters it). These
@@ -51,6 +57,8 @@ def document(event: Received) -> dict[str, Any]:
         "rule_ids": list(event.rule_ids),
         "field_actions": dict(event.field_actions),
         "shared_at": event.shared_at.isoformat(),
+        "decided_at": (event.decided_at or event.shared_at).isoformat(),
+        "released_late": event.released_late,
         "body": event.body,
     }
 

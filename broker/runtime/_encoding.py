@@ -14,7 +14,7 @@ AuditRecord     audit id, event id, case ref, subjects  once per event (written 
                 the other fields but ``decisions``      once per distinct values (cached)
                 each ``decisions`` entry                once per distinct decision (cached)
 SharedEvent     event id                                once per event (written directly)
-                type, source, schema, time              once per batch (cached by value)
+                type, source, schema, times             once per batch (cached by value)
                 route, basis, purpose, rules, actions   once per distinct decision (cached)
                 ``body_json``                           once per distinct body
 ==============  =====================================  ====================================
@@ -314,6 +314,9 @@ class RecordParts:
                 "source_agency": source_agency,
                 "source_schema": source_schema,
                 "shared_at": shared_at,
+                # Shared as decided: only an item a person releases later is shared after
+                # it was decided (the review queue's release keeps this time).
+                "decided_at": shared_at,
             }
             source = self._sources.put(key, None, self._shared.encode(1, values))
         return string_of(str(event_id)) + source

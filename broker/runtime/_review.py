@@ -168,7 +168,8 @@ def read_queue(
             recipient=headers[RECIPIENT_HEADER].decode(),
             deadline=datetime.fromtimestamp(int(headers[DEADLINE_HEADER]) / 1000, UTC),
             record=record,
-            shared=decode(opened.payload, shared_schema),
+            # By the writer its envelope names: items outlive SharedEvent versions.
+            shared=schemas.decode(opened.payload, opened.schema_fingerprint, shared_schema),
             subject_refs=[r for r in headers.get(SUBJECTS_HEADER, b"").decode().split(",") if r],
             disclosed=headers.get(REVIEW_KIND_HEADER) == AFTER_DISCLOSURE.encode(),
         )
@@ -248,7 +249,14 @@ def decide(
     if verdict == "approve" and not item.disclosed:
         shared_schema = schemas.latest("SharedEvent")
         released = sealer.seal(
-            encode(shared_schema, shared | {"shared_at": now}),
+            # Released now, decided when it was held (an item held before SharedEvent v2
+            # has no decided_at: its shared_at is when it was held), so the recipient can
+            # put it among the case's events that arrived while it was held.
+            encode(
+                shared_schema,
+                shared
+                | {"shared_at": now, "decided_at": shared.get("decided_at") or shared["shared_at"]},
+            ),
             kind=Kind.EGRESS,
             topic=egress(item.recipient),
             recipient=item.recipient,

@@ -66,7 +66,17 @@ class FakeBroker:
     schemas: SchemaSet = SCHEMAS
     sealer: Sealer = field(default_factory=lambda: Sealer("broker", RING))
 
-    async def deliver(self, recipient: str, event_type: str = "TaskEvent", **extra: Any) -> str:
+    async def deliver(
+        self,
+        recipient: str,
+        event_type: str = "TaskEvent",
+        *,
+        version: int | None = None,
+        decided_at: dt.datetime | None = None,
+        **extra: Any,
+    ) -> str:
+        """Deliver an example ``event_type`` as SharedEvent ``version`` (default the newest),
+        decided at ``decided_at`` (default: when shared, as a share not held for review)."""
         doc = example(event_type, case_id=extra.pop("case_id", "SYN-CASE-U1"))
         event_id = str(extra.pop("event_id", doc["header"]["event_id"]))
         doc["header"]["event_id"] = event_id
@@ -76,6 +86,7 @@ class FakeBroker:
             "source_agency": doc["header"]["source_agency"],
             "source_schema": f"nz.tiaki.{event_type}",
             "shared_at": self.clock(),
+            "decided_at": decided_at or self.clock(),
             "route": "fva_s20",
             "legal_basis": "FVA s20",
             "purpose": "fv_plan_or_response",
@@ -85,8 +96,10 @@ class FakeBroker:
             "policy_hash": "0" * 64,
             "body_json": json.dumps(doc),
         }
+        if version == 1:  # before decided_at
+            del shared["decided_at"]
         key = doc["header"]["case_id"].encode()
-        await self._send(recipient, key, "SharedEvent", shared, event_id)
+        await self._send(recipient, key, "SharedEvent", shared, event_id, version)
         return event_id
 
     async def refuse(self, agency: str, reason: str, event_id: str | None, offset: int) -> None:
@@ -104,10 +117,17 @@ class FakeBroker:
         await self._send(agency, None, "RefusalNotice", notice, str(uuid.uuid4()))
 
     async def _send(
-        self, recipient: str, key: bytes | None, name: str, doc: dict[str, Any], event_id: str
+        self,
+        recipient: str,
+        key: bytes | None,
+        name: str,
+        doc: dict[str, Any],
+        event_id: str,
+        version: int | None = None,
     ) -> None:
-        """``doc`` as schema ``name``, sealed to ``recipient`` on its egress topic."""
-        schema = self.schemas.latest(name)
+        """``doc`` as schema ``name`` (``version``, default the newest), sealed to
+        ``recipient`` on its egress topic."""
+        schema = self.schemas.latest(name) if version is None else self.schemas.get(name, version)
         sealed = self.sealer.seal(
             encode(schema, doc),
             kind=Kind.EGRESS,

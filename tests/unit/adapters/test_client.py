@@ -4,6 +4,7 @@ dead letters, idempotency keys."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import io
 import json
 from pathlib import Path
@@ -16,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from adapters import AdapterClient, InMemoryConnection, InvalidEvent, Received
 from adapters._metrics import AdapterMetrics
+from adapters._sinks import document
 from broker._logging import configure_logging
 from broker.codec import decode
 from broker.envelope import Kind, Opener, ReplayCache, Replayed
@@ -167,6 +169,39 @@ async def test_handler_receives_typed_events_and_offsets_commit_after_success(
     assert "Test Child" not in repr(seen[0])  # the body never shows in a repr
     committed = cluster.committed("oranga-tamariki.adapter")
     assert sum(committed.values()) == 3
+
+
+async def test_a_release_from_review_says_when_it_was_decided_and_older_records_still_open(
+    connection: InMemoryConnection,
+    fake_broker: FakeBroker,
+    clock: FakeClock,
+    tmp_path: Path,
+) -> None:
+    """A held item a person released arrives after events of its case decided later: the
+    recipient orders by ``decided_at``, which the sinks write. A record written before
+    SharedEvent v2 (no ``decided_at``) is read by the schema its envelope names."""
+    held = await fake_broker.deliver(
+        "oranga-tamariki", decided_at=T0 - dt.timedelta(hours=3), case_id="SYN-CASE-R1"
+    )
+    direct = await fake_broker.deliver("oranga-tamariki", case_id="SYN-CASE-R1")
+    old = await fake_broker.deliver("oranga-tamariki", version=1, case_id="SYN-CASE-R1")
+    seen: list[Received] = []
+    async with make_client("oranga-tamariki", connection, clock, tmp_path) as client:
+        assert await client.receive(seen.append) == 3
+    by_id = {e.event_id: e for e in seen}
+    assert set(by_id) == {held, direct, old}
+    assert (by_id[held].decided_at, by_id[held].shared_at) == (T0 - dt.timedelta(hours=3), T0)
+    assert by_id[held].released_late
+    for event_id in (direct, old):
+        assert by_id[event_id].decided_at == by_id[event_id].shared_at == T0
+        assert not by_id[event_id].released_late
+    assert by_id[old].body["task_id"] == "SYN-TASK-0001"  # the v1 record opened whole
+    written = document(by_id[held])
+    assert (written["decided_at"], written["shared_at"], written["released_late"]) == (
+        "2025-06-01T06:00:00+00:00",
+        "2025-06-01T09:00:00+00:00",
+        True,
+    )
 
 
 async def test_failing_event_is_retried_others_flow_and_it_ends_in_dead_letters(

@@ -74,6 +74,7 @@ def test_shared_events_from_parts_are_the_whole_record(
             "source_agency": source,
             "source_schema": schema,
             "shared_at": at,
+            "decided_at": at,  # shared as decided (only a release from review differs)
             "route": v.route,
             "legal_basis": v.legal_basis,
             "purpose": v.purpose,

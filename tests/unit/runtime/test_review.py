@@ -10,7 +10,7 @@ import pytest
 
 from broker.audit._index import TOP_LEVEL, _row
 from broker.audit._report import disclosed as disclosed_by
-from broker.codec import decode
+from broker.codec import decode, encode
 from broker.envelope import Kind, Opener
 from broker.runtime import Outcome
 from broker.runtime._audit import AuditContext
@@ -114,6 +114,56 @@ def test_each_review_action_names_the_people_the_holding_decision_named() -> Non
         if o.topic == "tiaki.audit"
     ]
     assert audit["subject_refs"] == decision["subject_refs"]
+
+
+def released_event(outputs: list[Outgoing], harness: Harness) -> dict[str, Any]:
+    (released,) = [o for o in outputs if o.topic.startswith("tiaki.egress.")]
+    opened = Opener("msd", harness.ring).open(
+        released.value, topic=released.topic, now=NOW, kind=Kind.EGRESS, source="broker"
+    )
+    assert opened.schema_fingerprint == SCHEMAS.latest("SharedEvent").fingerprint
+    return decode(opened.payload, SCHEMAS.latest("SharedEvent"))
+
+
+def test_a_release_says_when_it_was_decided_so_the_recipient_can_order_it() -> None:
+    """Events of the case decided while the item was held reached the recipient first; the
+    release keeps the time the broker decided beside the time a person released it."""
+    harness, records = held()
+    shared = released_event(
+        carry_out(harness, records, "approve", later=timedelta(hours=3)), harness
+    )
+    assert (shared["decided_at"], shared["shared_at"]) == (NOW, NOW + timedelta(hours=3))
+
+
+def test_an_item_held_under_shared_event_v1_is_listed_and_released() -> None:
+    """Held items outlive schema versions: one sealed as SharedEvent v1 (before decided_at) is
+    read by the schema its envelope names, and its release is decided when it was held."""
+    harness, records = held()
+    v1 = SCHEMAS.get("SharedEvent", 1)
+    old = []
+    for r in records:
+        opened = Opener("broker", harness.ring).open(
+            r.value, topic=r.topic, now=NOW, kind=Kind.HOLD, source="broker"
+        )
+        values = decode(opened.payload, SCHEMAS.latest("SharedEvent"))
+        del values["decided_at"]
+        value = harness.pipeline._sealer.seal(
+            encode(v1, values),
+            kind=Kind.HOLD,
+            topic=r.topic,
+            recipient="broker",
+            event_id=opened.event_id,
+            schema_fingerprint=v1.fingerprint,
+            now=NOW,
+        )
+        old.append(Record(r.topic, r.partition, r.offset, r.key, value, r.headers, 0))
+    (item,) = queue(harness, old).values()
+    assert (item.shared["event_type"], item.shared["decided_at"]) == (
+        "FamilyHarmEpisodeReport",
+        None,
+    )
+    shared = released_event(carry_out(harness, old, "approve", later=timedelta(hours=1)), harness)
+    assert (shared["decided_at"], shared["shared_at"]) == (NOW, NOW + timedelta(hours=1))
 
 
 def legacy(harness: Harness, record: Record, drop: str | None = None) -> Record:
