@@ -29,12 +29,14 @@
 Every fault is reported as ``file:line:column: reason``, ranges included, so what ``tiaki
 adapter check`` accepts ``run`` can use: retry delays at most a day (``86400``), ports ``0`` to
 ``65535`` (``listen``, ``metrics_port``, a webhook sink's URL), a CSV source's
-``event_type`` (required, and an event schema), and its template (readable, a JSON object).
+``event_type`` (required, and an event schema), and its template (readable, a JSON object); no
+NUL in a path, and no control character in a webhook source's ``path`` or a sink's ``url``.
 """
 
 from __future__ import annotations
 
 import json
+import unicodedata
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -69,6 +71,24 @@ def _no_nul(value: str) -> str:
 PathText = Annotated[str, AfterValidator(_no_nul)]
 
 
+def _no_control(value: str) -> str:
+    # An HTTP request line ends at a line break, and urllib drops tabs and line breaks from a
+    # URL without a word and refuses other control characters only when it sends: a webhook
+    # path or URL holding one would never match, or would be sent as something else, or fail
+    # at the first event. Refuse it here, so what ``check`` accepts ``run`` can use.
+    bad = next((c for c in value if unicodedata.category(c) == "Cc"), None)
+    if bad is not None:
+        raise ValueError(
+            "a webhook path or URL cannot hold a NUL or other control character "
+            f"(here U+{ord(bad):04X})"
+        )
+    return value
+
+
+#: A webhook source's path or a webhook sink's URL.
+WebText = Annotated[str, AfterValidator(_no_control)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -92,7 +112,7 @@ class FolderSourceConfig(_Strict):
 class WebhookSourceConfig(_Strict):
     kind: Literal["webhook"]
     listen: str = Field(pattern=r"^[\w.:-]+:\d{1,5}$")
-    path: str = "/events"
+    path: WebText = "/events"
 
     @field_validator("listen")
     @classmethod
@@ -109,7 +129,7 @@ class FolderSinkConfig(_Strict):
 
 class WebhookSinkConfig(_Strict):
     kind: Literal["webhook"]
-    url: str = Field(pattern=r"^https?://")
+    url: WebText = Field(pattern=r"^https?://")
     timeout_s: float = Field(default=10.0, gt=0, le=300)
 
     @field_validator("url")

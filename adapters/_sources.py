@@ -13,6 +13,9 @@ outbox. Nothing is lost on bad input:
   is then kept whole, once, with the count of bad items as its reason;
 * a JSON object that names a key twice, or a CSV header that names a column twice, is
   rejected (with the file) rather than read as "the last one wins";
+* only regular files are read: a symbolic link is moved to ``rejected/`` itself, its target
+  never read (else any file the adapter's user can read could be published), and so is a
+  named pipe, socket or device, never waited on (see :func:`_open_regular`);
 * a file the adapter cannot read or move (no permission, a full disk) is left where it is for
   the next scan, with a warning naming the error's type; a file replaced (the documented
   ``os.replace`` of a new export) or removed while it was being published is not moved: the
@@ -24,10 +27,12 @@ Nothing in ``done/`` or ``rejected/`` is ever overwritten: every name there star
 export file's modification time (UTC, to the microsecond) and the first 16 hex digits of its
 content's SHA-256, ``<time>-<hash>-<file name>`` (``...-<stem>.item<N>.json`` for one item),
 so a case system that writes ``export.json`` every hour keeps every hour's file and rejected
-items, and the folders list in the order the files were written. A file read again after a
-crash gets the same names, so its rejected items are not kept twice. A file name longer than
-:data:`NAME_PART_MAX` bytes is shortened there to its start, ``~`` and a hash of the whole
-name, so the name always fits the file system's limit (255 bytes) and the file can be moved.
+items, and the folders list in the order the files were written (a file kept unread has its
+size, ``<size>-bytes``, or its kind, ``link`` or ``special``, in place of the hash). A file
+read again after a crash gets the same names, so its rejected items are not kept twice. A file
+name longer than :data:`NAME_PART_MAX` bytes is shortened there to its start, ``~`` and a hash
+of the whole name, so the name always fits the file system's limit (255 bytes) and the file
+can be moved.
 
 Event ids are stable: an item without ``header.event_id`` gets one derived from the agency,
 the file name, the file's content hash and the item's position (UUID 5), so a file read
@@ -53,11 +58,12 @@ import hashlib
 import io
 import json
 import os
+import stat
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import structlog
 
@@ -234,6 +240,46 @@ def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
     )
 
 
+class _NotRegular(Exception):
+    """A folder entry that is not a regular file (a symbolic link, a named pipe, a socket, a
+    device), as ``seen`` by ``lstat`` (or ``fstat``, for one opened without waiting)."""
+
+    def __init__(self, seen: os.stat_result) -> None:
+        super().__init__("not a regular file")
+        self.seen = seen
+
+
+def _open_regular(file: Path) -> BinaryIO:
+    """``file`` opened for reading if it is a regular file; :class:`_NotRegular` if not.
+
+    A name can be swapped between the listing, the ``lstat`` and the open. ``O_NOFOLLOW``
+    refuses a symbolic link put there (its target is never opened), and ``O_NONBLOCK`` makes
+    the open of a named pipe return at once, where a plain ``open`` would wait for a writer
+    for ever and stop every later scan; ``fstat`` then refuses what was opened unless it is a
+    regular file, and reads go back to blocking (``O_NONBLOCK`` means nothing to a regular
+    file, but nothing here should depend on that).
+    """
+    seen = os.lstat(file)
+    if not stat.S_ISREG(seen.st_mode):  # refused without being opened at all
+        raise _NotRegular(seen)
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_NOCTTY)
+    except OSError as exc:
+        # A link refused by O_NOFOLLOW: ELOOP (Linux, macOS) or EMLINK (FreeBSD).
+        if exc.errno not in (errno.ELOOP, errno.EMLINK):
+            raise
+        seen = os.lstat(file)
+        if not stat.S_ISLNK(seen.st_mode):
+            raise
+        raise _NotRegular(seen) from None
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode):
+        os.close(fd)
+        raise _NotRegular(opened)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def _error_code(exc: OSError) -> str:
     """An OS error as its type and errno name (``PermissionError/EACCES``): never its
     message, which names the path."""
@@ -293,7 +339,8 @@ class FolderSource:
             return sorted(
                 p
                 for p in self.path.glob(f"*.{self.format}")
-                if p.is_file()
+                # a link or a pipe is listed, to be moved to rejected/ rather than ignored
+                if (p.is_symlink() or not p.is_dir())
                 and not p.name.startswith(".")
                 and not p.name.endswith(_SKIP_SUFFIXES)
             )
@@ -340,10 +387,13 @@ class FolderSource:
     async def _scan_file(self, file: Path, publish: PublishFn, result: ScanResult) -> None:
         limit = self.max_file_bytes
         try:
-            with file.open("rb") as handle:
+            with _open_regular(file) as handle:
                 seen = os.fstat(handle.fileno())
                 data = handle.read(limit + 1) if seen.st_size <= limit else b""
         except FileNotFoundError:  # moved away since the listing: not ours any more
+            return
+        except _NotRegular as exc:
+            self._reject_not_regular(file, exc.seen, result)
             return
         if seen.st_size > limit or len(data) > limit:  # (or it grew while being read)
             self._reject_oversized(file, seen, result)
@@ -415,6 +465,24 @@ class FolderSource:
         log.warning("source file rejected", agency=self.agency, reason="oversized_file")
         result.rejected += 1
 
+    def _reject_not_regular(self, file: Path, seen: os.stat_result, result: ScanResult) -> None:
+        """Move an entry that is not a regular file to ``rejected/`` as it is, unread (a
+        symbolic link itself, never its target), under its time and kind, with its reason. An
+        entry changed meanwhile is left for the next scan (:meth:`_retire`)."""
+        result.files += 1
+        self.rejected.mkdir(parents=True, exist_ok=True, mode=0o700)
+        link = stat.S_ISLNK(seen.st_mode)
+        kind = "link" if link else "special"
+        name = f"{_stamp(seen.st_mtime_ns)}-{kind}-{_bounded(file.name)}"
+        if not self._retire(file, seen, self.rejected / name):
+            return
+        what = "a symbolic link" if link else "not a regular file (a named pipe, socket or device)"
+        reason = f"{what}; the adapter publishes only regular files in its folder"
+        write_private(self.rejected / f"{name}.reason", f"{reason}\n".encode())
+        code = "symbolic_link" if link else "not_a_regular_file"
+        log.warning("source file rejected", agency=self.agency, reason=code)
+        result.rejected += 1
+
     def _retire(self, file: Path, seen: os.stat_result, target: Path) -> bool:
         """Move ``file``, read as ``seen`` (the open file's ``fstat``), to ``target``, but only
         if it is still the file read; return whether it moved.
@@ -430,21 +498,26 @@ class FolderSource:
         ``await``), so only a replacement in those microseconds can slip in; it is caught
         after the move (the moved file is not the one read) and given back under its name
         with ``os.link``, which never overwrites a newer export (failing that, under a new
-        name the next scan reads, as new content is new events anyway).
+        name the next scan reads, as new content is new events anyway). Links are never
+        followed (``lstat``), so what moves, or is given back, is the entry itself.
         """
         try:
-            if not _same_file(os.stat(file), seen):
+            if not _same_file(os.lstat(file), seen):
                 return False  # replaced: the next scan publishes the new content
             os.replace(file, target)
         except FileNotFoundError:  # removed since it was read: nothing is left to move
             return False
-        moved = os.stat(target)
+        moved = os.lstat(target)
         if _same_file(moved, seen):
             return True
         try:
-            os.link(target, file)
+            os.link(target, file, follow_symlinks=False)
         except OSError:
-            os.link(target, file.with_name(f"{uuid.uuid4().hex[:12]}-{_bounded(file.name)}"))
+            os.link(
+                target,
+                file.with_name(f"{uuid.uuid4().hex[:12]}-{_bounded(file.name)}"),
+                follow_symlinks=False,
+            )
         target.unlink()
         return False
 
@@ -536,7 +609,8 @@ class WebhookSource:
     """``POST <path>`` with one event as JSON (either form :func:`event_of` accepts).
 
     Answers ``202 {"event_id": ...}`` once the event is in the outbox, ``400`` for a body
-    that is not JSON (or whose object names a key twice), ``422`` for an invalid event,
+    that is not JSON (saying where it fails, line and column, never quoting it) or whose
+    object names a key twice, ``422`` for an invalid event,
     ``404``/``405``/``413``/``431`` otherwise; ``408`` to a caller that has not sent its whole
     request within ``read_timeout_s`` (:data:`READ_TIMEOUT_S`), and ``503`` to a connection
     beyond ``max_connections`` (:data:`MAX_CONNECTIONS`) open at once, so idle or trickling
@@ -655,8 +729,12 @@ class WebhookSource:
             data = await reader.readexactly(length)
         try:
             item = json.loads(data, object_pairs_hook=_unique_keys)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            return 400, {"error": f"bad JSON: {exc}"}
+        except json.JSONDecodeError as exc:
+            # Where only: the parser's message may quote the body (the pure-Python one quotes
+            # a bad escape's character), and the answer may reach a log the body must not.
+            return 400, {"error": f"bad JSON at line {exc.lineno} column {exc.colno}"}
+        except UnicodeDecodeError:  # its message quotes the byte
+            return 400, {"error": "bad JSON: not UTF-8 text"}
         except _DuplicateKey as exc:
             return 400, {"error": f"bad JSON: {exc}"}
         except RecursionError:

@@ -48,14 +48,14 @@ async def test_an_unreadable_file_is_left_with_one_warning_and_the_rest_go_on(
     folder = _exports(tmp_path)
     (folder / "a-Jane-Doe.json").write_text(_good())
     (folder / "b.json").write_text(_good())
-    real_open = Path.open
+    real_open = os.open
 
-    def locked(self: Path, *args: Any, **kwargs: Any) -> Any:
-        if self.name == "a-Jane-Doe.json":  # chmod 000 does not stop root, which tests may be
-            raise PermissionError(13, "Permission denied", str(self))
-        return real_open(self, *args, **kwargs)
+    def locked(path: Any, *args: Any, **kwargs: Any) -> int:
+        if Path(path).name == "a-Jane-Doe.json":  # chmod 000 does not stop root, which tests may be
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "open", locked)
+    monkeypatch.setattr(os, "open", locked)
     async with _client(tmp_path) as client:
         source = FolderSource("police", folder)
         with capture_logs() as logs:
