@@ -69,6 +69,12 @@ _DERIVED = ("records", "decisions", "subjects", "positions", "value_log")
 #: The tables every layout of the index has had: a database with a ``records`` table and
 #: not all of these is someone else's, never rebuilt (its tables would be dropped).
 _CORE = frozenset({"records", "decisions", "subjects", "positions", "access_log"})
+#: Every table any layout of the index makes: a database with tables and none of these is
+#: someone else's, and never gets the index's tables added to it.
+_OURS = _CORE | {"layout", "value_log"}
+#: The ``layout`` version a read that found a stored value altered leaves behind, so that
+#: the next ``tiaki audit index`` rebuilds the index (no layout was ever negative).
+_DAMAGED = -1
 
 #: Tables; ``{pk}`` is the clustered-key clause (SQLite: ``WITHOUT ROWID``, so the subject
 #: and decision tables are each one B-tree, not a table and an index).
@@ -206,14 +212,23 @@ class Database(Protocol):
 
 
 def _refuse_foreign(tables: set[str]) -> None:
-    """Refuse a database with a ``records`` table that is not an index (someone else's,
-    given to ``--db`` by mistake): rebuilding it would drop that table. Every layout of the
-    index has had all of :data:`_CORE`."""
+    """Refuse a database that is not an index (someone else's, given to ``--db`` by
+    mistake): one with a ``records`` table, since rebuilding it would drop that table (every
+    layout of the index has had all of :data:`_CORE`), and one with tables but none of the
+    index's, which would otherwise get the index's tables added to it. SQLite's own tables
+    (``sqlite_sequence``, ``sqlite_stat1``) are no one's: a database with only those is
+    empty."""
     if "records" in tables and not _CORE.issubset(tables):
         raise IndexFailure(
             "the database given has a records table but is not a Tiaki audit index (it lacks "
             f"{', '.join(sorted(_CORE - tables))}): nothing was changed; give the index a "
             "file or database of its own"
+        )
+    theirs = {name for name in tables if not name.startswith("sqlite_")}
+    if theirs and not theirs & _OURS:
+        raise IndexFailure(
+            "the database given has tables but none of a Tiaki audit index's: nothing was "
+            "changed; give the index a file or database of its own"
         )
 
 
@@ -377,8 +392,35 @@ def _number(value: Any) -> int | None:
         return None
 
 
+def _within(value: Any, low: int, high: int) -> int | None:
+    """A stored integer from ``low`` up to (not including) ``high``, or None: a value out of
+    that range was altered too, and read on it would crash (a huge size allocated, a record
+    id's partition past what packs) or mislead (a resume position past the topic's end)."""
+    number = _number(value)
+    return number if number is not None and low <= number < high else None
+
+
+#: Where each stored number of the index lies (low, high); outside, it was altered.
+_PARTITIONS = (0, _MAX_PARTITION)
+_OFFSETS = (0, _PARTITION_SHIFT)
+_NEXT_OFFSETS = (0, _PARTITION_SHIFT + 1)  # one past a partition's last indexed offset
+_IDS = (0, _MAX_PARTITION * _PARTITION_SHIFT)
+_SIZES = (0, 1 << 63)  # a place in, or a length of, the value log: a 64-bit column
+#: Which entry of a record's decisions a decision row is: :data:`TOP_LEVEL`, or an index.
+_ORDINALS = (TOP_LEVEL, 1 << 31)
+
+
 #: What every "rebuild the index" message adds: rebuilding loses no record of who read it.
 _KEPT = "(its access log is kept)"
+
+
+def _damage(where: str) -> IndexFailure:
+    """The error for a stored value that does not read, naming its table and column (never
+    the value: it may be a person's)."""
+    return IndexFailure(
+        f"the audit index is damaged (a value in {where} is altered or out of range): run "
+        f"`tiaki audit index` to rebuild it from the audit topic {_KEPT}"
+    )
 
 
 def _json(value: Any) -> str:
@@ -485,7 +527,8 @@ class Decoder:
     record simply has no ``decisions``), and it wants times as epoch milliseconds and ids as
     text, so it reads each writer schema without logical types. Indexing skims
     (:meth:`skim`: the indexed fields only); a query decodes the few records it returns
-    whole (:meth:`decode`). Bytes that do not decode raise :class:`IndexFailure`.
+    whole (:meth:`decode`). Bytes that do not skim raise :class:`IndexFailure`; bytes that
+    do not decode are None.
     """
 
     def __init__(
@@ -526,16 +569,15 @@ class Decoder:
             parsed = self._parsed[writer] = fastavro.parse_schema(self._definition(writer))
         return parsed
 
-    def decode(self, value: bytes, writer: str) -> dict[str, Any]:
-        """The whole record (for the rows a query returns)."""
+    def decode(self, value: bytes, writer: str) -> dict[str, Any] | None:
+        """The whole record (for the rows a query returns), or None if the bytes do not
+        decode (the index then says which of its values was altered)."""
         parsed = self._plain(writer)
         try:
             record = fastavro.schemaless_reader(io.BytesIO(value), parsed, None)
         except Exception:  # truncated or corrupt bytes: EOFError, IndexError, UnicodeError...
-            raise IndexFailure("audit record does not decode") from None
-        if not isinstance(record, dict):
-            raise IndexFailure("audit record does not decode")
-        return record
+            return None
+        return record if isinstance(record, dict) else None
 
     def skim(self, value: bytes, writer: str) -> dict[str, Any]:
         """Only the fields :func:`index_rows` reads (:data:`INDEXED`), two and a half times
@@ -551,6 +593,14 @@ class Decoder:
         if skim is None:
             skim = self._skims[writer] = Skim(self._definition(writer), INDEXED)
         return skim
+
+
+def _recorded_at(record: Mapping[str, Any]) -> datetime | None:
+    """When a decoded record was written, or None if its time is none a datetime holds."""
+    try:
+        return datetime.fromtimestamp(_ms(record["recorded_at"]) / 1000, UTC)
+    except (KeyError, TypeError, ValueError, OverflowError, OSError):
+        return None
 
 
 def _row(record: Mapping[str, Any], ordinal: int, partition: int, offset: int) -> Row:
@@ -792,7 +842,13 @@ class AuditIndex:
                         "the audit index is damaged (its layout version is not a number): run "
                         f"`tiaki audit index` to rebuild it from the audit topic {_KEPT}"
                     )
-                if layout is not None and layout != LAYOUT and not rebuild:
+                if layout == _DAMAGED and not rebuild:  # left by a read (AuditIndex._damaged)
+                    raise IndexFailure(
+                        "the audit index is damaged (a read found a value in it altered or out "
+                        f"of range): run `tiaki audit index` to rebuild it from the audit topic "
+                        f"{_KEPT}"
+                    )
+                if layout not in (None, LAYOUT, _DAMAGED) and not rebuild:
                     raise IndexFailure(
                         f"the audit index has layout {layout} and this Tiaki reads layout "
                         f"{LAYOUT}: run `tiaki audit index` to rebuild it from the audit "
@@ -804,6 +860,11 @@ class AuditIndex:
                         "the audit index's value log is shorter than its records say: run "
                         f"`tiaki audit index` to rebuild it from the audit topic {_KEPT}"
                     )
+                # Indexing reads the resume positions first, and positions() refuses ones
+                # that do not read: opened to index, the index checks them here and is
+                # rebuilt instead (one row per partition: the check costs nothing).
+                if rebuild and layout == LAYOUT and not damaged:
+                    damaged = not self._positions_read()
                 if layout != LAYOUT or damaged:
                     for table in _DERIVED:
                         db.execute(f"DROP TABLE IF EXISTS {table}")
@@ -815,6 +876,13 @@ class AuditIndex:
                 db.execute(statement.format(**db.ddl))
             if not db.execute("SELECT version FROM layout"):
                 db.execute("INSERT INTO layout VALUES (?)", (LAYOUT,))
+
+    def _positions_read(self) -> bool:
+        """Whether every resume position reads (:meth:`positions`, without the error)."""
+        return all(
+            _within(p, *_PARTITIONS) is not None and _within(o, *_NEXT_OFFSETS) is not None
+            for p, o in self._db.execute("SELECT partition, next_offset FROM positions")
+        )
 
     def _values_short(self) -> bool:
         values = self._db.values
@@ -843,7 +911,9 @@ class AuditIndex:
     def positions(self) -> dict[int, int]:
         """The next offset to index, per partition."""
         return {
-            int(p): int(o)
+            self._stored(p, "positions.partition", _PARTITIONS): self._stored(
+                o, "positions.next_offset", _NEXT_OFFSETS
+            )
             for p, o in self._db.execute("SELECT partition, next_offset FROM positions")
         }
 
@@ -976,39 +1046,97 @@ class AuditIndex:
         return self._rows(self._db.execute("".join(sql), params))
 
     def _rows(self, found: Iterable[Sequence[Any]]) -> list[Row]:
-        decoded: dict[int, dict[str, Any]] = {}
+        decoded: dict[Any, dict[str, Any]] = {}  # by record id, as stored: only a key here
         out: list[Row] = []
         for rid, ordinal, value, at, size, writer, partition, offset in found:
             record = decoded.get(rid)
             if record is None:
-                record = decoded[rid] = self._decoder.decode(self._value(value, at, size), writer)
-            out.append(_row(record, int(ordinal), int(partition), int(offset)))
+                record = decoded[rid] = self._record(value, at, size, writer)
+            out.append(_row(record, self._ordinal(record, ordinal), *self._at(partition, offset)))
         return out
+
+    # Every value a query takes from a records or decisions row passes through one of the
+    # methods below (positions() through _stored too), which refuse what the index never
+    # writes there (text in an integer column, a huge integer, NULL): a hand's alteration,
+    # or a disk fault, is a one-line error, never a traceback.
+
+    def _damaged(self, where: str) -> IndexFailure:
+        """:func:`_damage`'s error for ``where``, after marking the index damaged
+        (:data:`_DAMAGED`): which other rows the alteration reached no read can tell, and
+        checking every row whenever the index opens would cost a scan of it, so instead the
+        next ``tiaki audit index`` rebuilds it, as the error says, and reads refuse it until
+        then. Best effort: if the mark cannot be written, the error is raised all the same."""
+        with suppress(IndexFailure):
+            self._db.execute("UPDATE layout SET version = ?", (_DAMAGED,))
+        return _damage(where)
+
+    def _stored(self, value: Any, where: str, bounds: tuple[int, int]) -> int:
+        """A stored integer within ``bounds`` (:func:`_within`); ``where`` names its column."""
+        number = _within(value, *bounds)
+        if number is None:
+            raise self._damaged(where)
+        return number
+
+    def _at(self, partition: Any, offset: Any) -> tuple[int, int]:
+        """Where a record sits in the topic, from its row."""
+        return (
+            self._stored(partition, "records.partition", _PARTITIONS),
+            self._stored(offset, "records.log_offset", _OFFSETS),
+        )
+
+    def _ordinal(self, record: Mapping[str, Any], ordinal: Any) -> int:
+        """Which of ``record``'s decisions a decision row is: one it has, or its top level
+        if it has none (as :func:`index_rows` numbers them)."""
+        number = self._stored(ordinal, "decisions.ordinal", _ORDINALS)
+        entries = record.get("decisions") or ()
+        if not (0 <= number < len(entries) or (number == TOP_LEVEL and not entries)):
+            raise self._damaged("decisions.ordinal")
+        return number
+
+    def _record(self, value: Any, at: Any, size: Any, writer: Any) -> dict[str, Any]:
+        """A record's fields, decoded from its bytes with its writer's schema. Bytes that
+        do not decode, or whose time is not one (a year past 9999), were altered: the topic's
+        records all decoded when they were indexed."""
+        if not isinstance(writer, str):
+            raise self._damaged("records.writer")
+        record = self._decoder.decode(self._value(value, at, size), writer)
+        if record is None or _recorded_at(record) is None:
+            raise self._damaged("records.value" if value is not None else "the value log")
+        return record
 
     def _value(self, value: Any, at: Any, size: Any) -> bytes:
         """A record's bytes: in its row, or in the value log where its row says."""
         if value is not None:
+            if not isinstance(value, bytes | bytearray | memoryview):  # text, or a number
+                raise self._damaged("records.value")
             return bytes(value)
-        if self._db.values is None or at is None or size is None:
-            raise IndexFailure("an indexed record's bytes are missing")
-        return self._db.values.read(int(at), int(size))
+        values = self._db.values
+        if values is None:  # PostgreSQL: the bytes belong in the row
+            raise self._damaged("records.value")
+        start = self._stored(at, "records.value_at", _SIZES)
+        length = self._stored(size, "records.value_size", _SIZES)
+        if start + length > values.size():  # checked first: a huge size would be allocated
+            raise self._damaged("records.value_at or records.value_size")
+        return values.read(start, length)
 
     def _record_rows(self, found: Iterable[Sequence[Any]], q: Query | None = None) -> list[Row]:
         """Every row of each record found (``_PERSON_RECORDS``' columns) that matches ``q``'s fields
         other than the person, oldest first: the decisions read from the records' bytes."""
         keyed: list[tuple[tuple[int, int, int], Row]] = []
         for rid, value, at, size, writer, partition, offset in found:
-            record = self._decoder.decode(self._value(value, at, size), writer)
+            record = self._record(value, at, size, writer)
             at = _ms(record["recorded_at"])
             if q is not None and not (
                 (q.since_ms is None or at >= q.since_ms) and (q.until_ms is None or at < q.until_ms)
             ):
                 continue
+            key = self._stored(rid, "records.id", _IDS)
+            where = self._at(partition, offset)
             ordinals = range(len(record.get("decisions") or ())) or (TOP_LEVEL,)
             for ordinal in ordinals:
-                row = _row(record, ordinal, int(partition), int(offset))
+                row = _row(record, ordinal, *where)
                 if q is None or _matches(row, q):
-                    keyed.append(((at, int(rid), ordinal), row))
+                    keyed.append(((at, key, ordinal), row))
         keyed.sort(key=lambda pair: pair[0])
         return [row for _, row in keyed]
 
@@ -1046,15 +1174,16 @@ class AuditIndex:
         found = self._db.execute(_DECISION_RECORDS, (event_id,))
         out = []
         for value, at, size, writer, partition, offset in found:
-            record = self._decoder.decode(self._value(value, at, size), writer)
+            record = self._record(value, at, size, writer)
+            partition, offset = self._at(partition, offset)
             out.append(
                 StatedGrounds(
                     recorded_at=datetime.fromtimestamp(_ms(record["recorded_at"]) / 1000, UTC),
                     source_agency=record.get("source_agency"),
                     justification_ref=record.get("justification_ref"),
                     accountable_ref=record.get("accountable_ref"),
-                    partition=int(partition),
-                    offset=int(offset),
+                    partition=partition,
+                    offset=offset,
                 )
             )
         return out
@@ -1073,9 +1202,13 @@ class AuditIndex:
             last = self._db.execute("SELECT seq, link FROM access_log ORDER BY seq DESC LIMIT 1")
             seq, prev = 0, "0" * 64
             if last:
-                top = _number(last[0][0])
+                # The next seq must fit the column too: 2**63 would not insert.
+                top = _within(last[0][0], 0, (1 << 63) - 1)
                 if top is None:
-                    raise LogTampered("access log", "last entry altered (its seq is not a number)")
+                    raise LogTampered(
+                        "access log",
+                        "last entry altered (its seq is not a number a next can follow)",
+                    )
                 seq, prev = top + 1, str(last[0][1])
             link = access_link(seq, prev, at, operator, command, text, results)
             self._db.execute(
@@ -1101,6 +1234,8 @@ class AuditIndex:
             at, results = _number(at), _number(results)
             if at is None or results is None:  # SQLite keeps text in an integer column
                 raise LogTampered(where, "entry altered (not a number where one belongs)")
+            if not all(isinstance(v, str) for v in (operator, command, query, stored_prev, link)):
+                raise LogTampered(where, "entry altered (not text where text belongs)")
             if (
                 stored_prev != prev
                 or access_link(expected, prev, at, operator, command, query, results) != link
