@@ -13,15 +13,23 @@ Profiles hold secrets: their folder is ``0700`` and each file ``0600``. A relati
 ``ssl_cafile`` names a file beside the profile: ``tiaki provision`` writes the cluster's CA
 certificate as ``ca.pem`` in the profiles folder and the profiles it writes name it so, which
 lets an agency's profile and ``ca.pem`` be copied into the adapter's own directory as they are.
+
+The CA certificate file is checked when a client's TLS settings are built from the profile
+(``aiokafka_kwargs``, ``librdkafka``), not when the profile is read: commands that only read a
+profile's names (``tiaki provision`` reading the profiles it wrote) need no certificate. A file
+that is missing, unreadable or holds no PEM certificate is a :class:`ConfigError` naming the
+profile file and ``ssl_cafile``, like a malformed field, rather than an ``OSError`` from
+inside the TLS library when a command first connects.
 """
 
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError, field_validator
 
 from broker._errors import ConfigError
 from broker.platform._secrets import read_json, write_secret_json
@@ -60,6 +68,11 @@ class Profile(BaseModel):
     sasl_plain_password: str
     ssl_cafile: str
 
+    #: The file :func:`load_profile` read this profile from (None for one built in code), so
+    #: that an error found later, when a client is built from it, can name the file. Not a
+    #: field: never written back, though pydantic compares it (profiles from two files differ).
+    _source: Path | None = PrivateAttr(default=None)
+
     @field_validator("bootstrap_servers")
     @classmethod
     def _servers_parse(cls, servers: str) -> str:
@@ -87,16 +100,53 @@ class Profile(BaseModel):
 
     __str__ = __repr__
 
-    def aiokafka_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for any aiokafka client, with an SSL context built from the CA."""
-        from aiokafka.helpers import create_ssl_context
+    @property
+    def source(self) -> Path | None:
+        """The file this profile was read from, or None if it was built in code."""
+        return self._source
 
+    def aiokafka_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for any aiokafka client, with an SSL context built from the CA.
+
+        Raises :class:`ConfigError` naming the profile file and ``ssl_cafile`` if the CA
+        certificate file is missing, unreadable or not a PEM certificate.
+        """
         kwargs: dict[str, Any] = self.model_dump()
-        kwargs["ssl_context"] = create_ssl_context(cafile=kwargs.pop("ssl_cafile"))
+        del kwargs["ssl_cafile"]
+        kwargs["ssl_context"] = self.ssl_context()
         return kwargs
 
+    def ssl_context(self) -> ssl.SSLContext:
+        """aiokafka's client SSL context, trusting the profile's CA certificate (see
+        :meth:`aiokafka_kwargs` for the errors)."""
+        from aiokafka.helpers import create_ssl_context
+
+        try:
+            context: ssl.SSLContext = create_ssl_context(cafile=self.ssl_cafile)
+        except OSError as exc:  # ssl.SSLError included: a file that is not a certificate
+            raise ConfigError(self._cafile_problem(exc)) from None
+        return context
+
+    def _cafile_problem(self, exc: OSError) -> str:
+        """``<profile file>: ssl_cafile: <CA file> <what is wrong>``, in one line."""
+        if isinstance(exc, ssl.SSLError):
+            what = "holds no PEM certificate"
+        elif isinstance(exc, FileNotFoundError):
+            what = "does not exist"
+        elif isinstance(exc, IsADirectoryError):
+            what = "is a folder, not a file"
+        else:  # unreadable: permissions, an I/O error
+            what = f"cannot be read ({exc.strerror or type(exc).__name__})"
+        where = self._source if self._source is not None else "connection profile"
+        return (
+            f"{where}: ssl_cafile: {self.ssl_cafile} {what} "
+            "(it must be the cluster's CA certificate)"
+        )
+
     def librdkafka(self) -> dict[str, str]:
-        """The same settings for confluent-kafka (used by provisioning only)."""
+        """The same settings for confluent-kafka (used by provisioning only); the CA
+        certificate file is checked as by :meth:`aiokafka_kwargs`."""
+        self.ssl_context()
         return {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
@@ -128,6 +178,7 @@ def load_profile(path: Path) -> Profile:
         raise ConfigError(f"{path}: {'.'.join(map(str, first['loc']))}: {reason}") from None
     if not Path(profile.ssl_cafile).is_absolute():  # beside the profile (see the module docs)
         profile = profile.model_copy(update={"ssl_cafile": str(path.parent / profile.ssl_cafile)})
+    profile._source = path
     return profile
 
 

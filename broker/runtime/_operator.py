@@ -46,7 +46,14 @@ from broker.runtime._chaining import AuditChainer
 from broker.runtime._pipeline import broker_opener, broker_sealer
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import secret_paths
-from broker.transport import KafkaReader, Outgoing, Reader, Record, TransportError
+from broker.transport import (
+    CONNECT_TIMEOUT_S,
+    KafkaReader,
+    Outgoing,
+    Reader,
+    Record,
+    TransportError,
+)
 
 T = TypeVar("T")
 
@@ -77,10 +84,11 @@ class BrokerTools:
         return broker_sealer(self.ring)
 
     def read(self, topic: str) -> list[Record]:
-        """Every record on ``topic`` (read-committed)."""
+        """Every record on ``topic`` (read-committed); an unanswered connection fails after
+        :data:`~broker.transport.CONNECT_TIMEOUT_S`."""
 
         async def read() -> list[Record]:
-            async with KafkaReader(self.profile) as reader:
+            async with KafkaReader(self.profile, connect_timeout_s=CONNECT_TIMEOUT_S) as reader:
                 return await reader.read_all(topic)
 
         return asyncio.run(read())

@@ -47,7 +47,12 @@ from broker.transport._errors import (
     TransportError,
     Unavailable,
 )
-from broker.transport._kafka import KafkaPublisher, KafkaReader, KafkaTransport
+from broker.transport._kafka import (
+    CONNECT_TIMEOUT_S,
+    KafkaPublisher,
+    KafkaReader,
+    KafkaTransport,
+)
 from broker.transport._memory import (
     INGRESS_PATTERN,
     InMemoryCluster,
@@ -69,6 +74,7 @@ from broker.transport._types import (
 )
 
 __all__ = [
+    "CONNECT_TIMEOUT_S",
     "INGRESS_PATTERN",
     "AsyncResource",
     "CommitFailed",

@@ -727,6 +727,25 @@ class KafkaPublisher(ResourceBase):
         return Record(topic, meta.partition, meta.offset, key, value, headers, meta.timestamp)
 
 
+#: How long a one-shot command (``tiaki review list``, ``tiaki quarantine list``) waits for
+#: the cluster to answer when it connects (``connect_timeout_s``). A Kafka that is up answers
+#: in milliseconds; without a bound, a port that takes the connection but never answers (a
+#: TLS terminator with nothing behind it, a hung broker) holds the command for aiokafka's
+#: ``request_timeout_ms``, 40 s per bootstrap server, before it fails. 15 s leaves a slow
+#: network room while an operator still sees the failure soon. The broker worker's clients
+#: (its transactions, its state reads) are not bounded by it.
+CONNECT_TIMEOUT_S = 15.0
+
+
+def _no_answer(profile: Profile, seconds: float) -> str:
+    """What to tell an operator when Kafka did not answer a connection within ``seconds``."""
+    where = profile.source if profile.source is not None else "the connection profile"
+    return (
+        f"no answer from Kafka at {profile.bootstrap_servers} within {seconds:g} s: check "
+        f"that Kafka is up and that {where} names it (bootstrap_servers)"
+    )
+
+
 class KafkaReader(ResourceBase):
     """Reads whole topics read-committed, with no consumer group; see :class:`Reader`.
 
@@ -740,11 +759,19 @@ class KafkaReader(ResourceBase):
     uncommitted consumer used for nothing else. ``timeout_s`` bounds a read (then
     :class:`Unavailable`; the worker's state re-read tries again, and a transaction Kafka has
     not ended within its timeout is aborted by then).
+
+    ``connect_timeout_s`` bounds :meth:`start`, the wait for the cluster to answer (then
+    :class:`Unavailable` naming the bootstrap servers). One-shot commands pass
+    :data:`CONNECT_TIMEOUT_S`; the default, None, leaves it to aiokafka, which gives each
+    bootstrap server ``request_timeout_ms`` (40 s) to answer, as the broker worker's reads do.
     """
 
-    def __init__(self, profile: Profile, *, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, profile: Profile, *, timeout_s: float = 30.0, connect_timeout_s: float | None = None
+    ) -> None:
         self._profile = profile
         self._timeout_s = timeout_s
+        self._connect_timeout_s = connect_timeout_s
         self._consumer: AIOKafkaConsumer | None = None
         #: Read-uncommitted, for high watermarks only: it never fetches.
         self._marks: AIOKafkaConsumer | None = None
@@ -768,9 +795,16 @@ class KafkaReader(ResourceBase):
             isolation_level="read_uncommitted",
             enable_auto_commit=False,
         )
-        with _translated():
-            await self._consumer.start()
-            await self._marks.start()
+        bound = self._connect_timeout_s
+        try:
+            async with asyncio.timeout(bound):  # None: no bound
+                with _translated():  # aiokafka's own timeouts come out as Unavailable
+                    await self._consumer.start()
+                    await self._marks.start()
+        except TimeoutError:  # so only the bound raises this
+            if bound is None:
+                raise
+            raise Unavailable(_no_answer(self._profile, bound)) from None
 
     async def close(self) -> None:
         if self._state == "closed":
