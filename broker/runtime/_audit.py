@@ -20,6 +20,7 @@ from typing import Any
 
 from broker.codec import Schema, record_finder
 from broker.codec._finder import Finder
+from broker.envelope import KeyInfo
 from broker.policy import stated_grounds
 from broker.runtime._intake import Rejected
 
@@ -181,6 +182,39 @@ def audit_base(
         "justification_ref": None,
         "accountable_ref": None,
         "decisions": [],
+    }
+
+
+def policy_change_audit(
+    ctx: AuditContext,
+    now: datetime,
+    *,
+    replaced: str | None,
+    rejected: str | None = None,
+) -> dict[str, Any]:
+    """The audit record of a worker taking a new policy set into force (``ctx`` names it), or
+    refusing one (``rejected``: why, as an error's type; ``ctx`` names the policy kept)."""
+    record = audit_base(ctx, "policy_change", now)
+    if rejected is not None:
+        return record | {"outcome": "reject", "reason_codes": ["policy_rejected", rejected]}
+    detail = None if replaced is None else f"replaces policy {replaced}"
+    return record | {"outcome": "adopted", "reason_codes": ["policy_adopted"], "detail": detail}
+
+
+def key_operation_audit(
+    ctx: AuditContext, now: datetime, info: KeyInfo, *, refused: bool = False
+) -> dict[str, Any]:
+    """The audit record of a key change a worker took into force (a new key, a rotation's
+    retiring key, a revocation, from ``tiaki keys``), or ``refused`` (a key document that
+    would un-revoke a key or change what its id stands for). Never the revocation's reason,
+    which is free text."""
+    state = info.state.value
+    return audit_base(ctx, "key_operation", now) | {
+        "source_agency": info.owner,
+        "outcome": "reject" if refused else state,
+        "reason_codes": ["key_change_refused" if refused else f"key_{state}"],
+        "detail": f"key {info.key_id} ({info.purpose.value}, {info.algorithm.value}) of "
+        f"{info.owner}: {state}",
     }
 
 

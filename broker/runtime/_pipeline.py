@@ -56,6 +56,7 @@ from broker.codec import Schema, SchemaSet, encode
 from broker.envelope import (
     EnvelopeConfig,
     EnvelopeError,
+    KeyInfo,
     KeyRing,
     Kind,
     Opener,
@@ -80,6 +81,8 @@ from broker.runtime._audit import (
     case_ref,
     decision_facts,
     identifier_finder,
+    key_operation_audit,
+    policy_change_audit,
     quarantine_audit,
     quarantined_record,
     subject_refs,
@@ -308,25 +311,42 @@ class Pipeline:
         #: RETIRED) for requests retired since, undone on abort.
         self._escalated: list[tuple[str, str]] = []
         self._escalations_settled = 0  # escalations before _escalated[0], for marks
+        #: Audit records of this worker's own acts (a policy or key change it took into
+        #: force: :meth:`note_policy`, :meth:`note_keys`) not yet committed; the first
+        #: ``_notes_taken`` of them are in a transaction already. They go out with the next
+        #: :meth:`escalations`, and again after an abort, until one commits.
+        self._notes: list[Outgoing] = []
+        self._notes_taken = 0
+        self._notes_settled = 0  # notes before _notes[0], for marks
 
-    def mark(self) -> tuple[int, int]:
+    def mark(self) -> tuple[int, int, int]:
         """A point in what was processed, for :meth:`committed`. A worker that processes the
         next batch while the previous one commits marks the end of each batch."""
-        return self._intake.mark(), self._escalations_settled + len(self._escalated)
+        return (
+            self._intake.mark(),
+            self._escalations_settled + len(self._escalated),
+            self._notes_settled + self._notes_taken,
+        )
 
-    def committed(self, mark: tuple[int, int] | None = None) -> None:
+    def committed(self, mark: tuple[int, int, int] | None = None) -> None:
         """Everything processed up to ``mark`` (default: everything so far) is committed."""
         if mark is None:
-            admitted, count = None, len(self._escalated)
+            admitted, count, notes = None, len(self._escalated), self._notes_taken
         else:
-            admitted, count = mark[0], mark[1] - self._escalations_settled
+            admitted = mark[0]
+            count = mark[1] - self._escalations_settled
+            notes = mark[2] - self._notes_settled
         self._intake.committed(admitted)
         del self._escalated[:count]
         self._escalations_settled += count
+        del self._notes[:notes]
+        self._notes_taken -= notes
+        self._notes_settled += notes
 
     def aborted(self) -> None:
         """Everything processed since the last commit will be processed again."""
         self._intake.aborted()
+        self._notes_taken = 0  # what was taken goes out again with the next escalations
         self.requests.unescalate(self._escalated)
         self._escalations_settled += len(self._escalated)
         self._escalated.clear()
@@ -530,7 +550,27 @@ class Pipeline:
         for retirement in lapsed.retirements:
             self._escalated.append((str(retirement["request_id"]), RETIRED))
             outputs.append(self._request_state(retirement))
+        outputs += self._notes[self._notes_taken :]
+        self._notes_taken = len(self._notes)
         return outputs
+
+    def note_policy(
+        self, now: datetime, *, replaced: str | None, rejected: str | None = None
+    ) -> None:
+        """Audit, with the next transaction, that the policy set now in force replaced
+        ``replaced``, or that one was refused (``rejected``: why) and the one in force kept."""
+        record = policy_change_audit(self._context(), now, replaced=replaced, rejected=rejected)
+        self._notes.append(self._audit(record, b"policy"))
+
+    def note_keys(
+        self, now: datetime, changed: Sequence[KeyInfo], refused: Sequence[KeyInfo] = ()
+    ) -> None:
+        """Audit, with the next transaction, the key changes taken into force (``changed``)
+        and the ones refused (``refused``), each keyed by its key set."""
+        context = self._context()
+        for info, was_refused in [(i, False) for i in changed] + [(i, True) for i in refused]:
+            record = key_operation_audit(context, now, info, refused=was_refused)
+            self._notes.append(self._audit(record, info.owner.encode()))
 
     def _decision_audit(
         self, admitted: Accepted, verdicts: Sequence[Verdict], now: datetime, refs: list[str]

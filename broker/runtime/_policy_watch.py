@@ -6,15 +6,20 @@ which verifies and compiles it before swapping; a bundle that is invalid, unsign
 officers the broker does not trust is refused, the old policy keeps running, and a metric and
 a log line say so. So is a bundle that fails in any other way (a file name that clashes with
 a folder, text that cannot be written, a file the readers choke on): whatever goes wrong while
-taking in one bundle refuses that bundle and never stops the watcher. Because the decider reads the store's engine once per event, no event is
-ever decided half under one version and half under another.
+taking in one bundle refuses that bundle and never stops the watcher. Because the decider reads
+the store's engine once per event, no event is ever decided half under one version and half
+under another. Each policy set taken into force (another hash than the one before) and each
+one refused is also on the audit log, action ``policy_change``, in the worker's next
+transaction.
 """
 
 from __future__ import annotations
 
 import asyncio
 import tempfile
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -29,14 +34,30 @@ from broker.runtime._release import unbundle
 log = structlog.get_logger("tiaki.policy")
 
 
+class PolicyNote(Protocol):
+    """Records a policy change for the audit log (:meth:`Pipeline.note_policy`)."""
+
+    def __call__(
+        self, now: datetime, *, replaced: str | None, rejected: str | None = None
+    ) -> None: ...
+
+
 class PolicyWatcher:
     """Applies policy bundles to ``store`` as they arrive."""
 
     def __init__(
-        self, store: PolicyStore, metrics: BrokerMetrics, workdir: Path | None = None
+        self,
+        store: PolicyStore,
+        metrics: BrokerMetrics,
+        workdir: Path | None = None,
+        *,
+        note: PolicyNote | None = None,
     ) -> None:
         self._store = store
         self._metrics = metrics
+        #: Told of every policy set taken into force (another hash than the one before) and
+        #: every one refused, for the audit log (:meth:`Pipeline.note_policy`).
+        self._note = note
         #: Where each bundle is unpacked for the store to read, and removed once it has
         #: (the store compiles everything at load): the system's temporary folder by default.
         self._workdir = workdir
@@ -60,7 +81,12 @@ class PolicyWatcher:
                 reason=reason,
                 policy_hash=before.policy_hash if before is not None else None,
             )
+            if self._note is not None:
+                self._note(datetime.now(UTC), replaced=None, rejected=reason)
             return False
+        replaced = before.policy_hash if before is not None else None
+        if self._note is not None and replaced != engine.policy_hash:
+            self._note(datetime.now(UTC), replaced=replaced)
         if before is not None and before.policy_hash != engine.policy_hash:
             self._metrics.policy_version.labels(before.policy_hash).set(0)
         self._metrics.policy_version.labels(engine.policy_hash).set(1)

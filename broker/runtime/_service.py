@@ -16,7 +16,15 @@ import asyncio
 import contextlib
 import gc
 import signal
-from collections.abc import Awaitable, Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,7 +36,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from broker._errors import ConfigError
 from broker._settings import Settings
 from broker.codec import Schema, SchemaSet, decode, load_schemas
-from broker.envelope import KeyRing, KeyStore, KeyStoreError, Opener, ReplayCache
+from broker.envelope import KeyInfo, KeyRing, KeyStore, KeyStoreError, Opener, ReplayCache
 from broker.platform._profiles import load_profile, profile_path
 from broker.platform._topics import (
     ACT_PREFIX,
@@ -287,7 +295,7 @@ async def serve(
     metrics.policy_version.labels(engine().policy_hash).set(1)
     metrics.expect_recipients(registry.ids)
     note_unreachable(pipeline, metrics, registry.ids, unreachable)
-    watcher = PolicyWatcher(store, metrics)
+    watcher = PolicyWatcher(store, metrics, note=pipeline.note_policy)
     if options.metrics_port is not None:
         start_http_server(options.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     # The chain is named by the transactional id, which Kafka lets one producer use at a time.
@@ -310,7 +318,9 @@ async def serve(
     background.start("policy", watcher.follow(profile, stop))
     background.start("observer", _observe(metrics, ring, transport, stop))
     observe_refused(metrics, principals, {})  # every key set's series, from the start
-    background.start("keys", follow_keys(keystore, principals, ring, stop, metrics))
+    background.start(
+        "keys", follow_keys(keystore, principals, ring, stop, metrics, pipeline.note_keys)
+    )
     background.start("egress", watch_egress(transport, pipeline, metrics, registry.ids, stop))
     try:
         await worker.run(stop)
@@ -417,7 +427,10 @@ KEYS_SECONDS = 5.0
 
 
 def refresh_keys(
-    store: KeyStore, principals: Mapping[str, str], ring: KeyRing
+    store: KeyStore,
+    principals: Mapping[str, str],
+    ring: KeyRing,
+    note: Callable[[datetime, Sequence[KeyInfo], Sequence[KeyInfo]], None] | None = None,
 ) -> dict[str, KeyStoreError]:
     """Take in rotations and revocations from the key folder (``tiaki keys rotate | revoke``)
     without a restart: a revoked agency key is refused from the next record on.
@@ -428,6 +441,8 @@ def refresh_keys(
     key, or change what a key id stands for, is refused key by key. Every revocation in force
     is then recorded in the folder's revocation list (``KeyStore.record_revoked``), which
     every later read applies. Returns the refused key sets with why, by ``key_ref``.
+    ``note`` (:meth:`Pipeline.note_keys`) is told the keys changed and the changes refused,
+    so each is on the audit log.
     """
     try:
         fresh, refused = store.load_each(principals, private_for=[BROKER])
@@ -452,6 +467,8 @@ def refresh_keys(
             key_id=info.key_id,
             agency=info.owner,
         )
+    if note is not None and (changed or kept):
+        note(datetime.now(UTC), changed, kept)
     # Written down, so a restart with a rolled-back document cannot bring a revoked key back.
     try:
         store.record_revoked(ring.keys(None))
@@ -466,6 +483,7 @@ async def follow_keys(
     ring: KeyRing,
     stop: asyncio.Event,
     metrics: BrokerMetrics | None = None,
+    note: Callable[[datetime, Sequence[KeyInfo], Sequence[KeyInfo]], None] | None = None,
 ) -> None:
     """:func:`refresh_keys` every few seconds until ``stop``; ``tiaki_key_documents_refused``
     says which key sets' documents the last refresh refused."""
@@ -473,7 +491,7 @@ async def follow_keys(
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), KEYS_SECONDS)
         if not stop.is_set():
-            refused = refresh_keys(store, principals, ring)
+            refused = refresh_keys(store, principals, ring, note)
             if metrics is not None:
                 observe_refused(metrics, principals, refused)
 

@@ -78,7 +78,7 @@ class _Batch:
     records: list[Record]
     results: list[Processed]
     outputs: list[Outgoing]
-    mark: tuple[int, int]
+    mark: tuple[int, int, int]
     #: When each record's processing began (epoch milliseconds), one per record.
     began_ms: list[float]
     #: The audit chain's head once this batch is committed (issue 7), if the worker chains.

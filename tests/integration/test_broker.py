@@ -385,6 +385,17 @@ async def test_invalid_policy_mid_stream_is_refused_and_no_canary_escapes(env: B
         assert canary not in metrics
     old_hash = expected_hash(env)
     assert f'tiaki_policy_version{{policy_hash="{old_hash}"}} 1.0' in metrics
+    # The refusal is on the audit log too, under the policy kept (the earlier events' commits
+    # carried it: the worker's next transaction after the refusal).
+    audit = [
+        decode(r.value, SCHEMAS.latest("AuditRecord")) for r in await env.read("compliance", AUDIT)
+    ]
+    refusals = [a for a in audit if a["action"] == "policy_change" and a["outcome"] == "reject"]
+    # (One per worker that refused it: each worker audits its own.)
+    assert refusals
+    assert {(tuple(a["reason_codes"]), a["policy_hash"]) for a in refusals} == {
+        (("policy_rejected", "ApprovalError"), old_hash)
+    }
 
 
 def expected_hash(env: BrokerEnv) -> str:
@@ -637,6 +648,18 @@ async def test_a_key_revoked_while_the_broker_runs_is_refused_without_a_restart(
     ids = {doc["header"]["event_id"] for _, doc in items}
     assert await delivered(env, ids, sum(map(len, expected.values()))) == expected
     assert sum("worker started" in line for line in env.log_lines()) == starts  # no restart
+    # Both key operations are on the audit log, as the broker took them in.
+    later = dt.datetime.now(dt.UTC)
+    new = env.ring.current("police", Purpose.SIGNING, Algorithm.ED25519, later).key_id
+    audit = [
+        decode(r.value, SCHEMAS.latest("AuditRecord")) for r in await env.read("compliance", AUDIT)
+    ]
+    operations = {
+        (a["detail"].split()[1], a["outcome"])
+        for a in audit
+        if a["action"] == "key_operation" and a["source_agency"] == "police"
+    }
+    assert {(new, "active"), (old, "revoked")} <= operations
 
 
 async def test_an_operator_resolves_a_quarantined_record_once_under_an_audit_record(

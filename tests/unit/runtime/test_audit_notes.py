@@ -1,0 +1,155 @@
+"""A worker's own acts are audited: each policy set it takes into force or refuses, each key
+change it takes in or refuses (DESIGN.md: every policy change and key operation becomes an
+audit record). They go out with the worker's next transaction, again after an abort, and once."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from broker.codec import decode
+from broker.envelope import Algorithm, KeyRing, KeyState, KeyStore, Purpose
+from broker.envelope._store import init_dev_keys
+from broker.policy import PolicyStore, load_roster
+from broker.runtime._metrics import BrokerMetrics
+from broker.runtime._policy_watch import PolicyWatcher
+from broker.runtime._release import bundle
+from broker.runtime._service import refresh_keys
+from broker.transport import Outgoing
+from tests.unit.runtime.test_intake import NOW, SCHEMAS
+from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider
+from tests.unit.runtime.test_policy_watch import _bundle, release  # noqa: F401 (a fixture)
+from tests.unit.runtime.test_service_keys import PRINCIPALS, T0
+from tests.unit.runtime.test_worker import setup
+
+AUDIT = SCHEMAS.latest("AuditRecord")
+
+
+def audited(outputs: list[Outgoing]) -> list[dict[str, Any]]:
+    return [decode(o.value, AUDIT) for o in outputs if o.topic == "tiaki.audit"]
+
+
+def test_a_policy_change_goes_out_with_the_next_transaction_once_and_again_after_an_abort() -> None:
+    pipeline = Harness(ScriptedDecider()).pipeline
+    assert pipeline.escalations(NOW) == []
+    pipeline.note_policy(NOW, replaced="ab" * 32)
+    (record,) = audited(first := pipeline.escalations(NOW))
+    assert (record["action"], record["outcome"], record["reason_codes"]) == (
+        "policy_change",
+        "adopted",
+        ["policy_adopted"],
+    )
+    # The audit record names the policy now in force, and the one it replaced.
+    assert record["policy_hash"] == ScriptedDecider.policy_hash
+    assert record["detail"] == f"replaces policy {'ab' * 32}"
+    assert first[0].key == b"policy"
+    mark = pipeline.mark()
+    # A batch closed while that one commits does not carry the note again ...
+    pipeline.note_policy(NOW, replaced=None, rejected="PolicyError")
+    (second,) = audited(pipeline.escalations(NOW))
+    assert (second["outcome"], second["reason_codes"]) == (
+        "reject",
+        ["policy_rejected", "PolicyError"],
+    )
+    assert pipeline.escalations(NOW) == []
+    pipeline.committed(mark)  # ... the first commits; the second's transaction aborts:
+    pipeline.aborted()
+    assert [r["reason_codes"] for r in audited(pipeline.escalations(NOW))] == [
+        ["policy_rejected", "PolicyError"]
+    ]
+    pipeline.committed()
+    pipeline.aborted()
+    assert pipeline.escalations(NOW) == []  # committed: never again
+
+
+def test_key_changes_and_refused_ones_are_audited_without_the_revocation_reason() -> None:
+    pipeline = Harness(ScriptedDecider()).pipeline
+    ring = KeyRing()
+    ring.generate("police", Algorithm.X25519, NOW, random.Random(7).randbytes)
+    (key,) = ring.keys("police")
+    revoked = ring.revoke(key.key_id, NOW, reason="laptop left on a bus by SYN officer")
+    pipeline.note_keys(NOW, [revoked], [key])
+    records = audited(outputs := pipeline.escalations(NOW))
+    assert [
+        (r["action"], r["source_agency"], r["outcome"], r["reason_codes"]) for r in records
+    ] == [
+        ("key_operation", "police", "revoked", ["key_revoked"]),
+        ("key_operation", "police", "reject", ["key_change_refused"]),
+    ]
+    assert records[0]["detail"] == f"key {key.key_id} (encryption, x25519) of police: revoked"
+    assert all(o.key == b"police" for o in outputs)
+    assert "bus" not in json.dumps(records, default=str)
+
+
+async def test_an_idle_worker_commits_a_note_in_a_transaction_of_its_own() -> None:
+    cluster, harness, worker, _ = setup()
+    async with worker:
+        assert await worker.step() == 0
+        harness.pipeline.note_policy(NOW, replaced=None)
+        cluster.fail_next_commit()  # the first try aborts; the note goes again
+        await worker.step()
+        await worker.step()
+        await worker.step()
+    async with cluster.reader() as reader:
+        records = [decode(r.value, AUDIT) for r in await reader.read_all("tiaki.audit")]
+    assert [(r["action"], r["outcome"]) for r in records] == [("policy_change", "adopted")]
+
+
+def test_the_watcher_notes_a_new_policy_and_a_refused_one_not_the_same_one_again(
+    release: tuple[Path, Path],  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    folder, roster = release
+    store = PolicyStore(load_roster(roster))
+    notes: list[tuple[str | None, str | None]] = []
+
+    def note(now: dt.datetime, *, replaced: str | None, rejected: str | None = None) -> None:
+        notes.append((replaced, rejected))
+
+    watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path, note=note)
+    good = json.loads(bundle(folder.parent))["files"]
+    assert watcher.apply(_bundle(good))
+    assert watcher.apply(_bundle(good))  # the same set again (a restart reads it again)
+    unsigned = {k: v for k, v in good.items() if "/approvals/" not in k}
+    assert not watcher.apply(_bundle(unsigned))
+    assert notes == [(None, None), (None, type(store.last_error).__name__)]
+
+
+def test_refresh_keys_tells_the_pipeline_what_changed_and_what_it_refused(
+    tmp_path: Path,
+) -> None:
+    store = KeyStore(tmp_path / "keys")
+    init_dev_keys(store, ["police", "corrections"], now=T0)
+    now = T0 + dt.timedelta(minutes=1)
+    ring = store.load(PRINCIPALS, private_for=["broker"])
+    told: list[tuple[list[tuple[str, KeyState]], list[str]]] = []
+
+    def note(at: dt.datetime, changed: Any, refused: Any) -> None:
+        told.append(([(i.key_id, i.state) for i in changed], [i.key_id for i in refused]))
+
+    assert refresh_keys(store, PRINCIPALS, ring, note) == {}
+    assert told == []  # nothing changed: nothing to audit
+    police = ring.current("police", Purpose.SIGNING, Algorithm.ED25519, now)
+    admin = store.load()  # tiaki keys revoke
+    admin.revoke(police.key_id, now, "compromised")
+    store.save(admin, ["police"])
+    refresh_keys(store, PRINCIPALS, ring, note)
+    assert told == [([(police.key_id, KeyState.REVOKED)], [])]
+
+    # A document that changes what a key id stands for is refused key by key, and audited.
+    other = ring.current("corrections", Purpose.SIGNING, Algorithm.ED25519, now)
+    doc = json.loads(store.public_path("corrections").read_text())
+    police_doc = json.loads(store.public_path("police").read_text())
+    (entry,) = [e for e in doc["keys"] if e["key_id"] == other.key_id]
+    entry["public_key"] = next(
+        e["public_key"] for e in police_doc["keys"] if e["key_id"] == police.key_id
+    )
+    store.public_path("corrections").write_text(json.dumps(doc))
+    told.clear()
+    refresh_keys(store, PRINCIPALS, ring, note)
+    assert told == [([], [other.key_id])]
