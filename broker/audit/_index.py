@@ -458,6 +458,24 @@ def index_rows(
     return _index_rows(entry, dict(reversed(entry.headers)), record, writer)
 
 
+def _chain_name(chain: bytes | None) -> str | None:
+    """A record's chain, as its header names it; None if it names none in UTF-8 (such a
+    record is indexed all the same: ``tiaki audit verify`` reports its headers)."""
+    try:
+        return chain.decode() if chain is not None else None
+    except UnicodeDecodeError:
+        return None
+
+
+def _chain_seq(seq: bytes | None) -> int | None:
+    """A record's place in its chain, as its header gives it in plain decimal; None if it
+    gives none that a 64-bit column holds (the verifier reports such headers)."""
+    if seq is None or not seq.isdigit() or len(seq) > 19:
+        return None
+    number = int(seq)
+    return number if number < 1 << 63 else None
+
+
 def _index_rows(
     entry: LogEntry, headers: Mapping[str, bytes], record: Mapping[str, Any], writer: str
 ) -> tuple[tuple[Any, ...], list[tuple[Any, ...]], list[tuple[str, int]]]:
@@ -476,8 +494,8 @@ def _index_rows(
         rid,
         entry.partition,
         entry.offset,
-        chain.decode() if chain is not None else None,
-        int(seq) if seq is not None else None,
+        _chain_name(chain),
+        _chain_seq(seq),
         at,
         action,
         record.get("event_id"),

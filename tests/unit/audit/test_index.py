@@ -389,3 +389,26 @@ def test_the_index_is_owner_only_folder_database_value_log_and_side_files(
                 )
     finally:
         os.umask(previous)
+
+
+@pytest.mark.parametrize(
+    ("chain", "seq", "stored"),
+    [
+        (b"tiaki-broker-a", b"41", ("tiaki-broker-a", 41)),
+        (b"tiaki-broker-a", b"-1", ("tiaki-broker-a", None)),
+        (b"tiaki-broker-a", b"4x", ("tiaki-broker-a", None)),
+        (b"tiaki-broker-a", b"9" * 40, ("tiaki-broker-a", None)),
+        (b"tiaki-broker-a", b"\xd9\xa3", ("tiaki-broker-a", None)),  # an Arabic-Indic 3
+        (b"\xff\xfe", b"1", (None, 1)),
+    ],
+)
+def test_hostile_chain_headers_on_the_topic_are_indexed_without_their_place(
+    chain: bytes, seq: bytes, stored: tuple[str | None, int | None]
+) -> None:
+    """Whoever can write tiaki.audit can put anything in a record's chain headers: the index
+    keeps the record (the verifier reports the headers) and never fails on them."""
+    record = {"audit_id": "c", "recorded_at": T0, "action": "review", "decisions": []}
+    headers = (("tiaki-chain", chain), ("tiaki-seq", seq))
+    hostile = LogEntry("tiaki.audit", 0, 3, None, b"", headers, 0)
+    row, _, _ = index_rows(hostile, record, "ab")
+    assert row[3:5] == stored
