@@ -1,7 +1,9 @@
 """Reading the audit and checkpoint topics from Kafka (the I/O edge of the audit tools).
 
 Reads are read-committed, so an aborted transaction's records (and the chain links in them)
-are never seen, exactly as the chain writer assumed when it rolled its head back.
+are never seen, exactly as the chain writer assumed when it rolled its head back. Every read
+is a one-shot command's: a cluster that does not answer fails it after
+:data:`~broker.transport.CONNECT_TIMEOUT_S`, in one line.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from broker.audit._log import AUDIT_TOPIC, CHECKPOINT_TOPIC, LogEntry
 from broker.audit._verify import VerifyReport, verify_log
 from broker.envelope import KeyRing
 from broker.platform import Profile
-from broker.transport import KafkaReader, Record
+from broker.transport import CONNECT_TIMEOUT_S, KafkaReader, Record
 
 
 def entry_of(record: Record) -> LogEntry:
@@ -32,7 +34,9 @@ def entry_of(record: Record) -> LogEntry:
 
 async def read_topic(profile: Profile, topic: str, *, timeout_s: float = 120.0) -> list[LogEntry]:
     """Every committed record of ``topic``, by partition then offset."""
-    async with KafkaReader(profile, timeout_s=timeout_s) as reader:
+    async with KafkaReader(
+        profile, timeout_s=timeout_s, connect_timeout_s=CONNECT_TIMEOUT_S
+    ) as reader:
         return [entry_of(r) for r in await reader.read_all(topic)]
 
 
@@ -49,7 +53,9 @@ async def index_live(
     new and holds one chunk in memory, however long the log (seven years of it).
     """
     added = 0
-    async with KafkaReader(profile, timeout_s=timeout_s) as reader:
+    async with KafkaReader(
+        profile, timeout_s=timeout_s, connect_timeout_s=CONNECT_TIMEOUT_S
+    ) as reader:
         while True:
             records = await reader.read_from(AUDIT_TOPIC, index.positions(), limit=INDEX_CHUNK)
             count = index.add([entry_of(r) for r in records], workers=workers)
@@ -68,7 +74,9 @@ async def read_log(
     audit read, which starts later, sees all of them; the other order would show a checkpoint
     ahead of its records, which looks exactly like a truncated log.
     """
-    async with KafkaReader(profile, timeout_s=timeout_s) as reader:
+    async with KafkaReader(
+        profile, timeout_s=timeout_s, connect_timeout_s=CONNECT_TIMEOUT_S
+    ) as reader:
         checkpoints = [entry_of(r) for r in await reader.read_all(CHECKPOINT_TOPIC)]
         audit = [entry_of(r) for r in await reader.read_all(AUDIT_TOPIC)]
     return audit, checkpoints

@@ -194,14 +194,26 @@ def silent() -> Iterator[SilentServer]:
 UPPER_LIMIT_S = 35.0
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["quarantine", "list"],
+        ["audit", "verify", "--operator", "SYN operator", "--profile", "broker"],
+    ],
+    ids=["quarantine list", "audit verify"],
+)
 def test_a_cluster_that_never_answers_fails_a_command_in_one_line_within_the_bound(
-    home: Path, ca_pem: bytes, silent: SilentServer, capsys: pytest.CaptureFixture[str]
+    home: Path,
+    ca_pem: bytes,
+    silent: SilentServer,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
 ) -> None:
     bootstrap = f"127.0.0.1:{silent.port}"
     path = _profile(home / "profiles", bootstrap_servers=bootstrap)
     (home / "profiles" / "ca.pem").write_bytes(ca_pem)
     started = time.monotonic()
-    err = one_line(["quarantine", "list"], capsys)
+    err = one_line(argv, capsys)
     elapsed = time.monotonic() - started
     assert silent.accepted, "the command never connected"
     assert err == (
