@@ -382,10 +382,11 @@ _PROFILE: dict[str, Any] = {
 }
 
 
-def _profile(folder: Path, **changes: Any) -> Path:
+def _profile(folder: Path, principal: str = "admin", **changes: Any) -> Path:
+    """``<principal>.json`` in ``folder`` (made 0700), 0600, with ``changes`` to its fields."""
     folder.mkdir(mode=0o700, exist_ok=True)
-    path = folder / "admin.json"
-    path.write_text(json.dumps({**_PROFILE, **changes}))
+    path = folder / f"{principal}.json"
+    path.write_text(json.dumps({**_PROFILE, "sasl_plain_username": principal, **changes}))
     path.chmod(0o600)
     return path
 

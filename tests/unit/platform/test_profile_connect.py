@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import os
 import shutil
 import socket
@@ -29,26 +28,16 @@ from broker._errors import ConfigError
 from broker.platform import Profile, load_profile
 from broker.platform._tls import make_tls_material
 from broker.transport import CONNECT_TIMEOUT_S
+from tests.unit.test_hostile_config import _PROFILE, PASSWORD
+from tests.unit.test_hostile_config import _profile as hostile_profile
 
 ROOT = Path(__file__).resolve().parents[3]
-PASSWORD = "pw-never-shown-7c2a"
-
-_PROFILE: dict[str, Any] = {
-    "bootstrap_servers": "127.0.0.1:9093",
-    "security_protocol": "SASL_SSL",
-    "sasl_mechanism": "SCRAM-SHA-512",
-    "sasl_plain_username": "broker",
-    "sasl_plain_password": PASSWORD,
-    "ssl_cafile": "ca.pem",
-}
+#: Every profile here is the broker's (the operator commands' principal).
+PRINCIPAL = "broker"
 
 
 def _profile(folder: Path, **changes: Any) -> Path:
-    folder.mkdir(mode=0o700, exist_ok=True)
-    path = folder / "broker.json"
-    path.write_text(json.dumps({**_PROFILE, **changes}))
-    path.chmod(0o600)
-    return path
+    return hostile_profile(folder, PRINCIPAL, **changes)
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +84,9 @@ def test_an_unreadable_ca_file_is_one_line(tmp_path: Path, ca_pem: bytes) -> Non
 
 
 def test_a_profile_built_in_code_says_so(tmp_path: Path) -> None:
-    profile = Profile(**{**_PROFILE, "ssl_cafile": str(tmp_path / "none.pem")})
+    profile = Profile(
+        **{**_PROFILE, "sasl_plain_username": PRINCIPAL, "ssl_cafile": str(tmp_path / "none.pem")}
+    )
     with pytest.raises(ConfigError) as caught:
         profile.aiokafka_kwargs()
     assert str(caught.value).startswith(f"connection profile: ssl_cafile: {tmp_path}/none.pem ")
