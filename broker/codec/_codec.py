@@ -7,6 +7,10 @@ so a producer on v1 and a consumer on v2 interoperate by Avro schema resolution.
 Nothing here does I/O, and no fastavro exception escapes: failures become
 :class:`InvalidRecord` (encoding), :class:`MalformedRecord` (decoding) or
 :class:`IncompatibleSchema` (resolution). Messages name fields, never values.
+
+Both directions refuse NaN and the infinities in ``float`` and ``double`` fields, which Avro
+carries but the JSON recipients receive events as cannot (see :mod:`broker.codec._finite`);
+a schema without such fields pays nothing for it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 
 from broker.codec._errors import IncompatibleSchema, InvalidRecord, MalformedRecord
+from broker.codec._finite import non_finite_check, number_problem
 from broker.codec._model import Schema
 from broker.codec._types import Names, describe, resolve
 
@@ -31,8 +36,9 @@ _LONG = (-(2**63), 2**63 - 1)
 def encode(schema: Schema, record: Mapping[str, Any]) -> bytes:
     """Encode ``record`` with ``schema`` as schemaless Avro.
 
-    Unknown keys, missing required fields and wrong types raise :class:`InvalidRecord` naming
-    the schema and the field. For events, ``header.event_type`` must equal the schema's name and
+    Unknown keys, missing required fields, wrong types and a ``float`` or ``double`` that is
+    NaN, infinite or out of its type's range raise :class:`InvalidRecord` naming the schema and
+    the field. For events, ``header.event_type`` must equal the schema's name and
     ``header.event_id`` must be a UUID, since the envelope binds both.
     """
     if schema.kind == "event":
@@ -45,6 +51,16 @@ def encode(schema: Schema, record: Mapping[str, Any]) -> bytes:
         raise InvalidRecord(
             f"{schema.label}: record rejected by the Avro writer ({type(exc).__name__})"
         ) from None
+    check = non_finite_check(schema)
+    if check is not None:
+        # After the writer, so the record has the shape the schema asks for.
+        try:
+            found = check(record)
+        except Exception:  # a shape the writer takes and the check does not follow
+            validate(schema, record)  # complete for every shape it accepts, finiteness included
+            found = None
+        if found is not None:
+            raise InvalidRecord(f"{schema.label}: field '{found[0]}': {found[1]}")
     return buffer.getvalue()
 
 
@@ -52,7 +68,8 @@ def decode(data: bytes, writer: Schema, reader: Schema | None = None) -> dict[st
     """Decode one record written with ``writer``, resolved to ``reader`` (default: the writer).
 
     Raises :class:`MalformedRecord` if the bytes are not exactly one record of the writer
-    schema, and :class:`IncompatibleSchema` if the two schemas cannot be resolved.
+    schema or hold a NaN or infinite ``float`` or ``double``, and :class:`IncompatibleSchema` if
+    the two schemas cannot be resolved.
     """
     buffer = BytesIO(data)
     target = None if reader is None or reader is writer else reader.parsed
@@ -73,6 +90,12 @@ def decode(data: bytes, writer: Schema, reader: Schema | None = None) -> dict[st
         )
     if not isinstance(record, dict):
         raise MalformedRecord(f"{writer.label}: decoded value is not a record")
+    shape = writer if reader is None else reader
+    check = non_finite_check(shape)
+    if check is not None:
+        found = check(record)
+        if found is not None:
+            raise MalformedRecord(f"{shape.label}: field '{found[0]}': {found[1]}")
     return record
 
 
@@ -80,7 +103,8 @@ def validate(schema: Schema, record: Any) -> None:
     """Check ``record`` against ``schema`` without encoding; raise :class:`InvalidRecord`.
 
     Stricter than the writer where the writer is lenient: UUID strings must parse, timestamps
-    must be timezone-aware, and floats must be finite where the schema says int or long.
+    must be timezone-aware, ints and longs must be in range, and floats and doubles must be
+    finite numbers (a float within its range).
     """
     problem = _check(schema.definition, record, schema.names, "")
     if problem is not None:
@@ -151,7 +175,8 @@ def _check(node: Any, value: Any, names: Names, path: str) -> str | None:
         return mismatch
     if kind in ("float", "double"):
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return None
+            problem = number_problem(kind, value)
+            return None if problem is None else f"{_where(path)}: {problem}"
         return mismatch
     if kind == "string":
         if logical == "uuid":

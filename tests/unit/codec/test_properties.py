@@ -48,8 +48,8 @@ def primitive_values(
         "boolean": st.booleans(),
         "int": st.integers(-(2**31), 2**31 - 1),
         "long": st.integers(-(2**63), 2**63 - 1),
-        "float": st.floats(width=32, allow_nan=False),
-        "double": st.floats(allow_nan=False),
+        "float": st.floats(width=32, allow_nan=False, allow_infinity=False),
+        "double": st.floats(allow_nan=False, allow_infinity=False),
         "string": text,
         "bytes": st.binary(max_size=max_bytes),
     }
