@@ -5,8 +5,11 @@ The core is pure (bytes and values in, values out; no Kafka, no asyncio): a writ
 audit record before it leaves the component that made the decision
 (:class:`ChainWriter`), signs checkpoints of the chain's Merkle tree with the broker's key
 (:func:`sign_checkpoint`), and anyone holding the log and the broker's public keys checks it
-(:func:`verify_log`), naming the first bad position. The I/O edges are the index
-(:class:`AuditIndex`, SQLite or PostgreSQL) and the ``tiaki audit`` command line.
+(:func:`verify_log`), naming the first bad position. When the broker's signing key is
+rotated, :func:`countersign` signs each chain's newest trusted checkpoint again with the new
+key, so that revoking the old one later leaves every chain signed as far as it was. The I/O
+edges are the index (:class:`AuditIndex`, SQLite or PostgreSQL) and the ``tiaki audit``
+command line.
 
 Errors derive from :class:`AuditError`; see :mod:`broker.audit._errors` for the tree.
 """
@@ -32,6 +35,7 @@ from broker.audit._checkpoint import (
     sign_head,
     verify_checkpoint,
 )
+from broker.audit._countersign import CountersignReport, checkpoint_record, countersign
 from broker.audit._errors import (
     AuditError,
     BadCheckpoint,
@@ -87,6 +91,7 @@ __all__ = [
     "ChainSummary",
     "ChainWriter",
     "Checkpoint",
+    "CountersignReport",
     "Database",
     "Disclosure",
     "Frontier",
@@ -101,8 +106,10 @@ __all__ = [
     "Row",
     "SqliteDatabase",
     "VerifyReport",
+    "checkpoint_record",
     "classifier",
     "consistency_proof",
+    "countersign",
     "disclosed",
     "dump_lines",
     "inclusion_proof",

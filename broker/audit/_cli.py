@@ -12,6 +12,9 @@ access-log         who read the index, when and with what query (its chain check
 grounds            whether a justification and an accountable role are what an event's
                    discloser stated (FVA-07), against the keyed hashes its decision keeps
 witness            an agency saves the checkpoints it can see, to check the log later
+countersign        the broker's operator, right after ``tiaki keys rotate broker``: each
+                   chain's newest trusted checkpoint signed again with the broker's new key,
+                   so that revoking the old key later leaves every chain signed as it was
 =================  ==========================================================================
 
 Every read of the audit data (query, subject-report, export, verify, index) is recorded in
@@ -20,16 +23,23 @@ the index's chained access log with the operator's identity (``--operator`` or
 when an index exists and never make one (without one they say so on stderr). A person is
 given as ``SCHEME:VALUE`` (``NHI:ZZZ0016``); it is hashed with the deployment's subject key
 at once, and only the hash is logged, stored or printed.
+
+``countersign`` is not a compliance tool: it runs where the broker's keys are, with the
+broker's private signing key and Kafka credential (as ``tiaki review approve`` does), and
+writes to Kafka; its act is an audit record (action ``key_operation``) on the log itself.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import json
+import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -38,9 +48,10 @@ import typer
 
 from broker._settings import Settings
 from broker._yaml import SourceError, parse_json, read_text
+from broker.audit._countersign import CountersignReport, countersign
 from broker.audit._errors import AuditError, LogTampered, QueryError
 from broker.audit._index import AuditIndex, Query, Row
-from broker.audit._kafka import index_live, read_log, read_topic, verify_live
+from broker.audit._kafka import entry_of, index_live, read_log, read_topic, verify_live
 from broker.audit._log import AUDIT_TOPIC, CHECKPOINT_TOPIC, LogEntry, dump_lines, load_lines
 from broker.audit._report import classifier, subject_report
 from broker.audit._verify import verify_log
@@ -49,6 +60,10 @@ from broker.envelope import BROKER, KeyStore
 from broker.platform import load_profile
 from broker.platform._profiles import profile_path
 from broker.platform._topics import COMPLIANCE
+from broker.runtime._audit import audit_base
+from broker.runtime._operator import BrokerTools
+from broker.runtime._pipeline import audit_output
+from broker.transport import NotAuthorized, Outgoing, Record
 
 app = typer.Typer(help="Tamper-evident audit: index, verify, query, report.", no_args_is_help=True)
 
@@ -656,3 +671,100 @@ def access_log_command(operator: Operator, fmt: Format = "table", db: Db = None)
             for a in entries
         ],
     )
+
+
+#: The queue of ``tiaki audit countersign``: its runs fence one another (transactional id
+#: ``tiaki-broker-act-checkpoints``, see :mod:`broker.runtime._operator`) and continue one
+#: audit chain of that name.
+COUNTERSIGN_QUEUE = "checkpoints"
+
+
+@app.command("countersign")
+def countersign_command(
+    operator: Annotated[
+        str,
+        typer.Option(
+            "--operator",
+            envvar="TIAKI_OPERATOR",
+            help="Who you are, as the audit record of this key operation names you.",
+        ),
+    ],
+) -> None:
+    """Sign each chain's newest trusted checkpoint again with the broker's current key.
+
+    Run it where the broker's keys are, right after `tiaki keys rotate broker` and before the
+    old signing key is ever revoked: a revoked key's checkpoints vouch for nothing, and a
+    chain that gets no new records (a retired worker's) would stay unsigned. Only checkpoints
+    that verify under a key not revoked are signed again, as they are (same chain, size, root
+    and head); running it again writes nothing."""
+    if not operator.strip():
+        raise AuditError("--operator: give your name (the audit record names who acted)")
+    tools = BrokerTools()  # the broker's keys (its private signing key) and Kafka credential
+    now = _now()
+
+    def act(records: Sequence[Record]) -> tuple[list[Outgoing], CountersignReport]:
+        outputs, report = countersign([entry_of(r) for r in records], tools.ring, BROKER, now)
+        if outputs:  # nothing signed, nothing to audit: a second run writes nothing
+            outputs.append(_key_operation(tools, operator, report, now))
+        return outputs, report
+
+    try:
+        with _client_log_held_back():
+            report = tools.act(COUNTERSIGN_QUEUE, CHECKPOINT_TOPIC, act, now)
+    except NotAuthorized as exc:
+        raise AuditError(
+            f"the broker's Kafka principal may not read {CHECKPOINT_TOPIC} ({exc}); nothing "
+            f"was written. Countersigning reads it with the broker's credential, which needs "
+            f"READ on {CHECKPOINT_TOPIC} (docs/compliance.md)"
+        ) from None
+    print(report.summary())
+    if report.refused:
+        # Skipped, never signed: the verifier names them as tampering.
+        print(
+            f"tiaki: warning: {len(report.refused)} checkpoint records do not verify and were "
+            f"not countersigned ({', '.join(report.refused[:5])}"
+            f"{', ...' if len(report.refused) > 5 else ''}): run `tiaki audit verify`",
+            file=sys.stderr,
+        )
+    for label, chains in (
+        ("have no trusted checkpoint (every one is under a revoked key)", report.untrusted),
+        ("have trusted checkpoints of one size that disagree", report.conflicting),
+    ):
+        if chains:
+            # A revoked key's checkpoint names its chain: whoever held the key chose the
+            # name, so it is shown quoted if it holds anything a terminal would act on.
+            names = ", ".join(c if c.isprintable() else repr(c) for c in chains)
+            print(
+                f"tiaki: warning: {len(chains)} chains {label}, not countersigned: {names}",
+                file=sys.stderr,
+            )
+
+
+@contextlib.contextmanager
+def _client_log_held_back() -> Iterator[None]:
+    """Hold back aiokafka's own log records while the act runs: it logs every connection it
+    could not make as an error line of its own, and the command's one-line error (``could
+    not reach Kafka ...``) already says so; two lines for one failure read as two."""
+    client = logging.getLogger("aiokafka")
+    level = client.level
+    client.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        client.setLevel(level)
+
+
+def _key_operation(
+    tools: BrokerTools, operator: str, report: CountersignReport, now: datetime
+) -> Outgoing:
+    """The audit record of a countersigning (DESIGN.md: every key operation is audited)."""
+    context = replace(tools.audit_context(), actor=operator)
+    detail = f"{report.summary()}; the checkpoints endorsed were signed by "
+    record = audit_base(context, "key_operation", now)
+    record |= {
+        "source_agency": BROKER,  # whose keys: the broker's
+        "outcome": "countersigned",
+        "reason_codes": ["checkpoints_countersigned"],
+        "detail": (detail + ", ".join(report.endorsed))[:500],
+    }
+    return audit_output(tools.schemas.latest("AuditRecord"), record)

@@ -179,7 +179,8 @@ def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> Desi
     allow(t.BROKER, "TOPIC", t.AUDIT, ["WRITE"])
     for name in (t.REVIEW, t.DLQ, t.STATE_CASES, t.STATE_REQUESTS, t.STATE_CHAINS, t.STATE_SEEN):
         allow(t.BROKER, "TOPIC", name, ["READ", "WRITE"])
-    allow(t.BROKER, "TOPIC", t.CHECKPOINTS, ["WRITE"])
+    # Read too: `tiaki audit countersign` (the broker's principal) re-signs checkpoints.
+    allow(t.BROKER, "TOPIC", t.CHECKPOINTS, ["READ", "WRITE"])
     allow(t.BROKER, "TOPIC", t.POLICY, ["READ"])
     allow(t.BROKER, "GROUP", t.BROKER_GROUP_PREFIX, ["READ"], "PREFIXED")
     allow(t.BROKER, "TRANSACTIONAL_ID", t.BROKER_GROUP_PREFIX, ["WRITE"], "PREFIXED")
