@@ -191,6 +191,7 @@ def test_the_broker_reads_and_writes_the_checkpoints_it_countersigns() -> None:
     """``tiaki audit countersign`` runs as the broker: it reads every checkpoint, then writes
     the new key's (docs/compliance.md, "Countersigning at rotation time")."""
     state = desired_state(REGISTRY, brokers=1)
-    assert {
-        a.operation for a in acls_of(state, "broker") if a.resource_name == CHECKPOINTS
-    } == {"READ", "WRITE"}
+    assert {a.operation for a in acls_of(state, "broker") if a.resource_name == CHECKPOINTS} == {
+        "READ",
+        "WRITE",
+    }
