@@ -467,14 +467,32 @@ def refresh_keys(
             key_id=info.key_id,
             agency=info.owner,
         )
-    if note is not None and (changed or kept):
-        note(datetime.now(UTC), changed, kept)
+    if note is not None:
+        note(datetime.now(UTC), changed, kept)  # every refresh: RefusalsOnce needs to see it
     # Written down, so a restart with a rolled-back document cannot bring a revoked key back.
     try:
         store.record_revoked(ring.keys(None))
     except KeyStoreError as exc:
         log.warning("revocation not recorded", error_type=type(exc).__name__, error=str(exc))
     return refused
+
+
+class RefusalsOnce:
+    """Passes key changes on to ``note``, and each refused change only the first time in a
+    row it is refused: a document that would un-revoke a key is refused again at every
+    refresh (every few seconds) until someone fixes it, and the audit log needs it once. A
+    refusal that stops and comes back is noted again."""
+
+    def __init__(self, note: Callable[[datetime, Sequence[KeyInfo], Sequence[KeyInfo]], None]):
+        self._note = note
+        self._refused: set[tuple[str, KeyInfo]] = set()
+
+    def __call__(self, now: datetime, changed: Sequence[KeyInfo], kept: Sequence[KeyInfo]) -> None:
+        refused = {(info.key_id, info) for info in kept}
+        new = [info for key, info in sorted(refused - self._refused, key=lambda r: r[0])]
+        self._refused = refused
+        if changed or new:
+            self._note(now, changed, new)
 
 
 async def follow_keys(
@@ -486,12 +504,14 @@ async def follow_keys(
     note: Callable[[datetime, Sequence[KeyInfo], Sequence[KeyInfo]], None] | None = None,
 ) -> None:
     """:func:`refresh_keys` every few seconds until ``stop``; ``tiaki_key_documents_refused``
-    says which key sets' documents the last refresh refused."""
+    says which key sets' documents the last refresh refused. ``note`` hears of each change
+    refused once, not at every refresh while the document stays (:class:`RefusalsOnce`)."""
+    once = RefusalsOnce(note) if note is not None else None
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), KEYS_SECONDS)
         if not stop.is_set():
-            refused = refresh_keys(store, principals, ring, note)
+            refused = refresh_keys(store, principals, ring, once)
             if metrics is not None:
                 observe_refused(metrics, principals, refused)
 

@@ -19,7 +19,7 @@ from broker.policy import PolicyStore, load_roster
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._policy_watch import PolicyWatcher
 from broker.runtime._release import bundle
-from broker.runtime._service import refresh_keys
+from broker.runtime._service import RefusalsOnce, refresh_keys
 from broker.transport import Outgoing
 from tests.unit.runtime.test_intake import NOW, SCHEMAS
 from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider
@@ -132,13 +132,14 @@ def test_refresh_keys_tells_the_pipeline_what_changed_and_what_it_refused(
     def note(at: dt.datetime, changed: Any, refused: Any) -> None:
         told.append(([(i.key_id, i.state) for i in changed], [i.key_id for i in refused]))
 
-    assert refresh_keys(store, PRINCIPALS, ring, note) == {}
+    once = RefusalsOnce(note)  # as follow_keys passes it
+    assert refresh_keys(store, PRINCIPALS, ring, once) == {}
     assert told == []  # nothing changed: nothing to audit
     police = ring.current("police", Purpose.SIGNING, Algorithm.ED25519, now)
     admin = store.load()  # tiaki keys revoke
     admin.revoke(police.key_id, now, "compromised")
     store.save(admin, ["police"])
-    refresh_keys(store, PRINCIPALS, ring, note)
+    refresh_keys(store, PRINCIPALS, ring, once)
     assert told == [([(police.key_id, KeyState.REVOKED)], [])]
 
     # A document that changes what a key id stands for is refused key by key, and audited.
@@ -151,5 +152,9 @@ def test_refresh_keys_tells_the_pipeline_what_changed_and_what_it_refused(
     )
     store.public_path("corrections").write_text(json.dumps(doc))
     told.clear()
-    refresh_keys(store, PRINCIPALS, ring, note)
+    refresh_keys(store, PRINCIPALS, ring, once)
+    assert told == [([], [other.key_id])]
+    # Refused again at every refresh while the document stays: audited once, not every 5 s.
+    for _ in range(3):
+        refresh_keys(store, PRINCIPALS, ring, once)
     assert told == [([], [other.key_id])]
