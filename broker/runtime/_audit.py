@@ -191,12 +191,16 @@ def policy_change_audit(
     *,
     replaced: str | None,
     rejected: str | None = None,
+    started: bool = False,
 ) -> dict[str, Any]:
-    """The audit record of a worker taking a new policy set into force (``ctx`` names it), or
-    refusing one (``rejected``: why, as an error's type; ``ctx`` names the policy kept)."""
+    """The audit record of a worker taking a new policy set into force (``ctx`` names it),
+    refusing one (``rejected``: why, as an error's type; ``ctx`` names the policy kept), or
+    (``started``) running the one in force from its start on."""
     record = audit_base(ctx, "policy_change", now)
     if rejected is not None:
         return record | {"outcome": "reject", "reason_codes": ["policy_rejected", rejected]}
+    if started:
+        return record | {"outcome": "in_force", "reason_codes": ["worker_started"]}
     detail = None if replaced is None else f"replaces policy {replaced}"
     return record | {"outcome": "adopted", "reason_codes": ["policy_adopted"], "detail": detail}
 

@@ -555,11 +555,19 @@ class Pipeline:
         return outputs
 
     def note_policy(
-        self, now: datetime, *, replaced: str | None, rejected: str | None = None
+        self,
+        now: datetime,
+        *,
+        replaced: str | None,
+        rejected: str | None = None,
+        started: bool = False,
     ) -> None:
         """Audit, with the next transaction, that the policy set now in force replaced
-        ``replaced``, or that one was refused (``rejected``: why) and the one in force kept."""
-        record = policy_change_audit(self._context(), now, replaced=replaced, rejected=rejected)
+        ``replaced``, that one was refused (``rejected``: why) and the one in force kept, or
+        (``started``) that the worker runs the one in force from now on."""
+        record = policy_change_audit(
+            self._context(), now, replaced=replaced, rejected=rejected, started=started
+        )
         self._notes.append(self._audit(record, b"policy"))
 
     def note_keys(

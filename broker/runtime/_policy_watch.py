@@ -38,7 +38,12 @@ class PolicyNote(Protocol):
     """Records a policy change for the audit log (:meth:`Pipeline.note_policy`)."""
 
     def __call__(
-        self, now: datetime, *, replaced: str | None, rejected: str | None = None
+        self,
+        now: datetime,
+        *,
+        replaced: str | None,
+        rejected: str | None = None,
+        started: bool = False,
     ) -> None: ...
 
 
@@ -56,14 +61,19 @@ class PolicyWatcher:
         self._store = store
         self._metrics = metrics
         #: Told of every policy set taken into force (another hash than the one before) and
-        #: every one refused, for the audit log (:meth:`Pipeline.note_policy`).
+        #: every one refused, for the audit log (:meth:`Pipeline.note_policy`); while
+        #: :meth:`follow` catches up with the topic at start, only of where it ended.
         self._note = note
+        #: Why the last bundle offered was refused (None: it was taken in, or none yet).
+        self.last_rejection: str | None = None
         #: Where each bundle is unpacked for the store to read, and removed once it has
         #: (the store compiles everything at load): the system's temporary folder by default.
         self._workdir = workdir
 
-    def apply(self, bundle: bytes) -> bool:
-        """Offer one bundle; True if it is now the policy in force."""
+    def apply(self, bundle: bytes, *, audit: bool = True) -> bool:
+        """Offer one bundle; True if it is now the policy in force. ``audit``: tell the note
+        of a change or a refusal (not while catching up with the topic at start)."""
+        note = self._note if audit else None
         before = self._store.engine
         engine: Engine | None = before
         error: Exception | None
@@ -81,22 +91,44 @@ class PolicyWatcher:
                 reason=reason,
                 policy_hash=before.policy_hash if before is not None else None,
             )
-            if self._note is not None:
-                self._note(datetime.now(UTC), replaced=None, rejected=reason)
+            self.last_rejection = reason
+            if note is not None:
+                note(datetime.now(UTC), replaced=None, rejected=reason)
             return False
+        self.last_rejection = None
         replaced = before.policy_hash if before is not None else None
-        if self._note is not None and replaced != engine.policy_hash:
-            self._note(datetime.now(UTC), replaced=replaced)
+        if note is not None and replaced != engine.policy_hash:
+            note(datetime.now(UTC), replaced=replaced)
         if before is not None and before.policy_hash != engine.policy_hash:
             self._metrics.policy_version.labels(before.policy_hash).set(0)
         self._metrics.policy_version.labels(engine.policy_hash).set(1)
         log.info("policy loaded", new_policy_hash=engine.policy_hash)
         return True
 
+    def caught_up(self, started_with: str | None, bundles: int) -> None:
+        """The topic read to its end at start (``bundles`` bundles, the worker having started
+        with ``started_with``): audit where that left this worker, once. The history on the
+        topic was audited when it happened (a compacted topic keeps older releases for a
+        while, so replaying them one by one would record changes back and forth that this
+        worker never made), so: the set it runs now, in force from now (``worker_started``)
+        or taken in over the one it started with, and a refusal if the newest release on the
+        topic is one it refuses."""
+        if self._note is None:
+            return
+        engine = self._store.engine
+        now = datetime.now(UTC)
+        if engine is not None and engine.policy_hash != started_with:
+            self._note(now, replaced=started_with)
+        else:
+            self._note(now, replaced=None, started=True)
+        if bundles and self.last_rejection is not None:
+            self._note(now, replaced=None, rejected=self.last_rejection)
+
     async def follow(self, profile: Profile, stop: asyncio.Event) -> None:
-        """Read ``tiaki.policy`` from the beginning until ``stop``; apply each bundle. A Kafka
-        error ends it (raised, after a log line): the broker must not run on without
-        following its policy topic."""
+        """Read ``tiaki.policy`` from the beginning until ``stop``; apply each bundle, and
+        audit where the topic's history left this worker once it has read to the end
+        (:meth:`caught_up`), then each change as it comes. A Kafka error ends it (raised,
+        after a log line): the broker must not run on without following its policy topic."""
         consumer = AIOKafkaConsumer(
             **profile.aiokafka_kwargs(),
             group_id=None,
@@ -108,10 +140,17 @@ class PolicyWatcher:
             await consumer.start()
             consumer.assign([partition])
             await consumer.seek_to_beginning(partition)
+            started_with = self._store.engine.policy_hash if self._store.engine else None
+            end = (await consumer.end_offsets([partition]))[partition]
+            catching_up, bundles = True, 0
             while not stop.is_set():
+                if catching_up and await consumer.position(partition) >= end:
+                    catching_up = False
+                    self.caught_up(started_with, bundles)
                 batches = await consumer.getmany(partition, timeout_ms=500)
                 for record in batches.get(partition, []):
-                    self.apply(record.value)
+                    self.apply(record.value, audit=not catching_up)
+                    bundles += catching_up
         except KafkaError as exc:
             # The policy in force keeps deciding until the broker stops; it stops because this
             # task ended early (broker.runtime._background), and its supervisor restarts it.

@@ -37,6 +37,10 @@ def audited(outputs: list[Outgoing]) -> list[dict[str, Any]]:
 def test_a_policy_change_goes_out_with_the_next_transaction_once_and_again_after_an_abort() -> None:
     pipeline = Harness(ScriptedDecider()).pipeline
     assert pipeline.escalations(NOW) == []
+    pipeline.note_policy(NOW, replaced=None, started=True)
+    (started,) = audited(pipeline.escalations(NOW))
+    assert (started["outcome"], started["reason_codes"]) == ("in_force", ["worker_started"])
+    pipeline.committed()
     pipeline.note_policy(NOW, replaced="ab" * 32)
     (record,) = audited(first := pipeline.escalations(NOW))
     assert (record["action"], record["outcome"], record["reason_codes"]) == (
@@ -106,10 +110,16 @@ def test_the_watcher_notes_a_new_policy_and_a_refused_one_not_the_same_one_again
 ) -> None:
     folder, roster = release
     store = PolicyStore(load_roster(roster))
-    notes: list[tuple[str | None, str | None]] = []
+    notes: list[tuple[str | None, str | None, bool]] = []
 
-    def note(now: dt.datetime, *, replaced: str | None, rejected: str | None = None) -> None:
-        notes.append((replaced, rejected))
+    def note(
+        now: dt.datetime,
+        *,
+        replaced: str | None,
+        rejected: str | None = None,
+        started: bool = False,
+    ) -> None:
+        notes.append((replaced, rejected, started))
 
     watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path, note=note)
     good = json.loads(bundle(folder.parent))["files"]
@@ -117,7 +127,53 @@ def test_the_watcher_notes_a_new_policy_and_a_refused_one_not_the_same_one_again
     assert watcher.apply(_bundle(good))  # the same set again (a restart reads it again)
     unsigned = {k: v for k, v in good.items() if "/approvals/" not in k}
     assert not watcher.apply(_bundle(unsigned))
-    assert notes == [(None, None), (None, type(store.last_error).__name__)]
+    assert notes == [(None, None, False), (None, type(store.last_error).__name__, False)]
+
+
+def test_catching_up_at_start_audits_where_the_history_left_the_worker_once(
+    release: tuple[Path, Path],  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    """A restart replays the compacted topic, whose older releases linger a while: it must
+    not record changes back and forth the worker never made, only where it ended."""
+    folder, roster = release
+    notes: list[tuple[str | None, str | None, bool]] = []
+
+    def note(
+        now: dt.datetime,
+        *,
+        replaced: str | None,
+        rejected: str | None = None,
+        started: bool = False,
+    ) -> None:
+        notes.append((replaced, rejected, started))
+
+    good = json.loads(bundle(folder.parent))["files"]
+    unsigned = {k: v for k, v in good.items() if "/approvals/" not in k}
+    # Started on the set the topic holds: in force from now, nothing else.
+    store = PolicyStore(load_roster(roster))
+    store.load(folder)
+    watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path, note=note)
+    started_with = store.engine.policy_hash if store.engine else None
+    for data in (good, unsigned, good):
+        watcher.apply(_bundle(data), audit=False)
+    assert notes == []
+    watcher.caught_up(started_with, 3)
+    assert notes == [(None, None, True)]
+    # Started with no set; the newest release on the topic is refused: taken in the one
+    # before it, and the refusal of the newest.
+    notes.clear()
+    store = PolicyStore(load_roster(roster))
+    watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path, note=note)
+    for data in (good, unsigned):
+        watcher.apply(_bundle(data), audit=False)
+    watcher.caught_up(None, 2)
+    assert notes == [(None, None, False), (None, type(store.last_error).__name__, False)]
+    assert store.engine is not None
+    # Afterwards each change is audited as it comes.
+    notes.clear()
+    watcher.apply(_bundle(unsigned))
+    assert notes == [(None, type(store.last_error).__name__, False)]
 
 
 def test_refresh_keys_tells_the_pipeline_what_changed_and_what_it_refused(
