@@ -129,6 +129,10 @@ OVERSIZED = Oversized.quarantine_reason
 RECIPIENT_KEY_UNUSABLE = "recipient_key_unusable"
 OUTPUT_OVERSIZED = "output_oversized"
 RECIPIENT_TOPIC_MISSING = "recipient_topic_missing"
+#: The step between two decision times of one case (``SharedEvent`` keeps milliseconds).
+_TICK = timedelta(milliseconds=1)
+#: Cases whose last decision time is kept before the ones already past are dropped.
+_DECIDED_KEPT = 10_000
 #: The reasons a permitted share is held undeliverable, for metrics and alerts.
 UNDELIVERABLE = (RECIPIENT_KEY_UNUSABLE, OUTPUT_OVERSIZED, RECIPIENT_TOPIC_MISSING)
 #: The log's error type for a share or notice not written because its topic is missing.
@@ -317,6 +321,8 @@ class Pipeline:
         #: :meth:`escalations`, and again after an abort, until one commits.
         self._notes: list[Outgoing] = []
         self._notes_taken = 0
+        #: The last decision time given to each recent case (:meth:`_decided_at`).
+        self._decided: dict[bytes, datetime] = {}
         self._notes_settled = 0  # notes before _notes[0], for marks
 
     def mark(self) -> tuple[int, int, int]:
@@ -404,7 +410,7 @@ class Pipeline:
                 event_type=admitted.event_type,
                 source_agency=admitted.source.id,
                 source_schema=admitted.schema.fingerprint_hex,
-                shared_at=now,
+                shared_at=self._decided_at(_case_key(admitted), now),
             )
             bodies: dict[int, bytes] = {}  # body_json parts: recipients alike share one body
             try:
@@ -553,6 +559,19 @@ class Pipeline:
         outputs += self._notes[self._notes_taken :]
         self._notes_taken = len(self._notes)
         return outputs
+
+    def _decided_at(self, case: bytes, now: datetime) -> datetime:
+        """When this event of ``case`` is decided (``SharedEvent.decided_at``, and its
+        ``shared_at`` unless a person releases it later): ``now``, or a millisecond after the
+        case's event before it if that is not earlier. A recipient orders a case's events by
+        this time, a held item released later among them, so two events of one case in one
+        batch (one ``now``, to the millisecond the field keeps) must not tie."""
+        last = self._decided.get(case)
+        decided = now if last is None or last < now else last + _TICK
+        if len(self._decided) >= _DECIDED_KEPT:  # only the latest few matter: older are past
+            self._decided = {c: t for c, t in self._decided.items() if t >= now}
+        self._decided[case] = decided
+        return decided
 
     def note_policy(
         self,

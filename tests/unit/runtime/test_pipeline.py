@@ -552,3 +552,25 @@ def test_an_event_no_rule_could_send_anywhere_still_has_its_decision_audited() -
     assert audit["case_ref"] is not None
     assert audit["subject_refs"]
     assert (processed.verdicts, processed.quarantine_reason) == ((), None)
+
+
+def test_events_of_one_case_decided_in_one_batch_never_tie() -> None:
+    """A recipient orders a case's events by ``decided_at`` (a held one arrives when released,
+    after later ones): two events of one case in one batch (one ``now``) must not tie, and a
+    held item keeps its place when released (test_review)."""
+    harness = Harness(ScriptedDecider([verdict("oranga-tamariki", Outcome.SHARE)]))
+
+    def decided(when: datetime) -> datetime:
+        (out,) = [
+            o
+            for o in harness.pipeline.process(harness.record(), when).outputs
+            if o.topic == "tiaki.egress.oranga-tamariki"
+        ]
+        shared = harness.open_for("oranga-tamariki", out.topic, out.value)
+        assert shared["shared_at"] == shared["decided_at"]  # shared as decided
+        return shared["decided_at"]
+
+    tick = timedelta(milliseconds=1)
+    assert [decided(NOW) for _ in range(3)] == [NOW, NOW + tick, NOW + 2 * tick]
+    assert decided(NOW + tick) == NOW + 3 * tick  # a next batch in the same millisecond
+    assert decided(NOW + timedelta(seconds=1)) == NOW + timedelta(seconds=1)
