@@ -349,6 +349,15 @@ class Pipeline:
         self._notes_taken -= notes
         self._notes_settled += notes
 
+    def notes_committed(self, mark: tuple[int, int, int]) -> None:
+        """The transaction up to ``mark`` was reported failed but committed all the same (a
+        lost reply, seen in the audit chain's head): its notes are on the log, and must not
+        go out again after :meth:`aborted`. The rest it held the state re-read restores."""
+        notes = mark[2] - self._notes_settled
+        del self._notes[:notes]
+        self._notes_settled += notes
+        self._notes_taken = max(0, self._notes_taken - notes)
+
     def aborted(self) -> None:
         """Everything processed since the last commit will be processed again."""
         self._intake.aborted()

@@ -143,6 +143,9 @@ class Worker:
         self._rewind_due = False
         #: Chains each transaction's audit records (issue 7); see broker.runtime._chaining.
         self._chain = chain
+        #: The batch whose commit failed last, until the chain's re-read head says whether
+        #: it committed all the same (:meth:`_settle_doubt`).
+        self._in_doubt: _Batch | None = None
 
     async def __aenter__(self) -> Worker:
         await self._transport.start()
@@ -298,6 +301,7 @@ class Worker:
                     await self._rewind()
                 if self._chain is not None and self._chain.stale:
                     await self._chain.resync()
+                    self._settle_doubt(self._chain)
                 if self._refresh is not None:
                     await self._refresh()
             except TransportError as exc:
@@ -319,6 +323,21 @@ class Worker:
                 continue
             self._stale = False
             return True
+
+    def _settle_doubt(self, chain: AuditChainer) -> None:
+        """After a failed commit, once the chain's head is re-read: whether that transaction
+        committed all the same (a lost reply) shows in the head, which it wrote. If it did,
+        the audit records of the worker's own acts it held (:meth:`Pipeline.note_policy`,
+        ``note_keys``) are on the log: they must not go out again. (Everything else it
+        wrote is state the re-read restores, or offsets the rewind reads.)"""
+        doubt, self._in_doubt = self._in_doubt, None
+        mark = None if doubt is None else doubt.chain_mark
+        if doubt is None or mark is None or mark.size == 0:
+            return
+        head = chain.head
+        if head.size == mark.size and head.head == mark.head:
+            log.info("the failed transaction had committed", records=len(doubt.records))
+            self._pipeline.notes_committed(doubt.mark)
 
     async def _abandon(self, inflight: _InFlight | None) -> None:
         """Let the transaction in flight, if any, end and settle it; then throw away what was
@@ -426,6 +445,7 @@ class Worker:
         self._stale = True
         if self._chain is not None:
             self._chain.aborted()
+            self._in_doubt = b
         self._stats.aborted += 1
         self._metrics.transactions.labels("aborted").inc()
         log.warning("transaction aborted", error_type=type(error).__name__, records=len(b.records))

@@ -15,13 +15,17 @@ from prometheus_client import CollectorRegistry
 from broker.codec import decode
 from broker.envelope import Algorithm, KeyRing, KeyState, KeyStore, Purpose
 from broker.envelope._store import init_dev_keys
+from broker.platform import CHECKPOINTS, STATE_CHAINS
 from broker.policy import PolicyStore, load_roster
+from broker.runtime._chaining import AuditChainer
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._policy_watch import PolicyWatcher
 from broker.runtime._release import bundle
 from broker.runtime._service import RefusalsOnce, refresh_keys
-from broker.transport import Outgoing
-from tests.unit.runtime.test_intake import NOW, SCHEMAS
+from broker.runtime._worker import Worker
+from broker.transport import InMemoryCluster, Outgoing, TransportError
+from tests.unit.audit.conftest import make_ring as audit_ring
+from tests.unit.runtime.test_intake import NOW, REGISTRY, SCHEMAS
 from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider
 from tests.unit.runtime.test_policy_watch import _bundle, release  # noqa: F401 (a fixture)
 from tests.unit.runtime.test_service_keys import PRINCIPALS, T0
@@ -214,3 +218,49 @@ def test_refresh_keys_tells_the_pipeline_what_changed_and_what_it_refused(
     for _ in range(3):
         refresh_keys(store, PRINCIPALS, ring, once)
     assert told == [([], [other.key_id])]
+
+
+async def test_a_note_in_a_transaction_whose_reply_was_lost_is_not_written_twice() -> None:
+    """A commit reported failed may have committed all the same (a lost reply). The state
+    re-read puts back what the state topics hold, but a note is not state: the audit chain's
+    re-read head, written by the same transaction, says whether it went out."""
+    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
+    cluster.create_topic(CHECKPOINTS, 1)
+    cluster.create_topic(STATE_CHAINS, 1)
+    harness = Harness(ScriptedDecider())
+    transport = cluster.worker()
+    chain = AuditChainer(transport.transactional_id, audit_ring(), reader=cluster.reader)
+    worker = Worker(
+        transport,
+        harness.pipeline,
+        BrokerMetrics(CollectorRegistry()),
+        clock=lambda: NOW,
+        poll_timeout_ms=10,
+        chain=chain,
+    )
+    commit, lost = transport.commit, []
+
+    async def lost_reply(outputs: Any, consumed: Any) -> None:
+        await commit(outputs, consumed)  # Kafka committed it ...
+        if not lost:
+            lost.append(True)
+            raise TransportError("commit reply lost", retriable=True)  # ... unheard
+
+    async with worker:
+        await worker.step()
+        harness.pipeline.note_policy(NOW, replaced=None)
+        transport.commit = lost_reply  # type: ignore[method-assign]
+        for _ in range(4):
+            await worker.step()
+        cluster.fail_next_commit()  # a commit that really fails: the note goes again
+        harness.pipeline.note_policy(NOW, replaced=None, rejected="ApprovalError")
+        for _ in range(4):
+            await worker.step()
+    assert lost
+    assert worker.statistics().aborted == 2
+    async with cluster.reader() as reader:
+        records = [decode(r.value, AUDIT) for r in await reader.read_all("tiaki.audit")]
+    assert [(r["action"], r["outcome"]) for r in records] == [
+        ("policy_change", "adopted"),
+        ("policy_change", "reject"),
+    ]
