@@ -459,12 +459,14 @@ def index_rows(
 
 
 def _chain_name(chain: bytes | None) -> str | None:
-    """A record's chain, as its header names it; None if it names none in UTF-8 (such a
-    record is indexed all the same: ``tiaki audit verify`` reports its headers)."""
+    """A record's chain, as its header names it; None if it names none in UTF-8, or one with
+    a NUL (which PostgreSQL's text refuses). Such a record is indexed all the same: ``tiaki
+    audit verify`` reports its headers."""
     try:
-        return chain.decode() if chain is not None else None
+        name = chain.decode() if chain is not None else None
     except UnicodeDecodeError:
         return None
+    return None if name is None or "\0" in name else name
 
 
 def _chain_seq(seq: bytes | None) -> int | None:

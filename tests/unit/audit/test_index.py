@@ -400,6 +400,7 @@ def test_the_index_is_owner_only_folder_database_value_log_and_side_files(
         (b"tiaki-broker-a", b"9" * 40, ("tiaki-broker-a", None)),
         (b"tiaki-broker-a", b"\xd9\xa3", ("tiaki-broker-a", None)),  # an Arabic-Indic 3
         (b"\xff\xfe", b"1", (None, 1)),
+        (b"tiaki-broker-\x00", b"1", (None, 1)),  # PostgreSQL's text takes no NUL
     ],
 )
 def test_hostile_chain_headers_on_the_topic_are_indexed_without_their_place(
