@@ -810,10 +810,16 @@ class KafkaReader(ResourceBase):
         if self._state == "closed":
             return
         self._state = "closed"
-        for consumer in (self._consumer, self._marks):
+        failed: BaseException | None = None
+        for consumer in (self._consumer, self._marks):  # each, even if the first one fails
             if consumer is not None:
-                with _translated():
-                    await asyncio.shield(consumer.stop())
+                try:
+                    with _translated():
+                        await asyncio.shield(consumer.stop())
+                except TransportError as exc:
+                    failed = failed or exc
+        if failed is not None:
+            raise failed
 
     async def read_all(self, topic: str) -> list[Record]:
         return await self.read_from(topic, {})

@@ -101,3 +101,27 @@ async def test_a_transaction_that_never_ends_makes_the_read_unavailable(
 ) -> None:
     with pytest.raises(Unavailable):
         await reader(Log(commit_after=None), monkeypatch).read_all(TOPIC)
+
+
+async def test_close_stops_both_consumers_even_if_the_first_one_fails() -> None:
+    """A reader holds two consumers; one whose stop fails must not leave the other open."""
+    from aiokafka.errors import KafkaConnectionError
+
+    stopped: list[str] = []
+
+    class Consumer:
+        def __init__(self, name: str, fails: bool) -> None:
+            self.name, self.fails = name, fails
+
+        async def stop(self) -> None:
+            stopped.append(self.name)
+            if self.fails:
+                raise KafkaConnectionError("injected")
+
+    reader = KafkaReader.__new__(KafkaReader)
+    reader._state = "open"
+    reader._consumer = Consumer("read-committed", fails=True)  # type: ignore[assignment]
+    reader._marks = Consumer("marks", fails=False)  # type: ignore[assignment]
+    with pytest.raises(Unavailable):
+        await reader.close()
+    assert stopped == ["read-committed", "marks"]
