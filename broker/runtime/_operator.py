@@ -54,6 +54,7 @@ from broker.transport import (
     Record,
     TransportError,
 )
+from broker.transport._kafka import no_answer
 
 T = TypeVar("T")
 
@@ -148,7 +149,14 @@ class OperatorAct:
 
     async def __aenter__(self) -> OperatorAct:
         try:
-            await self._producer.start()  # InitProducerId: fences any other act on the queue
+            # InitProducerId: fences any other act on the queue. Kafka answers it at once (it
+            # aborts an open act's transaction, or lets a committing one finish, first), so
+            # a cluster that has not answered within CONNECT_TIMEOUT_S is not answering.
+            async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                await self._producer.start()
+        except TimeoutError:
+            await asyncio.shield(self._producer.stop())
+            raise TiakiError(no_answer(self._profile, CONNECT_TIMEOUT_S)) from None
         except KafkaError as exc:
             await asyncio.shield(self._producer.stop())
             raise TiakiError(

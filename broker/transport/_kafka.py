@@ -737,7 +737,7 @@ class KafkaPublisher(ResourceBase):
 CONNECT_TIMEOUT_S = 15.0
 
 
-def _no_answer(profile: Profile, seconds: float) -> str:
+def no_answer(profile: Profile, seconds: float) -> str:
     """What to tell an operator when Kafka did not answer a connection within ``seconds``."""
     where = profile.source if profile.source is not None else "the connection profile"
     return (
@@ -804,7 +804,7 @@ class KafkaReader(ResourceBase):
         except TimeoutError:  # so only the bound raises this
             if bound is None:
                 raise
-            raise Unavailable(_no_answer(self._profile, bound)) from None
+            raise Unavailable(no_answer(self._profile, bound)) from None
 
     async def close(self) -> None:
         if self._state == "closed":

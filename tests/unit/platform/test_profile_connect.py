@@ -198,8 +198,9 @@ UPPER_LIMIT_S = 35.0
     [
         ["quarantine", "list"],
         ["audit", "verify", "--operator", "SYN operator", "--profile", "broker"],
+        ["review", "approve", "SYN-REVIEW-1", "--reviewer", "SYN", "--justification", "SYN"],
     ],
-    ids=["quarantine list", "audit verify"],
+    ids=["quarantine list", "audit verify", "review approve"],
 )
 def test_a_cluster_that_never_answers_fails_a_command_in_one_line_within_the_bound(
     home: Path,
