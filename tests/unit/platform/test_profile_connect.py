@@ -193,12 +193,20 @@ def silent() -> Iterator[SilentServer]:
 UPPER_LIMIT_S = 35.0
 
 
+#: The bound the other commands' cases run with (patched where each command reads it), so
+#: the suite does not wait out 15 s for each: the first case shows the real one.
+SHORT_BOUND_S = 2.0
+
+
 @pytest.mark.parametrize(
-    "argv",
+    ("argv", "bound"),
     [
-        ["quarantine", "list"],
-        ["audit", "verify", "--operator", "SYN operator", "--profile", "broker"],
-        ["review", "approve", "SYN-REVIEW-1", "--reviewer", "SYN", "--justification", "SYN"],
+        (["quarantine", "list"], CONNECT_TIMEOUT_S),
+        (["audit", "verify", "--operator", "SYN operator", "--profile", "broker"], SHORT_BOUND_S),
+        (
+            ["review", "approve", "SYN-REVIEW-1", "--reviewer", "SYN", "--justification", "SYN"],
+            SHORT_BOUND_S,
+        ),
     ],
     ids=["quarantine list", "audit verify", "review approve"],
 )
@@ -207,8 +215,12 @@ def test_a_cluster_that_never_answers_fails_a_command_in_one_line_within_the_bou
     ca_pem: bytes,
     silent: SilentServer,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
     argv: list[str],
+    bound: float,
 ) -> None:
+    for module in ("broker.runtime._operator", "broker.audit._kafka"):
+        monkeypatch.setattr(f"{module}.CONNECT_TIMEOUT_S", bound)
     bootstrap = f"127.0.0.1:{silent.port}"
     path = _profile(home / "profiles", bootstrap_servers=bootstrap)
     (home / "profiles" / "ca.pem").write_bytes(ca_pem)
@@ -217,7 +229,7 @@ def test_a_cluster_that_never_answers_fails_a_command_in_one_line_within_the_bou
     elapsed = time.monotonic() - started
     assert silent.accepted, "the command never connected"
     assert err == (
-        f"tiaki: error: no answer from Kafka at {bootstrap} within {CONNECT_TIMEOUT_S:g} s: "
+        f"tiaki: error: no answer from Kafka at {bootstrap} within {bound:g} s: "
         f"check that Kafka is up and that {path} names it (bootstrap_servers)\n"
     )
-    assert CONNECT_TIMEOUT_S <= elapsed < UPPER_LIMIT_S, elapsed
+    assert bound <= elapsed < UPPER_LIMIT_S, elapsed
