@@ -114,6 +114,18 @@ class WebhookSourceConfig(_Strict):
     listen: str = Field(pattern=r"^[\w.:-]+:\d{1,5}$")
     path: WebText = "/events"
 
+    @field_validator("path")
+    @classmethod
+    def _a_request_can_reach_it(cls, path: str) -> str:
+        # The source compares a request's target (up to any '?') with this: a path that
+        # does not start with '/', or holds a space, '?' or '#', matches no request.
+        if not path.startswith("/") or any(c in path for c in " ?#"):
+            raise ValueError(
+                "a webhook path starts with '/' and holds no space, '?' or '#' (no request "
+                "could reach it otherwise)"
+            )
+        return path
+
     @field_validator("listen")
     @classmethod
     def _port_in_range(cls, listen: str) -> str:

@@ -264,3 +264,16 @@ def test_a_control_character_in_a_webhook_path_or_url_is_refused_by_check(
     assert main(["adapter", "check", "--config", str(path)]) == 1
     err = capsys.readouterr().err
     assert err == f"tiaki: error: {expected}\n"
+
+
+@pytest.mark.parametrize("bad", ["events", "/my events", "/events?x=1", "/events#a"])
+def test_a_webhook_path_no_request_could_reach_is_refused_by_check(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], bad: str
+) -> None:
+    path = tmp_path / "adapter.yaml"
+    path.write_text(_WEBHOOKS.replace("path: /events", f'path: "{bad}"', 1))
+    assert main(["adapter", "check", "--config", str(path)]) == 1
+    assert capsys.readouterr().err == (
+        f"tiaki: error: {path}:5:5: sources.0.path: a webhook path starts with '/' and holds "
+        "no space, '?' or '#' (no request could reach it otherwise)\n"
+    )
