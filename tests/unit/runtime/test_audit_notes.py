@@ -108,24 +108,29 @@ async def test_an_idle_worker_commits_a_note_in_a_transaction_of_its_own() -> No
     assert [(r["action"], r["outcome"]) for r in records] == [("policy_change", "adopted")]
 
 
-def test_the_watcher_notes_a_new_policy_and_a_refused_one_not_the_same_one_again(
-    release: tuple[Path, Path],  # noqa: F811 (the fixture)
-    tmp_path: Path,
-) -> None:
-    folder, roster = release
-    store = PolicyStore(load_roster(roster))
-    notes: list[tuple[str | None, str | None, bool]] = []
+class PolicyNotes(list[tuple[str | None, str | None, bool]]):
+    """A :class:`PolicyNote` that keeps (replaced, rejected, started) of each call."""
 
-    def note(
+    def __call__(
+        self,
         now: dt.datetime,
         *,
         replaced: str | None,
         rejected: str | None = None,
         started: bool = False,
     ) -> None:
-        notes.append((replaced, rejected, started))
+        self.append((replaced, rejected, started))
 
-    watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path, note=note)
+
+def test_the_watcher_notes_a_new_policy_and_a_refused_one_not_the_same_one_again(
+    release: tuple[Path, Path],  # noqa: F811 (the fixture)
+    tmp_path: Path,
+) -> None:
+    folder, roster = release
+    store = PolicyStore(load_roster(roster))
+    notes = PolicyNotes()
+
+    watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path, note=notes)
     good = json.loads(bundle(folder.parent))["files"]
     assert watcher.apply(_bundle(good))
     assert watcher.apply(_bundle(good))  # the same set again (a restart reads it again)
@@ -141,23 +146,14 @@ def test_catching_up_at_start_audits_where_the_history_left_the_worker_once(
     """A restart replays the compacted topic, whose older releases linger a while: it must
     not record changes back and forth the worker never made, only where it ended."""
     folder, roster = release
-    notes: list[tuple[str | None, str | None, bool]] = []
-
-    def note(
-        now: dt.datetime,
-        *,
-        replaced: str | None,
-        rejected: str | None = None,
-        started: bool = False,
-    ) -> None:
-        notes.append((replaced, rejected, started))
+    notes = PolicyNotes()
 
     good = json.loads(bundle(folder.parent))["files"]
     unsigned = {k: v for k, v in good.items() if "/approvals/" not in k}
     # Started on the set the topic holds: in force from now, nothing else.
     store = PolicyStore(load_roster(roster))
     store.load(folder)
-    watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path, note=note)
+    watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path, note=notes)
     started_with = store.engine.policy_hash if store.engine else None
     for data in (good, unsigned, good):
         watcher.apply(_bundle(data), audit=False)
@@ -168,7 +164,7 @@ def test_catching_up_at_start_audits_where_the_history_left_the_worker_once(
     # before it, and the refusal of the newest.
     notes.clear()
     store = PolicyStore(load_roster(roster))
-    watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path, note=note)
+    watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path, note=notes)
     for data in (good, unsigned):
         watcher.apply(_bundle(data), audit=False)
     watcher.caught_up(None, 2)
