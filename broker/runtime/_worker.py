@@ -388,8 +388,21 @@ class Worker:
         chain = self._chain
         if chain is not None and chain.stale:
             # Done by the re-read after a commit whose outcome is unknown; here only if this
-            # worker closes a transaction before its first assignment.
-            await chain.resync()
+            # worker closes a transaction before its first assignment. Kafka away (or a
+            # read held by a pending transaction past its bound) is retried as a re-read is,
+            # never fatal: throw away what was taken, and let the re-read resync first.
+            try:
+                await chain.resync()
+            except TransportError as exc:
+                if not exc.retriable:
+                    raise
+                log.warning(
+                    "audit chain resync failed; processing waits for it",
+                    error_type=type(exc).__name__,
+                )
+                await self._forget()
+                self._stale = True
+                return None
         now = self._clock()
         escalations = self._pipeline.escalations(now, self._transport.assignment())
         if not taken.records and not escalations and not (chain is not None and chain.due(now)):

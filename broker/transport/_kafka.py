@@ -149,6 +149,9 @@ _CONSUMER_FIXED = (
 )
 ASSIGNORS = (RangePartitionAssignor,)
 
+#: How long the consumer-lag gauge waits for a partition's position before skipping it.
+LAG_POSITION_WAIT_S = 0.5
+
 _FENCED = (kafka_errors.ProducerFenced, kafka_errors.InvalidProducerEpoch)
 _UNAUTHORIZED = (
     kafka_errors.TopicAuthorizationFailedError,
@@ -398,8 +401,13 @@ class KafkaTransport(ResourceBase):
             high = consumer.highwater(tp)
             if high is None:
                 continue
-            with contextlib.suppress(kafka_errors.KafkaError, AssertionError):
-                out[(topic, partition)] = max(0, high - await consumer.position(tp))
+            # A partition whose position is being reset (after a rebalance, its committed
+            # offset held by a pending transaction) would have position() wait for it, and
+            # the gauge would stall the observer, and a stop; it is skipped this time.
+            with contextlib.suppress(kafka_errors.KafkaError, AssertionError, TimeoutError):
+                async with asyncio.timeout(LAG_POSITION_WAIT_S):
+                    position = await consumer.position(tp)
+                out[(topic, partition)] = max(0, high - position)
         return out
 
     async def start(self) -> None:
@@ -834,8 +842,10 @@ class KafkaReader(ResourceBase):
     ) -> list[Record]:
         consumer = self._open_consumer()
         try:
-            with _translated():
-                async with asyncio.timeout(self._timeout_s):
+            # The bound outside the translation, so that only the bound's expiry is the
+            # TimeoutError caught here (aiokafka's own come out as Unavailable).
+            async with asyncio.timeout(self._timeout_s):
+                with _translated():
                     records = await self._read(consumer, topic, start, limit)
         except TimeoutError:
             raise Unavailable(f"{topic}: not read to its end within {self._timeout_s} s") from None
@@ -848,8 +858,8 @@ class KafkaReader(ResourceBase):
     async def offsets_at(self, topic: str, timestamp_ms: int) -> dict[int, int]:
         consumer = self._open_consumer()
         try:
-            with _translated():
-                async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(self._timeout_s):  # outside, as in read_from
+                with _translated():
                     partitions = await _partitions(consumer, topic)
                     found = await consumer.offsets_for_times(
                         dict.fromkeys(partitions, timestamp_ms)

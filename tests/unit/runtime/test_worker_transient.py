@@ -5,7 +5,6 @@ re-read, and loses or repeats nothing."""
 from __future__ import annotations
 
 import asyncio
-from types import TracebackType
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -16,7 +15,13 @@ from broker.runtime import _worker as worker_module
 from broker.runtime._chaining import AuditChainer
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._worker import Worker
-from broker.transport import InMemoryCluster, InMemoryReader, Record, Unavailable
+from broker.transport import (
+    InMemoryCluster,
+    InMemoryReader,
+    InMemoryTransport,
+    Record,
+    Unavailable,
+)
 from tests.unit.audit.conftest import make_ring
 from tests.unit.runtime.test_intake import NOW, REGISTRY
 from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider, verdict
@@ -46,36 +51,40 @@ async def serve_until(worker: Worker, records: int) -> None:
     await asyncio.wait_for(serving, 5)
 
 
-async def test_a_chain_resync_that_fails_once_is_retried() -> None:
-    cluster, harness = setup()
-    reads = 0
+class ChainReads:
+    """Readers of the in-memory cluster for the audit chain's resync, counting its reads of
+    ``tiaki.state.chains``; the ``fail_on``-th raises :class:`Unavailable` (Kafka away)."""
 
-    class FlakyReader:  # Kafka away for the second read of tiaki.state.chains
-        def __init__(self) -> None:
-            self.inner: InMemoryReader = cluster.reader()
+    def __init__(self, cluster: InMemoryCluster, *, fail_on: int) -> None:
+        self.cluster, self.fail_on, self.count = cluster, fail_on, 0
 
-        async def __aenter__(self) -> FlakyReader:
-            await self.inner.start()
-            return self
+    def reader(self) -> _Reader:
+        return _Reader(self)
 
-        async def __aexit__(
-            self,
-            exc_type: type[BaseException] | None,
-            exc: BaseException | None,
-            tb: TracebackType | None,
-        ) -> None:
-            await self.inner.close()
 
-        async def read_all(self, topic: str) -> list[Record]:
-            nonlocal reads
-            reads += 1
-            if reads == 2:
-                raise Unavailable("KafkaConnectionError: injected")
-            return await self.inner.read_all(topic)
+class _Reader:
+    def __init__(self, reads: ChainReads) -> None:
+        self.reads = reads
+        self.inner: InMemoryReader = reads.cluster.reader()
 
-    transport = cluster.worker()
-    chain = AuditChainer(transport.transactional_id, make_ring(), reader=FlakyReader)
-    worker = Worker(
+    async def __aenter__(self) -> _Reader:
+        await self.inner.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.inner.close()
+
+    async def read_all(self, topic: str) -> list[Record]:
+        self.reads.count += 1
+        if self.reads.count == self.reads.fail_on:
+            raise Unavailable("timed out waiting for Kafka")
+        return await self.inner.read_all(topic)
+
+
+def chained_worker(transport: InMemoryTransport, harness: Harness, reads: ChainReads) -> Worker:
+    """A worker with an audit chain whose resyncs read through ``reads``."""
+    chain = AuditChainer(transport.transactional_id, make_ring(), reader=reads.reader)
+    return Worker(
         transport,
         harness.pipeline,
         BrokerMetrics(CollectorRegistry()),
@@ -84,11 +93,18 @@ async def test_a_chain_resync_that_fails_once_is_retried() -> None:
         max_batch=5,
         chain=chain,
     )
+
+
+async def test_a_chain_resync_that_fails_once_is_retried() -> None:
+    cluster, harness = setup()
+    reads = ChainReads(cluster, fail_on=2)  # Kafka away for the second read
+    transport = cluster.worker()
+    worker = chained_worker(transport, harness, reads)
     await publish(cluster, harness, good=10, bad=0)
     cluster.fail_next_commit()
     async with worker:
         await serve_until(worker, 10)
-    assert reads >= 3  # failed once, then read again
+    assert reads.count >= 3  # failed once, then read again
     assert worker.statistics().aborted == 1
     assert worker.statistics().records == 10
     counts = await topic_counts(cluster)
@@ -124,6 +140,32 @@ async def test_a_rewind_that_fails_once_is_retried_before_anything_is_polled() -
         await serve_until(worker, 10)
     assert rewinds == 3
     assert worker.statistics().aborted == 1
+    assert worker.statistics().records == 10
+    counts = await topic_counts(cluster)
+    assert counts["tiaki.egress.oranga-tamariki"] == 10
+    assert counts["tiaki.audit"] == 10
+
+
+async def test_a_chain_resync_before_the_first_assignment_that_fails_is_retried() -> None:
+    # Before its first assignment a worker closes (empty) transactions, and the first of them
+    # resyncs the chain; Kafka away then must be retried as a re-read is, not end the worker.
+    cluster, harness = setup()
+    reads = ChainReads(cluster, fail_on=1)
+    transport = cluster.worker()
+    generation = transport.assignment_generation
+    looks = 0
+
+    def assignment_late() -> int:  # the group's first assignment comes after a few polls
+        nonlocal looks
+        looks += 1
+        return 0 if looks <= 3 else generation()
+
+    transport.assignment_generation = assignment_late  # type: ignore[method-assign]
+    worker = chained_worker(transport, harness, reads)
+    await publish(cluster, harness, good=10, bad=0)
+    async with worker:
+        await serve_until(worker, 10)
+    assert reads.count >= 2  # failed once, then read again
     assert worker.statistics().records == 10
     counts = await topic_counts(cluster)
     assert counts["tiaki.egress.oranga-tamariki"] == 10
