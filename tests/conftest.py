@@ -10,10 +10,17 @@ from types import FrameType
 
 import pytest
 import structlog
+from hypothesis import HealthCheck, settings
 
 from broker._logging import _StdlibHandler
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The unit tests run in two processes (``make unit``) on a machine shared with other work: an
+# example's time says how busy the machine is, not whether the code is right, so neither a
+# per-example deadline nor the slow-generation health check may fail a test.
+settings.register_profile("tiaki", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("tiaki")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
