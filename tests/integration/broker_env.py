@@ -7,6 +7,7 @@ with their own principals and keys, exactly as adapters would.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -16,7 +17,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,6 +64,17 @@ async def egress_received(cluster: Cluster, ring: KeyRing, agency: str) -> list[
         item["body"] = json.loads(item["body_json"])
         out.append(item)
     return out
+
+
+async def egress_received_by(
+    cluster: Cluster, ring: KeyRing, agencies: Iterable[str]
+) -> dict[str, list[dict[str, Any]]]:
+    """:func:`egress_received` for each of ``agencies``, read at the same time: each read
+    opens its own authenticated connections, and one after another they took most of a
+    second per agency."""
+    names = list(agencies)
+    found = await asyncio.gather(*(egress_received(cluster, ring, a) for a in names))
+    return dict(zip(names, found, strict=True))
 
 
 async def egress_refusals(cluster: Cluster, ring: KeyRing, agency: str) -> list[dict[str, Any]]:
@@ -282,6 +294,13 @@ class BrokerEnv:
         this broker's record and fails the test.
         """
         return await egress_received(self.cluster, self.ring, agency)
+
+    async def received_by(
+        self, agencies: Iterable[str] | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """:meth:`received` for each of ``agencies`` (default: every agency), read at once."""
+        chosen = self.cluster.registry.ids if agencies is None else agencies
+        return await egress_received_by(self.cluster, self.ring, chosen)
 
     async def read(self, principal: str, topic: str) -> list[Record]:
         async with KafkaReader(self.cluster.profile(principal)) as reader:

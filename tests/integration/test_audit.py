@@ -101,8 +101,8 @@ async def test_the_log_on_kafka_verifies_and_the_report_matches_the_egress_topic
     episode_id = items[2][1]["header"]["event_id"]
     classes = dict(field_classifications(SCHEMAS.latest("FamilyHarmEpisodeReport")))
     carried = set()
-    for agency in env.cluster.registry.ids:
-        for shared in await env.received(agency):
+    for agency, received in (await env.received_by()).items():
+        for shared in received:
             if shared["event_id"] != episode_id:
                 continue
             kept = {p for p, a in shared["field_actions"].items() if a != "drop"}

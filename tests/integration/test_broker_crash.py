@@ -107,8 +107,8 @@ async def test_exactly_once_under_sigkill(env: BrokerEnv) -> None:
     deadline = asyncio.get_running_loop().time() + 300
     while True:
         got: Counter[tuple[str, str]] = Counter()
-        for agency in env.cluster.registry.ids:
-            for shared in await env.received(agency):
+        for agency, received in (await env.received_by()).items():
+            for shared in received:
                 if shared["event_id"] in ids:
                     got[(shared["event_id"], agency)] += 1
         if (

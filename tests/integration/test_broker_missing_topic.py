@@ -74,10 +74,10 @@ async def delivered_to_others(
         out = {
             agency: {
                 (r["event_id"], json.dumps(r["body"], sort_keys=True))
-                for r in await env.received(agency)
+                for r in records
                 if r["event_id"] in ids
             }
-            for agency in expected
+            for agency, records in (await env.received_by(expected)).items()
         }
         if out == expected or asyncio.get_running_loop().time() > deadline:
             return out

@@ -36,7 +36,7 @@ from broker.runtime._policy import PolicyDecider
 from broker.runtime._requests import RequestBook
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import secret_paths
-from tests.integration.broker_env import SCHEMAS, egress_received
+from tests.integration.broker_env import SCHEMAS, egress_received_by
 from tests.integration.conftest import ROOT, Cluster
 
 
@@ -210,8 +210,8 @@ async def test_subject_reports_match_what_the_demo_delivered(
     principals = {a.id: a.key_ref for a in cluster.registry.agencies} | {"broker": "broker"}
     ring = KeyStore(home / "keys").load(principals, private_for=None)
     carried: set[tuple[str, str, tuple[str, ...], Any, Any, Any, tuple[str, ...]]] = set()
-    for agency in DEMO_AGENCIES:
-        for shared in await egress_received(cluster, ring, agency):
+    for agency, received in (await egress_received_by(cluster, ring, DEMO_AGENCIES)).items():
+        for shared in received:
             event_id = shared["event_id"]
             if event_id not in steps:
                 continue
