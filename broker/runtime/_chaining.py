@@ -24,7 +24,7 @@ commit at a time, so the chain has one writer however the consumer group rebalan
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import structlog
 
@@ -54,12 +54,15 @@ class AuditChainer:
         reader: Callable[[], Reader] | None = None,
         head: ChainHead | None = None,
         every_records: int | None = None,
+        every: timedelta | None = None,
     ) -> None:
         self._ring = ring
         self._reader = reader
         self._writer = ChainWriter(head or ChainHead(chain))
         if every_records is not None:
             self._writer.every_records = every_records
+        if every is not None:
+            self._writer.every = every
         #: Whether the head must be re-read before the next link (at start, after a failure).
         self.stale = reader is not None
 

@@ -23,7 +23,9 @@ from broker.runtime._release import bundle
 from broker.runtime._service import (
     COMMIT_INTERVAL_MS,
     MAX_BATCH,
+    MAX_CHECKPOINT_SECONDS,
     MAX_COMMIT_INTERVAL_MS,
+    MIN_CHECKPOINT_SECONDS,
     ServiceOptions,
     install_stop_signals,
     serve,
@@ -64,6 +66,15 @@ def run(
             max=MAX_COMMIT_INTERVAL_MS,
         ),
     ] = COMMIT_INTERVAL_MS,
+    checkpoint_seconds: Annotated[
+        int,
+        typer.Option(
+            help="Longest time a chained audit record waits for the signed checkpoint that "
+            "covers it (s); a checkpoint also follows every 1,000 records.",
+            min=MIN_CHECKPOINT_SECONDS,
+            max=MAX_CHECKPOINT_SECONDS,
+        ),
+    ] = ServiceOptions.checkpoint_seconds,
 ) -> None:
     """Consume every ingress topic and deliver what policy permits, exactly once, until SIGTERM."""
     options = ServiceOptions(
@@ -71,6 +82,7 @@ def run(
         metrics_port=metrics_port or None,
         max_batch=max_batch,
         commit_interval_ms=commit_interval_ms,
+        checkpoint_seconds=checkpoint_seconds,
     )
     settings = Settings.from_env()
     configure_logging()

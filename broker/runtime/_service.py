@@ -26,7 +26,7 @@ from collections.abc import (
     Sequence,
 )
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from broker._errors import ConfigError
 from broker._settings import Settings
+from broker.audit import CHECKPOINT_EVERY
 from broker.codec import Schema, SchemaSet, decode, load_schemas
 from broker.envelope import KeyInfo, KeyRing, KeyStore, KeyStoreError, Opener, ReplayCache
 from broker.platform._profiles import load_profile, profile_path
@@ -83,6 +84,9 @@ COMMIT_INTERVAL_MS = 40
 #: bounds): a record waits for up to the interval, and a batch is processed before its commit.
 MAX_COMMIT_INTERVAL_MS = 10_000
 MAX_BATCH = 10_000
+#: The bounds of ``tiaki broker run --checkpoint-seconds``: how long a chained audit record
+#: may wait for the signed checkpoint that covers it (the default is CHECKPOINT_EVERY, 10 s).
+MIN_CHECKPOINT_SECONDS, MAX_CHECKPOINT_SECONDS = 1, 3600
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,16 @@ class ServiceOptions:
     #: Transactions begin at most once per this interval (see ``Worker.serve``): a record
     #: waits for at most this, or the transaction ahead if that is longer, before its own.
     commit_interval_ms: int = COMMIT_INTERVAL_MS
+    #: A worker signs its chain's head at least this often while it has unsigned records
+    #: (and at once every CHECKPOINT_EVERY_RECORDS records).
+    checkpoint_seconds: int = int(CHECKPOINT_EVERY.total_seconds())
 
     def __post_init__(self) -> None:
+        if not MIN_CHECKPOINT_SECONDS <= self.checkpoint_seconds <= MAX_CHECKPOINT_SECONDS:
+            raise ConfigError(
+                f"checkpoint interval {self.checkpoint_seconds} s: must be from "
+                f"{MIN_CHECKPOINT_SECONDS} to {MAX_CHECKPOINT_SECONDS}"
+            )
         if not 0 <= self.commit_interval_ms <= MAX_COMMIT_INTERVAL_MS:
             raise ConfigError(
                 f"commit interval {self.commit_interval_ms} ms: must be from 0 to "
@@ -299,7 +311,12 @@ async def serve(
     if options.metrics_port is not None:
         start_http_server(options.metrics_port, addr="127.0.0.1", registry=metrics.registry)
     # The chain is named by the transactional id, which Kafka lets one producer use at a time.
-    chain = AuditChainer(transport.transactional_id, ring, reader=lambda: KafkaReader(profile))
+    chain = AuditChainer(
+        transport.transactional_id,
+        ring,
+        reader=lambda: KafkaReader(profile),
+        every=timedelta(seconds=options.checkpoint_seconds),
+    )
 
     worker = Worker(
         transport,

@@ -108,6 +108,10 @@ async def _egress_opened(
     return out
 
 
+#: The brokers' checkpoint cadence here (``tiaki broker run --checkpoint-seconds``).
+CHECKPOINT_SECONDS = 2
+
+
 @dataclass
 class BrokerEnv:
     cluster: Cluster
@@ -180,6 +184,9 @@ class BrokerEnv:
                 str(port),
                 "--roster",
                 str(self.roster),
+                # Tests wait for every audit record to be signed: 2 s, not the default 10.
+                "--checkpoint-seconds",
+                str(CHECKPOINT_SECONDS),
             ],
             env=self.environment(),
             stdout=log,

@@ -69,7 +69,7 @@ async def wait_for_log(
     env: BrokerEnv, *, event_ids: set[str], within: float = 60
 ) -> tuple[list[LogEntry], list[LogEntry], VerifyReport]:
     """The log once it holds every event's decision and every record is signed (the broker
-    signs within its 10-second cadence); verified on every look."""
+    signs within its cadence, ``CHECKPOINT_SECONDS`` here); verified on every look."""
     deadline = time.monotonic() + within
     ring = env.ring
     while True:

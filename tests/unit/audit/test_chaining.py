@@ -107,6 +107,19 @@ async def test_a_checkpoint_is_due_by_age_without_new_records(
     assert verify_log(audit, checkpoints, ring).unsigned == 0
 
 
+async def test_the_age_cadence_is_the_one_the_chainer_is_given(
+    ring: KeyRing, schemas: SchemaSet
+) -> None:
+    """``tiaki broker run --checkpoint-seconds 2``: unsigned records wait 2 s, not 10."""
+    c = cluster()
+    async with c.worker(topics=[]) as transport:
+        chainer = AuditChainer(CHAIN, ring, reader=c.reader, every=timedelta(seconds=2))
+        assert await commit(transport, chainer, batch(schemas, 0, 2), 0)  # signed at once
+        assert await commit(transport, chainer, batch(schemas, 2, 2), 1)
+        assert not chainer.due(T0 + timedelta(milliseconds=1999))
+        assert chainer.due(T0 + timedelta(seconds=2))
+
+
 def test_only_audit_records_are_chained(ring: KeyRing, schemas: SchemaSet) -> None:
     chainer = AuditChainer(CHAIN, ring, every_records=1000)
     sealed = chainer.seal(batch(schemas, 0, 2), T0)
