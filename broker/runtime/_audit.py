@@ -206,17 +206,25 @@ def policy_change_audit(
 
 
 def key_operation_audit(
-    ctx: AuditContext, now: datetime, info: KeyInfo, *, refused: bool = False
+    ctx: AuditContext,
+    now: datetime,
+    info: KeyInfo,
+    *,
+    refused: bool = False,
+    started: bool = False,
 ) -> dict[str, Any]:
     """The audit record of a key change a worker took into force (a new key, a rotation's
     retiring key, a revocation, from ``tiaki keys``), or ``refused`` (a key document that
-    would un-revoke a key or change what its id stands for). Never the revocation's reason,
+    would un-revoke a key or change what its id stands for), or (``started``) of a key's state
+    as the worker found it at its start, so that a change made while no worker ran (a key
+    revoked during maintenance) shows between two starts. Never the revocation's reason,
     which is free text."""
     state = info.state.value
+    reason = "key_change_refused" if refused else f"key_{state}"
     return audit_base(ctx, "key_operation", now) | {
         "source_agency": info.owner,
         "outcome": "reject" if refused else state,
-        "reason_codes": ["key_change_refused" if refused else f"key_{state}"],
+        "reason_codes": ["worker_started", reason] if started else [reason],
         "detail": f"key {info.key_id} ({info.purpose.value}, {info.algorithm.value}) of "
         f"{info.owner}: {state}",
     }

@@ -599,13 +599,21 @@ class Pipeline:
         self._notes.append(self._audit(record, b"policy"))
 
     def note_keys(
-        self, now: datetime, changed: Sequence[KeyInfo], refused: Sequence[KeyInfo] = ()
+        self,
+        now: datetime,
+        changed: Sequence[KeyInfo],
+        refused: Sequence[KeyInfo] = (),
+        *,
+        started: bool = False,
     ) -> None:
         """Audit, with the next transaction, the key changes taken into force (``changed``)
-        and the ones refused (``refused``), each keyed by its key set."""
+        and the ones refused (``refused``), each keyed by its key set; with ``started``,
+        ``changed`` is every key in force as the worker starts (reason ``worker_started``)."""
         context = self._context()
         for info, was_refused in [(i, False) for i in changed] + [(i, True) for i in refused]:
-            record = key_operation_audit(context, now, info, refused=was_refused)
+            record = key_operation_audit(
+                context, now, info, refused=was_refused, started=started and not was_refused
+            )
             self._notes.append(self._audit(record, info.owner.encode()))
 
     def _decision_audit(

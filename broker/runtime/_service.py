@@ -307,6 +307,9 @@ async def serve(
     metrics.policy_version.labels(engine().policy_hash).set(1)
     metrics.expect_recipients(registry.ids)
     note_unreachable(pipeline, metrics, registry.ids, unreachable)
+    # Every key as this worker found it: a change made while no worker ran (say, a key revoked
+    # during maintenance) is then on the audit log, as the difference between two starts.
+    pipeline.note_keys(datetime.now(UTC), ring.keys(None), started=True)
     watcher = PolicyWatcher(store, metrics, note=pipeline.note_policy)
     if options.metrics_port is not None:
         start_http_server(options.metrics_port, addr="127.0.0.1", registry=metrics.registry)

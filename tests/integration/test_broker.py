@@ -655,11 +655,13 @@ async def test_a_key_revoked_while_the_broker_runs_is_refused_without_a_restart(
         decode(r.value, SCHEMAS.latest("AuditRecord")) for r in await env.read("compliance", AUDIT)
     ]
     operations = {
-        (a["detail"].split()[1], a["outcome"])
+        (a["detail"].split()[1], a["outcome"], "worker_started" in a["reason_codes"])
         for a in audit
         if a["action"] == "key_operation" and a["source_agency"] == "police"
     }
-    assert {(new, "active"), (old, "revoked")} <= operations
+    assert {(new, "active", False), (old, "revoked", False)} <= operations
+    # And a start records every key as it found it: the old key was active then.
+    assert (old, "active", True) in operations
 
 
 async def test_an_operator_resolves_a_quarantined_record_once_under_an_audit_record(

@@ -94,6 +94,28 @@ def test_key_changes_and_refused_ones_are_audited_without_the_revocation_reason(
     assert "bus" not in json.dumps(records, default=str)
 
 
+def test_every_key_in_force_at_a_start_is_audited_with_its_state() -> None:
+    # A key revoked while no worker ran shows as the difference between two starts' records.
+    pipeline = Harness(ScriptedDecider()).pipeline
+    ring = KeyRing()
+    ring.generate("police", Algorithm.X25519, NOW, random.Random(7).randbytes)
+    ring.generate("police", Algorithm.ED25519, NOW, random.Random(8).randbytes)
+    signing = ring.current("police", Purpose.SIGNING, Algorithm.ED25519, NOW)
+    ring.revoke(signing.key_id, NOW, reason="SYN maintenance-window revocation")
+    pipeline.note_keys(NOW, ring.keys(None), started=True)
+    records = audited(pipeline.escalations(NOW))
+    assert sorted((r["outcome"], r["reason_codes"], r["detail"]) for r in records) == sorted(
+        (
+            k.state.value,
+            ["worker_started", f"key_{k.state.value}"],
+            f"key {k.key_id} ({k.purpose.value}, {k.algorithm.value}) of police: {k.state.value}",
+        )
+        for k in ring.keys(None)
+    )
+    assert {r["outcome"] for r in records} == {"active", "revoked"}
+    assert "maintenance" not in json.dumps(records, default=str)
+
+
 async def test_an_idle_worker_commits_a_note_in_a_transaction_of_its_own() -> None:
     cluster, harness, worker, _ = setup()
     async with worker:
