@@ -62,6 +62,16 @@ SEQ_LIMIT = 1 << 64
 Headers = tuple[tuple[str, bytes], ...]
 
 
+def parse_seq(raw: bytes) -> int | None:
+    """A ``tiaki-seq`` header's number, if it is written as the writer writes one (plain
+    decimal, no sign, no leading zero) and a link can encode it; None otherwise. The verifier
+    and the index both read seqs through this, so they never disagree on a record's place."""
+    if not raw.isdigit() or len(raw) > len(str(SEQ_LIMIT)) or (raw[:1] == b"0" and raw != b"0"):
+        return None  # isdigit() on bytes is ASCII 0-9 only
+    number = int(raw)
+    return number if number < SEQ_LIMIT else None
+
+
 def link_hash(chain: str, seq: int, prev: bytes, schema: bytes, value: bytes) -> bytes:
     """The link of record ``seq`` of ``chain``; see the module docstring.
 

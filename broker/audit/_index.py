@@ -47,7 +47,7 @@ from typing import Any, Protocol
 import fastavro
 import structlog
 
-from broker.audit._chain import CHAIN_HEADER, SCHEMA_HEADER, SEQ_HEADER
+from broker.audit._chain import CHAIN_HEADER, SCHEMA_HEADER, SEQ_HEADER, parse_seq
 from broker.audit._errors import IndexFailure, LogTampered, QueryError
 from broker.audit._log import AUDIT_TOPIC, LogEntry
 from broker.audit._skim import Skim, SkimError, Wanted
@@ -470,12 +470,11 @@ def _chain_name(chain: bytes | None) -> str | None:
 
 
 def _chain_seq(seq: bytes | None) -> int | None:
-    """A record's place in its chain, as its header gives it in plain decimal; None if it
-    gives none that a 64-bit column holds (the verifier reports such headers)."""
-    if seq is None or not seq.isdigit() or len(seq) > 19:
-        return None
-    number = int(seq)
-    return number if number < 1 << 63 else None
+    """A record's place in its chain, as the verifier reads it (:func:`parse_seq`); None if
+    it has none, or one a signed 64-bit column cannot hold (the verifier reports the first;
+    no writer reaches the second)."""
+    number = None if seq is None else parse_seq(seq)
+    return number if number is not None and number < 1 << 63 else None
 
 
 def _index_rows(

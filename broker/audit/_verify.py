@@ -47,8 +47,8 @@ from broker.audit._chain import (
     PREV_HEADER,
     SCHEMA_HEADER,
     SEQ_HEADER,
-    SEQ_LIMIT,
     link_hash,
+    parse_seq,
 )
 from broker.audit._checkpoint import CHECKPOINT_HEADER, Checkpoint, verify_checkpoint
 from broker.audit._errors import BadCheckpoint, InconsistentTrees, LogTampered, RevokedKey
@@ -108,18 +108,18 @@ def read_link(entry: LogEntry) -> Link:
     if chain is None or seq is None or prev is None or link is None:
         raise LogTampered(entry.position, "record is not chained")
     schema = entry.header(SCHEMA_HEADER) or b""
+    # The seq must be written as the writer writes it (so one record cannot carry two
+    # spellings of its place in the chain), and each field must fit the link's encoding.
+    number = parse_seq(seq)
     try:
-        name, number = chain.decode(), int(seq)
+        name = chain.decode()
         prev_hash, link_bytes = bytes.fromhex(prev.decode()), bytes.fromhex(link.decode())
-    except ValueError:  # also UnicodeDecodeError, and int()'s limit on digits
+    except ValueError:  # also UnicodeDecodeError
         raise LogTampered(entry.position, "malformed chain headers") from None
-    # Each field must fit the link's encoding, and the seq must be written as the writer
-    # writes it (so one record cannot carry two spellings of its place in the chain).
     if (
-        len(chain) > MAX_FIELD_BYTES
+        number is None
+        or len(chain) > MAX_FIELD_BYTES
         or len(schema) > MAX_FIELD_BYTES
-        or not 0 <= number < SEQ_LIMIT
-        or str(number).encode() != seq
         or len(prev_hash) != HASH_BYTES
         or len(link_bytes) != HASH_BYTES
     ):

@@ -7,6 +7,8 @@ import itertools
 from datetime import timedelta
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from broker.audit import (
     GENESIS,
@@ -21,6 +23,7 @@ from broker.audit import (
     read_link,
     root_of,
 )
+from broker.audit._chain import SEQ_LIMIT, parse_seq
 
 from .conftest import T0
 
@@ -107,3 +110,18 @@ def test_a_field_that_does_not_fit_its_prefix_is_an_audit_error(
     with pytest.raises(AuditError, match="out of range"):
         link_hash(chain, seq, GENESIS, schema, b"v")
     assert link_hash("c" * 65_535, 2**64 - 1, GENESIS, b"s" * 65_535, b"v")
+
+
+@given(st.integers(min_value=0, max_value=SEQ_LIMIT - 1))
+def test_every_seq_a_link_encodes_reads_back_from_its_header(seq: int) -> None:
+    assert parse_seq(str(seq).encode()) == seq
+
+
+@given(st.binary(max_size=24) | st.from_regex(rb"\A[0-9]{1,22}\Z"))
+def test_a_seq_header_reads_as_a_number_only_if_it_is_that_numbers_one_spelling(
+    raw: bytes,
+) -> None:
+    """The verifier and the index read seqs through parse_seq: no header reads as a number
+    it is not written as the writer writes it, so neither can give one record two places."""
+    number = parse_seq(raw)
+    assert number is None or (str(number).encode() == raw and 0 <= number < SEQ_LIMIT)

@@ -399,6 +399,9 @@ def test_the_index_is_owner_only_folder_database_value_log_and_side_files(
         (b"tiaki-broker-a", b"4x", ("tiaki-broker-a", None)),
         (b"tiaki-broker-a", b"9" * 40, ("tiaki-broker-a", None)),
         (b"tiaki-broker-a", b"\xd9\xa3", ("tiaki-broker-a", None)),  # an Arabic-Indic 3
+        # A second spelling of seq 41, which the verifier refuses: no place in the index either.
+        (b"tiaki-broker-a", b"041", ("tiaki-broker-a", None)),
+        (b"tiaki-broker-a", b"0", ("tiaki-broker-a", 0)),
         (b"\xff\xfe", b"1", (None, 1)),
         (b"tiaki-broker-\x00", b"1", (None, 1)),  # PostgreSQL's text takes no NUL
     ],
