@@ -469,6 +469,11 @@ def _chain_name(chain: bytes | None) -> str | None:
     return None if name is None or "\0" in name else name
 
 
+#: The times (ms since the epoch) a query can turn into a date: the years 1 to 9999.
+_EARLIEST_MS = int(datetime(1, 1, 1, tzinfo=UTC).timestamp() * 1000)
+_LATEST_MS = int(datetime(9999, 12, 31, 23, 59, 59, 999000, tzinfo=UTC).timestamp() * 1000)
+
+
 def _chain_seq(seq: bytes | None) -> int | None:
     """A record's place in its chain, as the verifier reads it (:func:`parse_seq`); None if
     it has none, or one a signed 64-bit column cannot hold (the verifier reports the first;
@@ -486,6 +491,10 @@ def _index_rows(
     at = record["recorded_at"]
     if type(at) is not int:
         at = _ms(at)
+    if not _EARLIEST_MS <= at <= _LATEST_MS:
+        # Indexed, every query that met it would fail and call the index damaged, and a
+        # rebuild would index it again: refused here, as a record that does not decode is.
+        raise IndexFailure("audit record's recorded_at is outside the years 1 to 9999")
     chain = headers.get(CHAIN_HEADER)
     seq = headers.get(SEQ_HEADER)
     action = str(record["action"])

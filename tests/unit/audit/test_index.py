@@ -416,3 +416,25 @@ def test_hostile_chain_headers_on_the_topic_are_indexed_without_their_place(
     hostile = LogEntry("tiaki.audit", 0, 3, None, b"", headers, 0)
     row, _, _ = index_rows(hostile, record, "ab")
     assert row[3:5] == stored
+
+
+@pytest.mark.parametrize(
+    "recorded_at",
+    [253402300800000, 2**62, -62135596800001],  # year 10000, far beyond, before year 1
+)
+def test_a_record_dated_outside_what_a_date_holds_is_refused_when_indexed(
+    recorded_at: int,
+) -> None:
+    """Indexed, it would make every query that met it fail and mark the index damaged, and a
+    rebuild would index it again; refused at indexing instead, as an undecodable record is."""
+    record = {"audit_id": "c", "recorded_at": recorded_at, "action": "review", "decisions": []}
+    entry = LogEntry("tiaki.audit", 0, 3, None, b"", (), 0)
+    with pytest.raises(IndexFailure, match="recorded_at is outside the years 1 to 9999"):
+        index_rows(entry, record, "ab")
+
+
+@pytest.mark.parametrize("recorded_at", [-62135596800000, 0, 253402300799999])
+def test_the_first_and_last_dates_are_indexed(recorded_at: int) -> None:
+    record = {"audit_id": "c", "recorded_at": recorded_at, "action": "review", "decisions": []}
+    row, _, _ = index_rows(LogEntry("tiaki.audit", 0, 3, None, b"", (), 0), record, "ab")
+    assert row[5] == recorded_at
