@@ -26,9 +26,11 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # The unit and property tests in two processes (pytest-xdist): they are CPU-bound and
-# independent, and take about half the time of one process on a 2-core machine.
+# independent, and take about half the time of one process on a 2-core machine. Tests that
+# share something outside the process (the PostgreSQL index tests' database) are marked
+# xdist_group and run in one worker.
 unit: $(STAMP)
-	$(BIN)/pytest tests -m 'not integration' -q -n 2
+	$(BIN)/pytest tests -m 'not integration' -q -n 2 --dist loadgroup
 
 # The whole suite: lint, type check, unit and property tests, then the integration tests
 # against the real Apache Kafka that the session fixture assembles, starts and stops (in one

@@ -396,6 +396,7 @@ class Worker:
             except TransportError as exc:
                 if not exc.retriable:
                     raise
+                self._metrics.state_refresh_failures.inc()
                 log.warning(
                     "audit chain resync failed; processing waits for it",
                     error_type=type(exc).__name__,

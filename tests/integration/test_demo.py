@@ -91,7 +91,7 @@ def expected_tables(phases: list[Phase]) -> tuple[dict[str, Counter[Row]], int, 
 
 async def start_groups_at_end(cluster: Cluster, agencies: tuple[str, ...]) -> None:
     """Commit each demo adapter's group at the end of its egress topic, as on a fresh node:
-    earlier modules (the 20,000-event crash test) left deliveries the day is not about."""
+    earlier modules (the broker and adapter tests) left deliveries the day is not about."""
     for agency in agencies:
         consumer = AIOKafkaConsumer(
             **cluster.profile(agency).aiokafka_kwargs(),

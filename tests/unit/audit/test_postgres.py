@@ -42,6 +42,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+#: One xdist worker runs this module (``make unit`` uses ``--dist loadgroup``): with
+#: ``TIAKI_TEST_POSTGRES_URL`` its tests share one database, and each drops the tables first.
+pytestmark = pytest.mark.xdist_group("postgres")
+
+
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     if importlib.util.find_spec("psycopg") is None:

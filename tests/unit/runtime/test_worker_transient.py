@@ -166,6 +166,9 @@ async def test_a_chain_resync_before_the_first_assignment_that_fails_is_retried(
     async with worker:
         await serve_until(worker, 10)
     assert reads.count >= 2  # failed once, then read again
+    # ... and counted, as a failed re-read is (the refresh-failure alert reads it).
+    failures = worker._metrics.registry.get_sample_value("tiaki_state_refresh_failures_total")
+    assert failures == 1
     assert worker.statistics().records == 10
     counts = await topic_counts(cluster)
     assert counts["tiaki.egress.oranga-tamariki"] == 10
