@@ -105,9 +105,9 @@ class PolicyWatcher:
         log.info("policy loaded", new_policy_hash=engine.policy_hash)
         return True
 
-    def caught_up(self, started_with: str | None, bundles: int) -> None:
-        """The topic read to its end at start (``bundles`` bundles, the worker having started
-        with ``started_with``): audit where that left this worker, once. The history on the
+    def caught_up(self, started_with: str | None) -> None:
+        """The topic read to its end at start (the worker having started with
+        ``started_with``): audit where that left this worker, once. The history on the
         topic was audited when it happened (a compacted topic keeps older releases for a
         while, so replaying them one by one would record changes back and forth that this
         worker never made), so: the set it runs now, in force from now (``worker_started``)
@@ -121,7 +121,7 @@ class PolicyWatcher:
             self._note(now, replaced=started_with)
         else:
             self._note(now, replaced=None, started=True)
-        if bundles and self.last_rejection is not None:
+        if self.last_rejection is not None:  # only a bundle offered sets it
             self._note(now, replaced=None, rejected=self.last_rejection)
 
     async def follow(self, profile: Profile, stop: asyncio.Event) -> None:
@@ -142,15 +142,14 @@ class PolicyWatcher:
             await consumer.seek_to_beginning(partition)
             started_with = self._store.engine.policy_hash if self._store.engine else None
             end = (await consumer.end_offsets([partition]))[partition]
-            catching_up, bundles = True, 0
+            catching_up = True
             while not stop.is_set():
                 if catching_up and await consumer.position(partition) >= end:
                     catching_up = False
-                    self.caught_up(started_with, bundles)
+                    self.caught_up(started_with)
                 batches = await consumer.getmany(partition, timeout_ms=500)
                 for record in batches.get(partition, []):
                     self.apply(record.value, audit=not catching_up)
-                    bundles += catching_up
         except KafkaError as exc:
             # The policy in force keeps deciding until the broker stops; it stops because this
             # task ended early (broker.runtime._background), and its supervisor restarts it.

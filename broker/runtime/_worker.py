@@ -305,13 +305,8 @@ class Worker:
                 if self._refresh is not None:
                     await self._refresh()
             except TransportError as exc:
-                if not exc.retriable:
-                    raise
-                self._metrics.state_refresh_failures.inc()
-                log.warning(
-                    "state re-read failed; processing waits for it",
-                    error_type=type(exc).__name__,
-                    retry_seconds=delay,
+                self._read_failed(
+                    exc, "state re-read failed; processing waits for it", retry_seconds=delay
                 )
                 if stop is None:
                     return False
@@ -323,6 +318,15 @@ class Worker:
                 continue
             self._stale = False
             return True
+
+    def _read_failed(self, exc: TransportError, event: str, **fields: float) -> None:
+        """A read of the shared state (a re-read, the chain's resync) failed: raised if trying
+        again cannot help; otherwise counted (``tiaki_state_refresh_failures_total``, which
+        an alert reads) and logged as ``event``."""
+        if not exc.retriable:
+            raise exc
+        self._metrics.state_refresh_failures.inc()
+        log.warning(event, error_type=type(exc).__name__, **fields)
 
     def _settle_doubt(self, chain: AuditChainer) -> None:
         """After a failed commit, once the chain's head is re-read: whether that transaction
@@ -394,13 +398,7 @@ class Worker:
             try:
                 await chain.resync()
             except TransportError as exc:
-                if not exc.retriable:
-                    raise
-                self._metrics.state_refresh_failures.inc()
-                log.warning(
-                    "audit chain resync failed; processing waits for it",
-                    error_type=type(exc).__name__,
-                )
+                self._read_failed(exc, "audit chain resync failed; processing waits for it")
                 await self._forget()
                 self._stale = True
                 return None

@@ -17,19 +17,17 @@ from broker.envelope import Algorithm, KeyRing, KeyState, KeyStore, Purpose
 from broker.envelope._store import init_dev_keys
 from broker.platform import CHECKPOINTS, STATE_CHAINS
 from broker.policy import PolicyStore, load_roster
-from broker.runtime._chaining import AuditChainer
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._policy_watch import PolicyWatcher
 from broker.runtime._release import bundle
 from broker.runtime._service import RefusalsOnce, refresh_keys
-from broker.runtime._worker import Worker
 from broker.transport import InMemoryCluster, Outgoing, TransportError
-from tests.unit.audit.conftest import make_ring as audit_ring
 from tests.unit.runtime.test_intake import NOW, REGISTRY, SCHEMAS
 from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider
 from tests.unit.runtime.test_policy_watch import _bundle, release  # noqa: F401 (a fixture)
 from tests.unit.runtime.test_service_keys import PRINCIPALS, T0
 from tests.unit.runtime.test_worker import setup
+from tests.unit.runtime.test_worker_transient import quick_worker
 
 AUDIT = SCHEMAS.latest("AuditRecord")
 
@@ -180,7 +178,7 @@ def test_catching_up_at_start_audits_where_the_history_left_the_worker_once(
     for data in (good, unsigned, good):
         watcher.apply(_bundle(data), audit=False)
     assert notes == []
-    watcher.caught_up(started_with, 3)
+    watcher.caught_up(started_with)
     assert notes == [(None, None, True)]
     # Started with no set; the newest release on the topic is refused: taken in the one
     # before it, and the refusal of the newest.
@@ -189,7 +187,7 @@ def test_catching_up_at_start_audits_where_the_history_left_the_worker_once(
     watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path, note=notes)
     for data in (good, unsigned):
         watcher.apply(_bundle(data), audit=False)
-    watcher.caught_up(None, 2)
+    watcher.caught_up(None)
     assert notes == [(None, None, False), (None, type(store.last_error).__name__, False)]
     assert store.engine is not None
     # Afterwards each change is audited as it comes.
@@ -247,15 +245,7 @@ async def test_a_note_in_a_transaction_whose_reply_was_lost_is_not_written_twice
     cluster.create_topic(STATE_CHAINS, 1)
     harness = Harness(ScriptedDecider())
     transport = cluster.worker()
-    chain = AuditChainer(transport.transactional_id, audit_ring(), reader=cluster.reader)
-    worker = Worker(
-        transport,
-        harness.pipeline,
-        BrokerMetrics(CollectorRegistry()),
-        clock=lambda: NOW,
-        poll_timeout_ms=10,
-        chain=chain,
-    )
+    worker = quick_worker(transport, harness, chain_reader=cluster.reader)
     commit, lost = transport.commit, []
 
     async def lost_reply(outputs: Any, consumed: Any) -> None:

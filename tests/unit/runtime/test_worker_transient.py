@@ -5,6 +5,7 @@ re-read, and loses or repeats nothing."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -19,6 +20,7 @@ from broker.transport import (
     InMemoryCluster,
     InMemoryReader,
     InMemoryTransport,
+    Reader,
     Record,
     Unavailable,
 )
@@ -81,17 +83,27 @@ class _Reader:
         return await self.inner.read_all(topic)
 
 
-def chained_worker(transport: InMemoryTransport, harness: Harness, reads: ChainReads) -> Worker:
-    """A worker with an audit chain whose resyncs read through ``reads``."""
-    chain = AuditChainer(transport.transactional_id, make_ring(), reader=reads.reader)
+def quick_worker(
+    transport: InMemoryTransport,
+    harness: Harness,
+    *,
+    chain_reader: Callable[[], Reader] | None = None,
+    **options: int,
+) -> Worker:
+    """A worker on ``harness``'s pipeline that polls for 10 ms, with ``options`` (such as
+    ``max_batch``), and, given ``chain_reader``, an audit chain whose resyncs read through
+    it."""
+    chain = None
+    if chain_reader is not None:
+        chain = AuditChainer(transport.transactional_id, make_ring(), reader=chain_reader)
     return Worker(
         transport,
         harness.pipeline,
         BrokerMetrics(CollectorRegistry()),
         clock=lambda: NOW,
         poll_timeout_ms=10,
-        max_batch=5,
         chain=chain,
+        **options,
     )
 
 
@@ -99,7 +111,7 @@ async def test_a_chain_resync_that_fails_once_is_retried() -> None:
     cluster, harness = setup()
     reads = ChainReads(cluster, fail_on=2)  # Kafka away for the second read
     transport = cluster.worker()
-    worker = chained_worker(transport, harness, reads)
+    worker = quick_worker(transport, harness, chain_reader=reads.reader, max_batch=5)
     await publish(cluster, harness, good=10, bad=0)
     cluster.fail_next_commit()
     async with worker:
@@ -126,14 +138,7 @@ async def test_a_rewind_that_fails_once_is_retried_before_anything_is_polled() -
         await rewind()
 
     transport.rewind = flaky_rewind  # type: ignore[method-assign]
-    worker = Worker(
-        transport,
-        harness.pipeline,
-        BrokerMetrics(CollectorRegistry()),
-        clock=lambda: NOW,
-        poll_timeout_ms=10,
-        max_batch=5,
-    )
+    worker = quick_worker(transport, harness, max_batch=5)
     await publish(cluster, harness, good=10, bad=0)
     cluster.fail_next_commit()
     async with worker:
@@ -161,7 +166,7 @@ async def test_a_chain_resync_before_the_first_assignment_that_fails_is_retried(
         return 0 if looks <= 3 else generation()
 
     transport.assignment_generation = assignment_late  # type: ignore[method-assign]
-    worker = chained_worker(transport, harness, reads)
+    worker = quick_worker(transport, harness, chain_reader=reads.reader, max_batch=5)
     await publish(cluster, harness, good=10, bad=0)
     async with worker:
         await serve_until(worker, 10)
