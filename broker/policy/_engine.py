@@ -105,12 +105,13 @@ _TRIGGER_ATTRIBUTES = (
 )
 #: Review queue for each trigger (the Māori data one goes to data governance, MDS-04).
 TRIGGER_QUEUE = {t: "review" for t in Trigger} | {
-    Trigger.MAORI_DATA_BEYOND_CASE: "governance_review"
+    Trigger.MAORI_DATA_BEYOND_CASE: "governance_review",
+    Trigger.RECIPIENT_OVERSEAS: "privacy_review",
 }
 #: Added to every share that carries Māori data (MDS-01: provenance travels with it).
 MAORI_OBLIGATION = "keep_maori_data_provenance"
 _STATUS, _HEALTH, _CHILD, _CONSENT, _PRIVILEGED, _MAORI = 1, 2, 4, 8, 16, 32
-_GROUNDS, _CHILD_REASON = 64, 128
+_GROUNDS, _CHILD_REASON, _OVERSEAS = 64, 128, 256
 #: Trigger bits in the order reason codes list them.
 _TRIGGER_BITS = (
     (_STATUS, Trigger.RECIPIENT_STATUS_UNCONFIRMED),
@@ -121,6 +122,7 @@ _TRIGGER_BITS = (
     (_MAORI, Trigger.MAORI_DATA_BEYOND_CASE),
     (_GROUNDS, Trigger.JUSTIFICATION_MISSING),
     (_CHILD_REASON, Trigger.CHILD_NOT_CONSULTED_REASON_MISSING),
+    (_OVERSEAS, Trigger.RECIPIENT_OVERSEAS),
 )
 _NOTHING: frozenset[str] = frozenset()
 #: Enum members as module constants: ``Effect.FORBID`` is a slow class lookup on Python 3.11.
@@ -165,6 +167,8 @@ class _Bucket:
     #: Permits in route order, each with "matches only through an unconfirmed status".
     permits: tuple[tuple[_Compiled, bool], ...]
     health_boundary: bool
+    #: The recipient holds data outside New Zealand (IPP 12).
+    overseas: bool
     #: The input attributes this bucket's decision depends on, as one tuple (the memo key).
     key: Callable[[DecisionInput], tuple[Any, ...]]
     cache: dict[tuple[Any, ...], Decision] = field(default_factory=dict)
@@ -178,11 +182,14 @@ class _Table:
     linear in the number of rules. Each purpose gets its own bucket (its decisions name it).
     """
 
-    __slots__ = ("boundary", "buckets", "entries")
+    __slots__ = ("boundary", "buckets", "entries", "overseas")
 
-    def __init__(self, entries: tuple[tuple[_Compiled, bool], ...], boundary: bool) -> None:
+    def __init__(
+        self, entries: tuple[tuple[_Compiled, bool], ...], boundary: bool, overseas: bool
+    ) -> None:
         self.entries = entries
         self.boundary = boundary
+        self.overseas = overseas
         self.buckets: dict[str, _Bucket] = {}
 
     def bucket(self, purpose: str) -> _Bucket:
@@ -217,12 +224,13 @@ class _Table:
             reviews=tuple(reviews),
             permits=tuple((c, u) for _, _, c, u in permits),  # in route order
             health_boundary=self.boundary,
+            overseas=self.overseas,
             key=attrgetter(*reads),
         )
 
 
 #: Marks an index key whose table has not been cut yet.
-_UNBUILT = _Table((), False)
+_UNBUILT = _Table((), False, False)
 #: One rule filed under (kind, event, recipient): the sources it accepts, "unsure" flag.
 _Filed = tuple[_Compiled, frozenset[str], bool]
 
@@ -405,7 +413,8 @@ class Engine:
         boundary = source.kind is AgencyKind.HEALTH and (
             recipient is None or recipient.kind is not AgencyKind.HEALTH
         )
-        return _Table(tuple(entries), boundary)
+        overseas = recipient is not None and recipient.country != "NZ"
+        return _Table(tuple(entries), boundary, overseas)
 
     # -- decide --------------------------------------------------------------------------------
 
@@ -521,6 +530,8 @@ class Engine:
                 # person decides. OT-04: "inappropriate" needs its reason.
                 if permit.grounds and not inp.grounds_stated:
                     triggers |= _GROUNDS
+                if bucket.overseas:  # PA-06: IPP 12 grounds are a person's judgement
+                    triggers |= _OVERSEAS
                 if (
                     ("child" in released or inp.child_involved)
                     and inp.child_consulted == "inappropriate"

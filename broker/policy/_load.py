@@ -130,6 +130,7 @@ NEVER_EXEMPT: Mapping[str, str] = {
         "LAW.md FVA-03 (a justification and an accountable person or role travel with "
         "proactive disclosures and requests)"
     ),
+    Trigger.RECIPIENT_OVERSEAS.value: "LAW.md PA-06 (recipients outside New Zealand need a basis)",
 }
 
 #: Routes open only to parties with a statutory status, and the statuses that open them.

@@ -74,6 +74,9 @@ class Trigger(StrEnum):
     JUSTIFICATION_MISSING = "justification_missing"
     #: OT-04: ``child_consulted: inappropriate`` without ``child_not_consulted_reason``.
     CHILD_NOT_CONSULTED_REASON_MISSING = "child_not_consulted_reason_missing"
+    #: PA-06, MDS-02: the recipient holds data outside New Zealand (its registry ``country``),
+    #: so IPP 12 grounds are assessed by a person first. No route may be exempt from it.
+    RECIPIENT_OVERSEAS = "recipient_overseas"
 
 
 #: Field actions a rule may give; ``generalise:*`` names the level kept.
@@ -577,7 +580,8 @@ def derived_values(
       header saying a child was consulted or could not be; the other markers in
       ``_CHILD_VALUES``.
     * ``maori_data``: the header's ``contains_maori_data``, or a Māori data field that is set
-      (iwi affiliation, whānau context, a kaupapa Māori service asked for).
+      (iwi affiliation, whānau context, a kaupapa Māori service asked for), or an aggregate
+      broken down by an ethnicity that is Māori (:func:`maori_breakdown`, MDS-04).
     * ``risk``: the highest risk the event states (a tier, strangulation, an immediate safety
       concern, imminent danger); ``unknown`` if none.
     * ``requester_role``, ``on_behalf_of``: from the request itself, or from ``request`` (the
@@ -606,7 +610,7 @@ def derived_values(
             found.visit(node)
     if sharing.get("child_consulted") in CHILD_CONSULTED_OK:
         found.child = True
-    if sharing.get("contains_maori_data"):
+    if sharing.get("contains_maori_data") or maori_breakdown(record):
         found.maori = True
     if sharing.get("imminent_danger"):
         found.risk = "high"
@@ -630,6 +634,25 @@ def derived_values(
         "grounds_stated": _stated(justification) and _stated(accountable),
         "child_reason_stated": _stated(sharing.get("child_not_consulted_reason")),
     }
+
+
+#: The Stats NZ ethnicity classification's level-1 group for Māori: every code at every level
+#: beneath it (``2``, ``21``, ``211``, ``21111``) begins with this digit, and no other does.
+_MAORI_ETHNICITY_PREFIX = "2"
+
+
+def maori_breakdown(record: Mapping[str, Any]) -> bool:
+    """An aggregate (OutcomeIndicator) broken down by an ethnicity that is Māori.
+
+    The sender may not set ``contains_maori_data`` on counts by ethnicity; the breakdown
+    itself says it is Māori data (LAW.md MDS-04, scenario 9). A person's own ethnicity in a
+    unit record is not read here: that record is about a case, and its Māori data fields
+    (iwi, whānau context) mark it.
+    """
+    if _event_kind(record) != "OutcomeIndicator":
+        return False
+    codes = record.get("ethnicity") or ()
+    return any(str(code).startswith(_MAORI_ETHNICITY_PREFIX) for code in codes)
 
 
 def stated_grounds(record: Mapping[str, Any]) -> tuple[Any, Any]:

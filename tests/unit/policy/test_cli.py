@@ -27,7 +27,7 @@ def test_explain_shows_rules_decision_and_fields(capsys: pytest.CaptureFixture[s
         "explain",
         str(EXAMPLES / "HealthScreeningOutcome.json"),
         "--recipient",
-        "police",
+        "safe-whanau",
         "--policies",
         str(POLICIES),
         "--at",
@@ -38,7 +38,7 @@ def test_explain_shows_rules_decision_and_fields(capsys: pytest.CaptureFixture[s
     ]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    assert "ed-strangulation-to-police" in out
+    assert "ed-disclosure-to-specialist-ngo" in out
     assert "decision  review -> review" in out
     assert "consent_refused_below_high" in out
     assert "clinical_notes" in out

@@ -102,6 +102,30 @@ def test_maori_data_is_what_the_record_holds() -> None:
     assert not derived_values(concern, at=AT)["maori_data"]
 
 
+@pytest.mark.parametrize(
+    ("codes", "maori"),
+    [
+        (["21111"], True),  # level 4, Māori
+        (["2"], True),  # level 1
+        (["11111", "211"], True),  # one Māori group among others
+        (["11111"], False),  # New Zealand European
+        (["12", "31"], False),
+        ([], False),
+    ],
+)
+def test_an_aggregate_broken_down_by_maori_ethnicity_is_maori_data(
+    codes: list[str], maori: bool
+) -> None:
+    """MDS-04, LAW scenario 9: the breakdown says it, whatever the header's flag."""
+    counts = example("OutcomeIndicator")
+    counts["ethnicity"] = codes
+    assert derived_values(counts, at=AT)["maori_data"] is maori
+    schema = SCHEMA_SET.latest("OutcomeIndicator")
+    found = signal_finder(schema)
+    signals = found(counts) if found is not None else None
+    assert derived_values(counts, at=AT, signals=signals)["maori_data"] is maori
+
+
 @pytest.mark.parametrize("tier", RISK_LEVELS)
 def test_the_event_raises_the_case_risk_and_never_lowers_it(tier: str) -> None:
     screening = example("HealthScreeningOutcome")

@@ -110,7 +110,7 @@ CASES = [
         "when with no value",
         IPP11,
         "    when:\n      event: [FamilyHarmEpisodeReport, RiskAssessment]\n"
-        "      recipient: {can_act: true}\n",
+        "      recipient: {can_act: true}\n      risk: high\n",
         "    when:\n",
         "when:\n    classes:",
         "'when' " + NO_VALUE.format("when"),
@@ -119,7 +119,7 @@ CASES = [
         "empty when",
         IPP11,
         "    when:\n      event: [FamilyHarmEpisodeReport, RiskAssessment]\n"
-        "      recipient: {can_act: true}\n",
+        "      recipient: {can_act: true}\n      risk: high\n",
         "    when: {}\n",
         "when: {}",
         "an empty 'when' means any case; name a condition, or leave 'when' out",
@@ -199,7 +199,7 @@ CASES = [
     (
         "forbid fields as an empty list",
         FORBID,
-        "    classes: [contact, location]\n",
+        '    fields: ["items[].summary", reason_text]\n',
         "    fields: []\n",
         "[]\n",
         "an empty list of fields names nothing to withhold; leave it out",
@@ -309,6 +309,7 @@ def test_the_shipped_exemptions_still_load() -> None:
         "privileged_material",
         "recipient_status_unconfirmed",
         "justification_missing",
+        "recipient_overseas",
     }
 
 

@@ -379,11 +379,17 @@ def test_candidates_come_from_the_index(engine: Engine) -> None:
     assert engine.candidates("nz.tiaki.NoSuchEvent", "police") == ()
 
 
-def test_an_unconfirmed_recipient_goes_to_a_person(policy_copy: Path) -> None:
+def _with_agency(policy_copy: Path, entry: str) -> Engine:
+    """The shipped set compiled with one more agency in its registry (``entry``, YAML)."""
     registry = policy_copy / "agencies.yaml"
-    registry.write_text(
-        registry.read_text()
-        + """
+    registry.write_text(registry.read_text() + entry)
+    return compile_policy(load_policy_set(policy_copy))
+
+
+def test_an_unconfirmed_recipient_goes_to_a_person(policy_copy: Path) -> None:
+    engine = _with_agency(
+        policy_copy,
+        """
   - id: new-ngo
     name: New Specialist Service (synthetic, status pending)
     kind: specialist_ngo
@@ -392,9 +398,8 @@ def test_an_unconfirmed_recipient_goes_to_a_person(policy_copy: Path) -> None:
       family_violence_agency: {status: unconfirmed, evidence: "funding agreement under review"}
       child_welfare_protection_agency: {status: no}
       social_services_practitioner_employer: {status: unconfirmed, evidence: "registration pending"}
-"""
+""",
     )
-    engine = compile_policy(load_policy_set(policy_copy))
     inp = DecisionInput(
         "nz.tiaki.SafetyPlanUpdate",
         "safe-whanau",
@@ -411,6 +416,45 @@ def test_an_unconfirmed_recipient_goes_to_a_person(policy_copy: Path) -> None:
     assert decision.rule_ids == ("safety-plan-to-participants",)
     assert "new-ngo" in engine.candidates("nz.tiaki.SafetyPlanUpdate", "safe-whanau")
     control = dataclasses.replace(inp, recipient="corrections", grounds_stated=True)
+    assert engine.decide(control).shares
+
+
+def test_a_recipient_holding_data_overseas_goes_to_a_person(policy_copy: Path) -> None:
+    """PA-06, MDS-02: a permit that would share with an agency holding data outside New
+    Zealand holds the share for the privacy officer's IPP 12 assessment; what no permit
+    allows is still denied, not queued."""
+    engine = _with_agency(
+        policy_copy,
+        """
+  - id: offshore-ngo
+    name: Offshore-hosted Specialist Service (synthetic)
+    kind: specialist_ngo
+    region: canterbury
+    country: AU
+    statutory:
+      family_violence_agency: {status: confirmed, evidence: "synthetic"}
+      child_welfare_protection_agency: {status: no}
+      social_services_practitioner_employer: {status: confirmed, evidence: "synthetic"}
+""",
+    )
+    inp = DecisionInput(
+        "nz.tiaki.SafetyPlanUpdate",
+        "safe-whanau",
+        "offshore-ngo",
+        "fv_plan_or_response",
+        AT,
+        participates=True,
+        child_consulted="yes",
+        on_behalf_of="agency",
+        grounds_stated=True,
+    )
+    decision = engine.decide(inp)
+    assert decision.outcome is Outcome.REVIEW
+    assert decision.queue == "privacy_review"
+    assert "recipient_overseas" in decision.reason_codes
+    assert decision.rule_ids == ("safety-plan-to-participants",)
+    assert engine.decide(dataclasses.replace(inp, participates=False)).outcome is Outcome.DENY
+    control = dataclasses.replace(inp, recipient="police")
     assert engine.decide(control).shares
 
 
