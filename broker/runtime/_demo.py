@@ -744,7 +744,7 @@ class _Day:
         """The reviewer's act: every held item of the demo's, decided as it stands once the
         act holds the review queue."""
         queue = read_queue(await act.read(REVIEW), broker_opener(ring), schemas, now)
-        mine = [i for i in queue.values() if str(i.shared["event_id"]) in self.ids]
+        mine = [i for i in queue.items.values() if str(i.shared["event_id"]) in self.ids]
         self.result.held = sum(not i.disclosed for i in mine)
         self.result.after_disclosure = sum(i.disclosed for i in mine)
         context = operator_audit_context(self.settings)

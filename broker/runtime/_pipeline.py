@@ -102,7 +102,8 @@ SCHEMA_HEADER = "tiaki-schema"
 RECIPIENT_HEADER = "tiaki-recipient"
 #: Header carrying the quarantine reason code on tiaki.dlq, so operators can filter unsealed.
 REASON_HEADER = "tiaki-reason"
-#: Headers of a held item on tiaki.review: its id and its deadline (epoch milliseconds).
+#: Headers of a held item on tiaki.review: its id (:func:`review_id`) and its deadline
+#: (epoch milliseconds).
 REVIEW_ID_HEADER = "tiaki-review-id"
 DEADLINE_HEADER = "tiaki-deadline"
 #: Header of a held item: the subject references (keyed hashes, comma-separated) of the event
@@ -723,7 +724,7 @@ class Pipeline:
         deadline = int((now + REVIEW_WINDOW).timestamp() * 1000)
         headers: Headers = (
             (RECIPIENT_HEADER, verdict.recipient.encode()),
-            (REVIEW_ID_HEADER, f"{admitted.event_id}/{verdict.recipient}".encode()),
+            (REVIEW_ID_HEADER, review_id(admitted, verdict.recipient).encode()),
             (DEADLINE_HEADER, str(deadline).encode()),
             (SUBJECTS_HEADER, ",".join(refs).encode()),
         )
@@ -745,6 +746,14 @@ class Pipeline:
         if _record_bytes(held) > self._max_review:
             raise _TooLargeToHold()
         return held
+
+
+def review_id(admitted: Accepted, recipient: str) -> str:
+    """The id of ``admitted``'s item held for ``recipient``: ``<source>/<event id>/<recipient>``.
+    It names the source because each source chooses its own event ids (the replay cache keys
+    on both), so two sources' items for one recipient never share an id. Agency ids have no
+    ``/`` and event ids are UUIDs, so the parts stay apart."""
+    return f"{admitted.source.id}/{admitted.event_id}/{recipient}"
 
 
 #: The headers of a held item that say what it is; :func:`held_binding` seals them in.

@@ -66,7 +66,10 @@ An answer carries the request's facts (who asked, in what role, on whose behalf;
 addresses the answer to the requester) only if it comes from one of the request's holders
 and is about the request's case (:meth:`RequestBook.facts`): an agency that was not asked,
 or an event on another case that names the id, gets no request facts, and the shipped
-policy then denies it. ``RequestState`` v3 records the case; a book rebuilt from older
+policy then denies it. Nor does such an InformationResponse answer the request: the
+requester never received it, so the holder stays asked and is escalated at ``respond_by``
+(one test decides both, :meth:`RequestBook.apply` and :meth:`RequestBook.facts`, so they
+cannot disagree). ``RequestState`` v3 records the case; a book rebuilt from older
 records learns a request's case from the first holder event that names the request, as it
 learns the partition of a record older than v2.
 """
@@ -275,6 +278,9 @@ class RequestBook:
         ``now``; the request's new state record, or None. (Without ``now`` a request settled
         by this event is retired from its ``respond_by``, as one read from a v3 record.)
 
+        An InformationResponse answers only if it comes from one of the request's holders and
+        is about the request's case, as :meth:`facts` asks of it (see the module docs).
+
         Raises :class:`RequestIdInUse`, changing nothing, for a request whose id another
         agency's request holds."""
         if event_type == "InformationRequest":
@@ -312,9 +318,12 @@ class RequestBook:
             self._compact()
             return request.state()
         if event_type == "InformationResponse":
-            asked = self._requests.get(str(event["request_id"]))
-            holder = str(event["header"]["source_agency"])
-            if asked is None or holder not in asked.holders or holder in asked.answered:
+            header = event["header"]
+            holder = str(header["source_agency"])
+            asked = self._asked(
+                str(event["request_id"]), case_id=str(header["case_id"]), sender=holder
+            )
+            if asked is None or holder in asked.answered:
                 return None
             asked.answered.add(holder)
             asked.settle(now)
@@ -336,6 +345,18 @@ class RequestBook:
         request's holders and the case is the request's (see the module docs). A request whose
         case the book does not know (rebuilt from the state topic) takes ``case_id`` from the
         first holder event that names it."""
+        request = self._asked(request_id, case_id=case_id, sender=sender)
+        if request is None:
+            return None
+        return RequestFacts(request.requester, request.requester_role, request.on_behalf_of)
+
+    def _asked(self, request_id: str, *, case_id: str, sender: str) -> _Request | None:
+        """Request ``request_id`` if ``sender`` is one of its holders and ``case_id`` is its
+        case, else None: whether an event answers the request (:meth:`apply`) and whether it
+        carries the request's facts (:meth:`facts`) are one test, because an answer counted
+        but denied to the requester would end the request silently. A request whose case the
+        book does not know takes ``case_id`` from the first holder event that names it,
+        whichever of the two sees that event first."""
         request = self._requests.get(request_id)
         if request is None or sender not in request.holders:
             return None
@@ -343,7 +364,7 @@ class RequestBook:
             request.case_id = case_id
         elif request.case_id != case_id:
             return None
-        return RequestFacts(request.requester, request.requester_role, request.on_behalf_of)
+        return request
 
     def lapse(self, now: datetime, assignment: Collection[tuple[str, int]] | None = None) -> Lapsed:
         """Escalate every holder that has neither answered nor been escalated by its request's

@@ -1,8 +1,9 @@
 """The review queue: decisions held for a person, their release or refusal, and escalation.
 
 A held item is a SharedEvent on ``tiaki.review`` sealed to the broker (HOLD), with headers
-naming its id (``<event id>/<recipient>``), recipient and deadline. Decisions about it are
-ReviewDecision records on the same topic, also sealed to the broker. Its lifecycle:
+naming its id (``<source agency>/<event id>/<recipient>``), recipient and deadline. Decisions
+about it are ReviewDecision records on the same topic, also sealed to the broker. Its
+lifecycle:
 
 =========  ====================  ==========================================================
 state      event                 next state (and what is written, in one transaction)
@@ -43,10 +44,27 @@ on, and Kafka does not seal headers: the envelope's event id binds them
 (:func:`broker.runtime._pipeline.held_binding`), and :func:`read_queue` never lists an item
 whose headers were changed on the way, so nobody who can only write ``tiaki.review`` (Kafka's
 operators) can send one agency's minimised record to another through a reviewer's approval.
+
+A review id names the source because event ids are each source's own (the replay cache keys
+on source and event id). An item held under the earlier form, ``<event id>/<recipient>``,
+keeps that id and is decided under it. Two items under one id (two sources' items of that
+earlier form with one event id, or a source using an event id again after its replay window)
+are both listed, each under its review id and its position on the topic,
+``<review id>@<partition>:<offset>``, and a decision names it so. A decision naming the
+review id alone (made before the second item came, or by an earlier broker) is for the item
+with that id read last before it, as earlier brokers took it: on the decision's partition
+(a decision is keyed like its item), else on any.
+
+A record on ``tiaki.review`` that does not open or decode (sealed under a broker key since
+revoked or expired, or not written by this broker) is listed as unreadable by its position,
+never its content, and cannot be decided; it does not stop the rest of the queue. An item
+that such a decision record names (by its unsealed header) cannot be decided either: the
+decision may have released it, and a second approval would deliver it twice.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -56,8 +74,8 @@ import structlog
 
 from broker._errors import TiakiError
 from broker._logging import looks_personal
-from broker.codec import SchemaSet, decode, encode
-from broker.envelope import Kind, Opened, Opener, Sealer
+from broker.codec import CodecError, SchemaSet, decode, encode
+from broker.envelope import EnvelopeError, Kind, Opened, Opener, Sealer
 from broker.platform._topics import BROKER, REVIEW, egress
 from broker.runtime._audit import AuditContext, audit_base, case_ref
 from broker.runtime._pipeline import (
@@ -135,23 +153,105 @@ class HeldItem:
         """The lifecycle this item follows (see the module docs)."""
         return AFTER_DISCLOSURE_TRANSITIONS if self.disclosed else TRANSITIONS
 
+    @property
+    def position(self) -> str:
+        """Where the item is on ``tiaki.review``: ``<partition>:<offset>``."""
+        return f"{self.record.partition}:{self.record.offset}"
+
+
+@dataclass(frozen=True)
+class UnreadableRecord:
+    """A record on ``tiaki.review`` that does not open or decode: known by its position and
+    why (the error's reason code), never by its content or its headers (unsealed, so they
+    prove nothing)."""
+
+    partition: int
+    offset: int
+    reason: str
+    #: For a decision record, the review id its (unsealed) header names, else None.
+    names: str | None = None
+
+    @property
+    def position(self) -> str:
+        return f"{self.partition}:{self.offset}"
+
+
+@dataclass(frozen=True)
+class ReviewQueue:
+    """The queue as :func:`read_queue` found it."""
+
+    #: Every held item, by the id it is listed and decided under (see the module docs).
+    items: dict[str, HeldItem]
+    #: The records that do not open or decode, in the order read.
+    unreadable: list[UnreadableRecord]
+
+    def held(self, review_id: str) -> HeldItem:
+        """The item a person named to decide; raises :class:`ReviewError` if there is none,
+        if it is a record that does not open (listed by its position), or if a decision
+        record that does not open names it: that decision may have released it, and deciding
+        again could release it twice."""
+        item = self.items.get(review_id)
+        if item is not None:
+            base = item.review_id.partition("@")[0]
+            for record in self.unreadable:
+                if record.names is not None and record.names in (item.review_id, base):
+                    raise ReviewError(
+                        f"a decision on {review_id} at {record.position} on {REVIEW} does not "
+                        f"open ({record.reason}); it may already be decided, so it cannot be "
+                        "decided again"
+                    )
+            return item
+        for record in self.unreadable:
+            if record.position == review_id:
+                raise ReviewError(
+                    f"the record at {review_id} on {REVIEW} does not open ({record.reason}); "
+                    "it cannot be approved or declined"
+                )
+        raise ReviewError(f"no held item {review_id!r} (see `tiaki review list`)")
+
 
 def read_queue(
     records: Sequence[Record], opener: Opener, schemas: SchemaSet, now: datetime
-) -> dict[str, HeldItem]:
+) -> ReviewQueue:
     """The queue from every record on ``tiaki.review``, in order."""
     shared_schema = schemas.latest("SharedEvent")
     decision_schema = schemas.latest("ReviewDecision")
-    items: dict[str, HeldItem] = {}
+    held: list[HeldItem] = []
+    unreadable: list[UnreadableRecord] = []
+    #: Each item under ``<review id>@<position>``, and the one read last under each review
+    #: id, on each partition and on any (None): what a decision may name (the module docs).
+    positioned: dict[str, HeldItem] = {}
+    last: dict[tuple[str, int | None], HeldItem] = {}
     for record in records:
         headers = dict(record.headers)
-        opened = opener.open(record.value, topic=REVIEW, now=now, kind=Kind.HOLD, source=BROKER)
-        if DECISION_HEADER in headers:
-            decision = decode(opened.payload, decision_schema)
-            item = items.get(decision["review_id"])
+        deciding = DECISION_HEADER in headers
+        try:
+            opened = opener.open(record.value, topic=REVIEW, now=now, kind=Kind.HOLD, source=BROKER)
+            content = (
+                decode(opened.payload, decision_schema)
+                if deciding
+                # By the writer its envelope names: items outlive SharedEvent versions.
+                else schemas.decode(opened.payload, opened.schema_fingerprint, shared_schema)
+            )
+        except (EnvelopeError, CodecError) as exc:
+            reason = exc.quarantine_reason
+            log.warning(
+                "review record does not open; listed as unreadable",
+                partition=record.partition,
+                offset=record.offset,
+                reason=reason,
+            )
+            # A decision's header is unsealed: it proves nothing, but it may only block.
+            names = headers[DECISION_HEADER].decode(errors="replace") if deciding else None
+            unreadable.append(UnreadableRecord(record.partition, record.offset, reason, names))
+            continue
+        if deciding:
+            named = str(content["review_id"])
+            item = positioned.get(named) or last.get((named, record.partition))
+            item = item or last.get((named, None))
             if item is not None:
-                item.decisions.append(decision)
-                item.state = item.transitions[item.state].get(decision["decision"], item.state)
+                item.decisions.append(content)
+                item.state = item.transitions[item.state].get(content["decision"], item.state)
             continue
         if opened.event_id != held_binding(record.headers) and not _legacy(opened, headers):
             # Its headers (recipient, deadline, kind, subjects) are not the ones it was sealed
@@ -163,16 +263,35 @@ def read_queue(
             )
             continue
         review_id = headers[REVIEW_ID_HEADER].decode()
-        items[review_id] = HeldItem(
+        item = HeldItem(
             review_id=review_id,
             recipient=headers[RECIPIENT_HEADER].decode(),
             deadline=datetime.fromtimestamp(int(headers[DEADLINE_HEADER]) / 1000, UTC),
             record=record,
-            # By the writer its envelope names: items outlive SharedEvent versions.
-            shared=schemas.decode(opened.payload, opened.schema_fingerprint, shared_schema),
+            shared=content,
             subject_refs=[r for r in headers.get(SUBJECTS_HEADER, b"").decode().split(",") if r],
             disclosed=headers.get(REVIEW_KIND_HEADER) == AFTER_DISCLOSURE.encode(),
         )
+        held.append(item)
+        positioned[f"{review_id}@{item.position}"] = item
+        last[review_id, record.partition] = last[review_id, None] = item
+    return ReviewQueue(_by_id(held), unreadable)
+
+
+def _by_id(held: Sequence[HeldItem]) -> dict[str, HeldItem]:
+    """``held`` by the id each is listed and decided under: its review id, with its position
+    if another item has the same review id (see the module docs)."""
+    count = Counter(item.review_id for item in held)
+    items: dict[str, HeldItem] = {}
+    for item in held:
+        if count[item.review_id] > 1:
+            log.warning(
+                "review items share a review id; each is listed with its position",
+                partition=item.record.partition,
+                offset=item.record.offset,
+            )
+            item.review_id = f"{item.review_id}@{item.position}"
+        items[item.review_id] = item
     return items
 
 

@@ -14,11 +14,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from broker.platform._topics import BROKER, REVIEW
 from broker.runtime._operator import BrokerTools
-from broker.runtime._review import HeldItem, ReviewError, decide, read_queue
+from broker.runtime._review import ReviewQueue, decide, read_queue
 from broker.transport import Outgoing, Record
 
 app = typer.Typer(help="The review queue: decisions held for a person.", no_args_is_help=True)
@@ -32,7 +32,7 @@ Justification = Annotated[
 ]
 
 
-def _queue(tools: BrokerTools, now: datetime) -> dict[str, HeldItem]:
+def _queue(tools: BrokerTools, now: datetime) -> ReviewQueue:
     return read_queue(tools.read(REVIEW), tools.opener(), tools.schemas, now)
 
 
@@ -42,15 +42,16 @@ def list_items(
 ) -> None:
     """Held items with recipient, event type, source, deadline, kind and state (never their
     content). Kind ``after disclosure``: a share already delivered (imminent danger), reviewed
-    afterwards; ``held``: nothing delivered until a person approves."""
+    afterwards; ``held``: nothing delivered until a person approves. A record that does not
+    open is listed as ``unreadable`` by its position (``partition:offset``), always."""
     now = datetime.now(UTC)
-    items = _queue(BrokerTools(), now)
-    table = Table(
-        "review id", "recipient", "event type", "source", "deadline (UTC)", "kind", "state"
-    )
-    for item in items.values():
-        if not everything and item.state not in ("held", "escalated"):
-            continue
+    queue = _queue(BrokerTools(), now)
+    shown = [i for i in queue.items.values() if everything or i.state in ("held", "escalated")]
+    ids = [i.review_id for i in shown] + [r.position for r in queue.unreadable]
+    # The id is what a reviewer types to decide an item, so it is never cut short.
+    review_id = Column("review id", no_wrap=True, min_width=max(map(len, ids), default=0))
+    table = Table(review_id, "recipient", "event type", "source", "deadline (UTC)", "kind", "state")
+    for item in shown:
         state = "OVERDUE" if item.overdue(now) else item.state
         shared = item.shared
         table.add_row(
@@ -62,7 +63,9 @@ def list_items(
             "after disclosure" if item.disclosed else "held",
             state,
         )
-    Console().print(table)
+    for record in queue.unreadable:
+        table.add_row(record.position, "", "", "", "", "", f"unreadable ({record.reason})")
+    Console(width=200).print(table)
 
 
 def _decide(review_id: str, verdict: str, reviewer: str, justification: str) -> None:
@@ -70,9 +73,7 @@ def _decide(review_id: str, verdict: str, reviewer: str, justification: str) -> 
     now = datetime.now(UTC)
 
     def act(records: list[Record]) -> tuple[list[Outgoing], None]:
-        item = read_queue(records, tools.opener(), tools.schemas, now).get(review_id)
-        if item is None:
-            raise ReviewError(f"no held item {review_id!r} (see `tiaki review list`)")
+        item = read_queue(records, tools.opener(), tools.schemas, now).held(review_id)
         outputs = decide(
             item,
             verdict,
@@ -112,7 +113,7 @@ def escalate() -> None:
 
     def act(records: list[Record]) -> tuple[list[Outgoing], int]:
         queue = read_queue(records, tools.opener(), tools.schemas, now)
-        overdue = [item for item in queue.values() if item.overdue(now)]
+        overdue = [item for item in queue.items.values() if item.overdue(now)]
         outputs: list[Outgoing] = []
         for item in overdue:
             outputs += decide(

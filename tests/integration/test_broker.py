@@ -404,14 +404,14 @@ def expected_hash(env: BrokerEnv) -> str:
 
 
 async def test_held_decision_is_released_by_a_named_reviewer(env: BrokerEnv) -> None:
-    # Health information leaving health goes to a person first (HIPC-01): Health NZ to Police.
-    # Without strangulation signs: with them the case is high risk and the minimal facts go to
-    # Police at once, reviewed afterwards (LAW.md scenario 4), which the unit tests cover.
+    # Strangulation signs make the screening's minimal facts Police's (LAW.md scenario 4), but
+    # the screening is flagged privileged, and privileged material always goes to a person
+    # first (FVA-08).
     case = f"SYN-CASE-{uuid.uuid4().hex[:8]}"
     screening = example("HealthScreeningOutcome", case_id=case, source_agency="health-nz")
-    screening["strangulation_signs"] = False
+    screening["header"]["sharing"]["privileged"] = True
     await env.publish("health-nz", [("HealthScreeningOutcome", screening)])
-    review_id = f"{screening['header']['event_id']}/police"
+    review_id = f"health-nz/{screening['header']['event_id']}/police"
     cli = [str(TIAKI), "review"]
     deadline = asyncio.get_running_loop().time() + 60
     while True:
@@ -424,7 +424,7 @@ async def test_held_decision_is_released_by_a_named_reviewer(env: BrokerEnv) -> 
             check=True,
             cwd=ROOT,
         )
-        if review_id.split("/")[0][:8] in listing.stdout:
+        if review_id in listing.stdout:  # listed whole: a reviewer types it
             break
         assert asyncio.get_running_loop().time() < deadline, listing.stdout + listing.stderr
         await asyncio.sleep(1)
@@ -491,7 +491,7 @@ async def test_two_reviewers_approving_one_item_at_once_release_it_once(env: Bro
     screening["strangulation_signs"] = False  # held for a person (HIPC-01), not shared at once
     await env.publish("health-nz", [("HealthScreeningOutcome", screening)])
     event_id = screening["header"]["event_id"]
-    review_id = f"{event_id}/police"
+    review_id = f"health-nz/{event_id}/police"
     profile = env.cluster.profile("broker")
     context = AuditContext(
         subject_key=shared_secret(secret_paths(Settings(home=env.home))[0]), policy_hash=None
@@ -502,7 +502,7 @@ async def test_two_reviewers_approving_one_item_at_once_release_it_once(env: Bro
         deadline = asyncio.get_running_loop().time() + 60
         while True:
             now = dt.datetime.now(dt.UTC)
-            item = read_queue(await act.read(REVIEW), opener, SCHEMAS, now).get(review_id)
+            item = read_queue(await act.read(REVIEW), opener, SCHEMAS, now).items.get(review_id)
             if item is not None:
                 break
             assert asyncio.get_running_loop().time() < deadline, "the item was never held"

@@ -122,7 +122,7 @@ async def test_shares_for_an_agency_without_an_egress_topic_are_held_not_stalled
             ) == sorted((e, "review", "recipient_topic_missing") for e in held)
 
             # Releasing before the topic exists says why, and writes nothing.
-            review_ids = [f"{e}/{AGENCY}" for e in sorted(held)]
+            review_ids = [f"police/{e}/{AGENCY}" for e in sorted(held)]
             approve = ["review", "approve", review_ids[0], "--reviewer", "Reviewer (synthetic)"]
             approve += ["--justification", "topic provisioned; release"]
             early = await asyncio.to_thread(tiaki, env, *approve)

@@ -379,12 +379,15 @@ def test_no_notice_for_a_topic_of_no_registered_agency_even_with_a_key() -> None
     assert processed.quarantine_reason == "unknown_agency"
 
 
-def sealed_example(harness: Harness, event_type: str, source: str, **fields: Any) -> Record:
+def sealed_example(
+    harness: Harness, event_type: str, source: str, event_id: str | None = None, **fields: Any
+) -> Record:
     """The schema example of ``event_type``, changed by ``fields``, sealed by ``source`` on its
-    own ingress topic (``make_ring`` gives police, msd, oranga-tamariki, corrections keys)."""
+    own ingress topic (``make_ring`` gives police, msd, oranga-tamariki, corrections keys),
+    under ``event_id`` (a fresh one if None)."""
     schema = SCHEMAS.latest(event_type)
     doc = json.loads((ROOT / "schemas" / "examples" / f"{event_type}.json").read_text())
-    event_id = str(uuid.uuid4())
+    event_id = event_id or str(uuid.uuid4())
     doc["header"] |= {"event_id": event_id, "source_agency": source}
     doc |= fields
     value = Sealer(source, harness.ring).seal(
@@ -497,7 +500,7 @@ def test_a_share_to_be_reviewed_afterwards_goes_at_once_and_to_the_review_queue(
     headers = dict(copy.headers)
     (audit,) = [decode(o.value, AUDIT) for o in processed.outputs if o.topic == "tiaki.audit"]
     assert headers[RECIPIENT_HEADER] == b"police"
-    assert headers[REVIEW_ID_HEADER] == f"{audit['event_id']}/police".encode()
+    assert headers[REVIEW_ID_HEADER] == f"police/{audit['event_id']}/police".encode()
     assert int(headers[DEADLINE_HEADER]) == int((NOW + timedelta(hours=24)).timestamp() * 1000)
     assert headers[SUBJECTS_HEADER].decode().split(",") == audit["subject_refs"]
     assert headers[REVIEW_KIND_HEADER] == b"after_disclosure"

@@ -90,7 +90,7 @@ def test_a_revoked_recipient_key_holds_that_share_and_the_others_still_go() -> N
     }
 
     audit = decision_of(processed)
-    assert headers[REVIEW_ID_HEADER] == f"{audit['event_id']}/corrections".encode()
+    assert headers[REVIEW_ID_HEADER] == f"police/{audit['event_id']}/corrections".encode()
     assert [(d["recipient"], d["outcome"], d["reason_codes"]) for d in audit["decisions"]] == [
         ("oranga-tamariki", "share", ["test"]),
         ("corrections", "review", ["recipient_key_unusable", "test"]),
@@ -143,7 +143,7 @@ def test_releasing_a_held_share_seals_to_the_key_current_then() -> None:
     records = as_records([o for o in processed.outputs if o.topic == "tiaki.review"])
 
     def approve() -> list[Any]:
-        (item,) = read_queue(records, Opener("broker", harness.ring), SCHEMAS, NOW).values()
+        (item,) = read_queue(records, Opener("broker", harness.ring), SCHEMAS, NOW).items.values()
         return decide(
             item,
             "approve",

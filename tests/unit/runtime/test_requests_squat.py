@@ -1,5 +1,6 @@
 """Request-id squatting: an id is its first requester's, and only a holder answering on the
-request's case carries the request's facts (who asked, in what role, on whose behalf)."""
+request's case carries the request's facts (who asked, in what role, on whose behalf) and
+counts as having answered."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from tests.unit.runtime.test_pipeline import (
     sealed_example,
 )
 from tests.unit.runtime.test_policy_decider import _decide, _example
+from tests.unit.runtime.test_requests import DUE, REQUEST, RESPONSE
 
 AUDIT = SCHEMAS.latest("AuditRecord")
 HEALTH = [{"agency_id": "health-nz", "team": None, "contact_role": None}]
@@ -136,3 +138,59 @@ def test_a_rebuilt_book_learns_the_case_from_the_first_holder_event() -> None:
     assert facts is not None
     assert facts.requester == "oranga-tamariki"
     assert book.facts(S66_ID, case_id="SYN-CASE-0002", sender="health-nz") is None
+
+
+def _answer(case_id: str) -> dict[str, Any]:
+    """Police's answer to MSD's request SYN-REQ-0001 (about SYN-CASE-0001), on ``case_id``,
+    with grounds the shipped policy shares on."""
+    sharing = {
+        "purpose": "victim_protection",
+        "legal_route": "fva_s20",
+        "justification": "Synthetic: sharing will help keep the victim safe.",
+        "accountable_role": "Synthetic team leader",
+        "consent": "unknown",
+        "child_consulted": "unknown",
+        "child_not_consulted_reason": None,
+        "provenance": "unknown",
+    }
+    return RESPONSE | {"header": RESPONSE["header"] | {"case_id": case_id, "sharing": sharing}}
+
+
+def test_an_answer_on_another_case_answers_nothing_and_the_holder_is_escalated() -> None:
+    """An answer the policy denies to the requester (another case: no request facts) must
+    not count as answered, or the request would end silently (FVA s24)."""
+    book = RequestBook()
+    book.apply("InformationRequest", REQUEST, 0)
+    elsewhere = _answer("SYN-CASE-0002")
+    assert book.apply("InformationResponse", elsewhere, 0) is None  # the pipeline's order
+    assert _decide("InformationResponse", elsewhere, CaseMembership(), book)["msd"].outcome is (
+        Outcome.DENY
+    )
+    assert [holder for _, holder in book.lapse(DUE).escalated] == ["police"]
+    # Police's answer on the request's case is still taken, late, and reaches MSD.
+    answer = _answer("SYN-CASE-0001")
+    late = book.apply("InformationResponse", answer, 0)
+    assert late is not None
+    assert (late["answered"], late["escalated"]) == (["police"], ["police"])
+    assert _decide("InformationResponse", answer, CaseMembership(), book)["msd"].outcome is (
+        Outcome.SHARE
+    )
+
+
+def test_a_rebuilt_book_learns_the_case_from_the_first_answer_as_routing_does() -> None:
+    """A book rebuilt from records without a case learns it from the first holder event,
+    whether that event is first counted as an answer or first routed, and records it."""
+    state = RequestBook().apply("InformationRequest", REQUEST, 0)
+    assert state is not None
+    caseless = {k: v for k, v in state.items() if k != "case_id"}
+    counted = RequestBook()
+    counted.load([caseless])
+    answered = counted.apply("InformationResponse", _answer("SYN-CASE-0002"), 0)
+    assert answered is not None
+    assert (answered["answered"], answered["case_id"]) == (["police"], "SYN-CASE-0002")
+    assert counted.facts("SYN-REQ-0001", case_id="SYN-CASE-0002", sender="police") is not None
+    routed = RequestBook()
+    routed.load([caseless])
+    assert routed.facts("SYN-REQ-0001", case_id="SYN-CASE-0002", sender="police") is not None
+    assert routed.apply("InformationResponse", _answer("SYN-CASE-0001"), 0) is None
+    assert [holder for _, holder in routed.lapse(DUE).escalated] == ["police"]

@@ -3,6 +3,8 @@ escalate when overdue; nothing leaves the queue silently."""
 
 from __future__ import annotations
 
+import uuid
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -13,17 +15,28 @@ from broker.audit._report import disclosed as disclosed_by
 from broker.codec import decode, encode
 from broker.envelope import Kind, Opener
 from broker.runtime import Outcome
+from broker.runtime import _review_cli as review_cli
 from broker.runtime._audit import AuditContext
-from broker.runtime._review import ReviewError, decide, read_queue
+from broker.runtime._review import DECISION_HEADER, ReviewError, decide, read_queue
 from broker.transport import Outgoing, Record
 from tests.unit.runtime.test_intake import NOW, SCHEMAS
-from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider, imminent_share, verdict
+from tests.unit.runtime.test_pipeline import (
+    Harness,
+    ScriptedDecider,
+    imminent_share,
+    sealed_example,
+    verdict,
+)
 
 CONTEXT = AuditContext(subject_key=b"synthetic-test-audit-key-000000", policy_hash=None)
 
 
-def as_records(outputs: list[Outgoing]) -> list[Record]:
-    return [Record(o.topic, 0, i, o.key, o.value, o.headers, 0) for i, o in enumerate(outputs)]
+def as_records(outputs: list[Outgoing], first: int = 0) -> list[Record]:
+    """``outputs`` as records on partition 0, from offset ``first``."""
+    return [
+        Record(o.topic, 0, i, o.key, o.value, o.headers, 0)
+        for i, o in enumerate(outputs, start=first)
+    ]
 
 
 def held() -> tuple[Harness, list[Record]]:
@@ -33,7 +46,7 @@ def held() -> tuple[Harness, list[Record]]:
 
 
 def queue(harness: Harness, records: list[Record], later: timedelta = timedelta(0)):  # type: ignore[no-untyped-def]
-    return read_queue(records, Opener("broker", harness.ring), SCHEMAS, NOW + later)
+    return read_queue(records, Opener("broker", harness.ring), SCHEMAS, NOW + later).items
 
 
 def carry_out(
@@ -42,8 +55,11 @@ def carry_out(
     verdict_: str,
     justification: str = "risk confirmed by SYN reviewer",
     later: timedelta = timedelta(0),
+    review_id: str | None = None,
 ) -> list[Outgoing]:
-    (item,) = queue(harness, records, later).values()
+    """``verdict_`` on the item ``review_id`` (None: the only item), as a reviewer decides."""
+    items = queue(harness, records, later)
+    (item,) = items.values() if review_id is None else [items[review_id]]
     return decide(
         item,
         verdict_,
@@ -168,21 +184,25 @@ def test_an_item_held_under_shared_event_v1_is_listed_and_released() -> None:
 
 def legacy(harness: Harness, record: Record, drop: str | None = None) -> Record:
     """``record`` as the broker held items before 7 December 2026: sealed with the event id
-    alone (its headers not bound), without the header ``drop``."""
+    alone (its headers not bound), under a review id without the source, without the header
+    ``drop``."""
     opened = Opener("broker", harness.ring).open(
         record.value, topic="tiaki.review", now=NOW, kind=Kind.HOLD, source="broker"
     )
+    headers = dict(record.headers)
+    *_, event_id, recipient = headers["tiaki-review-id"].decode().split("/")
     value = harness.pipeline._sealer.seal(
         opened.payload,
         kind=Kind.HOLD,
         topic="tiaki.review",
         recipient="broker",
-        event_id=opened.event_id.partition("/")[0],
+        event_id=event_id,
         schema_fingerprint=opened.schema_fingerprint,
         now=NOW,
     )
-    headers = tuple((k, v) for k, v in record.headers if k != drop)
-    return Record(record.topic, record.partition, record.offset, record.key, value, headers, 0)
+    headers["tiaki-review-id"] = f"{event_id}/{recipient}".encode()
+    kept = tuple((k, v) for k, v in headers.items() if k != drop)
+    return Record(record.topic, record.partition, record.offset, record.key, value, kept, 0)
 
 
 def test_an_item_held_before_subjects_were_recorded_gives_actions_naming_nobody() -> None:
@@ -354,3 +374,135 @@ def test_an_item_whose_headers_were_changed_on_kafka_is_never_acted_on(
     assert queue(harness, [changed]) == {}
     (item,) = queue(harness, [record]).values()
     assert item.recipient == "msd"
+
+
+def test_a_record_that_does_not_open_is_listed_by_its_position_and_the_rest_still_read() -> None:
+    """One record on tiaki.review the broker cannot open (not its own, or sealed under a
+    broker key since revoked or expired) must not stop the queue for every other item: it is
+    listed by its position, never its content, and a decision on it is refused in one line."""
+    harness, records = held()
+    junk = Record("tiaki.review", 0, 99, b"SYN-CASE-0001", b"\x01not an envelope", (), 0)
+    found = read_queue([junk, *records], Opener("broker", harness.ring), SCHEMAS, NOW)
+    assert [(r.position, r.reason) for r in found.unreadable] == [("0:99", "malformed_envelope")]
+    with pytest.raises(ReviewError) as refused:
+        found.held("0:99")
+    assert str(refused.value) == (
+        "the record at 0:99 on tiaki.review does not open (malformed_envelope); "
+        "it cannot be approved or declined"
+    )
+    (item,) = found.items.values()
+    assert found.held(item.review_id) is item
+    approved = carry_out(harness, [junk, *records], "approve")
+    assert any(o.topic == "tiaki.egress.msd" for o in approved)
+
+
+def test_the_list_shows_an_unreadable_record_by_its_position_and_each_id_whole(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    harness, records = held()
+    junk = Record("tiaki.review", 0, 99, b"SYN-CASE-0001", b"\x01not an envelope", (), 0)
+    found = read_queue([*records, junk], Opener("broker", harness.ring), SCHEMAS, NOW)
+    monkeypatch.setattr(review_cli, "BrokerTools", lambda: None)
+    monkeypatch.setattr(review_cli, "_queue", lambda tools, now: found)
+    review_cli.list_items(everything=False)
+    listed = capsys.readouterr().out
+    (item,) = found.items.values()
+    assert item.review_id in listed  # what a reviewer types to decide it
+    assert "0:99" in listed
+    assert "unreadable (malformed_envelope)" in listed
+
+
+def test_an_item_named_by_a_decision_that_does_not_open_is_not_decided_again() -> None:
+    """The decision that does not open may have approved the item: were the item taken as
+    still held, a second approval would deliver it twice. So it is refused, and the other
+    items are not."""
+    harness, records = held()
+    (item,) = read_queue(records, Opener("broker", harness.ring), SCHEMAS, NOW).items.values()
+    lost = Record(
+        "tiaki.review",
+        0,
+        98,
+        b"SYN-CASE-0001",
+        b"\x01not an envelope",
+        ((DECISION_HEADER, item.review_id.encode()),),
+        0,
+    )
+    found = read_queue([*records, lost], Opener("broker", harness.ring), SCHEMAS, NOW)
+    with pytest.raises(ReviewError, match="may already be decided"):
+        found.held(item.review_id)
+    other = replace(lost, headers=((DECISION_HEADER, b"police/other/msd"),))
+    found = read_queue([*records, other], Opener("broker", harness.ring), SCHEMAS, NOW)
+    assert found.held(item.review_id).review_id == item.review_id
+
+
+def test_items_sealed_under_an_expired_broker_key_are_listed_unreadable() -> None:
+    harness, records = held()
+    # make_ring's keys are valid for 365 days from the day before NOW.
+    found = read_queue(records, Opener("broker", harness.ring), SCHEMAS, NOW + timedelta(days=366))
+    assert found.items == {}  # so none is escalated, and none can be decided
+    assert [(r.position, r.reason) for r in found.unreadable] == [("0:0", "key_expired")]
+
+
+def held_twice(harness: Harness, event_id: str) -> list[Record]:
+    """Police's and Corrections' episodes under one event id, each held for Oranga Tamariki."""
+    outputs: list[Outgoing] = []
+    for source in ("police", "corrections"):
+        record = sealed_example(harness, "FamilyHarmEpisodeReport", source, event_id)
+        processed = harness.pipeline.process(record, NOW)
+        assert processed.quarantine_reason is None  # event ids are each source's own
+        outputs += [o for o in processed.outputs if o.topic == "tiaki.review"]
+    return as_records(outputs)
+
+
+def test_two_sources_items_under_one_event_id_are_two_items() -> None:
+    """Each source chooses its own event ids: Police's and Corrections' items held for one
+    recipient under one event id are listed apart (the review id names the source), and
+    deciding one leaves the other held."""
+    harness = Harness(ScriptedDecider([verdict("oranga-tamariki", Outcome.REVIEW)]))
+    event_id = str(uuid.uuid4())
+    records = held_twice(harness, event_id)
+    police, corrections = (f"{s}/{event_id}/oranga-tamariki" for s in ("police", "corrections"))
+    items = queue(harness, records)
+    assert sorted(items) == [corrections, police]
+    assert items[police].shared["source_agency"] == "police"
+    declined = carry_out(harness, records, "decline", review_id=police)
+    records += as_records([o for o in declined if o.topic == "tiaki.review"], len(records))
+    items = queue(harness, records)
+    assert (items[police].state, items[corrections].state) == ("declined", "held")
+
+
+def test_items_held_under_one_earlier_review_id_are_both_listed_by_position() -> None:
+    """Items held before review ids named the source keep their ids; two of them under one
+    id are both listed, each with its position, and decided apart. A decision naming the id
+    alone is for the item read last before it, as the brokers that wrote it listed it."""
+    harness = Harness(ScriptedDecider([verdict("oranga-tamariki", Outcome.REVIEW)]))
+    event_id = str(uuid.uuid4())
+    records = [legacy(harness, r) for r in held_twice(harness, event_id)]
+    earlier = f"{event_id}/oranga-tamariki"
+    items = queue(harness, records)
+    assert sorted(items) == [f"{earlier}@0:0", f"{earlier}@0:1"]
+    assert items[f"{earlier}@0:0"].shared["source_agency"] == "police"
+    declined = carry_out(harness, records, "decline", review_id=f"{earlier}@0:0")
+    (decision,) = [o for o in declined if o.topic == "tiaki.review"]
+    assert dict(decision.headers)["tiaki-review-decision"] == f"{earlier}@0:0".encode()
+    records += as_records([decision], len(records))
+    items = queue(harness, records)
+    assert (items[f"{earlier}@0:0"].state, items[f"{earlier}@0:1"].state) == ("declined", "held")
+    # What an earlier broker wrote for the item it listed under the id (the last one read).
+    plainly = replace(items[f"{earlier}@0:1"], review_id=earlier)
+    approved = decide(
+        plainly,
+        "approve",
+        reviewer="Reviewer One (synthetic)",
+        justification="risk confirmed by SYN reviewer",
+        now=NOW,
+        sealer=harness.pipeline._sealer,
+        schemas=SCHEMAS,
+        context=CONTEXT,
+    )
+    records += as_records([o for o in approved if o.topic == "tiaki.review"], len(records))
+    items = queue(harness, records)
+    assert (items[f"{earlier}@0:0"].state, items[f"{earlier}@0:1"].state) == (
+        "declined",
+        "released",
+    )
