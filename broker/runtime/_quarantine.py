@@ -38,7 +38,7 @@ from rich.console import Console
 from rich.table import Table
 
 from broker._errors import TiakiError
-from broker._logging import looks_personal
+from broker._logging import typed_text_looks_personal
 from broker.codec import CodecError, SchemaSet, decode
 from broker.envelope import BROKER, EnvelopeError, Kind, Opener, Sealer
 from broker.platform._topics import DLQ, ingress_agency
@@ -189,7 +189,7 @@ def resolve(
         )
     if not justification.strip():
         raise QuarantineError("a resolution needs a justification (recorded on the audit log)")
-    if looks_personal(justification):
+    if typed_text_looks_personal(justification):
         raise QuarantineError(UNSAFE_REASONS)
     schema = schemas.latest("QuarantineResolution")
     doc = {

@@ -73,7 +73,7 @@ from typing import Any
 import structlog
 
 from broker._errors import TiakiError
-from broker._logging import looks_personal
+from broker._logging import typed_text_looks_personal
 from broker.codec import CodecError, SchemaSet, decode, encode
 from broker.envelope import EnvelopeError, Kind, Opened, Opener, Sealer
 from broker.platform._topics import BROKER, REVIEW, egress
@@ -119,9 +119,9 @@ _AFTER_DISCLOSURE_AUDIT = {
 #: Why reasons that look like they identify someone are refused: the audit log keeps them in
 #: clear (compliance reads them there), and it must never identify a person.
 UNSAFE_REASONS = (
-    "the justification looks like it holds a personal identifier (an NHI number, an e-mail "
-    "address, a phone number or another long run of digits); it goes to the audit log in "
-    "clear, so state the reasons without identifying anyone"
+    "the justification looks like it holds a personal identifier (an NHI or other number, "
+    "an e-mail address, a phone number, a date or a street address); it goes to the audit "
+    "log in clear, so state the reasons without identifying anyone, by name or otherwise"
 )
 
 
@@ -325,7 +325,7 @@ def decide(
         )
     if verdict != "escalate" and not justification.strip():
         raise ReviewError("a review decision needs a justification (FVA s24: reasons are recorded)")
-    if looks_personal(justification):
+    if typed_text_looks_personal(justification):
         raise ReviewError(UNSAFE_REASONS)
     decision_schema = schemas.latest("ReviewDecision")
     decision = {

@@ -5,11 +5,18 @@ from __future__ import annotations
 import io
 import json
 
+import pytest
 import structlog
 from hypothesis import given
 from hypothesis import strategies as st
 
-from broker._logging import SAFE_KEYS, SCRUBBED, configure_logging, scrub_personal_information
+from broker._logging import (
+    SAFE_KEYS,
+    SCRUBBED,
+    configure_logging,
+    scrub_personal_information,
+    typed_text_looks_personal,
+)
 
 CANARIES = {
     "name": "Canary Tūhoe-Smith",
@@ -119,3 +126,32 @@ def test_the_index_rebuild_warning_keeps_its_layouts() -> None:
     scrubber used to blank."""
     entry = {"event": "audit index rebuilt", "layout_was": 0, "layout": 4}
     assert scrub_personal_information(None, "warning", dict(entry)) == entry
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "Synthetic Person, DOB 12/05/1990",
+        "lives at 12 Example St now",
+        "NHI zzz0016 on file",
+        "NHI ZZZ 0016 on file",
+        "Police NIA 12345678",
+        "born 1990-05-12",
+    ],
+)
+def test_typed_reasons_holding_an_identifier_date_or_address_are_refused(typed: str) -> None:
+    """A reviewer's justification is kept in clear on the audit log for good; the log
+    scrubber's own pattern missed each of these (lower case, short numbers, dates, streets)."""
+    assert typed_text_looks_personal(typed)
+
+
+@pytest.mark.parametrize(
+    "typed",
+    [
+        "risk confirmed at the daily meeting; police must act",
+        "not necessary for the plan (GUIDE-01)",
+        "tier 3 case, s20 purpose stated, 2 agencies already involved",
+    ],
+)
+def test_typed_reasons_without_them_pass(typed: str) -> None:
+    assert not typed_text_looks_personal(typed)
