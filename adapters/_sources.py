@@ -381,7 +381,7 @@ class FolderSource:
         if name not in self._failing:
             self._failing.add(name)
             log.warning(
-                "source file left for the next scan", agency=self.agency, error=_error_code(exc)
+                "source file left for the next scan", agency=self.agency, reason=_error_code(exc)
             )
 
     async def _scan_file(self, file: Path, publish: PublishFn, result: ScanResult) -> None:

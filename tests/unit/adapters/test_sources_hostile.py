@@ -64,7 +64,7 @@ async def test_an_unreadable_file_is_left_with_one_warning_and_the_rest_go_on(
     assert (first.files, first.published) == (1, 1)
     assert _left(folder) == ["a-Jane-Doe.json"]  # there for a later scan, once readable
     warnings = [e for e in logs if e["event"] == "source file left for the next scan"]
-    assert [w["error"] for w in warnings] == ["PermissionError/EACCES"]  # once, not per scan
+    assert [w["reason"] for w in warnings] == ["PermissionError/EACCES"]  # once, not per scan
     assert "Jane" not in repr(logs)
 
 
