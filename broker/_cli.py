@@ -14,6 +14,7 @@ import typer
 
 from adapters._cli import app as adapter_app
 from broker._errors import TiakiError
+from broker._settings import not_utf8
 from broker.audit._cli import app as audit_app
 from broker.codec._cli import app as schema_app
 from broker.envelope._cli import app as keys_app
@@ -56,6 +57,10 @@ def main(argv: list[str] | None = None) -> int:
         if not arg.isascii() and any("\ud800" <= c <= "\udfff" for c in arg):
             print(f"tiaki: argument {position} is not UTF-8 text", file=sys.stderr)
             return 2
+    variable = not_utf8()
+    if variable is not None:
+        print(f"tiaki: environment variable {variable} is not UTF-8 text", file=sys.stderr)
+        return 2
     command = typer.main.get_command(app)
     try:
         # Without standalone mode, a command's ``raise typer.Exit(n)`` comes back as the value.

@@ -14,6 +14,8 @@ Environment variables:
     The Avro schema folder (default ``schemas``) and the policy folder (default ``policies``).
 ``TIAKI_KAFKA_PORT`` / ``TIAKI_CONTROLLER_PORT``
     Ports of the local Kafka's client (SASL_SSL) and controller (mutual TLS) listeners.
+``TIAKI_OPERATOR``
+    Not a setting: the default of the audit commands' ``--operator``, which Typer reads.
 """
 
 from __future__ import annotations
@@ -35,6 +37,21 @@ _VARIABLES = {
     "schemas_dir": "TIAKI_SCHEMAS",
     "policies_dir": "TIAKI_POLICIES",
 }
+#: Every variable a command reads, the settings' and ``--operator``'s.
+_READ = (*_VARIABLES.values(), "TIAKI_OPERATOR")
+
+
+def not_utf8(environ: Mapping[str, str] | None = None) -> str | None:
+    """The first variable a command reads whose value is not UTF-8, or None.
+
+    Python keeps such bytes as lone surrogates, which pass every check and fail at the first
+    write (the operator's name into the audit index) with a traceback, as an argument's would.
+    """
+    env = os.environ if environ is None else environ
+    for var in _READ:
+        if any("\ud800" <= c <= "\udfff" for c in env.get(var, "")):
+            return var
+    return None
 
 
 class Settings(BaseModel):

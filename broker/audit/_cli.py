@@ -60,6 +60,8 @@ from broker.envelope import BROKER, KeyStore
 from broker.platform import load_profile
 from broker.platform._profiles import profile_path
 from broker.platform._topics import COMPLIANCE
+from broker.policy._reader import suggest
+from broker.registry import load_registry
 from broker.runtime._audit import audit_base
 from broker.runtime._operator import BrokerTools
 from broker.runtime._pipeline import audit_output
@@ -121,12 +123,14 @@ def _index(
 
 def _missing_index(settings: Settings, db: str | None) -> Path | None:
     """The SQLite path at ``--db`` (or the default) if no index is there, else None. A
-    PostgreSQL URL is taken as existing: opening it finds out."""
+    PostgreSQL URL is taken as existing: opening it finds out. An empty file is no index
+    either: SQLite would make one in it, so any empty file named by mistake would become an
+    index and answer "nobody"."""
     text = str(db if db is not None else settings.home / "audit" / "index.sqlite")
     if text.startswith(("postgresql://", "postgres://")):
         return None
     path = Path(text.removeprefix("sqlite:///"))
-    return None if path.is_file() else path
+    return None if path.is_file() and path.stat().st_size > 0 else path
 
 
 def _record_if_indexed(
@@ -471,6 +475,7 @@ def query_command(
     """Audit rows (one per record and recipient) matching every filter given."""
     _check_format(fmt)
     settings = _settings()
+    _check_names(settings, agencies=(recipient, source_agency), event_type=event_type)
     q = Query(
         subject_ref=person_ref(_subject_key(settings), person) if person else None,
         recipient=recipient,
@@ -495,6 +500,30 @@ def query_command(
             f"(raise --limit, up to {MAX_LIMIT:,}, or narrow the filters)",
             file=sys.stderr,
         )
+
+
+def _check_names(
+    settings: Settings, *, agencies: Sequence[str | None], event_type: str | None
+) -> None:
+    """Refuse an agency not in the registry, or an event type no schema names, before the
+    query is run or recorded: a misspelling would answer "nobody" as if it were true, and a
+    person's name typed in the wrong option would be kept in the access log."""
+    given = [a for a in agencies if a is not None]
+    if given:
+        ids = load_registry(settings.registry).ids
+        for agency in given:
+            if agency not in ids:
+                raise QueryError(
+                    f"unknown agency {agency!r}: not in the registry {settings.registry}"
+                    f"{suggest(agency, ids)}"
+                )
+    if event_type is not None:
+        names = [s.short_name for s in load_schemas(settings.schemas_dir).events()]
+        if event_type not in names:
+            raise QueryError(
+                f"unknown event type {event_type!r}: no event schema in "
+                f"{settings.schemas_dir} has that name{suggest(event_type, names)}"
+            )
 
 
 def _row_doc(row: Row) -> dict[str, Any]:

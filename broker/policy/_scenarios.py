@@ -239,11 +239,12 @@ class _ScenarioReader:
             event_type = schema.name
             version = schema.version
         for key in ("source", "recipient"):
-            if key in values and values[key] and values[key] not in self.policy.registry.ids:
+            given = values.get(key)
+            if isinstance(given, str) and given and given not in self.policy.registry.ids:
                 spot = (context, key) if key in context else (defaults, key)
                 reader.error(
                     spot,
-                    f"unknown agency '{values[key]}'{suggest(values[key], self.policy.registry.ids)}",
+                    f"unknown agency '{given}'{suggest(given, self.policy.registry.ids)}",
                 )
         try:
             recipient = str(values.pop("recipient"))
@@ -292,7 +293,15 @@ class _ScenarioReader:
     def context_value(self, node: CommentedMap, key: str, value: Any) -> Any:
         if key == "at":
             return self.reader.date(node, key) or dt.date(2025, 3, 5)
-        if key == "purpose" and value not in self.policy.vocabulary.purposes and value != "unknown":
+        # A list or a mapping is refused here, before anything hashes it or compares it with
+        # a word: 'purpose: [a, b]' reads like "either purpose", which a decision never is.
+        if key in ("source", "recipient", "purpose") and not isinstance(value, str):
+            self.reader.error((node, key), f"'{key}' must be one word, not {value!r}")
+        elif key == "lead" and not isinstance(value, bool):
+            self.reader.error((node, key), f"'lead' must be true or false, not {value!r}")
+        elif (
+            key == "purpose" and value not in self.policy.vocabulary.purposes and value != "unknown"
+        ):
             self.reader.error(
                 (node, key),
                 f"unknown purpose '{value}'{suggest(str(value), self.policy.vocabulary.purposes)}",

@@ -288,21 +288,28 @@ def test_officer_names_are_simple(
     assert list(tmp_path.iterdir()) == []  # nothing written anywhere
 
 
+@pytest.mark.parametrize("empty", [False, True], ids=["missing", "empty file"])
 @pytest.mark.parametrize("command", [["query"], ["access-log"], ["subject-report", "NHI:ZZZ0016"]])
 def test_a_missing_index_is_refused_not_made(
     command: list[str],
+    empty: bool,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """An empty file is no index either: SQLite would make one in it, and its empty answer
+    would read as "nobody"."""
     monkeypatch.setenv("TIAKI_HOME", str(tmp_path))
     secrets = tmp_path / "keys" / "broker-secrets"
     secrets.mkdir(parents=True)
     (secrets / "audit-subject.key").write_bytes(b"k" * 32)
     typo = tmp_path / "indx.sqlite"
+    if empty:
+        typo.touch()
     argv = ["audit", *command, "--operator", "T", "--db", str(typo)]
     assert f"no audit index at {typo}" in one_line(argv, capsys)
-    assert not typo.exists()
+    assert typo.exists() == empty
+    assert not empty or typo.stat().st_size == 0
 
 
 # -- every file-reading command, random input ------------------------------------------------

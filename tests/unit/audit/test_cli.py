@@ -150,12 +150,64 @@ def test_bad_arguments_are_one_line_errors(
     assert "Traceback" not in err
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--recipient", "polce", "unknown agency 'polce': not in the registry"),
+        ("--source", "Jane Citizen", "unknown agency 'Jane Citizen': not in the registry"),
+        ("--event-type", "CaseAlocation", "unknown event type 'CaseAlocation'"),
+    ],
+)
+def test_a_filter_naming_nothing_known_is_refused_and_not_logged(
+    home: Path,
+    log: SyntheticLog,
+    capsys: pytest.CaptureFixture[str],
+    option: str,
+    value: str,
+    message: str,
+) -> None:
+    """A misspelt agency or event type once answered "nobody" with exit 0, and the text (a
+    person's name typed in the wrong option) went into the access log as it was typed."""
+    path = export(home / "log.jsonl", log.audit + log.checkpoints)
+    assert main(["audit", "index", "--file", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["audit", "query", option, value]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"tiaki: error: {message}")
+    assert err.count("\n") == 1
+    assert main(["audit", "access-log", "--format", "json"]) == 0
+    out = capsys.readouterr().out
+    assert [a["command"] for a in json.loads(out)] == ["index"]
+    assert value not in out
+
+
 def test_no_operator_no_access(
     home: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.delenv("TIAKI_OPERATOR")
     assert main(["audit", "query"]) == 2
     assert "--operator" in capsys.readouterr().err
+
+
+def test_an_operator_name_that_is_not_utf8_is_refused_before_anything_runs(
+    home: Path,
+    log: SyntheticLog,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """``TIAKI_OPERATOR=$'\\xff'`` reaches Python as a lone surrogate: it used to fail at the
+    access log's write with a traceback, as a non-UTF-8 ``--operator`` argument once did."""
+    path = export(home / "log.jsonl", log.audit + log.checkpoints)
+    assert main(["audit", "index", "--file", str(path)]) == 0
+    monkeypatch.setenv("TIAKI_OPERATOR", "\udcff")
+    capsys.readouterr()
+    assert main(["audit", "query", "--recipient", "corrections"]) == 2
+    assert capsys.readouterr().err == (
+        "tiaki: environment variable TIAKI_OPERATOR is not UTF-8 text\n"
+    )
+    monkeypatch.setenv("TIAKI_OPERATOR", "officer-1")
+    assert main(["audit", "access-log", "--format", "json"]) == 0
+    assert [a["command"] for a in json.loads(capsys.readouterr().out)] == ["index"]
 
 
 def test_verify_and_export_never_make_an_index(

@@ -173,6 +173,32 @@ CASES = [
         "mds,",
         "unknown agency 'mds' (did you mean 'msd'?)",
     ),
+    (
+        # A list is not a purpose: refused where it is written, not hashed into a traceback.
+        "list for a scenario's purpose",
+        "tests/routes.yaml",
+        "recipient: msd, purpose: serious_threat",
+        "recipient: msd, purpose: [serious_threat]",
+        "[serious_threat]",
+        "'purpose' must be one word, not ['serious_threat']",
+    ),
+    (
+        # Once passed over as "no recipient given", then decided for a recipient named '[]'.
+        "empty list for a scenario's recipient",
+        "tests/routes.yaml",
+        "recipient: msd, purpose: serious_threat",
+        "recipient: [], purpose: serious_threat",
+        "[],",
+        "'recipient' must be one word, not []",
+    ),
+    (
+        "mapping for a scenario's lead",
+        "tests/routes.yaml",
+        "recipient: msd, purpose: serious_threat",
+        "recipient: msd, lead: {agency: msd}, purpose: serious_threat",
+        "{agency: msd}",
+        "'lead' must be true or false, not {'agency': 'msd'}",
+    ),
 ]
 
 
