@@ -488,7 +488,7 @@ async def test_two_reviewers_approving_one_item_at_once_release_it_once(env: Bro
     the first, whose commit fails with nothing written; the recipient gets one release."""
     case = f"SYN-CASE-{uuid.uuid4().hex[:8]}"
     screening = example("HealthScreeningOutcome", case_id=case, source_agency="health-nz")
-    screening["strangulation_signs"] = False  # held for a person (HIPC-01), not shared at once
+    screening["header"]["sharing"]["privileged"] = True  # held for a person (FVA-08)
     await env.publish("health-nz", [("HealthScreeningOutcome", screening)])
     event_id = screening["header"]["event_id"]
     review_id = f"health-nz/{event_id}/police"
