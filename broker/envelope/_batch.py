@@ -40,7 +40,7 @@ from datetime import UTC, datetime
 from broker.envelope import _primitives as p
 from broker.envelope import _wire as w
 from broker.envelope._errors import KeyRevoked, Malformed, Tampered, UnknownKey
-from broker.envelope._keys import KeyInfo, KeyRing, KeyState, Purpose
+from broker.envelope._keys import KeyInfo, KeyRing, KeyState, Purpose, shown_key_id
 from broker.envelope._primitives import Algorithm, PublicKeyOps, Suite
 from broker.envelope._replay import to_ms
 
@@ -210,7 +210,7 @@ def verify_batch(
         raise Malformed()
     info = keyring.get(key_id)
     if info.owner != keyring.key_set_of(signer) or info.purpose is not Purpose.SIGNING:
-        raise UnknownKey(f"key {key_id} is not a signing key of {signer}")
+        raise UnknownKey(f"key {shown_key_id(key_id)} is not a signing key of {signer}")
     created = datetime.fromtimestamp(created_ms / 1000, tz=UTC)
     _check_signed_at(info, created)
     p.verify(keyring.public_key(key_id), signature, BATCH_CONTEXT + body, counter)

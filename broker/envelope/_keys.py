@@ -145,6 +145,19 @@ def key_id_pattern(owner: str) -> re.Pattern[str]:
     return re.compile(re.escape(owner) + r"\.(enc|sig)\.[0-9]{8}T[0-9]{6}Z\.[0-9a-f]{8}")
 
 
+#: Any key set's key id (:func:`key_id_pattern` with the owner an agency id).
+_ANY_KEY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\.(enc|sig)\.[0-9]{8}T[0-9]{6}Z\.[0-9a-f]{8}")
+
+
+def shown_key_id(key_id: str) -> str:
+    """``key_id`` as an error may show it. An envelope's key id is the sender's to write (up
+    to 255 bytes), and the error reaches the quarantine, the sender's refusal notice, the
+    audit log and the logs: one not in Tiaki's format is described, never repeated."""
+    if _ANY_KEY_ID.fullmatch(key_id):
+        return key_id
+    return f"(a key id not in Tiaki's format, {len(key_id.encode())} bytes)"
+
+
 def b64(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode("ascii").rstrip("=")
 
@@ -331,7 +344,7 @@ class KeyRing:
     def get(self, key_id: str) -> KeyInfo:
         info = self._keys.get(key_id)
         if info is None:
-            raise UnknownKey(f"unknown key {key_id}")
+            raise UnknownKey(f"unknown key {shown_key_id(key_id)}")
         return info
 
     def keys(self, owner: str | None = None) -> list[KeyInfo]:
@@ -347,7 +360,7 @@ class KeyRing:
         try:
             return self._private_raw[key_id]
         except KeyError:
-            raise UnknownKey(f"no private key held for {key_id}") from None
+            raise UnknownKey(f"no private key held for {shown_key_id(key_id)}") from None
 
     def public_key(self, key_id: str) -> p.PublicKey:
         key = self._public.get(key_id)
@@ -360,7 +373,7 @@ class KeyRing:
         try:
             return self._private[key_id]
         except KeyError:
-            raise UnknownKey(f"no private key held for {key_id}") from None
+            raise UnknownKey(f"no private key held for {shown_key_id(key_id)}") from None
 
     def current(
         self, principal: str, purpose: Purpose, algorithm: Algorithm, now: datetime
@@ -388,7 +401,9 @@ class KeyRing:
         """The key ``key_id`` if it belongs to ``principal``, has ``purpose`` and may accept."""
         info = self.get(key_id)
         if info.owner != self.key_set_of(principal) or info.purpose is not purpose:
-            raise UnknownKey(f"key {key_id} is not a {purpose.value} key of {principal}")
+            raise UnknownKey(
+                f"key {shown_key_id(key_id)} is not a {purpose.value} key of {principal}"
+            )
         info.check(KeyUse.ACCEPT, now)
         return info
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import re
 import signal
 from collections.abc import (
     Awaitable,
@@ -89,6 +90,10 @@ MAX_BATCH = 10_000
 #: The longest is a minute: a cut of a chain's unsigned tail is undetectable from the log
 #: alone (docs/compliance.md, "Limits"), so the window stays short.
 MIN_CHECKPOINT_SECONDS, MAX_CHECKPOINT_SECONDS = 1, 60
+#: A worker id: it names the worker's transactional id, its audit chain (kept for good) and
+#: its log lines, so it is a short token an operator makes up (``1``, ``canterbury-2``), never
+#: free text.
+WORKER_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,47}")
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,11 @@ class ServiceOptions:
             )
         if not 1 <= self.max_batch <= MAX_BATCH:
             raise ConfigError(f"batch size {self.max_batch}: must be from 1 to {MAX_BATCH}")
+        if WORKER_ID.fullmatch(self.worker_id) is None:
+            raise ConfigError(
+                f"worker id {self.worker_id!r}: use 1 to 48 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit (it names the worker's audit chain for good)"
+            )
         if f"{BROKER_GROUP_PREFIX}-{self.worker_id}".startswith(ACT_PREFIX):
             raise ConfigError(
                 f"worker id {self.worker_id!r}: ids starting 'act-' are the review and "

@@ -41,6 +41,12 @@ from broker._cli import main
             "tiaki: error: --outcome must be one of resent, dismissed",
         ),
         (["quarantine", "resolve", "0:1"], 2, "tiaki: Missing option '--outcome'."),
+        (  # free text would name an audit chain for good
+            ["broker", "run", "--worker-id", "Synthetic Person"],
+            1,
+            "tiaki: error: worker id 'Synthetic Person': use 1 to 48 letters, digits,",
+        ),
+        (["broker", "run", "--worker-id", ""], 1, "tiaki: error: worker id '': use 1 to 48"),
         (  # the review queue's transactional id: such a worker would fence reviewers' acts
             ["broker", "run", "--worker-id", "act-review"],
             1,

@@ -141,3 +141,27 @@ def test_update_from_takes_in_rotation_and_revocation_but_never_un_revokes() -> 
     assert [i.key_id for i in refused] == [other.key_id]
     assert ring.get(other.key_id).state is KeyState.REVOKED
     assert ring.update_from(fresh) == ([], [])  # nothing new: nothing changes
+
+
+@pytest.mark.parametrize(
+    "key_id",
+    ["Synthetic Person ZZZ0016", "police.sig.x", "a" * 255, "police.sig.20250101T000000Z.zz"],
+)
+def test_a_key_id_not_in_tiakis_format_is_described_not_repeated(
+    ring: KeyRing, key_id: str
+) -> None:
+    """The sender writes an envelope's key id, and the error reaches the quarantine, the
+    sender's refusal notice and the audit log: it must not carry what the sender put there."""
+    with pytest.raises(UnknownKey) as refused:
+        ring.get(key_id)
+    assert key_id not in str(refused.value)
+    assert "not in Tiaki's format" in str(refused.value)
+    with pytest.raises(UnknownKey) as refused:
+        ring.accepted(key_id, "police", Purpose.SIGNING, T0)
+    assert key_id not in str(refused.value)
+
+
+def test_an_unknown_key_id_in_tiakis_format_is_named(ring: KeyRing) -> None:
+    key_id = "police.sig.20250101T000000Z.0123abcd"
+    with pytest.raises(UnknownKey, match=f"unknown key {key_id}"):
+        ring.get(key_id)
