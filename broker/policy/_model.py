@@ -428,7 +428,8 @@ class DecisionInput:
         addressed to; see :meth:`for_one`. The broker's decider and ``tiaki policy test``
         both build inputs here, so a scenario is decided on the values the broker computes.
 
-        From the header's sharing context: purpose, route, consent, child consultation,
+        From the header's sharing context: purpose, route (for an answer, the route of the
+        ``request`` it answers, when the book knows it), consent, child consultation,
         provenance and the flags. Derived from the event itself (:func:`derived_values`):
         whether a child is involved, whether it holds Māori data, the risk it states, and who
         asked and for whom (the request it is, or the ``request`` it answers). ``case_risk``
@@ -456,6 +457,10 @@ class DecisionInput:
             **derived,
             "risk": higher_risk(case_risk, derived["risk"]),
         }
+        if request is not None and request.legal_route != "unknown":
+            # An answer is given under the request's route: a holder labelling its answer
+            # ota_s66 cannot make an FVA request's answer an OTA s66 disclosure (OT-05).
+            common["legal_route"] = request.legal_route
         addressees = _addressees(record)
         if request is not None:
             addressees.add(request.requester)
@@ -490,6 +495,9 @@ class RequestFacts:
     requester: str
     requester_role: str = "unknown"
     on_behalf_of: str = "unknown"
+    #: The route the request was made under; an answer is decided under it (``unknown``: the
+    #: book does not know it, and the answer's header route stands).
+    legal_route: str = "unknown"
 
 
 #: The attributes :func:`derived_values` computes from the event; a policy scenario may not

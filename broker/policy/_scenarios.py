@@ -79,7 +79,7 @@ _CONTEXT_KEYS = {f.name for f in dataclasses.fields(DecisionInput)} - {
 #: Context keys the broker computes from the event (and the request it answers, and the
 #: case's lead): a case may repeat them but not contradict them. Change the event instead.
 _COMPUTED = (*DERIVED, "addressee")
-_REQUEST_KEYS = {"requester", "requester_role", "on_behalf_of"}
+_REQUEST_KEYS = {"requester", "requester_role", "on_behalf_of", "legal_route"}
 
 
 @dataclass(frozen=True)
@@ -325,6 +325,7 @@ class _ScenarioReader:
             str(node["requester"]),
             str(node.get("requester_role", "unknown")),
             str(node.get("on_behalf_of", "unknown")),
+            str(node.get("legal_route", "unknown")),
         )
 
     def example(self, case: CommentedMap, name: str, schema: Any) -> dict[str, Any]:

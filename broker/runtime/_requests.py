@@ -127,6 +127,9 @@ class _Request:
     #: When the last holder answered or was escalated; None while one waits, and in a record
     #: older than RequestState v4 (retired from ``respond_by`` then).
     settled_at: datetime | None = None
+    #: The route the request was made under (``ota_s66`` for a requirement); its answers are
+    #: decided under it. ``unknown`` in a record older than RequestState v5.
+    legal_route: str = "unknown"
 
     def owner(self) -> _Owner:
         """The (topic, partition) whose worker escalates and retires this request."""
@@ -168,6 +171,7 @@ class _Request:
             "case_id": self.case_id,
             "settled_at": self.settled_at,
             "retired": False,
+            "legal_route": self.legal_route,
         }
 
     def retirement(self) -> dict[str, Any]:
@@ -181,6 +185,7 @@ class _Request:
             "escalated": [],
             "case_id": None,
             "retired": True,
+            "legal_route": "unknown",
         }
 
 
@@ -255,6 +260,7 @@ class RequestBook:
                 s.get("partition"),
                 s.get("case_id"),  # absent from RequestState v1 and v2 records
                 _utc_or_none(s.get("settled_at")),  # absent before v4
+                str(s.get("legal_route", "unknown")),  # absent before v5
             )
             self._requests[request.request_id] = request
             # Pushed in bulk, heapified below: a start reads every request there is.
@@ -295,6 +301,7 @@ class RequestBook:
                 str(event.get("on_behalf_of") or "unknown"),
                 partition=partition,
                 case_id=str(header["case_id"]),
+                legal_route=_route(event),
             )
             known = self._requests.get(request.request_id)
             owner = known.requester if known is not None else self._retired.get(request.request_id)
@@ -348,7 +355,9 @@ class RequestBook:
         request = self._asked(request_id, case_id=case_id, sender=sender)
         if request is None:
             return None
-        return RequestFacts(request.requester, request.requester_role, request.on_behalf_of)
+        return RequestFacts(
+            request.requester, request.requester_role, request.on_behalf_of, request.legal_route
+        )
 
     def _asked(self, request_id: str, *, case_id: str, sender: str) -> _Request | None:
         """Request ``request_id`` if ``sender`` is one of its holders and ``case_id`` is its
@@ -454,6 +463,17 @@ class RequestBook:
 
 def _utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _route(request: Mapping[str, Any]) -> str:
+    """The route an InformationRequest is made under: its own ``legal_route``, else its
+    header's (InformationRequest v1 and v2 both carry the field; the header is the fallback
+    for a request that leaves it unknown)."""
+    own = str(request.get("legal_route") or "unknown")
+    if own != "unknown":
+        return own
+    sharing = (request.get("header") or {}).get("sharing") or {}
+    return str(sharing.get("legal_route") or "unknown")
 
 
 def _utc_or_none(value: datetime | None) -> datetime | None:

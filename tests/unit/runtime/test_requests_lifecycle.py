@@ -566,3 +566,30 @@ def test_a_request_sent_again_about_another_case_starts_afresh() -> None:
     assert state is not None
     assert (state["answered"], state["settled_at"]) == ([], None)  # nobody answered this one
     assert len(book.lapse(DUE).escalated) == 1
+
+
+def test_the_book_keeps_the_route_a_request_was_made_under_and_its_answers_carry_it() -> None:
+    """OT-05: an answer is decided under its request's route (RequestState v5), read back
+    from the state topic too; a record written before v5 gives ``unknown``, so the answer's
+    own header route stands."""
+    s66 = REQUEST | {"legal_route": "ota_s66"}
+    book = RequestBook()
+    state = book.apply("InformationRequest", s66, 0)
+    assert state is not None
+    assert state["legal_route"] == "ota_s66"
+    holder = REQUEST["holders"][0]["agency_id"]
+    case = REQUEST["header"]["case_id"]
+    facts = book.facts("SYN-REQ-0001", case_id=case, sender=holder)
+    assert facts is not None
+    assert facts.legal_route == "ota_s66"
+    written = encode(STATE, state)
+    again = RequestBook()
+    again.load([decode(written, STATE)])
+    assert again.facts("SYN-REQ-0001", case_id=case, sender=holder) == facts
+    v4 = SCHEMAS.versions("RequestState")[3]
+    old = {k: v for k, v in state.items() if k != "legal_route"}
+    before = RequestBook()
+    before.load([decode(encode(v4, old), v4, STATE)])
+    found = before.facts("SYN-REQ-0001", case_id=case, sender=holder)
+    assert found is not None
+    assert found.legal_route == "unknown"
