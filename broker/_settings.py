@@ -12,6 +12,8 @@ Environment variables:
     The agency registry. Default: ``policies/agencies.yaml``.
 ``TIAKI_SCHEMAS`` / ``TIAKI_POLICIES``
     The Avro schema folder (default ``schemas``) and the policy folder (default ``policies``).
+    ``tiaki schema`` and ``tiaki policy`` default to them too (:func:`default_folder`), so
+    what a person checks, tests and signs is what ``tiaki broker run`` loads.
 ``TIAKI_KAFKA_PORT`` / ``TIAKI_CONTROLLER_PORT``
     Ports of the local Kafka's client (SASL_SSL) and controller (mutual TLS) listeners.
 ``TIAKI_OPERATOR``
@@ -23,6 +25,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -99,3 +102,23 @@ class Settings(BaseModel):
             else:
                 where = name
             raise ConfigError(f"invalid setting {where}: {first['msg']}") from None
+
+
+def default_folder(setting: Literal["schemas_dir", "policies_dir"]) -> Path:
+    """The folder ``setting`` names, for a command given none: the one ``tiaki broker run``
+    loads.
+
+    A folder that is not there is refused in one line naming the variable: the loader would
+    name a file inside it (``policy.yaml``, ``vocabulary.json``), under a path the person
+    never typed and may not know their environment sets.
+    """
+    folder: Path = getattr(Settings.from_env(), setting)
+    if folder.is_dir():
+        return folder
+    var = _VARIABLES[setting]
+    if var in os.environ:
+        raise ConfigError(f"invalid setting {var}={os.environ[var]!r}: no such folder")
+    raise ConfigError(
+        f"no {folder} folder here ({var} is not set): pass the folder, or set {var} to the "
+        "one 'tiaki broker run' loads"
+    )

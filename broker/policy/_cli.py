@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from broker._settings import Settings
+from broker._settings import Settings, default_folder
 from broker.policy._engine import Engine, compile_policy
 from broker.policy._errors import ApprovalError, PolicyValidationError, ScenarioFailure
 from broker.policy._load import load_policy_set
@@ -37,7 +37,11 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-_FOLDER = typer.Argument(help="Policy folder (default: policies/).")
+#: Without one, the folder ``tiaki broker run`` loads: an officer validates, tests and signs the
+#: set the broker will run, not whichever ``policies`` is under the current directory.
+_FOLDER_HELP = "Policy folder (default: $TIAKI_POLICIES, else policies)."
+_FOLDER = typer.Argument(help=_FOLDER_HELP)
+_FOLDER_OPTION = typer.Option("--policies", help=_FOLDER_HELP)
 _AT = typer.Option("--at", help="Decision date, YYYY-MM-DD (default: today).")
 _PARTICIPATING = typer.Option(
     "--participating", help="Treat every candidate recipient as working on the case."
@@ -53,10 +57,11 @@ def _today(at: str | None) -> dt.date:
         raise typer.BadParameter(f"--at {at!r}: expected YYYY-MM-DD") from None
 
 
-def _engine(folder: Path) -> Engine:
-    """Load and compile, printing every fault (one per line) before failing."""
+def _engine(folder: Path | None) -> Engine:
+    """Load and compile ``folder`` (None: the broker's), printing every fault (one per line)
+    before failing."""
     try:
-        return compile_policy(load_policy_set(folder))
+        return compile_policy(load_policy_set(folder or default_folder("policies_dir")))
     except PolicyValidationError as exc:
         _print_errors(exc)
         raise typer.Exit(1) from None
@@ -69,7 +74,7 @@ def _print_errors(exc: PolicyValidationError) -> None:
 
 
 @app.command("validate")
-def validate(folder: Annotated[Path, _FOLDER] = Path("policies")) -> None:
+def validate(folder: Annotated[Path | None, _FOLDER] = None) -> None:
     """Check every file of a policy set, and its scenarios; print each fault as file:line:column."""
     engine = _engine(folder)
     try:
@@ -85,7 +90,7 @@ def validate(folder: Annotated[Path, _FOLDER] = Path("policies")) -> None:
 
 
 @app.command("test")
-def run_tests(folder: Annotated[Path, _FOLDER] = Path("policies")) -> None:
+def run_tests(folder: Annotated[Path | None, _FOLDER] = None) -> None:
     """Run the scenario files; print failures, rules no test exercised, and 'N passed, N failed'."""
     engine = _engine(folder)
     try:
@@ -123,7 +128,7 @@ def _context(pairs: list[str]) -> dict[str, Any]:
 def explain(
     event: Annotated[Path, typer.Argument(help="An event file (plain JSON, one event).")],
     recipient: Annotated[str, typer.Option("--recipient", help="Recipient agency id.")],
-    folder: Annotated[Path, typer.Option("--policies", help="Policy folder.")] = Path("policies"),
+    folder: Annotated[Path | None, _FOLDER_OPTION] = None,
     at: Annotated[str | None, _AT] = None,
     participating: Annotated[bool, _PARTICIPATING] = False,
     settings: Annotated[
@@ -196,7 +201,7 @@ def simulate_command(
     events: Annotated[
         Path, typer.Argument(help="Events: JSON list, JSON lines, YAML, or a folder of .json.")
     ],
-    folder: Annotated[Path, typer.Option("--policies", help="Policy folder.")] = Path("policies"),
+    folder: Annotated[Path | None, _FOLDER_OPTION] = None,
     at: Annotated[str | None, _AT] = None,
     participating: Annotated[bool, _PARTICIPATING] = False,
     as_json: Annotated[
@@ -266,7 +271,7 @@ def diff_command(
 
 
 @app.command("hash")
-def hash_command(folder: Annotated[Path, _FOLDER] = Path("policies")) -> None:
+def hash_command(folder: Annotated[Path | None, _FOLDER] = None) -> None:
     """Print the policy set's canonical SHA-256 (what officers sign, and audit records carry)."""
     print(_engine(folder).policy_hash)
 
@@ -301,7 +306,7 @@ def keygen(
 
 @app.command("sign")
 def sign(
-    folder: Annotated[Path, _FOLDER] = Path("policies"),
+    folder: Annotated[Path | None, _FOLDER] = None,
     officer: Annotated[str, typer.Option("--officer", help="Your name as the roster has it.")] = "",
     key: Annotated[Path, typer.Option("--key", help="Your Ed25519 private key file.")] = Path(),
 ) -> None:
@@ -322,7 +327,7 @@ def sign(
 
 @app.command("verify")
 def verify(
-    folder: Annotated[Path, _FOLDER] = Path("policies"),
+    folder: Annotated[Path | None, _FOLDER] = None,
     roster: Annotated[
         Path | None,
         typer.Option(

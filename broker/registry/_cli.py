@@ -15,6 +15,10 @@ from broker.registry._model import StatusKind
 
 app = typer.Typer(help="The agency registry: check it, show it.", no_args_is_help=True)
 
+_PATH = typer.Argument(
+    help="Registry file (default: $TIAKI_REGISTRY, else policies/agencies.yaml)."
+)
+
 _SHORT = {
     StatusKind.FAMILY_VIOLENCE_AGENCY: "FVA",
     StatusKind.CHILD_WELFARE_PROTECTION_AGENCY: "CWPA",
@@ -24,9 +28,7 @@ _SHORT = {
 
 @app.command("check")
 def check(
-    path: Annotated[
-        Path | None, typer.Argument(help="Registry file (default: policies/agencies.yaml).")
-    ] = None,
+    path: Annotated[Path | None, _PATH] = None,
 ) -> None:
     """Validate the registry; print file:line:column and the reason for the first fault."""
     registry = load_registry(path or Settings.from_env().registry)
@@ -35,9 +37,7 @@ def check(
 
 @app.command("show")
 def show(
-    path: Annotated[
-        Path | None, typer.Argument(help="Registry file (default: policies/agencies.yaml).")
-    ] = None,
+    path: Annotated[Path | None, _PATH] = None,
 ) -> None:
     """Print a table of agencies with their kind, region, confirmed statuses and whether they
     coordinate cases."""

@@ -51,7 +51,7 @@ def run(
     roster: Annotated[
         Path | None,
         typer.Option(
-            help="The privacy officers this broker trusts (default: .tiaki/officers/roster.yaml)."
+            help="The privacy officers this broker trusts (default: TIAKI_HOME/officers/roster.yaml)."
         ),
     ] = None,
     max_batch: Annotated[
@@ -130,7 +130,7 @@ def publish_policy(
     roster: Annotated[
         Path | None,
         typer.Option(
-            help="The privacy officers the brokers trust (default: .tiaki/officers/roster.yaml)."
+            help="The privacy officers the brokers trust (default: TIAKI_HOME/officers/roster.yaml)."
         ),
     ] = None,
 ) -> None:

@@ -107,7 +107,8 @@ def decline(review_id: ReviewId, reviewer: Reviewer, justification: Justificatio
 
 @app.command("escalate")
 def escalate() -> None:
-    """Escalate every held item past its deadline (run it from a scheduler, e.g. every 15 minutes)."""
+    """Escalate every held item past its deadline (run it from a scheduler: the shipped
+    deploy/systemd/tiaki-review-escalate.timer runs it every 5 minutes)."""
     tools = BrokerTools()
     now = datetime.now(UTC)
 

@@ -1,7 +1,8 @@
 """The systemd units in ``deploy/systemd`` run the commands they mean to, with the options they
-mean to, give a stopping broker the time its own timeouts need, and keep each adapter to its own
-agency's files: no adapter runs as the broker or can read the broker's state (keys of every
-agency's ingress, every profile), as the trust model allows no one party the whole picture."""
+mean to, give a stopping broker the time its own timeouts need, escalate overdue review items
+on a timer (nothing else does), and keep each adapter to its own agency's files: no adapter
+runs as the broker or can read the broker's state (keys of every agency's ingress, every
+profile), as the trust model allows no one party the whole picture."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import pytest
 
 import adapters._cli as adapter_cli
 import broker.runtime._cli as broker_cli
+import broker.runtime._review_cli as review_cli
 from broker._cli import main
 from broker._errors import TiakiError
 from broker._settings import Settings
@@ -28,6 +30,8 @@ from broker.transport import KafkaTransport
 UNITS = Path(__file__).resolve().parents[2] / "deploy" / "systemd"
 BROKER = UNITS / "tiaki-broker@.service"
 ADAPTER = UNITS / "tiaki-adapter@.service"
+ESCALATE = UNITS / "tiaki-review-escalate.service"
+TIMER = UNITS / "tiaki-review-escalate.timer"
 
 
 def unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -104,7 +108,7 @@ class Captured(TiakiError):
 def started_with(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Any:
     """Run ``tiaki`` on ``argv`` up to the point where the service would begin; return what it
     would have begun with (the broker's options; the adapter's agency, configuration and
-    TIAKI_HOME)."""
+    TIAKI_HOME; the TIAKI_HOME of the broker's tools an operator command opens)."""
     seen: list[Any] = []
 
     def options(**kwargs: Any) -> None:
@@ -115,8 +119,13 @@ def started_with(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Any:
         seen.append((agency, config, settings.home))
         raise Captured("captured")
 
+    def tools() -> None:
+        seen.append(Settings.from_env().home)
+        raise Captured("captured")
+
     monkeypatch.setattr(broker_cli, "ServiceOptions", options)
     monkeypatch.setattr(adapter_cli, "_load", load)
+    monkeypatch.setattr(review_cli, "BrokerTools", tools)
     assert main(argv) == 1  # the capture, reported as an error like any other
     assert len(seen) == 1, "the command never reached the service"
     return seen[0]
@@ -152,6 +161,55 @@ def test_an_adapter_instance_runs_for_the_agency_its_name_says_in_its_own_home(
     assert state_directories(ADAPTER, "corrections") == [home]
 
 
+def test_the_escalation_runs_tiaki_review_escalate_as_the_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through the real CLI with the unit's environment: ``tiaki review escalate`` from the
+    virtualenv the other units run, opening the broker's keys and profile in the broker's
+    TIAKI_HOME (it re-seals held items as the broker)."""
+    env = environment(ESCALATE, "")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    argv = command_line(ESCALATE, "", env)
+    assert argv == ["/opt/tiaki/.venv/bin/tiaki", "review", "escalate"]
+    assert command_line(BROKER, "1", environment(BROKER, "1"))[0] == argv[0]
+    home = started_with(monkeypatch, argv[1:])
+    assert home == Settings.from_env(environment(BROKER, "1")).home
+    assert state_directories(ESCALATE, "") == [home]
+
+
+def test_the_escalation_has_the_brokers_user_environment_and_hardening() -> None:
+    """It acts as the broker, with the broker's keys: everything but what makes the broker a
+    long-running worker is the broker unit's, so it cannot drift looser than the broker."""
+    escalate, broker = unit(ESCALATE)["Service"], unit(BROKER)["Service"]
+    worker = {"Type", "ExecStart", "KillMode", "TimeoutStopSec", "Restart", "RestartSec"}
+    assert {k: v for k, v in escalate.items() if k not in worker | {"TimeoutStartSec"}} == {
+        k: v for k, v in broker.items() if k not in worker
+    } | {"EnvironmentFile": ["/etc/tiaki/tiaki.env"]}  # not the worker's own metrics port
+    assert escalate["Type"] == ["oneshot"]
+    assert "Restart" not in escalate  # the timer tries again
+
+
+def test_the_timer_escalates_every_5_minutes_and_catches_up() -> None:
+    timer = unit(TIMER)
+    assert timer["Timer"]["Unit"] == [ESCALATE.name]
+    assert timer["Timer"]["OnCalendar"] == ["*:0/5"]
+    assert timer["Timer"]["Persistent"] == ["true"]  # a run missed while down runs on boot
+    assert timer["Install"]["WantedBy"] == ["timers.target"]
+    assert "Install" not in unit(ESCALATE)  # started by the timer, never on its own
+
+
+def test_a_hung_escalation_is_stopped_before_the_next_is_due() -> None:
+    """The timer starts nothing while a run is still active, so one that hangs (a Kafka that
+    accepts connections and never answers) would hold off every later one."""
+    (every,) = unit(TIMER)["Timer"]["OnCalendar"]
+    (timeout,) = unit(ESCALATE)["Service"]["TimeoutStartSec"]
+    interval, limit = re.fullmatch(r"\*:0/(\d+)", every), re.fullmatch(r"(\d+)min", timeout)
+    assert interval is not None, every
+    assert limit is not None, timeout
+    assert 0 < int(limit[1]) < int(interval[1])
+
+
 def test_systemd_waits_for_a_stopping_broker_as_long_as_its_own_timeouts() -> None:
     """SIGTERM: the worker stops after the batch in flight, or is cancelled after
     GRACE_SECONDS; then the transport waits up to its close timeout for a commit or abort.
@@ -163,10 +221,14 @@ def test_systemd_waits_for_a_stopping_broker_as_long_as_its_own_timeouts() -> No
 
 
 @pytest.mark.parametrize("path", [BROKER, ADAPTER], ids=lambda p: p.name)
-def test_units_restart_run_unprivileged_and_keep_their_files_private(path: Path) -> None:
+def test_services_restart_and_never_give_up(path: Path) -> None:
+    assert unit(path)["Service"]["Restart"] == ["always"]
+    assert unit(path)["Unit"]["StartLimitIntervalSec"] == ["0"]
+
+
+@pytest.mark.parametrize("path", [BROKER, ADAPTER, ESCALATE], ids=lambda p: p.name)
+def test_units_run_unprivileged_and_keep_their_files_private(path: Path) -> None:
     service = unit(path)["Service"]
-    assert service["Restart"] == ["always"]
-    assert unit(path)["Unit"]["StartLimitIntervalSec"] == ["0"]  # and never gives up
     assert service["User"] != ["root"]
     assert service["UMask"] == ["0077"]  # keys and the outbox are written here
     assert service["NoNewPrivileges"] == ["yes"]
@@ -175,7 +237,7 @@ def test_units_restart_run_unprivileged_and_keep_their_files_private(path: Path)
     assert service["EnvironmentFile"][0] == "/etc/tiaki/tiaki.env"
 
 
-@pytest.mark.parametrize(("path", "instance"), [(BROKER, "1"), (ADAPTER, "police")])
+@pytest.mark.parametrize(("path", "instance"), [(BROKER, "1"), (ADAPTER, "police"), (ESCALATE, "")])
 def test_each_unit_works_in_its_own_state_directory(path: Path, instance: str) -> None:
     """TIAKI_HOME, after systemd has applied every environment file, is the unit's own state
     directory (systemd creates it, owned by the unit's user, mode 0700)."""
@@ -244,11 +306,12 @@ def test_systemd_reads_the_units_without_complaint(tmp_path: Path) -> None:
     """``systemd-analyze verify``, with the program path pointed at this checkout's ``tiaki``
     (it checks that the program exists): no unknown key, no value it cannot parse."""
     tiaki = Path(sys.executable).parent / "tiaki"
-    for path in (BROKER, ADAPTER):
+    units = (BROKER, ADAPTER, ESCALATE, TIMER)
+    for path in units:
         text = path.read_text().replace("/opt/tiaki/.venv/bin/tiaki", str(tiaki))
         (tmp_path / path.name).write_text(text)
     result = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", BROKER.name, ADAPTER.name],
+        ["systemd-analyze", "verify", "--man=no", *(path.name for path in units)],
         cwd=tmp_path,
         capture_output=True,
         text=True,

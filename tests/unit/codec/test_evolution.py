@@ -207,3 +207,36 @@ def test_cli_reports_schema_errors_on_one_line(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0
     assert "missing 'doc'" in err
+
+
+def test_cli_without_schemas_checks_the_brokers_folder(
+    tmp_path: Path,
+    schema_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Given no --schemas, TIAKI_SCHEMAS, the folder ``tiaki broker run`` decodes with, not
+    a ``schemas`` under the current directory (here the shipped one, which passes)."""
+    monkeypatch.chdir(schema_dir.parent)
+    folder = _folder(tmp_path, schema_dir, BASE, _v2(lambda f: f[2].__setitem__("type", "string")))
+    monkeypatch.setenv("TIAKI_SCHEMAS", str(folder))
+    assert main(["schema", "check"]) == 1
+    assert "field 'count'" in capsys.readouterr().err
+    assert main(["schema", "list"]) == 0
+    assert "nz.tiaki.Thing" in capsys.readouterr().out
+    assert main(["schema", "check", "--schemas", "schemas"]) == 0  # a folder given wins
+
+
+def test_cli_refuses_a_missing_tiaki_schemas_in_one_line(
+    tmp_path: Path,
+    schema_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(schema_dir.parent)
+    missing = tmp_path / "not-deployed"
+    monkeypatch.setenv("TIAKI_SCHEMAS", str(missing))
+    assert main(["schema", "check"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"tiaki: error: invalid setting TIAKI_SCHEMAS={str(missing)!r}: no such folder\n"

@@ -16,7 +16,7 @@ from broker.policy import (
     load_policy_set,
     load_roster,
 )
-from tests.unit.policy.conftest import POLICIES, SCHEMAS
+from tests.unit.policy.conftest import POLICIES, SCHEMAS, copy_policies
 
 EXAMPLES = SCHEMAS / "examples"
 
@@ -281,4 +281,65 @@ def test_the_shipped_set_is_unsigned(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main(["policy", "verify", str(POLICIES), "--roster", str(nobody)]) == 1
     err = capsys.readouterr().err
     assert "0 of 2 required approvals" in err
+    assert err.count("\n") == 1
+
+
+def test_without_a_folder_the_commands_use_the_brokers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Given no folder, validate, hash, sign and verify work on TIAKI_POLICIES, the set
+    ``tiaki broker run`` loads, not on a ``policies`` under the current directory."""
+    monkeypatch.chdir(copy_policies(tmp_path / "elsewhere").parent)  # an unedited ./policies
+    brokers = copy_policies(tmp_path / "release")
+    rules = brokers / "rules" / "50-ipp11.yaml"
+    rules.write_text(rules.read_text().replace("risk: keep", "narrative: keep"))
+    digest = compile_policy(load_policy_set(brokers)).policy_hash
+    shipped = compile_policy(load_policy_set(POLICIES)).policy_hash
+    assert digest != shipped
+    monkeypatch.setenv("TIAKI_POLICIES", str(brokers))
+
+    assert main(["policy", "hash"]) == 0
+    assert capsys.readouterr().out == f"{digest}\n"
+    assert main(["policy", "validate"]) == 0
+    assert capsys.readouterr().out.endswith(f" hash {digest}\n")
+    event = EXAMPLES / "FamilyHarmEpisodeReport.json"
+    assert main(["policy", "simulate", str(event), "--at", "2025-03-05", "--json"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {row["policy_hash"] for row in rows} == {digest}
+    keys = _officers(tmp_path, brokers, ["aroha", "ben"])
+    for name, key in keys.items():
+        assert main(["policy", "sign", "--officer", name, "--key", str(key)]) == 0
+    assert not list(Path("policies", "approvals").glob("*.json"))  # the local set is unsigned
+    assert main(["policy", "verify"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].startswith(f"ok: {digest} approved by")
+    # A folder given still wins.
+    assert main(["policy", "hash", "policies"]) == 0
+    assert capsys.readouterr().out == f"{shipped}\n"
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "hash", "verify"])
+def test_a_missing_tiaki_policies_is_one_line_not_the_local_folder(
+    command: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.chdir(copy_policies(tmp_path).parent)  # a valid ./policies it must not fall back to
+    _officers(tmp_path, tmp_path / "policies", ["aroha"])  # verify's roster is there
+    missing = tmp_path / "not-deployed"
+    monkeypatch.setenv("TIAKI_POLICIES", str(missing))
+    assert main(["policy", command]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err == f"tiaki: error: invalid setting TIAKI_POLICIES={str(missing)!r}: no such folder\n"
+
+
+def test_without_tiaki_policies_a_missing_local_folder_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TIAKI_POLICIES", raising=False)
+    assert main(["policy", "hash"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("tiaki: error: no policies folder here (TIAKI_POLICIES is not set)")
     assert err.count("\n") == 1
