@@ -91,7 +91,7 @@ from broker.runtime._cases import CaseMembership, MembershipRefused
 from broker.runtime._decide import Decider, Outcome, Verdict
 from broker.runtime._encoding import RecordParts
 from broker.runtime._intake import Accepted, Intake, Rejected
-from broker.runtime._requests import RETIRED, RequestBook, RequestIdInUse
+from broker.runtime._requests import RETIRED, RequestBook, RequestIdInUse, state_key
 from broker.transport import Headers, Outgoing, Record, TopicPartition
 
 log = structlog.get_logger("tiaki.broker")
@@ -516,9 +516,7 @@ class Pipeline:
 
     def _request_state(self, state: Mapping[str, Any]) -> Outgoing:
         value = encode(self._requests_schema, state)
-        return Outgoing(
-            STATE_REQUESTS, str(state["request_id"]).encode(), value, self._requests_headers
-        )
+        return Outgoing(STATE_REQUESTS, state_key(state).encode(), value, self._requests_headers)
 
     def seen(self) -> list[Outgoing]:
         """The batch's ``tiaki.state.seen`` record: the events admitted since the last call,
@@ -541,14 +539,14 @@ class Pipeline:
         The same worker retires its requests past their retention (``REQUEST_RETENTION``):
         the state record that retires one (``retired``) follows its escalations, if any.
         A retirement is undone on abort like an escalation: it is kept in ``_escalated`` as
-        the pair (request id, ``RETIRED``), and the book keeps the request aside until the
+        the pair (request key, ``RETIRED``), and the book keeps the request aside until the
         pass after its transaction settles."""
         self.requests.forget_retired({r for r, holder in self._escalated if holder == RETIRED})
         lapsed = self.requests.lapse(now, assignment)
         outputs: list[Outgoing] = []
         context = self._context()
         for state, holder in lapsed.escalated:
-            self._escalated.append((str(state["request_id"]), holder))
+            self._escalated.append((state_key(state), holder))
             outputs.append(self._request_state(state))
             case_id = state["case_id"]  # None in a book rebuilt from records older than v3
             audit = audit_base(context, "escalation", now) | {
@@ -564,7 +562,7 @@ class Pipeline:
             # request id when the case is unknown.
             outputs.append(self._audit(audit, str(state["request_id"]).encode()))
         for retirement in lapsed.retirements:
-            self._escalated.append((str(retirement["request_id"]), RETIRED))
+            self._escalated.append((state_key(retirement), RETIRED))
             outputs.append(self._request_state(retirement))
         outputs += self._notes[self._notes_taken :]
         self._notes_taken = len(self._notes)

@@ -25,11 +25,12 @@ facts (who asked, in what role, on whose behalf), which only the book holds. Why
 ever: the book is in every worker's memory and the compacted topic keeps the last record of
 every request ever made. After retirement a late answer finds no request and carries no
 request facts, so the shipped policy denies it (audited as any decision). The id stays its
-requester's: another agency's request under it is still refused (a freed id would let that
-agency's request collect late answers meant for the first requester), and the requester may
-make a new request under it. What a retired request leaves is its id, requester, event id,
-deadline, partition and settling time: a few dozen bytes per request ever made, in memory and on the
-topic (a tombstone, an empty value, would end even that reservation; nothing writes one).
+requester's on that case: another agency's request under it about the case is still refused
+(a freed id would let that agency's request collect late answers meant for the first
+requester), and the requester may make a new request under it. What a retired request leaves
+is its id, case, requester, event id, deadline, partition and settling time: a few dozen
+bytes per request ever made, in memory and on the topic (a tombstone, an empty value, would
+end even that reservation; nothing writes one).
 
 Routing itself is policy: the request and each response go wherever the rules permit. This
 module only keeps the book, written to the compacted ``tiaki.state.requests`` topic in the
@@ -53,25 +54,39 @@ ingress topic, partition), and a pass pops only what is due in the heaps this wo
 An entry whose request has gone, or whose deadline or owner has changed since it was pushed,
 is skipped when it comes up.
 
-A request id is the requester's own. Another agency that sends a request with an id already
-in the book is refused (:class:`RequestIdInUse`, quarantine reason ``request_id_in_use``):
-the answers to that id go to the first requester, so the newcomer's request is neither
-routed nor tracked, and its sender learns why from its refusal notice. The requester itself
-may send its own id again (a new event id); the book then takes the newer request. About the
-same case, it keeps what the holders it still names have done (answered, or been escalated):
-holders it no longer names are dropped, and holders it adds start unanswered. About another
-case, it is a new request (nobody has answered it).
+A request is known by its id *and its case* (:func:`request_key`), on the state topic too.
+An answer counts, and carries the request's facts, only on the request's case (below), so
+requests under one id about two cases never share an answer: they are two requests, each
+tracked and escalated on its own, and neither's record replaces the other's. That holds
+whatever a worker's copy of the book knows. An id is only ever reserved per case, and a
+request about a case arrives on that case's partition, so the worker that decides whether
+the id is free on the case is the one that wrote every request about it: another agency that
+sends a request with an id already in the book about the same case is refused
+(:class:`RequestIdInUse`, quarantine reason ``request_id_in_use``), since the answers to that
+id on that case go to the first requester; its sender learns why from its refusal notice.
+(Before requests were keyed by case, a worker that had not read another worker's request
+took a second request under its id, about a case of its own, as the same request and wrote
+over it: the first request vanished, and its holders were never escalated.) The requester
+itself may send its own id again about the same case (a new event id); the book then takes
+the newer request and keeps what the holders it still names have done (answered, or been
+escalated): holders it no longer names are dropped, and holders it adds start unanswered.
+Sent about another case, it is another request, and the first stands until it is answered,
+escalated and retired.
 
 An answer carries the request's facts (who asked, in what role, on whose behalf; the policy
 addresses the answer to the requester) only if it comes from one of the request's holders
 and is about the request's case (:meth:`RequestBook.facts`): an agency that was not asked,
-or an event on another case that names the id, gets no request facts, and the shipped
+or an event on another case that names the id, gets no request facts (unless a request
+under that id was made about that case too: then it answers that one), and the shipped
 policy then denies it. Nor does such an InformationResponse answer the request: the
 requester never received it, so the holder stays asked and is escalated at ``respond_by``
 (one test decides both, :meth:`RequestBook.apply` and :meth:`RequestBook.facts`, so they
 cannot disagree). ``RequestState`` v3 records the case; a book rebuilt from older
-records learns a request's case from the first holder event that names the request, as it
-learns the partition of a record older than v2.
+records keys such a request by its id alone and learns its case from the first holder event
+that names the request (then keys it by id and case), as it learns the partition of a record
+older than v2. Records written before request keys named the case are keyed by the id alone
+on the topic; once a request is written under its request key, ``request_states`` passes its
+records under the bare id over (:func:`broker.runtime._service.request_states`).
 """
 
 from __future__ import annotations
@@ -92,12 +107,29 @@ LEGACY_PARTITION = 0
 #: answers, from the later of its ``respond_by`` and that moment, before it is retired (see
 #: the module docs).
 REQUEST_RETENTION = timedelta(days=90)
-#: Stands for a holder in the (request id, holder) pairs of :meth:`RequestBook.unescalate`:
+#: Stands for a holder in the (request key, holder) pairs of :meth:`RequestBook.unescalate`:
 #: the request's retirement, not an escalation, is undone. No agency id has a NUL in it.
 RETIRED = "\0retired"
 
 #: Which worker escalates and retires a request: (requester's ingress topic, partition).
 _Owner = tuple[str, int]
+#: Between a request id and its case in a request key (ASCII's unit separator).
+_SEPARATOR = "\x1f"
+
+
+def request_key(request_id: str, case_id: str | None) -> str:
+    """A request's key in the book and on ``tiaki.state.requests``: its id and its case, so
+    that requests under one id about two cases (two agencies', or one agency's sent again
+    about another case) are two requests, and neither's record replaces the other's on the
+    compacted topic. A request read from a record older than RequestState v3 (no case) is
+    keyed by its id alone until a holder's answer says its case."""
+    return request_id if case_id is None else f"{request_id}{_SEPARATOR}{case_id}"
+
+
+def state_key(state: Mapping[str, Any]) -> str:
+    """The :func:`request_key` of a RequestState record."""
+    case_id = state.get("case_id")
+    return request_key(str(state["request_id"]), None if case_id is None else str(case_id))
 
 
 class RequestIdInUse(TiakiError):
@@ -130,6 +162,10 @@ class _Request:
     #: The route the request was made under (``ota_s66`` for a requirement); its answers are
     #: decided under it. ``unknown`` in a record older than RequestState v5.
     legal_route: str = "unknown"
+
+    def key(self) -> str:
+        """The request's key in the book and on ``tiaki.state.requests``: :func:`request_key`."""
+        return request_key(self.request_id, self.case_id)
 
     def owner(self) -> _Owner:
         """The (topic, partition) whose worker escalates and retires this request."""
@@ -176,14 +212,14 @@ class _Request:
 
     def retirement(self) -> dict[str, Any]:
         """The state record that retires this request: the id stays its requester's, and
-        nothing else of the request is kept (no holders, role or case)."""
+        nothing else of the request is kept (no holders or role) but its case, which keys it
+        (:func:`request_key`)."""
         return self.state() | {
             "requester_role": "unknown",
             "on_behalf_of": "unknown",
             "holders": [],
             "answered": [],
             "escalated": [],
-            "case_id": None,
             "retired": True,
             "legal_route": "unknown",
         }
@@ -201,16 +237,19 @@ class Lapsed:
 
     @property
     def retired(self) -> list[str]:
-        """The ids of the requests retired, in order."""
-        return [str(r["request_id"]) for r in self.retirements]
+        """The keys (:func:`request_key`) of the requests retired, in order."""
+        return [state_key(r) for r in self.retirements]
 
 
 class RequestBook:
     """Open information requests, pure: events and the clock in, state records out."""
 
     def __init__(self) -> None:
+        #: By :func:`request_key`: a request id once per case it was made about.
         self._requests: dict[str, _Request] = {}
-        #: Per owner, a min-heap of (deadline, request id); entries go stale (see the docs).
+        #: The keys of each request id's requests.
+        self._ids: dict[str, set[str]] = {}
+        #: Per owner, a min-heap of (deadline, request key); entries go stale (see the docs).
         self._heaps: dict[_Owner, list[tuple[datetime, str]]] = {}
         #: The live entry of each request: its owner and deadline when it was last pushed.
         self._scheduled: dict[str, tuple[_Owner, datetime]] = {}
@@ -218,12 +257,14 @@ class RequestBook:
         #: Requests retired by a pass whose transaction may not have committed yet, kept so
         #: that :meth:`unescalate` can bring them back; see :meth:`forget_retired`.
         self._retiring: dict[str, _Request] = {}
-        #: Retired request ids and their requesters: an id stays its requester's for good.
+        #: Retired requests' keys and their requesters: an id stays its requester's on its
+        #: case for good (a bare id, from a retirement before RequestState v5: on every case).
         self._retired: dict[str, str] = {}
 
     def replace(self, other: RequestBook) -> None:
         """Take ``other``'s state as this one's (after re-reading the state topic)."""
         self._requests = other._requests
+        self._ids = other._ids
         self._heaps = other._heaps
         self._scheduled = other._scheduled
         self._entries = other._entries
@@ -237,16 +278,31 @@ class RequestBook:
         altogether. A later record for the id brings the request back."""
         for s in states:
             if isinstance(s, str):
-                self._requests.pop(s, None)
-                self._scheduled.pop(s, None)
-                self._retired.pop(s, None)
+                request_id, _, case_id = s.partition(_SEPARATOR)
+                if case_id:  # one request's key: that request, and its reservation
+                    self._drop(s)
+                    self._retired.pop(s, None)
+                else:  # a bare request id: every request under it, and every reservation
+                    for key in list(self._ids.get(request_id, ())):
+                        self._drop(key)
+                    prefix = request_id + _SEPARATOR
+                    for key in [
+                        k for k in self._retired if k == request_id or k.startswith(prefix)
+                    ]:
+                        del self._retired[key]
                 continue
+            key = state_key(s)
             if s.get("retired"):
-                self._requests.pop(s["request_id"], None)
-                self._scheduled.pop(s["request_id"], None)
-                self._retired[s["request_id"]] = s["requester"]
+                if s.get("case_id") is None:  # before v5 retirements named no case: the id's
+                    for held in list(self._ids.get(s["request_id"], ())):
+                        self._drop(held)
+                else:
+                    self._drop(key)
+                self._retired[key] = s["requester"]  # a bare id's (before v5): every case's
                 continue
-            self._retired.pop(s["request_id"], None)
+            self._retired.pop(key, None)
+            if self._retired.get(s["request_id"]) == s["requester"]:
+                del self._retired[s["request_id"]]
             request = _Request(
                 s["request_id"],
                 s["requester"],
@@ -262,12 +318,14 @@ class RequestBook:
                 _utc_or_none(s.get("settled_at")),  # absent before v4
                 str(s.get("legal_route", "unknown")),  # absent before v5
             )
-            self._requests[request.request_id] = request
+            if request.case_id is not None:  # the same request, read before its case was known
+                self._drop(request.request_id)
+            self._put(request)
             # Pushed in bulk, heapified below: a start reads every request there is.
-            slot = request.owner(), request.deadline()
-            if self._scheduled.get(request.request_id) != slot:
-                self._scheduled[request.request_id] = slot
-                self._heaps.setdefault(slot[0], []).append((slot[1], request.request_id))
+            key, slot = request.key(), (request.owner(), request.deadline())
+            if self._scheduled.get(key) != slot:
+                self._scheduled[key] = slot
+                self._heaps.setdefault(slot[0], []).append((slot[1], key))
                 self._entries += 1
         for heap in self._heaps.values():
             heapq.heapify(heap)
@@ -303,24 +361,30 @@ class RequestBook:
                 case_id=str(header["case_id"]),
                 legal_route=_route(event),
             )
-            known = self._requests.get(request.request_id)
-            owner = known.requester if known is not None else self._retired.get(request.request_id)
+            key = request.key()
+            # The same request id about this case, or about a case the book does not know yet
+            # (read from a record older than RequestState v3): the same request sent again.
+            known = self._requests.get(key) or self._requests.get(request.request_id)
+            owner = known.requester if known is not None else None
+            owner = owner or self._retired.get(key) or self._retired.get(request.request_id)
             # Before the retry check: another agency's event with the same event id is no retry.
             if owner is not None and owner != request.requester:
                 raise RequestIdInUse(
-                    "request id is already used by another agency's request; "
+                    "request id is already used by another agency's request about this case; "
                     "use a request id of your own"
                 )
             if known is not None and known.event_id == request.event_id:
                 return None  # the same request again (a retried batch)
-            if known is not None and known.case_id in (None, request.case_id):
+            if known is not None:
                 # Sent again about its case: what the holders it still names did stands.
                 request.answered = known.answered & request.holders
                 request.escalated = known.escalated & request.holders
                 request.settled_at = known.settled_at
                 request.settle(now)
-            self._retired.pop(request.request_id, None)  # its own id, for a new request
-            self._requests[request.request_id] = request
+                self._drop(known.key())
+            self._retired.pop(key, None)  # its own id, for a new request
+            self._retired.pop(request.request_id, None)
+            self._put(request)
             self._schedule(request)
             self._compact()
             return request.state()
@@ -341,10 +405,15 @@ class RequestBook:
             return asked.state()
         return None
 
-    def requester(self, request_id: str) -> str | None:
-        """The agency that made request ``request_id``, if the book knows it."""
-        request = self._requests.get(request_id)
-        return request.requester if request is not None else None
+    def requester(self, request_id: str, case_id: str | None = None) -> str | None:
+        """The agency that made request ``request_id`` (about ``case_id``, or about any case),
+        if the book knows it."""
+        keys = [request_key(request_id, case_id)] if case_id else self._ids.get(request_id, ())
+        for key in keys:
+            request = self._requests.get(key)
+            if request is not None:
+                return request.requester
+        return None
 
     def facts(self, request_id: str, *, case_id: str, sender: str) -> RequestFacts | None:
         """The requester, its role and on whose behalf, for an event from ``sender`` about case
@@ -366,13 +435,16 @@ class RequestBook:
         but denied to the requester would end the request silently. A request whose case the
         book does not know takes ``case_id`` from the first holder event that names it,
         whichever of the two sees that event first."""
-        request = self._requests.get(request_id)
+        request = self._requests.get(request_key(request_id, case_id))
+        if request is not None:
+            return request if sender in request.holders else None
+        request = self._requests.get(request_id)  # one read before its case was known
         if request is None or sender not in request.holders:
             return None
-        if request.case_id is None:
-            request.case_id = case_id
-        elif request.case_id != case_id:
-            return None
+        self._drop(request_id)  # keyed by its case from now on
+        request.case_id = case_id
+        self._put(request)
+        self._schedule(request)
         return request
 
     def lapse(self, now: datetime, assignment: Collection[tuple[str, int]] | None = None) -> Lapsed:
@@ -389,12 +461,12 @@ class RequestBook:
         for owner in list(owners):
             heap = self._heaps.get(owner)
             while heap and heap[0][0] <= now:
-                due, request_id = heapq.heappop(heap)
+                due, key = heapq.heappop(heap)
                 self._entries -= 1
-                request = self._requests.get(request_id)
-                if request is None or self._scheduled.get(request_id) != (owner, due):
+                request = self._requests.get(key)
+                if request is None or self._scheduled.get(key) != (owner, due):
                     continue  # stale: the request has gone, or its deadline or owner changed
-                del self._scheduled[request_id]
+                del self._scheduled[key]
                 for holder in sorted(request.waiting()):
                     request.escalated.add(holder)
                     request.settle(now)  # with the last holder: its retirement counts from now
@@ -402,9 +474,9 @@ class RequestBook:
                 if now < request.deadline():  # its retirement, nobody waiting now
                     self._schedule(request)
                 else:
-                    del self._requests[request_id]
-                    self._retiring[request_id] = request
-                    self._retired[request_id] = request.requester
+                    self._drop(key)
+                    self._retiring[key] = request
+                    self._retired[key] = request.requester
                     retirements.append(request.retirement())
         self._compact()
         return Lapsed(escalated, retirements)
@@ -414,15 +486,15 @@ class RequestBook:
         committed (they will be made again). A retired request whose id has been taken since
         stays retired (the state is re-read after an abort in any case)."""
         pairs = list(pairs)
-        for request_id, holder in pairs:  # first: a retired request's escalations come back
+        for key, holder in pairs:  # first: a retired request's escalations come back
             if holder == RETIRED:
-                request = self._retiring.pop(request_id, None)
-                if request is not None and request_id not in self._requests:
-                    self._requests[request_id] = request
-                    self._retired.pop(request_id, None)
+                request = self._retiring.pop(key, None)
+                if request is not None and key not in self._requests:
+                    self._put(request)
+                    self._retired.pop(key, None)
                     self._schedule(request)
-        for request_id, holder in pairs:
-            request = self._requests.get(request_id)
+        for key, holder in pairs:
+            request = self._requests.get(key)
             if holder != RETIRED and request is not None and holder in request.escalated:
                 request.escalated.discard(holder)
                 request.settle(None)  # a holder waits again
@@ -432,20 +504,36 @@ class RequestBook:
     def forget_retired(self, pending: Collection[str]) -> None:
         """Drop the requests kept aside for :meth:`unescalate` but those in ``pending``, whose
         retirements have not yet committed."""
-        for request_id in [r for r in self._retiring if r not in pending]:
-            del self._retiring[request_id]
+        for key in [k for k in self._retiring if k not in pending]:
+            del self._retiring[key]
 
     def open_requests(self) -> list[dict[str, Any]]:
         return [r.state() for r in self._requests.values() if r.holders - r.answered]
 
     def _schedule(self, request: _Request) -> None:
         """Push ``request``'s next deadline, unless the entry in force says it already."""
-        slot = request.owner(), request.deadline()
-        if self._scheduled.get(request.request_id) == slot:
+        key, slot = request.key(), (request.owner(), request.deadline())
+        if self._scheduled.get(key) == slot:
             return
-        self._scheduled[request.request_id] = slot
-        heapq.heappush(self._heaps.setdefault(slot[0], []), (slot[1], request.request_id))
+        self._scheduled[key] = slot
+        heapq.heappush(self._heaps.setdefault(slot[0], []), (slot[1], key))
         self._entries += 1
+
+    def _put(self, request: _Request) -> None:
+        key = request.key()
+        self._requests[key] = request
+        self._ids.setdefault(request.request_id, set()).add(key)
+
+    def _drop(self, key: str) -> None:
+        """Forget the request under ``key``, if there is one (its heap entry goes stale)."""
+        request = self._requests.pop(key, None)
+        self._scheduled.pop(key, None)
+        if request is not None:
+            keys = self._ids.get(request.request_id)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._ids[request.request_id]
 
     def _compact(self) -> None:
         """Rebuild the heaps from the entries in force once stale ones are most of them (a
@@ -454,8 +542,8 @@ class RequestBook:
         if self._entries <= 2 * len(self._scheduled) + 1024:
             return
         heaps: dict[_Owner, list[tuple[datetime, str]]] = {}
-        for request_id, (owner, due) in self._scheduled.items():
-            heaps.setdefault(owner, []).append((due, request_id))
+        for key, (owner, due) in self._scheduled.items():
+            heaps.setdefault(owner, []).append((due, key))
         for heap in heaps.values():
             heapq.heapify(heap)
         self._heaps, self._entries = heaps, len(self._scheduled)

@@ -64,7 +64,7 @@ from broker.runtime._metrics import BrokerMetrics, observe_keys, observe_lag
 from broker.runtime._pipeline import SCHEMA_HEADER, Pipeline, broker_sealer
 from broker.runtime._policy import PolicyDecider
 from broker.runtime._policy_watch import PolicyWatcher
-from broker.runtime._requests import RequestBook
+from broker.runtime._requests import RequestBook, state_key
 from broker.runtime._secrets import shared_secret
 from broker.runtime._worker import Worker
 from broker.transport import (
@@ -193,10 +193,11 @@ def request_states(records: Iterable[Record], schemas: SchemaSet) -> Iterator[di
     An empty value without a key is skipped."""
     latest, first = schemas.latest("RequestState"), schemas.versions("RequestState")[0]
     writers: dict[bytes, Schema] = {}
+    read: list[tuple[str | None, dict[str, Any] | None]] = []
     for record in records:
+        key = None if record.key is None else record.key.decode(errors="replace")
         if not record.value:
-            if record.key is not None:
-                yield record.key.decode(errors="replace")
+            read.append((key, None))
             continue
         header = dict(record.headers).get(SCHEMA_HEADER)
         writer = first
@@ -204,7 +205,17 @@ def request_states(records: Iterable[Record], schemas: SchemaSet) -> Iterator[di
             writer = writers.get(header) or writers.setdefault(
                 header, schemas.by_fingerprint(bytes.fromhex(header.decode("ascii")))
             )
-        yield decode(record.value, writer, latest)
+        read.append((key, decode(record.value, writer, latest)))
+    # A request written under its id alone (before request keys named the case) and since
+    # under its request key: records on two keys, so two partitions, in no order between
+    # them. Every record under its request key is the later, so the others are passed over.
+    keyed = {key for key, _ in read if key is not None}
+    for key, state in read:
+        if state is None:
+            if key is not None:
+                yield key
+        elif key == state_key(state) or state_key(state) not in keyed:
+            yield state
 
 
 def state_refresh(

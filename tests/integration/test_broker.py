@@ -27,6 +27,7 @@ from broker.runtime._pipeline import body_json, broker_opener
 from broker.runtime._policy import PolicyDecider
 from broker.runtime._quarantine import RESOLUTION_HEADER
 from broker.runtime._release import bundle
+from broker.runtime._requests import request_key
 from broker.runtime._review import ReviewError, decide, read_queue
 from broker.runtime._secrets import shared_secret
 from broker.runtime._service import secret_paths
@@ -294,7 +295,8 @@ async def test_a_request_id_another_agency_holds_is_refused(env: BrokerEnv) -> N
     await env.publish("msd", [("InformationRequest", first)])
     loop = asyncio.get_running_loop()
     deadline = loop.time() + 60
-    while request_id.encode() not in {r.key for r in await env.read("broker", STATE_REQUESTS)}:
+    key = request_key(request_id, case).encode()  # its id and its case
+    while key not in {r.key for r in await env.read("broker", STATE_REQUESTS)}:
         assert loop.time() < deadline, "the first request never reached the request book"
         await asyncio.sleep(1)
 
@@ -316,7 +318,7 @@ async def test_a_request_id_another_agency_holds_is_refused(env: BrokerEnv) -> N
     states = [
         decode(r.value, SCHEMAS.latest("RequestState"))
         for r in await env.read("broker", STATE_REQUESTS)
-        if r.key == request_id.encode() and r.value
+        if r.key == key and r.value
     ]
     assert states  # the request, then its escalation (the example's respond_by is past)
     assert {s["requester"] for s in states} == {"msd"}

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from broker.codec import from_json, load_schemas
-from broker.runtime._requests import RequestBook, RequestIdInUse
+from broker.runtime._requests import RequestBook, RequestIdInUse, request_key
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMAS = load_schemas(ROOT / "schemas")
@@ -48,7 +48,9 @@ def test_unanswered_request_escalates_once_and_an_abort_undoes_it() -> None:
     first = book.lapse(DUE).escalated
     assert [(s["escalated"], holder) for s, holder in first] == [(["police"], "police")]
     assert book.lapse(DUE + timedelta(hours=1)).escalated == []  # once
-    book.unescalate([("SYN-REQ-0001", "police")])  # its transaction aborted
+    book.unescalate(
+        [(request_key("SYN-REQ-0001", "SYN-CASE-0001"), "police")]
+    )  # its transaction aborted
     assert len(book.lapse(DUE + timedelta(hours=1)).escalated) == 1  # so it is made again
 
 

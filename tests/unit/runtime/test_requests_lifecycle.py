@@ -23,6 +23,8 @@ from broker.runtime._requests import (
     RETIRED,
     RequestBook,
     RequestIdInUse,
+    request_key,
+    state_key,
 )
 from broker.runtime._service import rebuild_state, request_states
 from broker.transport import InMemoryCluster, Record
@@ -43,6 +45,8 @@ from tests.unit.runtime.test_state_refresh import (
 )
 
 RETIRE = DUE + REQUEST_RETENTION
+#: The example request's key: its id and its case.
+KEY = request_key("SYN-REQ-0001", "SYN-CASE-0001")
 STATE = SCHEMAS.latest("RequestState")
 MSD = ingress("msd")
 
@@ -207,12 +211,12 @@ def test_a_pass_does_what_a_walk_over_the_whole_book_would(ops: list[tuple[Any, 
                 if not waiting and now >= max(r.respond_by, settled) + REQUEST_RETENTION:
                     expected_retired.add(rid)
             lapsed = book.lapse(now, assignment)
-            assert {(s["request_id"], h) for s, h in lapsed.escalated} == expected_escalations
+            assert {(state_key(s), h) for s, h in lapsed.escalated} == expected_escalations
             assert set(lapsed.retired) == expected_retired
             records += [s for s, _ in lapsed.escalated]
             records += lapsed.retired
-            pending += [(s["request_id"], h) for s, h in lapsed.escalated]
-            pending += [(rid, RETIRED) for rid in lapsed.retired]
+            pending += [(state_key(s), h) for s, h in lapsed.escalated]
+            pending += [(key, RETIRED) for key in lapsed.retired]
         elif op[0] == "abort":
             book.unescalate(pending)
             pending, undone = [], undone or bool(pending)
@@ -243,7 +247,7 @@ def test_a_settled_request_is_retired_a_retention_period_after_its_deadline() ->
     assert book.lapse(RETIRE - timedelta(seconds=1)).retired == []
     assert book.requester("SYN-REQ-0001") == "msd"
     lapsed = book.lapse(RETIRE)
-    assert (lapsed.escalated, lapsed.retired) == ([], ["SYN-REQ-0001"])
+    assert (lapsed.escalated, lapsed.retired) == ([], [KEY])
     assert book.requester("SYN-REQ-0001") is None
     # A late answer now finds no request: it carries no request facts, so the policy denies it.
     assert book.facts("SYN-REQ-0001", case_id="SYN-CASE-0001", sender="police") is None
@@ -270,7 +274,7 @@ def test_a_late_answer_is_routed_to_the_requester_until_the_request_retires() ->
     }
     cases = join(CaseMembership(), ["msd", "police"])
     assert _decide("InformationResponse", answer, cases, book)["msd"].outcome is Outcome.SHARE
-    assert book.lapse(RETIRE).retired == ["SYN-REQ-0001"]
+    assert book.lapse(RETIRE).retired == [KEY]
     assert _decide("InformationResponse", answer, cases, book)["msd"].outcome is Outcome.DENY
 
 
@@ -284,7 +288,7 @@ def test_an_escalated_holder_may_answer_late_until_the_request_retires() -> None
     late = book.apply("InformationResponse", RESPONSE, 0)
     assert late is not None
     assert (late["answered"], late["escalated"]) == (["police"], ["police"])
-    assert book.lapse(RETIRE).retired == ["SYN-REQ-0001"]
+    assert book.lapse(RETIRE).retired == [KEY]
 
 
 def test_a_request_escalated_late_is_kept_a_whole_retention_after_its_escalation() -> None:
@@ -294,13 +298,13 @@ def test_a_request_escalated_late_is_kept_a_whole_retention_after_its_escalation
     book = RequestBook()
     book.apply("InformationRequest", REQUEST, 0)
     assert book.lapse(RETIRE).escalated != []  # escalated now: not retired in this pass
-    book.unescalate([("SYN-REQ-0001", "police")])
+    book.unescalate([(KEY, "police")])
     lapsed = book.lapse(RETIRE)
     assert [(s["escalated"], h) for s, h in lapsed.escalated] == [(["police"], "police")]
     assert [s["settled_at"] for s, _ in lapsed.escalated] == [RETIRE]
     assert lapsed.retired == []
     assert book.lapse(RETIRE + REQUEST_RETENTION - timedelta(seconds=1)).retired == []
-    assert book.lapse(RETIRE + REQUEST_RETENTION).retired == ["SYN-REQ-0001"]
+    assert book.lapse(RETIRE + REQUEST_RETENTION).retired == [KEY]
 
 
 def test_a_request_answered_after_its_deadline_is_kept_a_retention_after_the_answer() -> None:
@@ -314,7 +318,7 @@ def test_a_request_answered_after_its_deadline_is_kept_a_retention_after_the_ans
     rebuilt.load([state])  # the settling time survives a restart
     for b in (book, rebuilt):
         assert b.lapse(answered_at + REQUEST_RETENTION - timedelta(seconds=1)).retired == []
-        assert b.lapse(answered_at + REQUEST_RETENTION).retired == ["SYN-REQ-0001"]
+        assert b.lapse(answered_at + REQUEST_RETENTION).retired == [KEY]
 
 
 def test_only_the_owner_retires_a_request() -> None:
@@ -323,7 +327,7 @@ def test_only_the_owner_retires_a_request() -> None:
     book.apply("InformationResponse", RESPONSE, 2)
     assert book.lapse(RETIRE, {(MSD, 1), (ingress("police"), 2)}).retired == []
     assert book.requester("SYN-REQ-0001") == "msd"
-    assert book.lapse(RETIRE, {(MSD, 2)}).retired == ["SYN-REQ-0001"]
+    assert book.lapse(RETIRE, {(MSD, 2)}).retired == [KEY]
 
 
 def test_an_aborted_retirement_and_an_aborted_escalation_are_undone() -> None:
@@ -331,17 +335,17 @@ def test_an_aborted_retirement_and_an_aborted_escalation_are_undone() -> None:
     book.apply("InformationRequest", REQUEST, 0)
     lapsed = book.lapse(DUE)
     assert (len(lapsed.escalated), lapsed.retired) == (1, [])
-    book.unescalate([("SYN-REQ-0001", "police")])  # the escalation's transaction aborted
+    book.unescalate([(KEY, "police")])  # the escalation's transaction aborted
     assert [(r["escalated"], r["settled_at"]) for r in book.open_requests()] == [([], None)]
     assert len(book.lapse(DUE).escalated) == 1  # made again, and this time committed
     book.forget_retired(())
     retired = book.lapse(RETIRE)
-    assert retired.retired == ["SYN-REQ-0001"]
-    book.unescalate([("SYN-REQ-0001", RETIRED)])  # the retirement's transaction aborted
+    assert retired.retired == [KEY]
+    book.unescalate([(KEY, RETIRED)])  # the retirement's transaction aborted
     assert book.requester("SYN-REQ-0001") == "msd"
-    assert book.lapse(RETIRE).retired == ["SYN-REQ-0001"]
+    assert book.lapse(RETIRE).retired == [KEY]
     book.forget_retired(())  # its transaction committed
-    book.unescalate([("SYN-REQ-0001", RETIRED)])
+    book.unescalate([(KEY, RETIRED)])
     assert book.requester("SYN-REQ-0001") is None
 
 
@@ -404,11 +408,12 @@ def test_the_pipeline_writes_a_retirement_and_undoes_it_on_abort() -> None:
     retire = due + REQUEST_RETENTION
     assert pipeline.escalations(retire - timedelta(seconds=1)) == []
     outputs = pipeline.escalations(retire)
-    assert [(o.topic, o.key) for o in outputs] == [("tiaki.state.requests", b"SYN-REQ-0001")]
+    assert [(o.topic, o.key) for o in outputs] == [("tiaki.state.requests", KEY.encode())]
     assert outputs[0].value is not None
     record = decode(outputs[0].value, STATE)
     assert (record["retired"], record["requester"], record["holders"]) == (True, "msd", [])
-    assert (record["case_id"], record["requester_role"]) == (None, "unknown")  # nothing kept
+    # Nothing kept but what keys it: its id and its case.
+    assert (record["case_id"], record["requester_role"]) == ("SYN-CASE-0001", "unknown")
     assert pipeline.requests.requester("SYN-REQ-0001") is None
     settled = pipeline.mark()[1]
     pipeline.aborted()
@@ -438,7 +443,7 @@ async def test_a_worker_retires_a_request_on_the_state_topic_after_a_failed_comm
         assert n.requests.requester("SYN-REQ-0001") == "msd"  # the retirement was undone
         await steps(n.worker, 1)  # the re-read, and the retirement again
     records = await read(cluster, "tiaki.state.requests")
-    assert [r.key for r in records[-1:]] == [b"SYN-REQ-0001"]
+    assert [r.key for r in records[-1:]] == [KEY.encode()]
     assert decode(records[-1].value, STATE)["retired"] is True
     assert n.requests.requester("SYN-REQ-0001") is None
     fresh = await rebuild_state(cluster.reader(), SCHEMAS)
@@ -535,7 +540,7 @@ def test_a_retired_id_is_refused_to_another_agency_so_late_answers_cannot_reach_
     lapsed = book.lapse(DUE)  # police escalated, the request settled
     assert len(lapsed.escalated) == 1
     retired = book.lapse(RETIRE)
-    assert retired.retired == ["SYN-REQ-0001"]
+    assert retired.retired == [KEY]
     squat = REQUEST | {"header": REQUEST["header"] | {"source_agency": "oranga-tamariki"}}
     squat["header"] = squat["header"] | {"event_id": "00000000-0000-4000-8000-0000000000ff"}
     with pytest.raises(RequestIdInUse):
