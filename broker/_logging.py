@@ -84,10 +84,10 @@ def looks_personal(text: str) -> bool:
 #: five or more digits (a Police NIA number, a client number), a date (a date of birth), and a
 #: street address ("12 Karaka St"). A name cannot be told from other words; the message says so.
 _TYPED_PERSONAL = re.compile(
-    r"\b[a-hj-np-z]{3}\s?\d{2}[0-9a-z]{2}\b"
+    r"\b[a-hj-np-z]{3}\d{2}[0-9a-z]{2}\b"
     r"|\d{5,}"
     r"|\b\d{1,2}[/.-]\d{1,2}[/.-]\d{2,4}\b|\b\d{4}-\d{2}-\d{2}\b"
-    r"|\b\d+[a-z]?\s+\w+\s+(street|st|road|rd|avenue|ave|drive|dr|place|pl|lane|ln|terrace|tce"
+    r"|\b\d+[a-z]?\s+(\w+\s+){1,3}(street|st|road|rd|avenue|ave|drive|dr|place|pl|lane|ln|terrace|tce"
     r"|crescent|cres|way|grove|close|parade)\b",
     re.IGNORECASE,
 )

@@ -37,6 +37,7 @@ import csv
 import io
 import json
 import logging
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
@@ -502,21 +503,35 @@ def query_command(
         )
 
 
+#: The form of an agency id (broker.registry's ``AgencyId``).
+_AGENCY_ID = re.compile(r"[a-z][a-z0-9-]{1,38}[a-z0-9]")
+
+
 def _check_names(
     settings: Settings, *, agencies: Sequence[str | None], event_type: str | None
 ) -> None:
-    """Refuse an agency not in the registry, or an event type no schema names, before the
-    query is run or recorded: a misspelling would answer "nobody" as if it were true, and a
-    person's name typed in the wrong option would be kept in the access log."""
+    """Refuse an agency that is not an agency id, or an event type no schema names, before
+    the query is run or recorded: a person's name typed in the wrong option would be kept in
+    the access log. An agency id the registry no longer has (an agency that has left: the
+    log outlives its registration) is queried, with a note that an empty answer may be a
+    misspelling rather than "nobody"."""
     given = [a for a in agencies if a is not None]
     if given:
         ids = load_registry(settings.registry).ids
         for agency in given:
-            if agency not in ids:
+            if agency in ids:
+                continue
+            if _AGENCY_ID.fullmatch(agency) is None:
                 raise QueryError(
-                    f"unknown agency {agency!r}: not in the registry {settings.registry}"
-                    f"{suggest(agency, ids)}"
+                    f"unknown agency {agency!r}: not in the registry {settings.registry}, "
+                    f"nor an agency id{suggest(agency, ids)}"
                 )
+            print(
+                f"tiaki: note: agency {agency!r} is not in the registry {settings.registry} "
+                f"(one that has left?); an empty answer may mean a misspelling"
+                f"{suggest(agency, ids)}",
+                file=sys.stderr,
+            )
     if event_type is not None:
         names = [s.short_name for s in load_schemas(settings.schemas_dir).events()]
         if event_type not in names:

@@ -12,7 +12,8 @@ membership changed     ``tiaki.state.cases`` (the case's CaseMembership), before
 membership refused     as rejected at intake, reason ``unauthorised_membership``: the sender
                        may not change what the event would change (``_cases.py``)
 request id in use      as rejected at intake, reason ``request_id_in_use``: another agency's
-                       request holds the id (``_requests.py``); nothing is routed
+                       request about the case holds the id (``_requests.py``), or
+                       ``request_id_malformed``: the id holds 0x1f; nothing is routed
 policy failed          ``tiaki.dlq`` (reason ``policy_error``) + audit: fail closed; the
                        state records above still go (the event's facts stand)
 decided                one audit record (action ``decision``) listing the decision about
@@ -91,7 +92,13 @@ from broker.runtime._cases import CaseMembership, MembershipRefused
 from broker.runtime._decide import Decider, Outcome, Verdict
 from broker.runtime._encoding import RecordParts
 from broker.runtime._intake import Accepted, Intake, Rejected
-from broker.runtime._requests import RETIRED, RequestBook, RequestIdInUse, state_key
+from broker.runtime._requests import (
+    RETIRED,
+    RequestBook,
+    RequestIdInUse,
+    RequestIdMalformed,
+    state_key,
+)
 from broker.transport import Headers, Outgoing, Record, TopicPartition
 
 log = structlog.get_logger("tiaki.broker")
@@ -181,7 +188,9 @@ def _record_bytes(output: Outgoing) -> int:
     return size + sum(len(name.encode()) + len(value) for name, value in output.headers)
 
 
-def _refused(admitted: Accepted, exc: MembershipRefused | RequestIdInUse) -> Rejected:
+def _refused(
+    admitted: Accepted, exc: MembershipRefused | RequestIdInUse | RequestIdMalformed
+) -> Rejected:
     """The quarantine of an admitted event whose sender may not change what it would change
     (a case's membership, or a request another agency made)."""
     return Rejected(
@@ -397,7 +406,7 @@ class Pipeline:
             request = self.requests.apply(
                 admitted.event_type, admitted.event, record.partition, now
             )
-        except RequestIdInUse as exc:  # a request changes no membership: nothing to keep
+        except (RequestIdInUse, RequestIdMalformed) as exc:  # it changed no membership
             return self._quarantine(record, _refused(admitted, exc), now)
         if request is not None:
             outputs.append(self._request_state(request))

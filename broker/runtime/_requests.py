@@ -114,7 +114,7 @@ RETIRED = "\0retired"
 #: Which worker escalates and retires a request: (requester's ingress topic, partition).
 _Owner = tuple[str, int]
 #: Between a request id and its case in a request key (ASCII's unit separator).
-_SEPARATOR = "\x1f"
+KEY_SEPARATOR = "\x1f"
 
 
 def request_key(request_id: str, case_id: str | None) -> str:
@@ -123,13 +123,21 @@ def request_key(request_id: str, case_id: str | None) -> str:
     about another case) are two requests, and neither's record replaces the other's on the
     compacted topic. A request read from a record older than RequestState v3 (no case) is
     keyed by its id alone until a holder's answer says its case."""
-    return request_id if case_id is None else f"{request_id}{_SEPARATOR}{case_id}"
+    return request_id if case_id is None else f"{request_id}{KEY_SEPARATOR}{case_id}"
 
 
 def state_key(state: Mapping[str, Any]) -> str:
     """The :func:`request_key` of a RequestState record."""
     case_id = state.get("case_id")
     return request_key(str(state["request_id"]), None if case_id is None else str(case_id))
+
+
+class RequestIdMalformed(TiakiError):
+    """An information request's id holds the character request keys put between an id and
+    its case, so it could name another request's key. Nothing was changed; the pipeline
+    quarantines the request."""
+
+    quarantine_reason: ClassVar[str] = "request_id_malformed"
 
 
 class RequestIdInUse(TiakiError):
@@ -278,14 +286,14 @@ class RequestBook:
         altogether. A later record for the id brings the request back."""
         for s in states:
             if isinstance(s, str):
-                request_id, _, case_id = s.partition(_SEPARATOR)
+                request_id, _, case_id = s.partition(KEY_SEPARATOR)
                 if case_id:  # one request's key: that request, and its reservation
                     self._drop(s)
                     self._retired.pop(s, None)
                 else:  # a bare request id: every request under it, and every reservation
                     for key in list(self._ids.get(request_id, ())):
                         self._drop(key)
-                    prefix = request_id + _SEPARATOR
+                    prefix = request_id + KEY_SEPARATOR
                     for key in [
                         k for k in self._retired if k == request_id or k.startswith(prefix)
                     ]:
@@ -364,7 +372,9 @@ class RequestBook:
             key = request.key()
             # The same request id about this case, or about a case the book does not know yet
             # (read from a record older than RequestState v3): the same request sent again.
-            known = self._requests.get(key) or self._requests.get(request.request_id)
+            if KEY_SEPARATOR in request.request_id:
+                raise RequestIdMalformed("request id holds a control character (0x1f)")
+            known = self._requests.get(key) or self._legacy(request.request_id)
             owner = known.requester if known is not None else None
             owner = owner or self._retired.get(key) or self._retired.get(request.request_id)
             # Before the retry check: another agency's event with the same event id is no retry.
@@ -438,7 +448,7 @@ class RequestBook:
         request = self._requests.get(request_key(request_id, case_id))
         if request is not None:
             return request if sender in request.holders else None
-        request = self._requests.get(request_id)  # one read before its case was known
+        request = self._legacy(request_id)
         if request is None or sender not in request.holders:
             return None
         self._drop(request_id)  # keyed by its case from now on
@@ -519,6 +529,13 @@ class RequestBook:
         heapq.heappush(self._heaps.setdefault(slot[0], []), (slot[1], key))
         self._entries += 1
 
+    def _legacy(self, request_id: str) -> _Request | None:
+        """The request under ``request_id`` alone: one read from a record older than
+        RequestState v3, whose case the book does not know yet. Never a request keyed by its
+        case (an id that holds the separator must not reach one)."""
+        request = self._requests.get(request_id)
+        return request if request is not None and request.case_id is None else None
+
     def _put(self, request: _Request) -> None:
         key = request.key()
         self._requests[key] = request
@@ -554,14 +571,12 @@ def _utc(value: datetime) -> datetime:
 
 
 def _route(request: Mapping[str, Any]) -> str:
-    """The route an InformationRequest is made under: its own ``legal_route``, else its
-    header's (InformationRequest v1 and v2 both carry the field; the header is the fallback
-    for a request that leaves it unknown)."""
-    own = str(request.get("legal_route") or "unknown")
-    if own != "unknown":
-        return own
+    """The route an InformationRequest is made under: the one its delivery to the holders
+    was decided under, its header's (``DecisionInput.shared_values``), so its answers are
+    decided under the same; its own ``legal_route`` field only if the header says none."""
     sharing = (request.get("header") or {}).get("sharing") or {}
-    return str(sharing.get("legal_route") or "unknown")
+    route = str(sharing.get("legal_route") or "unknown")
+    return route if route != "unknown" else str(request.get("legal_route") or "unknown")
 
 
 def _utc_or_none(value: datetime | None) -> datetime | None:

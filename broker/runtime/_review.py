@@ -194,7 +194,9 @@ class ReviewQueue:
         if item is not None:
             base = item.review_id.partition("@")[0]
             for record in self.unreadable:
-                if record.names is not None and record.names in (item.review_id, base):
+                # Named with a position too (``id@p:o``): the other item under its id may
+                # have aged out since, leaving this one listed under the id alone.
+                if record.names is not None and record.names.partition("@")[0] == base:
                     raise ReviewError(
                         f"a decision on {review_id} at {record.position} on {REVIEW} does not "
                         f"open ({record.reason}); it may already be decided, so it cannot be "

@@ -64,7 +64,7 @@ from broker.runtime._metrics import BrokerMetrics, observe_keys, observe_lag
 from broker.runtime._pipeline import SCHEMA_HEADER, Pipeline, broker_sealer
 from broker.runtime._policy import PolicyDecider
 from broker.runtime._policy_watch import PolicyWatcher
-from broker.runtime._requests import RequestBook, state_key
+from broker.runtime._requests import KEY_SEPARATOR, RequestBook, state_key
 from broker.runtime._secrets import shared_secret
 from broker.runtime._worker import Worker
 from broker.transport import (
@@ -206,11 +206,15 @@ def request_states(records: Iterable[Record], schemas: SchemaSet) -> Iterator[di
                 header, schemas.by_fingerprint(bytes.fromhex(header.decode("ascii")))
             )
         read.append((key, decode(record.value, writer, latest)))
-    # A request written under its id alone (before request keys named the case) and since
-    # under its request key: records on two keys, so two partitions, in no order between
-    # them. Every record under its request key is the later, so the others are passed over.
+    # Records under a request id alone (an earlier broker's, or a request whose case was
+    # never learned) and under request keys (id and case) sit in different partitions, read
+    # in no order between them. What is written under an id alone comes first, as it did
+    # in the book that wrote them (a request keyed by its case only ever follows it); and a
+    # record under the id alone for a request since written under its request key, which
+    # is the later, is passed over.
     keyed = {key for key, _ in read if key is not None}
-    for key, state in read:
+    bare = [(k, s) for k, s in read if k is None or KEY_SEPARATOR not in k]
+    for key, state in [*bare, *[(k, s) for k, s in read if k is not None and KEY_SEPARATOR in k]]:
         if state is None:
             if key is not None:
                 yield key

@@ -153,7 +153,7 @@ def test_bad_arguments_are_one_line_errors(
 @pytest.mark.parametrize(
     ("option", "value", "message"),
     [
-        ("--recipient", "polce", "unknown agency 'polce': not in the registry"),
+        ("--recipient", "Polce", "unknown agency 'Polce': not in the registry"),
         ("--source", "Jane Citizen", "unknown agency 'Jane Citizen': not in the registry"),
         ("--event-type", "CaseAlocation", "unknown event type 'CaseAlocation'"),
     ],
@@ -179,6 +179,20 @@ def test_a_filter_naming_nothing_known_is_refused_and_not_logged(
     out = capsys.readouterr().out
     assert [a["command"] for a in json.loads(out)] == ["index"]
     assert value not in out
+
+
+def test_an_agency_id_the_registry_no_longer_has_is_queried_with_a_note(
+    home: Path, log: SyntheticLog, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The log outlives an agency's registration (FVA s25 proof): its id is still queried,
+    and the note says an empty answer may be a misspelling."""
+    path = export(home / "log.jsonl", log.audit + log.checkpoints)
+    assert main(["audit", "index", "--file", str(path)]) == 0
+    capsys.readouterr()
+    assert main(["audit", "query", "--recipient", "polce"]) == 0
+    err = capsys.readouterr().err
+    assert "tiaki: note: agency 'polce' is not in the registry" in err
+    assert "did you mean 'police'" in err
 
 
 def test_no_operator_no_access(

@@ -14,7 +14,7 @@ import pytest
 from broker.codec import decode, encode
 from broker.platform import ingress
 from broker.runtime._pipeline import SCHEMA_HEADER
-from broker.runtime._requests import RequestBook, RequestIdInUse, request_key
+from broker.runtime._requests import RequestBook, RequestIdInUse, RequestIdMalformed, request_key
 from broker.runtime._service import request_states
 from broker.transport import InMemoryCluster, Record
 from broker.transport._memory import partition_for
@@ -177,3 +177,50 @@ def test_a_retirement_written_before_v5_keeps_the_id_on_every_case() -> None:
         rebuilt.apply("InformationRequest", squat, 1)
     mine = REQUEST | {"header": REQUEST["header"] | {"case_id": "SYN-CASE-0002"}}
     assert rebuilt.apply("InformationRequest", mine, 1) is not None  # its own id, anywhere
+
+
+def test_a_request_whose_case_was_never_learned_is_read_before_the_keyed_ones() -> None:
+    """Records under an id alone come first, as the book that wrote them had them: read
+    after a keyed request under the same id, a retirement written before v5 (it named no
+    case) would end that request too; a record learning its case would load twice."""
+    book = RequestBook()
+    live = book.apply("InformationRequest", REQUEST, 0)
+    assert live is not None
+    retired_before = live | {"case_id": None, "retired": True, "holders": [], "answered": []}
+    records = [
+        _record(0, 0, request_key(REQUEST_ID, "SYN-CASE-0001"), live),  # its own id, again
+        _record(1, 0, REQUEST_ID, retired_before),
+    ]
+    rebuilt = RequestBook()
+    rebuilt.load(request_states(records, SCHEMAS))
+    assert rebuilt.requester(REQUEST_ID, "SYN-CASE-0001") == "msd"
+    assert [(s["requester"], h) for s, h in rebuilt.lapse(NOW + timedelta(days=2)).escalated] == [
+        ("msd", "police")
+    ]
+
+
+def test_an_id_holding_the_key_separator_reaches_no_other_request() -> None:
+    book = RequestBook()
+    assert book.apply("InformationRequest", REQUEST, 0) is not None
+    crafted = RESPONSE | {
+        "request_id": request_key(REQUEST_ID, "SYN-CASE-0001"),
+        "header": RESPONSE["header"] | {"case_id": "SYN-CASE-0009"},
+    }
+    assert book.apply("InformationResponse", crafted, 0) is None
+    assert book.facts(crafted["request_id"], case_id="SYN-CASE-0009", sender="police") is None
+    facts = book.facts(REQUEST_ID, case_id="SYN-CASE-0001", sender="police")
+    assert facts is not None  # the request stays on its case
+    request = REQUEST | {"request_id": f"{REQUEST_ID}\x1fSYN-CASE-0002"}
+    with pytest.raises(RequestIdMalformed):
+        book.apply("InformationRequest", request, 0)
+
+
+def test_a_request_is_kept_under_the_route_its_delivery_was_decided_under() -> None:
+    """The header's route decides the request's delivery; its answers are decided under the
+    same one, not under the request's own field if the two differ."""
+    sharing = (REQUEST["header"]["sharing"] or {}) | {"legal_route": "fva_s20"}
+    mixed = REQUEST | {"legal_route": "ota_s66", "header": REQUEST["header"] | {"sharing": sharing}}
+    book = RequestBook()
+    state = book.apply("InformationRequest", mixed, 0)
+    assert state is not None
+    assert state["legal_route"] == "fva_s20"

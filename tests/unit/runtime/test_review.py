@@ -430,6 +430,11 @@ def test_an_item_named_by_a_decision_that_does_not_open_is_not_decided_again() -
     found = read_queue([*records, lost], Opener("broker", harness.ring), SCHEMAS, NOW)
     with pytest.raises(ReviewError, match="may already be decided"):
         found.held(item.review_id)
+    # Named with a position: the other item under its id has aged out since.
+    positioned = replace(lost, headers=((DECISION_HEADER, f"{item.review_id}@0:7".encode()),))
+    found = read_queue([*records, positioned], Opener("broker", harness.ring), SCHEMAS, NOW)
+    with pytest.raises(ReviewError, match="may already be decided"):
+        found.held(item.review_id)
     other = replace(lost, headers=((DECISION_HEADER, b"police/other/msd"),))
     found = read_queue([*records, other], Opener("broker", harness.ring), SCHEMAS, NOW)
     assert found.held(item.review_id).review_id == item.review_id
