@@ -477,6 +477,9 @@ def query_command(
     _check_format(fmt)
     settings = _settings()
     _check_names(settings, agencies=(recipient, source_agency), event_type=event_type)
+    _check_codes(
+        settings, action=action, codes={"--legal-basis": legal_basis, "--outcome": outcome}
+    )
     q = Query(
         subject_ref=person_ref(_subject_key(settings), person) if person else None,
         recipient=recipient,
@@ -539,6 +542,30 @@ def _check_names(
                 f"unknown event type {event_type!r}: no event schema in "
                 f"{settings.schemas_dir} has that name{suggest(event_type, names)}"
             )
+
+
+#: The form of a code Tiaki writes in an audit record (a legal basis, an outcome).
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def _check_codes(settings: Settings, *, action: str | None, codes: dict[str, str | None]) -> None:
+    """Refuse an action the audit record's schema does not have, and a legal basis or outcome
+    that is not a code at all (free text, such as a name typed in the wrong option, would be
+    kept in the access log). Codes are not checked against today's vocabulary: the log keeps
+    those of earlier policy versions."""
+    if action is not None:
+        actions = _audit_actions(settings)
+        if action not in actions:
+            raise QueryError(f"unknown action {action!r}: one of {', '.join(actions)}")
+    for option, value in codes.items():
+        if value is not None and _CODE.fullmatch(value) is None:
+            raise QueryError(f"{option} {value!r}: a code such as fva_s20_disclosure or share")
+
+
+def _audit_actions(settings: Settings) -> list[str]:
+    schema = load_schemas(settings.schemas_dir).latest("AuditRecord")
+    field = next(f for f in schema.definition["fields"] if f["name"] == "action")
+    return [str(s) for s in field["type"]["symbols"] if s != "unknown"]
 
 
 def _row_doc(row: Row) -> dict[str, Any]:

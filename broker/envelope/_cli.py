@@ -91,8 +91,11 @@ def list_keys(
     ring = store.load()
     now = _now()
     owner = _principals(settings).get(name, name) if name else None
+    found = ring.keys(owner)
+    if name and not found:  # a misspelt name would otherwise list nothing, successfully
+        raise KeyStoreError(f"no key set {name!r} in {store.root}")
     table = Table("key set", "key id", "purpose", "algorithm", "state", "created", "not after")
-    for info in ring.keys(owner):
+    for info in found:
         table.add_row(
             info.owner,
             info.key_id,

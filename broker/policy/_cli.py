@@ -309,11 +309,23 @@ def sign(
     folder: Annotated[Path | None, _FOLDER] = None,
     officer: Annotated[str, typer.Option("--officer", help="Your name as the roster has it.")] = "",
     key: Annotated[Path, typer.Option("--key", help="Your Ed25519 private key file.")] = Path(),
+    roster: Annotated[
+        Path | None,
+        typer.Option(
+            "--roster",
+            help="Trusted officers, to check the key is yours (default: TIAKI_HOME/officers/"
+            "roster.yaml if it exists, as 'tiaki broker run' trusts).",
+        ),
+    ] = None,
 ) -> None:
     """Approve the policy set: sign its hash and write approvals/<officer>.json."""
     if not officer or key == Path():
         raise typer.BadParameter("sign needs --officer and --key")
     _check_officer(officer)
+    if roster is None:
+        default = Settings.from_env().home / "officers" / "roster.yaml"
+        roster = default if default.is_file() else None
+    trusted = load_roster(roster) if roster is not None else None
     engine = _engine(folder)
     path = sign_policy(
         engine.policy_hash,
@@ -321,6 +333,7 @@ def sign(
         key,
         engine.policy.approvals_folder,
         now=dt.datetime.now(dt.UTC),
+        roster=trusted,
     )
     print(f"signed {engine.policy_hash} as {officer}: {path}")
 

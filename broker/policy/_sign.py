@@ -119,15 +119,34 @@ def generate_officer_key(out: Path) -> str:
 
 
 def sign_policy(
-    policy_hash: str, officer: str, key_path: Path, approvals: Path, *, now: dt.datetime
+    policy_hash: str,
+    officer: str,
+    key_path: Path,
+    approvals: Path,
+    *,
+    now: dt.datetime,
+    roster: tuple[Officer, ...] | None = None,
 ) -> Path:
-    """Sign ``policy_hash`` as ``officer`` with the key at ``key_path``; write the approval."""
+    """Sign ``policy_hash`` as ``officer`` with the key at ``key_path``; write the approval.
+
+    With ``roster`` (the one the brokers trust), the key must be the officer's on it: an
+    approval signed with another officer's key is refused here, in one line naming the
+    cause, rather than written and later refused by ``verify`` as "altered"."""
     try:
         key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
     except (OSError, ValueError) as exc:
         raise ApprovalError(f"{key_path}: cannot read an Ed25519 private key ({exc})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise ApprovalError(f"{key_path}: not an Ed25519 private key")
+    if roster is not None:
+        keys = {o.name: o.public_key for o in roster}
+        public = key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        if officer not in keys:
+            raise ApprovalError(f"{officer} is not on the trusted roster")
+        if keys[officer] != public:
+            raise ApprovalError(f"{key_path} is not {officer}'s key on the trusted roster")
     signature = key.sign(approval_message(policy_hash, officer))
     approvals.mkdir(parents=True, exist_ok=True)
     path = approvals / f"{officer}.json"

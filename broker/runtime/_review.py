@@ -49,7 +49,9 @@ A review id names the source because event ids are each source's own (the replay
 on source and event id). An item held under the earlier form, ``<event id>/<recipient>``,
 keeps that id and is decided under it. Two items under one id (two sources' items of that
 earlier form with one event id, or a source using an event id again after its replay window)
-are both listed, each under its review id and its position on the topic,
+(not copies: a record whose envelope's event id, which binds its review id and headers, was
+read before is the same item, listed once) are both listed, each under its review id and its
+position on the topic,
 ``<review id>@<partition>:<offset>``, and a decision names it so. A decision naming the
 review id alone (made before the second item came, or by an earlier broker) is for the item
 with that id read last before it, as earlier brokers took it: on the decision's partition
@@ -64,6 +66,7 @@ decision may have released it, and a second approval would deliver it twice.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -224,6 +227,8 @@ def read_queue(
     #: id, on each partition and on any (None): what a decision may name (the module docs).
     positioned: dict[str, HeldItem] = {}
     last: dict[tuple[str, int | None], HeldItem] = {}
+    #: What makes each item listed so far the same item (below).
+    sealed_as: set[str] = set()
     for record in records:
         headers = dict(record.headers)
         deciding = DECISION_HEADER in headers
@@ -255,7 +260,8 @@ def read_queue(
                 item.decisions.append(content)
                 item.state = item.transitions[item.state].get(content["decision"], item.state)
             continue
-        if opened.event_id != held_binding(record.headers) and not _legacy(opened, headers):
+        bound = opened.event_id == held_binding(record.headers)
+        if not bound and not _legacy(opened, headers):
             # Its headers (recipient, deadline, kind, subjects) are not the ones it was sealed
             # with: changed on Kafka. Never acted on; the audit log has its decision.
             log.warning(
@@ -264,6 +270,19 @@ def read_queue(
                 offset=record.offset,
             )
             continue
+        # The same item again: a copy someone with write access made. Its envelope's event id
+        # binds its review id and headers; an item held before they were bound is known by
+        # its bytes (two sources' items of that kind may share the envelope's event id).
+        same = opened.event_id if bound else hashlib.sha256(record.value).hexdigest()
+        if same in sealed_as:
+            # Listed once, so it is released once.
+            log.warning(
+                "review item appears again on the topic; listed once",
+                partition=record.partition,
+                offset=record.offset,
+            )
+            continue
+        sealed_as.add(same)
         review_id = headers[REVIEW_ID_HEADER].decode()
         item = HeldItem(
             review_id=review_id,

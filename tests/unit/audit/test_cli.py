@@ -156,6 +156,9 @@ def test_bad_arguments_are_one_line_errors(
         ("--recipient", "Polce", "unknown agency 'Polce': not in the registry"),
         ("--source", "Jane Citizen", "unknown agency 'Jane Citizen': not in the registry"),
         ("--event-type", "CaseAlocation", "unknown event type 'CaseAlocation'"),
+        ("--action", "decisions", "unknown action 'decisions': one of decision, request"),
+        ("--outcome", "Jane Citizen", "--outcome 'Jane Citizen': a code such as"),
+        ("--legal-basis", "Aroha N", "--legal-basis 'Aroha N': a code such as"),
     ],
 )
 def test_a_filter_naming_nothing_known_is_refused_and_not_logged(

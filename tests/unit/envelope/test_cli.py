@@ -105,6 +105,8 @@ def test_errors_are_one_line(home: Path, capsys: pytest.CaptureFixture[str]) -> 
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert err.startswith("tiaki: error:")
+    assert main(["keys", "list", "polce"]) == 1  # once an empty table, exit 0
+    assert capsys.readouterr().err.startswith("tiaki: error: no key set 'polce' in ")
 
 
 def test_private_keys_readable_by_others_are_refused(home: Path) -> None:

@@ -205,6 +205,21 @@ def test_a_forged_approval_is_refused(
     assert "the approval by aroha does not verify" in capsys.readouterr().err
 
 
+def test_signing_with_another_officers_key_is_refused_before_anything_is_written(
+    tmp_path: Path, policy_copy: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """It used to write approvals/aroha.json, which verify then called altered."""
+    keys = _officers(tmp_path, policy_copy, ["aroha", "ben"])
+    folder = str(policy_copy)
+    assert main(["policy", "sign", folder, "--officer", "aroha", "--key", str(keys["ben"])]) == 1
+    err = capsys.readouterr().err
+    assert err == f"tiaki: error: {keys['ben']} is not aroha's key on the trusted roster\n"
+    assert main(["policy", "sign", folder, "--officer", "nobody", "--key", str(keys["ben"])]) == 1
+    assert "nobody is not on the trusted roster" in capsys.readouterr().err
+    assert not (policy_copy / "approvals" / "aroha.json").exists()
+    assert not (policy_copy / "approvals" / "nobody.json").exists()
+
+
 def test_a_trusted_roster_not_the_sets_own(
     tmp_path: Path, policy_copy: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -255,8 +270,12 @@ def test_the_sets_own_roster_is_not_trusted_by_default(
     _officers(tmp_path, policy_copy, ["aroha", "ben"])  # the trusted roster in TIAKI_HOME
     # Intruders with the same names replace the set's officers.yaml with their own keys.
     intruders = _officers(tmp_path / "intruders", policy_copy, ["aroha", "ben"])
+    own = str(policy_copy / "officers.yaml")
     for name, key in intruders.items():
-        assert main(["policy", "sign", str(policy_copy), "--officer", name, "--key", str(key)]) == 0
+        sign = ["policy", "sign", str(policy_copy), "--officer", name, "--key", str(key)]
+        assert main(sign) == 1  # the deployment's roster knows these keys are not theirs
+        assert "is not" in capsys.readouterr().err
+        assert main([*sign, "--roster", own]) == 0  # signed against their own roster
     assert main(["policy", "verify", str(policy_copy)]) == 1
     err = capsys.readouterr().err
     assert "does not verify" in err or "0 of 2" in err, err

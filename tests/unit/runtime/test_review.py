@@ -459,6 +459,22 @@ def held_twice(harness: Harness, event_id: str) -> list[Record]:
     return as_records(outputs)
 
 
+def test_a_copy_of_a_held_item_is_listed_once_and_released_once() -> None:
+    """Whoever can write tiaki.review can copy an item byte for byte (its headers still
+    match its envelope): listed twice, two approvals would deliver it twice."""
+    harness, records = held()
+    (record,) = records
+    copy = replace(record, offset=record.offset + 1)
+    items = queue(harness, [record, copy])
+    assert len(items) == 1
+    approved = carry_out(harness, [record, copy], "approve")
+    released = [o for o in approved if o.topic == "tiaki.egress.msd"]
+    assert len(released) == 1
+    decisions = [o for o in approved if o.topic == "tiaki.review"]
+    after = [record, copy, *as_records(decisions, 2)]
+    assert [i.state for i in queue(harness, after).values()] == ["released"]
+
+
 def test_two_sources_items_under_one_event_id_are_two_items() -> None:
     """Each source chooses its own event ids: Police's and Corrections' items held for one
     recipient under one event id are listed apart (the review id names the source), and
