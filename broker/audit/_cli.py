@@ -451,7 +451,10 @@ QUERY_COLUMNS = (
 def query_command(
     operator: Operator,
     person: Annotated[
-        str | None, typer.Option("--person", help="SCHEME:VALUE; hashed, never stored.")
+        str | None,
+        typer.Option(
+            "--person", help="SCHEME:VALUE; hashed, never stored; '-' reads it from standard input."
+        ),
     ] = None,
     recipient: Annotated[str | None, typer.Option("--recipient")] = None,
     source_agency: Annotated[str | None, typer.Option("--source")] = None,
@@ -480,6 +483,8 @@ def query_command(
     _check_codes(
         settings, action=action, codes={"--legal-basis": legal_basis, "--outcome": outcome}
     )
+    if person is not None:
+        (person,) = _typed(person)
     q = Query(
         subject_ref=person_ref(_subject_key(settings), person) if person else None,
         recipient=recipient,
@@ -544,6 +549,23 @@ def _check_names(
             )
 
 
+def _typed(*values: str) -> list[str]:
+    """``values`` with each ``-`` replaced by the next line of standard input: a person's
+    identifier or a discloser's words typed as an argument stay in the shell's history and
+    show in ``ps``, which ``echo NHI:… | tiaki audit subject-report -`` (or a prompt read
+    with ``read -s``) avoids."""
+    out = []
+    for value in values:
+        if value != "-":
+            out.append(value)
+            continue
+        line = sys.stdin.readline()
+        if not line.strip():
+            raise QueryError("'-' reads a line from standard input, and there was none")
+        out.append(line.rstrip("\r\n"))
+    return out
+
+
 #: The form of a code Tiaki writes in an audit record (a legal basis, an outcome).
 _CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
@@ -588,7 +610,10 @@ REPORT_COLUMNS = (
 
 @app.command("subject-report")
 def subject_report_command(
-    identifier: Annotated[str, typer.Argument(help="The person, as SCHEME:VALUE.")],
+    identifier: Annotated[
+        str,
+        typer.Argument(help="The person, as SCHEME:VALUE; '-' reads it from standard input."),
+    ],
     operator: Operator,
     fmt: Format = "table",
     db: Db = None,
@@ -596,6 +621,7 @@ def subject_report_command(
     """Which agencies received which classes of information about one person, when and why."""
     _check_format(fmt)
     settings = _settings()
+    (identifier,) = _typed(identifier)
     ref = person_ref(_subject_key(settings), identifier)
     schemas = load_schemas(settings.schemas_dir)
     with _index(settings, db, existing=True) as index:
@@ -616,11 +642,18 @@ def grounds_command(
     operator: Operator,
     justification: Annotated[
         str,
-        typer.Option("--justification", help="The justification, as the discloser recorded it."),
+        typer.Option(
+            "--justification",
+            help="The justification, as the discloser recorded it; '-' reads it from standard input.",
+        ),
     ],
     accountable: Annotated[
         str,
-        typer.Option("--accountable", help="The accountable person or role, as recorded."),
+        typer.Option(
+            "--accountable",
+            help="The accountable person or role, as recorded; '-' reads it from standard input "
+            "(after the justification, if both are '-').",
+        ),
     ],
     db: Db = None,
 ) -> None:
@@ -629,6 +662,7 @@ def grounds_command(
     for a tamper-evident record of them). The audit log keeps only keyed hashes of them; both
     texts are hashed here and never logged. Exits 1 if either does not match."""
     settings = _settings()
+    justification, accountable = _typed(justification, accountable)
     key = _subject_key(settings)
     from broker.runtime._audit import grounds_ref  # the one definition the broker hashes with
 

@@ -3,6 +3,7 @@ query, subject report and the access log, with one-line errors for bad arguments
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -129,6 +130,31 @@ def test_grounds_are_checked_against_the_decision_without_being_kept(
     accesses = capsys.readouterr().out
     assert '"command": "grounds"' in accesses
     assert "SYN grounds" not in accesses
+
+
+def test_a_person_and_the_grounds_may_come_from_standard_input(
+    home: Path,
+    log: SyntheticLog,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Typed as arguments they stay in the shell's history and show in ps: '-' reads each
+    from standard input instead, with the same answers."""
+    path = export(home / "log.jsonl", log.audit + log.checkpoints)
+    assert main(["audit", "index", "--file", str(path)]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{PERSON}\n"))
+    assert main(["audit", "subject-report", "-", "--format", "json"]) == 0
+    assert [d["recipient"] for d in json.loads(capsys.readouterr().out)] == ["corrections"] * 4
+    monkeypatch.setattr("sys.stdin", io.StringIO(f"{PERSON}\n"))
+    assert main(["audit", "query", "--person", "-", "--format", "json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 12
+    monkeypatch.setattr("sys.stdin", io.StringIO("SYN grounds 3\nSYN coordinator\n"))
+    assert main(["audit", "grounds", "evt-3", "--justification", "-", "--accountable", "-"]) == 0
+    assert "justification matches, accountable matches" in capsys.readouterr().out
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    assert main(["audit", "subject-report", "-"]) == 1
+    assert "there was none" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
