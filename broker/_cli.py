@@ -14,7 +14,7 @@ import typer
 
 from adapters._cli import app as adapter_app
 from broker._errors import TiakiError
-from broker._settings import not_utf8
+from broker._settings import not_utf8, not_utf8_text
 from broker.audit._cli import app as audit_app
 from broker.codec._cli import app as schema_app
 from broker.envelope._cli import app as keys_app
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         # Python keeps bytes that are not UTF-8 as lone surrogates, which fail later at the
         # first write (a key document, the audit index) with a traceback, and may lose the
         # act (a revocation's reason): refuse them before anything runs.
-        if not arg.isascii() and any("\ud800" <= c <= "\udfff" for c in arg):
+        if not_utf8_text(arg):
             print(f"tiaki: argument {position} is not UTF-8 text", file=sys.stderr)
             return 2
     variable = not_utf8()

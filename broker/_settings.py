@@ -52,9 +52,15 @@ def not_utf8(environ: Mapping[str, str] | None = None) -> str | None:
     """
     env = os.environ if environ is None else environ
     for var in _READ:
-        if any("\ud800" <= c <= "\udfff" for c in env.get(var, "")):
+        if not_utf8_text(env.get(var, "")):
             return var
     return None
+
+
+def not_utf8_text(text: str) -> bool:
+    """Whether ``text`` came from bytes that are not UTF-8: Python keeps those as lone
+    surrogates (an argument's, an environment variable's)."""
+    return not text.isascii() and any("\ud800" <= c <= "\udfff" for c in text)
 
 
 class Settings(BaseModel):
@@ -81,6 +87,11 @@ class Settings(BaseModel):
     @property
     def keys_dir(self) -> Path:
         return self.home / "keys"
+
+    @property
+    def trusted_roster(self) -> Path:
+        """The privacy officers ``tiaki broker run`` trusts unless told otherwise."""
+        return self.home / "officers" / "roster.yaml"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

@@ -63,6 +63,7 @@ from broker.platform._profiles import profile_path
 from broker.platform._topics import COMPLIANCE
 from broker.policy._reader import suggest
 from broker.registry import load_registry
+from broker.registry._model import AGENCY_ID_PATTERN
 from broker.runtime._audit import audit_base
 from broker.runtime._operator import BrokerTools
 from broker.runtime._pipeline import audit_output
@@ -479,9 +480,12 @@ def query_command(
     """Audit rows (one per record and recipient) matching every filter given."""
     _check_format(fmt)
     settings = _settings()
-    _check_names(settings, agencies=(recipient, source_agency), event_type=event_type)
-    _check_codes(
-        settings, action=action, codes={"--legal-basis": legal_basis, "--outcome": outcome}
+    _check_filters(
+        settings,
+        agencies=(recipient, source_agency),
+        event_type=event_type,
+        action=action,
+        codes={"--legal-basis": legal_basis, "--outcome": outcome},
     )
     if person is not None:
         (person,) = _typed(person)
@@ -511,18 +515,29 @@ def query_command(
         )
 
 
-#: The form of an agency id (broker.registry's ``AgencyId``).
-_AGENCY_ID = re.compile(r"[a-z][a-z0-9-]{1,38}[a-z0-9]")
+_AGENCY_ID = re.compile(AGENCY_ID_PATTERN)
+#: The form of a code Tiaki writes in an audit record (a legal basis, an outcome).
+_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
 
 
-def _check_names(
-    settings: Settings, *, agencies: Sequence[str | None], event_type: str | None
+def _check_filters(
+    settings: Settings,
+    *,
+    agencies: Sequence[str | None],
+    event_type: str | None,
+    action: str | None,
+    codes: dict[str, str | None],
 ) -> None:
-    """Refuse an agency that is not an agency id, or an event type no schema names, before
-    the query is run or recorded: a person's name typed in the wrong option would be kept in
-    the access log. An agency id the registry no longer has (an agency that has left: the
-    log outlives its registration) is queried, with a note that an empty answer may be a
-    misspelling rather than "nobody"."""
+    """Refuse a filter that names nothing the log could hold, before the query is run or
+    recorded: a person's name typed in the wrong option would be kept in the access log.
+
+    * An agency must be an agency id. One the registry no longer has (an agency that has
+      left: the log outlives its registration) is queried, with a note that an empty answer
+      may be a misspelling rather than "nobody".
+    * An event type must be an event schema's name, an action one of the audit record's.
+    * A legal basis or an outcome must be a code. Codes are not checked against today's
+      vocabulary: the log keeps those of earlier policy versions.
+    """
     given = [a for a in agencies if a is not None]
     if given:
         ids = load_registry(settings.registry).ids
@@ -540,13 +555,25 @@ def _check_names(
                 f"{suggest(agency, ids)}",
                 file=sys.stderr,
             )
-    if event_type is not None:
-        names = [s.short_name for s in load_schemas(settings.schemas_dir).events()]
+    wanted = event_type is not None or action is not None
+    schemas = load_schemas(settings.schemas_dir) if wanted else None
+    if schemas is not None and event_type is not None:
+        names = [s.short_name for s in schemas.events()]
         if event_type not in names:
             raise QueryError(
                 f"unknown event type {event_type!r}: no event schema in "
                 f"{settings.schemas_dir} has that name{suggest(event_type, names)}"
             )
+    if schemas is not None and action is not None:
+        field = next(
+            f for f in schemas.latest("AuditRecord").definition["fields"] if f["name"] == "action"
+        )
+        actions = [str(s) for s in field["type"]["symbols"] if s != "unknown"]
+        if action not in actions:
+            raise QueryError(f"unknown action {action!r}: one of {', '.join(actions)}")
+    for option, value in codes.items():
+        if value is not None and _CODE.fullmatch(value) is None:
+            raise QueryError(f"{option} {value!r}: a code such as fva_s20_disclosure or share")
 
 
 def _typed(*values: str) -> list[str]:
@@ -564,30 +591,6 @@ def _typed(*values: str) -> list[str]:
             raise QueryError("'-' reads a line from standard input, and there was none")
         out.append(line.rstrip("\r\n"))
     return out
-
-
-#: The form of a code Tiaki writes in an audit record (a legal basis, an outcome).
-_CODE = re.compile(r"[a-z][a-z0-9_]{0,63}")
-
-
-def _check_codes(settings: Settings, *, action: str | None, codes: dict[str, str | None]) -> None:
-    """Refuse an action the audit record's schema does not have, and a legal basis or outcome
-    that is not a code at all (free text, such as a name typed in the wrong option, would be
-    kept in the access log). Codes are not checked against today's vocabulary: the log keeps
-    those of earlier policy versions."""
-    if action is not None:
-        actions = _audit_actions(settings)
-        if action not in actions:
-            raise QueryError(f"unknown action {action!r}: one of {', '.join(actions)}")
-    for option, value in codes.items():
-        if value is not None and _CODE.fullmatch(value) is None:
-            raise QueryError(f"{option} {value!r}: a code such as fva_s20_disclosure or share")
-
-
-def _audit_actions(settings: Settings) -> list[str]:
-    schema = load_schemas(settings.schemas_dir).latest("AuditRecord")
-    field = next(f for f in schema.definition["fields"] if f["name"] == "action")
-    return [str(s) for s in field["type"]["symbols"] if s != "unknown"]
 
 
 def _row_doc(row: Row) -> dict[str, Any]:

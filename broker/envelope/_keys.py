@@ -142,11 +142,13 @@ def key_id_pattern(owner: str) -> re.Pattern[str]:
     """Key ids ``owner`` may use: ``<owner>.<enc|sig>.<UTC time>.<8 hex>`` (see
     :func:`new_key_id`). The owner is the whole of what comes before the last three parts,
     so one key set's id can never be another's."""
-    return re.compile(re.escape(owner) + r"\.(enc|sig)\.[0-9]{8}T[0-9]{6}Z\.[0-9a-f]{8}")
+    return re.compile(re.escape(owner) + _KEY_ID_AFTER_OWNER)
 
 
-#: Any key set's key id (:func:`key_id_pattern` with the owner an agency id).
-_ANY_KEY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}\.(enc|sig)\.[0-9]{8}T[0-9]{6}Z\.[0-9a-f]{8}")
+#: What follows the owner in a key id (:func:`new_key_id`).
+_KEY_ID_AFTER_OWNER = r"\.(enc|sig)\.[0-9]{8}T[0-9]{6}Z\.[0-9a-f]{8}"
+#: Any key set's key id (:func:`key_id_pattern` with any owner of a key set's form).
+_ANY_KEY_ID = re.compile(r"[a-z0-9][a-z0-9-]{0,62}" + _KEY_ID_AFTER_OWNER)
 
 
 def shown_key_id(key_id: str) -> str:

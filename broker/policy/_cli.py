@@ -323,7 +323,7 @@ def sign(
         raise typer.BadParameter("sign needs --officer and --key")
     _check_officer(officer)
     if roster is None:
-        default = Settings.from_env().home / "officers" / "roster.yaml"
+        default = Settings.from_env().trusted_roster
         roster = default if default.is_file() else None
     trusted = load_roster(roster) if roster is not None else None
     engine = _engine(folder)
@@ -356,7 +356,7 @@ def verify(
     policy hash, so whoever could edit the set could name themselves its officers.
     """
     if roster is None:
-        roster = Settings.from_env().home / "officers" / "roster.yaml"
+        roster = Settings.from_env().trusted_roster
         if not roster.is_file():
             raise ApprovalError(
                 f"no trusted roster at {roster} (the one 'tiaki broker run' trusts); "

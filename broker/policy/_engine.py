@@ -413,7 +413,7 @@ class Engine:
         boundary = source.kind is AgencyKind.HEALTH and (
             recipient is None or recipient.kind is not AgencyKind.HEALTH
         )
-        overseas = recipient is not None and recipient.country != "NZ"
+        overseas = recipient is not None and recipient.overseas
         return _Table(tuple(entries), boundary, overseas)
 
     # -- decide --------------------------------------------------------------------------------

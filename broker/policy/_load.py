@@ -715,7 +715,7 @@ def agency_facts(registry: Registry) -> tuple[AgencyFacts, ...]:
             a.region,
             a.kaupapa_maori,
             a.can_act,
-            a.country != "NZ",
+            a.overseas,
             frozenset(k.value for k in StatusKind if a.has_status(k)),
             frozenset(k.value for k, s in a.statutory.items() if s.status.value == "unconfirmed"),
         )

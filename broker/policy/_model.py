@@ -618,11 +618,11 @@ def derived_values(
             found.visit(node)
     if sharing.get("child_consulted") in CHILD_CONSULTED_OK:
         found.child = True
-    if sharing.get("contains_maori_data") or maori_breakdown(record):
+    kind = _event_kind(record)
+    if sharing.get("contains_maori_data") or maori_breakdown(kind, record):
         found.maori = True
     if sharing.get("imminent_danger"):
         found.risk = "high"
-    kind = _event_kind(record)
     if kind == "InformationRequest":
         role = str(record.get("requester_role") or "unknown")
         behalf = str(record.get("on_behalf_of") or "unknown")
@@ -649,15 +649,16 @@ def derived_values(
 _MAORI_ETHNICITY_PREFIX = "2"
 
 
-def maori_breakdown(record: Mapping[str, Any]) -> bool:
-    """An aggregate (OutcomeIndicator) broken down by an ethnicity that is Māori.
+def maori_breakdown(kind: str, record: Mapping[str, Any]) -> bool:
+    """Whether ``record``, of event type ``kind`` (short name), is an aggregate
+    (OutcomeIndicator) broken down by an ethnicity that is Māori.
 
     The sender may not set ``contains_maori_data`` on counts by ethnicity; the breakdown
     itself says it is Māori data (LAW.md MDS-04, scenario 9). A person's own ethnicity in a
     unit record is not read here: that record is about a case, and its Māori data fields
     (iwi, whānau context) mark it.
     """
-    if _event_kind(record) != "OutcomeIndicator":
+    if kind != "OutcomeIndicator":
         return False
     codes = record.get("ethnicity") or ()
     return any(str(code).startswith(_MAORI_ETHNICITY_PREFIX) for code in codes)

@@ -22,7 +22,9 @@ from pydantic import (
 #: Principal names that belong to Tiaki itself; an agency may not take one.
 RESERVED_PRINCIPALS = frozenset({"broker", "compliance", "admin", "tiaki", "internal"})
 
-AgencyId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")]
+#: An agency id: lower-case letters, digits and hyphens, 3 to 40 long.
+AGENCY_ID_PATTERN = r"[a-z][a-z0-9-]{1,38}[a-z0-9]"
+AgencyId = Annotated[str, StringConstraints(pattern=f"^{AGENCY_ID_PATTERN}$")]
 RegionId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{1,38}[a-z0-9]$")]
 
 #: The region of agencies that work nationally rather than in one region.
@@ -101,6 +103,12 @@ class Agency(BaseModel):
     #: Never one of Tiaki's own principals' (``broker``: the agency would be given the
     #: broker's keys), and never another agency's (the loader checks).
     keys: AgencyId | None = None
+
+    @property
+    def overseas(self) -> bool:
+        """Whether the agency holds data outside New Zealand (PA-06: disclosure needs IPP 12
+        grounds)."""
+        return self.country != "NZ"
 
     @field_validator("statutory")
     @classmethod

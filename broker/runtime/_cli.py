@@ -86,7 +86,7 @@ def run(
     )
     settings = Settings.from_env()
     configure_logging()
-    store = PolicyStore(load_roster(roster or settings.home / "officers" / "roster.yaml"))
+    store = PolicyStore(load_roster(roster or settings.trusted_roster))
     store.load(settings.policies_dir)
 
     async def main() -> None:
@@ -137,7 +137,7 @@ def publish_policy(
     """Publish a policy release to tiaki.policy (as admin), only if it is valid and approved
     by officers on the trusted roster; every broker worker verifies it again."""
     settings = Settings.from_env()
-    digest = check_release(release, roster or settings.home / "officers" / "roster.yaml")
+    digest = check_release(release, roster or settings.trusted_roster)
     data = bundle(release)
     profile = load_profile(profile_path(settings.profiles_dir, ADMIN))
 

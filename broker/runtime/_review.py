@@ -49,10 +49,10 @@ A review id names the source because event ids are each source's own (the replay
 on source and event id). An item held under the earlier form, ``<event id>/<recipient>``,
 keeps that id and is decided under it. Two items under one id (two sources' items of that
 earlier form with one event id, or a source using an event id again after its replay window)
-(not copies: a record whose envelope's event id, which binds its review id and headers, was
-read before is the same item, listed once) are both listed, each under its review id and its
-position on the topic,
-``<review id>@<partition>:<offset>``, and a decision names it so. A decision naming the
+are both listed, each under its review id and its position on the topic,
+``<review id>@<partition>:<offset>``, and a decision names it so. A copy of an item is not a
+second item: a record whose envelope's event id (which binds its review id and headers), or
+for an earlier item its bytes, were read before is listed once, so it is released once. A decision naming the
 review id alone (made before the second item came, or by an earlier broker) is for the item
 with that id read last before it, as earlier brokers took it: on the decision's partition
 (a decision is keyed like its item), else on any.

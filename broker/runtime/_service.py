@@ -213,8 +213,7 @@ def request_states(records: Iterable[Record], schemas: SchemaSet) -> Iterator[di
     # record under the id alone for a request since written under its request key, which
     # is the later, is passed over.
     keyed = {key for key, _ in read if key is not None}
-    bare = [(k, s) for k, s in read if k is None or KEY_SEPARATOR not in k]
-    for key, state in [*bare, *[(k, s) for k, s in read if k is not None and KEY_SEPARATOR in k]]:
+    for key, state in sorted(read, key=lambda r: r[0] is not None and KEY_SEPARATOR in r[0]):
         if state is None:
             if key is not None:
                 yield key

@@ -6,6 +6,8 @@ about another case, handled by a worker that had not read the first, wrote over 
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -22,6 +24,7 @@ from tests.unit.runtime.test_intake import NOW, REGISTRY, SCHEMAS
 from tests.unit.runtime.test_requests import REQUEST, RESPONSE
 from tests.unit.runtime.test_state_refresh import (
     Clock,
+    Node,
     example,
     node,
     publish,
@@ -51,25 +54,35 @@ def request(source: str, case: str, due: timedelta) -> tuple[str, bytes, bytes]:
     return ingress(source), case.encode(), sealed("InformationRequest", doc, event_id)
 
 
-async def test_another_agencys_request_under_the_id_on_another_workers_case_replaces_nothing() -> (
-    None
-):
+@asynccontextmanager
+async def two_requests(second: str) -> AsyncIterator[tuple[InMemoryCluster, Clock, Node, Node]]:
+    """Two workers that have both read the (empty) book; msd's request under REQUEST_ID
+    about a case on worker 1's partition, then ``second``'s under the same id about a case on
+    worker 2's, each processed by its own worker. Yields the cluster, the clock and the two
+    workers, still running."""
     cluster = InMemoryCluster.provisioned(REGISTRY.ids)
     clock = Clock()
     w1 = node(cluster, worker_id="1", clock=clock)
     w2 = node(cluster, worker_id="2", clock=clock)
-    mine, theirs = case_on(0), case_on(1)
     async with w1.worker:
         await steps(w1.worker, 1)
         async with w2.worker:
             await steps(w1.worker, 1)
-            await steps(w2.worker, 1)  # both have read the (empty) book
-            await publish(cluster, request("msd", mine, timedelta(minutes=30)))
+            await steps(w2.worker, 1)
+            await publish(cluster, request("msd", case_on(0), timedelta(minutes=30)))
             await steps(w1.worker, 2)
-            await publish(cluster, request("oranga-tamariki", theirs, timedelta(days=5)))
+            await publish(cluster, request(second, case_on(1), timedelta(days=5)))
             await steps(w2.worker, 2)
-            # About another case: no conflict, so not refused, and not written over msd's.
-            assert await read(cluster, "tiaki.dlq") == []
+            yield cluster, clock, w1, w2
+
+
+async def test_another_agencys_request_under_the_id_on_another_workers_case_replaces_nothing() -> (
+    None
+):
+    mine, theirs = case_on(0), case_on(1)
+    async with two_requests("oranga-tamariki") as (cluster, _, _, _):
+        # About another case: no conflict, so not refused, and not written over msd's.
+        assert await read(cluster, "tiaki.dlq") == []
     fresh = await rebuild_state(cluster.reader(), SCHEMAS)
     assert fresh.requests.requester(REQUEST_ID, mine) == "msd"
     assert fresh.requests.requester(REQUEST_ID, theirs) == "oranga-tamariki"
@@ -82,23 +95,11 @@ async def test_another_agencys_request_under_the_id_on_another_workers_case_repl
 
 
 async def test_a_request_sent_again_about_another_case_leaves_the_first_to_its_owner() -> None:
-    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
-    clock = Clock()
-    w1 = node(cluster, worker_id="1", clock=clock)
-    w2 = node(cluster, worker_id="2", clock=clock)
     old, new = case_on(0), case_on(1)
-    async with w1.worker:
-        await steps(w1.worker, 1)
-        async with w2.worker:
-            await steps(w1.worker, 1)
-            await steps(w2.worker, 1)
-            await publish(cluster, request("msd", old, timedelta(minutes=30)))
-            await steps(w1.worker, 2)
-            await publish(cluster, request("msd", new, timedelta(days=5)))
-            await steps(w2.worker, 2)
-            clock.now = NOW + timedelta(hours=1)  # the first request's respond_by passes
-            await steps(w1.worker, 2)
-            await steps(w2.worker, 1)
+    async with two_requests("msd") as (cluster, clock, w1, w2):
+        clock.now = NOW + timedelta(hours=1)  # the first request's respond_by passes
+        await steps(w1.worker, 2)
+        await steps(w2.worker, 1)
     states = [
         decode(r.value, SCHEMAS.latest("RequestState"))
         for r in await read(cluster, "tiaki.state.requests")
