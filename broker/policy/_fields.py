@@ -11,6 +11,13 @@ most specific selector that reaches it, in this order:
    field's class never releases a leaf: ``operational: keep`` on the header does not release
    the narrative justification inside it.
 
+A path may pick some items of a list by the value of one of their fields:
+``people[role=child].person: drop`` applies to the people whose ``role`` is ``child``, and
+beats every path without a selector and every class for the leaves it reaches (among
+selectors, the most specific path wins). Each such value gives the list a variant plan for its
+items; an item whose plan releases nothing is left out of the list. One selecting field per
+list, and only for a list of records that is not itself inside a list.
+
 A field-level forbid then drops every leaf any of its selectors reaches (own *or* inherited
 class, path or enclosing path), whatever the permit said. Address generalisation keeps the
 leaves at or above the named level (``suburb``, ``territorial_authority``, ``region``) and
@@ -40,9 +47,56 @@ from broker.policy._model import ADDRESS_GENERALISATIONS, DATE_GENERALISATIONS
 
 #: A transform applies one field action to one value; pseudonymise is bound to a recipient.
 Transform = Callable[[Any], Any]
-#: Per name: list/map depth, the subtree of a record (None for a leaf), the leaf's action, and
-#: whether the leaf's values are JSON as they are (:func:`_json_plain`).
-_Tree = dict[str, tuple[int, "_Tree | None", str | None, bool]]
+#: Per name: list/map depth, the subtree of a record (None for a leaf), the leaf's action,
+#: whether the leaf's values are JSON as they are (:func:`_json_plain`), and for a list of
+#: records with variants, the selecting field and the items' subtree for each of its values.
+_Tree = dict[str, tuple[int, "_Tree | None", str | None, bool, "_Select | None"]]
+_Select = tuple[str, dict[str, "_Tree"]]
+#: A variant: (list field's path, selecting field, value); its leaves' actions and sources.
+VariantKey = tuple[str, str, str]
+Variants = Mapping[VariantKey, tuple[Mapping[str, str], Mapping[str, str]]]
+
+#: ``[role=child|other_whanau]`` in a field path.
+_SELECTOR = re.compile(r"\[([A-Za-z_][A-Za-z0-9_]*)=([^\[\]]*)\]")
+
+
+@dataclass(frozen=True)
+class Selector:
+    """A field path that picks list items: ``people[role=child].person`` (as written)."""
+
+    path: str
+    #: The list field: ``people``.
+    list_path: str
+    #: The items' field whose value picks them: ``role``.
+    field: str
+    values: tuple[str, ...]
+    #: What the path reaches in every item: ``people[].person``.
+    plain: str
+
+    @property
+    def discriminator(self) -> str:
+        """The selecting field's own path: ``people[].role``."""
+        return f"{self.list_path}[].{self.field}"
+
+    def reaches(self, path: str) -> bool:
+        return _within(path, self.plain)
+
+
+def parse_selector(path: str) -> Selector | None:
+    """The selector in ``path``, or None for a plain path."""
+    found = _SELECTOR.search(path)
+    if found is None:
+        return None
+    values = tuple(v.strip() for v in found.group(2).split("|"))
+    head, tail = path[: found.start()], path[found.end() :]
+    return Selector(path, head, found.group(1), values, f"{head}[]{tail}")
+
+
+def variant_path(key: VariantKey, leaf: str) -> str:
+    """``people[role=child].person.given_names`` for a leaf of variant ``key``."""
+    list_path, name, value = key
+    return f"{list_path}[{name}={value}]{leaf[len(list_path) + 2 :]}"
+
 
 DEFAULT = "default (no rule names it)"
 
@@ -64,6 +118,8 @@ class FieldPlan:
     #: True when projecting depends on the recipient (a pseudonymised leaf): otherwise every
     #: recipient of the plan receives the same minimised record.
     recipient_specific: bool
+    #: Per list item variant (``people[role=child]``): its leaves' actions and sources.
+    variants: Variants
     _tree: _Tree = field(repr=False)
     _projector: _Projector = field(repr=False)
 
@@ -96,7 +152,14 @@ def compile_plan(
     rule_id: str,
 ) -> FieldPlan:
     """Resolve a permit's ``fields`` and ``classes`` against every leaf of ``schema``."""
-    by_path = dict(fields)
+    by_path: dict[str, str] = {}
+    selected: list[tuple[Selector, str]] = []
+    for path, action in fields:
+        selector = parse_selector(path)
+        if selector is None:
+            by_path[path] = action
+        else:
+            selected.append((selector, action))
     by_class = dict(classes)
     actions: dict[str, str] = {}
     sources: dict[str, str] = {}
@@ -105,7 +168,52 @@ def compile_plan(
         action = _fit(info, action)
         actions[info.path] = action
         sources[info.path] = f"{rule_id} {source}" if source != DEFAULT else DEFAULT
-    return _build(schema, actions, sources)
+    return _build(schema, actions, sources, _variants(schema, selected, actions, sources, rule_id))
+
+
+def _variants(
+    schema: Schema,
+    selected: list[tuple[Selector, str]],
+    actions: Mapping[str, str],
+    sources: Mapping[str, str],
+    rule_id: str,
+) -> dict[VariantKey, tuple[Mapping[str, str], Mapping[str, str]]]:
+    """For each value a selector names, every leaf of its list's items: the most specific
+    selector path for that value that reaches the leaf, or else the plan's own action."""
+    fields_by_list: dict[str, str] = {}
+    for selector, _ in selected:
+        if fields_by_list.setdefault(selector.list_path, selector.field) != selector.field:
+            raise ValueError(
+                f"'{selector.list_path}' is picked by two fields ({fields_by_list[selector.list_path]}, "
+                f"{selector.field}); one selecting field per list"
+            )
+    out: dict[VariantKey, tuple[Mapping[str, str], Mapping[str, str]]] = {}
+    keys = sorted({(s.list_path, s.field, value) for s, _ in selected for value in s.values})
+    for key in keys:
+        list_path, name, value = key
+        chosen = [
+            (s, a)
+            for s, a in selected
+            if s.list_path == list_path and s.field == name and value in s.values
+        ]
+        items = f"{list_path}[]"
+        v_actions: dict[str, str] = {}
+        v_sources: dict[str, str] = {}
+        for info in leaves(schema):
+            if not _within(info.path, items):
+                continue
+            best: tuple[Selector, str] | None = None
+            for s, a in chosen:
+                if s.reaches(info.path) and (best is None or len(s.plain) > len(best[0].plain)):
+                    best = (s, a)
+            if best is None:
+                v_actions[info.path] = actions[info.path]
+                v_sources[info.path] = sources[info.path]
+            else:
+                v_actions[info.path] = _fit(info, best[1])
+                v_sources[info.path] = f"{rule_id} fields.{best[0].path}"
+        out[key] = (MappingProxyType(v_actions), MappingProxyType(v_sources))
+    return out
 
 
 def forbidden_paths(
@@ -124,18 +232,22 @@ def forbidden_paths(
 def drop_all(schema: Schema) -> FieldPlan:
     """A plan that releases nothing (deny, refer, review with no permit)."""
     actions = {info.path: "drop" for info in leaves(schema)}
-    return _build(schema, actions, dict.fromkeys(actions, DEFAULT))
+    return _build(schema, actions, dict.fromkeys(actions, DEFAULT), {})
 
 
 def with_forbidden(plan: FieldPlan, schema: Schema, forbidden: Mapping[str, str]) -> FieldPlan:
-    """``plan`` with each path in ``forbidden`` dropped (its value names the forbid rule)."""
-    actions = dict(plan.actions)
-    sources = dict(plan.sources)
+    """``plan`` with each path in ``forbidden`` dropped (its value names the forbid rule), in
+    every list item variant too."""
+    leaf_paths = _leaf_index(schema)[0]
+    actions = {path: a for path, a in plan.actions.items() if path in leaf_paths}
+    sources = {path: plan.sources[path] for path in actions}
+    variants = {key: (dict(a), dict(s)) for key, (a, s) in plan.variants.items()}
     for path, rule_id in forbidden.items():
-        if actions.get(path, "drop") != "drop":
-            actions[path] = "drop"
-            sources[path] = f"{rule_id} (forbid)"
-    return _build(schema, actions, sources)
+        for acts, srcs in [(actions, sources), *variants.values()]:
+            if acts.get(path, "drop") != "drop":
+                acts[path] = "drop"
+                srcs[path] = f"{rule_id} (forbid)"
+    return _build(schema, actions, sources, variants)
 
 
 def _resolve(
@@ -187,32 +299,96 @@ def _leaf_index(schema: Schema) -> tuple[Mapping[str, FieldInfo], Mapping[str, s
     return by_path, classes
 
 
-def _build(schema: Schema, actions: dict[str, str], sources: dict[str, str]) -> FieldPlan:
-    released: set[str] = set()
+def _build(
+    schema: Schema,
+    actions: dict[str, str],
+    sources: dict[str, str],
+    variants: Mapping[VariantKey, tuple[Mapping[str, str], Mapping[str, str]]],
+) -> FieldPlan:
     by_path, classes = _leaf_index(schema)
-    tree: _Tree = {}
-    minimised = False
-    for path, action in actions.items():
-        if action != "keep":
-            minimised = True
-        if action == "drop":
-            continue
-        info = by_path[path]
-        if not path.startswith("header."):
-            released |= info.classes
-        _insert(tree, path, action, _json_plain(info.avro_type))
+    tree = _tree(by_path, actions)
+    every = [actions, *(v_actions for v_actions, _ in variants.values())]
+    released = {
+        cls
+        for acts in every
+        for path, action in acts.items()
+        if action != "drop" and not path.startswith("header.")
+        for cls in by_path[path].classes
+    }
+    shown = dict(actions)
+    shown_sources = dict(sources)
+    selects: dict[str, _Select] = {}
+    for key, (v_actions, v_sources) in variants.items():
+        list_path, name, value = key
+        _node(tree, list_path, create=True)
+        items = _node(_tree(by_path, v_actions), list_path, create=False)
+        select = selects.setdefault(list_path, (name, {}))
+        select[1][value] = items[1] if items is not None and items[1] is not None else {}
+        for path, v_action in v_actions.items():
+            if v_action != actions[path] or v_sources[path] != sources[path]:
+                shown[variant_path(key, path)] = v_action
+                shown_sources[variant_path(key, path)] = v_sources[path]
+    for list_path, select in selects.items():
+        parent, last = _parent(tree, list_path)
+        depth, sub, list_action, plain, _ = parent[last]
+        parent[last] = (depth, sub if sub is not None else {}, list_action, plain, select)
     return FieldPlan(
         schema=schema.name,
         version=schema.version,
-        actions=MappingProxyType(actions),
-        sources=MappingProxyType(sources),
+        actions=MappingProxyType(shown),
+        sources=MappingProxyType(shown_sources),
         released_classes=frozenset(released),
-        minimised=minimised,
+        minimised=any(action != "keep" for acts in every for action in acts.values()),
         classes=classes,
-        recipient_specific="pseudonymise" in actions.values(),
+        recipient_specific=any("pseudonymise" in acts.values() for acts in every),
+        variants=MappingProxyType(dict(variants)),
         _tree=tree,
         _projector=_compile_tree(tree),
     )
+
+
+def _tree(by_path: Mapping[str, FieldInfo], actions: Mapping[str, str]) -> _Tree:
+    """The projection tree of the leaves ``actions`` releases."""
+    tree: _Tree = {}
+    for path, action in actions.items():
+        if action != "drop":
+            _insert(tree, path, action, _json_plain(by_path[path].avro_type))
+    return tree
+
+
+def _parent(tree: _Tree, list_path: str) -> tuple[_Tree, str]:
+    """The subtree holding the list field ``list_path`` (a path through records only), and the
+    list's name in it."""
+    *outer, last = list_path.split(".")
+    node = tree
+    for step in outer:
+        sub = node[step][1]
+        assert sub is not None
+        node = sub
+    return node, last
+
+
+def _node(
+    tree: _Tree, list_path: str, *, create: bool
+) -> tuple[int, _Tree | None, str | None, bool, _Select | None] | None:
+    """The list field's entry in ``tree``; with ``create``, made (empty) where the plan
+    releases nothing in the list's items, so that its variants have a node to hang on."""
+    *outer, last = list_path.split(".")
+    node = tree
+    for step in outer:
+        entry = node.get(step)
+        if entry is None or entry[1] is None:
+            if not create:
+                return None
+            entry = (0, {}, None, True, None)
+            node[step] = entry
+        assert entry[1] is not None
+        node = entry[1]
+    if last not in node:
+        if not create:
+            return None
+        node[last] = (1, {}, None, True, None)
+    return node[last]
 
 
 @functools.cache
@@ -265,20 +441,42 @@ def _insert(tree: _Tree, path: str, action: str, plain: bool) -> None:
         entry = node.get(step)
         if entry is None or entry[1] is None:
             sub: _Tree = {}
-            node[step] = (step_depth, sub, None, True)
+            node[step] = (step_depth, sub, None, True, None)
         else:
             sub = entry[1]
         node = sub
-    node[name] = (depth, None, action, plain)
+    node[name] = (depth, None, action, plain, None)
 
 
 def _project(
     record: Mapping[str, Any], tree: _Tree, transforms: Mapping[str, Transform]
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for name, (depth, sub, action, _) in tree.items():
+    for name, (depth, sub, action, _, select) in tree.items():
         if name in record:
-            out[name] = _value(record[name], depth, sub, action, transforms)
+            if select is not None:
+                out[name] = _selected(record[name], sub, select, transforms)
+            else:
+                out[name] = _value(record[name], depth, sub, action, transforms)
+    return out
+
+
+def _selected(
+    value: Any, sub: _Tree | None, select: _Select, transforms: Mapping[str, Transform]
+) -> Any:
+    """A list of records with item variants: each item through its own variant's tree, and
+    an item whose tree releases nothing left out."""
+    if value is None:
+        return None
+    name, trees = select
+    out: list[dict[str, Any] | None] = []
+    for item in value:
+        if item is None:
+            out.append(None)
+            continue
+        tree = trees.get(item.get(name), sub) if isinstance(item.get(name), str) else sub
+        if tree:
+            out.append(_project(item, tree, transforms))
     return out
 
 
@@ -319,8 +517,10 @@ def _compile_tree(tree: _Tree) -> _Projector:
     kept: list[str] = []
     kept_text: list[str] = []
     others: list[tuple[str, _ValueFn]] = []
-    for name, (depth, sub, action, plain) in tree.items():
-        if depth == 0 and sub is None and action == "keep":
+    for name, (depth, sub, action, plain, select) in tree.items():
+        if select is not None:
+            others.append((name, _compile_selected(sub, select)))
+        elif depth == 0 and sub is None and action == "keep":
             (kept if plain else kept_text).append(name)
         else:
             others.append((name, _compile_value(depth, sub, action, plain)))
@@ -344,6 +544,29 @@ def _compile_tree(tree: _Tree) -> _Projector:
         return out
 
     return project
+
+
+def _compile_selected(sub: _Tree | None, select: _Select) -> _ValueFn:
+    """:func:`_selected`, compiled: each variant's items projector built once."""
+    name, trees = select
+    base = _compile_tree(sub) if sub else None
+    chosen = {value: _compile_tree(tree) if tree else None for value, tree in trees.items()}
+
+    def selected(value: Any, transforms: Mapping[str, Transform]) -> Any:
+        if value is None:
+            return None
+        out: list[dict[str, Any] | None] = []
+        for item in value:
+            if item is None:
+                out.append(None)
+                continue
+            picked = item.get(name)
+            fn = chosen.get(picked, base) if isinstance(picked, str) else base
+            if fn is not None:
+                out.append(fn(item, transforms))
+        return out
+
+    return selected
 
 
 def _compile_value(depth: int, sub: _Tree | None, action: str | None, plain: bool) -> _ValueFn:

@@ -17,6 +17,7 @@ with its ``file:line:column`` and raised together as :class:`PolicyValidationErr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Mapping
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
 from broker.codec import CodecError, Schema, SchemaSet, load_schemas
 from broker.policy._errors import PolicySourceError, PolicyValidationError
+from broker.policy._fields import Selector, parse_selector
 from broker.policy._model import (
     ADDRESS_GENERALISATIONS,
     CHILD_CONSULTED,
@@ -585,19 +587,36 @@ class _RuleReader:
         assert isinstance(node, CommentedMap)
         known = _paths(schemas)
         out = []
+        picked_by: dict[str, str] = {}
         for path, action in node.items():
             path = str(path)
-            if path not in known:
+            selector = parse_selector(path)
+            if selector is not None:
+                target = self.selector(reader, node, selector, known, schemas)
+                if target is None:
+                    continue
+                earlier = picked_by.setdefault(selector.list_path, selector.field)
+                if earlier != selector.field:
+                    reader.error(
+                        (node, path),
+                        f"'{selector.list_path}' items are already picked by '{earlier}' in "
+                        "this rule; pick them by one field",
+                        value=False,
+                    )
+                    continue
+            elif path not in known:
                 reader.error(
                     (node, path),
                     f"unknown field '{path}' in these event types{suggest(path, known)}",
                     value=False,
                 )
                 continue
+            else:
+                target = known[path]
             if not self.action(reader, node, path, action):
                 continue
             action = str(action)
-            infos = [known[path]]
+            infos = [target]
             if action in DATE_GENERALISATIONS and not all(
                 i.leaf and ("date" in i.avro_type or "timestamp" in i.avro_type) for i in infos
             ):
@@ -614,6 +633,57 @@ class _RuleReader:
                 continue
             out.append((path, action))
         return tuple(out)
+
+    def selector(
+        self,
+        reader: Reader,
+        node: CommentedMap,
+        selector: Selector,
+        known: Mapping[str, Any],
+        schemas: list[Schema],
+    ) -> Any:
+        """The field ``selector`` reaches in each picked item, or None after an error."""
+        spot = (node, selector.path)
+        problem = None
+        listed = known.get(selector.list_path)
+        picker = known.get(selector.discriminator)
+        if parse_selector(selector.plain) is not None:
+            problem = "one [field=value] selector per path"
+        elif "[]" in selector.list_path or "{}" in selector.list_path:
+            problem = "[field=value] picks items of a list that is not itself inside a list"
+        elif listed is None or "array<record" not in listed.avro_type:
+            problem = (
+                f"'{selector.list_path}' is not a list of records in these event types; "
+                "[field=value] picks some of a list's items"
+            )
+        elif picker is None or not picker.leaf:
+            fields = sorted(
+                p.rpartition(".")[2]
+                for p, i in known.items()
+                if i.leaf and p.rpartition(".")[0] == f"{selector.list_path}[]"
+            )
+            problem = (
+                f"the items of '{selector.list_path}' have no field '{selector.field}'"
+                f"{suggest(selector.field, fields)}"
+            )
+        elif selector.plain != f"{selector.list_path}[]" and selector.plain not in known:
+            problem = f"unknown field '{selector.plain}' in these event types{suggest(selector.plain, known)}"
+        else:
+            choices = _enum_symbols(schemas, picker.avro_type)
+            for value in selector.values:
+                if not value:
+                    problem = f"an empty value in [{selector.field}=...]"
+                elif choices is not None and value not in choices:
+                    problem = (
+                        f"'{value}' is not a {selector.field} of '{selector.list_path}'"
+                        f"{suggest(value, choices)}"
+                    )
+                if problem:
+                    break
+        if problem is not None:
+            reader.error(spot, problem, value=False)
+            return None
+        return known.get(selector.plain, listed)
 
     def plan_classes(self, reader: Reader, rule: CommentedMap) -> tuple[tuple[str, str], ...]:
         if not reader.given(rule, "classes"):
@@ -672,7 +742,13 @@ class _RuleReader:
         out = []
         for item, spot in reader.items(rule, "fields"):
             path = str(item)
-            if path not in known:
+            if parse_selector(path) is not None:
+                reader.error(
+                    spot,
+                    "a forbid withholds a field from every item; [field=value] belongs in a "
+                    "permit's fields",
+                )
+            elif path not in known:
                 reader.error(
                     spot, f"unknown field '{path}' in these event types{suggest(path, known)}"
                 )
@@ -692,6 +768,34 @@ def _empty(reader: Reader, node: CommentedMap, key: str, what: str) -> None:
         f"an empty {what} means any case; name a condition, or leave '{key}' out",
         value=False,
     )
+
+
+def _enum_symbols(schemas: list[Schema], avro_type: str) -> frozenset[str] | None:
+    """The symbols of the enum ``avro_type`` names (``enum nz.tiaki.PersonRole``, possibly in a
+    union), or None when it is not an enum (free text takes any value)."""
+    found = re.search(r"enum ([\w.]+)", avro_type)
+    if found is None:
+        return None
+    wanted = found.group(1)
+    symbols: set[str] = set()
+
+    def walk(node: Any, namespace: str) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, namespace)
+        elif isinstance(node, dict):
+            space = node.get("namespace", namespace)
+            name = node.get("name")
+            if node.get("type") == "enum" and isinstance(name, str):
+                full = name if "." in name else f"{space}.{name}"
+                if full == wanted:
+                    symbols.update(node.get("symbols", ()))
+            for value in node.values():
+                walk(value, space)
+
+    for schema in schemas:
+        walk(schema.definition, "")
+    return frozenset(symbols)
 
 
 def _paths(schemas: list[Schema]) -> dict[str, Any]:

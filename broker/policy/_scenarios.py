@@ -49,6 +49,7 @@ from broker.codec import CodecError, from_json, validate
 from broker.policy._context import value_problem
 from broker.policy._engine import Engine
 from broker.policy._errors import PolicySourceError, PolicyValidationError
+from broker.policy._fields import parse_selector, variant_path
 from broker.policy._model import (
     DERIVED,
     FIELD_ACTIONS,
@@ -149,10 +150,33 @@ def check(decision: Decision, expect: Mapping[str, Any]) -> list[str]:
         )
     for selector, action in expect.get("fields", {}).items():
         for path in _select(decision, selector):
-            got = decision.field_actions.get(path, "drop")
+            got = _action(decision, path)
             if got != action:
                 problems.append(f"field {path}: expected {action}, got {got}")
     return problems
+
+
+def _unselected(path: str) -> str:
+    """``people[role=child].person.iwi`` as the leaf it is in every item."""
+    selector = parse_selector(path)
+    return path if selector is None else selector.plain
+
+
+def _action(decision: Decision, path: str) -> str:
+    """The action on ``path``; for an item variant (``people[role=child].person.iwi``), the
+    variant's, which the plan lists only where it differs from the other items'."""
+    actions = decision.field_actions
+    selector = parse_selector(path)
+    if selector is None:
+        return actions.get(path, "drop")
+    got = {
+        actions.get(
+            variant_path((selector.list_path, selector.field, value), selector.plain),
+            actions.get(selector.plain, "drop"),
+        )
+        for value in selector.values
+    }
+    return got.pop() if len(got) == 1 else " / ".join(sorted(got))
 
 
 def _select(decision: Decision, selector: str) -> list[str]:
@@ -403,7 +427,7 @@ class _ScenarioReader:
                             f"unknown field class '{selector}'{suggest(selector.removeprefix('class:'), classes)}",
                             value=False,
                         )
-                elif selector not in known:
+                elif _unselected(selector) not in known:
                     reader.error(
                         (fields, selector),
                         f"unknown field '{selector}'{suggest(selector, known)}",

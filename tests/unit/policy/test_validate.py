@@ -199,6 +199,55 @@ CASES = [
         "{agency: msd}",
         "'lead' must be true or false, not {'agency': 'msd'}",
     ),
+    # Item selectors (``people[role=child].person``): each mistake named where it is.
+    (
+        "misspelt selector value",
+        FVA,
+        "      people[role=child].person: drop\n      people[role=child].person.date",
+        "      people[role=chlid].person: drop\n      people[role=child].person.date",
+        "people[role=chlid]",
+        "'chlid' is not a role of 'people' (did you mean 'child'?)",
+    ),
+    (
+        "selector on a field the items lack",
+        FVA,
+        "      people[role=child].person: drop\n      people[role=child].person.date",
+        "      people[rol=child].person: drop\n      people[role=child].person.date",
+        "people[rol=child]",
+        "the items of 'people' have no field 'rol' (did you mean 'role'?)",
+    ),
+    (
+        "selector on a field that is not a list",
+        FVA,
+        "      people[role=child].person: drop\n      people[role=child].person.date",
+        "      location[role=child].suburb: drop\n      people[role=child].person.date",
+        "location[role=child]",
+        "'location' is not a list of records in these event types",
+    ),
+    (
+        "two selecting fields on one list",
+        FVA,
+        "      people[role=child].person: drop\n      people[role=child].person.date",
+        "      people[relationship_to_victim=child].person: drop\n      people[role=child].person.date",
+        "people[role=child].person.date",
+        "'people' items are already picked by 'relationship_to_victim' in this rule",
+    ),
+    (
+        "selector after a selector",
+        FVA,
+        "      people[role=child].person: drop\n      people[role=child].person.date",
+        "      people[role=child].person.identifiers[scheme=nhi].value: drop\n      people[role=child].person.date",
+        "people[role=child].person.identifiers",
+        "one [field=value] selector per path",
+    ),
+    (
+        "selector in a forbid",
+        "rules/00-forbid.yaml",
+        'fields: ["items[].summary", reason_text]',
+        'fields: ["items[].summary", reason_text, "people[role=child].person"]',
+        '"people[role=child].person"',
+        "a forbid withholds a field from every item; [field=value] belongs in a permit's fields",
+    ),
 ]
 
 
