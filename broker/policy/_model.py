@@ -9,6 +9,8 @@ explanation (rule ids, reason codes, LAW.md references) and an action for every 
 from __future__ import annotations
 
 import datetime as dt
+import re
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -651,7 +653,8 @@ _MAORI_ETHNICITY_PREFIX = "2"
 
 def maori_breakdown(kind: str, record: Mapping[str, Any]) -> bool:
     """Whether ``record``, of event type ``kind`` (short name), is an aggregate
-    (OutcomeIndicator) broken down by an ethnicity that is Māori.
+    (OutcomeIndicator) broken down by an ethnicity that is Māori: a Stats NZ code in the Māori
+    group, or a label naming Māori ("Māori", "NZ Maori").
 
     The sender may not set ``contains_maori_data`` on counts by ethnicity; the breakdown
     itself says it is Māori data (LAW.md MDS-04, scenario 9). A person's own ethnicity in a
@@ -661,7 +664,21 @@ def maori_breakdown(kind: str, record: Mapping[str, Any]) -> bool:
     if kind != "OutcomeIndicator":
         return False
     codes = record.get("ethnicity") or ()
-    return any(str(code).startswith(_MAORI_ETHNICITY_PREFIX) for code in codes)
+    return any(
+        str(code).startswith(_MAORI_ETHNICITY_PREFIX) or _names_maori(str(code)) for code in codes
+    )
+
+
+#: "Māori" written out, with or without its macron or as a double vowel, as a word of a label
+#: ("Māori", "NZ Maori", "New Zealand Maaori").
+_MAORI_WORD = re.compile(r"(?<![a-z])ma+ori(?![a-z])")
+
+
+def _names_maori(label: str) -> bool:
+    """Whether an ethnicity given as a label rather than a Stats NZ code names Māori: a
+    sender's system may write the group's name where the schema asks for its code."""
+    plain = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode().lower()
+    return _MAORI_WORD.search(plain) is not None
 
 
 def stated_grounds(record: Mapping[str, Any]) -> tuple[Any, Any]:

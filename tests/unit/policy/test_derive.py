@@ -111,6 +111,14 @@ def test_maori_data_is_what_the_record_holds() -> None:
         (["11111"], False),  # New Zealand European
         (["12", "31"], False),
         ([], False),
+        # A label where the schema asks for a code still names Māori.
+        (["Māori"], True),
+        (["NZ Maori"], True),
+        (["New Zealand MAAORI"], True),
+        (["European", "Ma\u0304ori"], True),  # the macron as a combining mark
+        (["Pacific peoples"], False),
+        (["Samoan"], False),
+        (["Maoritanian"], False),  # not the word
     ],
 )
 def test_an_aggregate_broken_down_by_maori_ethnicity_is_maori_data(
