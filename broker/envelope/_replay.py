@@ -131,6 +131,21 @@ class ReplayCache:
         """Undo :meth:`remember` (the transaction that saw the event aborted)."""
         self._seen.pop((source, event_id), None)  # its heap entry is skipped lazily
 
+    @property
+    def watermark_ms(self) -> int:
+        """Events sealed at or before this are refused as stale: a full cache dropped an
+        entry that recent for space (-1: none yet)."""
+        return self._watermark
+
+    def restore_watermark(self, watermark_ms: int) -> None:
+        """Undo what evictions since :attr:`watermark_ms` was ``watermark_ms`` raised it (the
+        transaction that admitted those events aborted; with :meth:`forget`). Entries that
+        were dropped for space are not put back: the state re-read seeds them again, which
+        raises the watermark again as far as they require. Without this, an event the first
+        attempt admitted (and that, the oldest in a full cache, evicted itself) would be
+        refused as stale when its batch is processed again."""
+        self._watermark = min(self._watermark, watermark_ms)
+
     def __len__(self) -> int:
         return len(self._seen)
 

@@ -138,8 +138,9 @@ class Intake:
         self._opener = opener
         self._max = max_record_bytes
         self._partitions = partitions
-        #: (source, event id) pairs the replay cache learnt since the last commit.
-        self._uncommitted: list[tuple[str, str]] = []
+        #: (source, event id, the replay cache's watermark before it) of each record the
+        #: replay cache learnt since the last commit.
+        self._uncommitted: list[tuple[str, str, int]] = []
         #: Records admitted before ``_uncommitted[0]`` (committed or aborted): marks count
         #: from the start, so they stay valid as a prefix commits.
         self._settled = 0
@@ -160,9 +161,12 @@ class Intake:
 
     def aborted(self) -> None:
         """The transaction aborted: its records will be read again, so they are not replays."""
-        if self._opener.replay is not None:
-            for source, event_id in self._uncommitted:
-                self._opener.replay.forget(source, event_id)
+        replay = self._opener.replay
+        if replay is not None:
+            for source, event_id, _ in self._uncommitted:
+                replay.forget(source, event_id)
+            if self._uncommitted:
+                replay.restore_watermark(self._uncommitted[0][2])
         self._settled += len(self._uncommitted)
         self._uncommitted.clear()
         self._seen.clear()
@@ -188,11 +192,13 @@ class Intake:
                 raise UnknownAgency(f"topic {record.topic} names no agency in the registry")
             if len(record.value) > self._max:
                 raise OversizedRecord(f"{len(record.value)} bytes, more than {self._max}")
+            replay = self._opener.replay
+            watermark = replay.watermark_ms if replay is not None else -1
             opened = self._opener.open(
                 record.value, topic=record.topic, now=now, kind=Kind.INGRESS, source=source.id
             )
             event_id = opened.event_id
-            self._uncommitted.append((source.id, event_id))
+            self._uncommitted.append((source.id, event_id, watermark))
             self._seen.append((source.id, event_id, opened.sealed_at_ms))
             schema = self._schemas.by_fingerprint(opened.schema_fingerprint)
             event_type = schema.short_name

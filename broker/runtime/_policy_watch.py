@@ -69,10 +69,15 @@ class PolicyWatcher:
         #: Where each bundle is unpacked for the store to read, and removed once it has
         #: (the store compiles everything at load): the system's temporary folder by default.
         self._workdir = workdir
+        #: Set once :meth:`follow` has read the topic to its end and taken in its newest
+        #: release: the worker decides nothing before (it would be under the set it started
+        #: with, which the topic may have replaced).
+        self.ready = asyncio.Event()
 
-    def apply(self, bundle: bytes, *, audit: bool = True) -> bool:
+    def apply(self, bundle: bytes, *, audit: bool = True, quiet: bool = False) -> bool:
         """Offer one bundle; True if it is now the policy in force. ``audit``: tell the note
-        of a change or a refusal (not while catching up with the topic at start)."""
+        of a change or a refusal (not while catching up with the topic at start). ``quiet``:
+        a refusal is not counted or logged (an older release tried at start, :meth:`catch_up`)."""
         note = self._note if audit else None
         before = self._store.engine
         engine: Engine | None = before
@@ -85,6 +90,8 @@ class PolicyWatcher:
             error = exc
         if error is not None or engine is None:
             reason = type(error).__name__ if error is not None else "no_engine"
+            if quiet:
+                return False
             self._metrics.policy_rejected.labels(reason).inc()
             log.warning(
                 "policy rejected, previous policy kept",
@@ -104,6 +111,25 @@ class PolicyWatcher:
         self._metrics.policy_version.labels(engine.policy_hash).set(1)
         log.info("policy loaded", new_policy_hash=engine.policy_hash)
         return True
+
+    def catch_up(self, bundles: list[bytes]) -> None:
+        """Take in the newest release of those read from the topic at start (oldest first),
+        or, if this worker refuses it, the newest it takes.
+
+        Nothing older is ever in force, not even for a moment: the store swaps its engine on
+        every load and the decider reads it per event, so replaying a compacted topic's
+        lingering releases one by one would decide events under each in turn, unaudited. The
+        newest's refusal is counted and logged; an older one's is not (a release superseded
+        long ago may carry fewer approvals than the running set requires, and would raise an
+        alert on every restart)."""
+        rejection = None
+        for index, bundle in enumerate(reversed(bundles)):
+            taken = self.apply(bundle, audit=False, quiet=index > 0)
+            if index == 0:
+                rejection = self.last_rejection
+            if taken:
+                break
+        self.last_rejection = rejection  # the newest's, for :meth:`caught_up` to audit
 
     def caught_up(self, started_with: str | None) -> None:
         """The topic read to its end at start (the worker having started with
@@ -125,9 +151,9 @@ class PolicyWatcher:
             self._note(now, replaced=None, rejected=self.last_rejection)
 
     async def follow(self, profile: Profile, stop: asyncio.Event) -> None:
-        """Read ``tiaki.policy`` from the beginning until ``stop``; apply each bundle, and
-        audit where the topic's history left this worker once it has read to the end
-        (:meth:`caught_up`), then each change as it comes. A Kafka error ends it (raised,
+        """Read ``tiaki.policy`` from the beginning until ``stop``; once read to the end,
+        take in its newest release (:meth:`catch_up`), audit where that left this worker
+        (:meth:`caught_up`) and set :attr:`ready`; then apply each bundle as it comes. A Kafka error ends it (raised,
         after a log line): the broker must not run on without following its policy topic."""
         consumer = AIOKafkaConsumer(
             **profile.aiokafka_kwargs(),
@@ -142,14 +168,19 @@ class PolicyWatcher:
             await consumer.seek_to_beginning(partition)
             started_with = self._store.engine.policy_hash if self._store.engine else None
             end = (await consumer.end_offsets([partition]))[partition]
-            catching_up = True
+            history: list[bytes] | None = []  # None once caught up
             while not stop.is_set():
-                if catching_up and await consumer.position(partition) >= end:
-                    catching_up = False
+                if history is not None and await consumer.position(partition) >= end:
+                    self.catch_up(history)
+                    history = None
                     self.caught_up(started_with)
+                    self.ready.set()
                 batches = await consumer.getmany(partition, timeout_ms=500)
                 for record in batches.get(partition, []):
-                    self.apply(record.value, audit=not catching_up)
+                    if history is not None:
+                        history.append(record.value)
+                    else:
+                        self.apply(record.value)
         except KafkaError as exc:
             # The policy in force keeps deciding until the broker stops; it stops because this
             # task ended early (broker.runtime._background), and its supervisor restarts it.

@@ -369,10 +369,24 @@ async def serve(
     )
     background.start("egress", watch_egress(transport, pipeline, metrics, registry.ids, stop))
     try:
-        await worker.run(stop)
+        # Nothing is decided before the policy topic's newest release is in force (a stop,
+        # or the watcher failing, which sets it, ends the wait too).
+        await _first(watcher.ready, stop)
+        if not stop.is_set():
+            await worker.run(stop)
     finally:
         await background.join()
     background.check()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    waits = [asyncio.ensure_future(event.wait()) for event in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for wait in waits:
+            wait.cancel()
 
 
 #: The topics a worker's transactions write besides the egress topics: without any one of

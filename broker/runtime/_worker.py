@@ -332,8 +332,10 @@ class Worker:
         """After a failed commit, once the chain's head is re-read: whether that transaction
         committed all the same (a lost reply) shows in the head, which it wrote. If it did,
         the audit records of the worker's own acts it held (:meth:`Pipeline.note_policy`,
-        ``note_keys``) are on the log: they must not go out again. (Everything else it
-        wrote is state the re-read restores, or offsets the rewind reads.)"""
+        ``note_keys``) are on the log: they must not go out again, and its records are counted
+        as any committed batch's, so the metrics agree with the topics (the rewind goes to
+        offsets past them: they are never processed, so never counted, again). (Everything
+        else it wrote is state the re-read restores, or offsets the rewind reads.)"""
         doubt, self._in_doubt = self._in_doubt, None
         mark = None if doubt is None else doubt.chain_mark
         if doubt is None or mark is None or mark.size == 0:
@@ -342,6 +344,7 @@ class Worker:
         if head.size == mark.size and head.head == mark.head:
             log.info("the failed transaction had committed", records=len(doubt.records))
             self._pipeline.notes_committed(doubt.mark)
+            self._count(doubt.records, doubt.results, doubt.began_ms)
 
     async def _abandon(self, inflight: _InFlight | None) -> None:
         """Let the transaction in flight, if any, end and settle it; then throw away what was

@@ -175,8 +175,7 @@ def test_catching_up_at_start_audits_where_the_history_left_the_worker_once(
     store.load(folder)
     watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path, note=notes)
     started_with = store.engine.policy_hash if store.engine else None
-    for data in (good, unsigned, good):
-        watcher.apply(_bundle(data), audit=False)
+    watcher.catch_up([_bundle(data) for data in (good, unsigned, good)])
     assert notes == []
     watcher.caught_up(started_with)
     assert notes == [(None, None, True)]
@@ -185,10 +184,10 @@ def test_catching_up_at_start_audits_where_the_history_left_the_worker_once(
     notes.clear()
     store = PolicyStore(load_roster(roster))
     watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path, note=notes)
-    for data in (good, unsigned):
-        watcher.apply(_bundle(data), audit=False)
+    watcher.catch_up([_bundle(data) for data in (good, unsigned)])
     watcher.caught_up(None)
-    assert notes == [(None, None, False), (None, type(store.last_error).__name__, False)]
+    assert watcher.last_rejection is not None
+    assert notes == [(None, None, False), (None, watcher.last_rejection, False)]
     assert store.engine is not None
     # Afterwards each change is audited as it comes.
     notes.clear()
@@ -272,3 +271,35 @@ async def test_a_note_in_a_transaction_whose_reply_was_lost_is_not_written_twice
         ("policy_change", "adopted"),
         ("policy_change", "reject"),
     ]
+
+
+async def test_a_batch_whose_commit_reply_was_lost_is_counted_once_it_shows_committed() -> None:
+    """Its records are on the topics and the rewind goes past them, so they are never
+    processed again: once the chain's re-read head shows the batch committed, its metrics
+    count it, so quarantines and shares on the topics are in what the alerts read."""
+    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
+    cluster.create_topic(CHECKPOINTS, 1)
+    cluster.create_topic(STATE_CHAINS, 1)
+    harness = Harness(ScriptedDecider())
+    transport = cluster.worker()
+    worker = quick_worker(transport, harness, chain_reader=cluster.reader)
+    commit, lost = transport.commit, []
+
+    async def lost_reply(outputs: Any, consumed: Any) -> None:
+        await commit(outputs, consumed)  # Kafka committed it ...
+        if not lost:
+            lost.append(True)
+            raise TransportError("commit reply lost", retriable=True)  # ... unheard
+
+    transport.commit = lost_reply  # type: ignore[method-assign]
+    async with cluster.publisher() as publisher:
+        for i in range(3):
+            await publisher.publish("tiaki.ingress.police", b"k", b"\x01garbage-%d" % i)
+    async with worker:
+        for _ in range(6):
+            await worker.step()
+    assert lost
+    async with cluster.reader() as reader:
+        assert len(await reader.read_all("tiaki.dlq")) == 3  # once, by the unheard commit
+    value = worker._metrics.registry.get_sample_value
+    assert value("tiaki_quarantined_total", {"reason": "malformed_envelope"}) == 3

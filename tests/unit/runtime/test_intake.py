@@ -198,3 +198,41 @@ def test_an_aborted_transaction_is_not_a_replay(world: World) -> None:
     world.intake.aborted()  # the transaction with `second` never happened: read it again
     assert isinstance(world.admit(second), Accepted)
     assert reason(world.admit(first)) == "replayed"  # committed before: still a replay
+
+
+def test_an_aborted_transaction_does_not_leave_its_events_stale() -> None:
+    """In a full replay cache an admitted event older than every other entry evicts itself
+    and raises the watermark to its own seal time. If its transaction aborts, the batch is
+    processed again and must be admitted again, not refused as stale."""
+    world = World()
+    replay = ReplayCache(max_entries=3)
+    world.intake = Intake(
+        registry=REGISTRY,
+        schemas=SCHEMAS,
+        opener=Opener("broker", world.ring, replay=replay),
+        max_record_bytes=64 * 1024,
+    )
+
+    def sealed(at: datetime) -> bytes:
+        event_id = str(uuid.uuid4())
+        return world.police.seal(
+            encode(EPISODE, episode(event_id)),
+            kind=Kind.INGRESS,
+            topic=TOPIC,
+            recipient="broker",
+            event_id=event_id,
+            schema_fingerprint=EPISODE.fingerprint,
+            now=at,
+        )
+
+    for _ in range(3):
+        assert isinstance(world.admit(sealed(NOW - timedelta(seconds=10))), Accepted)
+    world.intake.committed()
+    backlog = sealed(NOW - timedelta(hours=1))  # held at the agency through an outage
+    assert isinstance(world.admit(backlog), Accepted)
+    assert replay.watermark_ms >= 0  # it evicted itself, for space
+    world.intake.aborted()
+    assert replay.watermark_ms == -1
+    assert isinstance(world.admit(backlog), Accepted)  # as the first attempt
+    world.intake.committed()
+    assert reason(world.admit(backlog)) in {"replayed", "stale"}  # committed: never again

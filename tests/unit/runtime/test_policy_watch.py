@@ -95,3 +95,67 @@ def test_store_refuses_a_set_that_raises_something_unforeseen(
     assert isinstance(store.last_error, RuntimeError)
     with pytest.raises(RuntimeError):  # nothing to fall back on: the caller must know
         PolicyStore(load_roster(roster)).load(folder)
+
+
+def rejections(metrics: BrokerMetrics) -> float:
+    return sum(
+        s.value
+        for family in metrics.registry.collect()
+        if family.name == "tiaki_policy_rejected"
+        for s in family.samples
+        if s.name.endswith("_total")
+    )
+
+
+class CountingStore(PolicyStore):
+    """A store that counts its loads: each load that succeeds swaps the engine in force."""
+
+    loads = 0
+
+    def load(self, folder: Path) -> object:  # type: ignore[override]
+        self.loads += 1
+        return super().load(folder)
+
+
+def test_catching_up_takes_in_only_the_newest_release(
+    release: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """The releases a compacted topic still holds are never in force one after another at
+    start: the decider reads the engine per event, so each would decide events, unaudited.
+    An older release this worker refuses (say, with fewer approvals than the running set
+    requires) is not counted or logged as refused, so no alert fires on every restart."""
+    folder, roster = release
+    good = json.loads(bundle(folder.parent))["files"]
+    unsigned = {k: v for k, v in good.items() if "/approvals/" not in k}
+    store = CountingStore(load_roster(roster))
+    metrics = BrokerMetrics(CollectorRegistry())
+    watcher = PolicyWatcher(store, metrics, tmp_path)
+    watcher.catch_up([_bundle(unsigned), _bundle(good), _bundle(unsigned), _bundle(good)])
+    assert store.loads == 1
+    assert store.engine is not None
+    assert rejections(metrics) == 0
+    assert watcher.last_rejection is None
+
+
+def test_catching_up_to_a_refused_newest_release_falls_back_to_the_one_before(
+    release: tuple[Path, Path], tmp_path: Path
+) -> None:
+    folder, roster = release
+    good = json.loads(bundle(folder.parent))["files"]
+    unsigned = {k: v for k, v in good.items() if "/approvals/" not in k}
+    store = CountingStore(load_roster(roster))
+    metrics = BrokerMetrics(CollectorRegistry())
+    watcher = PolicyWatcher(store, metrics, tmp_path)
+    watcher.catch_up([_bundle(unsigned), _bundle(good), _bundle(unsigned), _bundle(unsigned)])
+    # The newest refused (counted once), the next older refused quietly, then the good one.
+    assert store.loads == 3
+    assert store.engine is not None
+    assert rejections(metrics) == 1
+    assert watcher.last_rejection is not None
+    # Nothing on the topic it takes: it keeps what it started with (here, nothing).
+    store = CountingStore(load_roster(roster))
+    watcher = PolicyWatcher(store, BrokerMetrics(CollectorRegistry()), tmp_path)
+    watcher.catch_up([_bundle(unsigned)])
+    assert store.engine is None
+    watcher.catch_up([])
+    assert store.loads == 1
