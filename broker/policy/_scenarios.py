@@ -57,6 +57,7 @@ from broker.policy._model import (
     DecisionInput,
     Outcome,
     RequestFacts,
+    RequestKind,
     Where,
 )
 from broker.policy._reader import Reader, suggest
@@ -154,6 +155,58 @@ def check(decision: Decision, expect: Mapping[str, Any]) -> list[str]:
             if got != action:
                 problems.append(f"field {path}: expected {action}, got {got}")
     return problems
+
+
+#: Context keys the broker reads from an event's header, and where.
+_HEADER_CONTEXT = {
+    "source": ("source_agency",),
+    **{
+        key: ("sharing", key)
+        for key in (
+            "purpose",
+            "legal_route",
+            "consent",
+            "child_consulted",
+            "provenance",
+            "imminent_danger",
+            "privileged",
+            "suppression_order",
+        )
+    },
+}
+#: A sharing context as an event without one would carry it, for a scenario that sets part
+#: of it: the schema's defaults, and ``unknown`` where the schema has none.
+_EMPTY_SHARING = {
+    "purpose": "unknown",
+    "legal_route": "unknown",
+    "justification": None,
+    "accountable_role": None,
+    "consent": "unknown",
+    "child_consulted": "unknown",
+    "child_not_consulted_reason": None,
+    "provenance": "unknown",
+    "imminent_danger": False,
+    "contains_maori_data": False,
+    "privileged": False,
+    "suppression_order": False,
+}
+
+
+def _into_header(record: dict[str, Any], values: dict[str, Any]) -> None:
+    """Move the context's header-borne values (``source``, ``purpose``, ``legal_route``,
+    consent, child consultation, provenance, the flags) out of ``values`` into ``record``'s
+    header."""
+    header = record["header"]
+    for key, path in _HEADER_CONTEXT.items():
+        if key not in values:
+            continue
+        value = values.pop(key)
+        if len(path) == 1:
+            header[path[0]] = value
+            continue
+        if header.get("sharing") is None:
+            header["sharing"] = dict(_EMPTY_SHARING)
+        header["sharing"][path[1]] = value
 
 
 def _unselected(path: str) -> str:
@@ -280,6 +333,21 @@ class _ScenarioReader:
         lead = bool(values.pop("lead", False))
         request = self.request(context, values.pop("request", None))
         if record:
+            # What the broker reads from the event's header is written into the header, so
+            # the scenario is decided on an event the broker could receive, not on an input
+            # it could never build (a purpose or route the header does not carry).
+            # (Only for a disclosure: the other kinds are requests the broker's decider never
+            # builds from an event, e.g. an aggregate's 'monitoring' purpose.)
+            if values.get("kind", RequestKind.DISCLOSURE.value) == RequestKind.DISCLOSURE.value:
+                _into_header(record, values)
+            try:
+                assert schema is not None
+                validate(schema, record)
+            except CodecError as exc:
+                reader.error_at(
+                    context, f"the context makes an event the broker would refuse: {exc}"
+                )
+                return None
             # The broker's own derivation (DecisionInput.shared_values); the context's risk
             # is the case's tier, which the event's own risk may raise.
             common, addressees = DecisionInput.shared_values(

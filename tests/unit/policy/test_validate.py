@@ -199,6 +199,16 @@ CASES = [
         "{agency: msd}",
         "'lead' must be true or false, not {'agency': 'msd'}",
     ),
+    (
+        # A scenario is decided on an event the broker could receive: the context's purpose
+        # goes into the header, and 'monitoring' is an aggregate request's, not an event's.
+        "scenario purpose no event can carry",
+        "tests/routes.yaml",
+        "{source: police, recipient: msd, purpose: serious_threat, participates: true}",
+        "{source: police, recipient: msd, purpose: monitoring, participates: true}",
+        "{source: police, recipient: msd, purpose: monitoring",
+        "the context makes an event the broker would refuse: nz.tiaki.",
+    ),
     # Item selectors (``people[role=child].person``): each mistake named where it is.
     (
         "misspelt selector value",
