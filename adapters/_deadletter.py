@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import builtins
 import json
+import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+from adapters._errors import AdapterError
 from adapters._private_files import write_private
 from broker._yaml import SourceError, parse_json
 
@@ -81,12 +83,30 @@ class DeadLetters:
     def read(self) -> tuple[builtins.list[DeadLetter], builtins.list[tuple[Path, str]]]:
         """Every ``*.json`` in the folder: the dead letters, and the files that are not one
         (malformed, foreign, unreadable) with why, in a few words and never their content.
-        Such files are left where they are, for a person to look at."""
-        if not self.path.exists():
-            return [], []
+        Such files are left where they are, for a person to look at.
+
+        No folder is no dead letters (it is made with the first), but only in a state folder
+        that exists: without one the configuration (or ``TIAKI_HOME``) names some other
+        place, and a folder that cannot be listed (no permission) is not an empty one. Both
+        are an :class:`AdapterError` naming the folder (``os.scandir``: ``Path.glob`` would
+        answer either with no files).
+        """
+        try:
+            with os.scandir(self.path) as entries:
+                names = sorted(e.name for e in entries if e.name.endswith(".json"))
+        except FileNotFoundError:
+            if self.path.parent.is_dir():
+                return [], []
+            raise AdapterError(
+                f"{self.path.parent}: no such adapter state folder (is 'state' in the "
+                "configuration, or TIAKI_HOME, right?)"
+            ) from None
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise AdapterError(f"{self.path}: cannot list the dead letters: {reason}") from None
         letters: list[DeadLetter] = []
         unreadable: list[tuple[Path, str]] = []
-        for path in sorted(self.path.glob("*.json")):
+        for path in (self.path / name for name in names):
             try:
                 letters.append(_letter(path, path.read_bytes()))
             except OSError as exc:

@@ -17,9 +17,10 @@ outbox. Nothing is lost on bad input:
   never read (else any file the adapter's user can read could be published), and so is a
   named pipe, socket or device, never waited on (see :func:`_open_regular`);
 * a file the adapter cannot read or move (no permission, a full disk) is left where it is for
-  the next scan, with a warning naming the error's type; a file replaced (the documented
-  ``os.replace`` of a new export) or removed while it was being published is not moved: the
-  next scan reads what is there then (see :meth:`FolderSource._retire`);
+  the next scan, with a warning naming the error's type, and so is the folder itself when it
+  is missing or cannot be listed (see :meth:`FolderSource._files`); a file replaced (the
+  documented ``os.replace`` of a new export) or removed while it was being published is not
+  moved: the next scan reads what is there then (see :meth:`FolderSource._retire`);
 * a webhook body that is not a valid event is answered ``400``/``422`` with the reason, so
   the caller still holds it.
 
@@ -287,6 +288,20 @@ def _error_code(exc: OSError) -> str:
     return f"{type(exc).__name__}/{code}" if code else type(exc).__name__
 
 
+#: The name :meth:`FolderSource._left` tracks the folder itself under (no file has it).
+_FOLDER = "."
+
+
+def _is_folder(entry: os.DirEntry[str]) -> bool:
+    """Whether a listed entry is a folder (``done/``, ``rejected/``); a link to one is not.
+    An entry that cannot be looked at is listed, so its own error is met, and warned about,
+    when it is read rather than failing the whole listing."""
+    try:
+        return entry.is_dir(follow_symlinks=False)
+    except OSError:
+        return False
+
+
 @dataclass
 class ScanResult:
     files: int = 0
@@ -333,20 +348,27 @@ class FolderSource:
                 await asyncio.wait_for(stop.wait(), self.interval_s)
 
     def _files(self) -> list[Path]:
+        """The export files to read, oldest name first; none, with one warning until it can
+        be listed again, if the folder is missing (a typo in the configuration) or cannot be
+        listed (no permission). ``os.scandir``, because ``Path.glob`` answers both with an
+        empty list, which would publish nothing and say nothing."""
+        suffix = f".{self.format}"
         try:
-            if not self.path.is_dir():
-                return []
-            return sorted(
-                p
-                for p in self.path.glob(f"*.{self.format}")
-                # a link or a pipe is listed, to be moved to rejected/ rather than ignored
-                if (p.is_symlink() or not p.is_dir())
-                and not p.name.startswith(".")
-                and not p.name.endswith(_SKIP_SUFFIXES)
-            )
-        except OSError as exc:  # the folder itself unreadable: try again next interval
-            self._left(".", exc)
+            with os.scandir(self.path) as entries:
+                names = sorted(
+                    entry.name
+                    for entry in entries
+                    if entry.name.endswith(suffix)  # what the glob ``*.json`` matched
+                    and not entry.name.startswith(".")
+                    and not entry.name.endswith(_SKIP_SUFFIXES)
+                    # a link or a pipe is listed, to be moved to rejected/ rather than ignored
+                    and not _is_folder(entry)
+                )
+        except OSError as exc:  # try again next interval
+            self._left(_FOLDER, exc, "source folder cannot be listed; tried again every scan")
             return []
+        self._failing.discard(_FOLDER)  # listed again: a later failure is warned about anew
+        return [self.path / name for name in names]
 
     async def scan(self, publish: PublishFn) -> ScanResult:
         """Read every complete file once (oldest name first); return what happened.
@@ -375,14 +397,14 @@ class FolderSource:
             )
         return result
 
-    def _left(self, name: str, exc: OSError) -> None:
-        """Warn (once per file) that a file is left for the next scan; the error's type and
-        errno only, as its message names the path."""
+    def _left(
+        self, name: str, exc: OSError, message: str = "source file left for the next scan"
+    ) -> None:
+        """Warn (once per file, or for the folder itself) that a file is left for the next
+        scan; the error's type and errno only, as its message names the path."""
         if name not in self._failing:
             self._failing.add(name)
-            log.warning(
-                "source file left for the next scan", agency=self.agency, reason=_error_code(exc)
-            )
+            log.warning(message, agency=self.agency, reason=_error_code(exc))
 
     async def _scan_file(self, file: Path, publish: PublishFn, result: ScanResult) -> None:
         limit = self.max_file_bytes
@@ -496,10 +518,10 @@ class FolderSource:
         would need a recovery step, and an unreadable one would hide under its claim name;
         the check needs neither. The stat and the move are one synchronous step (no
         ``await``), so only a replacement in those microseconds can slip in; it is caught
-        after the move (the moved file is not the one read) and given back under its name
-        with ``os.link``, which never overwrites a newer export (failing that, under a new
-        name the next scan reads, as new content is new events anyway). Links are never
-        followed (``lstat``), so what moves, or is given back, is the entry itself.
+        after the move (the moved file is not the one read) and given back to the export
+        folder for the next scan, never over a newer export, whether or not the file system
+        has hard links (:func:`_give_back`). Links are never followed (``lstat``), so what
+        moves, or is given back, is the entry itself.
         """
         try:
             if not _same_file(os.lstat(file), seen):
@@ -510,15 +532,7 @@ class FolderSource:
         moved = os.lstat(target)
         if _same_file(moved, seen):
             return True
-        try:
-            os.link(target, file, follow_symlinks=False)
-        except OSError:
-            os.link(
-                target,
-                file.with_name(f"{uuid.uuid4().hex[:12]}-{_bounded(file.name)}"),
-                follow_symlinks=False,
-            )
-        target.unlink()
+        _give_back(target, file)
         return False
 
     def _items(self, file: Path, data: bytes) -> list[tuple[int, Any]]:
@@ -582,6 +596,38 @@ class FolderSource:
         where = f"line {line}: " if self.format == "csv" else f"item {index + 1}: "
         write_private(self.rejected / f"{name}.reason", f"{where}{reason}\n".encode())
         log.warning("source item rejected", agency=self.agency, reason="invalid_event")
+
+
+def _give_back(moved: Path, file: Path) -> None:
+    """Put ``moved``, new content moved away from ``file`` unread, back in the export folder
+    for the next scan, never over a file there.
+
+    ``os.link`` never overwrites: under ``file``'s own name if that is free, else (a newer
+    export took it) under a new one, as new content is new events anyway. A file system
+    without hard links (exFAT, vfat, many SMB and FUSE mounts) refuses both; there ``moved``
+    is renamed to a new name that does not exist. ``os.rename`` would overwrite, so the name
+    is random as well as checked: only a writer of that very name in the same instant could
+    be overwritten. Whatever fails here is an OS error the scan warns about.
+    """
+    for name in (file, _spare_name(file)):
+        try:
+            os.link(moved, name, follow_symlinks=False)
+        except FileExistsError:  # a newer export holds the name: a new one
+            continue
+        except OSError:  # no hard links on this file system
+            break
+        moved.unlink()
+        return
+    os.rename(moved, _spare_name(file))
+
+
+def _spare_name(file: Path) -> Path:
+    """A name beside ``file`` that no entry has, which the next scan reads (no leading ``.``,
+    the same suffix): ``<12 random hex digits>-<name>``."""
+    while True:
+        spare = file.with_name(f"{uuid.uuid4().hex[:12]}-{_bounded(file.name)}")
+        if not os.path.lexists(spare):
+            return spare
 
 
 def _unexpected(exc: Exception) -> str:

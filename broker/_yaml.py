@@ -200,12 +200,21 @@ _TOO_DEEP = f"lists or mappings nested more than {MAX_DEPTH} levels deep"
 
 
 def locate(root: Any, loc: Sequence[str | int]) -> tuple[int, int]:
-    """Return the 1-based (line, column) of the deepest node along ``loc`` that exists."""
+    """Return the 1-based (line, column) of the deepest node along ``loc`` that exists.
+
+    A key a mapping took from a YAML merge (``<<: *anchor``) has no position of its own in
+    it: such a step ends the walk at the mapping that holds the merge, which is where the
+    person reading the error wrote it (the anchor may be far away, and shared by others).
+    """
     line, column = 1, 1
     node = root
     for step in loc:
         if isinstance(node, CommentedMap) and step in node:
-            key_line, key_col = node.lc.key(step)
+            try:
+                key_line, key_col = node.lc.key(step)
+            except KeyError:  # merged in: not in the mapping's own positions
+                line, column = node.lc.line + 1, node.lc.col + 1
+                break
             line, column = key_line + 1, key_col + 1
             node = node[step]
         elif isinstance(node, CommentedSeq) and isinstance(step, int) and 0 <= step < len(node):

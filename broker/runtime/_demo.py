@@ -881,6 +881,13 @@ async def run_demo(
     phases = phases or isr_day(settings.schemas_dir, uuid.uuid4().hex[:6].upper())
 
     configs = {a: _demo_config(load_config(REFERENCE / f"{a}.yaml")) for a in DEMO_AGENCIES}
+    for config in configs.values():
+        # As a case system's export folder is there before its adapter starts (an adapter
+        # warns about a folder it cannot list).
+        for source in config.sources:
+            if getattr(source, "path", None) is not None:
+                folder = config.path(source.path, settings.home)
+                folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     adapters = {
         a: Adapter.from_config(c, home=settings.home, schemas=schemas) for a, c in configs.items()
     }

@@ -1,6 +1,8 @@
 """Hostile configuration files get one line naming the file and the field, never a traceback:
 malformed Avro schema files, NUL characters in the paths of a policy set or an adapter
-configuration, and connection profiles aiokafka would refuse only when a command connects.
+configuration, a fault in a key a YAML merge (``<<: *anchor``) brought into an adapter
+configuration or the registry, and connection profiles aiokafka would refuse only when a
+command connects.
 
 The property test at the end mutates shipped schema files (keys dropped, values of the wrong
 JSON type) and requires every load to succeed or fail as :class:`SchemaError`.
@@ -26,6 +28,7 @@ from broker._errors import ConfigError
 from broker.codec import SchemaError, check_evolution, load_schemas
 from broker.platform import Profile, load_profile
 from broker.policy import PolicyValidationError, load_policy_set
+from broker.registry import RegistryError, load_registry
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEMAS = ROOT / "schemas"
@@ -368,6 +371,64 @@ def test_a_nul_in_an_adapter_path_is_refused_by_check(
     err = capsys.readouterr().err
     assert err.startswith(f"tiaki: error: {path}:{where}: ")
     assert err.count("\n") == 1
+
+
+# -- YAML merge keys (``<<: *anchor``) ------------------------------------------------------
+# A key taken from a merge is in the mapping but has no position of its own there: each was a
+# KeyError traceback from ``locate``. The fault is reported at the mapping holding the merge.
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        (  # the reviewer's case: a sink's url merged into a folder source
+            'agency: police\nsinks: [&s {kind: webhook, url: "http://h/x"}]\n'
+            "sources: [{<<: *s, kind: folder, path: /x}]\n",
+            "3:11",
+        ),
+        (
+            'agency: police\nsinks:\n  - &s\n    kind: webhook\n    url: "http://h/x"\n'
+            "sources:\n  - <<: *s\n    kind: folder\n    path: /x\n",
+            "7:5",
+        ),
+    ],
+)
+def test_a_fault_in_a_merged_adapter_key_is_one_line_at_the_merge(
+    adapter_home: Path, text: str, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = adapter_home / "adapter.yaml"
+    path.write_text(text)
+    expected = f"{path}:{where}: sources.0.url: Extra inputs are not permitted"
+    with pytest.raises(AdapterConfigError) as caught:
+        load_config(path)
+    assert str(caught.value) == expected
+    assert main(["adapter", "check", "--config", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"tiaki: error: {expected}\n"
+
+
+def test_a_fault_in_a_merged_registry_key_is_one_line_at_the_merge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A copied agency whose id came from the merge: a duplicate id, located at the copy.
+    path = tmp_path / "agencies.yaml"
+    path.write_text(
+        "version: 1\nregions: [canterbury]\nagencies:\n"
+        "  - &police\n    id: police\n    name: New Zealand Police\n    kind: police\n"
+        "    region: national\n    statutory:\n"
+        '      family_violence_agency: {status: confirmed, evidence: "Family Violence Act 2018 s19"}\n'
+        '      child_welfare_protection_agency: {status: confirmed, evidence: "Oranga Tamariki Act s2"}\n'
+        "      social_services_practitioner_employer: {status: no}\n"
+        "  - <<: *police\n    name: Police again\n"
+    )
+    expected = f"{path}:13:5: duplicate agency id 'police' (first at agencies[0])"
+    with pytest.raises(RegistryError) as caught:
+        load_registry(path)
+    assert str(caught.value) == expected
+    assert main(["registry", "check", str(path)]) == 1
+    out = capsys.readouterr()
+    assert expected in out.out + out.err
+    assert "Traceback" not in out.out + out.err
 
 
 # -- connection profiles --------------------------------------------------------------------
