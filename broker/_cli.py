@@ -15,6 +15,7 @@ import typer
 from adapters._cli import app as adapter_app
 from broker._errors import TiakiError
 from broker._settings import not_utf8, not_utf8_text
+from broker.aggregate._cli import app as hub_app
 from broker.audit._cli import app as audit_app
 from broker.codec._cli import app as schema_app
 from broker.envelope._cli import app as keys_app
@@ -43,6 +44,7 @@ app.add_typer(broker_app, name="broker")
 app.add_typer(review_app, name="review")
 app.add_typer(quarantine_app, name="quarantine")
 app.add_typer(audit_app, name="audit")
+app.add_typer(hub_app, name="hub")
 app.command("demo")(demo_command)
 app.add_typer(adapter_app, name="adapter")
 

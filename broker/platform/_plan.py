@@ -108,6 +108,9 @@ def _topic_classes(retention_days: Mapping[str, int]) -> dict[str, dict[str, str
         "hub": delete(retention_days["hub"]),
         "seen": delete(retention_days["seen"]),
         "compacted": {"cleanup.policy": "compact", "min.compaction.lag.ms": "60000"},
+        # One record per counted unit (its key), for as long as a hub may ask for its month.
+        "tallies": delete(retention_days["tallies"])
+        | {"cleanup.policy": "compact,delete", "min.compaction.lag.ms": "60000"},
     }
 
 
@@ -120,6 +123,7 @@ RETENTION_DAYS: Mapping[str, int] = {
     "review": 30,
     "dlq": 30,
     "hub": 400,
+    "tallies": 400,
     "audit": 2557,
     # The replay window is 24 hours: what was admitted before that is refused as stale anyway.
     "seen": 2,
@@ -156,6 +160,8 @@ def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> Desi
     topic(t.STATE_SEEN, "seen", 1, keyed=False)
     # Checkpoints are the witnesses' copy of the audit log's heads: kept as long as the log.
     topic(t.CHECKPOINTS, "audit", 1, keyed=False)
+    # Keyed by a keyed hash of the counted unit, not by case: one partition, read whole.
+    topic(t.STATE_TALLIES, "tallies", 1, keyed=False)
 
     acls: set[Acl] = set()
 
@@ -177,7 +183,15 @@ def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> Desi
     allow(t.BROKER, "TOPIC", t.EGRESS_PREFIX, ["WRITE"], "PREFIXED")
     allow(t.BROKER, "TOPIC", t.HUB_PREFIX, ["WRITE"], "PREFIXED")
     allow(t.BROKER, "TOPIC", t.AUDIT, ["WRITE"])
-    for name in (t.REVIEW, t.DLQ, t.STATE_CASES, t.STATE_REQUESTS, t.STATE_CHAINS, t.STATE_SEEN):
+    for name in (
+        t.REVIEW,
+        t.DLQ,
+        t.STATE_CASES,
+        t.STATE_REQUESTS,
+        t.STATE_CHAINS,
+        t.STATE_SEEN,
+        t.STATE_TALLIES,
+    ):
         allow(t.BROKER, "TOPIC", name, ["READ", "WRITE"])
     # Read too: `tiaki audit countersign` (the broker's principal) re-signs checkpoints.
     allow(t.BROKER, "TOPIC", t.CHECKPOINTS, ["READ", "WRITE"])

@@ -18,6 +18,9 @@ STATE_CHAINS = "tiaki.state.chains"
 STATE_SEEN = "tiaki.state.seen"
 #: Signed audit checkpoints: every agency may read them and keep them as a witness.
 CHECKPOINTS = "tiaki.checkpoints"
+#: De-identified counted units for the regional hubs' aggregates (compacted, kept 400 days):
+#: ``tiaki hub publish`` counts them into tables under the Stats NZ output rules.
+STATE_TALLIES = "tiaki.state.tallies"
 
 #: Topics only the broker (and, for audit, compliance) may touch.
 PLATFORM_TOPICS = (
@@ -30,13 +33,14 @@ PLATFORM_TOPICS = (
     STATE_CHAINS,
     STATE_SEEN,
     CHECKPOINTS,
+    STATE_TALLIES,
 )
 
 #: Topics whose records are plain Avro rather than sealed (audit records, which hold no field
 #: value, and the broker's state). The broker's producer compresses them in transit: they
 #: repeat themselves (a decision's route, rules and field actions) from one event to the next,
 #: whereas a sealed record is ciphertext, which does not compress.
-PLAIN_TOPICS = (AUDIT, STATE_CASES, STATE_REQUESTS, STATE_CHAINS, STATE_SEEN)
+PLAIN_TOPICS = (AUDIT, STATE_CASES, STATE_REQUESTS, STATE_CHAINS, STATE_SEEN, STATE_TALLIES)
 
 #: Principals that belong to Tiaki itself, beside one per agency.
 BROKER = "broker"

@@ -665,7 +665,7 @@ def maori_breakdown(kind: str, record: Mapping[str, Any]) -> bool:
         return False
     codes = record.get("ethnicity") or ()
     return any(
-        str(code).startswith(_MAORI_ETHNICITY_PREFIX) or _names_maori(str(code)) for code in codes
+        str(code).startswith(_MAORI_ETHNICITY_PREFIX) or names_maori(str(code)) for code in codes
     )
 
 
@@ -674,7 +674,7 @@ def maori_breakdown(kind: str, record: Mapping[str, Any]) -> bool:
 _MAORI_WORD = re.compile(r"(?<![a-z])ma+ori(?![a-z])")
 
 
-def _names_maori(label: str) -> bool:
+def names_maori(label: str) -> bool:
     """Whether an ethnicity given as a label rather than a Stats NZ code names Māori: a
     sender's system may write the group's name where the schema asks for its code."""
     plain = unicodedata.normalize("NFKD", label).encode("ascii", "ignore").decode().lower()

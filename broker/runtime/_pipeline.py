@@ -99,6 +99,7 @@ from broker.runtime._requests import (
     RequestIdMalformed,
     state_key,
 )
+from broker.runtime._tallies import tally_key, tally_output
 from broker.transport import Headers, Outgoing, Record, TopicPartition
 
 log = structlog.get_logger("tiaki.broker")
@@ -314,6 +315,8 @@ class Pipeline:
             (SCHEMA_HEADER, self._requests_schema.fingerprint_hex.encode()),
         )
         self._seen_schema = schemas.latest("SeenEvents")
+        self._tally_schema = schemas.latest("Tally")
+        self._tally_key = tally_key(subject_key)
         self.requests = requests if requests is not None else RequestBook()
         #: Agencies whose egress topic Kafka lacks (or hides from the broker), as the service
         #: last saw the cluster (``watch_egress``). A share for one is held, reason
@@ -402,6 +405,16 @@ class Pipeline:
         if state is not None:
             value = encode(self._cases_schema, state)
             outputs.append(Outgoing(STATE_CASES, state["case_id"].encode(), value))
+        tally = tally_output(
+            self._tally_schema,
+            self._tally_key,
+            admitted.event_type,
+            admitted.event,
+            admitted.source,
+            now,
+        )
+        if tally is not None:  # counted for the hubs' aggregates, in this transaction
+            outputs.append(tally)
         try:
             request = self.requests.apply(
                 admitted.event_type, admitted.event, record.partition, now

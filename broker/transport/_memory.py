@@ -48,6 +48,7 @@ from broker.platform import (
     STATE_CASES,
     STATE_REQUESTS,
     STATE_SEEN,
+    STATE_TALLIES,
     egress,
     ingress,
 )
@@ -134,6 +135,7 @@ class InMemoryCluster:
             cluster.create_topic(name)
         cluster.create_topic(POLICY, 1)
         cluster.create_topic(STATE_SEEN, 1)
+        cluster.create_topic(STATE_TALLIES, 1)
         return cluster
 
     # -- topics --------------------------------------------------------------------------

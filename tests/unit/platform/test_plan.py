@@ -15,6 +15,7 @@ from broker.platform import (
     STATE_CASES,
     STATE_REQUESTS,
     STATE_SEEN,
+    STATE_TALLIES,
     ActualState,
     DesiredState,
     TopicSpec,
@@ -155,7 +156,7 @@ def test_diff_reports_config_drift_and_grows_an_unkeyed_topic() -> None:
 
 def test_only_unkeyed_topics_are_marked_so() -> None:
     topics = desired_state(REGISTRY, brokers=1).topics
-    assert {n for n, s in topics.items() if not s.keyed} == {STATE_SEEN, CHECKPOINTS}
+    assert {n for n, s in topics.items() if not s.keyed} == {STATE_SEEN, CHECKPOINTS, STATE_TALLIES}
 
 
 def test_diff_never_grows_a_compacted_or_keyed_topic() -> None:

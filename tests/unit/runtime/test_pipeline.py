@@ -140,6 +140,7 @@ def test_share_review_and_deny() -> None:
     topics = [o.topic for o in outputs]
     assert sorted(topics) == sorted(
         [
+            "tiaki.state.tallies",  # the episode, counted for the hubs
             "tiaki.audit",
             "tiaki.egress.oranga-tamariki",
             "tiaki.review",
@@ -226,11 +227,17 @@ def test_policy_error_fails_closed_and_loses_nothing() -> None:
     outputs = processed.outputs
     assert processed.quarantine_reason == "policy_error"
     # Nothing of the event is shared: the only egress record is the source's refusal notice.
-    assert [o.topic for o in outputs] == ["tiaki.dlq", "tiaki.audit", "tiaki.egress.police"]
-    notice = harness.open_for("police", "tiaki.egress.police", outputs[2].value)
+    # (The episode happened: it is counted for the hubs, as its state changes are kept.)
+    assert [o.topic for o in outputs] == [
+        "tiaki.state.tallies",
+        "tiaki.dlq",
+        "tiaki.audit",
+        "tiaki.egress.police",
+    ]
+    notice = harness.open_for("police", "tiaki.egress.police", outputs[3].value)
     assert set(notice) == {f.path for f in SCHEMAS.latest("RefusalNotice").fields}
     assert notice["reason"] == "policy_error"
-    assert harness.open_for("broker", "tiaki.dlq", outputs[0].value)["value"] == record.value
+    assert harness.open_for("broker", "tiaki.dlq", outputs[1].value)["value"] == record.value
 
 
 def test_allocation_updates_case_state_before_deciding() -> None:
@@ -488,6 +495,7 @@ def test_a_share_to_be_reviewed_afterwards_goes_at_once_and_to_the_review_queue(
         "tiaki.egress.oranga-tamariki",
         "tiaki.egress.police",
         "tiaki.review",
+        "tiaki.state.tallies",
     ]
     delivered = next(o for o in processed.outputs if o.topic == "tiaki.egress.police")
     shared = harness.open_for("police", delivered.topic, delivered.value)
@@ -548,8 +556,8 @@ def test_an_event_no_rule_could_send_anywhere_still_has_its_decision_audited() -
     has its decision audit record, with the event's case and subjects, so compliance finds it."""
     harness = Harness(ScriptedDecider([]))
     processed = harness.pipeline.process(harness.record(), NOW)
-    assert [o.topic for o in processed.outputs] == ["tiaki.audit"]
-    audit = decode(processed.outputs[0].value, AUDIT)
+    assert [o.topic for o in processed.outputs] == ["tiaki.state.tallies", "tiaki.audit"]
+    audit = decode(processed.outputs[1].value, AUDIT)
     assert (audit["action"], audit["decisions"]) == ("decision", [])
     assert audit["event_type"] == "FamilyHarmEpisodeReport"
     assert audit["case_ref"] is not None

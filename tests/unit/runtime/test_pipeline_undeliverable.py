@@ -70,6 +70,7 @@ def test_a_revoked_recipient_key_holds_that_share_and_the_others_still_go() -> N
 
     # The audit record comes before the deliveries it describes.
     assert [o.topic for o in processed.outputs] == [
+        "tiaki.state.tallies",
         "tiaki.audit",
         "tiaki.egress.oranga-tamariki",
         "tiaki.review",
@@ -123,6 +124,7 @@ def test_a_held_share_reviewed_afterwards_is_one_review_item() -> None:
     revoke_encryption_keys(harness, "corrections")
     processed = harness.pipeline.process(harness.record(), NOW)
     assert [o.topic for o in processed.outputs] == [
+        "tiaki.state.tallies",
         "tiaki.audit",
         "tiaki.review",
         "tiaki.egress.msd",
@@ -200,6 +202,7 @@ def test_an_egress_record_too_large_for_its_topic_is_held_not_produced() -> None
     pipeline = limited(harness, max_egress_bytes=4096, max_review_bytes=64 * 1024)
     processed = pipeline.process(harness.record(), NOW)
     assert [o.topic for o in processed.outputs] == [
+        "tiaki.state.tallies",
         "tiaki.audit",
         "tiaki.review",
         "tiaki.egress.msd",
@@ -227,12 +230,13 @@ def test_an_event_whose_held_copy_is_too_large_for_review_is_quarantined() -> No
         processed = pipeline.process(harness.record(), NOW)
         assert processed.quarantine_reason == "oversized"
         assert [o.topic for o in processed.outputs] == [
+            "tiaki.state.tallies",
             "tiaki.dlq",
             "tiaki.audit",
             "tiaki.egress.police",  # the refusal notice to the sender
         ]
         assert not any(o.topic.startswith("tiaki.egress.msd") for o in processed.outputs)
-        audit = decode(processed.outputs[1].value, AUDIT)
+        audit = decode(processed.outputs[2].value, AUDIT)
         assert (audit["action"], audit["reason_codes"]) == ("quarantine", ["oversized"])
 
 
@@ -287,6 +291,7 @@ def test_a_recipient_without_an_egress_topic_is_held_and_the_others_still_go() -
         processed = harness.pipeline.process(harness.record(), NOW)
 
     assert [o.topic for o in processed.outputs] == [
+        "tiaki.state.tallies",
         "tiaki.audit",
         "tiaki.egress.oranga-tamariki",
         "tiaki.review",

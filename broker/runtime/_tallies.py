@@ -1,0 +1,166 @@
+"""Counting for the regional hubs: one de-identified tally per counted unit.
+
+Regional hubs receive monthly aggregates, never unit records (LAW.md scenario 9; the policy's
+``forbid-unit-records-to-hubs``). The broker is the one place that sees every agency's events,
+so it counts them: for each family harm episode and each outcome indicator it admits, it writes
+a :class:`Tally` to the compacted ``tiaki.state.tallies`` in the event's own transaction (so a
+count is exactly once, like everything else the event causes), and ``tiaki hub publish``
+(:mod:`broker.aggregate`) later counts them into a table under the Stats NZ output rules.
+
+A tally holds what the table's cells need and nothing else: the measure, the month, the region,
+the territorial authority and one ethnic group. No case, person or event id: its key is a keyed
+hash of the unit (the case and the episode's time, or the case, indicator and period), so a
+re-sent, replayed or re-reported unit replaces its own tally instead of counting twice, and
+nobody who reads the topic can tie a tally to a case without the deployment's secret.
+
+Ethnicity is prioritised to one Stats NZ level-1 group (Māori, then Pacific Peoples, Asian,
+MELAA, Other, European; "not stated" when none is given), as the health and justice sectors
+report it, so that a table's cells add up to its totals. A group given as a label ("Māori")
+rather than a code counts as its code (:func:`broker.policy.maori_breakdown` reads labels the
+same way).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import unicodedata
+from collections.abc import Iterable, Mapping
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from broker.codec import Schema, encode
+from broker.platform import STATE_TALLIES
+from broker.policy._model import names_maori
+from broker.registry import NATIONAL, Agency
+from broker.transport import Outgoing
+
+#: What is counted, by event type.
+EPISODES = "family_harm_episodes"
+INDICATOR_PREFIX = "indicator:"
+TALLIED = frozenset({"FamilyHarmEpisodeReport", "OutcomeIndicator"})
+
+#: Stats NZ level-1 ethnic groups, by code, as a table's columns name them.
+GROUPS: Mapping[str, str] = {
+    "2": "Māori",
+    "3": "Pacific Peoples",
+    "4": "Asian",
+    "5": "Middle Eastern, Latin American and African",
+    "6": "Other ethnicity",
+    "1": "European",
+    "9": "Not stated",
+}
+#: The order in which one group is chosen for a person of several (prioritised ethnicity).
+PRIORITY = ("2", "3", "4", "5", "6", "1")
+MAORI = "2"
+NOT_STATED = "9"
+UNKNOWN = "unknown"
+
+try:
+    _NZ: dt.tzinfo = ZoneInfo("Pacific/Auckland")
+except ZoneInfoNotFoundError:  # a host without the time zone database: months in UTC
+    _NZ = dt.UTC
+
+
+def tally_key(secret: bytes) -> bytes:
+    """The key of tally keys, derived from the deployment's subject key (its own purpose)."""
+    return hmac.new(secret, b"tiaki tally key v1", hashlib.sha256).digest()
+
+
+def ethnicity_group(codes: Iterable[Any]) -> str:
+    """The prioritised level-1 group of a person's ethnicity codes (or labels)."""
+    found = set()
+    for code in codes:
+        text = str(code).strip()
+        if text[:1] in GROUPS and text[:1] != NOT_STATED:
+            found.add(text[:1])
+        elif names_maori(text):
+            found.add(MAORI)
+    return next((group for group in PRIORITY if group in found), NOT_STATED)
+
+
+def region_id(text: Any) -> str:
+    """A region as the registry names it: ``Manawatū-Whanganui`` is ``manawatu-whanganui``."""
+    if not isinstance(text, str) or not text.strip():
+        return UNKNOWN
+    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return "-".join(plain.lower().replace("region", " ").split()) or UNKNOWN
+
+
+def _month(value: Any) -> str | None:
+    if isinstance(value, dt.datetime):
+        local = value.astimezone(_NZ) if value.tzinfo is not None else value
+        return f"{local.year:04d}-{local.month:02d}"
+    if isinstance(value, dt.date):
+        return f"{value.year:04d}-{value.month:02d}"
+    return None
+
+
+def _text(value: Any) -> str:
+    return value.strip() if isinstance(value, str) and value.strip() else UNKNOWN
+
+
+def tally_of(
+    event_type: str, event: Mapping[str, Any], source: Agency
+) -> tuple[bytes, dict[str, Any] | None] | None:
+    """(unit, tally) for ``event``, or None if it counts nothing. ``unit`` names the counted
+    unit (hashed into the record's key); a tally of None ends the unit's count (an indicator
+    whose value went back to zero)."""
+    header = event.get("header") or {}
+    case = str(header.get("case_id", ""))
+    fallback_region = source.region if source.region != NATIONAL else UNKNOWN
+    if event_type == "FamilyHarmEpisodeReport":
+        month = _month(header.get("occurred_at"))
+        if month is None:
+            return None
+        location = event.get("location") or {}
+        region = region_id(location.get("region"))
+        victims = [p for p in event.get("people") or () if (p or {}).get("role") == "victim"]
+        codes = ((victims[0] or {}).get("person") or {}).get("ethnicity") or () if victims else ()
+        episode = f"{EPISODES}\x1f{case}\x1f{header.get('occurred_at')}"
+        return episode.encode(), {
+            "measure": EPISODES,
+            "month": month,
+            "region": region if region != UNKNOWN else fallback_region,
+            "territorial_authority": _text(location.get("territorial_authority")),
+            "ethnicity_group": ethnicity_group(codes),
+        }
+    if event_type == "OutcomeIndicator":
+        month = _month(event.get("period_start"))
+        if month is None:
+            return None
+        measure = f"{INDICATOR_PREFIX}{event.get('indicator', UNKNOWN)}"
+        unit = f"{measure}\x1f{case}\x1f{event.get('period_start')}".encode()
+        value = event.get("value")
+        if not isinstance(value, int | float) or value == 0:
+            return unit, None  # not (or no longer) counted
+        return unit, {
+            "measure": measure,
+            "month": month,
+            "region": fallback_region,
+            "territorial_authority": _text(event.get("territorial_authority")),
+            "ethnicity_group": ethnicity_group(event.get("ethnicity") or ()),
+        }
+    return None
+
+
+def tally_output(
+    schema: Schema,
+    key: bytes,
+    event_type: str,
+    event: Mapping[str, Any],
+    source: Agency,
+    now: dt.datetime,
+) -> Outgoing | None:
+    """The ``tiaki.state.tallies`` record ``event`` causes, if any (see :func:`tally_of`)."""
+    if event_type not in TALLIED:
+        return None
+    found = tally_of(event_type, event, source)
+    if found is None:
+        return None
+    unit, tally = found
+    record_key = hmac.new(key, unit, hashlib.sha256).hexdigest().encode()
+    if tally is None:
+        return Outgoing(STATE_TALLIES, record_key, None)
+    return Outgoing(STATE_TALLIES, record_key, encode(schema, tally | {"recorded_at": now}))
