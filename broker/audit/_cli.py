@@ -37,8 +37,10 @@ import csv
 import io
 import json
 import logging
+import os
 import re
 import sys
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -55,7 +57,7 @@ from broker.audit._index import AuditIndex, Query, Row
 from broker.audit._kafka import entry_of, index_live, read_log, read_topic, verify_live
 from broker.audit._log import AUDIT_TOPIC, CHECKPOINT_TOPIC, LogEntry, dump_lines, load_lines
 from broker.audit._report import classifier, subject_report
-from broker.audit._verify import verify_log
+from broker.audit._verify import VerifyReport, verify_log
 from broker.codec import load_schemas
 from broker.envelope import BROKER, KeyStore
 from broker.platform import load_profile
@@ -109,18 +111,51 @@ def _settings() -> Settings:
 
 
 def _index(
-    settings: Settings, db: str | None, *, rebuild: bool = False, existing: bool = False
+    settings: Settings,
+    db: str | None,
+    *,
+    rebuild: bool = False,
+    existing: bool = False,
+    answering: bool = False,
 ) -> AuditIndex:
     """The index at ``--db`` (or the default), made if new unless ``existing``: the commands
     that answer from the index (query, subject-report, access-log) ask for one that exists,
     since a mistyped path would otherwise be a new, empty index, and an empty answer to "who
-    received what" that is not true. Commands that only record their access may make it."""
+    received what" that is not true. Commands that only record their access may make it.
+
+    ``answering``: the commands that answer from the index's records (query, subject-report,
+    grounds) also refuse an index no indexing run has completed (a first ``tiaki audit
+    index`` that failed on PostgreSQL, or was killed, or is still running): it holds only
+    what that run reached, and would answer "nobody" about everyone else. The access log
+    is whole all the same, so ``access-log`` reads it."""
     target = db if db is not None else settings.home / "audit" / "index.sqlite"
-    if existing:
+    if existing or answering:
         missing = _missing_index(settings, db)
         if missing is not None:
             raise AuditError(f"no audit index at {missing} (build it with 'tiaki audit index')")
-    return AuditIndex.open(target, load_schemas(settings.schemas_dir), rebuild=rebuild)
+    index = AuditIndex.open(target, load_schemas(settings.schemas_dir), rebuild=rebuild)
+    if answering:
+        try:
+            completed = index.completed()
+        except BaseException:
+            index.close()
+            raise
+        if completed is None:
+            index.close()
+            raise AuditError(
+                f"the audit index {_shown(target)} has not completed an indexing run since "
+                "it was made or rebuilt, so it may lack any record: run 'tiaki audit index'"
+            )
+    return index
+
+
+def _shown(target: str | Path) -> str:
+    """Where an index is, as a message names it: never a PostgreSQL URL (it may hold a
+    password)."""
+    text = str(target)
+    if text.startswith(("postgresql://", "postgres://")):
+        return "in the PostgreSQL database given"
+    return f"at {text}"
 
 
 def _missing_index(settings: Settings, db: str | None) -> Path | None:
@@ -282,26 +317,56 @@ def index_command(
 ) -> None:
     """Index the audit topic (or an export) into the audit index; resumes where it stopped."""
     settings = _settings()
-    with _index(settings, db, rebuild=True) as index:
-        added = 0
-        if source is None:  # from Kafka: only what is new since the last run
-            live = load_profile(profile_path(settings.profiles_dir, profile))
-            added = asyncio.run(index_live(live, index, workers=workers))
-        else:
-            audit, _ = _read(settings, source, profile)
-            for start in range(0, len(audit), 20_000):
-                added += index.add(audit[start : start + 20_000], workers=workers)
-        index.record_access(
-            operator=operator,
-            command="index",
-            query={"source": "file" if source else "kafka"},
-            results=added,
-            now=_now(),
-        )
-        records, decisions, _subjects = index.count()
+    # An export is read (and every line of it checked) before the index is opened, so a file
+    # that does not read makes no index.
+    audit = _read(settings, source, profile)[0] if source is not None else None
+    first = _missing_index(settings, db)  # the SQLite index this run makes, if it makes one
+    was_file = first is not None and first.exists()  # an empty file, which is no index
+    try:
+        with _index(settings, db, rebuild=True) as index:
+            added = 0
+            if audit is None:  # from Kafka: only what is new since the last run
+                live = load_profile(profile_path(settings.profiles_dir, profile))
+                added = asyncio.run(index_live(live, index, workers=workers))
+            else:
+                for start in range(0, len(audit), 20_000):
+                    added += index.add(audit[start : start + 20_000], workers=workers)
+            now = _now()
+            index.complete(now)
+            index.record_access(
+                operator=operator,
+                command="index",
+                query={"source": "file" if source else "kafka"},
+                results=added,
+                now=now,
+            )
+            records, decisions, _subjects = index.count()
+    except BaseException:
+        # A first run that failed leaves no index: what it had indexed would answer "nobody"
+        # about everyone it had not reached (queries also refuse an index no run completed,
+        # for what this cannot remove: a PostgreSQL index, a killed run's).
+        if first is not None:
+            _unmake(first, was_file)
+        raise
+    read = str(source) if source is not None else "the audit topic"
     print(
-        f"indexed {added} new audit records ({records} records, {decisions} decision rows in the index)"
+        f"indexed {added} new audit records ({records} records, {decisions} decision rows in "
+        f"the index; it holds {read} as read at {now:%Y-%m-%d %H:%M:%S} UTC)"
     )
+
+
+def _unmake(path: Path, was_file: bool) -> None:
+    """Remove the SQLite index a failed first run made at ``path``, with its value log and
+    side files; an empty file that was there before is left there, empty. Best effort: the
+    run's own error is the one reported."""
+    with contextlib.suppress(OSError):
+        if was_file:
+            os.truncate(path, 0)
+        else:
+            path.unlink(missing_ok=True)
+    for suffix in (".values", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(OSError):
+            path.with_name(path.name + suffix).unlink(missing_ok=True)
 
 
 @app.command("verify")
@@ -338,10 +403,11 @@ def verify_command(
             connection = load_profile(profile_path(settings.profiles_dir, profile))
             audit, _, report = asyncio.run(verify_live(connection, ring, witnesses=saved))
             records = len(audit)
-        outcome = "ok"
+        outcome = "ok" if report.records else "nothing verified: no audit records"
         unvouched = [c.chain for c in report.chains if c.signed == 0]
-        if strict and unvouched:
-            outcome = "failed (--strict): a chain has no checkpoint"
+        lacking = _lacking(report, unvouched)
+        if strict and lacking is not None:
+            outcome = f"failed (--strict): {lacking}"
     except LogTampered as exc:
         outcome = "failed"
         print(f"tiaki: audit log does NOT verify: {exc}", file=sys.stderr)
@@ -360,10 +426,18 @@ def verify_command(
             results=records,
             now=_now(),
         )
-    print(
-        f"audit log verifies: {report.records} records in {len(report.chains)} chains, "
-        f"{report.checkpoints} signed checkpoints, {report.witnesses} witness checkpoints"
-    )
+    if not report.records:
+        # "verifies" would read as a clean bill of health for a log that was not there (an
+        # empty file, the wrong cluster, everything past retention).
+        print(
+            f"audit log: nothing was verified: it holds no audit records "
+            f"({report.checkpoints} signed checkpoints, {report.witnesses} witness checkpoints)"
+        )
+    else:
+        print(
+            f"audit log verifies: {report.records} records in {len(report.chains)} chains, "
+            f"{report.checkpoints} signed checkpoints, {report.witnesses} witness checkpoints"
+        )
     for chain in report.chains:
         print(
             f"  {chain.chain}: {chain.size} records, {chain.signed} signed, head {chain.head.hex()[:16]}"
@@ -382,17 +456,26 @@ def verify_command(
             f"their records: {', '.join(unvouched)}",
             file=sys.stderr if strict else sys.stdout,
         )
-        if strict:
-            print(
-                "tiaki: audit log does NOT verify (--strict): a chain has no checkpoint",
-                file=sys.stderr,
-            )
-            raise typer.Exit(1)
     if report.distrusted:
         print(
             f"  {len(report.distrusted)} checkpoints are signed by a revoked key and vouch for "
             f"nothing: {', '.join(report.distrusted)}"
         )
+    if strict and lacking is not None:
+        print(f"tiaki: audit log does NOT verify (--strict): {lacking}", file=sys.stderr)
+        raise typer.Exit(1)
+
+
+def _lacking(report: VerifyReport, unvouched: Sequence[str]) -> str | None:
+    """What ``verify --strict`` fails on in a log that verifies: nothing to verify, nothing
+    signed, or a chain nothing signed (see the note where ``verify`` names them)."""
+    if not report.records:
+        return "the log holds no audit records, so nothing was verified"
+    if not report.checkpoints:
+        return "the log holds no trusted checkpoint, so nothing vouches for any record"
+    if unvouched:
+        return "a chain has no checkpoint"
+    return None
 
 
 def _load_witness(path: Path) -> list[bytes]:
@@ -501,7 +584,7 @@ def query_command(
         until_ms=_time(until, "--until"),
         limit=limit,
     )
-    with _index(settings, db, existing=True) as index:
+    with _index(settings, db, answering=True) as index:
         rows = index.query(q)
         index.record_access(
             operator=operator, command="query", query=q.described(), results=len(rows), now=_now()
@@ -593,6 +676,17 @@ def _typed(*values: str) -> list[str]:
     return out
 
 
+def _event_id(text: str) -> str:
+    """An event id as the audit records keep it (a header's ``event_id``, a UUID, written in
+    its canonical form), or a one-line error that repeats nothing of ``text``."""
+    try:
+        return str(uuid.UUID(text))
+    except ValueError:
+        raise QueryError(
+            "EVENT_ID must be an event's id, a UUID such as 2f1c0a4e-8b7d-4c1e-9a53-0c6d2b7e4f19"
+        ) from None
+
+
 def _row_doc(row: Row) -> dict[str, Any]:
     return row.to_json()
 
@@ -627,7 +721,7 @@ def subject_report_command(
     (identifier,) = _typed(identifier)
     ref = person_ref(_subject_key(settings), identifier)
     schemas = load_schemas(settings.schemas_dir)
-    with _index(settings, db, existing=True) as index:
+    with _index(settings, db, answering=True) as index:
         report = subject_report(index.about(ref), classifier(schemas))
         index.record_access(
             operator=operator,
@@ -641,7 +735,9 @@ def subject_report_command(
 
 @app.command("grounds")
 def grounds_command(
-    event_id: Annotated[str, typer.Argument(help="The event whose disclosure is in question.")],
+    event_id: Annotated[
+        str, typer.Argument(help="The event whose disclosure is in question (its UUID).")
+    ],
     operator: Operator,
     justification: Annotated[
         str,
@@ -658,13 +754,26 @@ def grounds_command(
             "(after the justification, if both are '-').",
         ),
     ],
+    source_agency: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            help="The agency that published the event; needed when more than one used its id.",
+        ),
+    ] = None,
     db: Db = None,
 ) -> None:
     """Whether a justification and an accountable person or role are exactly what an event's
     discloser stated when it was shared (FVA s25 protects good-faith disclosures; FVA-07 asks
     for a tamper-evident record of them). The audit log keeps only keyed hashes of them; both
-    texts are hashed here and never logged. Exits 1 if either does not match."""
+    texts are hashed here and never logged. Exits 1 if either does not match. An event id is
+    unique only within its source (and only for a day), so the decisions compared are one
+    source's: give it with --source when more than one source used the id."""
     settings = _settings()
+    # Checked before anything is read or recorded: the access log keeps the event id and the
+    # source, and words typed in their place by mistake (a name) must not be kept.
+    event_id = _event_id(event_id)
+    _check_filters(settings, agencies=(source_agency,), event_type=None, action=None, codes={})
     justification, accountable = _typed(justification, accountable)
     key = _subject_key(settings)
     from broker.runtime._audit import grounds_ref  # the one definition the broker hashes with
@@ -673,17 +782,27 @@ def grounds_command(
         grounds_ref(key, "justification", justification),
         grounds_ref(key, "accountable", accountable),
     )
-    with _index(settings, db, existing=True) as index:
-        found = index.grounds(event_id)
+    with _index(settings, db, answering=True) as index:
+        found = index.grounds(event_id, source_agency)
+        sources = sorted({str(g.source_agency) for g in found})
+        asked: dict[str, Any] = {"event_id": event_id}
+        if source_agency is not None:
+            asked["source"] = source_agency
         index.record_access(
             operator=operator,
             command="grounds",
-            query={"event_id": event_id},
+            query=asked,
             results=len(found),
             now=_now(),
         )
     if not found:
-        raise QueryError(f"no decision about event {event_id!r} in the index")
+        source = f" from {source_agency}" if source_agency is not None else ""
+        raise QueryError(f"no decision about event {event_id!r}{source} in the index")
+    if len(sources) > 1:  # two events: one agency's grounds say nothing of the other's
+        raise QueryError(
+            f"event {event_id} was published by more than one source ({', '.join(sources)}): "
+            "give the one in question with --source"
+        )
     matched = True
     for grounds in found:
         kept = (grounds.justification_ref, grounds.accountable_ref)
@@ -727,7 +846,7 @@ def export_command(
     # recording failed is not left behind, unrecorded.
     partial = out.with_name(out.name + ".partial")
     try:
-        with partial.open("w") as handle:
+        with _owner_only(partial) as handle:
             for line in dump_lines(audit + checkpoints, exported_at=now.isoformat()):
                 handle.write(line + "\n")
     except OSError as exc:
@@ -752,6 +871,19 @@ def export_command(
         partial.unlink(missing_ok=True)
         raise AuditError(f"cannot write {out}: {exc.strerror}") from None
     print(f"exported {len(audit)} audit records and {len(checkpoints)} checkpoints to {out}")
+
+
+def _owner_only(path: Path) -> io.TextIOWrapper:
+    """``path`` opened for writing afresh, ``0600`` whatever the umask (an export holds every
+    audit record: subject references, case references, reviewers' names). A file left there
+    by an earlier run keeps its inode, so it is narrowed too; a symbolic link is refused."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        return open(fd, "w", encoding="utf-8")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @app.command("access-log")

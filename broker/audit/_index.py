@@ -16,6 +16,9 @@ Shape (one row per audit record, one per (record, decision), one per (record, su
   ``decisions``), or the single top-level recipient of any other record;
 - ``subjects``: the keyed hashes of the people a record is about;
 - ``positions``: the next offset to read per partition, so indexing resumes;
+- ``completed``: when the last indexing run that read the topic (or export) through ended
+  (:meth:`AuditIndex.complete`); empty until one has, and ``tiaki audit query``,
+  ``subject-report`` and ``grounds`` refuse such an index;
 - ``access_log``: every read of the audit data, hash-chained
   (:meth:`AuditIndex.record_access`, :meth:`AuditIndex.access_log`);
 - ``layout``: the version of this shape (:data:`LAYOUT`).
@@ -65,13 +68,13 @@ _MAX_PARTITION = 1 << 23
 #: (:meth:`AuditIndex.open` with ``rebuild``), never read.
 LAYOUT = 3
 #: Tables derived from the topic, dropped when an index is rebuilt (the access log is not).
-_DERIVED = ("records", "decisions", "subjects", "positions", "value_log")
+_DERIVED = ("records", "decisions", "subjects", "positions", "value_log", "completed")
 #: The tables every layout of the index has had: a database with a ``records`` table and
 #: not all of these is someone else's, never rebuilt (its tables would be dropped).
 _CORE = frozenset({"records", "decisions", "subjects", "positions", "access_log"})
 #: Every table any layout of the index makes: a database with tables and none of these is
 #: someone else's, and never gets the index's tables added to it.
-_OURS = _CORE | {"layout", "value_log"}
+_OURS = _CORE | {"layout", "value_log", "completed"}
 #: The ``layout`` version a read that found a stored value altered leaves behind, so that
 #: the next ``tiaki audit index`` rebuilds the index (no layout was ever negative).
 _DAMAGED = -1
@@ -104,6 +107,10 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS positions (partition INTEGER PRIMARY KEY, next_offset BIGINT)",
     # Where the value log's committed bytes end (SQLite), so opening checks it at once.
     "CREATE TABLE IF NOT EXISTS value_log (end_offset BIGINT NOT NULL)",
+    # When the last indexing run that read its source through ended (AuditIndex.complete).
+    # Added to layout 3 without a new layout: an index without it is one no run completed
+    # since this table was added, and the next run (which reads only what is new) marks it.
+    "CREATE TABLE IF NOT EXISTS completed (at_ms BIGINT NOT NULL)",
     """CREATE TABLE IF NOT EXISTS access_log (
         seq BIGINT PRIMARY KEY, at_ms BIGINT NOT NULL, operator TEXT NOT NULL,
         command TEXT NOT NULL, query TEXT NOT NULL, results BIGINT NOT NULL,
@@ -657,7 +664,8 @@ def _row(record: Mapping[str, Any], ordinal: int, partition: int, offset: int) -
 
 
 #: Records for :meth:`AuditIndex._record_rows`: those about a person, and the review actions
-#: on one event.
+#: on one source's event (an event id is unique only within its source, and only for a day:
+#: the replay cache forgets it after that).
 _PERSON_RECORDS = (
     "SELECT r.id, r.value, r.value_at, r.value_size, r.writer, r.partition, r.log_offset"
     " FROM subjects s JOIN records r ON r.id = s.record_id WHERE s.subject_ref = ?"
@@ -665,6 +673,7 @@ _PERSON_RECORDS = (
 _REVIEW_RECORDS = (
     "SELECT r.id, r.value, r.value_at, r.value_size, r.writer, r.partition, r.log_offset"
     " FROM records r WHERE r.action IN ('review', 'escalation') AND r.event_id = ?"
+    " AND r.source_agency = ?"
 )
 
 
@@ -813,7 +822,7 @@ class StatedGrounds:
 
 _DECISION_RECORDS = (
     "SELECT value, value_at, value_size, writer, partition, log_offset FROM records"
-    " WHERE event_id = ? AND action = 'decision' ORDER BY id"
+    " WHERE event_id = ? AND action = 'decision'"
 )
 
 ACCESS_CONTEXT = b"tiaki/v1/access-link\x00"
@@ -944,6 +953,24 @@ class AuditIndex:
             )
             for p, o in self._db.execute("SELECT partition, next_offset FROM positions")
         }
+
+    def complete(self, now: datetime) -> None:
+        """Mark the index as holding its source as read through at ``now``: what ``tiaki
+        audit index`` does once a run has read the topic (or export) to its end. Until a run
+        has, the index answers nothing (:meth:`completed` is None), since a failed first run's
+        index would answer "nobody" about everyone it had not reached."""
+        with self._db.transaction():
+            self._db.execute("DELETE FROM completed")
+            self._db.execute("INSERT INTO completed VALUES (?)", (_ms(now),))
+
+    def completed(self) -> datetime | None:
+        """When the last indexing run that read its source through ended; None if none has
+        since the index was made (or rebuilt)."""
+        found = self._db.execute("SELECT at_ms FROM completed")
+        if not found:
+            return None
+        at = self._stored(found[0][0], "completed.at_ms", (_EARLIEST_MS, _LATEST_MS + 1))
+        return datetime.fromtimestamp(at / 1000, UTC)
 
     def add(self, entries: Sequence[LogEntry], *, workers: int = 1) -> int:
         """Index a batch of audit-topic entries in one transaction; return records indexed.
@@ -1147,12 +1174,17 @@ class AuditIndex:
             raise self._damaged("records.value_at or records.value_size")
         return values.read(start, length)
 
-    def _record_rows(self, found: Iterable[Sequence[Any]], q: Query | None = None) -> list[Row]:
+    def _record_rows(
+        self, found: Iterable[Sequence[Any]], q: Query | None = None, *, naming_nobody: bool = False
+    ) -> list[Row]:
         """Every row of each record found (``_PERSON_RECORDS``' columns) that matches ``q``'s fields
-        other than the person, oldest first: the decisions read from the records' bytes."""
+        other than the person, oldest first: the decisions read from the records' bytes. With
+        ``naming_nobody``, only the rows of records that name no person."""
         keyed: list[tuple[tuple[int, int, int], Row]] = []
         for rid, value, at, size, writer, partition, offset in found:
             record = self._record(value, at, size, writer)
+            if naming_nobody and record.get("subject_refs"):
+                continue
             at = _ms(record["recorded_at"])
             if q is not None and not (
                 (q.since_ms is None or at >= q.since_ms) and (q.until_ms is None or at < q.until_ms)
@@ -1175,31 +1207,47 @@ class AuditIndex:
         Why the second part: brokers before the held item carried its event's subject
         references wrote a reviewer's approve or decline record with none (the held body is
         minimised, identifiers possibly pseudonymised); such a record is found through the
-        decision record that held the item (same event, same recipient). Records that name
-        the person themselves are not listed twice.
+        decision record that held the item (same source, same event, same recipient). Only a
+        record that names nobody is found this way: one that names people says whom it is
+        about, and an event id is unique only within its source (and only for a day), so the
+        same id may be another person's event. Records that name the person themselves are not
+        listed twice.
         """
         rows = self.query(Query(subject_ref=subject_ref, limit=limit))
-        held = {(r.event_id, r.recipient) for r in rows if r.outcome == "review"}
-        if not held:
+        held = {
+            (r.source_agency, r.event_id, r.recipient)
+            for r in rows
+            if r.action == "decision" and r.outcome == "review"
+        }
+        keys = sorted({(s, e) for s, e, _ in held if s is not None and e is not None})
+        if not keys:
             return rows
         found: list[Sequence[Any]] = []
-        for event_id in sorted({e for e, _ in held if e is not None}):
-            found += self._db.execute(_REVIEW_RECORDS, (event_id,))
+        for source, event_id in keys:
+            found += self._db.execute(_REVIEW_RECORDS, (event_id, source))
         listed = {(r.partition, r.offset) for r in rows}
         actions = [
             r
-            for r in self._record_rows(found)
-            if (r.event_id, r.recipient) in held and (r.partition, r.offset) not in listed
+            for r in self._record_rows(found, naming_nobody=True)
+            if (r.source_agency, r.event_id, r.recipient) in held
+            and (r.partition, r.offset) not in listed
         ]
         return sorted(rows + actions, key=lambda r: (r.recorded_at, r.partition, r.offset))
 
-    def grounds(self, event_id: str) -> list[StatedGrounds]:
-        """The stated grounds every decision record about ``event_id`` keeps (keyed hashes,
-        AuditRecord v3; a record written before v3 keeps none), oldest first.
+    def grounds(self, event_id: str, source: str | None = None) -> list[StatedGrounds]:
+        """The stated grounds every decision record about ``event_id`` from ``source`` keeps
+        (keyed hashes, AuditRecord v3; a record written before v3 keeps none), oldest first;
+        from every source that used the id if ``source`` is None (an event id is unique only
+        within its source: the caller tells them apart by :attr:`StatedGrounds.source_agency`).
 
         Decision records are not indexed by event id (a question asked of one event at a
         time, in a dispute, not of the whole log), so this reads the records table through."""
-        found = self._db.execute(_DECISION_RECORDS, (event_id,))
+        if source is None:
+            found = self._db.execute(_DECISION_RECORDS + " ORDER BY id", (event_id,))
+        else:
+            found = self._db.execute(
+                _DECISION_RECORDS + " AND source_agency = ? ORDER BY id", (event_id, source)
+            )
         out = []
         for value, at, size, writer, partition, offset in found:
             record = self._record(value, at, size, writer)

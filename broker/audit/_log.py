@@ -23,6 +23,8 @@ from broker.audit._errors import AuditError
 EXPORT_FORMAT = "tiaki-audit-export/1"
 AUDIT_TOPIC = "tiaki.audit"
 CHECKPOINT_TOPIC = "tiaki.checkpoints"
+#: The topics an export holds (:func:`dump_lines` of what ``tiaki audit export`` reads).
+TOPICS = (AUDIT_TOPIC, CHECKPOINT_TOPIC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,9 @@ def load_lines(lines: Iterable[str], source: Path | None = None) -> list[LogEntr
     """Read an export file back; a malformed line is an error naming the line (and the file,
     ``source``, if given). A record is malformed if it is not what :func:`dump_lines` writes
     of a record Kafka could hold: a partition an int32 and an offset an int64, both not
-    negative, and a timestamp an int64."""
+    negative, and a timestamp an int64. A record of another topic than :data:`TOPICS` is
+    refused too: an export holds only those, and a line skipped would be a record removed
+    from the evidence without a word."""
     where = f"{source}: " if source is not None else ""
     name = source if source is not None else Path("export")
     entries: list[LogEntry] = []
@@ -115,6 +119,12 @@ def load_lines(lines: Iterable[str], source: Path | None = None) -> list[LogEntr
             raise AuditError(f"{bad} (partition or offset out of range)")
         if not -_INT64 <= entry.timestamp_ms < _INT64:
             raise AuditError(f"{bad} (timestamp out of range)")
+        if entry.topic not in TOPICS:
+            # Named by line only: the topic is whatever the file says, and may be anything.
+            raise AuditError(
+                f"{where}export line {number}: a record of another topic than "
+                f"{' or '.join(TOPICS)} (not from a Tiaki audit export)"
+            )
         entries.append(entry)
     return entries
 

@@ -9,7 +9,9 @@ risk assessment" is the answer the law asks for, and the schema's classification
 A disclosure is a decision that shared (outcome ``share``) or a held item a person released
 (action ``review``, outcome ``approve``). The fields disclosed are those whose action was not
 ``drop``; ``pseudonymise``, ``generalise`` and ``mask`` still disclose something of the field,
-so their class counts.
+so their class counts. A path that picks list items by a field's value
+(``people[role=child].person.date_of_birth``, a policy's item selector) has the class of the
+field it reaches in every item (``people[].person.date_of_birth``): :func:`classified_path`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from broker.audit._index import Row
 from broker.codec import CodecError, SchemaSet, field_classifications
+from broker.policy._fields import parse_selector
 
 #: Field action that discloses nothing of the field.
 WITHHELD = "drop"
@@ -55,6 +58,14 @@ def disclosed(row: Row) -> bool:
     )
 
 
+def classified_path(path: str) -> str:
+    """``path`` as the schema's classification names it: each item selector
+    (``[role=child|other_whanau]``) written as the list it picks from (``[]``)."""
+    while (selector := parse_selector(path)) is not None:
+        path = selector.plain
+    return path
+
+
 def classifier(schemas: SchemaSet) -> Callable[[str | None, str | None], Mapping[str, str]]:
     """Field path -> classification, by the event's writer fingerprint or else its type."""
     cache: dict[tuple[str | None, str | None], Mapping[str, str]] = {}
@@ -86,7 +97,7 @@ def subject_report(
             continue
         paths = classes_of(row.schema_fingerprint, row.event_type)
         kept = {p for p, action in row.field_actions.items() if action != WITHHELD}
-        classes = sorted({paths.get(p, "unclassified") for p in kept})
+        classes = sorted({paths.get(classified_path(p), "unclassified") for p in kept})
         out.append(
             Disclosure(
                 recipient=row.recipient,

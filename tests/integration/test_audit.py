@@ -28,7 +28,7 @@ from broker._cli import main
 from broker._settings import Settings
 from broker.audit import AuditIndex, LogEntry, Query, VerifyReport, verify_log
 from broker.audit._kafka import read_log, verify_live
-from broker.audit._report import classifier, subject_report
+from broker.audit._report import classified_path, classifier, subject_report
 from broker.codec import field_classifications
 from broker.envelope import KeyStore
 from broker.platform import AUDIT, CHECKPOINTS, STATE_CHAINS, egress, ingress
@@ -110,7 +110,7 @@ async def test_the_log_on_kafka_verifies_and_the_report_matches_the_egress_topic
                 (
                     agency,
                     shared["event_id"],
-                    tuple(sorted({classes.get(p, "unclassified") for p in kept})),
+                    tuple(sorted({classes.get(classified_path(p), "unclassified") for p in kept})),
                     shared["legal_basis"],
                     shared["purpose"],
                     shared["route"],

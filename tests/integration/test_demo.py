@@ -22,7 +22,7 @@ from rich.console import Console
 from broker._settings import Settings
 from broker.audit import AuditIndex
 from broker.audit._kafka import verify_live
-from broker.audit._report import classifier, subject_report
+from broker.audit._report import classified_path, classifier, subject_report
 from broker.codec import field_classifications, from_json
 from broker.envelope import KeyStore
 from broker.platform import egress
@@ -221,7 +221,7 @@ async def test_subject_reports_match_what_the_demo_delivered(
                 (
                     agency,
                     event_id,
-                    tuple(sorted({classes.get(p, "unclassified") for p in kept})),
+                    tuple(sorted({classes.get(classified_path(p), "unclassified") for p in kept})),
                     shared["legal_basis"],
                     shared["purpose"],
                     shared["route"],

@@ -58,6 +58,12 @@ def person_ref() -> str:
     return subject_ref(SUBJECT_KEY, "nhi", "ZZZ0016")
 
 
+def event_id(n: int) -> str:
+    """The id of synthetic event ``n``: a UUID, as an event header's is (``5eed...``: letters
+    in it, so a test can write it in capitals)."""
+    return str(uuid.UUID(int=0x5EED << 112 | n))
+
+
 def audit_record(schemas: SchemaSet, n: int, now: datetime) -> dict[str, Any]:
     """Synthetic audit record ``n``: every third a share to Corrections, every fifth about
     :data:`PERSON`."""
@@ -67,7 +73,7 @@ def audit_record(schemas: SchemaSet, n: int, now: datetime) -> dict[str, Any]:
         "audit_id": uuid.UUID(int=n),
         "recorded_at": now,
         "action": "decision" if shared else "escalation",
-        "event_id": f"evt-{n}",
+        "event_id": event_id(n),
         "event_type": "CaseAllocation" if shared else "InformationRequest",
         "schema_fingerprint": episode.fingerprint_hex if shared else None,
         "case_ref": None,

@@ -14,7 +14,7 @@ from broker.audit import AuditError, LogEntry, dump_lines, read_link
 from broker.codec import SchemaSet
 from broker.envelope import KeyRing, KeyStore
 
-from .conftest import PERSON, SUBJECT_KEY, SyntheticLog, build_log, person_ref
+from .conftest import PERSON, SUBJECT_KEY, SyntheticLog, build_log, event_id, person_ref
 
 
 @pytest.fixture
@@ -113,17 +113,17 @@ def test_grounds_are_checked_against_the_decision_without_being_kept(
     assert main(["audit", "index", "--file", str(path)]) == 0
     capsys.readouterr()
     stated = ["--justification", "SYN grounds 3", "--accountable", "SYN coordinator"]
-    assert main(["audit", "grounds", "evt-3", *stated]) == 0
+    assert main(["audit", "grounds", event_id(3), *stated]) == 0
     out = capsys.readouterr().out
     assert "justification matches, accountable matches" in out
 
     altered = ["--justification", "SYN grounds 4", "--accountable", "SYN coordinator"]
-    assert main(["audit", "grounds", "evt-3", *altered]) == 1
+    assert main(["audit", "grounds", event_id(3), *altered]) == 1
     assert "justification DOES NOT match, accountable matches" in capsys.readouterr().out
 
-    assert main(["audit", "grounds", "evt-4", *stated]) == 1  # an escalation, no decision
+    assert main(["audit", "grounds", event_id(4), *stated]) == 1  # an escalation, no decision
     err = capsys.readouterr().err
-    assert "no decision about event 'evt-4'" in err
+    assert f"no decision about event '{event_id(4)}'" in err
     assert err.count("\n") == 1
 
     assert main(["audit", "access-log", "--format", "json"]) == 0
@@ -150,7 +150,9 @@ def test_a_person_and_the_grounds_may_come_from_standard_input(
     assert main(["audit", "query", "--person", "-", "--format", "json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 12
     monkeypatch.setattr("sys.stdin", io.StringIO("SYN grounds 3\nSYN coordinator\n"))
-    assert main(["audit", "grounds", "evt-3", "--justification", "-", "--accountable", "-"]) == 0
+    assert (
+        main(["audit", "grounds", event_id(3), "--justification", "-", "--accountable", "-"]) == 0
+    )
     assert "justification matches, accountable matches" in capsys.readouterr().out
     monkeypatch.setattr("sys.stdin", io.StringIO(""))
     assert main(["audit", "subject-report", "-"]) == 1

@@ -24,7 +24,7 @@ from broker.audit._report import classifier, subject_report
 from broker.codec import SchemaSet
 from broker.envelope import KeyRing
 
-from .conftest import T0, build_log, person_ref
+from .conftest import T0, build_log, event_id, person_ref
 
 
 def entry(partition: int = 0, offset: int = 0) -> LogEntry:
@@ -103,7 +103,7 @@ def test_indexing_is_idempotent_and_resumes(
 def test_queries_by_person_recipient_type_basis_outcome_and_time(index: AuditIndex) -> None:
     mine = index.query(Query(subject_ref=person_ref()))
     assert len(mine) == 12  # every fifth of 60
-    assert {r.event_id for r in mine} == {f"evt-{n}" for n in range(0, 60, 5)}
+    assert {r.event_id for r in mine} == {event_id(n) for n in range(0, 60, 5)}
     shares = index.query(Query(recipient="corrections", outcome="share"))
     assert len(shares) == 20
     assert len(index.query(Query(legal_basis="fva_s20", event_type="CaseAllocation"))) == 20
@@ -237,7 +237,7 @@ def test_the_subject_report_lists_disclosures_with_their_classes(
     index: AuditIndex, schemas: SchemaSet
 ) -> None:
     report = subject_report(index.query(Query(subject_ref=person_ref())), classifier(schemas))
-    assert [d.event_id for d in report] == ["evt-0", "evt-15", "evt-30", "evt-45"]
+    assert [d.event_id for d in report] == [event_id(n) for n in (0, 15, 30, 45)]
     first = report[0]
     assert (first.recipient, first.legal_basis, first.purpose, first.rule_ids) == (
         "corrections",

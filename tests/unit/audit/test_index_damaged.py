@@ -26,7 +26,7 @@ from broker.audit._index import _without_logical, open_database
 from broker.codec import SchemaSet
 from tests.unit.test_cli_inputs import one_line
 
-from .conftest import PERSON, T0, SyntheticLog, audit_record, person_ref
+from .conftest import PERSON, T0, SyntheticLog, audit_record, event_id, person_ref
 from .test_cli import export
 from .test_cli import home as home
 from .test_cli import log as log
@@ -97,7 +97,7 @@ def _every_read(index: AuditIndex) -> list[Callable[[], object]]:
         lambda: index.query(Query()),
         lambda: index.query(Query(subject_ref=person_ref())),
         lambda: index.about(person_ref()),
-        lambda: index.grounds("evt-0"),
+        lambda: index.grounds(event_id(0)),
     ]
 
 
@@ -226,7 +226,7 @@ GROUNDS = ["--justification", "SYN grounds 3", "--accountable", "SYN coordinator
         ["audit", "query"],
         ["audit", "query", "--person", PERSON],
         ["audit", "subject-report", PERSON],
-        ["audit", "grounds", "evt-3", *GROUNDS],
+        ["audit", "grounds", event_id(3), *GROUNDS],
     ],
 )
 def test_each_command_reading_records_says_damaged_on_one_line(
@@ -404,7 +404,7 @@ def test_on_postgres_damaged_values_and_foreign_tables_are_refused(
         assert str(caught.value) == damaged("decisions.ordinal")
         pg._db.execute("UPDATE records SET value = '\\x00'::bytea")
         with pytest.raises(IndexFailure) as caught:
-            pg.grounds("evt-0")
+            pg.grounds(event_id(0))
         assert str(caught.value) == damaged("records.value")
     with pytest.raises(IndexFailure, match=r"damaged \(a read found"):
         AuditIndex.open(pg_url, schemas)

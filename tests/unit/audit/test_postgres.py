@@ -28,7 +28,7 @@ from broker.envelope import KeyRing
 
 from .conftest import T0, build_log, person_ref
 
-_TABLES = ("records", "decisions", "subjects", "positions", "access_log", "layout")
+_TABLES = ("records", "decisions", "subjects", "positions", "access_log", "layout", "completed")
 
 
 def _binaries() -> Path | None:
