@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from broker.envelope import _primitives as p
 from broker.envelope import _wire as w
-from broker.envelope._errors import KeyRevoked, Malformed, Tampered, UnknownKey
+from broker.envelope._errors import BadVersion, KeyRevoked, Malformed, Tampered, UnknownKey
 from broker.envelope._keys import KeyInfo, KeyRing, KeyState, Purpose, shown_key_id
 from broker.envelope._primitives import Algorithm, PublicKeyOps, Suite
-from broker.envelope._replay import to_ms
+from broker.envelope._replay import from_ms, to_ms
 
 BATCH_CONTEXT = b"tiaki/v1/batch\x00"
 DEFAULT_BATCH_RECORDS = 10_000
@@ -177,7 +177,7 @@ class BatchSigner:
         statement = BatchStatement(
             signer=self.principal,
             signing_key_id=key.key_id,
-            created_at=datetime.fromtimestamp(to_ms(now) / 1000, tz=UTC),
+            created_at=from_ms(to_ms(now)),
             count=len(leaves),
             root=root,
             encoded=body + signature,
@@ -196,10 +196,12 @@ def _check_signed_at(info: KeyInfo, signed_at: datetime) -> None:
 def verify_batch(
     statement: bytes, keyring: KeyRing, *, ops: PublicKeyOps | None = None
 ) -> BatchStatement:
-    """Verify a batch statement's signature (one verification); return its contents."""
+    """Verify a batch statement's signature (one verification); return its contents.
+
+    Raises an :class:`~broker.envelope.EnvelopeError` subclass and nothing else."""
     counter = ops if ops is not None else PublicKeyOps()
     if not statement or statement[0] != w.VERSION:
-        raise Malformed()
+        raise BadVersion()
     r = w.Reader(statement, 1)
     signer = r.str8()
     key_id = r.str8()
@@ -211,7 +213,7 @@ def verify_batch(
     info = keyring.get(key_id)
     if info.owner != keyring.key_set_of(signer) or info.purpose is not Purpose.SIGNING:
         raise UnknownKey(f"key {shown_key_id(key_id)} is not a signing key of {signer}")
-    created = datetime.fromtimestamp(created_ms / 1000, tz=UTC)
+    created = from_ms(created_ms)
     _check_signed_at(info, created)
     p.verify(keyring.public_key(key_id), signature, BATCH_CONTEXT + body, counter)
     return BatchStatement(signer, key_id, created, count, root, statement)
@@ -243,7 +245,8 @@ def verify_origin(record: bytes, keyring: KeyRing, *, ops: PublicKeyOps | None =
     """Check that ``record``'s data key was created and signed by the sender it names.
 
     This proves the data key's origin, not the record's (see :class:`BatchSigner`). Needs a
-    record with an inline announcement; one verification.
+    record with an inline announcement; one verification. Raises an
+    :class:`~broker.envelope.EnvelopeError` subclass and nothing else.
     """
     counter = ops if ops is not None else PublicKeyOps()
     parsed = w.parse_record(record)
@@ -261,7 +264,7 @@ def verify_origin(record: bytes, keyring: KeyRing, *, ops: PublicKeyOps | None =
     info = keyring.get(ann.signing_key_id)
     if info.owner != keyring.key_set_of(ann.sender) or info.purpose is not Purpose.SIGNING:
         raise UnknownKey(f"key {info.key_id} is not a signing key of {ann.sender}")
-    created = datetime.fromtimestamp(ann.created_at_ms / 1000, tz=UTC)
+    created = from_ms(ann.created_at_ms)
     _check_signed_at(info, created)
     p.verify(
         keyring.public_key(info.key_id), ann.signature, w.ANNOUNCEMENT_CONTEXT + signed, counter

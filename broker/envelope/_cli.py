@@ -141,12 +141,25 @@ def revoke(
     reason: Annotated[
         str, typer.Option("--reason", help="Why (recorded in the public document).")
     ] = "unspecified",
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Revoke a broker key all the same: what is held or undelivered under it"
+            " becomes unreadable.",
+        ),
+    ] = False,
     wait: Wait = LOCK_WAIT_S,
 ) -> None:
     """Revoke KEY_ID: it will be refused for sealing, opening, signing and verifying.
 
     Each key set is read on its own: another agency's broken document never stands in the way
-    of a revocation (in an incident, it must always be possible)."""
+    of a revocation (in an incident, it must always be possible).
+
+    A broker key is revoked only with --force. It sealed or signed every item on the review
+    queue and in the quarantine (kept 30 days) and every delivery not yet read (14 days), and
+    a revoked key opens none of them again; a rotation leaves the old key to expire instead
+    (docs/operations.md)."""
     settings = Settings.from_env()
     store = KeyStore(settings.keys_dir)
     with store.locked(wait):  # read, change and write as one, against a rotation at the same time
@@ -156,6 +169,13 @@ def revoke(
             raise KeyStoreError(
                 f"cannot revoke {key_id}: {owner}'s key document is refused "
                 f"({refused[owner]}); fix or restore it, then revoke"
+            )
+        if ring.get(key_id).owner == BROKER and not force:
+            raise KeyStoreError(
+                f"not revoking {key_id}: it is a broker key, and the review items, quarantine"
+                " records and unread deliveries sealed under it would become unreadable for"
+                " good; after a rotation let it expire instead, or if it is compromised see"
+                " docs/operations.md and run again with --force"
             )
         info = ring.revoke(key_id, _now(), reason)
         store.save(ring, [info.owner])

@@ -251,6 +251,14 @@ class KeyInfo:
 
     @classmethod
     def from_json(cls, owner: str, doc: Mapping[str, Any]) -> KeyInfo:
+        reason = doc.get("reason")
+        if reason is not None and not isinstance(reason, str):
+            # A key is a frozen value and gets hashed: a list or an object here made it
+            # unhashable, and one such document stopped every broker worker's keys task.
+            raise KeyStoreError(
+                f"key {shown_key_id(str(doc.get('key_id')))} in key set {owner!r}: its reason"
+                " is not text"
+            )
         try:
             revoked_at = doc.get("revoked_at")
             info = cls(
@@ -263,7 +271,7 @@ class KeyInfo:
                 state=KeyState(doc["state"]),
                 public=unb64(doc["public_key"]),
                 revoked_at=parse_time(revoked_at) if revoked_at else None,
-                reason=doc.get("reason"),
+                reason=reason,
             )
         except (KeyError, ValueError, TypeError) as exc:
             raise KeyStoreError(f"malformed key entry in key set {owner!r}: {exc}") from None

@@ -30,9 +30,9 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
-from broker.envelope._errors import Replayed, Stale
+from broker.envelope._errors import Malformed, Replayed, Stale
 
 DEFAULT_WINDOW = timedelta(hours=24)
 DEFAULT_SKEW = timedelta(minutes=5)
@@ -44,6 +44,20 @@ def to_ms(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise ValueError("times must carry a time zone")
     return int(moment.timestamp() * 1000)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+#: The last millisecond a :class:`datetime` can hold (in the year 9999). A time field on the
+#: wire has eight bytes, room for far later times, which name no time Python can hold.
+MAX_MS = (datetime.max.replace(tzinfo=UTC) - _EPOCH) // timedelta(milliseconds=1)
+
+
+def from_ms(ms: int) -> datetime:
+    """The UTC time ``ms`` milliseconds after the Unix epoch, read from the wire: raises
+    :class:`Malformed`, not :class:`ValueError`, for one no :class:`datetime` can hold."""
+    if not 0 <= ms <= MAX_MS:
+        raise Malformed()
+    return _EPOCH + timedelta(milliseconds=ms)
 
 
 @dataclass(frozen=True)

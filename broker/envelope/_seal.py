@@ -48,7 +48,7 @@ from __future__ import annotations
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from broker.envelope import _primitives as p
 from broker.envelope import _wire as w
@@ -64,7 +64,7 @@ from broker.envelope._errors import (
 )
 from broker.envelope._keys import BROKER, KeyRing, Purpose
 from broker.envelope._primitives import Algorithm, PublicKeyOps, Suite
-from broker.envelope._replay import ReplayCache, to_ms
+from broker.envelope._replay import ReplayCache, from_ms, to_ms
 from broker.envelope._wire import Kind
 
 #: Largest payload sealed or opened by default (Kafka's default message limit is 1 MiB).
@@ -412,6 +412,7 @@ class Opener:
         # Authenticated from here on.
         if not key.created_ms <= h.sealed_at_ms < key.not_after_ms:
             raise KeyExpired("data key used outside its announced validity")
+        sealed_at = from_ms(h.sealed_at_ms)  # before the replay cache remembers anything
         if self.replay is not None:
             self.replay.check_and_remember(h.source, h.event_id, h.sealed_at_ms, now)
         self._records += 1
@@ -423,7 +424,7 @@ class Opener:
             recipient=h.recipient,
             event_id=h.event_id,
             schema_fingerprint=h.schema_fingerprint,
-            sealed_at=datetime.fromtimestamp(h.sealed_at_ms / 1000, tz=UTC),
+            sealed_at=sealed_at,
             data_key_id=h.data_key_id,
             sealed_at_ms=h.sealed_at_ms,
         )

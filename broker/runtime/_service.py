@@ -52,6 +52,7 @@ from broker.platform._topics import (
     STATE_CHAINS,
     STATE_REQUESTS,
     STATE_SEEN,
+    STATE_TALLIES,
     egress,
 )
 from broker.policy import Engine, PolicyError, PolicyStore, Pseudonymiser
@@ -400,6 +401,7 @@ WRITTEN_TOPICS = (
     STATE_SEEN,
     STATE_CHAINS,
     CHECKPOINTS,
+    STATE_TALLIES,
 )
 
 
@@ -541,16 +543,21 @@ class RefusalsOnce:
     """Passes key changes on to ``note``, and each refused change only the first time in a
     row it is refused: a document that would un-revoke a key is refused again at every
     refresh (every few seconds) until someone fixes it, and the audit log needs it once. A
-    refusal that stops and comes back is noted again."""
+    refusal that stops and comes back is noted again.
+
+    A refusal is known by what it is about (the key id, and the state and public key the
+    document claims for it), not by the whole key, whose other fields come from the document
+    as written: a key with a list as its ``reason`` could not be hashed, and stopped the
+    worker here."""
 
     def __init__(self, note: Callable[[datetime, Sequence[KeyInfo], Sequence[KeyInfo]], None]):
         self._note = note
-        self._refused: set[tuple[str, KeyInfo]] = set()
+        self._refused: set[tuple[str, str, bytes]] = set()
 
     def __call__(self, now: datetime, changed: Sequence[KeyInfo], kept: Sequence[KeyInfo]) -> None:
-        refused = {(info.key_id, info) for info in kept}
-        new = [info for key, info in sorted(refused - self._refused, key=lambda r: r[0])]
-        self._refused = refused
+        refused = {(info.key_id, info.state.value, info.public): info for info in kept}
+        new = [refused[key] for key in sorted(refused.keys() - self._refused)]
+        self._refused = set(refused)
         if changed or new:
             self._note(now, changed, new)
 

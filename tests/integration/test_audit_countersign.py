@@ -165,7 +165,7 @@ def test_countersigning_keeps_a_retired_chain_signed_after_the_old_key_is_revoke
     saved = tmp_path / "keys-before-revocation"
     shutil.copytree(keys, saved)
     try:
-        assert main(["keys", "revoke", old, "--reason", "test: retired"]) == 0
+        assert main(["keys", "revoke", old, "--reason", "test: retired", "--force"]) == 0
         capsys.readouterr()
         assert main(["audit", "verify", "--strict"]) == 0
         out = capsys.readouterr().out
