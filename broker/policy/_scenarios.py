@@ -280,6 +280,7 @@ class _ScenarioReader:
 
     def case(self, case: CommentedMap, defaults: CommentedMap) -> Scenario | None:
         reader = self.reader
+        errors_before = len(reader.errors)
         reader.keys(case, _CASE_KEYS, "a case")
         line, column = reader.start(case)
         name = reader.text(case, "name", "a case", required=True) or f"case at line {line}"
@@ -342,7 +343,8 @@ class _ScenarioReader:
                 _into_header(record, values)
             try:
                 assert schema is not None
-                validate(schema, record)
+                if len(reader.errors) == errors_before:  # a value refused above: said once
+                    validate(schema, record)
             except CodecError as exc:
                 reader.error_at(
                     context, f"the context makes an event the broker would refuse: {exc}"
