@@ -1,4 +1,5 @@
-"""``tiaki adapter``: run, check and inspect an agency's reference adapter."""
+"""``tiaki adapter``: run, check and inspect an agency's reference adapter, and re-apply its
+dead letters."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import contextlib
 import signal
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -43,6 +44,14 @@ def _load(config: Path, agency: str | None, settings: Settings) -> AdapterConfig
     return loaded
 
 
+def _adapter(loaded: AdapterConfig, settings: Settings, **options: Any) -> Adapter:
+    """The adapter ``loaded`` describes (it reads its key folder again when a record does not
+    open for a key: a rotation taken in without a restart)."""
+    return Adapter.from_config(
+        loaded, home=settings.home, schemas=load_schemas(settings.schemas_dir), **options
+    )
+
+
 @app.command("run")
 def run(
     agency: Annotated[str, typer.Option("--agency", help="The agency id (as in the registry).")],
@@ -53,9 +62,7 @@ def run(
     loaded = _load(config, agency, settings)
     configure_logging()
     metrics = serve_metrics(loaded.metrics_port) if loaded.metrics_port else None
-    adapter = Adapter.from_config(
-        loaded, home=settings.home, schemas=load_schemas(settings.schemas_dir), metrics=metrics
-    )
+    adapter = _adapter(loaded, settings, metrics=metrics)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -99,3 +106,29 @@ def dead_letters(config: ConfigFile) -> None:
         f"{len(letters)} dead letter(s) in {folder}"
         + (f"; {len(unreadable)} unreadable file(s)" if unreadable else "")
     )
+
+
+@app.command("replay-dead-letters")
+def replay_dead_letters(config: ConfigFile) -> None:
+    """Hand every dead letter to the configured sinks again, once the cause is fixed: one line
+    per event (applied, or still failing with the reason); exit 1 if any still fails."""
+    settings = Settings.from_env()
+    loaded = _load(config, None, settings)
+    configure_logging()
+    adapter = _adapter(loaded, settings, send_in_background=False)
+
+    async def main() -> list[tuple[str, str | None]]:
+        async with adapter.client as client:
+            return await client.replay_dead_letters(adapter.handle)
+
+    results = asyncio.run(main())
+    failing = 0
+    for key, reason in results:
+        print(f"{key}  applied" if reason is None else f"{key}  still failing: {reason}")
+        failing += reason is not None
+    print(
+        f"{len(results) - failing} applied, {failing} still failing, of {len(results)} dead"
+        f" letter(s) in {adapter.client.dead_letters.path}"
+    )
+    if failing:
+        raise typer.Exit(1)

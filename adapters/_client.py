@@ -21,9 +21,13 @@ is back. Guarantees, stated exactly:
   by idempotency key. So delivery to a *handler* is once; Kafka may hold a duplicate record.
 * publishing an event id already in the outbox (sent or not, for ``keep_sent``) with the same
   content is a no-op, so a source that re-reads a file after a crash does not publish it
-  twice; with other content it raises :class:`InvalidEvent`;
-* a row that can never be sealed (too large for an envelope) moves to the dead letters, so
-  it does not hold up the rows behind it; a key problem keeps every row waiting.
+  twice; with other content it raises :class:`InvalidEvent`. Once the broker refused the
+  event (its refusal notice names the event id, or the record's position), publishing it
+  again is not a no-op: a record the broker could not open is queued again and sent afresh,
+  and one it opened (so counts as seen) raises :class:`InvalidEvent` asking for a new id;
+* a row that can never be sent (too large for an envelope, or for a Kafka record with its
+  case id) moves to the dead letters, so it does not hold up the rows behind it; a key
+  problem keeps every row waiting.
 
 Receiving (:meth:`AdapterClient.receive`, :meth:`AdapterClient.run`): each record is opened
 and verified, decoded into a :class:`~adapters.Received` and given to the handler. Its
@@ -31,7 +35,12 @@ offset is committed only after the handler succeeded, or after the record was du
 for another attempt (the handler failed) or dead-lettered (it failed ``max_attempts`` times,
 or the record cannot be opened). A failing event therefore never blocks the others, and is
 never lost: it is in Kafka, in the retry table or in the dead-letter folder. Idempotency keys
-of handled events are kept, so a record delivered twice reaches the handler once.
+(``<source agency>/<event id>``) of handled events are kept, so a record delivered twice
+reaches the handler once. A record that does not open for a key (sealed to a key of this
+agency's, or signed by a broker key, that the client has not loaded) makes the client read
+its key folder again, when it has one (:class:`KeyFolder`), and try once more before the
+record is dead-lettered: an agency that rotated its keys, or was given the broker's new
+document, needs no restart to read what is sealed under them.
 """
 
 from __future__ import annotations
@@ -52,19 +61,21 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from aiokafka import errors as kafka_errors
 
 from adapters._connection import Connection, Feed, KafkaConnection
 from adapters._deadletter import DeadLetter, DeadLetters
 from adapters._errors import InvalidEvent
-from adapters._events import Received
+from adapters._events import Received, idempotency_key
 from adapters._metrics import AdapterMetrics
-from adapters._state import Parked, Pending, StateStore
+from adapters._state import Parked, Pending, Refused, StateStore
 from broker.codec import CodecError, Schema, SchemaSet, decode, encode, from_json, load_schemas
 from broker.envelope import (
     BROKER,
     EnvelopeError,
     KeyRing,
     KeyStore,
+    KeyStoreError,
     KeyUnusable,
     Kind,
     Opener,
@@ -87,6 +98,15 @@ def _utc_now() -> dt.datetime:
 
 def _ms(moment: dt.datetime) -> int:
     return int(moment.timestamp() * 1000)
+
+
+#: What the log says of a refusal notice: its reason, the event and where it was; its detail
+#: is the broker's text, kept out of the log with the rest.
+_NOTICE_FIELDS = ("reason", "event_id", "event_type", "topic", "partition", "offset")
+
+
+def _where(notice: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: notice[name] for name in _NOTICE_FIELDS}
 
 
 def _unopenable(exc: Exception) -> str:
@@ -121,6 +141,36 @@ _IDLE_WAKE_S = 60.0
 #: How much of a traceback a ``.detail`` file keeps (its end: the exception and where).
 _MAX_DETAIL = 64 * 1024
 
+#: The largest record an ingress topic takes: its ``max.message.bytes``, the producer's
+#: ``max_request_size`` and what the broker's intake admits (``broker.runtime.MAX_RECORD_BYTES``).
+MAX_RECORD_BYTES = 1_048_576
+#: What sealing adds to a payload at most (header, key announcement, tag: about 1.5 KiB with
+#: the hybrid suite): the room the envelope keeps between its payload limit and its record
+#: limit (an :class:`~broker.envelope.Opener` takes records of ``max_payload + 4096``).
+SEAL_OVERHEAD = 4096
+#: Room for what Kafka wraps a record in (the batch header, the record's framing and
+#: lengths), as the broker keeps it (``broker.runtime._pipeline.RECORD_FRAMING``).
+RECORD_FRAMING = 256
+
+#: Produce errors about the record itself (its size): the same record is refused on every
+#: attempt, so it is moved aside rather than retried as if Kafka were away. The transport
+#: raises them as a plain :class:`TransportError` whose cause is aiokafka's error.
+_RECORD_TOO_LARGE = (kafka_errors.MessageSizeTooLargeError, kafka_errors.RecordListTooLargeError)
+
+
+def _too_large(exc: TransportError) -> bool:
+    return isinstance(exc.__cause__, _RECORD_TOO_LARGE)
+
+
+#: Header fields ``publish`` fills in when absent; a null counts as absent.
+_FILLED = frozenset({"event_id", "event_type", "source_agency", "occurred_at", "recorded_at"})
+
+
+def _event_type(name: str) -> str:
+    """An event type as ``publish`` takes it: ``TaskEvent``, also when given as its schema's
+    full name (``nz.tiaki.TaskEvent``, as the header spells it)."""
+    return name.removeprefix("nz.tiaki.")
+
 
 def _iso(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
@@ -148,6 +198,33 @@ class RetryPolicy:
                 return self.max_delay
             delay *= 2
         return min(delay, self.max_delay)
+
+
+@dataclass(frozen=True)
+class KeyFolder:
+    """An agency's key folder (``tiaki keys init``): its own key set, with private keys, and
+    the broker's public document. The client reads it again when a record does not open for
+    a key, as the broker reads its own every 5 seconds, so a rotation (or the broker's new
+    document) is taken in without a restart. Only for opening: the client keeps sealing and
+    signing with the keys it started with until it is restarted, so a new signing key is not
+    used before the broker has it (docs/adapters.md, "Rotate keys")."""
+
+    path: Path
+    agency: str
+    key_ref: str | None = None
+
+    def load(self) -> KeyRing:
+        """Every key set the agency needs; :class:`KeyStoreError` if one cannot be read."""
+        ring, refused = self.load_each()
+        if refused:
+            raise next(iter(refused.values()))
+        return ring
+
+    def load_each(self) -> tuple[KeyRing, dict[str, KeyStoreError]]:
+        """What can be read, and why each other key set could not (see
+        :meth:`KeyStore.load_each`): one broken document keeps the rest usable."""
+        ref = self.key_ref or self.agency
+        return KeyStore(self.path).load_each({self.agency: ref, BROKER: BROKER}, private_for=[ref])
 
 
 @dataclass(frozen=True)
@@ -194,6 +271,8 @@ class AdapterClient(ResourceBase):
     ``clock`` is injected so tests never wait for a retry delay. ``send_in_background=False``
     leaves sending to explicit :meth:`send_pending` calls (deterministic tests). Sent event
     ids and handled keys older than ``keep_sent`` are forgotten every ``prune_every``.
+    ``key_folder`` (set by :meth:`from_files`): where ``ring`` came from, read again when a
+    record does not open for a key; the opener then works on its own copy of the ring.
     """
 
     def __init__(
@@ -211,6 +290,7 @@ class AdapterClient(ResourceBase):
         send_in_background: bool = True,
         keep_sent: dt.timedelta = dt.timedelta(days=30),
         prune_every: dt.timedelta = dt.timedelta(hours=1),
+        key_folder: KeyFolder | None = None,
     ) -> None:
         self.agency = agency
         self.group_id = group_id or f"{group_prefix(agency)}adapter"
@@ -222,7 +302,14 @@ class AdapterClient(ResourceBase):
         self._connection = connection
         self._clock = clock
         self._sealer = Sealer(agency, ring)
-        self._opener = Opener(agency, ring)
+        self._key_folder = key_folder
+        if key_folder is not None:
+            # The opener's own copy: keys read again later must not change what is signed.
+            self._opener_ring = KeyRing()
+            self._opener_ring.update_from(ring)
+        else:
+            self._opener_ring = ring
+        self._opener = Opener(agency, self._opener_ring)
         self._state = StateStore(state_dir / "adapter.sqlite" if state_dir else None)
         self.dead_letters = DeadLetters(
             state_dir / "dead-letters" if state_dir else Path("dead-letters")
@@ -238,6 +325,8 @@ class AdapterClient(ResourceBase):
         self._sender: asyncio.Task[None] | None = None
         self._send_lock = asyncio.Lock()
         self._closed = False
+        #: The last outbox failure the send loop logged (its type), so it logs each once.
+        self._outbox_failure: str | None = None
 
     @classmethod
     def from_files(
@@ -252,16 +341,16 @@ class AdapterClient(ResourceBase):
         **options: Any,
     ) -> AdapterClient:
         """The client an agency runs: its profile, its own private keys, public keys of the
-        broker, and the schemas. Only ``agency``'s private keys are loaded."""
-        ring = KeyStore(keys_dir).load(
-            {agency: key_ref or agency, BROKER: BROKER}, private_for=[key_ref or agency]
-        )
+        broker, and the schemas. Only ``agency``'s private keys are loaded. The key folder is
+        read again when a record does not open for a key (:class:`KeyFolder`)."""
+        folder = KeyFolder(keys_dir, agency, key_ref)
         return cls(
             agency,
             KafkaConnection(load_profile(profile)),
-            ring,
+            folder.load(),
             load_schemas(schemas_dir),
             state_dir,
+            key_folder=folder,
             **options,
         )
 
@@ -321,31 +410,80 @@ class AdapterClient(ResourceBase):
 
     async def publish(self, event_type: str, document: Mapping[str, Any]) -> str:
         """Validate ``document`` (plain JSON, as in ``schemas/examples``) as ``event_type``
-        and store it for sending; return its event id.
+        (``TaskEvent``, or its full name ``nz.tiaki.TaskEvent``) and store it for sending;
+        return its event id.
 
         The header may be partial: ``event_id`` (a new UUID), ``event_type``,
         ``source_agency`` (this agency), ``occurred_at`` and ``recorded_at`` (now) are filled
-        in when absent (or null; an empty ``event_id`` too). Raises :class:`InvalidEvent`
-        if the document or its header is not an object, if the event does not match its
-        schema, claims another source, is larger encoded than the sealer's ``max_payload``,
-        or reuses a known event id with other content; nothing is stored then.
+        in when absent or null (an empty ``event_id`` too). Raises :class:`InvalidEvent` if
+        the document or its header is not an object, if the event does not match its schema,
+        claims another source, is too large to send (:meth:`_check_size`), reuses a known
+        event id with other content, or reuses the id of an event the broker refused after
+        reading it; nothing is stored then. The id of an event the broker refused without
+        reading it (a key it did not know, say) is queued again and sent afresh.
         """
         now = self._clock()
+        event_type = _event_type(event_type)
         if not isinstance(document, Mapping):
             raise InvalidEvent(f"{event_type}: an event must be a JSON object")
         try:
             doc = copy.deepcopy(dict(document))
         except RecursionError:
             raise InvalidEvent(f"{event_type}: nested too deeply") from None
-        header = doc.get("header")
-        if header is None:
-            header = {}
-        if not isinstance(header, Mapping):
+        header, filled = self._header(event_type, doc.get("header"), now)
+        doc["header"] = header
+        try:
+            schema = self.schemas.latest(event_type)
+            payload = encode(schema, from_json(schema, doc))
+        except (CodecError, KeyError) as exc:
+            raise InvalidEvent(f"{event_type}: {exc}") from None
+        except RecursionError:
+            raise InvalidEvent(f"{event_type}: nested too deeply") from None
+        case_id = str(header["case_id"])
+        self._check_size(event_type, payload, case_id)
+        event_id = str(header["event_id"])
+        outcome = self._state.enqueue(
+            event_id,
+            event_type,
+            case_id,
+            schema.fingerprint,
+            payload,
+            _ms(now),
+            self._content_hash(schema, doc, filled, payload),
+        )
+        if isinstance(outcome, Refused):
+            raise InvalidEvent(
+                f"{event_type}: the broker refused event {event_id} ({outcome.reason}) after"
+                " reading its id; publish it under a new event id"
+            )
+        if outcome == "different":
+            raise InvalidEvent(
+                f"{event_type}: event id {event_id} was published before with other content;"
+                " give changed content a new event id"
+            )
+        if outcome in ("stored", "requeued"):
+            self._counts.accepted += 1
+            if self.metrics is not None:
+                self.metrics.accepted.labels(event_type).inc()
+                self.metrics.outbox_pending.inc()
+        self._wake.set()
+        return event_id
+
+    def _header(
+        self, event_type: str, given: object, now: dt.datetime
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The header to encode, with what :meth:`publish` fills in, and the names of the
+        times it filled in (which the content hash does not count)."""
+        if given is None:
+            given = {}
+        if not isinstance(given, Mapping):
             raise InvalidEvent(f"{event_type}: 'header' must be an object")
-        header = dict(header)
+        # A null is "not given" for what publish fills in: a CSV column left empty, a JSON
+        # export that writes every field.
+        header = {k: v for k, v in given.items() if not (k in _FILLED and v is None)}
         if header.get("source_agency", self.agency) != self.agency:
             raise InvalidEvent(f"{event_type}: source_agency must be {self.agency!r}")
-        if header.get("event_id") in (None, ""):
+        if header.get("event_id", "") == "":
             header["event_id"] = str(uuid.uuid4())
         else:
             # The envelope carries the id as given and the payload its canonical form: an
@@ -358,46 +496,26 @@ class AdapterClient(ResourceBase):
         header.setdefault("event_type", f"nz.tiaki.{event_type}")
         header["source_agency"] = self.agency
         filled = [name for name in ("occurred_at", "recorded_at") if name not in header]
-        header.setdefault("occurred_at", _iso(now))
-        header.setdefault("recorded_at", _iso(now))
+        for name in filled:
+            header[name] = _iso(now)
         for optional in ("source_reference", "correlation_id", "sharing"):
             header.setdefault(optional, None)
-        doc["header"] = header
-        try:
-            schema = self.schemas.latest(event_type)
-            payload = encode(schema, from_json(schema, doc))
-        except (CodecError, KeyError) as exc:
-            raise InvalidEvent(f"{event_type}: {exc}") from None
-        except RecursionError:
-            raise InvalidEvent(f"{event_type}: nested too deeply") from None
-        limit = self._sealer.config.max_payload
+        return header, filled
+
+    def _check_size(self, event_type: str, payload: bytes, case_id: str) -> None:
+        """Refuse an event that could not be sent: sealed (up to :data:`SEAL_OVERHEAD` more),
+        with its case id as the Kafka key and Kafka's framing, it must fit a record
+        (:data:`MAX_RECORD_BYTES`). That also keeps it within what an envelope carries (its
+        ``max_payload`` is the record less :data:`SEAL_OVERHEAD`)."""
+        key = len(case_id.encode())
+        limit = MAX_RECORD_BYTES - SEAL_OVERHEAD - RECORD_FRAMING - key
         if len(payload) > limit:
             raise InvalidEvent(
                 f"{event_type}: the event is {len(payload)} bytes encoded, more than the"
-                f" {limit} bytes an envelope carries"
+                f" {limit} bytes it may be (a {MAX_RECORD_BYTES}-byte record less"
+                f" {SEAL_OVERHEAD} for the envelope, {RECORD_FRAMING} for Kafka's framing and"
+                f" {key} for the case id)"
             )
-        event_id = str(header["event_id"])
-        outcome = self._state.enqueue(
-            event_id,
-            event_type,
-            str(header["case_id"]),
-            schema.fingerprint,
-            payload,
-            _ms(now),
-            self._content_hash(schema, doc, filled, payload),
-        )
-        if outcome == "different":
-            raise InvalidEvent(
-                f"{event_type}: event id {event_id} was published before with other content;"
-                " give changed content a new event id"
-            )
-        if outcome == "stored":
-            self._counts.accepted += 1
-            if self.metrics is not None:
-                self.metrics.accepted.labels(event_type).inc()
-                self.metrics.outbox_pending.inc()
-        self._wake.set()
-        return event_id
 
     @staticmethod
     def _content_hash(
@@ -435,6 +553,7 @@ class AdapterClient(ResourceBase):
 
     async def _send(self, row: Pending) -> bool:
         now = self._clock()
+        key = row.case_id.encode()
         try:
             if self._publisher is None:
                 publisher = self._connection.publisher()
@@ -454,7 +573,11 @@ class AdapterClient(ResourceBase):
                 schema_fingerprint=row.fingerprint,
                 now=now,
             )
-            await self._publisher.publish(ingress(self.agency), row.case_id.encode(), sealed)
+            if len(sealed) + len(key) + RECORD_FRAMING > MAX_RECORD_BYTES:
+                # Only a row stored before publish counted the case id and the framing.
+                self._unsendable(row, "cannot send: oversized", "RecordTooLarge")
+                return True
+            record = await self._publisher.publish(ingress(self.agency), key, sealed)
         except KeyUnusable as exc:
             # A key problem (expired, revoked, the broker's key unknown) needs a person; the
             # event waits in the outbox and is sent once the keys are fixed and the adapter
@@ -471,9 +594,12 @@ class AdapterClient(ResourceBase):
             # Anything else (the payload too large for an envelope, a row stored before
             # publish checked the size) fails the same way for this row on every attempt:
             # move it aside so the rows behind it are not stuck for ever.
-            self._unsendable(row, exc)
+            self._unsendable(row, f"cannot seal: {exc.quarantine_reason}", type(exc).__name__)
             return True
         except TransportError as exc:
+            if _too_large(exc):  # this record, on every attempt: not Kafka being away
+                self._unsendable(row, "cannot send: oversized", type(exc.__cause__).__name__)
+                return True
             self._state.attempted(row.seq)
             self._counts.last_send_error = type(exc).__name__
             log.warning(
@@ -486,20 +612,20 @@ class AdapterClient(ResourceBase):
             if self.metrics is not None:
                 self.metrics.send_failures.inc()
             return False
-        self._state.sent(row.seq, _ms(self._clock()))
+        self._state.sent(row.seq, _ms(self._clock()), record.partition, record.offset)
         self._counts.sent += 1
         if self.metrics is not None:
             self.metrics.sent.labels(row.event_type).inc()
             self.metrics.outbox_pending.dec()
         return True
 
-    def _unsendable(self, row: Pending, exc: EnvelopeError) -> None:
-        """Move an outbox row that can never be sealed to the dead-letter folder (its unsealed
-        payload as ``<id>.unsent``), then out of the outbox: a crash in between leaves both."""
-        reason = f"cannot seal: {exc.quarantine_reason}"
+    def _unsendable(self, row: Pending, reason: str, error_type: str) -> None:
+        """Move an outbox row that can never be sent to the dead-letter folder (its unsealed
+        payload as ``<agency>_<id>.unsent``), then out of the outbox: a crash in between
+        leaves both."""
         self.dead_letters.put_unsent(
             DeadLetter(
-                event_id=row.event_id,
+                event_id=idempotency_key(self.agency, row.event_id),
                 event_type=row.event_type,
                 source_agency=self.agency,
                 topic=ingress(self.agency),
@@ -510,17 +636,19 @@ class AdapterClient(ResourceBase):
                 dead_lettered_at=_iso(self._clock()),
             ),
             row.payload,
-            f"schema fingerprint {row.fingerprint.hex()}; payload {len(row.payload)} bytes\n",
+            f"schema fingerprint {row.fingerprint.hex()}; payload {len(row.payload)} bytes;"
+            f" case id {len(row.case_id.encode())} bytes\n",
         )
         self._state.drop(row.seq)
         self._counts.dead_lettered += 1
-        self._counts.last_send_error = type(exc).__name__
+        self._counts.last_send_error = error_type
         log.error(
-            "cannot seal; event moved to the dead letters",
+            "cannot send; event moved to the dead letters",
             agency=self.agency,
             event_id=row.event_id,
             event_type=row.event_type,
-            error_type=type(exc).__name__,
+            reason=reason,
+            error_type=error_type,
         )
         if self.metrics is not None:
             self.metrics.dead_lettered.inc()
@@ -533,21 +661,43 @@ class AdapterClient(ResourceBase):
                 await publisher.close()
 
     async def _send_forever(self, first_backoff: float = 0.2, max_backoff: float = 5.0) -> None:
+        """Send until cancelled. Nothing but cancellation ends it: an outbox that cannot be
+        read (a disk error, a locked or corrupt file) is logged once per kind of failure and
+        tried again with the same back-off as Kafka being away, so sending resumes by itself
+        when the cause passes rather than stopping until a restart."""
         backoff = first_backoff
         while True:
             self._wake.clear()
             try:
                 await self.send_pending()
-            except Exception as exc:  # the outbox itself failed (disk): keep trying, loudly
-                log.error("outbox unusable", agency=self.agency, error_type=type(exc).__name__)
-            if self._state.pending_count():
-                await asyncio.sleep(backoff)  # Kafka is unreachable: back off, then retry
+                waiting = self._state.pending_count()
+            except Exception as exc:  # the outbox itself failed: keep trying, said once
+                self._outbox_failed(exc)
+                waiting = 1
+            else:
+                self._outbox_recovered()
+            if waiting:
+                await asyncio.sleep(backoff)  # Kafka or the outbox is away: back off, retry
                 backoff = min(backoff * 2, max_backoff)
             else:
                 backoff = first_backoff
                 # Wake at least now and then with nothing to send, to prune (see above).
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), _IDLE_WAKE_S)
+
+    def _outbox_failed(self, exc: Exception) -> None:
+        """Log an outbox failure the first time in a row it is of its kind (the loop retries
+        every few seconds; the log needs it once, and again if it changes or comes back)."""
+        kind = type(exc).__name__
+        self._counts.last_send_error = kind
+        if self._outbox_failure != kind:
+            self._outbox_failure = kind
+            log.error("outbox unusable; will try again", agency=self.agency, error_type=kind)
+
+    def _outbox_recovered(self) -> None:
+        if self._outbox_failure is not None:
+            log.info("outbox usable again", agency=self.agency, error_type=self._outbox_failure)
+            self._outbox_failure = None
 
     async def flush(self, timeout_s: float = 30.0) -> None:
         """Wait until the outbox is empty; :class:`TimeoutError` if it is not within
@@ -641,10 +791,18 @@ class AdapterClient(ResourceBase):
 
     def _open_any(self, topic: str, value: bytes) -> Received | dict[str, Any]:
         """Verify, decrypt and decode one egress record: an event, or the broker's refusal
-        notice about a record this agency sent (raises Envelope/Codec errors)."""
-        opened = self._opener.open(
-            value, topic=topic, now=self._clock(), kind=Kind.EGRESS, source=BROKER
-        )
+        notice about a record this agency sent (raises Envelope/Codec errors). A record that
+        does not open for a key is tried once more if the key folder had something new."""
+        try:
+            opened = self._opener.open(
+                value, topic=topic, now=self._clock(), kind=Kind.EGRESS, source=BROKER
+            )
+        except KeyUnusable:
+            if not self._reload_keys():
+                raise
+            opened = self._opener.open(
+                value, topic=topic, now=self._clock(), kind=Kind.EGRESS, source=BROKER
+            )
         notice = self.schemas.latest("RefusalNotice")
         if opened.schema_fingerprint == notice.fingerprint:
             return decode(opened.payload, notice)
@@ -655,28 +813,67 @@ class AdapterClient(ResourceBase):
         )
         return Received.from_shared(shared, json.loads(shared["body_json"]))
 
+    def _reload_keys(self) -> bool:
+        """Read the key folder again into the opener's ring; whether any key changed (so
+        opening again may succeed). Without a key folder, or if it cannot be read, False."""
+        if self._key_folder is None:
+            return False
+        try:
+            fresh, refused = self._key_folder.load_each()
+        except (KeyStoreError, OSError) as exc:  # the revocation list, or the folder, unreadable
+            log.warning("key folder unreadable", agency=self.agency, error_type=type(exc).__name__)
+            return False
+        for ref, error in refused.items():
+            log.warning(
+                "key document refused; its keys in force kept",
+                agency=self.agency,
+                source=ref,
+                error_type=type(error).__name__,
+            )
+        changed, _ = self._opener_ring.update_from(fresh)
+        for info in changed:
+            log.info(
+                "key updated", agency=self.agency, key_id=info.key_id, key_state=info.state.value
+            )
+        return bool(changed)
+
     def _refused(self, notice: Mapping[str, Any]) -> None:
         """The broker quarantined a record this agency sent: say so where the agency's IT
-        team looks (log and metric). The record itself is in the broker's quarantine; fix
-        the cause and send the event again, with a new event id if the first copy was
-        admitted."""
+        team looks (log and metric), and mark its outbox row, so publishing the event again
+        does what it can (:meth:`StateStore.enqueue`): a record the broker could not open
+        (the notice names no event id) is sent afresh under the same id; one it opened (it
+        names the id, which the broker now counts as seen) needs a new event id."""
         self._counts.refused += 1
         if self.metrics is not None:
             self.metrics.refused.labels(notice["reason"]).inc()
         # A replay is this agency's own event sent twice (a resend after a lost ack, or after
         # a crash before the outbox recorded the ack): the broker has the first copy already.
-        replayed = notice["reason"] == REPLAYED
-        (log.info if replayed else log.warning)(
-            "duplicate refused by the broker; its first copy was accepted"
-            if replayed
-            else "record refused by the broker",
+        if notice["reason"] == REPLAYED:
+            log.info(
+                "duplicate refused by the broker; its first copy was accepted",
+                **_where(notice),
+                agency=self.agency,
+            )
+            return
+        event_id = None
+        if notice["topic"] == ingress(self.agency):
+            event_id = self._state.refused(
+                notice["reason"],
+                event_id=notice["event_id"],
+                partition=notice["partition"],
+                offset=notice["offset"],
+            )
+        log.warning(
+            "record refused by the broker",
+            **(_where(notice) | {"event_id": notice["event_id"] or event_id}),
             agency=self.agency,
-            reason=notice["reason"],
-            event_id=notice["event_id"],
-            event_type=notice["event_type"],
-            topic=notice["topic"],
-            partition=notice["partition"],
-            offset=notice["offset"],
+            outcome=(
+                "not in the outbox"
+                if event_id is None
+                else "publish it again under a new event id"
+                if notice["event_id"] is not None
+                else "publish it again"
+            ),
         )
 
     async def _deliver(self, record: Record, handler: Handler) -> None:
@@ -692,14 +889,22 @@ class AdapterClient(ResourceBase):
             return
         if self.metrics is not None:
             self.metrics.received.labels(event.event_type).inc()
-        if (
-            self._state.was_handled(event.idempotency_key)
-            or self._state.parked(event.event_id)
-            or self.dead_letters.has(event.event_id)
-        ):
+        if self._known(event):
             self._counts.duplicates += 1  # delivered again (a commit that did not land)
             return
-        await self._attempt(event, Parked.of(record, event.event_id), handler)
+        await self._attempt(event, Parked.of(record, event.idempotency_key), handler)
+
+    def _known(self, event: Received) -> bool:
+        """Whether ``event`` was handled, is waiting for a retry or is a dead letter. Under
+        its idempotency key, or under its bare event id, as an SDK before keys named the
+        source recorded it: an upgrade never hands an event over twice (for the 30 days such
+        keys are kept, an event of another source with the same id is taken for it)."""
+        return any(
+            self._state.was_handled(key)
+            or self._state.parked(key) is not None
+            or self.dead_letters.has(key)
+            for key in (event.idempotency_key, event.event_id)
+        )
 
     async def _attempt(self, event: Received, parked: Parked, handler: Handler) -> None:
         attempts = parked.attempts + 1
@@ -713,6 +918,7 @@ class AdapterClient(ResourceBase):
             log.warning(
                 "handler failed",
                 agency=self.agency,
+                source=event.source_agency,
                 event_id=event.event_id,
                 event_type=event.event_type,
                 attempt=attempts,
@@ -730,7 +936,7 @@ class AdapterClient(ResourceBase):
                 dataclasses.replace(parked, attempts=attempts, next_ms=_ms(next_at), reason=reason)
             )
             return
-        self._state.mark_handled(event.idempotency_key, _ms(self._clock()))
+        self._state.mark_handled(event.idempotency_key, _ms(self._clock()), parked.event_id)
         self._counts.handled += 1
         if self.metrics is not None:
             self.metrics.handled.labels(event.event_type).inc()
@@ -758,9 +964,10 @@ class AdapterClient(ResourceBase):
         detail: str | None = None,
     ) -> None:
         # The folder first, then forget the retry: a crash in between leaves both, never neither.
+        # Under the event's key (a retry an older SDK parked has its bare event id).
         self.dead_letters.put(
             DeadLetter(
-                event_id=parked.event_id,
+                event_id=event.idempotency_key if event else parked.event_id,
                 event_type=event.event_type if event else "unknown",
                 source_agency=event.source_agency if event else "unknown",
                 topic=parked.topic,
@@ -778,7 +985,8 @@ class AdapterClient(ResourceBase):
         log.error(
             "event dead-lettered",
             agency=self.agency,
-            event_id=parked.event_id,
+            source=event.source_agency if event else None,
+            event_id=event.event_id if event else parked.event_id,
             event_type=event.event_type if event else "unknown",
             attempt=attempts,
         )
@@ -786,15 +994,49 @@ class AdapterClient(ResourceBase):
             self.metrics.dead_lettered.inc()
 
     async def replay_dead_letter(self, event_id: str, handler: Handler) -> bool:
-        """Hand one dead letter to ``handler`` again (after a person fixed the cause); on
-        success it leaves the folder and its idempotency key is recorded."""
+        """Hand one dead letter (``event_id`` as the folder names it: the idempotency key,
+        ``<source>/<event id>``) to ``handler`` again (after a person fixed the cause); on
+        success it leaves the folder and its idempotency key is recorded. Raises
+        :class:`KeyError` for no such dead letter, :class:`FileNotFoundError` for one with no
+        sealed record (this agency's own event that was never sent: its ``.unsent``), an
+        envelope or codec error if it still does not open, and whatever the handler raises."""
         letter = next((d for d in self.dead_letters.list() if d.event_id == event_id), None)
         if letter is None:
             raise KeyError(event_id)
-        event = self._open(letter.topic, self.dead_letters.sealed(event_id))
+        await self._reapply(letter, self._reopen(letter), handler)
+        return True
+
+    async def replay_dead_letters(self, handler: Handler) -> list[tuple[str, str | None]]:
+        """:meth:`replay_dead_letter` for every dead letter in the folder, in name order:
+        ``(id, None)`` for one applied, ``(id, reason)`` for one still there, the reason as
+        a dead letter's is (a code, or the handler's exception type: never content)."""
+        results: list[tuple[str, str | None]] = []
+        for letter in self.dead_letters.list():
+            results.append((letter.event_id, await self._replay(letter, handler)))
+        return results
+
+    async def _replay(self, letter: DeadLetter, handler: Handler) -> str | None:
+        """Re-apply ``letter``; None, or why it is still a dead letter."""
+        try:
+            event = self._reopen(letter)
+        except FileNotFoundError:
+            if letter.source_agency == self.agency and letter.partition == -1:
+                return f"never sent, so not replayed ({letter.reason}); see its .unsent file"
+            return "its sealed record is missing from the folder"
+        except (EnvelopeError, CodecError, ValueError, KeyError) as exc:
+            return _unopenable(exc)
+        try:
+            await self._reapply(letter, event, handler)
+        except Exception as exc:
+            return _handler_failure(exc)
+        return None
+
+    def _reopen(self, letter: DeadLetter) -> Received:
+        return self._open(letter.topic, self.dead_letters.sealed(letter.event_id))
+
+    async def _reapply(self, letter: DeadLetter, event: Received, handler: Handler) -> None:
         result = handler(event)
         if inspect.isawaitable(result):
             await result
         self._state.mark_handled(event.idempotency_key, _ms(self._clock()))
-        self.dead_letters.remove(event_id)
-        return True
+        self.dead_letters.remove(letter.event_id)

@@ -223,9 +223,10 @@ def load_config(
     """Read and validate ``path``; :class:`AdapterConfigError` as ``file:line:column: reason``.
 
     Given ``home`` and ``schemas``, also what ``run`` needs beyond the file's shape: each
-    folder source's ``event_type`` names an event schema, and its CSV template (``{home}``
-    filled in) is readable JSON. ``tiaki adapter check`` and ``run`` both pass them, so a
-    configuration ``check`` accepts is one ``run`` can start with.
+    folder source's ``event_type`` names an event schema (by its short or full name; the
+    configuration returned holds the short one, ``TaskEvent`` for ``nz.tiaki.TaskEvent``), and
+    its CSV template (``{home}`` filled in) is readable JSON. ``tiaki adapter check`` and
+    ``run`` both pass them, so a configuration ``check`` accepts is one ``run`` can start with.
     """
     try:
         data = load_yaml(path)
@@ -249,18 +250,20 @@ def load_config(
         )
     config = config.model_copy(update={"config_dir": path.parent.absolute()})
     if schemas is not None:
-        events = {name for e in schemas.events() for name in (e.name, e.short_name)}
+        short = {name: e.short_name for e in schemas.events() for name in (e.name, e.short_name)}
+        sources: list[SourceConfig] = []
         for index, source in enumerate(config.sources):
-            if (
-                isinstance(source, FolderSourceConfig)
-                and source.event_type is not None
-                and source.event_type not in events
-            ):
-                line, column = locate(data, ["sources", index, "event_type"])
-                raise AdapterConfigError(
-                    f"{path}:{line}:{column}: sources.{index}.event_type: "
-                    f"no event schema named {source.event_type!r}"
-                )
+            if isinstance(source, FolderSourceConfig) and source.event_type is not None:
+                if source.event_type not in short:
+                    line, column = locate(data, ["sources", index, "event_type"])
+                    raise AdapterConfigError(
+                        f"{path}:{line}:{column}: sources.{index}.event_type: "
+                        f"no event schema named {source.event_type!r}"
+                    )
+                # The short name, as publish takes it: nz.tiaki.TaskEvent is TaskEvent.
+                source = source.model_copy(update={"event_type": short[source.event_type]})
+            sources.append(source)
+        config = config.model_copy(update={"sources": sources})
     if home is not None:
         for index, source in enumerate(config.sources):
             if isinstance(source, FolderSourceConfig) and source.template:

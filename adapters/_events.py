@@ -28,9 +28,11 @@ ResponseDecision = Literal["disclose", "partial", "decline"]
 class Received:
     """One event delivered to this agency (see the module docs).
 
-    ``idempotency_key`` is stable across redeliveries of the same event: a handler that writes
-    to its own system keyed by it applies each event once even if the SDK crashes between the
-    handler's success and recording it.
+    ``idempotency_key`` (``<source agency>/<event id>``) is stable across redeliveries of the
+    same event: a handler that writes to its own system keyed by it applies each event once
+    even if the SDK crashes between the handler's success and recording it. It names the
+    source because each agency chooses its own event ids (the broker keeps them apart the
+    same way), so two agencies' events that happen to share an id are two events here too.
     """
 
     event_id: str
@@ -57,7 +59,7 @@ class Received:
 
     @property
     def idempotency_key(self) -> str:
-        return self.event_id
+        return idempotency_key(self.source_agency, self.event_id)
 
     @property
     def case_id(self) -> str | None:
@@ -93,6 +95,19 @@ class Received:
             body=body,
             decided_at=decided_at or shared_at,  # records before SharedEvent v2 have none
         )
+
+
+def idempotency_key(source_agency: str, event_id: str) -> str:
+    """``<source agency>/<event id>``. Agency ids have no ``/`` (lower case and dashes), so the
+    key parts stay apart."""
+    return f"{source_agency}/{event_id}"
+
+
+def file_stem(key: str) -> str:
+    """An idempotency key as one file name part: ``/`` becomes ``_`` (in neither an agency id
+    nor a UUID), as the dead-letter folder names its files; anything but letters, digits,
+    ``-``, ``.`` and ``_`` becomes ``_`` too, so no key can name another folder."""
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-._") else "_" for c in key)
 
 
 def _utc(moment: Any) -> Any:

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, start_http_server
 
-from adapters._client import AdapterClient, RetryPolicy
+from adapters._client import AdapterClient, KeyFolder, RetryPolicy
 from adapters._config import (
     AdapterConfig,
     FolderSinkConfig,
@@ -35,7 +35,6 @@ from adapters._metrics import AdapterMetrics
 from adapters._sinks import FolderSink, Sink, StdoutSink, WebhookSink
 from adapters._sources import FolderSource, Source, WebhookSource
 from broker.codec import SchemaSet
-from broker.envelope import BROKER, KeyStore
 from broker.platform import load_profile
 
 log = structlog.get_logger("tiaki.adapter")
@@ -64,10 +63,11 @@ class Adapter:
         **client_options: Any,
     ) -> Adapter:
         """Build the adapter ``config`` describes; paths resolve ``{home}``."""
-        key_ref = config.key_ref or config.agency
-        ring = KeyStore(config.path(config.keys, home)).load(
-            {config.agency: key_ref, BROKER: BROKER}, private_for=[key_ref]
-        )
+        # Read again when a record does not open for a key (a rotation taken in without a
+        # restart), whoever builds the adapter: the command, the demo, a test.
+        keys = KeyFolder(config.path(config.keys, home), config.agency, config.key_ref)
+        client_options.setdefault("key_folder", keys)
+        ring = keys.load()
         if connection is None:
             connection = KafkaConnection(load_profile(config.path(config.profile, home)))
         retry = RetryPolicy(

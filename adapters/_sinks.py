@@ -11,9 +11,10 @@ they differ only for an event held for review that a person released later
 (``released_late``), which can arrive after later events of its case: order by
 ``decided_at``.
 
-Sinks must be idempotent by ``idempotency_key``: an event may be handed over again after a
-crash. A sink that fails raises, and the SDK retries the event (then dead-letters it). These
-are *data* outputs, chosen by the agency; logs never carry the body.
+Sinks must be idempotent by ``idempotency_key`` (``<source agency>/<event id>``): an event
+may be handed over again after a crash. A sink that fails raises, and the SDK retries the
+event (then dead-letters it). These are *data* outputs, chosen by the agency; logs never
+carry the body.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Protocol, TextIO
 
 from adapters._errors import AdapterError
-from adapters._events import Received
+from adapters._events import Received, file_stem
 from adapters._private_files import write_private
 
 
@@ -64,8 +65,9 @@ def document(event: Received) -> dict[str, Any]:
 
 
 class FolderSink:
-    """``<path>/<event id>.json`` per event (``0600``), written atomically; rewriting the same
-    event is harmless."""
+    """``<path>/<source agency>_<event id>.json`` per event (``0600``), written atomically;
+    rewriting the same event is harmless. The name is the idempotency key's file form, so two
+    agencies' events that share an event id are two files, not one overwriting the other."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -73,7 +75,7 @@ class FolderSink:
     async def deliver(self, event: Received) -> None:
         data = json.dumps(document(event), indent=2, sort_keys=True).encode() + b"\n"
         try:
-            write_private(self.path / f"{event.event_id}.json", data)
+            write_private(self.path / f"{file_stem(event.idempotency_key)}.json", data)
         except OSError as exc:
             raise SinkFailed(f"cannot write to the folder sink: {exc.strerror}") from None
 

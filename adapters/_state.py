@@ -16,13 +16,20 @@ What the tables hold, and why:
     caller gave, see :meth:`AdapterClient.publish`) stays after sending, so an event id reused
     with other content is refused while the id is known. The file is ``0600`` in a ``0700``
     folder; protect it like the case system it came from. Sent rows keep their event id (not
-    the payload) for ``keep_sent`` so publishing the same event id again is a no-op.
+    the payload) for ``keep_sent`` so publishing the same event id again is a no-op, and
+    where Kafka put the record (``sent_partition``, ``sent_offset``), so a refusal notice
+    that names only that position (the broker could not open the record) finds its row. A
+    refused row keeps the reason (``refused``) and whether the broker had read its event id
+    (``refused_seen``), which decide what publishing that id again does (see
+    :meth:`StateStore.enqueue`).
 ``handled``
-    Idempotency keys (event ids) of received events whose handler succeeded, so a record
-    delivered twice (a crash before the offset commit) reaches the handler once.
+    Idempotency keys (``<source>/<event id>``) of received events whose handler succeeded,
+    so a record delivered twice (a crash before the offset commit) reaches the handler once.
+    An older SDK recorded bare event ids; the client still consults those.
 ``retries``
     Received records whose handler failed, still sealed as they arrived, with the attempt
-    count, the next attempt time and the last reason.
+    count, the next attempt time and the last reason, by idempotency key (bare event id for
+    a row an older SDK parked).
 """
 
 from __future__ import annotations
@@ -48,7 +55,11 @@ CREATE TABLE IF NOT EXISTS outbox (
     accepted_ms INTEGER NOT NULL,
     sent_ms INTEGER,
     attempts INTEGER NOT NULL DEFAULT 0,
-    content_hash BLOB
+    content_hash BLOB,
+    sent_partition INTEGER,
+    sent_offset INTEGER,
+    refused TEXT,
+    refused_seen INTEGER
 );
 CREATE INDEX IF NOT EXISTS outbox_pending ON outbox (seq) WHERE sent_ms IS NULL;
 CREATE TABLE IF NOT EXISTS handled (
@@ -86,6 +97,18 @@ class Pending:
 
 
 @dataclass(frozen=True, slots=True)
+class Refused:
+    """What :meth:`StateStore.enqueue` answers for an event id the broker refused after it
+    had read the id: the broker counts it as seen, so the id cannot be used again."""
+
+    reason: str
+
+
+#: What :meth:`StateStore.enqueue` did with an event.
+Enqueued = Literal["stored", "requeued", "same", "different"] | Refused
+
+
+@dataclass(frozen=True, slots=True)
 class Parked:
     """A received record waiting for another handler attempt (still sealed)."""
 
@@ -118,6 +141,22 @@ class Parked:
         )
 
 
+#: An outbox row as :meth:`StateStore.enqueue` inserts it.
+_ROW = (
+    "outbox (event_id, event_type, case_id, fingerprint, payload, accepted_ms, content_hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+
+#: Columns added to ``outbox`` since the first SDK, for :meth:`StateStore._migrate`.
+_ADDED_COLUMNS = (
+    ("content_hash", "BLOB"),
+    ("sent_partition", "INTEGER"),
+    ("sent_offset", "INTEGER"),
+    ("refused", "TEXT"),
+    ("refused_seen", "INTEGER"),
+)
+
+
 class StateStore:
     """The adapter's SQLite file (``path``), or a private in-memory database (``None``)."""
 
@@ -140,10 +179,13 @@ class StateStore:
     def _migrate(self) -> None:
         """Bring a state file of an older SDK up to this schema. Adding a nullable column is
         a change of SQLite's schema record only (no row is rewritten); rows stored before it
-        have no content hash, and their event ids keep the old rule (a reuse is a no-op)."""
+        have no content hash, and their event ids keep the old rule (a reuse is a no-op), and
+        rows sent before it have no position, so a refusal naming only a position is logged
+        without finding them."""
         columns = {row[1] for row in self._db.execute("PRAGMA table_info(outbox)")}
-        if "content_hash" not in columns:
-            self._db.execute("ALTER TABLE outbox ADD COLUMN content_hash BLOB")
+        for name, kind in _ADDED_COLUMNS:
+            if name not in columns:
+                self._db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self._db.close()
@@ -172,23 +214,39 @@ class StateStore:
         payload: bytes,
         now_ms: int,
         content_hash: bytes | None = None,
-    ) -> Literal["stored", "same", "different"]:
-        """Store an event to send: ``"stored"``; or, its id already known, nothing stored and
-        ``"same"`` (the same content hash, or a row without one) or ``"different"``."""
+    ) -> Enqueued:
+        """Store an event to send: ``"stored"``. Its id already known, it depends on the row:
+
+        ============================================  ==========================================
+        the row                                       answer
+        ============================================  ==========================================
+        refused after the broker read its id          :class:`Refused` (nothing stored): a
+                                                      resend would be refused as ``replayed``
+        refused unread, the same content              ``"requeued"``: stored again as a new
+                                                      row (last in line), to be sent afresh
+        otherwise, the same content (or no hash)      ``"same"`` (nothing stored)
+        otherwise                                     ``"different"`` (nothing stored)
+        ============================================  ==========================================
+        """
+        row = (event_id, event_type, case_id, fingerprint, payload, now_ms, content_hash)
         with self._tx() as db:
-            cursor = db.execute(
-                "INSERT OR IGNORE INTO outbox (event_id, event_type, case_id, fingerprint,"
-                " payload, accepted_ms, content_hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (event_id, event_type, case_id, fingerprint, payload, now_ms, content_hash),
-            )
+            cursor = db.execute(f"INSERT OR IGNORE INTO {_ROW}", row)
             if cursor.rowcount == 1:
                 return "stored"
-            (known,) = db.execute(
-                "SELECT content_hash FROM outbox WHERE event_id = ?", (event_id,)
+            known, refused, seen = db.execute(
+                "SELECT content_hash, refused, refused_seen FROM outbox WHERE event_id = ?",
+                (event_id,),
             ).fetchone()
-        if known is None or content_hash is None or known == content_hash:
-            return "same"
-        return "different"
+            same = known is None or content_hash is None or known == content_hash
+            if refused is not None and seen:
+                return Refused(refused)
+            if refused is not None and same:
+                # Deleted and inserted, not updated: a new seq puts it behind the rows
+                # accepted meanwhile, so the outbox order stays the order of publish.
+                db.execute("DELETE FROM outbox WHERE event_id = ?", (event_id,))
+                db.execute(f"INSERT INTO {_ROW}", row)
+                return "requeued"
+        return "same" if same else "different"
 
     def pending(self, limit: int = 100) -> list[Pending]:
         """The oldest unsent events, in the order they were accepted."""
@@ -203,13 +261,50 @@ class StateStore:
         (count,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE sent_ms IS NULL").fetchone()
         return int(count)
 
-    def sent(self, seq: int, now_ms: int) -> None:
-        """Kafka acknowledged ``seq``: drop its payload, keep its event id."""
+    def sent(self, seq: int, now_ms: int, partition: int, offset: int) -> None:
+        """Kafka acknowledged ``seq`` at ``partition``/``offset``: drop its payload, keep its
+        event id and where it went."""
         with self._tx() as db:
             db.execute(
-                "UPDATE outbox SET sent_ms = ?, payload = NULL, fingerprint = NULL WHERE seq = ?",
-                (now_ms, seq),
+                "UPDATE outbox SET sent_ms = ?, payload = NULL, fingerprint = NULL,"
+                " sent_partition = ?, sent_offset = ? WHERE seq = ?",
+                (now_ms, partition, offset, seq),
             )
+
+    def refused(
+        self, reason: str, *, event_id: str | None, partition: int, offset: int
+    ) -> str | None:
+        """Record the broker's refusal of a sent row; return its event id, or None if no row
+        is known (pruned, or sent by another program of the agency).
+
+        A notice that names the event id comes from a record the broker opened, which it
+        counts as seen (``refused_seen``); one without came from a record it could not open,
+        found here by where Kafka put it."""
+        with self._tx() as db:
+            if event_id is not None:
+                found = db.execute(
+                    "SELECT event_id FROM outbox WHERE event_id = ?", (event_id,)
+                ).fetchone()
+            else:
+                found = db.execute(
+                    "SELECT event_id FROM outbox WHERE sent_partition = ? AND sent_offset = ?",
+                    (partition, offset),
+                ).fetchone()
+            if found is None:
+                return None
+            db.execute(
+                "UPDATE outbox SET refused = ?, refused_seen = ? WHERE event_id = ?",
+                (reason, event_id is not None, found[0]),
+            )
+        return str(found[0])
+
+    def refusal(self, event_id: str) -> tuple[str, bool] | None:
+        """The broker's refusal of ``event_id`` (reason, whether it read the id), if any."""
+        row = self._db.execute(
+            "SELECT refused, refused_seen FROM outbox WHERE event_id = ? AND refused IS NOT NULL",
+            (event_id,),
+        ).fetchone()
+        return (str(row[0]), bool(row[1])) if row else None
 
     def drop(self, seq: int) -> None:
         """Forget an unsent row (it was moved to the dead letters)."""
@@ -235,14 +330,15 @@ class StateStore:
         row = self._db.execute("SELECT 1 FROM handled WHERE event_id = ?", (event_id,)).fetchone()
         return row is not None
 
-    def mark_handled(self, event_id: str, now_ms: int) -> None:
-        """Record success and forget any retry of it, in one local transaction."""
+    def mark_handled(self, key: str, now_ms: int, parked_as: str | None = None) -> None:
+        """Record success and forget any retry of it (parked under ``key``, or ``parked_as``
+        for a row an older SDK parked by event id), in one local transaction."""
         with self._tx() as db:
             db.execute(
                 "INSERT OR IGNORE INTO handled (event_id, handled_ms) VALUES (?, ?)",
-                (event_id, now_ms),
+                (key, now_ms),
             )
-            db.execute("DELETE FROM retries WHERE event_id = ?", (event_id,))
+            db.execute("DELETE FROM retries WHERE event_id IN (?, ?)", (key, parked_as or key))
 
     def handled_count(self) -> int:
         (count,) = self._db.execute("SELECT COUNT(*) FROM handled").fetchone()

@@ -613,11 +613,17 @@ class _Day:
         self.steps: dict[str, tuple[str, Step]] = {}
         self._counter = 0
 
-    def received_path(self, agency: str, event_id: str) -> Path:
+    def received_path(self, agency: str, event_id: str, source: str = "x") -> Path:
+        """Where ``agency``'s folder sink put ``source``'s event (``<source>_<event id>``)."""
         return (
             self.configs[agency].path("{home}/adapters/{agency}/received", self.settings.home)
-            / f"{event_id}.json"
+            / f"{source}_{event_id}.json"
         )
+
+    def received(self, agency: str, event_id: str) -> bool:
+        """Whether ``agency``'s sink holds ``event_id``, from whichever source sent it."""
+        folder = self.received_path(agency, event_id).parent
+        return folder.exists() and any(folder.glob(f"*_{event_id}.json"))
 
     async def settle(self) -> None:
         """Wait until every export was read, every outbox drained, the broker committed all
@@ -650,7 +656,7 @@ class _Day:
         for step in phase.steps:
             if step.after is not None:
                 recipient, event_id = step.after
-                if not self.received_path(recipient, event_id).exists():
+                if not self.received(recipient, event_id):
                     self.result.skipped.append(step.note)
                     self.console.print(
                         f"    [dim]skipped: {step.note} ({recipient} never received it)[/dim]"

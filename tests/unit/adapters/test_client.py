@@ -33,6 +33,9 @@ from tests.unit.adapters.conftest import (
     make_client,
 )
 
+#: Who sends the example TaskEvent the fake broker delivers (idempotency keys name it).
+TASK_SOURCE = example("TaskEvent")["header"]["source_agency"]
+
 
 async def ingress_ids(cluster: InMemoryCluster, agency: str) -> list[str]:
     """Event ids on ``agency``'s ingress topic in offset order, opened as the broker would."""
@@ -235,11 +238,13 @@ async def test_failing_event_is_retried_others_flow_and_it_ends_in_dead_letters(
         assert stats.dead_lettered == 1
         assert stats.handled == 4
         (letter,) = client.dead_letters.list()
-    assert letter.event_id == poison
+    key = f"{TASK_SOURCE}/{poison}"  # dead letters are kept by idempotency key
+    assert letter.event_id == key
     assert letter.attempts == 3
     assert letter.reason == "RuntimeError: the handler raised (message not kept)"
-    assert (tmp_path / "dead-letters" / f"{poison}.sealed").read_bytes()  # kept whole, sealed
-    detail = client.dead_letters.detail(poison)
+    sealed = tmp_path / "dead-letters" / f"{TASK_SOURCE}_{poison}.sealed"
+    assert sealed.read_bytes()  # kept whole, sealed
+    detail = client.dead_letters.detail(key)
     assert detail is not None
     assert "RuntimeError: case system rejected the record" in detail  # for the operators
     assert {i: n for i, n in calls.items() if i != poison} == {i: 1 for i in ids if i != poison}
@@ -247,10 +252,10 @@ async def test_failing_event_is_retried_others_flow_and_it_ends_in_dead_letters(
     # After a person fixes the cause, the dead letter is applied and leaves the folder.
     async with make_client("oranga-tamariki", connection, clock, tmp_path) as client:
         fixed: list[str] = []
-        await client.replay_dead_letter(poison, lambda e: fixed.append(e.event_id))
+        await client.replay_dead_letter(key, lambda e: fixed.append(e.event_id))
         assert fixed == [poison]
         assert client.dead_letters.list() == []
-        assert client.dead_letters.detail(poison) is None  # the detail left with it
+        assert client.dead_letters.detail(key) is None  # the detail left with it
 
 
 async def test_redelivered_event_reaches_the_handler_once(
@@ -411,7 +416,7 @@ async def test_dead_lettered_event_delivered_again_is_not_retried(
     )
     async with client:
         await client.receive(failing)
-        assert [d.event_id for d in client.dead_letters.list()] == [event_id]
+        assert [d.event_id for d in client.dead_letters.list()] == [f"{TASK_SOURCE}/{event_id}"]
     async with AdapterClient(
         "oranga-tamariki",
         InMemoryConnection(cluster),
@@ -448,11 +453,11 @@ async def test_a_handler_exception_message_never_reaches_the_reason(
         clock.advance(seconds=1)
         await client.receive(lambda event: Task.model_validate(event.body))
         (letter,) = client.dead_letters.list()
-    assert letter.event_id == event_id
+    assert letter.event_id == f"{TASK_SOURCE}/{event_id}"
     assert letter.reason == "ValidationError: the handler raised (message not kept)"
     # Only the operators' detail file, which no listing or log shows, keeps the text.
-    assert _files_holding(tmp_path, b"SYN-TASK-0001") == [f"{event_id}.detail"]
-    detail = client.dead_letters.detail(event_id)
+    assert _files_holding(tmp_path, b"SYN-TASK-0001") == [f"{TASK_SOURCE}_{event_id}.detail"]
+    detail = client.dead_letters.detail(letter.event_id)
     assert detail is not None
     assert "validation error for Task" in detail
 

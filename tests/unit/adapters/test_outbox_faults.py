@@ -30,7 +30,7 @@ async def test_publish_refuses_an_event_too_large_to_seal(
     connection: InMemoryConnection, clock: FakeClock, tmp_path: Path
 ) -> None:
     async with make_client("police", connection, clock, tmp_path) as client:
-        with pytest.raises(InvalidEvent, match=f"more than the {DEFAULT_MAX_PAYLOAD} bytes"):
+        with pytest.raises(InvalidEvent, match="bytes encoded, more than the"):
             await client.publish("TaskEvent", _huge_task("police"))
         assert client.statistics().pending == 0
 
@@ -56,8 +56,8 @@ async def test_a_stored_row_that_cannot_be_sealed_is_dead_lettered_and_the_queue
         assert stats.pending == 0
         assert stats.dead_lettered == 1
         (letter,) = client.dead_letters.list()
-        assert (letter.event_id, letter.reason) == (big_id, "cannot seal: oversized")
-        assert (tmp_path / "dead-letters" / f"{big_id}.unsent").read_bytes() == payload
+        assert (letter.event_id, letter.reason) == (f"police/{big_id}", "cannot seal: oversized")
+        assert (tmp_path / "dead-letters" / f"police_{big_id}.unsent").read_bytes() == payload
         assert client.metrics.registry.get_sample_value("tiaki_adapter_dead_lettered_total") == 1
     assert await ingress_ids(cluster, "police") == [after]
 

@@ -77,7 +77,7 @@ async def test_configured_adapter_publishes_exports_and_feeds_its_sinks(
         await eventually(
             lambda: (
                 adapter.client.statistics().sent == 1
-                and (tmp_path / "received" / f"{delivered}.json").exists()
+                and any((tmp_path / "received").glob(f"*_{delivered}.json"))
             )
         )
     finally:
@@ -89,8 +89,9 @@ async def test_configured_adapter_publishes_exports_and_feeds_its_sinks(
         record.value, topic=record.topic, now=dt.datetime.now(dt.UTC), kind=Kind.INGRESS
     )
     assert opened.event_id == doc["header"]["event_id"]
-    written = json.loads((tmp_path / "received" / f"{delivered}.json").read_text())
-    assert written["idempotency_key"] == delivered
+    (path,) = (tmp_path / "received").glob(f"*_{delivered}.json")  # <source>_<event id>
+    written = json.loads(path.read_text())
+    assert written["idempotency_key"] == f"{written['source_agency']}/{delivered}"
     assert written["body"]["task_id"] == "SYN-TASK-0001"
     assert (
         metrics.registry.get_sample_value("tiaki_adapter_sent_total", {"event_type": "TaskEvent"})
@@ -129,7 +130,7 @@ async def test_failing_sink_is_retried_then_dead_lettered(keys: Path, tmp_path: 
         stop.set()
         await running
     (letter,) = adapter.client.dead_letters.list()
-    assert letter.event_id == event_id
+    assert letter.event_id == f"{letter.source_agency}/{event_id}"  # its idempotency key
     assert letter.attempts == 2
     assert letter.reason.startswith("SinkFailed: webhook unreachable")
     assert metrics.registry.get_sample_value("tiaki_adapter_dead_lettered_total") == 1

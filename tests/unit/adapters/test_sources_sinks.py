@@ -164,12 +164,12 @@ async def test_folder_and_stdout_sinks_write_one_document_per_event(tmp_path: Pa
     event = received()
     await FolderSink(tmp_path).deliver(event)
     await FolderSink(tmp_path).deliver(event)  # idempotent
-    written = tmp_path / f"{event.event_id}.json"
+    written = tmp_path / f"{event.source_agency}_{event.event_id}.json"
     assert json.loads(written.read_text())["body"] == {"task_id": "SYN-TASK-1"}
     assert written.stat().st_mode & 0o777 == 0o600
     out = io.StringIO()
     await StdoutSink(out).deliver(event)
-    assert json.loads(out.getvalue())["idempotency_key"] == event.event_id
+    assert json.loads(out.getvalue())["idempotency_key"] == event.idempotency_key
 
 
 class _Quiet(BaseHTTPRequestHandler):
@@ -217,7 +217,7 @@ async def test_webhook_sink_fails_on_non_2xx_and_sends_an_idempotency_key(
     with pytest.raises(SinkFailed, match="503"):
         await sink.deliver(received())
     await sink.deliver(received())
-    assert got == [(received().event_id, got[0][1])]
+    assert got == [(f"{received().source_agency}/{received().event_id}", got[0][1])]
     assert got[0][1]["event_type"] == "TaskEvent"
 
 
