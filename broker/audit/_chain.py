@@ -217,6 +217,10 @@ class ChainWriter:
             return True
         return now.timestamp() * 1000 - p.checkpointed_at_ms >= self.every.total_seconds() * 1000
 
+    def unsigned(self) -> int:
+        """How many records of the pending head no checkpoint covers yet."""
+        return max(0, self._pending.size - self._pending.checkpointed)
+
     def mark_checkpointed(self, now: datetime) -> None:
         """The pending head has been signed (in the same transaction as the records)."""
         self._pending.checkpointed = self._pending.size

@@ -86,12 +86,20 @@ class AuditChainer:
         self.stale = False
         log.info("audit chain resumed", chain=self.chain, size=self._writer.head.size)
 
-    def due(self, now: datetime) -> bool:
-        """Whether a checkpoint is due even without new records (the T-second cadence)."""
-        return not self.stale and self._writer.checkpoint_due(now)
+    def due(self, now: datetime, *, final: bool = False) -> bool:
+        """Whether a checkpoint is due even without new records (the T-second cadence; with
+        ``final``, the worker is stopping: any record no checkpoint covers yet)."""
+        return not self.stale and (
+            self._writer.checkpoint_due(now) or (final and self._writer.unsigned() > 0)
+        )
 
-    def seal(self, outputs: Sequence[Outgoing], now: datetime) -> list[Outgoing]:
-        """``outputs`` with every audit record chained, plus the checkpoint and head records."""
+    def seal(
+        self, outputs: Sequence[Outgoing], now: datetime, *, final: bool = False
+    ) -> list[Outgoing]:
+        """``outputs`` with every audit record chained, plus the checkpoint and head records.
+        ``final``: the worker's last transaction, which signs whatever is unsigned, so that a
+        worker stopped for good leaves no tail that ``tiaki audit verify --strict`` must
+        report as waiting too long for a checkpoint."""
         if self.stale:
             raise RuntimeError("resync the audit chain before sealing")
         sealed: list[Outgoing] = []
@@ -107,7 +115,7 @@ class AuditChainer:
                     out.headers + self._writer.link(out.value, schema),
                 )
             sealed.append(out)
-        if self._writer.checkpoint_due(now):
+        if self._writer.checkpoint_due(now) or (final and self._writer.unsigned() > 0):
             checkpoint = sign_head(self._ring, BROKER, self._writer.head, now)
             self._writer.mark_checkpointed(now)
             sealed.append(

@@ -254,7 +254,7 @@ class Worker:
             return  # the records taken since are uncommitted: polled again after a restart
         if self._stale:
             return  # taken on state that may be wrong: polled again after a restart
-        batch = await self._close(taken)
+        batch = await self._close(taken, final=True)
         if batch is not None:
             self._settle(batch, await self._send(batch))
 
@@ -389,9 +389,10 @@ class Worker:
         self._stats.process_seconds += took
         self._metrics.evaluation_seconds.observe(took / len(records))
 
-    async def _close(self, taken: _Taken) -> _Batch | None:
+    async def _close(self, taken: _Taken, *, final: bool = False) -> _Batch | None:
         """The transaction for what ``taken`` holds, with the escalations now due and the
-        audit chain's links; None if there is nothing to commit."""
+        audit chain's links; None if there is nothing to commit. ``final``: the worker is
+        stopping, and the chain signs every record it has not signed yet."""
         chain = self._chain
         if chain is not None and chain.stale:
             # Done by the re-read after a commit whose outcome is unknown; here only if this
@@ -407,14 +408,18 @@ class Worker:
                 return None
         now = self._clock()
         escalations = self._pipeline.escalations(now, self._transport.assignment())
-        if not taken.records and not escalations and not (chain is not None and chain.due(now)):
+        if (
+            not taken.records
+            and not escalations
+            and not (chain is not None and chain.due(now, final=final))
+        ):
             return None
         outputs = [out for result in taken.results for out in result.outputs]
         outputs += escalations + self._pipeline.seen()
         mark = self._pipeline.mark()
         chain_mark = None
         if chain is not None:
-            outputs = chain.seal(outputs, now)
+            outputs = chain.seal(outputs, now, final=final)
             chain_mark = chain.mark()
         return _Batch(
             taken.records,

@@ -4,6 +4,7 @@ audit record). They go out with the worker's next transaction, again after an ab
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import random
@@ -12,17 +13,20 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from broker.audit._checkpoint import parse_checkpoint
 from broker.codec import decode
 from broker.envelope import Algorithm, KeyRing, KeyState, KeyStore, Purpose
 from broker.envelope._store import init_dev_keys
 from broker.platform import CHECKPOINTS, STATE_CHAINS
 from broker.policy import PolicyStore, load_roster
+from broker.runtime._chaining import AuditChainer
 from broker.runtime._metrics import BrokerMetrics
 from broker.runtime._policy_watch import PolicyWatcher
 from broker.runtime._release import bundle
 from broker.runtime._service import RefusalsOnce, refresh_keys
+from broker.runtime._worker import Worker
 from broker.transport import InMemoryCluster, Outgoing, TransportError
-from tests.unit.runtime.test_intake import NOW, REGISTRY, SCHEMAS
+from tests.unit.runtime.test_intake import NOW, REGISTRY, SCHEMAS, make_ring
 from tests.unit.runtime.test_pipeline import Harness, ScriptedDecider
 from tests.unit.runtime.test_policy_watch import _bundle, release  # noqa: F401 (a fixture)
 from tests.unit.runtime.test_service_keys import PRINCIPALS, T0
@@ -303,3 +307,52 @@ async def test_a_batch_whose_commit_reply_was_lost_is_counted_once_it_shows_comm
         assert len(await reader.read_all("tiaki.dlq")) == 3  # once, by the unheard commit
     value = worker._metrics.registry.get_sample_value
     assert value("tiaki_quarantined_total", {"reason": "malformed_envelope"}) == 3
+
+
+async def test_a_stopping_worker_signs_the_records_no_checkpoint_covers_yet() -> None:
+    """A worker stopped for good (SIGTERM) signs its chain's tail in its last transaction:
+    otherwise that tail waits for a checkpoint that never comes, and `tiaki audit verify
+    --strict` reports it as records appended after the last checkpoint (which is what a
+    forged tail looks like)."""
+    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
+    cluster.create_topic(CHECKPOINTS, 1)
+    cluster.create_topic(STATE_CHAINS, 1)
+    harness = Harness(ScriptedDecider())
+    transport = cluster.worker()
+    chain = AuditChainer(
+        transport.transactional_id,
+        make_ring(),
+        reader=cluster.reader,
+        every=dt.timedelta(hours=1),  # never due by time during the test
+    )
+    worker = Worker(
+        transport,
+        harness.pipeline,
+        BrokerMetrics(CollectorRegistry()),
+        clock=lambda: NOW,
+        poll_timeout_ms=10,
+        chain=chain,
+    )
+    stop = asyncio.Event()
+    running = asyncio.create_task(worker.run(stop))
+
+    async def audited_after(count: int, first: int) -> None:
+        async with cluster.publisher() as publisher:
+            for i in range(first, first + count):
+                await publisher.publish("tiaki.ingress.police", b"k", b"\x01garbage-%d" % i)
+        for _ in range(300):
+            async with cluster.reader() as reader:
+                if len(await reader.read_all("tiaki.audit")) == first + count:
+                    return
+            await asyncio.sleep(0.01)
+
+    await audited_after(3, 0)  # the chain's first transaction signs at once
+    await audited_after(2, 3)  # not due again for an hour
+    async with cluster.reader() as reader:
+        signed = [parse_checkpoint(r.value)[0].size for r in await reader.read_all(CHECKPOINTS)]
+    assert signed == [3]
+    stop.set()
+    await running
+    async with cluster.reader() as reader:
+        checkpoints = [parse_checkpoint(r.value)[0] for r in await reader.read_all(CHECKPOINTS)]
+    assert [c.size for c in checkpoints] == [3, 5]  # the tail, signed on the way out
