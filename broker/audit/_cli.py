@@ -41,9 +41,9 @@ import os
 import re
 import sys
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -55,9 +55,21 @@ from broker.audit._countersign import CountersignReport, countersign
 from broker.audit._errors import AuditError, LogTampered, QueryError
 from broker.audit._index import AuditIndex, Query, Row
 from broker.audit._kafka import entry_of, index_live, read_log, read_topic, verify_live
-from broker.audit._log import AUDIT_TOPIC, CHECKPOINT_TOPIC, LogEntry, dump_lines, load_lines
+from broker.audit._log import (
+    AUDIT_TOPIC,
+    CHECKPOINT_TOPIC,
+    LogEntry,
+    dump_lines,
+    exported_at,
+    load_lines,
+)
 from broker.audit._report import classifier, subject_report
-from broker.audit._verify import VerifyReport, verify_log
+from broker.audit._verify import (
+    CHECKPOINT_CAP,
+    OVERDUE_SLACK,
+    VerifyReport,
+    verify_log,
+)
 from broker.codec import load_schemas
 from broker.envelope import BROKER, KeyStore
 from broker.platform import load_profile
@@ -251,7 +263,9 @@ def _time(text: str | None, name: str) -> int | None:
 
 def _read(
     settings: Settings, source: Path | None, profile: str
-) -> tuple[list[LogEntry], list[LogEntry]]:
+) -> tuple[list[LogEntry], list[LogEntry], datetime | None]:
+    """(audit records, checkpoints, when they were read): for an export, when it was made
+    (None if it does not say)."""
     if source is not None:
         try:
             lines = read_text(source).splitlines()
@@ -261,8 +275,10 @@ def _read(
         return (
             [e for e in entries if e.topic == AUDIT_TOPIC],
             [e for e in entries if e.topic == CHECKPOINT_TOPIC],
+            exported_at(lines),
         )
-    return asyncio.run(read_log(load_profile(profile_path(settings.profiles_dir, profile))))
+    connection = load_profile(profile_path(settings.profiles_dir, profile))
+    return (*asyncio.run(read_log(connection)), _now())
 
 
 def _check_format(fmt: str) -> None:
@@ -383,7 +399,8 @@ def verify_command(
         bool,
         typer.Option(
             "--strict",
-            help="Also exit 1 if a chain has no checkpoint at all (nothing vouches for it).",
+            help="Also exit 1 if a chain has no checkpoint at all (nothing vouches for it), or "
+            "records a checkpoint should have covered by the time the log was read.",
         ),
     ] = False,
 ) -> None:
@@ -396,16 +413,17 @@ def verify_command(
     outcome, records = "error", 0  # until it has verified or failed verification
     try:
         if source is not None:
-            audit, checkpoints = _read(settings, source, profile)
+            audit, checkpoints, read_at = _read(settings, source, profile)
             records = len(audit)
             report = verify_log(audit, checkpoints, ring, witnesses=saved)
         else:  # a live log: a commit in flight is re-read, not reported (see verify_live)
             connection = load_profile(profile_path(settings.profiles_dir, profile))
             audit, _, report = asyncio.run(verify_live(connection, ring, witnesses=saved))
-            records = len(audit)
+            records, read_at = len(audit), _now()
         outcome = "ok" if report.records else "nothing verified: no audit records"
         unvouched = [c.chain for c in report.chains if c.signed == 0]
-        lacking = _lacking(report, unvouched)
+        overdue = report.overdue(read_at) if read_at is not None else {}
+        lacking = _lacking(report, unvouched, overdue)
         if strict and lacking is not None:
             outcome = f"failed (--strict): {lacking}"
     except LogTampered as exc:
@@ -456,6 +474,22 @@ def verify_command(
             f"their records: {', '.join(unvouched)}",
             file=sys.stderr if strict else sys.stdout,
         )
+    # A running writer signs within a minute: unsigned records older than that are a stopped
+    # worker's or someone else's, who can write tiaki.audit (see VerifyReport.overdue).
+    when = "the log was read" if source is None else "the export was made"
+    for name, count in overdue.items():
+        print(
+            f"  warning: chain {name}: {count} records after its last checkpoint were not "
+            f"appended in the {_minutes(OVERDUE_AFTER)} before {when}, and a running writer "
+            f"signs within {_minutes(CHECKPOINT_CAP)} (its worker stopped, or someone else "
+            "appended them)",
+            file=sys.stderr if strict else sys.stdout,
+        )
+    if read_at is None and any(c.signed < c.size for c in report.chains if c.signed):
+        print(
+            "  warning: the export does not say when it was made, so whether records after "
+            "their chain's last checkpoint are overdue for one could not be checked"
+        )
     if report.distrusted:
         print(
             f"  {len(report.distrusted)} checkpoints are signed by a revoked key and vouch for "
@@ -466,16 +500,30 @@ def verify_command(
         raise typer.Exit(1)
 
 
-def _lacking(report: VerifyReport, unvouched: Sequence[str]) -> str | None:
+#: How long a record may wait for its checkpoint before ``verify`` calls it overdue.
+OVERDUE_AFTER = CHECKPOINT_CAP + OVERDUE_SLACK
+
+
+def _minutes(span: timedelta) -> str:
+    minutes = span.total_seconds() / 60
+    return "a minute" if minutes == 1 else f"{minutes:g} minutes"
+
+
+def _lacking(
+    report: VerifyReport, unvouched: Sequence[str], overdue: Mapping[str, int]
+) -> str | None:
     """What ``verify --strict`` fails on in a log that verifies: nothing to verify, nothing
-    signed, or a chain nothing signed (see the note where ``verify`` names them)."""
+    signed, a chain nothing signed, or records overdue for a checkpoint (see the notes where
+    ``verify`` names them)."""
     if not report.records:
         return "the log holds no audit records, so nothing was verified"
     if not report.checkpoints:
         return "the log holds no trusted checkpoint, so nothing vouches for any record"
-    if unvouched:
-        return "a chain has no checkpoint"
-    return None
+    reasons = ["a chain has no checkpoint"] if unvouched else []
+    if overdue:
+        counts = ", ".join(f"{n} records of chain {chain}" for chain, n in overdue.items())
+        reasons.append(f"no checkpoint within {_minutes(OVERDUE_AFTER)} for {counts}")
+    return "; ".join(reasons) or None
 
 
 def _load_witness(path: Path) -> list[bytes]:

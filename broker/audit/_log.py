@@ -7,14 +7,19 @@ exactly the code that checks the live one.
 Export format: JSON Lines. The first line is ``{"format": "tiaki-audit-export/1", ...}``; each
 further line is one record of ``tiaki.audit`` or ``tiaki.checkpoints``, with key, header values
 and value in base64, exactly as read (nothing decoded, so nothing re-encoded differently).
+Each record keeps its Kafka timestamp (``timestamp_ms``: on topics provisioned with
+``LogAppendTime``, when Kafka appended it), and the first line says when the export was made
+(``exported_at``), so that ``verify --file`` judges how long a record had gone unsigned by
+then, as ``verify`` of the live log does at the time it reads it (every export has both).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from broker._yaml import SourceError, parse_json
@@ -127,6 +132,20 @@ def load_lines(lines: Iterable[str], source: Path | None = None) -> list[LogEntr
             )
         entries.append(entry)
     return entries
+
+
+def exported_at(lines: Sequence[str]) -> datetime | None:
+    """When the export ``lines`` was made (its first line's ``exported_at``, an ISO 8601 time
+    with its UTC offset, as :func:`dump_lines` is given it by ``tiaki audit export``), or None
+    if the first line does not say so in a form that can be read."""
+    try:
+        first = parse_json(Path("export"), lines[0]) if lines else None
+        when = datetime.fromisoformat(first["exported_at"]) if isinstance(first, dict) else None
+        if when is None or when.utcoffset() is None:
+            return None  # a time without its offset could be any of 26 hours
+    except (SourceError, ValueError, KeyError, TypeError):
+        return None
+    return when
 
 
 #: Kafka's partitions are 32-bit and its offsets and timestamps 64-bit signed integers.

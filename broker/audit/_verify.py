@@ -25,6 +25,15 @@ Checks run in that order and the first failure raises :class:`LogTampered`: a ve
 is to say *that* and *where*, and a later failure may only be a consequence of the first.
 Records after a chain's last checkpoint are chained but not yet signed; the report counts them.
 
+Chained but unsigned is normal only for a short while: a running writer signs its records
+within :data:`CHECKPOINT_CAP`. Anyone who can write ``tiaki.audit`` can read a chain's last
+link from its headers and append records that chain correctly, and on a chain nobody writes
+any more (a retired worker's) nothing ever conflicts with them. Kafka stamps each audit record
+with the time it appended it (``message.timestamp.type=LogAppendTime``), so
+:meth:`VerifyReport.overdue` names the chains with unsigned records that are older than a
+writer leaves them (``tiaki audit verify --strict`` fails on them). It cannot tell a worker
+that stopped with records unsigned from someone else's records; a person accounts for them.
+
 A checkpoint (or a witness's) whose signature verifies under a key that has since been revoked
 is not tampering but *distrusted*: revoking the key withdrew trust from everything it signed.
 The verifier skips it (it vouches for nothing, so a chain counts as signed only up to its newest
@@ -38,6 +47,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 from broker.audit._chain import (
     CHAIN_HEADER,
@@ -74,6 +84,17 @@ class Link:
     entry: LogEntry
 
 
+#: The longest a running writer leaves a chained record without a checkpoint: a broker
+#: worker signs at least every ``tiaki broker run --checkpoint-seconds``, which is at most 60
+#: (``MAX_CHECKPOINT_SECONDS`` in ``broker.runtime``, which this pure package does not
+#: import; a test keeps the two equal), and an act signs its records in their own transaction.
+CHECKPOINT_CAP = timedelta(seconds=60)
+#: Allowance on top of :data:`CHECKPOINT_CAP` before an unsigned record is overdue: for the
+#: difference between Kafka's clocks and the verifier's, and a transaction held up by a slow
+#: commit or a rebalance.
+OVERDUE_SLACK = timedelta(minutes=5)
+
+
 @dataclass(frozen=True)
 class ChainSummary:
     chain: str
@@ -81,6 +102,9 @@ class ChainSummary:
     head: bytes
     #: Records covered by the newest verified checkpoint (the rest are chained, unsigned).
     signed: int
+    #: When each record after the newest verified checkpoint was appended (its Kafka
+    #: timestamp, ms since the epoch), in chain order.
+    unsigned_appended_ms: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -98,6 +122,29 @@ class VerifyReport:
     @property
     def unsigned(self) -> int:
         return sum(c.size - c.signed for c in self.chains)
+
+    def overdue(
+        self, at: datetime, *, allowance: timedelta = CHECKPOINT_CAP + OVERDUE_SLACK
+    ) -> dict[str, int]:
+        """Per chain, how many of its unsigned records are overdue for a checkpoint at ``at``
+        (when the log was read): appended more than ``allowance`` before it, or stamped more
+        than :data:`OVERDUE_SLACK` after it, which an append time cannot be (the writer chose
+        that timestamp: a topic made before ``LogAppendTime``, or set back to ``CreateTime``).
+
+        Only chains a trusted checkpoint covers are counted: a chain with none is named as
+        such already, every record of it unvouched. A record may be overdue because its
+        worker stopped before signing it and has not run since, or because someone else
+        appended it; the log cannot say which.
+        """
+        at_ms = int(at.timestamp() * 1000)
+        oldest = at_ms - int(allowance.total_seconds() * 1000)
+        latest = at_ms + int(OVERDUE_SLACK.total_seconds() * 1000)
+        counts = {
+            c.chain: sum(1 for t in c.unsigned_appended_ms if not oldest <= t <= latest)
+            for c in self.chains
+            if c.signed
+        }
+        return {chain: n for chain, n in counts.items() if n}
 
 
 def read_link(entry: LogEntry) -> Link:
@@ -254,13 +301,16 @@ def verify_log(
             except InconsistentTrees as exc:
                 raise LogTampered(where, str(exc)) from None
 
-    summaries = tuple(
-        ChainSummary(
-            chain=name,
-            size=len(links),
-            head=links[-1].link if links else GENESIS,
-            signed=newest[name].size if name in newest else 0,
+    summaries = []
+    for name, links in chains.items():
+        size = newest[name].size if name in newest else 0
+        summaries.append(
+            ChainSummary(
+                chain=name,
+                size=len(links),
+                head=links[-1].link if links else GENESIS,
+                signed=size,
+                unsigned_appended_ms=tuple(x.entry.timestamp_ms for x in links[size:]),
+            )
         )
-        for name, links in chains.items()
-    )
-    return VerifyReport(len(audit), len(signed), len(saved), summaries, tuple(distrusted))
+    return VerifyReport(len(audit), len(signed), len(saved), tuple(summaries), tuple(distrusted))

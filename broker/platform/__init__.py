@@ -7,8 +7,10 @@ from broker.platform._plan import (
     Change,
     DesiredState,
     TopicSpec,
+    TopicState,
     desired_state,
     diff,
+    topic_config,
 )
 from broker.platform._profiles import (
     PROFILE_KEYS,
@@ -74,6 +76,7 @@ __all__ = [
     "Profile",
     "ProvisionReport",
     "TopicSpec",
+    "TopicState",
     "bootstrap_admin",
     "desired_state",
     "diff",
@@ -86,4 +89,5 @@ __all__ = [
     "provision",
     "save_profile",
     "start_provisioned",
+    "topic_config",
 ]

@@ -66,10 +66,23 @@ class DesiredState:
 
 
 @dataclass(frozen=True)
-class ActualState:
-    """What a cluster reports: topic partitions and tracked configs, SCRAM users, ACLs."""
+class TopicState:
+    """An existing topic as the cluster reports it."""
 
-    topics: Mapping[str, tuple[int, Mapping[str, str]]]
+    partitions: int
+    #: The values of the configs a :class:`TopicSpec` sets (others are not read).
+    config: Mapping[str, str]
+    #: Its replication factor: the fewest replicas any of its partitions has, since that
+    #: partition is where an ``acks=all`` write runs short of replicas first.
+    replication: int
+
+
+@dataclass(frozen=True)
+class ActualState:
+    """What a cluster reports: topics (partitions, tracked configs, replication), SCRAM users,
+    ACLs."""
+
+    topics: Mapping[str, TopicState]
     principals: frozenset[str]
     acls: frozenset[Acl]
 
@@ -102,7 +115,10 @@ def _topic_classes(retention_days: Mapping[str, int]) -> dict[str, dict[str, str
     return {
         "ingress": delete(retention_days["ingress"]) | {"max.message.bytes": "1048576"},
         "egress": delete(retention_days["egress"]) | {"max.message.bytes": "1048576"},
-        "audit": delete(retention_days["audit"]),
+        # A record's timestamp is the time Kafka appended it, not one its writer chose, so
+        # `tiaki audit verify` can tell how long a record has gone without a checkpoint: one
+        # appended by someone else who can write the topic is not signed within a minute.
+        "audit": delete(retention_days["audit"]) | {"message.timestamp.type": "LogAppendTime"},
         "review": delete(retention_days["review"]),
         "dlq": delete(retention_days["dlq"]) | {"max.message.bytes": "2097152"},
         "hub": delete(retention_days["hub"]),
@@ -130,6 +146,10 @@ RETENTION_DAYS: Mapping[str, int] = {
 }
 
 
+#: The config that says how many replicas must have an ``acks=all`` write before it succeeds.
+MIN_ISR = "min.insync.replicas"
+
+
 def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> DesiredState:
     """The topics, principals and ACLs the registry calls for on a cluster of ``brokers``."""
     replication = min(3, max(1, brokers))
@@ -139,7 +159,7 @@ def desired_state(registry: Registry, brokers: int, partitions: int = 3) -> Desi
     topics: dict[str, TopicSpec] = {}
 
     def topic(name: str, cls: str, count: int = partitions, keyed: bool = True) -> None:
-        config = dict(classes[cls]) | {"min.insync.replicas": min_isr}
+        config = dict(classes[cls]) | {MIN_ISR: min_isr}
         topics[name] = TopicSpec(name, count, replication, config, keyed)
 
     for agency in registry.agencies:
@@ -240,12 +260,48 @@ def _why_not_grown(spec: TopicSpec) -> str | None:
     return None
 
 
+def topic_config(spec: TopicSpec, replication: int) -> dict[str, str]:
+    """The configs to set on an existing topic of ``spec`` that has ``replication`` replicas:
+    ``spec``'s, with ``min.insync.replicas`` no higher than ``replication``.
+
+    Kafka accepts a min ISR above a topic's replication factor and then refuses every
+    ``acks=all`` write to it (``NOT_ENOUGH_REPLICAS``): every broker transaction writing it
+    fails, and the broker stops. A cluster grown from one broker to three calls for min ISR 2
+    on topics still made with one replica each, so the min ISR follows the replicas the topic
+    has; it rises once they are raised (see :func:`_under_replicated`).
+    """
+    config = dict(spec.config)
+    wanted = config.get(MIN_ISR)
+    if wanted is not None and int(wanted) > replication:
+        config[MIN_ISR] = str(max(1, replication))
+    return config
+
+
+def _under_replicated(spec: TopicSpec, actual: TopicState) -> str:
+    """The warning for an existing topic with fewer replicas than ``spec``: what holds, and
+    how an operator raises them. Provisioning does not: a reassignment copies every partition
+    to other brokers, a long, heavy operation an operator schedules and watches."""
+    held = ""
+    if int(spec.config.get(MIN_ISR, "1")) > actual.replication:
+        held = f"; {MIN_ISR} held at {max(1, actual.replication)} until then"
+    return (
+        f"replication {actual.replication}, below the {spec.replication} this cluster calls "
+        f"for{held}. Raise it by partition reassignment (provision does not): "
+        "kafka-reassign-partitions.sh --bootstrap-server HOST:PORT --command-config "
+        f"ADMIN.properties --reassignment-json-file FILE --execute, FILE giving each of its "
+        f"{actual.partitions} partitions {spec.replication} replicas; then provision again "
+        '(docs/operations.md, "Growing the cluster")'
+    )
+
+
 def diff(desired: DesiredState, actual: ActualState, protected: Iterable[str] = ()) -> list[Change]:
     """Changes that take ``actual`` to ``desired``. ``protected`` users are never removed.
 
     Topics are created, grown and reconfigured but never deleted or shrunk: they hold data,
     so an unexpected one is reported for a person to decide. A compacted or keyed topic is
-    not grown either (see :func:`_why_not_grown`); that too is reported.
+    not grown either (see :func:`_why_not_grown`); that too is reported. Nor is a topic's
+    replication raised: one with fewer replicas than the cluster calls for is reported, and
+    its ``min.insync.replicas`` kept within the replicas it has (see :func:`topic_config`).
     """
     changes: list[Change] = []
     for name, spec in sorted(desired.topics.items()):
@@ -259,7 +315,8 @@ def diff(desired: DesiredState, actual: ActualState, protected: Iterable[str] = 
                 )
             )
             continue
-        count, config = actual.topics[name]
+        existing = actual.topics[name]
+        count, config = existing.partitions, existing.config
         refusal = _why_not_grown(spec)
         if count < spec.partitions and refusal:
             changes.append(
@@ -283,7 +340,9 @@ def diff(desired: DesiredState, actual: ActualState, protected: Iterable[str] = 
                     f"has {count} partitions, more than {spec.partitions}; left as is",
                 )
             )
-        for key, value in sorted(spec.config.items()):
+        if existing.replication < spec.replication:
+            changes.append(Change("warn", "topic", name, _under_replicated(spec, existing)))
+        for key, value in sorted(topic_config(spec, existing.replication).items()):
             if config.get(key) != value:
                 changes.append(
                     Change("alter", "topic", name, f"{key} {config.get(key)} -> {value}")

@@ -46,9 +46,11 @@ from broker.platform._plan import (
     ActualState,
     Change,
     DesiredState,
+    TopicState,
     admin_acls,
     desired_state,
     diff,
+    topic_config,
 )
 from broker.platform._profiles import (
     CA_BESIDE,
@@ -124,6 +126,14 @@ class ClusterAdmin:
             for name, meta in metadata.topics.items()
             if name.startswith("tiaki.")
         }
+        # The topic's replication factor is its partitions' (the fewest, if a reassignment
+        # left them uneven): provisioning must never ask for more replicas in sync than that.
+        replicas = {
+            name: min(
+                (len(p.replicas) for p in metadata.topics[name].partitions.values()), default=0
+            )
+            for name in counts
+        }
         configs: dict[str, dict[str, str]] = {name: {} for name in counts}
         if counts:
             futures = self._admin.describe_configs(
@@ -162,9 +172,10 @@ class ClusterAdmin:
             # Every ALLOW, whatever its host: one for a single host grants as much from there.
             if b.permission_type == AclPermissionType.ALLOW
         )
-        return ActualState(
-            {name: (count, configs[name]) for name, count in counts.items()}, frozenset(users), acls
-        )
+        topics = {
+            name: TopicState(count, configs[name], replicas[name]) for name, count in counts.items()
+        }
+        return ActualState(topics, frozenset(users), acls)
 
     def create_topics(self, specs: Iterable[Any]) -> None:
         new = [NewTopic(s.name, s.partitions, s.replication, config=dict(s.config)) for s in specs]
@@ -354,7 +365,8 @@ def provision(
         {c.subject for c in changes if c.kind == "topic" and c.action == "alter"}
         - {c.subject for c in grow}
     ):
-        admin.set_configs(name, desired.topics[name].config)
+        # Within the replicas the topic has, not the cluster's size (see topic_config).
+        admin.set_configs(name, topic_config(desired.topics[name], actual.topics[name].replication))
     admin.upsert_users(passwords)
     admin.wait_for_users(passwords)
     removed = [c.subject for c in changes if c.kind == "principal" and c.action == "remove"]

@@ -19,6 +19,7 @@ from broker.platform import (
     ActualState,
     DesiredState,
     TopicSpec,
+    TopicState,
     desired_state,
     diff,
     egress,
@@ -33,7 +34,10 @@ REGISTRY = load_registry(ROOT / "policies" / "agencies.yaml")
 
 def as_actual(state: DesiredState) -> ActualState:
     return ActualState(
-        {n: (s.partitions, dict(s.config)) for n, s in state.topics.items()},
+        {
+            n: TopicState(s.partitions, dict(s.config), s.replication)
+            for n, s in state.topics.items()
+        },
         state.principals,
         state.acls,
     )
@@ -129,7 +133,7 @@ def test_diff_removes_extras_but_keeps_protected_users_and_never_deletes_topics(
     extra = Acl("User:police", "TOPIC", egress("msd"), "LITERAL", "READ")
     actual = as_actual(state)
     actual = ActualState(
-        dict(actual.topics) | {"tiaki.ingress.gone": (3, {})},
+        dict(actual.topics) | {"tiaki.ingress.gone": TopicState(3, {}, 1)},
         actual.principals | {"internal", "gone"},
         actual.acls | {extra},
     )
@@ -147,8 +151,8 @@ def test_diff_reports_config_drift_and_grows_an_unkeyed_topic() -> None:
     state = DesiredState(dict(state.topics) | {unkeyed.name: unkeyed}, state.principals, state.acls)
     actual = as_actual(state)
     topics = dict(actual.topics)
-    topics[AUDIT] = (3, {**topics[AUDIT][1], "retention.ms": "1000"})
-    topics[unkeyed.name] = (1, dict(unkeyed.config))
+    topics[AUDIT] = TopicState(3, {**topics[AUDIT].config, "retention.ms": "1000"}, 1)
+    topics[unkeyed.name] = TopicState(1, dict(unkeyed.config), 1)
     changes = [str(c) for c in diff(state, ActualState(topics, actual.principals, actual.acls))]
     assert "~ topic tiaki.unkeyed: partitions 1 -> 3" in changes
     assert any(c.startswith("~ topic tiaki.audit: retention.ms 1000 -> ") for c in changes)

@@ -55,7 +55,12 @@ class FakeAdmin:
     def list_topics(self, timeout: float) -> Any:
         return SimpleNamespace(
             topics={
-                n: SimpleNamespace(partitions=dict.fromkeys(range(s.partitions)))
+                n: SimpleNamespace(
+                    partitions={
+                        i: SimpleNamespace(replicas=list(range(1, s.replication + 1)))
+                        for i in range(s.partitions)
+                    }
+                )
                 for n, s in self.state.topics.items()
             }
         )
