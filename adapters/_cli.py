@@ -18,7 +18,7 @@ from adapters._runner import Adapter, serve_metrics
 from broker._logging import configure_logging
 from broker._settings import Settings
 from broker.codec import load_schemas
-from broker.registry import load_registry
+from broker.registry import Agency, AgencyKind, load_registry
 
 app = typer.Typer(
     help="Agency adapters: connect a case system to Tiaki (see docs/adapters.md).",
@@ -30,23 +30,28 @@ ConfigFile = Annotated[
 ]
 
 
-def _load(config: Path, agency: str | None, settings: Settings) -> AdapterConfig:
+def _load(config: Path, agency: str | None, settings: Settings) -> tuple[AdapterConfig, Agency]:
+    """The configuration, and its agency as the registry has it."""
     loaded = load_config(config, home=settings.home, schemas=load_schemas(settings.schemas_dir))
     if agency is not None and agency != loaded.agency:
         raise AdapterConfigError(
             f"{config}:1:1: the configuration is for {loaded.agency!r}, not {agency!r}"
         )
     registry = load_registry(settings.registry)
-    if registry.get(loaded.agency) is None:
+    registered = registry.get(loaded.agency)
+    if registered is None:
         raise AdapterConfigError(
             f"{config}:1:1: agency {loaded.agency!r} is not in the registry {settings.registry}"
         )
-    return loaded
+    return loaded, registered
 
 
-def _adapter(loaded: AdapterConfig, settings: Settings, **options: Any) -> Adapter:
-    """The adapter ``loaded`` describes (it reads its key folder again when a record does not
-    open for a key: a rotation taken in without a restart)."""
+def _adapter(loaded: AdapterConfig, agency: Agency, settings: Settings, **options: Any) -> Adapter:
+    """The adapter ``loaded`` describes (it reads its key folder again every few seconds:
+    rotations and revocations taken in without a restart). A regional hub also reads its
+    region's aggregates topic, ``tiaki.hub.<region>``, the region as the registry has it."""
+    if agency.kind is AgencyKind.REGIONAL_HUB:
+        options.setdefault("hub_region", agency.region)
     return Adapter.from_config(
         loaded, home=settings.home, schemas=load_schemas(settings.schemas_dir), **options
     )
@@ -59,10 +64,10 @@ def run(
 ) -> None:
     """Run the adapter until SIGTERM: publish what the sources produce, deliver what arrives."""
     settings = Settings.from_env()
-    loaded = _load(config, agency, settings)
+    loaded, registered = _load(config, agency, settings)
     configure_logging()
     metrics = serve_metrics(loaded.metrics_port) if loaded.metrics_port else None
-    adapter = _adapter(loaded, settings, metrics=metrics)
+    adapter = _adapter(loaded, registered, settings, metrics=metrics)
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -82,7 +87,7 @@ def check(
 ) -> None:
     """Validate a configuration (errors as file:line:column) without connecting."""
     settings = Settings.from_env()
-    loaded = _load(config, agency, settings)
+    loaded, _ = _load(config, agency, settings)
     print(
         f"{config}: ok ({loaded.agency}: {len(loaded.sources)} source(s), {len(loaded.sinks)} sink(s))"
     )
@@ -113,9 +118,9 @@ def replay_dead_letters(config: ConfigFile) -> None:
     """Hand every dead letter to the configured sinks again, once the cause is fixed: one line
     per event (applied, or still failing with the reason); exit 1 if any still fails."""
     settings = Settings.from_env()
-    loaded = _load(config, None, settings)
+    loaded, registered = _load(config, None, settings)
     configure_logging()
-    adapter = _adapter(loaded, settings, send_in_background=False)
+    adapter = _adapter(loaded, registered, settings, send_in_background=False)
 
     async def main() -> list[tuple[str, str | None]]:
         async with adapter.client as client:

@@ -36,11 +36,18 @@ for another attempt (the handler failed) or dead-lettered (it failed ``max_attem
 or the record cannot be opened). A failing event therefore never blocks the others, and is
 never lost: it is in Kafka, in the retry table or in the dead-letter folder. Idempotency keys
 (``<source agency>/<event id>``) of handled events are kept, so a record delivered twice
-reaches the handler once. A record that does not open for a key (sealed to a key of this
-agency's, or signed by a broker key, that the client has not loaded) makes the client read
-its key folder again, when it has one (:class:`KeyFolder`), and try once more before the
-record is dead-lettered: an agency that rotated its keys, or was given the broker's new
-document, needs no restart to read what is sealed under them.
+reaches the handler once; an egress record sealed more than :data:`MAX_EGRESS_AGE` ago is
+dead-lettered as stale rather than trusted to be known by its key. A regional hub's client
+(``hub_region``) reads its region's ``tiaki.hub.<region>`` in the same group and hands each
+aggregate table sealed to it over as a delivery from the broker.
+
+Keys: with a key folder (:class:`~adapters._keys.KeyFolder`), the client reads it again every
+5 seconds before sealing or opening, and at once when a record does not open for a key
+(sealed to a key of this agency's, or signed by a broker key, that it has not loaded), trying
+that record once more before it is dead-lettered. So a revocation is in force within 5
+seconds for sealing and opening alike, and an agency that rotated its keys, or was given the
+broker's new document, needs no restart to read what is sealed under them. The one thing a
+read does not change is the agency's own signing key (:class:`~adapters._keys.KeyRings`).
 """
 
 from __future__ import annotations
@@ -67,21 +74,35 @@ from adapters._connection import Connection, Feed, KafkaConnection
 from adapters._deadletter import DeadLetter, DeadLetters
 from adapters._errors import InvalidEvent
 from adapters._events import Received, idempotency_key
+from adapters._keys import KeyFolder, KeyRings
 from adapters._metrics import AdapterMetrics
 from adapters._state import Parked, Pending, Refused, StateStore
-from broker.codec import CodecError, Schema, SchemaSet, decode, encode, from_json, load_schemas
+from broker.codec import (
+    CodecError,
+    Schema,
+    SchemaSet,
+    UnknownSchema,
+    decode,
+    encode,
+    from_json,
+    load_schemas,
+    to_json,
+)
 from broker.envelope import (
     BROKER,
     EnvelopeError,
+    KeyRevoked,
     KeyRing,
-    KeyStore,
-    KeyStoreError,
     KeyUnusable,
     Kind,
+    Opened,
     Opener,
     Sealer,
+    Stale,
+    WrongRecipient,
 )
-from broker.platform import egress, group_prefix, ingress, load_profile
+from broker.platform import egress, group_prefix, hub, ingress, load_profile
+from broker.platform._topics import HUB_PREFIX
 from broker.transport import Publisher, Record, ResourceBase, TransportError
 
 log = structlog.get_logger("tiaki.adapter")
@@ -137,6 +158,17 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 #: How long (seconds) an idle sender sleeps before it looks at the clock again.
 _IDLE_WAKE_S = 60.0
+
+#: The oldest an egress record read from the topic may be (by its authenticated ``sealed_at``);
+#: an older one is dead-lettered as ``cannot open: stale``. The egress topic keeps records 14
+#: days (``broker.platform._plan.RETENTION_DAYS``), and Kafka deletes whole segments, so one
+#: may outlive that by a segment's roll time (a week by default): 21 days is past both, and no
+#: record the topic still holds is refused. It is under ``keep_sent`` (30 days), so a record
+#: that passes was handled, if ever, recently enough for its idempotency key to be kept: an
+#: old record written to the topic again (by a Kafka administrator, or a restore from backup)
+#: is refused here or dropped as a duplicate, never handed over as new. Retries and dead
+#: letters the adapter holds itself are not checked again.
+MAX_EGRESS_AGE = dt.timedelta(days=21)
 
 #: How much of a traceback a ``.detail`` file keeps (its end: the exception and where).
 _MAX_DETAIL = 64 * 1024
@@ -201,33 +233,6 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True)
-class KeyFolder:
-    """An agency's key folder (``tiaki keys init``): its own key set, with private keys, and
-    the broker's public document. The client reads it again when a record does not open for
-    a key, as the broker reads its own every 5 seconds, so a rotation (or the broker's new
-    document) is taken in without a restart. Only for opening: the client keeps sealing and
-    signing with the keys it started with until it is restarted, so a new signing key is not
-    used before the broker has it (docs/adapters.md, "Rotate keys")."""
-
-    path: Path
-    agency: str
-    key_ref: str | None = None
-
-    def load(self) -> KeyRing:
-        """Every key set the agency needs; :class:`KeyStoreError` if one cannot be read."""
-        ring, refused = self.load_each()
-        if refused:
-            raise next(iter(refused.values()))
-        return ring
-
-    def load_each(self) -> tuple[KeyRing, dict[str, KeyStoreError]]:
-        """What can be read, and why each other key set could not (see
-        :meth:`KeyStore.load_each`): one broken document keeps the rest usable."""
-        ref = self.key_ref or self.agency
-        return KeyStore(self.path).load_each({self.agency: ref, BROKER: BROKER}, private_for=[ref])
-
-
-@dataclass(frozen=True)
 class ClientStatistics:
     accepted: int
     sent: int
@@ -244,6 +249,8 @@ class ClientStatistics:
     #: adapter: everything committed to its egress topic so far has reached the handler).
     polls: int = 0
     idle_polls: int = 0
+    #: Records on a regional hub's topic sealed to another hub of its region, passed over.
+    skipped: int = 0
 
 
 @dataclass
@@ -258,6 +265,7 @@ class _Counts:
     refused: int = 0
     polls: int = 0
     idle_polls: int = 0
+    skipped: int = 0
     last_send_error: str | None = field(default=None)
 
 
@@ -270,9 +278,14 @@ class AdapterClient(ResourceBase):
     and the dead-letter folder; ``None`` keeps state in memory (tests only: not durable).
     ``clock`` is injected so tests never wait for a retry delay. ``send_in_background=False``
     leaves sending to explicit :meth:`send_pending` calls (deterministic tests). Sent event
-    ids and handled keys older than ``keep_sent`` are forgotten every ``prune_every``.
-    ``key_folder`` (set by :meth:`from_files`): where ``ring`` came from, read again when a
-    record does not open for a key; the opener then works on its own copy of the ring.
+    ids and handled keys older than ``keep_sent`` are forgotten every ``prune_every``
+    (``keep_sent`` must be longer than :data:`MAX_EGRESS_AGE`). ``key_folder`` (set by
+    :meth:`from_files`): where ``ring`` came from, read again every 5 seconds and when a
+    record does not open for a key (:class:`~adapters._keys.KeyRings`). ``hub_region``: for a
+    regional hub (registry kind ``regional_hub``), its region, whose ``tiaki.hub.<region>``
+    the client reads beside its egress topic (``tiaki adapter run`` sets it from the
+    registry); each aggregate table sealed to this agency arrives as a :class:`Received` of
+    type ``AggregateTable`` from ``broker``.
     """
 
     def __init__(
@@ -291,25 +304,26 @@ class AdapterClient(ResourceBase):
         keep_sent: dt.timedelta = dt.timedelta(days=30),
         prune_every: dt.timedelta = dt.timedelta(hours=1),
         key_folder: KeyFolder | None = None,
+        hub_region: str | None = None,
     ) -> None:
         self.agency = agency
         self.group_id = group_id or f"{group_prefix(agency)}adapter"
         if not self.group_id.startswith(group_prefix(agency)):
             raise ValueError(f"consumer groups of {agency} start with {group_prefix(agency)!r}")
+        if keep_sent <= MAX_EGRESS_AGE:
+            # Below it, an old record written to the topic again would be neither refused as
+            # stale nor known by its idempotency key.
+            raise ValueError(f"keep_sent must be longer than {MAX_EGRESS_AGE.days} days")
+        #: The topics the client reads: its egress topic, and a regional hub's aggregates.
+        self.topics = (egress(agency),) + ((hub(hub_region),) if hub_region else ())
         self.schemas = schemas
         self.retry = retry or RetryPolicy()
         self.metrics = metrics
         self._connection = connection
         self._clock = clock
-        self._sealer = Sealer(agency, ring)
-        self._key_folder = key_folder
-        if key_folder is not None:
-            # The opener's own copy: keys read again later must not change what is signed.
-            self._opener_ring = KeyRing()
-            self._opener_ring.update_from(ring)
-        else:
-            self._opener_ring = ring
-        self._opener = Opener(agency, self._opener_ring)
+        self._keys = KeyRings(agency, ring, key_folder)
+        self._sealer = Sealer(agency, self._keys.sealing)
+        self._opener = Opener(agency, self._keys.opening)
         self._state = StateStore(state_dir / "adapter.sqlite" if state_dir else None)
         self.dead_letters = DeadLetters(
             state_dir / "dead-letters" if state_dir else Path("dead-letters")
@@ -342,7 +356,8 @@ class AdapterClient(ResourceBase):
     ) -> AdapterClient:
         """The client an agency runs: its profile, its own private keys, public keys of the
         broker, and the schemas. Only ``agency``'s private keys are loaded. The key folder is
-        read again when a record does not open for a key (:class:`KeyFolder`)."""
+        read again every 5 seconds and when a record does not open for a key
+        (:class:`~adapters._keys.KeyRings`)."""
         folder = KeyFolder(keys_dir, agency, key_ref)
         return cls(
             agency,
@@ -404,6 +419,7 @@ class AdapterClient(ResourceBase):
             refused=c.refused,
             polls=c.polls,
             idle_polls=c.idle_polls,
+            skipped=c.skipped,
         )
 
     # -- publishing ----------------------------------------------------------------------
@@ -554,6 +570,7 @@ class AdapterClient(ResourceBase):
     async def _send(self, row: Pending) -> bool:
         now = self._clock()
         key = row.case_id.encode()
+        self._keys.refresh_if_due(now)  # a revoked key is not sealed to
         try:
             if self._publisher is None:
                 publisher = self._connection.publisher()
@@ -580,8 +597,9 @@ class AdapterClient(ResourceBase):
             record = await self._publisher.publish(ingress(self.agency), key, sealed)
         except KeyUnusable as exc:
             # A key problem (expired, revoked, the broker's key unknown) needs a person; the
-            # event waits in the outbox and is sent once the keys are fixed and the adapter
-            # restarted. It is the same for every row, so nothing is gained by skipping one.
+            # event waits in the outbox and is sent once the key folder has the fix (read
+            # every 5 seconds; the agency's own new signing key only after a restart). It is
+            # the same for every row, so nothing is gained by skipping one.
             self._counts.last_send_error = type(exc).__name__
             log.error(
                 "cannot seal; event kept in the outbox",
@@ -731,6 +749,7 @@ class AdapterClient(ResourceBase):
             return 0
         self._counts.polls += 1
         self._prune_if_due()
+        self._keys.refresh_if_due(self._clock())  # every few seconds, records or none
         self._counts.idle_polls = 0 if records else self._counts.idle_polls + 1
         for record in records:
             await self._deliver(record, handler)
@@ -766,7 +785,7 @@ class AdapterClient(ResourceBase):
 
     async def _open_feed(self) -> Feed:
         if self._feed is None:
-            feed = self._connection.feed(egress(self.agency), self.group_id)
+            feed = self._connection.feed(self.topics, self.group_id)
             try:
                 await feed.start()
             except BaseException:
@@ -789,20 +808,22 @@ class AdapterClient(ResourceBase):
             raise ValueError("a refusal notice, not an event")
         return opened
 
-    def _open_any(self, topic: str, value: bytes) -> Received | dict[str, Any]:
-        """Verify, decrypt and decode one egress record: an event, or the broker's refusal
-        notice about a record this agency sent (raises Envelope/Codec errors). A record that
-        does not open for a key is tried once more if the key folder had something new."""
-        try:
-            opened = self._opener.open(
-                value, topic=topic, now=self._clock(), kind=Kind.EGRESS, source=BROKER
-            )
-        except KeyUnusable:
-            if not self._reload_keys():
-                raise
-            opened = self._opener.open(
-                value, topic=topic, now=self._clock(), kind=Kind.EGRESS, source=BROKER
-            )
+    def _open_any(
+        self, topic: str, value: bytes, *, arrived: bool = False
+    ) -> Received | dict[str, Any]:
+        """Verify, decrypt and decode one record of a topic the client reads: on its egress
+        topic an event, or the broker's refusal notice about a record this agency sent; on a
+        hub topic an aggregate table (raises Envelope/Codec errors). ``arrived``: just read
+        from the topic, not a retry or dead letter the adapter holds, so an egress record
+        sealed more than :data:`MAX_EGRESS_AGE` ago is refused (:class:`Stale`)."""
+        now = self._clock()
+        self._keys.refresh_if_due(now)  # a revoked key does not open anything
+        opened = self._unseal(topic, value, now)
+        if topic.startswith(HUB_PREFIX):
+            # Kept a year for the hub to read back: no age bound (docs/adapters.md).
+            return self._table(opened)
+        if arrived and opened.sealed_at < now - MAX_EGRESS_AGE:
+            raise Stale(f"sealed more than {MAX_EGRESS_AGE.days} days ago")
         notice = self.schemas.latest("RefusalNotice")
         if opened.schema_fingerprint == notice.fingerprint:
             return decode(opened.payload, notice)
@@ -813,29 +834,26 @@ class AdapterClient(ResourceBase):
         )
         return Received.from_shared(shared, json.loads(shared["body_json"]))
 
-    def _reload_keys(self) -> bool:
-        """Read the key folder again into the opener's ring; whether any key changed (so
-        opening again may succeed). Without a key folder, or if it cannot be read, False."""
-        if self._key_folder is None:
-            return False
+    def _unseal(self, topic: str, value: bytes, now: dt.datetime) -> Opened:
+        """Open a record from the broker. One that does not open for a key is tried once more
+        if reading the key folder again brought something new (a rotation, the broker's new
+        document). A revoked key stays refused: no read can change that."""
         try:
-            fresh, refused = self._key_folder.load_each()
-        except (KeyStoreError, OSError) as exc:  # the revocation list, or the folder, unreadable
-            log.warning("key folder unreadable", agency=self.agency, error_type=type(exc).__name__)
-            return False
-        for ref, error in refused.items():
-            log.warning(
-                "key document refused; its keys in force kept",
-                agency=self.agency,
-                source=ref,
-                error_type=type(error).__name__,
-            )
-        changed, _ = self._opener_ring.update_from(fresh)
-        for info in changed:
-            log.info(
-                "key updated", agency=self.agency, key_id=info.key_id, key_state=info.state.value
-            )
-        return bool(changed)
+            return self._opener.open(value, topic=topic, now=now, kind=Kind.EGRESS, source=BROKER)
+        except KeyRevoked:
+            raise
+        except KeyUnusable:
+            if not self._keys.refresh():
+                raise
+        return self._opener.open(value, topic=topic, now=now, kind=Kind.EGRESS, source=BROKER)
+
+    def _table(self, opened: Opened) -> Received:
+        """A regional hub's aggregate table, as a delivery from the broker."""
+        schema = self.schemas.latest("AggregateTable")
+        if self.schemas.by_fingerprint(opened.schema_fingerprint).name != schema.name:
+            raise UnknownSchema("a hub topic carries aggregate tables only")
+        table = self.schemas.decode(opened.payload, opened.schema_fingerprint, schema)
+        return Received.from_table(opened.event_id, table["published_at"], to_json(schema, table))
 
     def _refused(self, notice: Mapping[str, Any]) -> None:
         """The broker quarantined a record this agency sent: say so where the agency's IT
@@ -877,13 +895,19 @@ class AdapterClient(ResourceBase):
         )
 
     async def _deliver(self, record: Record, handler: Handler) -> None:
-        self._counts.received += 1
         try:
-            event = self._open_any(record.topic, record.value)
+            event = self._open_any(record.topic, record.value, arrived=True)
         except (EnvelopeError, CodecError, ValueError, KeyError) as exc:
+            if isinstance(exc, WrongRecipient) and record.topic.startswith(HUB_PREFIX):
+                # A region's table is sealed to each of its hubs on the one topic: the other
+                # hubs' copies are not for this agency, and not a fault either.
+                self._counts.skipped += 1
+                return
+            self._counts.received += 1
             where = f"{record.topic}-{record.partition}-{record.offset}"
             self._dead_letter(Parked.of(record, where), None, attempts=0, reason=_unopenable(exc))
             return
+        self._counts.received += 1
         if not isinstance(event, Received):
             self._refused(event)
             return

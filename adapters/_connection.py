@@ -5,7 +5,8 @@ in-memory one beside it (for unit tests and for trying an adapter without a clus
 
     class Connection:
         def publisher() -> Publisher                  # idempotent producer (broker.transport)
-        def feed(topic, group_id) -> Feed             # the agency's egress topic, in a group
+        def feed(topics, group_id) -> Feed            # the agency's egress topic (and a
+                                                      # regional hub's), in a group
 
     class Feed:                                       # async context manager
         async def poll(max_records, timeout_ms) -> list[Record]
@@ -44,7 +45,8 @@ from broker.transport import (
 
 
 class Feed(AsyncResource, Protocol):
-    """One agency's egress topic read in a consumer group, committed by hand."""
+    """One agency's egress topic (and, for a regional hub, its region's aggregates topic) read
+    in a consumer group, committed by hand."""
 
     async def poll(self, max_records: int, timeout_ms: int) -> list[Record]: ...
 
@@ -56,7 +58,12 @@ class Connection(Protocol):
 
     def publisher(self) -> Publisher: ...
 
-    def feed(self, topic: str, group_id: str) -> Feed: ...
+    def feed(self, topics: str | Sequence[str], group_id: str) -> Feed: ...
+
+
+def _topics(topics: str | Sequence[str]) -> tuple[str, ...]:
+    """One topic name, or several: a ``str`` is one name, never a sequence of letters."""
+    return (topics,) if isinstance(topics, str) else tuple(topics)
 
 
 def _offsets(records: Sequence[Record]) -> dict[tuple[str, int], int]:
@@ -84,16 +91,18 @@ def _translate(exc: BaseException) -> TransportError:
 class KafkaFeed(ResourceBase):
     """:class:`Feed` on aiokafka: read-committed, no auto-commit, earliest on a new group."""
 
-    def __init__(self, profile: Profile, topic: str, group_id: str, **options: Any) -> None:
+    def __init__(
+        self, profile: Profile, topics: str | Sequence[str], group_id: str, **options: Any
+    ) -> None:
         self._profile = profile
-        self._topic = topic
+        self._topics = _topics(topics)
         self._group_id = group_id
         self._options = options
         self._consumer: AIOKafkaConsumer | None = None
 
     async def start(self) -> None:
         self._consumer = AIOKafkaConsumer(
-            self._topic,
+            *self._topics,
             **self._options,
             **self._profile.aiokafka_kwargs(),
             group_id=self._group_id,
@@ -166,16 +175,18 @@ class KafkaConnection:
             linger_ms=0,
         )
 
-    def feed(self, topic: str, group_id: str) -> Feed:
-        return KafkaFeed(self.profile, topic, group_id)
+    def feed(self, topics: str | Sequence[str], group_id: str) -> Feed:
+        return KafkaFeed(self.profile, topics, group_id)
 
 
 class InMemoryFeed(ResourceBase):
     """:class:`Feed` on an :class:`~broker.transport.InMemoryCluster` consumer group."""
 
-    def __init__(self, cluster: InMemoryCluster, topic: str, group_id: str) -> None:
+    def __init__(
+        self, cluster: InMemoryCluster, topics: str | Sequence[str], group_id: str
+    ) -> None:
         self._worker: InMemoryTransport = cluster.worker(
-            group_id, worker_id=group_id, topics=[topic]
+            group_id, worker_id=group_id, topics=_topics(topics)
         )
 
     async def start(self) -> None:
@@ -202,8 +213,8 @@ class InMemoryConnection:
     def publisher(self) -> Publisher:
         return _SwitchablePublisher(self)
 
-    def feed(self, topic: str, group_id: str) -> Feed:
-        return InMemoryFeed(self.cluster, topic, group_id)
+    def feed(self, topics: str | Sequence[str], group_id: str) -> Feed:
+        return InMemoryFeed(self.cluster, topics, group_id)
 
 
 class _SwitchablePublisher(ResourceBase):

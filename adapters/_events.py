@@ -4,7 +4,8 @@ Pure: no I/O. A :class:`Received` is the broker's ``SharedEvent`` for this agenc
 opened and verified: the event minimised by policy (``body``, plain JSON, because a field the
 policy dropped may be one the original schema requires) plus why it was shared (route, legal
 basis, purpose, obligations such as ``no_criminal_use``, the rules that matched and what
-happened to each field).
+happened to each field). For a regional hub it is also a monthly ``AggregateTable`` the
+broker published to it (:meth:`Received.from_table`).
 
 The helpers return plain JSON documents ready for :meth:`AdapterClient.publish`; they fill in
 what follows from the event being answered (request id, correlation id, case id, the task's
@@ -17,6 +18,8 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from broker.envelope import BROKER
 
 #: What an agency may do with a task it was given (TaskEvent ``transition``).
 TaskTransition = Literal["accepted", "declined", "completed"]
@@ -94,6 +97,33 @@ class Received:
             shared_at=shared_at,
             body=body,
             decided_at=decided_at or shared_at,  # records before SharedEvent v2 have none
+        )
+
+    @classmethod
+    def from_table(
+        cls, event_id: str, published_at: dt.datetime, table: Mapping[str, Any]
+    ) -> Received:
+        """A regional hub's monthly aggregate table (``table``: an ``AggregateTable`` in its
+        plain JSON form) as a delivery from the broker, which counted and published it: its
+        idempotency key is ``broker/<event id>``, and it was shared (and decided) when
+        published. No sharing decision made it (``route``, ``legal_basis`` and ``purpose``
+        are None, no rules, no field actions): the output rules it was published under are
+        in the table itself (``output_rules``, ``governance``)."""
+        published_at = _utc(published_at)
+        return cls(
+            event_id=event_id,
+            event_type="AggregateTable",
+            source_agency=BROKER,
+            route=None,
+            legal_basis=None,
+            purpose=None,
+            obligations=(),
+            rule_ids=(),
+            field_actions={},
+            policy_hash="",
+            shared_at=published_at,
+            body=table,
+            decided_at=published_at,
         )
 
 

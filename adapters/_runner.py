@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 from prometheus_client import CollectorRegistry, start_http_server
 
-from adapters._client import AdapterClient, KeyFolder, RetryPolicy
+from adapters._client import AdapterClient, RetryPolicy
 from adapters._config import (
     AdapterConfig,
     FolderSinkConfig,
@@ -31,6 +31,7 @@ from adapters._config import (
 from adapters._connection import Connection, KafkaConnection
 from adapters._errors import AdapterConfigError
 from adapters._events import Received
+from adapters._keys import KeyFolder
 from adapters._metrics import AdapterMetrics
 from adapters._sinks import FolderSink, Sink, StdoutSink, WebhookSink
 from adapters._sources import FolderSource, Source, WebhookSource
@@ -63,8 +64,9 @@ class Adapter:
         **client_options: Any,
     ) -> Adapter:
         """Build the adapter ``config`` describes; paths resolve ``{home}``."""
-        # Read again when a record does not open for a key (a rotation taken in without a
-        # restart), whoever builds the adapter: the command, the demo, a test.
+        # Read again every few seconds and when a record does not open for a key (rotations
+        # and revocations taken in without a restart), whoever builds the adapter: the
+        # command, the demo, a test.
         keys = KeyFolder(config.path(config.keys, home), config.agency, config.key_ref)
         client_options.setdefault("key_folder", keys)
         ring = keys.load()
