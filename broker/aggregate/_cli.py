@@ -21,6 +21,7 @@ from broker.aggregate._publish import (
     HubError,
     check_request,
     count,
+    previous_month,
     publish,
     rounding_key,
     shown,
@@ -46,7 +47,12 @@ def _indicators(tools: BrokerTools) -> list[str]:
 @app.command("publish")
 def publish_command(
     region: Annotated[str, typer.Option("--region", help="The hub's region (registry id).")],
-    month: Annotated[str, typer.Option("--month", help="The month counted, YYYY-MM.")],
+    month: Annotated[
+        str,
+        typer.Option(
+            "--month", help="The month counted, YYYY-MM, or `last` (the month before this one)."
+        ),
+    ],
     operator: Annotated[
         str, typer.Option("--operator", help="Your name, as the audit log will show it.")
     ],
@@ -84,6 +90,8 @@ def publish_command(
             "--governance-approved-by and --governance-reference go together: the approval "
             "is recorded with who gave it and its reference"
         )
+    if month == "last":
+        month = previous_month(datetime.now(UTC))
     tools = BrokerTools()
     registry = load_registry(tools.settings.registry)
     hubs = check_request(registry, _indicators(tools), region, month, measure)

@@ -33,7 +33,7 @@ from broker.platform._topics import hub
 from broker.registry import Registry
 from broker.runtime._audit import AuditContext, audit_base
 from broker.runtime._pipeline import audit_output
-from broker.runtime._tallies import EPISODES, GROUPS, INDICATOR_PREFIX, MAORI, UNKNOWN
+from broker.runtime._tallies import EPISODES, GROUPS, INDICATOR_PREFIX, MAORI, NZ, UNKNOWN
 from broker.transport import Outgoing, Record
 
 #: The output rules every table is published under, by LAW.md reference.
@@ -80,6 +80,14 @@ def rounding_key(subject_key: bytes) -> bytes:
     published again (another key would round the same counts otherwise, and two roundings of
     one count narrow it down)."""
     return hmac.new(subject_key, b"tiaki rr3 rounding key v1", hashlib.sha256).digest()
+
+
+def previous_month(now: datetime) -> str:
+    """The calendar month before ``now``'s, in New Zealand time, as ``YYYY-MM`` (``--month
+    last``, for a scheduled run early in the month)."""
+    local = now.astimezone(NZ)
+    year, month = (local.year, local.month - 1) if local.month > 1 else (local.year - 1, 12)
+    return f"{year:04d}-{month:02d}"
 
 
 def check_request(

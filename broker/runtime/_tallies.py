@@ -58,9 +58,9 @@ NOT_STATED = "9"
 UNKNOWN = "unknown"
 
 try:
-    _NZ: dt.tzinfo = ZoneInfo("Pacific/Auckland")
+    NZ: dt.tzinfo = ZoneInfo("Pacific/Auckland")
 except ZoneInfoNotFoundError:  # a host without the time zone database: months in UTC
-    _NZ = dt.UTC
+    NZ = dt.UTC
 
 
 def tally_key(secret: bytes) -> bytes:
@@ -90,7 +90,7 @@ def region_id(text: Any) -> str:
 
 def _month(value: Any) -> str | None:
     if isinstance(value, dt.datetime):
-        local = value.astimezone(_NZ) if value.tzinfo is not None else value
+        local = value.astimezone(NZ) if value.tzinfo is not None else value
         return f"{local.year:04d}-{local.month:02d}"
     if isinstance(value, dt.date):
         return f"{value.year:04d}-{value.month:02d}"

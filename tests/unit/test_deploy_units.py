@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 import adapters._cli as adapter_cli
+import broker.aggregate._cli as hub_cli
 import broker.runtime._cli as broker_cli
 import broker.runtime._review_cli as review_cli
 from broker._cli import main
@@ -32,6 +33,8 @@ BROKER = UNITS / "tiaki-broker@.service"
 ADAPTER = UNITS / "tiaki-adapter@.service"
 ESCALATE = UNITS / "tiaki-review-escalate.service"
 TIMER = UNITS / "tiaki-review-escalate.timer"
+HUB = UNITS / "tiaki-hub-publish@.service"
+HUB_TIMER = UNITS / "tiaki-hub-publish@.timer"
 
 
 def unit(path: Path) -> dict[str, dict[str, list[str]]]:
@@ -126,6 +129,7 @@ def started_with(monkeypatch: pytest.MonkeyPatch, argv: list[str]) -> Any:
     monkeypatch.setattr(broker_cli, "ServiceOptions", options)
     monkeypatch.setattr(adapter_cli, "_load", load)
     monkeypatch.setattr(review_cli, "BrokerTools", tools)
+    monkeypatch.setattr(hub_cli, "BrokerTools", tools)
     assert main(argv) == 1  # the capture, reported as an error like any other
     assert len(seen) == 1, "the command never reached the service"
     return seen[0]
@@ -306,7 +310,7 @@ def test_systemd_reads_the_units_without_complaint(tmp_path: Path) -> None:
     """``systemd-analyze verify``, with the program path pointed at this checkout's ``tiaki``
     (it checks that the program exists): no unknown key, no value it cannot parse."""
     tiaki = Path(sys.executable).parent / "tiaki"
-    units = (BROKER, ADAPTER, ESCALATE, TIMER)
+    units = (BROKER, ADAPTER, ESCALATE, TIMER, HUB, HUB_TIMER)
     for path in units:
         text = path.read_text().replace("/opt/tiaki/.venv/bin/tiaki", str(tiaki))
         (tmp_path / path.name).write_text(text)
@@ -320,3 +324,39 @@ def test_systemd_reads_the_units_without_complaint(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == ""
+
+
+def test_the_monthly_hub_publication_runs_as_the_broker_for_its_region(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``tiaki hub publish`` for the instance's region and last month, through the real CLI
+    with the unit's environment, as the broker (it reads the tallies and seals with the
+    broker's keys), with everything of the broker unit but what makes it a long-running
+    worker."""
+    env = environment(HUB, "canterbury")
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    argv = command_line(HUB, "canterbury", env)
+    assert argv[:6] == [
+        "/opt/tiaki/.venv/bin/tiaki",
+        "hub",
+        "publish",
+        "--region",
+        "canterbury",
+        "--month",
+    ]
+    assert argv[6] == "last"
+    assert argv[argv.index("--operator") + 1] == "scheduled (tiaki-hub-publish@canterbury.timer)"
+    home = started_with(monkeypatch, argv[1:])
+    assert home == Settings.from_env(environment(BROKER, "1")).home
+    hub, broker = unit(HUB)["Service"], unit(BROKER)["Service"]
+    worker = {"Type", "ExecStart", "KillMode", "TimeoutStopSec", "Restart", "RestartSec"}
+    assert {k: v for k, v in hub.items() if k not in worker | {"TimeoutStartSec"}} == {
+        k: v for k, v in broker.items() if k not in worker
+    } | {"EnvironmentFile": ["/etc/tiaki/tiaki.env"]}
+    assert hub["Type"] == ["oneshot"]
+    timer = unit(HUB_TIMER)
+    assert timer["Timer"]["Unit"] == ["tiaki-hub-publish@%i.service"]
+    assert timer["Timer"]["OnCalendar"] == ["*-*-02 03:00:00 Pacific/Auckland"]
+    assert timer["Timer"]["Persistent"] == ["true"]
+    assert "Install" not in unit(HUB)

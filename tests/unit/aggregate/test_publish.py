@@ -15,6 +15,7 @@ from broker.aggregate._publish import (
     check_person,
     check_request,
     count,
+    previous_month,
     publish,
     rounding_key,
 )
@@ -158,3 +159,17 @@ def test_indicator_measures_are_taken() -> None:
 def test_a_person_and_their_reasons_are_checked(name: str, reasons: str, message: str) -> None:
     with pytest.raises(HubError, match=message):
         check_person("operator", name, reasons)
+
+
+@pytest.mark.parametrize(
+    ("now", "month"),
+    [
+        (dt.datetime(2026, 12, 2, 3, tzinfo=dt.UTC), "2026-11"),
+        (dt.datetime(2027, 1, 2, 3, tzinfo=dt.UTC), "2026-12"),  # across the year
+        # 14:00 UTC on 31 January is already 1 February in New Zealand (NZDT, UTC+13).
+        (dt.datetime(2027, 1, 31, 14, tzinfo=dt.UTC), "2027-01"),
+        (dt.datetime(2027, 1, 31, 10, tzinfo=dt.UTC), "2026-12"),
+    ],
+)
+def test_last_month_is_the_month_before_in_new_zealand(now: dt.datetime, month: str) -> None:
+    assert previous_month(now) == month
