@@ -34,16 +34,22 @@ def test_corrections_sees_a_child_by_role_and_year_never_by_name(
     record["header"]["sharing"] = sharing(purpose="fv_plan_or_response", child_consulted="yes")
     people = record["people"]
     assert any(p["role"] == "child" for p in people), "the example needs a child"
+    # A second child the sender recorded with role unknown (the enum's default).
+    unknown = copy.deepcopy(next(p for p in people if p["role"] == "child"))
+    unknown["role"] = "unknown"
+    unknown["person"]["given_names"] = "Test Unrecorded Child"
+    people.append(unknown)
     decision = engine.decide(
         DecisionInput.from_record(record, "corrections", at=AT, participates=True)
     )
     assert decision.outcome is Outcome.SHARE_MINIMISED, decision.reason_codes
     body = apply_field_plan(record, decision, Pseudonymiser(TEST_SECRET))
     shown = body["people"]
+    assert "Test Unrecorded Child" not in json.dumps(body, default=str)
     assert len(shown) == len(people)
     for item, original in zip(shown, people, strict=True):
         assert item["role"] == original["role"]
-        if original["role"] == "child":
+        if original["role"] not in ("victim", "person_using_violence"):
             assert set(item.get("person", {})) <= {"date_of_birth"}
             assert item["person"]["date_of_birth"] == original["person"]["date_of_birth"].year
             text = json.dumps(item)
