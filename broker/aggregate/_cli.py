@@ -29,6 +29,7 @@ from broker.aggregate._publish import (
 from broker.platform._topics import STATE_TALLIES
 from broker.registry import load_registry
 from broker.runtime._operator import BrokerTools
+from broker.runtime._service import secret_paths
 from broker.runtime._tallies import EPISODES
 from broker.transport import Outgoing, Record
 
@@ -96,6 +97,14 @@ def publish_command(
     registry = load_registry(tools.settings.registry)
     hubs = check_request(registry, _indicators(tools), region, month, measure)
     approval = None if approver is None else Approval(approver, reference or "")
+    subject_key = secret_paths(tools.settings)[0]
+    if not subject_key.exists():
+        # Never made here: the rounding key comes from it, and a new one would round the
+        # same counts otherwise than every table published before (which narrows them).
+        raise HubError(
+            f"no audit subject key at {subject_key} (the broker creates it): run this where "
+            "the broker runs"
+        )
     context = tools.audit_context()
     now = datetime.now(UTC)
     found: dict[str, Any] = {}

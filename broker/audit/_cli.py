@@ -278,7 +278,10 @@ def _read(
             exported_at(lines),
         )
     connection = load_profile(profile_path(settings.profiles_dir, profile))
-    return (*asyncio.run(read_log(connection)), _now())
+    # Taken before reading: a record whose checkpoint came while the log was read must not
+    # look overdue against the end of a long read (the checkpoints are read first).
+    read_at = _now()
+    return (*asyncio.run(read_log(connection)), read_at)
 
 
 def _check_format(fmt: str) -> None:
@@ -418,8 +421,9 @@ def verify_command(
             report = verify_log(audit, checkpoints, ring, witnesses=saved)
         else:  # a live log: a commit in flight is re-read, not reported (see verify_live)
             connection = load_profile(profile_path(settings.profiles_dir, profile))
+            read_at = _now()  # before reading, as in _read
             audit, _, report = asyncio.run(verify_live(connection, ring, witnesses=saved))
-            records, read_at = len(audit), _now()
+            records = len(audit)
         outcome = "ok" if report.records else "nothing verified: no audit records"
         unvouched = [c.chain for c in report.chains if c.signed == 0]
         overdue = report.overdue(read_at) if read_at is not None else {}
@@ -884,12 +888,14 @@ def export_command(
     settings = _settings()
     connection = load_profile(profile_path(settings.profiles_dir, profile))
     ring = KeyStore(settings.keys_dir).load({BROKER: BROKER}, private_for=[])
+    # Taken before reading (it is the export's exported_at, which verify --file measures how
+    # long records waited for a checkpoint against): the checkpoints are read first.
+    now = _now()
     try:  # a settled read (no commit in flight), so that `verify --file` sees what Kafka holds
         audit, checkpoints, _ = asyncio.run(verify_live(connection, ring))
     except LogTampered as exc:  # still export: a log that does not verify is evidence too
         print(f"tiaki: warning: the audit log does NOT verify: {exc}", file=sys.stderr)
         audit, checkpoints = asyncio.run(read_log(connection))
-    now = _now()
     # Written aside and put in place only once the access is recorded: an export whose
     # recording failed is not left behind, unrecorded.
     partial = out.with_name(out.name + ".partial")

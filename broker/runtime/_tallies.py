@@ -88,6 +88,51 @@ def region_id(text: Any) -> str:
     return "-".join(plain.lower().replace("region", " ").split()) or UNKNOWN
 
 
+#: New Zealand's 67 territorial authorities (Stats NZ, 2023), as a table's rows name them. A
+#: territorial authority is free text in an event: anything that is not one of these (a typo,
+#: an address in the wrong field) is counted as ``unknown``, never published as a row label.
+TERRITORIAL_AUTHORITIES = (
+    "Far North District", "Whangārei District", "Kaipara District", "Auckland",
+    "Thames-Coromandel District", "Hauraki District", "Waikato District",
+    "Matamata-Piako District", "Hamilton City", "Waipā District", "Ōtorohanga District",
+    "South Waikato District", "Waitomo District", "Taupō District",
+    "Western Bay of Plenty District", "Tauranga City", "Rotorua District",
+    "Whakatāne District", "Kawerau District", "Ōpōtiki District", "Gisborne District",
+    "Wairoa District", "Hastings District", "Napier City", "Central Hawke's Bay District",
+    "New Plymouth District", "Stratford District", "South Taranaki District",
+    "Ruapehu District", "Whanganui District", "Rangitīkei District", "Manawatū District",
+    "Palmerston North City", "Tararua District", "Horowhenua District",
+    "Kāpiti Coast District", "Porirua City", "Upper Hutt City", "Lower Hutt City",
+    "Wellington City", "Masterton District", "Carterton District",
+    "South Wairarapa District", "Tasman District", "Nelson City", "Marlborough District",
+    "Kaikōura District", "Buller District", "Grey District", "Westland District",
+    "Hurunui District", "Waimakariri District", "Christchurch City", "Selwyn District",
+    "Ashburton District", "Timaru District", "Mackenzie District", "Waimate District",
+    "Chatham Islands Territory", "Waitaki District", "Central Otago District",
+    "Queenstown-Lakes District", "Dunedin City", "Clutha District", "Southland District",
+    "Gore District", "Invercargill City",
+)  # fmt: skip
+
+
+def _plain_name(text: str) -> str:
+    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
+    return " ".join(plain.lower().replace("’", "'").split())
+
+
+_AUTHORITIES = {_plain_name(name): name for name in TERRITORIAL_AUTHORITIES} | {
+    "hutt city": "Lower Hutt City",
+    "auckland council": "Auckland",
+}
+
+
+def territorial_authority(text: Any) -> str:
+    """``text`` as one of :data:`TERRITORIAL_AUTHORITIES` (case, macrons and spacing aside),
+    or ``unknown``."""
+    if not isinstance(text, str):
+        return UNKNOWN
+    return _AUTHORITIES.get(_plain_name(text), UNKNOWN)
+
+
 def _month(value: Any) -> str | None:
     if isinstance(value, dt.datetime):
         local = value.astimezone(NZ) if value.tzinfo is not None else value
@@ -95,10 +140,6 @@ def _month(value: Any) -> str | None:
     if isinstance(value, dt.date):
         return f"{value.year:04d}-{value.month:02d}"
     return None
-
-
-def _text(value: Any) -> str:
-    return value.strip() if isinstance(value, str) and value.strip() else UNKNOWN
 
 
 def tally_of(
@@ -118,12 +159,20 @@ def tally_of(
         region = region_id(location.get("region"))
         victims = [p for p in event.get("people") or () if (p or {}).get("role") == "victim"]
         codes = ((victims[0] or {}).get("person") or {}).get("ethnicity") or () if victims else ()
-        episode = f"{EPISODES}\x1f{case}\x1f{header.get('occurred_at')}"
+        # The episode's own number where the sender gives one: a report of it sent again
+        # with a corrected time (or a time its adapter filled in anew) is the same episode.
+        number = event.get("episode_number")
+        which = (
+            f"n:{number}"
+            if isinstance(number, str) and number.strip()
+            else (f"t:{header.get('occurred_at')}")
+        )
+        episode = f"{EPISODES}\x1f{case}\x1f{which}"
         return episode.encode(), {
             "measure": EPISODES,
             "month": month,
             "region": region if region != UNKNOWN else fallback_region,
-            "territorial_authority": _text(location.get("territorial_authority")),
+            "territorial_authority": territorial_authority(location.get("territorial_authority")),
             "ethnicity_group": ethnicity_group(codes),
         }
     if event_type == "OutcomeIndicator":
@@ -139,7 +188,7 @@ def tally_of(
             "measure": measure,
             "month": month,
             "region": fallback_region,
-            "territorial_authority": _text(event.get("territorial_authority")),
+            "territorial_authority": territorial_authority(event.get("territorial_authority")),
             "ethnicity_group": ethnicity_group(event.get("ethnicity") or ()),
         }
     return None

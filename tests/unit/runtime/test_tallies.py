@@ -16,11 +16,13 @@ from broker.codec import decode, from_json
 from broker.platform import STATE_TALLIES
 from broker.runtime._tallies import (
     EPISODES,
+    TERRITORIAL_AUTHORITIES,
     ethnicity_group,
     region_id,
     tally_key,
     tally_of,
     tally_output,
+    territorial_authority,
 )
 from tests.unit.runtime.test_intake import REGISTRY, SCHEMAS
 
@@ -69,12 +71,16 @@ def test_the_same_episode_sent_again_replaces_its_tally_and_another_counts_apart
     episode = example("FamilyHarmEpisodeReport")
     again = copy.deepcopy(episode)
     again["header"]["event_id"] = "00000000-0000-4000-8000-000000000001"  # re-sent
+    corrected = copy.deepcopy(episode)  # the same episode, its time corrected
+    corrected["header"]["occurred_at"] = episode["header"]["occurred_at"] + dt.timedelta(hours=1)
     other = copy.deepcopy(episode)
-    other["header"]["occurred_at"] = episode["header"]["occurred_at"] + dt.timedelta(hours=1)
+    other["episode_number"] = "SYN-EP-OTHER"
     keys = [
         tally_output(TALLY, KEY, "FamilyHarmEpisodeReport", e, POLICE, NOW)
-        for e in (episode, again, other)
+        for e in (episode, again, other, corrected)
     ]
+    assert keys[3] is not None
+    assert keys[3].key == keys[0].key
     assert keys[0] is not None
     assert keys[1] is not None
     assert keys[2] is not None
@@ -139,3 +145,19 @@ def test_regions_are_named_as_the_registry_names_them() -> None:
     assert region_id("Tāmaki Makaurau") == "tamaki-makaurau"
     assert region_id(None) == region_id("  ") == "unknown"
     assert tally_of("FamilyHarmEpisodeReport", {"header": {}}, POLICE) is None  # no time
+
+
+def test_a_territorial_authority_is_one_of_new_zealands_or_unknown() -> None:
+    """It is free text in an event, and a table's row label: anything else (a typo, an
+    address in the wrong field) is never published, only counted as unknown."""
+    assert len(set(TERRITORIAL_AUTHORITIES)) == 67
+    assert territorial_authority("christchurch  city") == "Christchurch City"
+    assert territorial_authority("Kaikoura District") == "Kaikōura District"
+    assert territorial_authority("Hutt City") == "Lower Hutt City"
+    for text in ("Aroha Te Whatu, 12 Example St", "Christchruch City", "", None, 7):
+        assert territorial_authority(text) == "unknown"
+    episode = example("FamilyHarmEpisodeReport")
+    episode["location"]["territorial_authority"] = "Aroha Te Whatu, 12 Example St"
+    out = tally_output(TALLY, KEY, "FamilyHarmEpisodeReport", episode, POLICE, NOW)
+    assert out is not None
+    assert decode(out.value or b"", TALLY)["territorial_authority"] == "unknown"
