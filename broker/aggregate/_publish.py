@@ -90,6 +90,17 @@ def previous_month(now: datetime) -> str:
     return f"{year:04d}-{month:02d}"
 
 
+def counts_digest(counts: Mapping[tuple[str, str], int], key: bytes) -> str:
+    """A keyed digest of the true counts a table was made from, for its audit record: two
+    releases of one table (withheld, then approved) protect each other only if they were
+    made from the same counts, and compliance can see whether they were without seeing any
+    count."""
+    canonical = "\x1e".join(
+        f"{row}\x1f{column}\x1f{n}" for (row, column), n in sorted(counts.items()) if n
+    )
+    return hmac.new(key, b"counts\x1d" + canonical.encode(), hashlib.sha256).hexdigest()[:16]
+
+
 def check_request(
     registry: Registry, indicators: Iterable[str], region: str, month: str, measure: str
 ) -> tuple[str, ...]:
@@ -227,7 +238,8 @@ def publish(
             "reason_codes": ["aggregate_published", f"maori_breakdown_{governance}"],
             "obligations": ["apply_output_rules"],
             "detail": (
-                f"{table_id}: {len(cells)} figures, {hidden} not published; {justification}"
+                f"{table_id}: {len(cells)} figures, {hidden} not published, counts "
+                f"{counts_digest(counts, key)}; {justification}"
             )[:500],
         }
         outputs.append(audit_output(schemas.latest("AuditRecord"), audit))

@@ -13,15 +13,37 @@ through :func:`apply_output_rules`, which applies, in this order:
 2. **Fixed random rounding to base 3** (IDI-01, "rr3"). A multiple of 3 stays as it is; any
    other count goes to the nearer multiple of 3 with probability 2/3 and to the farther one with
    probability 1/3, so the published figure is unbiased and within 2 of the truth. The draw is
-   ``HMAC-SHA256(key, table, position, count)``: the same table published twice shows the same
-   figures (averaging repeated releases learns nothing), and without the key a reader cannot
-   tell which way a count went (:func:`_uniform`).
+   ``HMAC-SHA256(key, table, cells, count)``, where ``cells`` are the non-zero cells the entry
+   counts: the cell itself, or a total's non-zero members (:func:`_contributors`). So the same
+   table published twice shows the same figures (averaging repeated releases learns nothing),
+   without the key a reader cannot tell which way a count went (:func:`_uniform`), and the
+   same people counted in two places round alike: a row whose only non-zero cell is European 8
+   shows that cell and its row total as the same figure. Drawn apart, they could show 9 and 6,
+   and the reader would know the count is 7 or 8. "Rounded independently" means rounded from
+   the true count, not summed from rounded cells; a total with several non-zero members is a
+   different group of people from any one cell, and gets a draw of its own, shared only with
+   another total over exactly the same cells (a row total and the grand total when one row
+   holds every non-zero cell).
 3. **Primary suppression** (IDI-02). A cell or total whose true count is 1 to 5 is not
    published. A true 0 is published as 0: no person is behind it.
-4. **Withheld columns** (MDS-04). Every cell of a column held back for Māori data governance,
-   and its column total, is not published.
-5. **Secondary suppression** (IDI-06), so that no unpublished entry can be worked out by
-   subtraction (:func:`_suppress_secondary` says how, and where the method stops).
+4. **Secondary suppression** (IDI-06), so that no unpublished entry can be worked out by
+   subtraction (:func:`_suppress_secondary` says how, and where the method stops). This, with
+   rule 3, is the table as published once governance approves every column.
+5. **Withheld columns** (MDS-04). Every cell of a column held back for Māori data governance,
+   and its column total, is not published; these holds are added *on top of* rules 3 and 4,
+   and secondary suppression runs again for them. The withheld release and the approved one
+   reach the same reader, so the withheld one must show nothing the approved one hides.
+   Suppressed afresh, it would not: a withheld cell, even a true 0, could be the partner that
+   protects a small count in its row (Pacific 2 hidden, Māori 0 withheld, European 9 shown);
+   the approved release shows that 0 and hides a different partner (European), and the two
+   together leave the Pacific count alone in its line: the row total less 9 and 0. Built
+   this way, every entry hidden in the approved release is hidden in the withheld one, and
+   the withheld one shows a subset of the approved release's figures, the same figures, so
+   the pair tells a reader nothing the approved release alone does not. Two limits. Both
+   releases must be of the same true counts: a count that changed in between can be
+   differenced, which is the caller's job to prevent. And the withheld release's pattern of
+   suppressions is the approved one's plus more, so which other entries it hides can hint
+   where a withheld count is 1 to 5 (not what it is).
 
 Everything here is a pure function of its arguments: no I/O, no clock, no global randomness.
 """
@@ -30,7 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Final
@@ -121,7 +143,10 @@ def apply_output_rules(
     re-published: a new key re-rounds every past table, and two differently rounded copies of
     the same table narrow every count. ``context`` names the table (``"canterbury|2026-11|
     family_harm_episodes"``) so that each table is rounded independently of every other; keep
-    it stable, for the same reason. ``withheld_columns`` are published as nothing at all.
+    it stable, for the same reason. ``withheld_columns`` are published as nothing at all, and
+    the rest of the table as the table with none withheld, less what protects them: publish
+    it again with none withheld (after governance approves) from the same ``counts``, and the
+    approved release shows every figure the withheld one does, unchanged (rule 5).
 
     Raises :class:`AggregateInputError` (a :class:`ValueError`) for a negative or non-integer
     count, a count outside the listed rows and columns, no rows or no columns, a repeated row
@@ -129,15 +154,23 @@ def apply_output_rules(
     """
     _check_inputs(counts, rows, columns, key, withheld_columns)
     true = _true_counts(counts, rows, columns)
-    reasons = _first_suppressions(true, rows, columns, frozenset(withheld_columns))
-    _suppress_secondary(true, reasons, _lines(rows, columns))
+    lines = _lines(rows, columns)
+    # The approved release's pattern first, whatever is withheld, then the holds on top of it
+    # (module docstring, rule 5): never the holds alone.
+    reasons = _primary_suppressions(true)
+    _suppress_secondary(true, reasons, lines)
+    held = _withheld_positions(rows, columns, frozenset(withheld_columns))
+    if held:
+        reasons.update(dict.fromkeys(held, WITHHELD_GOVERNANCE))
+        _suppress_secondary(true, reasons, lines)
+    contributors = _contributors(true, rows, columns)
 
     def publish(position: _Position) -> Cell:
         reason = reasons.get(position)
         if reason is not None:
             return Cell(None, reason)
         n = true[position]
-        return Cell(_rr3(n, _uniform(key, context, position, n)), None)
+        return Cell(_rr3(n, _uniform(key, context, contributors[position], n)), None)
 
     return Table(
         rows=tuple(rows),
@@ -218,27 +251,51 @@ def _true_counts(
     return true
 
 
-def _first_suppressions(
-    true: Mapping[_Position, int],
-    rows: Sequence[str],
-    columns: Sequence[str],
-    withheld: frozenset[str],
-) -> dict[_Position, str]:
-    """Governance holds and primary suppressions (rules 3 and 4), by position.
+def _contributors(
+    true: Mapping[_Position, int], rows: Sequence[str], columns: Sequence[str]
+) -> dict[_Position, tuple[_Position, ...]]:
+    """The non-zero cells each entry counts, sorted: whose people it is (rule 2).
 
-    A withheld entry is marked governance even when its count is also 1 to 5: a "primary"
-    mark there would tell the reader the very thing the hold keeps back.
+    A cell counts itself (nobody, if it is 0); a total, its non-zero members. The draw is
+    keyed on these, not on where the entry sits, so two entries counting the same cells (a
+    cell and the total of a line with no other non-zero cell; a row total and the grand
+    total) round alike. Sorted, so that the order rows and columns are listed in, and which
+    line a total closes, make no difference.
     """
-    reasons: dict[_Position, str] = {}
-    for column in columns:
-        if column in withheld:
-            reasons[_column_total(column)] = WITHHELD_GOVERNANCE
-            for row in rows:
-                reasons[_cell(row, column)] = WITHHELD_GOVERNANCE
-    for position, n in true.items():
-        if 0 < n < _SMALLEST_PUBLISHED:
-            reasons.setdefault(position, SUPPRESSED_PRIMARY)
-    return reasons
+
+    def non_zero(cells: Iterable[_Position]) -> tuple[_Position, ...]:
+        return tuple(sorted(p for p in cells if true[p] > 0))
+
+    every = [_cell(r, c) for r in rows for c in columns]
+    contributors = {p: non_zero((p,)) for p in every}
+    for r in rows:
+        contributors[_row_total(r)] = non_zero(_cell(r, c) for c in columns)
+    for c in columns:
+        contributors[_column_total(c)] = non_zero(_cell(r, c) for r in rows)
+    contributors[_GRAND_TOTAL] = non_zero(every)
+    return contributors
+
+
+def _primary_suppressions(true: Mapping[_Position, int]) -> dict[_Position, str]:
+    """Every entry whose true count is 1 to 5 (rule 3), by position."""
+    return {p: SUPPRESSED_PRIMARY for p, n in true.items() if 0 < n < _SMALLEST_PUBLISHED}
+
+
+def _withheld_positions(
+    rows: Sequence[str], columns: Sequence[str], withheld: frozenset[str]
+) -> list[_Position]:
+    """Every cell and column total of the withheld columns (rule 5).
+
+    They are marked governance even where the approved pattern already hides them as primary
+    or secondary: a "primary" mark there would tell the reader the very thing the hold keeps
+    back.
+    """
+    return [
+        position
+        for column in columns
+        if column in withheld
+        for position in (*(_cell(row, column) for row in rows), _column_total(column))
+    ]
 
 
 @dataclass(frozen=True)
@@ -298,8 +355,10 @@ def _suppress_secondary(
     each other although their sum may itself be small. Only the lines of this one table are
     considered: other tables sharing its rows, columns or margins (the same month by another
     breakdown, earlier months, a neighbouring hub's table) can be differenced against it, and
-    guarding against that is the caller's job. The rounding noise adds protection this
-    method does not count on.
+    guarding against that is the caller's job; the one exception is the same table with and
+    without its withheld columns, kept consistent by running this on the approved pattern
+    (module docstring, rule 5). The rounding noise adds protection this method does not count
+    on.
     """
     changed = True
     while changed:
@@ -346,21 +405,27 @@ def _rr3(n: int, u: float) -> int:
     return nearer if u < 2 / 3 else farther
 
 
-def _uniform(key: bytes, context: str, position: _Position, n: int) -> float:
-    """A number in [0, 1), fixed by (key, table, position, true count) and unpredictable
-    without the key: the top 53 bits of the HMAC, the precision of a float."""
-    digest = hmac.new(key, _draw_message(context, position, n), hashlib.sha256).digest()
+def _uniform(key: bytes, context: str, cells: Sequence[_Position], n: int) -> float:
+    """A number in [0, 1), fixed by (key, table, the non-zero cells counted, true count) and
+    unpredictable without the key: the top 53 bits of the HMAC, the precision of a float."""
+    digest = hmac.new(key, _draw_message(context, cells, n), hashlib.sha256).digest()
     return (int.from_bytes(digest[:8], "big") >> 11) / (1 << 53)
 
 
-def _draw_message(context: str, position: _Position, n: int) -> bytes:
-    """The HMAC input: a label, then each of context, kind, row, column and count,
-    length-prefixed, so that no two different draws share a message (a context ending in
-    "|x" never meets a row starting with "x"; a row called "total" is not the grand total).
+def _draw_message(context: str, cells: Sequence[_Position], n: int) -> bytes:
+    """The HMAC input: a label, then the context, each cell's kind, row and column in the
+    order given (sorted, from :func:`_contributors`), and the count, every part
+    length-prefixed.
+
+    No two different draws share a message: every cell is three parts, so the number of
+    parts says how many cells there are, and the prefixes say where each part ends (a
+    context ending in "|x" never meets a row starting with "x"; cells ("a", "b|c") and
+    ("a|b", "c") stay apart). A single cell's message is (context, "cell", row, column,
+    count), whether the entry is the cell or a total whose only non-zero member it is.
 
     This encoding is part of what was published: change it and every table published again
     is rounded afresh, which is what fixed rounding exists to prevent.
     """
-    parts = (context, *position, str(n))
+    parts = (context, *(part for cell in cells for part in cell), str(n))
     encoded = (part.encode("utf-8", "surrogatepass") for part in parts)
     return _DRAW_LABEL + b"".join(len(b).to_bytes(4, "big") + b for b in encoded)
