@@ -450,6 +450,8 @@ class AdapterClient(ResourceBase):
         doc["header"] = header
         try:
             schema = self.schemas.latest(event_type)
+            if schema.kind != "event":  # the broker would quarantine it as not_an_event
+                raise InvalidEvent(f"{event_type}: a shared type, not an event")
             payload = encode(schema, from_json(schema, doc))
         except (CodecError, KeyError) as exc:
             raise InvalidEvent(f"{event_type}: {exc}") from None

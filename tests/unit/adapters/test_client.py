@@ -25,6 +25,7 @@ from broker.platform import egress, ingress
 from broker.transport import InMemoryCluster, Unavailable
 from tests.unit.adapters.conftest import (
     RING,
+    ROOT,
     SCHEMAS,
     T0,
     FakeBroker,
@@ -84,6 +85,12 @@ async def test_invalid_event_is_refused_and_nothing_is_stored(
             )
         with pytest.raises(InvalidEvent):
             await client.publish("NoSuchEvent", {"header": {"case_id": "SYN-1"}})
+        # A shared type is no event: the broker would quarantine it (not_an_event).
+        address = json.loads(
+            (ROOT / "schemas" / "examples" / "FamilyHarmEpisodeReport.json").read_text()
+        )["location"]
+        with pytest.raises(InvalidEvent, match="a shared type, not an event"):
+            await client.publish("Address", address | {"header": {"case_id": "SYN-1"}})
         assert client.statistics().pending == 0
 
 
