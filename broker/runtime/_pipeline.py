@@ -421,13 +421,16 @@ class Pipeline:
             )
         except (RequestIdInUse, RequestIdMalformed) as exc:  # it changed no membership
             return self._quarantine(record, _refused(admitted, exc), now)
+        answered = request is not None and admitted.event_type == "InformationResponse"
         if request is not None:
             outputs.append(self._request_state(request))
         try:
             verdicts = self._decider.decide(admitted, now)
         except Exception as exc:  # fail closed: a policy fault withholds everything, loses nothing
             detail = f"policy evaluation failed: {type(exc).__name__}"
-            return self._withheld(record, admitted, POLICY_ERROR, detail, outputs, now)
+            return self._withheld(
+                record, admitted, POLICY_ERROR, detail, outputs, now, answered=answered
+            )
         finder = None if admitted.shape is None else identifier_finder(admitted.shape)
         found = None if finder is None else finder(admitted.event)
         refs = subject_refs(self._subject_key, admitted.event, found)
@@ -452,7 +455,9 @@ class Pipeline:
                     deliveries += delivered
             except _TooLargeToHold:
                 detail = "a record for a recipient is larger than tiaki.review takes"
-                return self._withheld(record, admitted, OVERSIZED, detail, outputs, now)
+                return self._withheld(
+                    record, admitted, OVERSIZED, detail, outputs, now, answered=answered
+                )
         outputs.append(self._decision_audit(admitted, carried_out, now, refs))
         outputs += deliveries
         return Processed(outputs, admitted.source.id, admitted.event_type, None, tuple(carried_out))
@@ -465,12 +470,21 @@ class Pipeline:
         detail: str,
         kept: list[Outgoing],
         now: datetime,
+        *,
+        answered: bool = False,
     ) -> Processed:
         """The quarantine of an admitted event whose disclosure is withheld (a policy fault, a
         review item too large to hold). The event is authenticated and its facts stand (an
         agency joined or left, a request was made): the state change it caused is kept, and
         its state records (``kept``) go with the quarantine, so the state topics say what
-        memory says. A request whose holders never got it escalates at its deadline."""
+        memory says. A request whose holders never got it escalates at its deadline. An
+        answer (``answered``: the event marked its holder answered) is not a fact the
+        requester learnt: its holder waits again, and is escalated unless it answers again."""
+        if answered:
+            state = self.requests.unanswer(admitted.event)
+            if state is not None:
+                kept = [o for o in kept if o.topic != STATE_REQUESTS]
+                kept.append(self._request_state(state))
         rejected = Rejected(
             reason, detail, admitted.source.id, admitted.event_id, admitted.event_type
         )

@@ -415,6 +415,22 @@ class RequestBook:
             return asked.state()
         return None
 
+    def unanswer(self, event: Mapping[str, Any]) -> dict[str, Any] | None:
+        """Undo what :meth:`apply` recorded for the InformationResponse ``event``: its answer
+        never reached the requester (the broker quarantined it, as ``policy_error`` or
+        ``oversized``), so its holder waits again and is escalated at the request's deadline
+        unless it answers again (FVA s24: a request never ends silently). The request's new
+        state record, or None if ``event`` answered nothing."""
+        header = event["header"]
+        holder = str(header["source_agency"])
+        asked = self._asked(str(event["request_id"]), case_id=str(header["case_id"]), sender=holder)
+        if asked is None or holder not in asked.answered:
+            return None
+        asked.answered.discard(holder)
+        asked.settle(None)
+        self._schedule(asked)
+        return asked.state()
+
     def requester(self, request_id: str, case_id: str | None = None) -> str | None:
         """The agency that made request ``request_id`` (about ``case_id``, or about any case),
         if the book knows it."""

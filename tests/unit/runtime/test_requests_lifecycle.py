@@ -598,3 +598,31 @@ def test_the_book_keeps_the_route_a_request_was_made_under_and_its_answers_carry
     found = before.facts("SYN-REQ-0001", case_id=case, sender=holder)
     assert found is not None
     assert found.legal_route == "unknown"
+
+
+def test_an_answer_quarantined_for_a_policy_fault_leaves_its_holder_waiting() -> None:
+    """The requester never got the answer: the holder is not counted as having answered, so
+    the request is escalated at its deadline unless the holder answers again (FVA s24)."""
+    decider = ScriptedDecider()
+    harness = Harness(decider)
+    pipeline = harness.pipeline
+    asked = pipeline.process(_sealed(harness, "InformationRequest", "msd"), NOW)
+    assert asked.quarantine_reason is None
+    decider.error = RuntimeError("synthetic policy fault")
+    answer = pipeline.process(_sealed(harness, "InformationResponse", "police"), NOW)
+    assert answer.quarantine_reason == "policy_error"
+    states = [
+        decode(o.value or b"", STATE) for o in answer.outputs if o.topic == "tiaki.state.requests"
+    ]
+    assert [s["answered"] for s in states] == [[]]  # what the state topic says, as memory
+    escalated = pipeline.requests.lapse(DUE).escalated
+    assert [holder for _, holder in escalated] == ["police"]
+    # Answered again, and delivered this time: answered, and never escalated after.
+    decider.error = None
+    book = RequestBook()
+    book.apply("InformationRequest", REQUEST)
+    book.apply("InformationResponse", RESPONSE)
+    assert book.unanswer(RESPONSE) is not None
+    assert book.unanswer(RESPONSE) is None  # nothing left to undo
+    assert book.apply("InformationResponse", RESPONSE) is not None
+    assert book.lapse(DUE + timedelta(days=3)).escalated == []
