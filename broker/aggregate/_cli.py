@@ -26,6 +26,7 @@ from broker.aggregate._publish import (
     rounding_key,
     shown,
 )
+from broker.codec import enum_symbols
 from broker.platform._topics import STATE_TALLIES
 from broker.registry import load_registry
 from broker.runtime._operator import BrokerTools
@@ -38,11 +39,8 @@ app = typer.Typer(help="Regional hubs' aggregates.", no_args_is_help=True)
 
 def _indicators(tools: BrokerTools) -> list[str]:
     """The OutcomeIndicator indicators, each a measure (``indicator:<name>``)."""
-    definition: dict[str, Any] = dict(tools.schemas.latest("OutcomeIndicator").definition)
-    for field in definition["fields"]:
-        if field["name"] == "indicator":
-            return [s for s in field["type"]["symbols"] if s != "unknown"]
-    return []
+    schema = tools.schemas.latest("OutcomeIndicator")
+    return sorted(enum_symbols([schema], "nz.tiaki.Indicator") - {"unknown"})
 
 
 @app.command("publish")
@@ -137,20 +135,9 @@ def publish_command(
     shown_table = RichTable("territorial authority", *COLUMNS, "total")
     for row in table.rows:
         cells = [table.cells[row, column] for column in table.columns]
-        total = table.row_totals[row]
-        shown_table.add_row(
-            row,
-            *(shown(c.value, _mark(c.suppressed)) for c in cells),
-            shown(total.value, _mark(total.suppressed)),
-        )
-    shown_table.add_row(
-        "total",
-        *(
-            shown(table.column_totals[c].value, _mark(table.column_totals[c].suppressed))
-            for c in table.columns
-        ),
-        shown(table.total.value, _mark(table.total.suppressed)),
-    )
+        shown_table.add_row(row, *map(shown, cells), shown(table.row_totals[row]))
+    totals = [table.column_totals[column] for column in table.columns]
+    shown_table.add_row("total", *map(shown, totals), shown(table.total))
     Console(width=200).print(shown_table)
     print(
         f"published {publication.table_id} to {', '.join(publication.hubs)} "
@@ -161,9 +148,3 @@ def publish_command(
         print(
             f"warning: {found['unreadable']} tally record(s) could not be read and were not counted"
         )
-
-
-def _mark(suppressed: str | None) -> str | None:
-    if suppressed is None:
-        return None
-    return "G" if suppressed == "governance" else "S"

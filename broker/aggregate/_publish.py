@@ -26,7 +26,7 @@ from typing import Any
 
 from broker._errors import TiakiError
 from broker._logging import typed_text_looks_personal
-from broker.aggregate._rules import WITHHELD_GOVERNANCE, Table, apply_output_rules
+from broker.aggregate._rules import WITHHELD_GOVERNANCE, Cell, Table, apply_output_rules
 from broker.codec import CodecError, SchemaSet, decode, encode
 from broker.envelope import Kind, Sealer
 from broker.platform._topics import hub
@@ -215,8 +215,14 @@ def publish(
     key_bytes = table_id.encode()
     outputs: list[Outgoing] = []
     hidden = sum(1 for cell in cells if cell["value"] is None)
+    # One publication: one event id and one audit detail, whichever hub it is sealed to.
+    event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"tiaki:{table_id}:{now.isoformat()}"))
+    detail = (
+        f"{table_id}: {len(cells)} figures, {hidden} not published, counts "
+        f"{counts_digest(counts, key)}; {justification}"
+    )[:500]
+    audit_schema = schemas.latest("AuditRecord")
     for agency in hubs:
-        event_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"tiaki:{table_id}:{now.isoformat()}"))
         sealed = sealer.seal(
             body,
             kind=Kind.EGRESS,
@@ -237,12 +243,9 @@ def publish(
             "rule_ids": ["refer-aggregates-to-publisher", "review-maori-breakdown"],
             "reason_codes": ["aggregate_published", f"maori_breakdown_{governance}"],
             "obligations": ["apply_output_rules"],
-            "detail": (
-                f"{table_id}: {len(cells)} figures, {hidden} not published, counts "
-                f"{counts_digest(counts, key)}; {justification}"
-            )[:500],
+            "detail": detail,
         }
-        outputs.append(audit_output(schemas.latest("AuditRecord"), audit))
+        outputs.append(audit_output(audit_schema, audit))
     if approval is not None:
         audit = audit_base(replace(context, actor=approval.approver), "review", now) | {
             "event_type": "AggregateTable",
@@ -252,7 +255,7 @@ def publish(
             "reason_codes": ["maori_breakdown", "review_approve"],
             "detail": f"{table_id}: {approval.reference}"[:500],
         }
-        outputs.append(audit_output(schemas.latest("AuditRecord"), audit))
+        outputs.append(audit_output(audit_schema, audit))
     return Publication(table_id, table, governance, outputs, tuple(hubs))
 
 
@@ -266,12 +269,16 @@ def _cells(table: Table) -> Iterable[dict[str, Any]]:
         ("total", "total", table.total),
     ]
     for row, column, cell in entries:
-        mark = None
-        if cell.value is None:
-            mark = GOVERNANCE_MARK if cell.suppressed == WITHHELD_GOVERNANCE else SUPPRESSED_MARK
-        yield {"row": row, "column": column, "value": cell.value, "suppressed": mark}
+        yield {"row": row, "column": column, "value": cell.value, "suppressed": mark(cell)}
 
 
-def shown(value: int | None, mark: str | None) -> str:
+def mark(cell: Cell) -> str | None:
+    """Why ``cell`` is not published, as a table says it (``S`` or ``G``); None if it is."""
+    if cell.value is not None:
+        return None
+    return GOVERNANCE_MARK if cell.suppressed == WITHHELD_GOVERNANCE else SUPPRESSED_MARK
+
+
+def shown(cell: Cell) -> str:
     """A figure as a table shows it: the rounded count, ``S`` or ``G``."""
-    return str(value) if value is not None else (mark or SUPPRESSED_MARK)
+    return str(cell.value) if cell.value is not None else str(mark(cell))
