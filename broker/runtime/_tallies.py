@@ -25,14 +25,13 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
-import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from broker.codec import Schema, encode
 from broker.platform import STATE_TALLIES
-from broker.policy._model import names_maori
+from broker.policy._model import folded, names_maori
 from broker.registry import NATIONAL, Agency
 from broker.transport import Outgoing
 
@@ -84,8 +83,7 @@ def region_id(text: Any) -> str:
     """A region as the registry names it: ``Manawatū-Whanganui`` is ``manawatu-whanganui``."""
     if not isinstance(text, str) or not text.strip():
         return UNKNOWN
-    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return "-".join(plain.lower().replace("region", " ").split()) or UNKNOWN
+    return "-".join(folded(text).replace("region", " ").split()) or UNKNOWN
 
 
 #: New Zealand's 67 territorial authorities (Stats NZ, 2023), as a table's rows name them. A
@@ -115,8 +113,7 @@ TERRITORIAL_AUTHORITIES = (
 
 
 def _plain_name(text: str) -> str:
-    plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
-    return " ".join(plain.lower().replace("’", "'").split())
+    return " ".join(folded(text).split())
 
 
 _AUTHORITIES = {_plain_name(name): name for name in TERRITORIAL_AUTHORITIES} | {

@@ -154,6 +154,10 @@ def test_a_territorial_authority_is_one_of_new_zealands_or_unknown() -> None:
     assert territorial_authority("christchurch  city") == "Christchurch City"
     assert territorial_authority("Kaikoura District") == "Kaikōura District"
     assert territorial_authority("Hutt City") == "Lower Hutt City"
+    # A typographic apostrophe, as a word processor writes it.
+    assert (
+        territorial_authority("Central Hawke\u2019s Bay District") == "Central Hawke's Bay District"
+    )
     for text in ("Aroha Te Whatu, 12 Example St", "Christchruch City", "", None, 7):
         assert territorial_authority(text) == "unknown"
     episode = example("FamilyHarmEpisodeReport")
