@@ -33,6 +33,7 @@ from broker.codec._model import (
     FieldInfo,
     Schema,
     Vocabulary,
+    enum_symbols,
     field_classifications,
     flatten_fields,
 )
@@ -54,6 +55,7 @@ __all__ = [
     "check_evolution",
     "decode",
     "encode",
+    "enum_symbols",
     "field_classifications",
     "flatten_fields",
     "from_json",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -211,3 +211,27 @@ def _unwrap(node: Any, names: Names) -> tuple[Any, str, bool]:
             node = node["values"]
         else:
             return node, suffix, nullable
+
+
+def enum_symbols(schemas: Iterable[Schema], full_name: str) -> frozenset[str]:
+    """The symbols of the enum named ``full_name`` (``nz.tiaki.PersonRole``) wherever
+    ``schemas`` define it, inline or as a shared type; empty if none does."""
+    symbols: set[str] = set()
+
+    def walk(node: Any, namespace: str) -> None:
+        if isinstance(node, list):
+            for item in node:
+                walk(item, namespace)
+        elif isinstance(node, dict):
+            space = node.get("namespace", namespace)
+            name = node.get("name")
+            if node.get("type") == "enum" and isinstance(name, str):
+                full = name if "." in name else f"{space}.{name}"
+                if full == full_name:
+                    symbols.update(node.get("symbols", ()))
+            for value in node.values():
+                walk(value, space)
+
+    for schema in schemas:
+        walk(schema.definition, "")
+    return frozenset(symbols)

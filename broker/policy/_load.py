@@ -24,7 +24,7 @@ from typing import Any
 
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 
-from broker.codec import CodecError, Schema, SchemaSet, load_schemas
+from broker.codec import CodecError, Schema, SchemaSet, enum_symbols, load_schemas
 from broker.policy._errors import PolicySourceError, PolicyValidationError
 from broker.policy._fields import Selector, parse_selector
 from broker.policy._model import (
@@ -774,28 +774,7 @@ def _enum_symbols(schemas: list[Schema], avro_type: str) -> frozenset[str] | Non
     """The symbols of the enum ``avro_type`` names (``enum nz.tiaki.PersonRole``, possibly in a
     union), or None when it is not an enum (free text takes any value)."""
     found = re.search(r"enum ([\w.]+)", avro_type)
-    if found is None:
-        return None
-    wanted = found.group(1)
-    symbols: set[str] = set()
-
-    def walk(node: Any, namespace: str) -> None:
-        if isinstance(node, list):
-            for item in node:
-                walk(item, namespace)
-        elif isinstance(node, dict):
-            space = node.get("namespace", namespace)
-            name = node.get("name")
-            if node.get("type") == "enum" and isinstance(name, str):
-                full = name if "." in name else f"{space}.{name}"
-                if full == wanted:
-                    symbols.update(node.get("symbols", ()))
-            for value in node.values():
-                walk(value, space)
-
-    for schema in schemas:
-        walk(schema.definition, "")
-    return frozenset(symbols)
+    return None if found is None else enum_symbols(schemas, found.group(1))
 
 
 def _paths(schemas: list[Schema]) -> dict[str, Any]:
