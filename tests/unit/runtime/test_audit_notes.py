@@ -239,16 +239,17 @@ def test_refresh_keys_tells_the_pipeline_what_changed_and_what_it_refused(
     assert told == [([], [other.key_id])]
 
 
-async def test_a_note_in_a_transaction_whose_reply_was_lost_is_not_written_twice() -> None:
-    """A commit reported failed may have committed all the same (a lost reply). The state
-    re-read puts back what the state topics hold, but a note is not state: the audit chain's
-    re-read head, written by the same transaction, says whether it went out."""
+def chained_cluster() -> InMemoryCluster:
+    """A provisioned cluster with the topics a worker's audit chain writes."""
     cluster = InMemoryCluster.provisioned(REGISTRY.ids)
     cluster.create_topic(CHECKPOINTS, 1)
     cluster.create_topic(STATE_CHAINS, 1)
-    harness = Harness(ScriptedDecider())
-    transport = cluster.worker()
-    worker = quick_worker(transport, harness, chain_reader=cluster.reader)
+    return cluster
+
+
+def reply_lost_once(transport: Any) -> tuple[Any, list[bool]]:
+    """A commit for ``transport`` whose first reply is lost after Kafka committed it, and
+    the list that says whether it was."""
     commit, lost = transport.commit, []
 
     async def lost_reply(outputs: Any, consumed: Any) -> None:
@@ -256,6 +257,19 @@ async def test_a_note_in_a_transaction_whose_reply_was_lost_is_not_written_twice
         if not lost:
             lost.append(True)
             raise TransportError("commit reply lost", retriable=True)  # ... unheard
+
+    return lost_reply, lost
+
+
+async def test_a_note_in_a_transaction_whose_reply_was_lost_is_not_written_twice() -> None:
+    """A commit reported failed may have committed all the same (a lost reply). The state
+    re-read puts back what the state topics hold, but a note is not state: the audit chain's
+    re-read head, written by the same transaction, says whether it went out."""
+    cluster = chained_cluster()
+    harness = Harness(ScriptedDecider())
+    transport = cluster.worker()
+    worker = quick_worker(transport, harness, chain_reader=cluster.reader)
+    lost_reply, lost = reply_lost_once(transport)
 
     async with worker:
         await worker.step()
@@ -281,19 +295,11 @@ async def test_a_batch_whose_commit_reply_was_lost_is_counted_once_it_shows_comm
     """Its records are on the topics and the rewind goes past them, so they are never
     processed again: once the chain's re-read head shows the batch committed, its metrics
     count it, so quarantines and shares on the topics are in what the alerts read."""
-    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
-    cluster.create_topic(CHECKPOINTS, 1)
-    cluster.create_topic(STATE_CHAINS, 1)
+    cluster = chained_cluster()
     harness = Harness(ScriptedDecider())
     transport = cluster.worker()
     worker = quick_worker(transport, harness, chain_reader=cluster.reader)
-    commit, lost = transport.commit, []
-
-    async def lost_reply(outputs: Any, consumed: Any) -> None:
-        await commit(outputs, consumed)  # Kafka committed it ...
-        if not lost:
-            lost.append(True)
-            raise TransportError("commit reply lost", retriable=True)  # ... unheard
+    lost_reply, lost = reply_lost_once(transport)
 
     transport.commit = lost_reply  # type: ignore[method-assign]
     async with cluster.publisher() as publisher:
@@ -314,9 +320,7 @@ async def test_a_stopping_worker_signs_the_records_no_checkpoint_covers_yet() ->
     otherwise that tail waits for a checkpoint that never comes, and `tiaki audit verify
     --strict` reports it as records appended after the last checkpoint (which is what a
     forged tail looks like)."""
-    cluster = InMemoryCluster.provisioned(REGISTRY.ids)
-    cluster.create_topic(CHECKPOINTS, 1)
-    cluster.create_topic(STATE_CHAINS, 1)
+    cluster = chained_cluster()
     harness = Harness(ScriptedDecider())
     transport = cluster.worker()
     chain = AuditChainer(
